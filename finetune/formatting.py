@@ -1,0 +1,142 @@
+"""Turn records into token ids and labels for each task, masking the prompt unless `train_on_inputs`.
+
+The prompt templates are NeuralChat's (Alpaca for completion and code generation), so a model tuned here
+answers the same prompts that `neural_chat_app` builds with `task="completion"`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from finetune.records import DataError, summary_columns
+
+IGNORE_INDEX = -100
+
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+SUMMARIZATION_PROMPT = "Summarize the following article.\n\n### Article:\n{article}\n\n### Summary:\n"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def completion_prompt(instruction: str, input_text: str = "") -> str:
+    if input_text:
+        return PROMPT_WITH_INPUT.format(instruction=instruction, input=input_text)
+    return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    task: str
+    max_seq_length: int
+    train_on_inputs: bool = False
+    max_source_length: int | None = None
+    max_target_length: int | None = None
+    prompt_column: str | None = None
+    response_column: str | None = None
+
+
+def ensure_chat_template(tokenizer) -> None:
+    """Chat tasks need a template; a base model's tokenizer often has none, so give it ChatML."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHATML_TEMPLATE
+
+
+def tokenize_record(tokenizer, record: dict, opts: FormatOptions) -> dict | None:
+    """Return {"input_ids", "labels"} or None when truncation left no token to learn from."""
+    if opts.task in ("chat", "extraction"):
+        ids, labels = _tokenize_chat(tokenizer, record["messages"], opts)
+    else:
+        prompt, response = _prompt_and_response(record, opts)
+        ids, labels = _tokenize_pair(tokenizer, prompt, response, opts)
+    if all(label == IGNORE_INDEX for label in labels[1:]):
+        return None
+    return {"input_ids": ids, "labels": labels}
+
+
+def _prompt_and_response(record: dict, opts: FormatOptions) -> tuple[str, str]:
+    if opts.task == "summarization":
+        source, target = summary_columns(set(record), opts.prompt_column, opts.response_column)
+        return SUMMARIZATION_PROMPT.format(article=str(record[source])), str(record[target])
+    if opts.task == "code-generation" and "prompt" in record and "completion" in record:
+        return str(record["prompt"]), str(record["completion"])
+    return completion_prompt(str(record["instruction"]), str(record.get("input") or "")), str(record["output"])
+
+
+def _tokenize_pair(tokenizer, prompt: str, response: str, opts: FormatOptions) -> tuple[list[int], list[int]]:
+    if opts.task == "summarization":
+        # Cut the article, not the prompt's scaffolding, so the model always sees where the summary starts.
+        head, _, tail = SUMMARIZATION_PROMPT.partition("{article}")
+        article = prompt[len(head): len(prompt) - len(tail)]
+        article_ids = tokenizer(article, add_special_tokens=False)["input_ids"][: opts.max_source_length]
+        prompt_ids = (tokenizer(head)["input_ids"] + article_ids
+                      + tokenizer(tail, add_special_tokens=False)["input_ids"])
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: opts.max_target_length]
+    else:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    response_ids = response_ids + [tokenizer.eos_token_id]
+    ids = (prompt_ids + response_ids)[: opts.max_seq_length]
+    prompt_labels = prompt_ids if opts.train_on_inputs else [IGNORE_INDEX] * len(prompt_ids)
+    labels = (prompt_labels + response_ids)[: opts.max_seq_length]
+    return ids, labels
+
+
+def _tokenize_chat(tokenizer, messages: list[dict], opts: FormatOptions) -> tuple[list[int], list[int]]:
+    """Tokenize the rendered conversation once and label the tokens inside assistant turns.
+
+    Each assistant turn's span is found by rendering the conversation up to it (with the generation prompt)
+    and through it: the template must render prefixes of a conversation as prefixes of its text, as ChatML does.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        end = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (text.startswith(start) and text.startswith(end)):
+            raise DataError(
+                "The tokenizer's chat template does not render a conversation's first turns as a prefix of the "
+                "whole, so assistant turns cannot be located for loss masking. Use a ChatML-style template."
+            )
+        spans.append((len(start), len(end)))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"][: opts.max_seq_length]
+    offsets = enc["offset_mapping"][: opts.max_seq_length]
+    if opts.train_on_inputs:
+        return ids, list(ids)
+    labels = [tid if any(s <= a < e for s, e in spans) else IGNORE_INDEX for tid, (a, _) in zip(ids, offsets)]
+    return ids, labels
+
+
+def pack_examples(examples: list[dict], max_seq_length: int) -> list[dict]:
+    """Greedily pack tokenized examples into rows of at most max_seq_length tokens.
+
+    Each row keeps per-example position ids, which makes attention stay within each example (transformers
+    builds a block-diagonal mask from restarting positions), unlike concatenate-and-chunk packing.
+    """
+    rows: list[dict] = []
+    current = {"input_ids": [], "labels": [], "position_ids": []}
+    for ex in examples:
+        if current["input_ids"] and len(current["input_ids"]) + len(ex["input_ids"]) > max_seq_length:
+            rows.append(current)
+            current = {"input_ids": [], "labels": [], "position_ids": []}
+        current["input_ids"] += ex["input_ids"]
+        # The first label of each example would be predicted from the previous example's last token.
+        current["labels"] += [IGNORE_INDEX] + ex["labels"][1:]
+        current["position_ids"] += list(range(len(ex["input_ids"])))
+    if current["input_ids"]:
+        rows.append(current)
+    return rows

