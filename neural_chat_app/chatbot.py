@@ -1,0 +1,99 @@
+"""`build_chatbot` and the chatbot it returns: NeuralChat's predict / predict_stream / chat API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from neural_chat_app.config import GenerationConfig, PipelineConfig
+from neural_chat_app.generate import generate_stream
+from neural_chat_app.stats import stats_table
+from neural_chat_app.streaming import Backend, StreamResult
+
+logger = logging.getLogger(__name__)
+
+
+class ChatBot:
+    """A loaded backend plus per-conversation history. Stateless `predict*`, stateful `chat*`."""
+
+    def __init__(self, backend: Backend, config: PipelineConfig):
+        self.backend = backend
+        self.config = config
+        self.system_prompt: str | None = config.system_prompt
+        self.conversations: dict[str, list[dict]] = {}
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def _messages(self, history: list[dict], query: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, *history, {"role": "user", "content": query}]
+
+    def _check(self, query) -> None:
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query must be a non-empty string, got {query!r}")
+
+    def predict_stream(self, query: str, config: GenerationConfig | None = None) -> tuple[Iterator[str], list]:
+        """Return (generator of text chunks, links); links are retrieval sources, [] without retrieval."""
+        self._check(query)
+        messages = self._messages([], query)
+        return generate_stream(self.backend, messages, config or GenerationConfig(), self.config.task), []
+
+    def predict(self, query: str, config: GenerationConfig | None = None) -> str:
+        chunks, _ = self.predict_stream(query, config)
+        return "".join(chunks)
+
+    def chat_stream(
+        self, query: str, config: GenerationConfig | None = None, conversation_id: str = "default"
+    ) -> tuple[Iterator[str], list]:
+        """Like predict_stream, with the conversation's earlier turns; the reply joins the history when done."""
+        self._check(query)
+        history = self.conversations.setdefault(conversation_id, [])
+        messages = self._messages(history, query)
+        config = config or GenerationConfig()
+
+        def run():
+            parts: list[str] = []
+            result = StreamResult()
+            # Stats go to the caller, not into the history the model sees next turn.
+            for chunk in generate_stream(self.backend, messages, _no_stats(config), self.config.task, result=result):
+                parts.append(chunk)
+                yield chunk
+            history.extend([{"role": "user", "content": query}, {"role": "assistant", "content": "".join(parts)}])
+            if config.return_stats:
+                yield stats_table(result)
+
+        return run(), []
+
+    def chat(self, query: str, config: GenerationConfig | None = None, conversation_id: str = "default") -> str:
+        chunks, _ = self.chat_stream(query, config, conversation_id)
+        return "".join(chunks)
+
+    def reset_conversation(self, conversation_id: str = "default") -> None:
+        self.conversations.pop(conversation_id, None)
+
+    def set_customized_system_prompts(self, system_prompts: str | None, model_path: str | None = None) -> None:
+        """Use `system_prompts` as the system message of every later reply (None: the model's default)."""
+        if system_prompts is not None and not isinstance(system_prompts, str):
+            raise TypeError(f"system_prompts must be a string or None, got {type(system_prompts).__name__}")
+        self.system_prompt = system_prompts or None
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _no_stats(config: GenerationConfig) -> GenerationConfig:
+    from dataclasses import replace
+
+    return replace(config, return_stats=False) if config.return_stats else config
+
+
+def build_chatbot(config: PipelineConfig | None = None) -> ChatBot:
+    """Load the model `config` names (the embedded SmolLM2-135M-Instruct by default). Raises on any error."""
+    from neural_chat_app.loading import load_backend
+
+    config = config or PipelineConfig()
+    if not isinstance(config, PipelineConfig):
+        raise TypeError(f"build_chatbot takes a PipelineConfig, got {type(config).__name__}")
+    return ChatBot(load_backend(config), config)

@@ -1,0 +1,155 @@
+"""The configuration dataclasses of NeuralChat's API, rebuilt small: each validates itself and names the bad field.
+
+The names and defaults follow Intel NeuralChat (intel-extension-for-transformers) so its notebooks run with only
+the imports changed; device knobs it mixed into GenerationConfig (HPU graphs, IPEX) are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+Task = Literal["", "completion", "chat", "summarization"]
+Backend = Literal["auto", "torch", "openvino"]
+Device = Literal["auto", "cpu", "cuda", "gpu", "xpu", "hpu"]
+QUANTIZE_ISSUE = "issue 5 (`quantize`: INT8/INT4 through Neural Compressor and OpenVINO)"
+
+
+def check_choice(owner: str, name: str, value: Any, literal) -> None:
+    choices = get_args(literal)
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+
+
+def check_range(owner: str, name: str, value: Any, low: float, high: float | None = None, kind=(int, float)) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{owner}.{name} must be a number, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{owner}.{name} must be in {bound}, got {value!r}")
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings for one reply; NeuralChat's names and defaults."""
+
+    temperature: float = 0.1
+    top_k: int = 40
+    top_p: float = 0.75
+    repetition_penalty: float = 1.1
+    num_beams: int = 1
+    max_new_tokens: int = 256
+    do_sample: bool = True
+    num_return_sequences: int = 1
+    use_cache: bool = True
+    return_stats: bool = False  # append a latency / throughput table at the end of the stream
+    task: Task = ""  # "" follows the pipeline's task
+    stop: list[str] = field(default_factory=list)  # extra stop strings; the model's end-of-turn always stops
+    seed: int | None = None
+
+    def __post_init__(self):
+        name = "GenerationConfig"
+        check_range(name, "temperature", self.temperature, 0.0, 2.0)
+        check_range(name, "top_k", self.top_k, 0, kind=int)
+        check_range(name, "top_p", self.top_p, 0.0, 1.0)
+        check_range(name, "repetition_penalty", self.repetition_penalty, 0.0)
+        check_range(name, "num_beams", self.num_beams, 1, kind=int)
+        check_range(name, "max_new_tokens", self.max_new_tokens, 1, kind=int)
+        if self.num_return_sequences != 1:
+            raise ValueError("GenerationConfig.num_return_sequences must be 1: one reply per request is supported")
+        check_choice(name, "task", self.task, Task)
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"GenerationConfig.stop must be a list of non-empty strings, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0.0
+
+
+@dataclass
+class MixedPrecisionConfig:
+    """bf16 inference: native on CPUs with AMX or AVX512-BF16; elsewhere it falls back to fp32 with a warning."""
+
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+    def __post_init__(self):
+        check_choice("MixedPrecisionConfig", "dtype", self.dtype, Literal["bfloat16", "float16", "float32"])
+
+
+@dataclass
+class WeightOnlyQuantConfig:
+    """INT8/INT4 weight-only quantization. Accepted and validated, not yet runnable: see QUANTIZE_ISSUE."""
+
+    weight_dtype: Literal["int8", "int4"] = "int4"
+    compute_dtype: Literal["fp32", "bf16"] = "bf16"
+    group_size: int = 128
+    scheme: Literal["sym", "asym"] = "sym"
+    algorithm: Literal["RTN", "GPTQ", "AWQ", "AutoRound"] = "RTN"
+
+    def __post_init__(self):
+        name = "WeightOnlyQuantConfig"
+        if self.weight_dtype == "int4_fullrange":  # NeuralChat's spelling
+            self.weight_dtype = "int4"
+        check_choice(name, "weight_dtype", self.weight_dtype, Literal["int8", "int4"])
+        check_choice(name, "compute_dtype", self.compute_dtype, Literal["fp32", "bf16"])
+        check_choice(name, "scheme", self.scheme, Literal["sym", "asym"])
+        check_choice(name, "algorithm", self.algorithm, Literal["RTN", "GPTQ", "AWQ", "AutoRound"])
+        if self.group_size != -1:
+            check_range(name, "group_size", self.group_size, 1, kind=int)
+
+
+@dataclass
+class LoadingModelConfig:
+    """How to load the weights: a PEFT adapter on top of the base model, remote code."""
+
+    peft_path: str | None = None
+    trust_remote_code: bool = False
+    use_cache: bool = True
+
+    def __post_init__(self):
+        if self.peft_path is not None and not isinstance(self.peft_path, str):
+            raise TypeError(f"LoadingModelConfig.peft_path must be a path string, got {self.peft_path!r}")
+
+
+@dataclass
+class PipelineConfig:
+    """What `build_chatbot` builds: NeuralChat's fields plus the backend choice."""
+
+    model_name_or_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    tokenizer_name_or_path: str | None = None
+    device: Device = "auto"
+    task: Task = ""
+    plugins: dict = field(default_factory=dict)
+    loading_config: LoadingModelConfig = field(default_factory=LoadingModelConfig)
+    optimization_config: Any = None  # MixedPrecisionConfig (default on CPU) | WeightOnlyQuantConfig | BitsAndBytes
+    backend: Backend = "auto"
+    system_prompt: str | None = None
+
+    def __post_init__(self):
+        name = "PipelineConfig"
+        check_choice(name, "device", self.device, Device)
+        check_choice(name, "task", self.task, Task)
+        check_choice(name, "backend", self.backend, Backend)
+        if self.loading_config is None:
+            self.loading_config = LoadingModelConfig()
+        if not isinstance(self.loading_config, LoadingModelConfig):
+            raise TypeError(f"{name}.loading_config must be a LoadingModelConfig, got {self.loading_config!r}")
+        if not isinstance(self.plugins, dict):
+            raise TypeError(f"{name}.plugins must be a dict of plugin settings, got {self.plugins!r}")
+        enabled = [k for k, v in self.plugins.items() if isinstance(v, dict) and v.get("enable")]
+        if enabled:
+            raise NotImplementedError(
+                f"{name}.plugins enables {enabled}: plugins (retrieval, ASR, TTS, ...) are not implemented here"
+            )
+        if self.optimization_config is None:
+            self.optimization_config = MixedPrecisionConfig()
+        opt = self.optimization_config
+        if not isinstance(opt, (MixedPrecisionConfig, WeightOnlyQuantConfig)) and type(opt).__name__ != (
+            "BitsAndBytesConfig"
+        ):
+            raise TypeError(
+                f"{name}.optimization_config must be MixedPrecisionConfig, WeightOnlyQuantConfig or "
+                f"transformers.BitsAndBytesConfig, got {type(opt).__name__}"
+            )

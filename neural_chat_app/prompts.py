@@ -1,0 +1,30 @@
+"""Turn a task and a list of messages into the prompt token ids a backend generates from."""
+
+from __future__ import annotations
+
+SUMMARIZE_INSTRUCTION = "Summarize the following text in a few sentences.\n\n"
+
+
+def resolve_task(task: str, tokenizer) -> str:
+    """ "" means chat for a model with a chat template and completion for one without."""
+    if task:
+        return task
+    return "chat" if getattr(tokenizer, "chat_template", None) else "completion"
+
+
+def prompt_ids(tokenizer, messages: list[dict], task: str) -> list[int]:
+    task = resolve_task(task, tokenizer)
+    if task == "completion":
+        # Plain continuation of the text, as NeuralChat's completion task did.
+        text = "\n".join(m["content"] for m in messages if m["role"] != "system")
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
+    if task == "summarization":
+        messages = [*messages[:-1], {"role": "user", "content": SUMMARIZE_INSTRUCTION + messages[-1]["content"]}]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"task={task!r} needs a chat template, and this model's tokenizer has none: use task='completion'"
+        )
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)

@@ -1,0 +1,125 @@
+"""The transformers backend: `generate` in a worker thread, text streamed through TextIteratorStreamer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import torch
+
+from neural_chat_app.config import GenerationConfig
+from neural_chat_app.streaming import StreamResult
+
+
+class _CancelCriteria:
+    """A StoppingCriteria that ends generation when the client went away or a stop string was seen."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool)
+
+
+class TorchBackend:
+    kind = "torch"
+
+    def __init__(self, model, tokenizer, model_id: str, max_concurrency: int = 1):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        # On a few CPU cores, two generate() calls at once only share the cores: queue them instead.
+        self.max_concurrency = max_concurrency
+        self.eos_token_ids = _eos_ids(model, tokenizer)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.model.dtype).removeprefix("torch.")
+
+    def _generate_kwargs(self, config: GenerationConfig) -> dict:
+        kwargs = {
+            "max_new_tokens": config.max_new_tokens,
+            "repetition_penalty": config.repetition_penalty,
+            "num_beams": 1,
+            "use_cache": config.use_cache,
+            "eos_token_id": self.eos_token_ids,
+            "pad_token_id": self.tokenizer.pad_token_id or self.eos_token_ids[0],
+        }
+        if config.greedy:
+            return {**kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        return {
+            **kwargs,
+            "do_sample": True,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "top_k": config.top_k,
+        }
+
+    def stream(
+        self, prompt_ids: list[int], config: GenerationConfig, result: StreamResult, cancel: threading.Event
+    ) -> Iterator[str]:
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        if config.num_beams > 1:
+            raise ValueError("GenerationConfig.num_beams > 1 cannot stream; use num_beams=1")
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.model.device)
+        result.prompt_tokens = len(prompt_ids)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        outcome: dict = {}
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    outcome["ids"] = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
+                        **self._generate_kwargs(config),
+                    )
+            except BaseException as err:  # handed to the consumer, which re-raises it
+                outcome["error"] = err
+                streamer.on_finalized_text("", stream_end=True)
+
+        worker = threading.Thread(target=run, name="generate", daemon=True)
+        worker.start()
+        try:
+            for text in streamer:
+                if text:
+                    result.mark_token()
+                    yield text
+        finally:
+            if worker.is_alive():
+                cancel.set()  # the consumer stopped early: let generate() return at the next token
+            worker.join()
+            result.finished_at = time.perf_counter()
+            self._count(outcome, prompt_ids, config, result, cancel)
+        if "error" in outcome:
+            raise outcome["error"]
+
+    def _count(self, outcome: dict, prompt_ids, config, result: StreamResult, cancel: threading.Event) -> None:
+        if "ids" not in outcome:
+            result.finish_reason = "error"
+            return
+        new_ids = outcome["ids"][0, len(prompt_ids) :].tolist()
+        result.completion_tokens = len(new_ids)
+        ended_by_eos = bool(new_ids) and new_ids[-1] in self.eos_token_ids
+        if not cancel.is_set() and not ended_by_eos and len(new_ids) >= config.max_new_tokens:
+            result.finish_reason = "length"
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    """The model's end-of-turn tokens: the generation config's, the tokenizer's, and ChatML's <|im_end|>."""
+    ids: list[int] = []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    ids.append(tokenizer.eos_token_id)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    ids.append(im_end)
+    return list(dict.fromkeys(i for i in ids if i is not None))
