@@ -1,0 +1,106 @@
+"""Command line: serve, export-log, models, export-openvino.
+
+python -m neural_chat_app serve --config configs/server.yaml
+python -m neural_chat_app export-log --db ~/.cache/neuralchat-xeon/chatlog.sqlite --output chats.jsonl
+python -m neural_chat_app models
+python -m neural_chat_app export-openvino <hf-folder> <out-folder> --weight-format int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from finetune.hardware import configure_threads
+    from neural_chat_app.server import create_app, load_settings
+
+    overrides = {"host": args.host, "port": args.port, "model": args.model, "backend": args.backend}
+    settings = load_settings(args.config, **overrides)
+    if args.no_log:
+        settings.chat_log.enabled = False
+    configure_threads()
+    app = create_app(settings)
+    print(f"Serving {app.state.server.models.active.model_id} on http://{settings.host}:{settings.port}/", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _export_log(args) -> int:
+    from neural_chat_app.export_log import export_jsonl
+
+    db = args.db
+    if db is None:
+        from neural_chat_app.server import load_settings
+
+        db = load_settings(args.config).chat_log.path
+    print(json.dumps(export_jsonl(db, args.output, min_feedback=args.min_feedback), indent=2))
+    return 0
+
+
+def _models(args) -> int:
+    from neural_chat_app.registry import list_models
+
+    for entry in list_models(args.model_dir or None):
+        print(json.dumps(entry.as_dict()))
+    return 0
+
+
+def _export_openvino(args) -> int:
+    from quantize.openvino import export_openvino
+
+    print(export_openvino(args.model_dir, args.output_dir, args.weight_format))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m neural_chat_app", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible server and the web chat page")
+    serve.add_argument("--config", help="server YAML (see configs/server.yaml)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--model", help="embedded name, HF folder, fine-tune output folder or OpenVINO folder")
+    serve.add_argument("--backend", choices=["auto", "torch", "openvino"])
+    serve.add_argument("--no-log", action="store_true", help="do not write the conversation log")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(run=_serve)
+
+    export = sub.add_parser("export-log", help="conversation log -> JSONL messages for the data pipeline")
+    where = export.add_mutually_exclusive_group()
+    where.add_argument("--db", help="the SQLite log file")
+    where.add_argument("--config", help="read the log path from a server YAML")
+    export.add_argument("--output", required=True, help="JSONL file to write")
+    export.add_argument("--min-feedback", type=int, choices=[-1, 1], help="keep conversations rated at least this")
+    export.set_defaults(run=_export_log)
+
+    models = sub.add_parser("models", help="list the models this host can serve")
+    models.add_argument("--model-dir", action="append", help="folder to scan (repeatable)")
+    models.set_defaults(run=_models)
+
+    ov = sub.add_parser("export-openvino", help="export a Hugging Face folder to OpenVINO IR")
+    ov.add_argument("model_dir")
+    ov.add_argument("output_dir")
+    ov.add_argument("--weight-format", default="fp32", choices=["fp32", "bf16", "int8", "int4"])
+    ov.set_defaults(run=_export_openvino)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (FileNotFoundError, ValueError, NotImplementedError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The models this host can serve: the embedded default, fine-tune outputs and OpenVINO exports on disk."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    path: str  # what PipelineConfig.model_name_or_path takes
+    kind: str  # "embedded" | "finetuned" | "openvino" | "huggingface"
+    backend: str  # the backend "auto" picks for it
+    metadata: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "path": self.path, "kind": self.kind, "backend": self.backend, **self.metadata}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def describe_folder(path: Path) -> ModelEntry | None:
+    """What `path` holds, or None when it is not a model folder."""
+    from quantize.openvino import METADATA_FILE, is_openvino_folder
+
+    if is_openvino_folder(path):
+        return ModelEntry(path.name, str(path), "openvino", "openvino", _read_json(path / METADATA_FILE))
+    if (path / "merged" / "config.json").is_file() or (path / "adapter" / "adapter_config.json").is_file():
+        meta = _read_json(path / "training_metadata.json")
+        return ModelEntry(path.name, str(path), "finetuned", "torch", meta)
+    if (path / "config.json").is_file():
+        config = _read_json(path / "config.json")
+        meta = {"model_type": config.get("model_type"), **_read_json(path / "source.json")}
+        return ModelEntry(path.name, str(path), "huggingface", "torch", meta)
+    return None
+
+
+def default_model_dirs() -> list[Path]:
+    from finetune.models import cache_home
+
+    return [cache_home() / "openvino"]
+
+
+def list_models(model_dirs: list[str | Path] | None = None, extra: list[str] | None = None) -> list[ModelEntry]:
+    """Embedded models first, then `extra` (e.g. the model a server was started with), then each folder's
+    model subfolders. Ids are unique: the first entry with a name wins."""
+    from finetune.models import EMBEDDED_MODELS
+
+    entries = [
+        ModelEntry(m.name, m.name, "embedded", "torch", {"description": m.description, "package": m.package})
+        for m in EMBEDDED_MODELS.values()
+    ]
+    for name in extra or []:
+        path = Path(name).expanduser()
+        found = describe_folder(path) if path.is_dir() else None
+        if found is not None:
+            if path.name in ("merged",):
+                found = ModelEntry(path.parent.name, str(path), found.kind, found.backend, found.metadata)
+            entries.append(found)
+    dirs = [Path(d).expanduser() for d in (model_dirs if model_dirs is not None else default_model_dirs())]
+    for folder in dirs:
+        if folder.is_dir():
+            for child in sorted(folder.iterdir()):
+                found = describe_folder(child) if child.is_dir() and ".tmp-" not in child.name else None
+                if found is not None:
+                    entries.append(found)
+    unique: dict[str, ModelEntry] = {}
+    for entry in entries:
+        unique.setdefault(entry.id, entry)
+    return list(unique.values())
+
+
+def find_model(entries: list[ModelEntry], model_id: str) -> ModelEntry | None:
+    return next((e for e in entries if e.id == model_id), None)

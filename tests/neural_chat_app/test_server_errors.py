@@ -1,0 +1,118 @@
+"""Every error case of the server answers with an OpenAI-style error body and the right status, never a 500.
+
+Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q tests/neural_chat_app/test_server_errors.py
+"""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+CHAT = "/v1/chat/completions"
+
+
+def _error(response, status):
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert body["message"] and body["type"]
+    return body
+
+
+def _post(server, body=None, **kwargs):
+    return httpx.post(server.url + CHAT, json=body, timeout=60, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": "hello"}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": -3}, "max_tokens"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        ({"messages": [{"role": "user", "content": "x"}], "top_p": 3}, "top_p"),
+    ],
+)
+def test_wrong_types_are_400(make_server, body, param):
+    server = make_server()
+    error = _error(_post(server, body), 400)
+    assert param in error["message"]
+
+
+def test_malformed_json_is_400(make_server):
+    server = make_server()
+    response = httpx.post(server.url + CHAT, content=b"{not json", headers={"content-type": "application/json"})
+    assert "JSON" in _error(response, 400)["message"]
+    _error(httpx.post(server.url + CHAT, content=b"[1, 2]"), 400)
+
+
+def test_body_over_limit_is_413(make_server):
+    server = make_server(limits={"max_body_bytes": 500})
+    _error(_post(server, {"messages": [{"role": "user", "content": "x" * 1000}]}), 413)
+
+
+def test_prompt_over_token_limit_is_400(make_server):
+    server = make_server(limits={"max_prompt_tokens": 16})
+    error = _error(_post(server, {"messages": [{"role": "user", "content": "hello " * 50}]}), 400)
+    assert error["code"] == "context_length_exceeded"
+
+
+def test_max_tokens_over_limit_is_400(make_server):
+    server = make_server(limits={"max_tokens": 8})
+    error = _error(_post(server, {"messages": [{"role": "user", "content": "x"}], "max_tokens": 9}), 400)
+    assert error["param"] == "max_tokens"
+
+
+def test_unknown_model_and_route_are_404(make_server):
+    server = make_server()
+    _error(_post(server, {"model": "nope", "messages": [{"role": "user", "content": "x"}]}), 404)
+    _error(httpx.get(server.url + "/v1/nothing-here"), 404)
+
+
+def test_over_capacity_is_429_and_the_queue_is_bounded(make_server, slow_backend):
+    slow = slow_backend
+    server = make_server(backend=slow, limits={"max_concurrent": 1, "max_queue": 0, "max_tokens": 400})
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 400, "stream": True}
+    with httpx.Client(timeout=60) as client, client.stream("POST", server.url + CHAT, json=body) as first:
+        assert first.status_code == 200
+        next(first.iter_lines())
+        error = _error(_post(server, {**body, "stream": False}), 429)
+        assert error["type"] == "rate_limit_error"
+    assert slow.stopped.wait(30)
+
+
+def test_client_disconnect_stops_generation(make_server, slow_backend):
+    slow = slow_backend
+    server = make_server(backend=slow, limits={"max_tokens": 1000})
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1000, "stream": True}
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", server.url + CHAT, json=body) as response:
+            lines = response.iter_lines()
+            while "x " not in next(lines):
+                pass
+            conversation = response.headers["x-conversation-id"]
+        # Leaving the block closes the connection mid-stream.
+    assert slow.stopped.wait(30), "generation kept running after the client left"
+    assert slow.produced < 1000
+    log = server.state.chatlog
+    for _ in range(100):  # the partial reply is logged once the server noticed the disconnect
+        messages = log.messages(conversation)
+        if messages[-1]["role"] == "assistant":
+            break
+        threading.Event().wait(0.1)
+    assert messages[-1]["metadata"].get("interrupted") is True
+
+
+def test_backend_failure_is_an_error_body_not_a_crash(make_server, slow_backend):
+    def broken(*args):
+        raise RuntimeError("boom")
+        yield  # a generator, like real backends
+
+    slow_backend.stream = broken
+    server = make_server(backend=slow_backend)
+    error = _error(_post(server, {"messages": [{"role": "user", "content": "x"}]}), 500)
+    assert "boom" in error["message"]
+    assert httpx.get(server.url + "/health").status_code == 200
