@@ -36,7 +36,7 @@ def _finetune_output(path: Path) -> tuple[Path, Path | None] | None:
 
 
 def model_id_for(name: str) -> str:
-    path = Path(name)
+    path = Path(name).expanduser()
     if not path.exists():
         return name
     path = path.resolve()

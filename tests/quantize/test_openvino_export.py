@@ -1,0 +1,102 @@
+"""export_openvino on the tiny llama, and the OpenVINO backend (continuous batching) serving the result.
+
+Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q tests/quantize/test_openvino_export.py
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("openvino_genai")
+pytest.importorskip("optimum.intel")
+
+from quantize.openvino import export_openvino, is_openvino_folder  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_ov_dir(tiny_model_dir, tmp_path_factory):
+    return export_openvino(tiny_model_dir, tmp_path_factory.mktemp("ov") / "tiny-ov", weight_format="int8")
+
+
+def test_export_writes_a_servable_folder(tiny_ov_dir):
+    assert is_openvino_folder(tiny_ov_dir)
+    assert (tiny_ov_dir / "openvino_detokenizer.xml").is_file()
+    meta = json.loads((tiny_ov_dir / "openvino_export.json").read_text())
+    assert meta["weight_format"] == "int8"
+    assert not list(tiny_ov_dir.parent.glob("*.tmp-*"))  # the temporary folder was renamed, not left behind
+
+
+def test_export_rejects_bad_input(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="weight_format"):
+        export_openvino(tiny_model_dir, tmp_path / "x", weight_format="int2")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        export_openvino(tmp_path, tmp_path / "y")
+
+
+def test_missing_optimum_says_what_to_install(monkeypatch, tiny_model_dir, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("optimum"):
+            raise ImportError("No module named 'optimum'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match="pip install"):
+        export_openvino(tiny_model_dir, tmp_path / "z")
+
+
+def test_openvino_chatbot_streams_and_stops(tiny_ov_dir):
+    from neural_chat_app import GenerationConfig, PipelineConfig, build_chatbot
+    from neural_chat_app.prompts import prompt_ids
+    from neural_chat_app.streaming import StreamResult
+
+    bot = build_chatbot(PipelineConfig(model_name_or_path=str(tiny_ov_dir)))
+    try:
+        assert bot.backend.kind == "openvino"
+        config = GenerationConfig(do_sample=False, max_new_tokens=6)
+        chunks, links = bot.predict_stream("hello", config)
+        assert links == [] and "".join(chunks) == bot.predict("hello", config)
+        result, cancel = StreamResult(), threading.Event()
+        ids = prompt_ids(bot.backend.tokenizer, [{"role": "user", "content": "hi"}], "chat")
+        stream = bot.backend.stream(ids, GenerationConfig(do_sample=False, max_new_tokens=400), result, cancel)
+        next(stream)
+        cancel.set()
+        list(stream)
+        assert result.completion_tokens < 400
+    finally:
+        bot.close()
+
+
+def test_openvino_server_runs_concurrent_streams(tiny_ov_dir, tmp_path):
+    import httpx
+
+    from neural_chat_app.server import create_app, load_settings
+    from tests.neural_chat_app.conftest import RunningServer
+
+    settings = load_settings(
+        None, model=str(tiny_ov_dir), backend="openvino", model_dirs=[], chat_log={"path": str(tmp_path / "l.db")}
+    )
+    app = create_app(settings)
+    results: list[dict] = []
+
+    def ask(url, i):
+        body = {"messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": 8}
+        results.append(httpx.post(url + "/v1/chat/completions", json=body, timeout=120).json())
+
+    with RunningServer(app) as server:
+        assert server.state.admission.max_concurrent == 8
+        threads = [threading.Thread(target=ask, args=(server.url, i)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(results) == 4
+    assert all(0 < r["usage"]["completion_tokens"] <= 8 for r in results)
