@@ -1,0 +1,64 @@
+"""Read the chat app's SQLite conversation log (schema in `chatlog_schema.py`): one conversation per session."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from finetune.data.chatlog_schema import SCHEMA_VERSION
+from finetune.data.records import ROLES, Conversation, Reject
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_MESSAGES = "SELECT role, content, model, feedback, metadata FROM messages WHERE session_id = ? ORDER BY id"
+
+
+def read_chatlog(path: Path) -> Iterator[Conversation | Reject]:
+    # Read-only, so reading a log that the server is writing (WAL mode) never blocks or changes it.
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        _check_schema(con, path)
+        sessions = con.execute("SELECT id, title, model FROM sessions ORDER BY created_at, id").fetchall()
+        # Messages whose session row is missing are still conversations; reading them keeps the count honest.
+        orphans = con.execute(
+            "SELECT DISTINCT session_id FROM messages WHERE session_id NOT IN (SELECT id FROM sessions) ORDER BY 1"
+        ).fetchall()
+        for session_id, title, model in sessions + [(o[0], None, None) for o in orphans]:
+            yield _session(con, path, session_id, title, model)
+    finally:
+        con.close()
+
+
+def _check_schema(con: sqlite3.Connection, path: Path) -> None:
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    missing = {"sessions", "messages"} - tables
+    if missing:
+        raise ValueError(f"{path}: an SQLite file without the conversation-log tables {sorted(missing)}; "
+                         "only the chat app's log (finetune/data/chatlog_schema.py) can be ingested")
+    if "schema_info" in tables:
+        row = con.execute("SELECT max(version) FROM schema_info").fetchone()
+        if row and row[0] is not None and row[0] > SCHEMA_VERSION:
+            raise ValueError(f"{path}: conversation log schema version {row[0]} is newer than this reader "
+                             f"({SCHEMA_VERSION}); upgrade the package")
+
+
+def _session(con: sqlite3.Connection, path: Path, session_id: str, title, model) -> Conversation | Reject:
+    origin = f"{path}#session={session_id}"
+    rows = con.execute(_MESSAGES, (session_id,)).fetchall()
+    raw = {"session_id": session_id, "title": title, "model": model,
+           "messages": [{"role": r[0], "content": r[1]} for r in rows]}
+    if not rows:
+        return Reject("ingest", "empty_session", "session has no messages", origin, raw)
+    messages, up, down = [], 0, 0
+    for i, (role, content, msg_model, feedback, _meta) in enumerate(rows):
+        # SQLite is dynamically typed: a NOT NULL TEXT column can still hold a number written by other code.
+        if role not in ROLES or not isinstance(content, str):
+            return Reject("ingest", "wrong_type", f"message {i}: role {role!r} / content of type "
+                          f"{type(content).__name__}", origin, raw)
+        messages.append({"role": role, "content": content})
+        model = model or msg_model
+        up += feedback == 1
+        down += feedback == -1
+    meta = {"session_id": session_id, "title": title, "model": model, "feedback_up": up, "feedback_down": down}
+    return Conversation(messages=messages, metadata=meta, origin=origin, format="chatlog", raw=raw)

@@ -1,0 +1,75 @@
+"""The export stage: turn a kept conversation into training examples in the chosen format and write them.
+
+`messages` JSONL is what `finetune_model`'s chat task reads; `chatml` is `{"text": ...}` JSONL for the
+completion task; `alpaca` is a JSON array of instruction/input/output; `instruction` is instruction/context/
+response JSONL. Alpaca and instruction have no turns, so the turns before the answered question become
+the input/context.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+EXTENSIONS = {"messages": "jsonl", "chatml": "jsonl", "alpaca": "json", "instruction": "jsonl"}
+
+
+def examples(messages: list[dict[str, str]], multi_turn: str) -> Iterator[tuple[int, list[dict[str, str]]]]:
+    """`(turn, messages)`: the whole conversation, or one prefix per assistant turn, each ending on that turn."""
+    if multi_turn == "conversation":
+        yield sum(m["role"] == "assistant" for m in messages), messages
+        return
+    turn = 0
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            turn += 1
+            yield turn, messages[: i + 1]
+
+
+def chatml(messages: list[dict[str, str]]) -> str:
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
+def _last_exchange(messages: list[dict[str, str]]) -> tuple[str, str, str]:
+    """(history, question, answer) for formats that hold one question: the last user turn and the reply."""
+    answer = messages[-1]["content"]
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    history = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages[:last_user])
+    return history, messages[last_user]["content"], answer
+
+
+def render(messages: list[dict[str, str]], metadata: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
+    if fmt == "messages":
+        return {"messages": messages} if metadata is None else {"messages": messages, "metadata": metadata}
+    if fmt == "chatml":
+        return {"text": chatml(messages)}
+    history, question, answer = _last_exchange(messages)
+    if fmt == "alpaca":
+        return {"instruction": question, "input": history, "output": answer}
+    return {"instruction": question, "context": history, "response": answer}
+
+
+class SplitWriter:
+    """One output file; a JSON array for Alpaca (written element by element), JSON Lines otherwise."""
+
+    def __init__(self, path: Path, fmt: str):
+        self.path, self.array, self.count = path, fmt == "alpaca", 0
+        self.f: IO[str] = open(path, "w", encoding="utf-8", newline="\n")
+        if self.array:
+            self.f.write("[")
+
+    def write(self, example: dict[str, Any]) -> None:
+        line = json.dumps(example, ensure_ascii=False)
+        if self.array:
+            line = ("\n" if self.count == 0 else ",\n") + line
+        else:
+            line += "\n"
+        self.f.write(line)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.array:
+            self.f.write("\n]\n")
+        self.f.close()

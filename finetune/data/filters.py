@@ -1,0 +1,157 @@
+"""The filter stage: each filter is a function `Conversation -> (code, detail) | None`, built from FilterConfig.
+
+`build_filters` returns them cheapest first, so the tokenizer only sees conversations every other filter kept.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from finetune.data.config import PREDICATE, FilterConfig
+from finetune.data.records import Conversation
+
+Verdict = tuple[str, str] | None
+Filter = Callable[[Conversation], Verdict]
+
+_OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+        ">=": operator.ge}
+_MISSING = object()
+
+
+def build_filters(cfg: FilterConfig, tokenizer: Any = None) -> list[tuple[str, Filter]]:
+    filters: list[tuple[str, Filter]] = []
+    if cfg.role_order:
+        filters.append(("role_order", lambda c: role_order(c, cfg.allow_consecutive_assistant)))
+    if cfg.min_turns:
+        filters.append(("min_turns", lambda c: min_turns(c, cfg.min_turns)))
+    for text in cfg.metadata:
+        filters.append(("metadata", metadata_predicate(text)))
+    if cfg.min_chars is not None or cfg.max_chars is not None:
+        filters.append(("chars", lambda c: length_bounds(_n_chars(c), cfg.min_chars, cfg.max_chars, "chars")))
+    if cfg.max_repetition is not None:
+        filters.append(("repetition", lambda c: repetition(c, cfg.max_repetition)))
+    if cfg.language:
+        filters.append(("language", lambda c: language(c, cfg.language)))
+    if tokenizer is not None:
+        filters.append(("tokens", lambda c: token_bounds(c, tokenizer, cfg.min_tokens, cfg.max_tokens)))
+    return filters
+
+
+def first_failure(conv: Conversation, filters: list[tuple[str, Filter]]) -> Verdict:
+    for _, fn in filters:
+        verdict = fn(conv)
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def role_order(conv: Conversation, allow_consecutive_assistant: bool) -> Verdict:
+    roles = [m["role"] for m in conv.messages]
+    if "system" in roles[1:]:
+        return "role_order", f"a system message at position {roles.index('system', 1)}; only the first may be system"
+    turns = roles[1:] if roles[0] == "system" else roles
+    if not turns or turns[0] != "user":
+        return "role_order", "the first non-system message must be from the user"
+    if turns[-1] != "assistant":
+        return "role_order", "the last message must be from the assistant (nothing to learn from a trailing user turn)"
+    for i in range(1, len(turns)):
+        if turns[i] == turns[i - 1] and not (turns[i] == "assistant" and allow_consecutive_assistant):
+            return "role_order", f"two {turns[i]} messages in a row at message {i + len(roles) - len(turns)}"
+    return None
+
+
+def min_turns(conv: Conversation, minimum: int) -> Verdict:
+    n = sum(m["role"] == "assistant" for m in conv.messages)
+    return None if n >= minimum else ("min_turns", f"{n} assistant turn(s), fewer than min_turns={minimum}")
+
+
+def metadata_predicate(text: str) -> Filter:
+    import yaml
+
+    path, op, raw = PREDICATE.match(text).groups()
+    keys, compare, expected = path.split(".")[1:], _OPS[op], yaml.safe_load(raw)
+
+    def check(conv: Conversation) -> Verdict:
+        value: Any = conv.metadata
+        for k in keys:
+            value = value.get(k, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            return "metadata", f"{path} is missing, so {text!r} does not hold"
+        try:
+            ok = compare(value, expected)
+        except TypeError:
+            ok = False
+        return None if ok else ("metadata", f"{text!r} does not hold ({path} is {value!r})")
+
+    return check
+
+
+def _n_chars(conv: Conversation) -> int:
+    return sum(len(m["content"]) for m in conv.messages)
+
+
+def length_bounds(n: int, low: int | None, high: int | None, unit: str) -> Verdict:
+    if low is not None and n < low:
+        return f"min_{unit}", f"{n} {unit}, fewer than min_{unit}={low}"
+    if high is not None and n > high:
+        return f"max_{unit}", f"{n} {unit}, more than max_{unit}={high}"
+    return None
+
+
+def repetition_share(text: str, n: int = 3) -> float:
+    """Share of the text covered by its most frequent n-gram: 1.0 for 'buy now buy now buy now ...'.
+
+    Words are the units; text with few spaces (CJK, 'hahahaha') falls back to characters.
+    """
+    units: list[str] = text.split()
+    if len(units) < 4 * n:
+        units = list(text.replace(" ", ""))
+    if len(units) < 4 * n:
+        return 0.0  # too short to call repetitive
+    grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
+    top, count = Counter(grams).most_common(1)[0]
+    if count < 2:
+        return 0.0  # nothing repeats
+    covered, reach = 0, 0
+    for i, g in enumerate(grams):
+        if g == top:
+            start = max(i, reach)
+            covered += i + n - start
+            reach = i + n
+    return covered / len(units)
+
+
+def repetition(conv: Conversation, limit: float) -> Verdict:
+    for i, m in enumerate(conv.messages):
+        share = repetition_share(m["content"])
+        if share > limit:
+            return "repetition", f"message {i} repeats one 3-gram over {share:.0%} of its length (max {limit:.0%})"
+    return None
+
+
+def language(conv: Conversation, allowed: list[str]) -> Verdict:
+    try:
+        import py3langid
+    except ImportError as e:
+        raise ImportError("filter.language needs py3langid: pip install py3langid") from e
+    text = "\n".join(m["content"] for m in conv.messages if m["role"] != "system")
+    lang, _ = py3langid.classify(text)
+    return None if lang in allowed else ("language", f"detected language {lang!r}, not in {allowed}")
+
+
+def count_tokens(conv: Conversation, tokenizer: Any) -> int:
+    """Tokens of the conversation as the trainer will see it: through the chat template when there is one."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(conv.messages, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    else:
+        ids = tokenizer("\n".join(m["content"] for m in conv.messages))["input_ids"]
+    return len(ids)
+
+
+def token_bounds(conv: Conversation, tokenizer: Any, low: int | None, high: int | None) -> Verdict:
+    conv.n_tokens = count_tokens(conv, tokenizer)
+    return length_bounds(conv.n_tokens, low, high, "tokens")

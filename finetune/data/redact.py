@@ -1,0 +1,108 @@
+"""Replace personal data with typed placeholders (`<EMAIL>`, `<URL>`, `<IP>`, `<CARD>`, `<PHONE>`) and count them.
+
+Phone numbers are found by Google's libphonenumber port (`phonenumbers`), which knows every country's
+numbering plan; IP addresses are confirmed by `ipaddress`, card numbers by the Luhn checksum. The order
+matters: e-mails before URLs (a URL pattern would eat the domain), cards and IPs before phones (their digit
+runs can look like phone numbers).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Callable
+
+PLACEHOLDERS = {"email": "<EMAIL>", "url": "<URL>", "ip": "<IP>", "card": "<CARD>", "phone": "<PHONE>"}
+ORDER = ("email", "url", "ip", "card", "phone")
+
+_EMAIL = re.compile(r"\b[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
+_URL = re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"']+", re.IGNORECASE)
+_URL_TAIL = ".,;:!?)]}'\""
+_IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.]*\d)")
+_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+_CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+_HAS_DIGITS = re.compile(r"\d")
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d) * (2 if i % 2 else 1)
+        total += n - 9 if n > 9 else n
+    return total % 10 == 0
+
+
+def _sub(pattern: re.Pattern, text: str, placeholder: str, accept: Callable[[str], bool] | None = None):
+    count = 0
+
+    def repl(m: re.Match) -> str:
+        nonlocal count
+        if accept is not None and not accept(m.group()):
+            return m.group()
+        count += 1
+        return placeholder
+
+    return pattern.sub(repl, text), count
+
+
+def _url(text: str) -> tuple[str, int]:
+    count = 0
+
+    def repl(m: re.Match) -> str:
+        nonlocal count
+        url = m.group()
+        kept = url.rstrip(_URL_TAIL)  # the sentence's full stop or closing bracket is not part of the URL
+        count += 1
+        return PLACEHOLDERS["url"] + url[len(kept):]
+
+    return _URL.sub(repl, text), count
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _ip(text: str) -> tuple[str, int]:
+    text, n4 = _sub(_IPV4, text, PLACEHOLDERS["ip"], _is_ip)
+    text, n6 = _sub(_IPV6, text, PLACEHOLDERS["ip"], lambda s: s.count(":") >= 2 and _is_ip(s))
+    return text, n4 + n6
+
+
+def _card(text: str) -> tuple[str, int]:
+    return _sub(_CARD, text, PLACEHOLDERS["card"], lambda s: luhn_ok(re.sub(r"\D", "", s)))
+
+
+def _phone(text: str, region: str) -> tuple[str, int]:
+    import phonenumbers
+
+    if not _HAS_DIGITS.search(text):
+        return text, 0
+    matches = list(phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID))
+    for m in reversed(matches):  # from the end, so earlier offsets stay valid
+        text = text[: m.start] + PLACEHOLDERS["phone"] + text[m.end :]
+    return text, len(matches)
+
+
+def redact(text: str, kinds: list[str], region: str, counts: Counter) -> str:
+    """Return `text` with each enabled kind replaced; add the number of replacements per kind to `counts`."""
+    for kind in ORDER:
+        if kind not in kinds:
+            continue
+        if kind == "email":
+            text, n = _sub(_EMAIL, text, PLACEHOLDERS["email"])
+        elif kind == "url":
+            text, n = _url(text)
+        elif kind == "ip":
+            text, n = _ip(text)
+        elif kind == "card":
+            text, n = _card(text)
+        else:
+            text, n = _phone(text, region)
+        if n:
+            counts[kind] += n
+    return text

@@ -1,0 +1,56 @@
+"""Seeded train/validation/test assignment that streams and keeps each group (conversation) in one split.
+
+Without `group_by`, the count of each split is exact (largest remainder of ratio x N) and the assignment is
+sequential random sampling (Knuth's Algorithm S): each conversation draws its split with probability
+`remaining_in_split / remaining_overall`, so every assignment of the exact counts is equally likely and
+nothing but the counters is held in memory. With `group_by`, a group's split comes from a seeded hash of its
+key, so all its conversations land together wherever they are in the input; counts then follow the ratios
+only on average.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import Any
+
+SPLITS = ("train", "validation", "test")
+
+
+def exact_counts(n: int, ratios: dict[str, float]) -> dict[str, int]:
+    raw = {s: n * r for s, r in ratios.items()}
+    counts = {s: int(v) for s, v in raw.items()}
+    by_remainder = sorted(ratios, key=lambda s: (-(raw[s] - counts[s]), SPLITS.index(s)))
+    for s in by_remainder[: n - sum(counts.values())]:
+        counts[s] += 1
+    return counts
+
+
+class ExactSplitter:
+    def __init__(self, n: int, ratios: dict[str, float], seed: int):
+        self.left = exact_counts(n, ratios)
+        self.rng = random.Random(seed)
+
+    def assign(self, _key: Any = None) -> str:
+        r = self.rng.random() * sum(self.left.values())
+        for split, left in self.left.items():
+            if r < left:
+                self.left[split] -= 1
+                return split
+            r -= left
+        raise RuntimeError("more conversations than counted: the staging file changed during the run")
+
+
+class GroupSplitter:
+    def __init__(self, ratios: dict[str, float], seed: int):
+        self.ratios, self.seed = ratios, seed
+
+    def assign(self, key: Any) -> str:
+        text = f"{self.seed}\x00{json.dumps(key, sort_keys=True, default=str)}"
+        u = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
+        for split, ratio in self.ratios.items():
+            if u < ratio:
+                return split
+            u -= ratio
+        return next(s for s in reversed(SPLITS) if self.ratios.get(s))  # float rounding at the top end

@@ -1,0 +1,61 @@
+"""Reading the chat app's SQLite conversation log (finetune/data/chatlog.py)."""
+
+import sqlite3
+
+import pytest
+from _data_helpers import make_chatlog
+
+from finetune.data.records import Conversation, Reject
+from finetune.data.sources import read_source, sniff
+
+
+def test_one_conversation_per_session_in_order_with_feedback(tmp_path):
+    db = make_chatlog(tmp_path / "log.db", {
+        "s1": [("user", "hi", None), ("assistant", "hello", 1)],
+        "s2": [("system", "be brief", None), ("user", "why?", None), ("assistant", "because", -1)],
+    })
+    assert sniff(db) == "sqlite"
+    items = list(read_source(db))
+    assert [i.origin.split("#")[1] for i in items] == ["session=s1", "session=s2"]
+    assert items[1].messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "why?"},
+                                 {"role": "assistant", "content": "because"}]
+    assert items[0].metadata == {"session_id": "s1", "title": "title s1", "model": "smollm2", "feedback_up": 1,
+                                 "feedback_down": 0}
+    assert items[1].metadata["feedback_down"] == 1
+    assert all(i.format == "chatlog" for i in items)
+
+
+def test_empty_session_and_orphan_messages_are_accounted(tmp_path):
+    db = make_chatlog(tmp_path / "log.db", {"empty": [], "s1": [("user", "a", None), ("assistant", "b", None)]})
+    con = sqlite3.connect(db)
+    con.execute("INSERT INTO messages (session_id, role, content, created_at) VALUES ('gone', 'user', 'x', 1)")
+    con.commit()
+    con.close()
+    items = list(read_source(db))
+    assert isinstance(items[0], Reject) and items[0].code == "empty_session"
+    assert isinstance(items[1], Conversation)
+    assert isinstance(items[2], Conversation) and items[2].origin.endswith("#session=gone")
+
+
+def test_non_text_content_is_rejected(tmp_path):
+    db = make_chatlog(tmp_path / "log.db", {"s1": [("user", "a", None), ("assistant", "b", None)]})
+    con = sqlite3.connect(db)
+    # A TEXT column turns numbers into text, but a BLOB written by other code stays bytes.
+    con.execute("UPDATE messages SET content = X'C3A9' WHERE role = 'assistant'")
+    con.commit()
+    con.close()
+    (item,) = read_source(db)
+    assert isinstance(item, Reject) and item.code == "wrong_type"
+
+
+def test_newer_schema_is_refused(tmp_path):
+    db = make_chatlog(tmp_path / "log.db", {}, version=99)
+    with pytest.raises(ValueError, match="schema version 99 is newer"):
+        list(read_source(db))
+
+
+def test_other_sqlite_files_are_refused_by_name(tmp_path):
+    db = tmp_path / "other.sqlite"
+    sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(ValueError, match=r"other.sqlite: .*\['messages', 'sessions'\]"):
+        list(read_source(db))
