@@ -7,6 +7,7 @@ from finetune.config import (
     ModelArguments,
     SummarizationFinetuningConfig,
     TextGenerationFinetuningConfig,
+    TrainingArguments,
 )
 from finetune.train import FinetuneResult, finetune_model
 
@@ -19,4 +20,5 @@ __all__ = [
     "ModelArguments",
     "DataArguments",
     "FinetuningArguments",
+    "TrainingArguments",
 ]

@@ -15,9 +15,15 @@ import logging
 import sys
 from pathlib import Path
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser
 
-from finetune.config import DataArguments, FinetuningArguments, ModelArguments, TextGenerationFinetuningConfig
+from finetune.config import (
+    DataArguments,
+    FinetuningArguments,
+    ModelArguments,
+    TextGenerationFinetuningConfig,
+    TrainingArguments,
+)
 
 
 def parser() -> HfArgumentParser:

@@ -40,6 +40,9 @@ class PaddingFreeCollator:
             "position_ids": torch.tensor([positions]),
             "logits_to_keep": keep,
             "labels": targets[keep],
+            # With a KV cache, transformers does not read packed sequences from position ids and would let
+            # examples attend to each other.
+            "use_cache": False,
         }
 
 

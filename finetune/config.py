@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args
 
-from transformers import TrainingArguments
+import torch
+import transformers
 
 Task = Literal["completion", "chat", "summarization", "code-generation", "extraction"]
 TASKS: tuple[str, ...] = get_args(Task)
@@ -131,9 +132,6 @@ class FinetuningArguments:
         default=None, metadata={"help": "Stop after this many evaluations without eval-loss improvement."}
     )
     save_merged_model: bool = field(default=True, metadata={"help": "Also write the adapter merged into the model."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Start afresh even if output_dir holds checkpoints of a different run."}
-    )
 
     def __post_init__(self):
         _check_choice(self, "task", TASKS)
@@ -155,6 +153,28 @@ class FinetuningArguments:
                              "evaluate on your held-out split.")
 
 
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """transformers' TrainingArguments, accepting what NeuralChat-era scripts pass.
+
+    transformers 5 dropped `overwrite_output_dir` and renamed `evaluation_strategy`, and it refuses `bf16=True`
+    on a machine without a GPU unless `use_cpu=True`; NeuralChat notebooks for Xeon pass all three. A plain
+    transformers.TrainingArguments works too wherever transformers accepts it.
+    """
+
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start afresh even if output_dir holds another run's files."}
+    )
+    evaluation_strategy: str | None = field(default=None, metadata={"help": "Old name of eval_strategy."})
+
+    def __post_init__(self):
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if (self.bf16 or self.fp16) and not torch.cuda.is_available():
+            self.use_cpu = True
+        super().__post_init__()
+
+
 def _default_training_args() -> TrainingArguments:
     return TrainingArguments(output_dir="finetuned_model", report_to="none")
 
@@ -169,7 +189,8 @@ class TextGenerationFinetuningConfig:
     finetune_args: FinetuningArguments = field(default_factory=FinetuningArguments)
 
     def __post_init__(self):
-        expected = {"model_args": ModelArguments, "data_args": DataArguments, "training_args": TrainingArguments,
+        expected = {"model_args": ModelArguments, "data_args": DataArguments,
+                    "training_args": transformers.TrainingArguments,
                     "finetune_args": FinetuningArguments}
         for f in fields(self):
             if not isinstance(getattr(self, f.name), expected[f.name]):

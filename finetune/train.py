@@ -13,6 +13,7 @@ fp32 master weights for the same reason and also computes under bf16 autocast.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -163,9 +164,26 @@ def _check_batch(config: TextGenerationFinetuningConfig, n_train: int) -> None:
 
 
 def _last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest checkpoint that was written completely.
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    Trainer writes trainer_state.json last, so a run killed while saving leaves a folder without a readable one:
+    skip it and resume from the checkpoint before.
+    """
+    if not output_dir.is_dir():
+        return None
+    steps = []
+    for path in output_dir.glob("checkpoint-*"):
+        suffix = path.name.split("-")[-1]
+        if suffix.isdigit():
+            steps.append((int(suffix), path))
+    for _, path in sorted(steps, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            logger.warning("Skipping incomplete checkpoint %s", path)
+            continue
+        return str(path)
+    return None
 
 
 def _save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path) -> tuple[Path | None, Path | None]:
@@ -208,7 +226,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
     output_dir = Path(args.output_dir)
     fingerprint = run_fingerprint(config, model_path, data.data_hash)
     resume = args.resume_from_checkpoint
-    if check_output_dir(output_dir, fingerprint, fa.overwrite_output_dir) and resume is None:
+    if check_output_dir(output_dir, fingerprint, getattr(args, "overwrite_output_dir", False)) and resume is None:
         resume = _last_checkpoint(output_dir)
         if resume:
             logger.warning("Resuming the interrupted run from %s", resume)

@@ -1,0 +1,71 @@
+"""Padding-free batches give the same logits and loss as separate, padded sequences.
+
+pytest tests/finetune/test_collate.py
+"""
+
+import torch
+import torch.nn.functional as F
+
+from finetune.collate import PaddingFreeCollator, kept_positions_loss
+from finetune.formatting import IGNORE_INDEX, pack_examples
+from tests.conftest import build_tiny_llama, build_tiny_tokenizer
+
+
+def _examples():
+    return [
+        {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [IGNORE_INDEX] * 3 + [8, 9, 10]},
+        {"input_ids": [11, 12, 13], "labels": [IGNORE_INDEX, 12, 13]},
+        {"input_ids": [20, 21, 22, 23, 24], "labels": [IGNORE_INDEX, IGNORE_INDEX, 22, 23, 24]},
+    ]
+
+
+def test_flattened_batch_attends_within_each_example_only():
+    """transformers builds the block-diagonal mask from restarting position ids only without a KV cache."""
+    model = build_tiny_llama(build_tiny_tokenizer()).eval()
+    batch = PaddingFreeCollator()(_examples())
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                       use_cache=False).logits[0]
+        separate = torch.cat([model(input_ids=torch.tensor([e["input_ids"]])).logits[0] for e in _examples()])
+    assert torch.allclose(packed, separate, atol=1e-5)
+
+
+def test_kept_positions_loss_equals_the_standard_causal_lm_loss():
+    model = build_tiny_llama(build_tiny_tokenizer()).eval()
+    examples = _examples()
+    batch = PaddingFreeCollator()(examples)
+    with torch.no_grad():
+        outputs = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                        logits_to_keep=batch["logits_to_keep"], use_cache=False)
+        ours = kept_positions_loss(outputs, batch["labels"])
+        # Reference: each example on its own, shifted cross-entropy averaged over all label tokens.
+        total, count = 0.0, 0
+        for e in examples:
+            logits = model(input_ids=torch.tensor([e["input_ids"]])).logits[0, :-1]
+            targets = torch.tensor(e["labels"][1:])
+            total += F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            count += int((targets != IGNORE_INDEX).sum())
+    assert batch["labels"].numel() == count == 8
+    assert torch.allclose(ours, total / count, atol=1e-5)
+
+
+def test_only_positions_with_a_target_reach_the_output_head():
+    batch = PaddingFreeCollator()(_examples())
+    assert batch["input_ids"].shape == (1, 14)
+    assert batch["logits_to_keep"].tolist() == [2, 3, 4, 6, 7, 10, 11, 12]
+    assert batch["labels"].tolist() == [8, 9, 10, 12, 13, 22, 23, 24]
+
+
+def test_packed_rows_keep_restarting_positions_and_mask_example_starts():
+    rows = pack_examples(_examples(), max_seq_length=10)
+    assert [len(r["input_ids"]) for r in rows] == [9, 5]
+    assert rows[0]["position_ids"] == [0, 1, 2, 3, 4, 5, 0, 1, 2]
+    assert rows[0]["labels"][6] == IGNORE_INDEX
+    model = build_tiny_llama(build_tiny_tokenizer()).eval()
+    batch = PaddingFreeCollator()(rows)
+    separate = PaddingFreeCollator()(_examples())
+    assert batch["labels"].tolist() == separate["labels"].tolist()
+    with torch.no_grad():
+        a = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        b = model(input_ids=separate["input_ids"], position_ids=separate["position_ids"], use_cache=False).logits
+    assert torch.allclose(a, b, atol=1e-5)

@@ -1,0 +1,162 @@
+"""finetune_model end to end on the tiny model: every task, LoRA and full, outputs, errors, resume.
+
+pytest tests/finetune/test_train.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from finetune import finetune_model
+from finetune.records import DataError
+from tests.finetune.conftest import tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+def _losses(output_dir):
+    history = json.loads((output_dir / "training_metadata.json").read_text())["history"]
+    return [h["loss"] for h in history if "loss" in h]
+
+
+@pytest.mark.parametrize("task,file_fixture", [
+    ("completion", "alpaca_file"), ("chat", "chat_file"), ("summarization", "summarization_file"),
+    ("code-generation", "code_file"), ("extraction", "extraction_file"),
+])
+def test_each_task_trains_and_writes_a_loadable_merged_model(task, file_fixture, tiny_model_dir, tmp_path, request):
+    out = tmp_path / "out"
+    config = tiny_config(tiny_model_dir, request.getfixturevalue(file_fixture), out, task=task, max_steps=12)
+    result = finetune_model(config)
+
+    losses = _losses(out)
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    meta = json.loads((out / "training_metadata.json").read_text())
+    assert meta["task"] == task and meta["method"] == "lora"
+    assert meta["precision"] in ("bf16", "fp32") and meta["metrics"]["train_tokens_per_s"] > 0
+    assert len(meta["data_hash"]) == 64 and meta["versions"]["torch"]
+
+    model = AutoModelForCausalLM.from_pretrained(result.merged_dir)
+    tokenizer = AutoTokenizer.from_pretrained(result.merged_dir)
+    ids = tokenizer("Say the number 3", return_tensors="pt")
+    assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 4
+
+
+def test_merged_model_matches_base_plus_adapter(tiny_model_dir, alpaca_file, tmp_path):
+    from peft import PeftModel
+
+    result = finetune_model(tiny_config(tiny_model_dir, alpaca_file, tmp_path / "out", max_steps=6))
+    ids = torch.tensor([[5, 9, 17, 33, 40]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with_adapter = PeftModel.from_pretrained(base, result.adapter_dir).eval()
+    merged = AutoModelForCausalLM.from_pretrained(result.merged_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected, got = with_adapter(ids).logits, merged(ids).logits
+    untouched = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)(ids).logits
+    assert torch.allclose(expected, got, atol=1e-4)
+    assert not torch.allclose(untouched, got, atol=1e-4)  # training changed the model
+
+
+def test_full_finetune_writes_the_whole_model(tiny_model_dir, alpaca_file, tmp_path):
+    out = tmp_path / "out"
+    result = finetune_model(tiny_config(tiny_model_dir, alpaca_file, out, full_finetune=True, learning_rate=1e-3))
+    assert result.adapter_dir is None and not (out / "adapter").exists()
+    trained = AutoModelForCausalLM.from_pretrained(result.merged_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert trained.lm_head.weight.dtype == torch.float32  # fp32 master weights, bf16 compute
+    assert not torch.allclose(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_eval_reports_loss_before_and_after(tiny_model_dir, chat_file, tmp_path):
+    config = tiny_config(tiny_model_dir, chat_file, tmp_path / "out", task="chat", max_steps=16, do_eval=True,
+                         validation_split_percentage=20)
+    metrics = finetune_model(config).metrics
+    assert metrics["eval_loss"] < metrics["eval_loss_before"]
+    assert metrics["eval_perplexity"] == pytest.approx(float(torch.exp(torch.tensor(metrics["eval_loss"]))))
+
+
+def test_packing_trains_on_fewer_rows(tiny_model_dir, chat_file, tmp_path):
+    out = tmp_path / "out"
+    finetune_model(tiny_config(tiny_model_dir, chat_file, out, task="chat", dataset_concatenation=True,
+                               max_steps=2))
+    counts = json.loads((out / "training_metadata.json").read_text())["data"]
+    assert counts["train_packed_rows"] < counts["train_examples"]
+
+
+def test_early_stopping_stops_before_max_steps(tiny_model_dir, chat_file, tmp_path):
+    config = tiny_config(tiny_model_dir, chat_file, tmp_path / "out", task="chat", max_steps=200, do_eval=True,
+                         validation_split_percentage=20, early_stopping_patience=1, save_steps=1,
+                         learning_rate=0.5, save_total_limit=2)
+    metrics = finetune_model(config).metrics
+    assert metrics["train_steps"] < 200
+
+
+def test_fewer_examples_than_a_batch_is_an_error(tiny_model_dir, alpaca_file, tmp_path):
+    config = tiny_config(tiny_model_dir, alpaca_file, tmp_path / "out", max_train_samples=3)
+    with pytest.raises(ValueError, match="3 examples, fewer than one batch.*per_device_train_batch_size"):
+        finetune_model(config)
+
+
+def test_fp16_on_cpu_is_an_error_that_explains_bf16(tiny_model_dir, alpaca_file, tmp_path):
+    config = tiny_config(tiny_model_dir, alpaca_file, tmp_path / "out", fp16=True, use_cpu=True)
+    with pytest.raises(ValueError, match="bf16"):
+        finetune_model(config)
+
+
+def test_output_dir_of_another_run_is_refused_unless_overwrite(tiny_model_dir, alpaca_file, chat_file, tmp_path):
+    out = tmp_path / "out"
+    finetune_model(tiny_config(tiny_model_dir, alpaca_file, out, max_steps=2))
+    with pytest.raises(FileExistsError, match="different fine-tuning run.*overwrite_output_dir"):
+        finetune_model(tiny_config(tiny_model_dir, chat_file, out, task="chat", max_steps=2))
+    result = finetune_model(tiny_config(tiny_model_dir, chat_file, out, task="chat", max_steps=2,
+                                        overwrite_output_dir=True))
+    assert json.loads((result.output_dir / "training_metadata.json").read_text())["task"] == "chat"
+
+
+def test_output_dir_with_foreign_files_is_refused(tiny_model_dir, alpaca_file, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not from a fine-tuning run"):
+        finetune_model(tiny_config(tiny_model_dir, alpaca_file, out, max_steps=2))
+
+
+def test_no_training_data_names_the_field(tiny_model_dir, tmp_path):
+    from transformers import TrainingArguments
+
+    from finetune import ModelArguments, TextGenerationFinetuningConfig
+
+    config = TextGenerationFinetuningConfig(
+        model_args=ModelArguments(model_name_or_path=str(tiny_model_dir)),
+        training_args=TrainingArguments(output_dir=str(tmp_path / "o"), report_to="none"))
+    with pytest.raises(DataError, match="train_file"):
+        finetune_model(config)
+
+
+def test_neuralchat_snippet_runs_with_only_imports_changed(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):
+    """The DESIGN.md contract, on a small Alpaca file named like NeuralChat's (alpaca_data.json)."""
+    monkeypatch.chdir(alpaca_file.parent)
+    from finetune import (
+        DataArguments,
+        FinetuningArguments,
+        ModelArguments,
+        TextGenerationFinetuningConfig,
+        TrainingArguments,
+        finetune_model,
+    )
+    finetune_model(TextGenerationFinetuningConfig(
+        model_args=ModelArguments(model_name_or_path=str(tiny_model_dir)),
+        data_args=DataArguments(train_file="alpaca_data.json", validation_split_percentage=10),
+        training_args=TrainingArguments(output_dir="./tmp", do_train=True, do_eval=True, num_train_epochs=1,
+                                        overwrite_output_dir=True, per_device_train_batch_size=4,
+                                        per_device_eval_batch_size=4, gradient_accumulation_steps=2,
+                                        save_strategy="no", log_level="info", save_total_limit=2, bf16=True),
+        finetune_args=FinetuningArguments(task="completion")))
+    meta = json.loads((tmp_path / "tmp" / "training_metadata.json").read_text())
+    assert meta["metrics"]["train_steps"] == 3  # 22 examples / (4 x 2) per step, rounded up
+    assert "eval_loss" in meta["metrics"]
