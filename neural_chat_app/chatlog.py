@@ -19,8 +19,17 @@ from finetune.data.chatlog_schema import SCHEMA, SCHEMA_VERSION
 class ChatLog:
     """A thread-safe handle on one log file. Every write is its own committed transaction."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, redact: list[str] | tuple = (), phone_region: str = "US"):
         self.path = Path(path).expanduser()
+        # PII kinds (email, url, ip, card, phone) replaced by placeholders before anything is stored.
+        self.redact_kinds = list(redact)
+        self.phone_region = phone_region
+        if self.redact_kinds:
+            from finetune.data.redact import ORDER
+
+            unknown = set(self.redact_kinds) - set(ORDER)
+            if unknown:
+                raise ValueError(f"chat_log.redact: unknown kinds {sorted(unknown)}; known: {list(ORDER)}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -47,7 +56,7 @@ class ChatLog:
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO sessions (id, created_at, title, model) VALUES (?, ?, ?, ?)",
-                (session_id, time.time(), (title or "")[:80] or None, model),
+                (session_id, time.time(), self._redact(title or "")[:80] or None, model),
             )
 
     def add_message(
@@ -60,6 +69,7 @@ class ChatLog:
         tokens: int | None = None,
         metadata: dict | None = None,
     ) -> int:
+        content = self._redact(content)
         with self._lock:
             cursor = self._db.execute(
                 "INSERT INTO messages (session_id, role, content, created_at, model, latency_ms, tokens, metadata) "
@@ -67,6 +77,15 @@ class ChatLog:
                 (session_id, role, content, time.time(), model, latency_ms, tokens, json.dumps(metadata or {})),
             )
             return int(cursor.lastrowid)
+
+    def _redact(self, text: str) -> str:
+        if not self.redact_kinds:
+            return text
+        from collections import Counter
+
+        from finetune.data.redact import redact
+
+        return redact(text, self.redact_kinds, self.phone_region, Counter())
 
     def set_feedback(self, message_id: int, feedback: int | None) -> bool:
         """Thumbs up (+1), down (-1) or cleared (None) on an assistant message; False if there is none."""

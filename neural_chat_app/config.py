@@ -65,7 +65,8 @@ class GenerationConfig:
 
     @property
     def greedy(self) -> bool:
-        return not self.do_sample or self.temperature == 0.0
+        # OpenAI clients send temperature=0 or top_p=0 to ask for deterministic output.
+        return not self.do_sample or self.temperature == 0.0 or self.top_p == 0.0
 
 
 @dataclass

@@ -41,7 +41,8 @@ def create_app(settings: ServerSettings, backend=None, loader: Callable | None =
     limits = settings.limits
     admission = Admission(limits.max_concurrent or backend.max_concurrency, limits.max_queue)
     models = ModelManager(backend, settings.model_dirs, settings.model, loader, settings.allow_model_switch)
-    chatlog = ChatLog(settings.chat_log.path) if settings.chat_log.enabled else None
+    log = settings.chat_log
+    chatlog = ChatLog(log.path, log.redact, log.phone_region) if log.enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

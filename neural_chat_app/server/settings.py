@@ -32,6 +32,8 @@ class Limits:
 class ChatLogSettings:
     enabled: bool = True
     path: str = "~/.cache/neuralchat-xeon/chatlog.sqlite"
+    redact: list[str] = field(default_factory=list)  # PII kinds to mask before storing: email, url, ip, card, phone
+    phone_region: str = "US"  # how phone numbers without a country code are read
 
 
 @dataclass

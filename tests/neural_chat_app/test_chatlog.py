@@ -168,3 +168,20 @@ def test_conversation_survives_kill_9(tiny_model_dir, tmp_path):
     record = json.loads(out.read_text().splitlines()[0])
     assert record["messages"][0] == {"role": "user", "content": "first"}
     assert "feedback" in record["metadata"]
+
+
+def test_redaction_masks_pii_before_storing(tmp_path):
+    log = ChatLog(tmp_path / "log.sqlite", redact=["email", "ip"])
+    log.ensure_session("s", None, "mail me at jane@example.com")
+    log.add_message("s", "user", "I am jane@example.com on 10.0.0.1")
+    stored = log.messages("s")[0]["content"]
+    assert "jane@example.com" not in stored and "10.0.0.1" not in stored
+    assert "jane@example.com" not in log.sessions()[0]["title"]
+    with pytest.raises(ValueError, match="redact"):
+        ChatLog(tmp_path / "other.sqlite", redact=["dna"])
+
+
+def test_top_p_zero_is_greedy_not_an_error(make_server):
+    server = make_server()
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "top_p": 0, "temperature": 1}
+    assert httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200

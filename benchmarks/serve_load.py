@@ -1,0 +1,248 @@
+"""Load test of the chat server: tokens/s and p50/p99 latency at 1, 4 and 8 concurrent streams.
+
+Loopback only and bounded: a fixed number of requests per level and a deadline for the whole run.
+
+    python -m benchmarks.serve_load                                   # starts a server on the embedded model
+    python -m benchmarks.serve_load --config configs/server-openvino.yaml
+    python -m benchmarks.serve_load --url http://127.0.0.1:8000       # an already running local server
+
+Method: one warmup request per level (excluded); each request streams with stream_options.include_usage, so
+tokens are the server's own count; tokens/s is all completion tokens of a level over its wall time.
+Results are saved as JSON under benchmarks/results/ and the table is printed from that JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+PROMPTS = [
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain how a CPU cache works, step by step, for a beginner.",
+    "Describe a walk through a busy market in the morning.",
+    "Give me ten ideas for a weekend trip and explain each one.",
+]
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: with few samples p99 is the maximum, which is what it should say."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
+    import httpx
+
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    first = None
+    usage = {}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                usage = event["usage"]
+            choices = event.get("choices") or []
+            if first is None and choices and choices[0].get("delta", {}).get("content"):
+                first = time.perf_counter()
+    end = time.perf_counter()
+    return {
+        "latency_s": end - start,
+        "ttft_s": (first or end) - start,
+        "completion_tokens": usage.get("completion_tokens", 0),
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+    }
+
+
+def run_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int, deadline: float) -> dict:
+    one_request(url, model, PROMPTS[0], max_tokens)  # warmup, excluded
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def task(i: int):
+        if time.monotonic() > deadline:
+            return
+        result = one_request(url, model, PROMPTS[i % len(PROMPTS)], max_tokens)
+        with lock:
+            results.append(result)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(task, range(requests)))
+    wall = time.perf_counter() - start
+    latencies = [r["latency_s"] for r in results]
+    ttfts = [r["ttft_s"] for r in results]
+    tokens = sum(r["completion_tokens"] for r in results)
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "requests_planned": requests,
+        "completion_tokens": tokens,
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(tokens / wall, 2) if wall > 0 else 0.0,
+        "latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
+        "latency_p99_s": round(percentile(latencies, 99), 3) if latencies else None,
+        "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
+        "ttft_p99_s": round(percentile(ttfts, 99), 3) if ttfts else None,
+        "mean_completion_tokens": round(tokens / len(results), 1) if results else 0,
+    }
+
+
+def render_table(report: dict) -> str:
+    head = f"model={report['model']} backend={report['backend']} max_tokens={report['max_tokens']}"
+    lines = [
+        head,
+        "| streams | requests | tokens/s | p50 latency (s) | p99 latency (s) | p50 TTFT (s) | p99 TTFT (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["levels"]:
+        lines.append(
+            f"| {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | {r['latency_p50_s']} | "
+            f"{r['latency_p99_s']} | {r['ttft_p50_s']} | {r['ttft_p99_s']} |"
+        )
+    return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "neural_chat_app",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-log",
+        "--log-level",
+        "warning",
+    ]
+    if args.config:
+        cmd += ["--config", args.config]
+    if args.model:
+        cmd += ["--model", args.model]
+    if args.backend:
+        cmd += ["--backend", args.backend]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = tempfile.NamedTemporaryFile("w", prefix="serve_load-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see {log.name}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server did not start in 600 s; see {log.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import httpx
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="a running server on this machine (loopback only)")
+    parser.add_argument("--config", help="server YAML for the server this command starts")
+    parser.add_argument("--model")
+    parser.add_argument("--backend", choices=["auto", "torch", "openvino"])
+    parser.add_argument("--concurrency", default="1,4,8")
+    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: 2 x streams)")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--time-limit", type=float, default=900, help="seconds for the whole run")
+    parser.add_argument("--output-dir", default=str(RESULTS))
+    args = parser.parse_args(argv)
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if any(c < 1 or c > 32 for c in levels) or args.requests > 128 or args.max_tokens > 1024:
+        parser.error("bounded load only: streams 1-32, at most 128 requests per level, max_tokens <= 1024")
+    proc = None
+    if args.url:
+        if urlparse(args.url).hostname not in LOOPBACK:
+            parser.error("--url must be a loopback address (127.0.0.1, localhost, ::1)")
+        url = args.url.rstrip("/")
+    else:
+        proc, url = start_server(args)
+    try:
+        health = httpx.get(url + "/health", timeout=10).json()
+        deadline = time.monotonic() + args.time_limit
+        report = {
+            "benchmark": "serve_load",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "model": health["model"],
+            "backend": health["backend"],
+            "max_tokens": args.max_tokens,
+            "temperature": 0,
+            "prompts": PROMPTS,
+            "hardware": _hardware(),
+            "levels": [],
+        }
+        for c in levels:
+            if time.monotonic() > deadline:
+                break
+            requests = args.requests or min(2 * c, 32)
+            report["levels"].append(run_level(url, health["model"], c, requests, args.max_tokens, deadline))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=60)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"serve_load-{report['backend']}-{report['model']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(render_table(json.loads(out.read_text())))
+    print(f"saved {out}")
+    return 0
+
+
+def _hardware() -> dict:
+    try:
+        from finetune.hardware import detect_hardware
+
+        info = detect_hardware().as_dict()
+    except Exception as err:  # the benchmark still runs against a server without the training stack
+        info = {"error": str(err)}
+    info["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
+    return info
+
+
+if __name__ == "__main__":
+    sys.exit(main())
