@@ -11,7 +11,7 @@ from finetune.data.records import ROLES, Conversation, Reject
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
-_MESSAGES = "SELECT role, content, model, feedback, metadata FROM messages WHERE session_id = ? ORDER BY id"
+_MESSAGES = "SELECT role, content, model, feedback FROM messages WHERE session_id = ? ORDER BY id"
 
 
 def read_chatlog(path: Path) -> Iterator[Conversation | Reject]:
@@ -19,13 +19,13 @@ def read_chatlog(path: Path) -> Iterator[Conversation | Reject]:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         _check_schema(con, path)
-        sessions = con.execute("SELECT id, title, model FROM sessions ORDER BY created_at, id").fetchall()
+        sessions = con.execute("SELECT id, title, model, created_at FROM sessions ORDER BY created_at, id").fetchall()
         # Messages whose session row is missing are still conversations; reading them keeps the count honest.
         orphans = con.execute(
             "SELECT DISTINCT session_id FROM messages WHERE session_id NOT IN (SELECT id FROM sessions) ORDER BY 1"
         ).fetchall()
-        for session_id, title, model in sessions + [(o[0], None, None) for o in orphans]:
-            yield _session(con, path, session_id, title, model)
+        for session in sessions + [(o[0], None, None, None) for o in orphans]:
+            yield _session(con, path, *session)
     finally:
         con.close()
 
@@ -43,22 +43,27 @@ def _check_schema(con: sqlite3.Connection, path: Path) -> None:
                              f"({SCHEMA_VERSION}); upgrade the package")
 
 
-def _session(con: sqlite3.Connection, path: Path, session_id: str, title, model) -> Conversation | Reject:
+def _session(con: sqlite3.Connection, path: Path, session_id: str, title, model, created_at) -> Conversation | Reject:
     origin = f"{path}#session={session_id}"
     rows = con.execute(_MESSAGES, (session_id,)).fetchall()
     raw = {"session_id": session_id, "title": title, "model": model,
            "messages": [{"role": r[0], "content": r[1]} for r in rows]}
     if not rows:
         return Reject("ingest", "empty_session", "session has no messages", origin, raw)
-    messages, up, down = [], 0, 0
-    for i, (role, content, msg_model, feedback, _meta) in enumerate(rows):
-        # SQLite is dynamically typed: a NOT NULL TEXT column can still hold a number written by other code.
+    for i, (role, content, _, _) in enumerate(rows):
+        # SQLite is dynamically typed: a TEXT column can still hold a BLOB written by other code.
         if role not in ROLES or not isinstance(content, str):
             return Reject("ingest", "wrong_type", f"message {i}: role {role!r} / content of type "
                           f"{type(content).__name__}", origin, raw)
-        messages.append({"role": role, "content": content})
-        model = model or msg_model
-        up += feedback == 1
-        down += feedback == -1
-    meta = {"session_id": session_id, "title": title, "model": model, "feedback_up": up, "feedback_down": down}
+    ratings = [r[3] for r in rows if r[0] == "assistant"]
+    # The same metadata as neural_chat_app's export-log JSONL, so one predicate works on either source.
+    meta = {
+        "feedback": -1 if -1 in ratings else (1 if 1 in ratings else None),
+        "turn_feedback": ratings,
+        "session_id": session_id,
+        "model": next((r[2] for r in rows if r[2]), model),
+        "created_at": created_at,
+        "title": title,
+    }
+    messages = [{"role": r[0], "content": r[1]} for r in rows]
     return Conversation(messages=messages, metadata=meta, origin=origin, format="chatlog", raw=raw)

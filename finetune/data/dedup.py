@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,8 @@ class Deduplicator:
         self.db.close()
 
     def _signature(self, conv: Conversation) -> np.ndarray:
-        m = self._minhash(num_perm=self.cfg.num_perm, seed=self._template.seed,
+        # crc32 hashes the shingles: deterministic, in C, and 3x faster than the default sha1 per shingle.
+        m = self._minhash(num_perm=self.cfg.num_perm, seed=self._template.seed, hashfunc=zlib.crc32,
                           permutations=self._template.permutations, scheme=self._template.scheme)
         m.update_batch(shingles(conv))
         return m.hashvalues.astype(np.uint32)

@@ -17,10 +17,11 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 
 
 def normalize_text(text: str) -> str:
-    text = unicodedata.normalize("NFC", text)
+    if not text.isascii():  # ASCII is already NFC and has no Unicode spaces: most text skips two passes
+        text = unicodedata.normalize("NFC", text)
+        text = _SPACES.sub(" ", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
-    text = _SPACES.sub(" ", text)
     text = _INNER_RUN.sub(" ", text)
     text = _TRAILING.sub("", text)
     return _BLANK_LINES.sub("\n\n", text).strip()

@@ -22,7 +22,19 @@ _URL_TAIL = ".,;:!?)]}'\""
 _IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.]*\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 _CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
-_HAS_DIGITS = re.compile(r"\d")
+# The shortest valid phone numbers anywhere (country code included) have 7 digits; fewer cannot be one, so
+# text like "case 12" skips libphonenumber's matcher, the slowest step of cleaning.
+_DIGIT = re.compile(r"\d")
+_NEEDS_DIGITS = {"ip", "card", "phone"}
+_SEVEN_DIGITS = re.compile(r"\d(?:\D*\d){6}")
+# Cheap substring tests that rule a kind out before its regex scans the text.
+_MAY_CONTAIN = {
+    "email": lambda t: "@" in t,
+    "url": lambda t: "://" in t or "www." in t or "WWW." in t,
+    "ip": lambda t: "." in t or ":" in t,
+    "card": lambda t: True,
+    "phone": lambda t: True,
+}
 
 
 def luhn_ok(digits: str) -> bool:
@@ -80,7 +92,7 @@ def _card(text: str) -> tuple[str, int]:
 def _phone(text: str, region: str) -> tuple[str, int]:
     import phonenumbers
 
-    if not _HAS_DIGITS.search(text):
+    if not _SEVEN_DIGITS.search(text):
         return text, 0
     matches = list(phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID))
     for m in reversed(matches):  # from the end, so earlier offsets stay valid
@@ -90,8 +102,9 @@ def _phone(text: str, region: str) -> tuple[str, int]:
 
 def redact(text: str, kinds: list[str], region: str, counts: Counter) -> str:
     """Return `text` with each enabled kind replaced; add the number of replacements per kind to `counts`."""
+    has_digits = _DIGIT.search(text) is not None
     for kind in ORDER:
-        if kind not in kinds:
+        if kind not in kinds or not _MAY_CONTAIN[kind](text) or (kind in _NEEDS_DIGITS and not has_digits):
             continue
         if kind == "email":
             text, n = _sub(_EMAIL, text, PLACEHOLDERS["email"])

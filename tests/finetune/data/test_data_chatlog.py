@@ -19,10 +19,22 @@ def test_one_conversation_per_session_in_order_with_feedback(tmp_path):
     assert [i.origin.split("#")[1] for i in items] == ["session=s1", "session=s2"]
     assert items[1].messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "why?"},
                                  {"role": "assistant", "content": "because"}]
-    assert items[0].metadata == {"session_id": "s1", "title": "title s1", "model": "smollm2", "feedback_up": 1,
-                                 "feedback_down": 0}
-    assert items[1].metadata["feedback_down"] == 1
+    assert items[0].metadata == {"feedback": 1, "turn_feedback": [1], "session_id": "s1", "model": "smollm2",
+                                 "created_at": 1000.0, "title": "title s1"}
+    assert items[1].metadata["feedback"] == -1
     assert all(i.format == "chatlog" for i in items)
+
+
+def test_metadata_matches_the_chat_apps_jsonl_export(tmp_path):
+    from neural_chat_app.export_log import export_jsonl
+
+    db = make_chatlog(tmp_path / "log.db", {"s1": [("user", "a", None), ("assistant", "b", -1),
+                                                   ("user", "c", None), ("assistant", "d", 1)]})
+    export_jsonl(db, tmp_path / "log.jsonl")
+    from_db = next(read_source(db))
+    from_jsonl = next(read_source(tmp_path / "log.jsonl"))
+    assert from_db.messages == from_jsonl.messages
+    assert {k: from_db.metadata[k] for k in from_jsonl.metadata} == from_jsonl.metadata
 
 
 def test_empty_session_and_orphan_messages_are_accounted(tmp_path):
