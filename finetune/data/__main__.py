@@ -15,6 +15,7 @@ from dataclasses import asdict
 from finetune.data._bind import ConfigError
 from finetune.data.config import DataPipelineConfig
 from finetune.data.pipeline import NoConversationsError, SmallDatasetWarning, prepare_dataset
+from finetune.data.records import SourceError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SmallDatasetWarning)  # printed below from the stats, once
             result = prepare_dataset(cfg)
-    except (ConfigError, FileNotFoundError, NoConversationsError) as e:
+    except (ConfigError, FileNotFoundError, SourceError, NoConversationsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     for message in result.stats["warnings"]:

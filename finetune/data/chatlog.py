@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 from finetune.data.chatlog_schema import SCHEMA_VERSION
-from finetune.data.records import ROLES, Conversation, Reject
+from finetune.data.records import ROLES, Conversation, Reject, SourceError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
+_BAD_BYTES = re.compile("[\udc80-\udcff]")  # what surrogateescape made of bytes that were not UTF-8
 _MESSAGES = "SELECT role, content, model, feedback FROM messages WHERE session_id = ? ORDER BY id"
 
 
 def read_chatlog(path: Path) -> Iterator[Conversation | Reject]:
     # Read-only, so reading a log that the server is writing (WAL mode) never blocks or changes it.
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # Invalid UTF-8 in one message must reject that session, not stop the run: keep the bad bytes as surrogates.
+    con.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
     try:
         _check_schema(con, path)
         sessions = con.execute("SELECT id, title, model, created_at FROM sessions ORDER BY created_at, id").fetchall()
@@ -34,12 +38,12 @@ def _check_schema(con: sqlite3.Connection, path: Path) -> None:
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     missing = {"sessions", "messages"} - tables
     if missing:
-        raise ValueError(f"{path}: an SQLite file without the conversation-log tables {sorted(missing)}; "
+        raise SourceError(f"{path}: an SQLite file without the conversation-log tables {sorted(missing)}; "
                          "only the chat app's log (finetune/data/chatlog_schema.py) can be ingested")
     if "schema_info" in tables:
         row = con.execute("SELECT max(version) FROM schema_info").fetchone()
         if row and row[0] is not None and row[0] > SCHEMA_VERSION:
-            raise ValueError(f"{path}: conversation log schema version {row[0]} is newer than this reader "
+            raise SourceError(f"{path}: conversation log schema version {row[0]} is newer than this reader "
                              f"({SCHEMA_VERSION}); upgrade the package")
 
 
@@ -51,7 +55,9 @@ def _session(con: sqlite3.Connection, path: Path, session_id: str, title, model,
     if not rows:
         return Reject("ingest", "empty_session", "session has no messages", origin, raw)
     for i, (role, content, _, _) in enumerate(rows):
-        # SQLite is dynamically typed: a TEXT column can still hold a BLOB written by other code.
+        if isinstance(content, str) and _BAD_BYTES.search(content):
+            return Reject("ingest", "invalid_utf8", f"message {i}: content is not valid UTF-8", origin, raw)
+        # SQLite is dynamically typed: a TEXT column can still hold a number or BLOB written by other code.
         if role not in ROLES or not isinstance(content, str):
             return Reject("ingest", "wrong_type", f"message {i}: role {role!r} / content of type "
                           f"{type(content).__name__}", origin, raw)
@@ -67,3 +73,4 @@ def _session(con: sqlite3.Connection, path: Path, session_id: str, title, model,
     }
     messages = [{"role": r[0], "content": r[1]} for r in rows]
     return Conversation(messages=messages, metadata=meta, origin=origin, format="chatlog", raw=raw)
+

@@ -56,7 +56,7 @@ class SplitWriter:
 
     def __init__(self, path: Path, fmt: str):
         self.path, self.array, self.count = path, fmt == "alpaca", 0
-        self.f: IO[str] = open(path, "w", encoding="utf-8", newline="\n")
+        self.f: IO[str] = open(path, "w", encoding="utf-8", errors="backslashreplace", newline="\n")
         if self.array:
             self.f.write("[")
 

@@ -6,6 +6,7 @@ OpenAI/ChatML `messages`, ShareGPT `conversations`, Alpaca `instruction`/`input`
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from finetune.data.records import ROLES, Conversation, Reject
@@ -22,6 +23,9 @@ SHAREGPT_ROLES = {
     "model": "assistant",
     "system": "system",
 }
+
+# A JSON "\\ud83d" escape without its pair decodes to a lone surrogate, which no UTF-8 file can hold.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # The keys that identify each format; the first match wins, so the order settles records that carry several.
 FORMAT_KEYS = {
@@ -66,6 +70,8 @@ def to_conversation(record: Any, origin: str) -> Conversation | Reject:
 
 def _text(value: Any, where: str) -> str:
     if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise FormatError("invalid_unicode", f"{where} holds a lone surrogate (a broken \\u escape)")
         return value
     # OpenAI's content-parts form: a list of {"type": "text", "text": ...}; only text parts can be trained on.
     if isinstance(value, list) and value and all(isinstance(p, dict) and p.get("type") == "text" for p in value):

@@ -3,6 +3,7 @@
 Two streaming passes. The first reads every record once and writes the conversations it keeps to a staging
 file in the output folder; the second knows how many were kept, so it can cut exact, seeded split sizes.
 Memory holds one record at a time (the dedup index is an SQLite file), whatever the size of the input.
+rejects.jsonl keeps each rejected record as it was read, personal data included: keep it as private as the logs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from finetune.data.export import EXTENSIONS, SplitWriter, examples, render
 from finetune.data.filters import build_filters, first_failure
 from finetune.data.records import Conversation, Reject
 from finetune.data.sources import discover, read_source
-from finetune.data.split import ExactSplitter, GroupSplitter
+from finetune.data.split import SPLITS, ExactSplitter, GroupSplitter
 from finetune.data.stats import Stats, plot_histogram
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def prepare_dataset(config: DataPipelineConfig | dict | str | Path) -> PrepareRe
         raise ConfigError("ingest.paths is empty: name the files or folders to read (or pass --input)")
     out = Path(cfg.export.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_old_outputs(out)
     files, skipped = discover(cfg.ingest.paths, cfg.ingest.include)
     tokenizer = _load_tokenizer(cfg)
     stats = Stats(unit="tokens" if tokenizer is not None else "words")
@@ -67,7 +69,9 @@ def prepare_dataset(config: DataPipelineConfig | dict | str | Path) -> PrepareRe
     rejects_path = out / "rejects.jsonl"
     with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as work:
         staging = Path(work) / "kept.jsonl"
-        with open(rejects_path, "w", encoding="utf-8") as rejects, open(staging, "w", encoding="utf-8") as kept:
+        # backslashreplace: a lone surrogate in some metadata is written as its JSON escape, never a crash.
+        with open(rejects_path, "w", encoding="utf-8", errors="backslashreplace") as rejects, \
+                open(staging, "w", encoding="utf-8", errors="backslashreplace") as kept:
             for item in _first_pass(cfg, files, tokenizer, stats, Path(work)):
                 if isinstance(item, Reject):
                     stats.reject(item)
@@ -84,6 +88,15 @@ def prepare_dataset(config: DataPipelineConfig | dict | str | Path) -> PrepareRe
     plot_histogram(stats.histogram, out / "token_lengths.png")
     stats.write(out / "stats.json")
     return PrepareResult(output_dir=out, splits=split_files, stats=stats.to_dict(), rejects=rejects_path)
+
+
+def _remove_old_outputs(out: Path) -> None:
+    """A split file left by an earlier run (another format, a split now at ratio 0) would be mistaken for output."""
+    for split in SPLITS:
+        for ext in set(EXTENSIONS.values()):
+            (out / f"{split}.{ext}").unlink(missing_ok=True)
+    for name in ("stats.json", "token_lengths.png", "rejects.jsonl"):
+        (out / name).unlink(missing_ok=True)
 
 
 def _as_config(config: DataPipelineConfig | dict | str | Path) -> DataPipelineConfig:

@@ -8,6 +8,10 @@ from typing import Any
 ROLES = ("system", "user", "assistant")
 
 
+class SourceError(ValueError):
+    """A whole input file cannot be read as data (e.g. an SQLite file that is not the conversation log)."""
+
+
 @dataclass
 class Conversation:
     """One conversation in the common shape every ingest format is converted to."""

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 from _data_helpers import make_chatlog
 
-from finetune.data.records import Conversation, Reject
+from finetune.data.records import Conversation, Reject, SourceError
 from finetune.data.sources import read_source, sniff
 
 
@@ -60,14 +60,26 @@ def test_non_text_content_is_rejected(tmp_path):
     assert isinstance(item, Reject) and item.code == "wrong_type"
 
 
+def test_invalid_utf8_text_rejects_the_session_and_the_run_goes_on(tmp_path):
+    db = make_chatlog(tmp_path / "log.db", {"s1": [("user", "a", None), ("assistant", "b", None)],
+                                            "s2": [("user", "c", None), ("assistant", "d", None)]})
+    con = sqlite3.connect(db)
+    con.execute("UPDATE messages SET content = CAST(X'636166E9' AS TEXT) WHERE session_id = 's1' AND role = 'user'")
+    con.commit()
+    con.close()
+    first, second = read_source(db)
+    assert isinstance(first, Reject) and first.code == "invalid_utf8"
+    assert isinstance(second, Conversation)
+
+
 def test_newer_schema_is_refused(tmp_path):
     db = make_chatlog(tmp_path / "log.db", {}, version=99)
-    with pytest.raises(ValueError, match="schema version 99 is newer"):
+    with pytest.raises(SourceError, match="schema version 99 is newer"):
         list(read_source(db))
 
 
 def test_other_sqlite_files_are_refused_by_name(tmp_path):
     db = tmp_path / "other.sqlite"
     sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.close()
-    with pytest.raises(ValueError, match=r"other.sqlite: .*\['messages', 'sessions'\]"):
+    with pytest.raises(SourceError, match=r"other.sqlite: .*\['messages', 'sessions'\]"):
         list(read_source(db))

@@ -37,6 +37,15 @@ def test_nothing_to_train_on_exits_1_with_counts(tmp_path, capsys):
     assert "No conversations to train on" in err and "ingest.wrong_type: 1" in err
 
 
+def test_an_unreadable_source_exits_1_naming_the_file(tmp_path, capsys):
+    import sqlite3
+
+    db = tmp_path / "other.db"
+    sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.close()
+    assert main(["prepare", "--input", str(db), "--output-dir", str(tmp_path / "out")]) == 1
+    assert "other.db: an SQLite file without the conversation-log tables" in capsys.readouterr().err
+
+
 def test_small_data_warning_is_printed(tmp_path, capsys):
     src = write_jsonl(tmp_path / "in.jsonl", distinct_chats(5))
     assert main(["prepare", "--input", str(src), "--output-dir", str(tmp_path / "out")]) == 0

@@ -74,6 +74,7 @@ def test_detect_format(record, fmt):
     ({"instruction": "x", "output": None}, "wrong_type", "output must be a string"),
     ({"prompt": "x", "response": ["a"]}, "wrong_type", "response must be a string"),
     ({"messages": [{"role": "user", "content": "x"}], "metadata": [1]}, "wrong_type", "metadata must be an object"),
+    ({"prompt": "broken \ud83d escape", "response": "r"}, "invalid_unicode", "prompt holds a lone surrogate"),
     ({"text": "plain"}, "unknown_format", "no known format"),
     ([1, 2], "not_an_object", "JSON object"),
     ("a string", "not_an_object", "JSON object"),

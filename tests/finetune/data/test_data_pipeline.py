@@ -180,6 +180,29 @@ def test_token_filter_and_histogram_use_the_target_tokenizer(tmp_path, tiny_mode
     assert rejects[0]["reason"] == "filter.max_tokens" and "more than max_tokens=60" in rejects[0]["detail"]
 
 
+def test_lone_surrogates_never_crash_the_writers(tmp_path):
+    src = tmp_path / "in.jsonl"
+    good = distinct_chats(3)
+    lines = [json.dumps(r) for r in good]
+    lines.append('{"prompt": "half an emoji \\ud83d", "response": "x"}')          # rejected: cannot be trained on
+    lines.append(json.dumps(chat("fine question here", "fine answer there")).replace(
+        '"fine answer there"}]', '"fine answer there"}], "metadata": {"note": "\\udc80"}'))  # kept, metadata escaped
+    src.write_text("\n".join(lines) + "\n")
+    result = run([src], tmp_path / "out", split={"train_ratio": 1.0, "validation_ratio": 0, "test_ratio": 0})
+    assert result.stats["rejected_by_reason"] == {"ingest.invalid_unicode": 1}
+    assert len(read_jsonl(result.splits["train"])) == 4
+
+
+def test_outputs_of_an_earlier_run_are_removed(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", distinct_chats(10))
+    run([src], tmp_path / "out", export={"format_type": "alpaca"})
+    assert (tmp_path / "out" / "test.json").exists()
+    result = run([src], tmp_path / "out", split={"train_ratio": 0.9, "validation_ratio": 0.1, "test_ratio": 0})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "rejects.jsonl", "stats.json", "token_lengths.png", "train.jsonl", "validation.jsonl"]
+    assert set(result.splits) == {"train", "validation"}
+
+
 def test_empty_paths_and_missing_files_are_clear(tmp_path):
     from finetune.data import ConfigError
 
