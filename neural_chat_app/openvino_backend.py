@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from neural_chat_app.config import GenerationConfig
+from neural_chat_app.prompts import eos_token_ids
 from neural_chat_app.streaming import StreamResult
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,7 @@ class OpenVINOBackend:
             properties["INFERENCE_NUM_THREADS"] = int(os.environ["OMP_NUM_THREADS"])
         self.pipe = ov_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU", properties)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        from neural_chat_app.torch_backend import _eos_ids
-
-        self.eos_token_ids = _eos_ids(_ConfigOnly(folder), self.tokenizer)
+        self.eos_token_ids = eos_token_ids(_generation_config(folder), self.tokenizer)
         self._cv = threading.Condition()
         self._active: dict[int, tuple[object, queue.Queue]] = {}
         self._cancelled: set[int] = set()
@@ -172,13 +171,10 @@ class OpenVINOBackend:
         self._driver.join(timeout=30)
 
 
-class _ConfigOnly:
-    """Just enough of a model (its generation config) for `_eos_ids`, read from the exported folder."""
+def _generation_config(folder):
+    from transformers import GenerationConfig as HFGenerationConfig
 
-    def __init__(self, folder):
-        from transformers import GenerationConfig as HFGenerationConfig
-
-        try:
-            self.generation_config = HFGenerationConfig.from_pretrained(str(folder))
-        except OSError:
-            self.generation_config = HFGenerationConfig()
+    try:
+        return HFGenerationConfig.from_pretrained(str(folder))
+    except OSError:  # an export without generation_config.json
+        return None

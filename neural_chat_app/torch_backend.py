@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import torch
 
 from neural_chat_app.config import GenerationConfig
+from neural_chat_app.prompts import eos_token_ids
 from neural_chat_app.streaming import StreamResult
 
 
@@ -31,7 +32,7 @@ class TorchBackend:
         self.model_id = model_id
         # On a few CPU cores, two generate() calls at once only share the cores: queue them instead.
         self.max_concurrency = max_concurrency
-        self.eos_token_ids = _eos_ids(model, tokenizer)
+        self.eos_token_ids = eos_token_ids(model.generation_config, tokenizer)
 
     @property
     def dtype(self) -> str:
@@ -112,14 +113,3 @@ class TorchBackend:
 
     def close(self) -> None:
         self.model = None
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    """The model's end-of-turn tokens: the generation config's, the tokenizer's, and ChatML's <|im_end|>."""
-    ids: list[int] = []
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids += configured if isinstance(configured, list) else [configured]
-    ids.append(tokenizer.eos_token_id)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    ids.append(im_end)
-    return list(dict.fromkeys(i for i in ids if i is not None))

@@ -21,3 +21,24 @@ def test_neuralchat_snippet_runs_with_only_imports_changed(capsys):
     assert isinstance(response, str) and response.strip()
     assert response.strip() in capsys.readouterr().out
     chatbot.close()
+
+
+def test_openai_client_against_the_embedded_model(tmp_path):
+    openai = pytest.importorskip("openai")
+    from neural_chat_app.server import create_app, load_settings
+    from tests.neural_chat_app.conftest import RunningServer
+
+    settings = load_settings(None, model_dirs=[], chat_log={"path": str(tmp_path / "log.sqlite")})
+    with RunningServer(create_app(settings)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        reply = client.chat.completions.create(model="default", messages=messages, max_tokens=24, temperature=0)
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model="default", messages=messages, max_tokens=24, temperature=0, stream=True
+            )
+        )
+    assert reply.model == "smollm2-135m-instruct"
+    assert reply.choices[0].message.content.strip()
+    assert streamed == reply.choices[0].message.content
