@@ -54,6 +54,7 @@ def prepare_dataset(config: DataPipelineConfig | dict | str | Path) -> PrepareRe
     Raises:
         ConfigError: a config value is invalid (the message names the key).
         FileNotFoundError: an input path does not exist.
+        SourceError: a whole input file cannot be read as data (an SQLite file that is not the chat log).
         NoConversationsError: nothing was left to train on (stats.json and rejects.jsonl are still written).
     """
     cfg = _as_config(config)

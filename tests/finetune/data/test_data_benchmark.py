@@ -1,0 +1,50 @@
+"""benchmarks/data_pipeline.py: the generated input, the size parser, the table, and one tiny real run."""
+
+import argparse
+import json
+
+import pytest
+
+from benchmarks.data_pipeline import generate, main, parse_size, render
+
+
+def test_parse_size():
+    assert parse_size("100MB") == 100 << 20 and parse_size("1GB") == 1 << 30 and parse_size("1.5kb") == 1536
+    with pytest.raises(argparse.ArgumentTypeError, match="must look like 100MB"):
+        parse_size("100")
+
+
+def test_generate_is_seeded_sized_and_mixed(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    lines = generate(a, 200_000, seed=1)
+    generate(b, 200_000, seed=1)
+    assert a.read_bytes() == b.read_bytes()
+    assert 200_000 <= a.stat().st_size < 210_000
+    rows = a.read_text().splitlines()
+    assert len(rows) == lines
+    parsed = [json.loads(r) for r in rows if r.endswith("}")]
+    assert all("messages" in r for r in parsed)
+    assert len({json.dumps(r) for r in parsed}) < len(parsed)  # exact duplicates are in there on purpose
+
+
+def test_render_reports_rss_growth():
+    run = {"input_bytes": 100 << 20, "records_read": 10, "seconds": 1.0, "records_per_s": 10.0, "mb_per_s": 100.0,
+           "peak_rss_mb": 500.0, "rss_after_import_mb": 450.0, "records_written": 9, "records_rejected": 1,
+           "duplicates_removed": {"exact": 1, "near": 0}, "accounting_ok": True}
+    big = {**run, "input_bytes": 1 << 30, "peak_rss_mb": 505.0}
+    table = render({"machine": {"cpu_model": "cpu", "usable_cores": 2, "ram_gb": 8, "python": "3.11"},
+                    "runs": [run, big]})
+    assert " 100 MB |" in table and " 1024 MB |" in table
+    assert table.endswith("input x10.2 -> peak RSS +5 MB")
+
+
+@pytest.mark.slow
+def test_a_tiny_real_run_saves_json_and_accounts_for_every_record(tmp_path, capsys):
+    out = tmp_path / "result.json"
+    assert main(["--sizes", "300KB", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (run,) = report["runs"]
+    assert run["accounting_ok"] and run["records_read"] == run["input_lines"]
+    assert run["records_written"] + run["records_rejected"] == run["records_read"]
+    assert run["peak_rss_mb"] >= run["rss_after_import_mb"] > 0
+    assert "records/s" in capsys.readouterr().out
