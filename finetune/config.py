@@ -19,7 +19,8 @@ TASKS: tuple[str, ...] = get_args(Task)
 def _check_choice(obj, name: str, choices: tuple) -> None:
     value = getattr(obj, name)
     if value not in choices:
-        raise ValueError(f"{type(obj).__name__}.{name}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+        allowed = ", ".join(map(str, choices))
+        raise ValueError(f"{type(obj).__name__}.{name}={value!r} is not valid; choose one of: {allowed}")
 
 
 def _check_positive(obj, name: str, allow_none: bool = True) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -62,20 +63,27 @@ def check_output_dir(output_dir: Path, fingerprint: str, overwrite: bool) -> boo
     """
     run_file = output_dir / RUN_FILE
     same_run = False
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 changes the folder
     if output_dir.is_dir() and any(output_dir.iterdir()):
-        previous = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
+        try:
+            previous = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
+        except ValueError:
+            previous = None
         same_run = previous == fingerprint
-        if not same_run and not overwrite:
+        if not same_run and not overwrite and is_main:
             what = "a different fine-tuning run" if previous else "files that are not from a fine-tuning run"
             raise FileExistsError(
                 f"output_dir {output_dir} already holds {what}. Choose another output_dir, or set "
                 f"overwrite_output_dir=True (--overwrite_output_dir) to replace it."
             )
-        if overwrite and not same_run:
+        if overwrite and not same_run and is_main:
             for child in output_dir.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps({"fingerprint": fingerprint, "created": time.time()}, indent=2))
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "created": time.time()}, indent=2))
+        tmp.replace(run_file)
     return same_run
 
 
@@ -112,6 +120,7 @@ def write_metadata(output_dir: Path, config, fingerprint: str, metrics: dict, hi
         "device": device,
         "precision": precision,
         "threads": threads,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "hardware": detect_hardware().as_dict(),
         "versions": _versions(),
         "git_commit": _git_commit(),

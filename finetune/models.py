@@ -21,6 +21,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# Bumped whenever convert_gguf writes something different, so stale caches are converted again.
+CONVERTER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -123,13 +125,13 @@ def resolve_model_path(name_or_path: str | None, allow_download: bool = False) -
 
 def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None = None) -> Path:
     """Dequantize a GGUF file into a safetensors folder at `target`, once; return `target`."""
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _is_current(target):
         return target
     from filelock import FileLock  # ships with huggingface_hub, which transformers requires
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):  # two ranks of one DDP run may arrive here together
-        if (target / "config.json").is_file():
+        if _is_current(target):
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -147,7 +149,8 @@ def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None =
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / "source.json").write_text(
-                json.dumps({"gguf_file": str(gguf_path), "embedded": embedded.name if embedded else None}, indent=2)
+                json.dumps({"gguf_file": str(gguf_path), "embedded": embedded.name if embedded else None,
+                            "converter_version": CONVERTER_VERSION}, indent=2)
             )
             if target.exists():
                 shutil.rmtree(target)
@@ -157,16 +160,28 @@ def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None =
     return target
 
 
+def _is_current(target: Path) -> bool:
+    try:
+        source = json.loads((target / "source.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return source.get("converter_version") == CONVERTER_VERSION and (target / "model.safetensors").is_file()
+
+
 def _clean_gguf_tokenizer(tokenizer, embedded: EmbeddedModel | None):
     """Rebuild a GGUF tokenizer as a plain fast tokenizer.
 
     transformers 5.5 labels a GGUF byte-level BPE tokenizer CodeLlamaTokenizer; saved and reloaded under that
     class it inserts <unk> between words. The tokenizers backend itself is right, so keep it and drop the class.
     """
-    from tokenizers import processors
+    from tokenizers import decoders, processors
     from transformers import PreTrainedTokenizerFast
 
     backend = tokenizer.backend_tokenizer
+    if type(backend.pre_tokenizer).__name__ == "ByteLevel":
+        # The GGUF loader wraps ByteLevel in a sentencepiece-style chain (ByteFallback, Fuse, Replace) that
+        # decodes the same text but that openvino_tokenizers cannot convert.
+        backend.decoder = decoders.ByteLevel()
     if embedded is not None and not embedded.add_bos_token:
         backend.post_processor = processors.ByteLevel(trim_offsets=False)
     eos = embedded.eos_token if embedded else tokenizer.eos_token

@@ -237,6 +237,9 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
     logger.info("Fine-tuning %s on %s: task=%s, %s, %s, %d train / %d eval examples", model_path, device, fa.task,
                 precision, "full" if fa.full_finetune else ("qlora" if fa.qlora else "lora"),
                 len(data.train), len(data.eval))
+    from transformers import set_seed
+
+    set_seed(args.seed)  # before the adapters are initialised, so one seed gives one run
     model = _load_model_for_training(model_path, config, device, precision)
     throughput = ThroughputCallback()
     trainer = _trainer(model, tokenizer, config, training_args, data, throughput)

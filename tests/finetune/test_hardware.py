@@ -1,0 +1,43 @@
+"""Hardware detection, precision choice and thread settings.
+
+pytest tests/finetune/test_hardware.py
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from finetune import hardware
+
+
+def test_detects_this_machine():
+    hw = hardware.detect_hardware()
+    assert hw.usable_cores >= 1 and hw.cpu_model
+    assert hw.cuda == torch.cuda.is_available()
+    assert hw.as_dict()["cpu_bf16"] == (hw.amx_bf16 or hw.avx512_bf16)
+
+
+def test_fp16_on_cpu_explains_bf16():
+    with pytest.raises(ValueError, match="bf16=True"):
+        hardware.resolve_precision(bf16=False, fp16=True, device="cpu")
+
+
+def test_bf16_without_cpu_support_falls_back_to_fp32_with_a_warning(monkeypatch):
+    plain = dataclasses.replace(hardware.detect_hardware(), amx_bf16=False, avx512_bf16=False)
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: plain)
+    with pytest.warns(UserWarning, match="falls back to fp32"):
+        assert hardware.resolve_precision(bf16=True, fp16=False, device="cpu") == "fp32"
+
+
+def test_threads_split_the_cores_between_local_processes(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(hardware, "usable_cores", lambda: 8)
+        assert hardware.configure_threads(local_world_size=2) == 4
+        assert torch.get_num_threads() == 4
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert hardware.configure_threads(local_world_size=2) == 3
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,82 @@
+"""A run killed mid-training resumes from its last complete checkpoint and ends as an uninterrupted run does.
+
+pytest tests/finetune/test_resume.py
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The real CLI, with each step slowed down so the test can kill it between two checkpoints.
+SLOW_CLI = """
+import sys, time
+from transformers import TrainerCallback
+import finetune.train as train
+
+class Slow(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        time.sleep(0.3)
+
+make = train._trainer
+def slowed(*a, **kw):
+    trainer = make(*a, **kw)
+    trainer.add_callback(Slow())
+    return trainer
+train._trainer = slowed
+from finetune.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _args(model_dir, data, out):
+    return ["--model_name_or_path", str(model_dir), "--train_file", str(data), "--task", "chat", "--do_train",
+            "--output_dir", str(out), "--max_steps", "30", "--save_steps", "5", "--per_device_train_batch_size",
+            "4", "--learning_rate", "5e-3", "--lora_dropout", "0", "--logging_steps", "1", "--seed", "3",
+            "--disable_tqdm", "True", "--report_to", "none"]
+
+
+def _run(argv, **kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *argv], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_killed_run_resumes_from_last_checkpoint(tiny_model_dir, chat_file, tmp_path):
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    proc = _run(["-c", SLOW_CLI, *_args(tiny_model_dir, chat_file, killed)])
+    deadline = time.time() + 120
+    while not (killed / "checkpoint-10" / "trainer_state.json").is_file():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "training_metadata.json").exists()
+
+    resumed = _run(["-m", "finetune", *_args(tiny_model_dir, chat_file, killed)])
+    log = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, log
+    assert "Resuming the interrupted run from" in log
+    meta = json.loads((killed / "training_metadata.json").read_text())
+    assert meta["metrics"]["train_steps"] == 30
+    logged_steps = [h["step"] for h in meta["history"] if "loss" in h]
+    assert min(logged_steps) > 10  # it continued; it did not start over
+
+    clean = _run(["-m", "finetune", *_args(tiny_model_dir, chat_file, straight)])
+    assert clean.communicate(timeout=300)[0] and clean.returncode == 0
+    a = load_file(killed / "adapter" / "adapter_model.safetensors")
+    b = load_file(straight / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] - b[key]).abs().max() < 1e-4, key
