@@ -1,0 +1,153 @@
+"""Evaluation end to end on the tiny model, and every bad input it must refuse:
+pytest tests/finetune/test_evaluate_run.py"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finetune.evaluate import EvalConfig, EvalError, evaluate_models
+from finetune.evaluate.__main__ import main as cli
+from finetune.extraction import SYSTEM_PROMPT, SchemaError, to_json
+
+LABEL = {"attributes": [{"type": "INTEREST", "value": "hiking"}], "aspects": [], "sentiment": "POSITIVE"}
+# A small schema keeps the tiny random model's constrained replies short enough to always finish.
+SMALL_SCHEMA = {"type": "object", "properties": {"sentiment": {"enum": ["POSITIVE", "NEGATIVE"]}},
+                "required": ["sentiment"], "additionalProperties": False}
+
+
+def _record(text, reply):
+    return {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text},
+                         {"role": "assistant", "content": reply}]}
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def extraction_file(tmp_path):
+    return _write(tmp_path / "heldout.jsonl", [_record(f"I love hiking {i}", to_json(LABEL)) for i in range(3)])
+
+
+@pytest.fixture
+def small_schema(tmp_path):
+    path = tmp_path / "small.schema.json"
+    path.write_text(json.dumps(SMALL_SCHEMA))
+    return path
+
+
+def test_compares_two_models_and_writes_report(tiny_model_dir, extraction_file, small_schema, tmp_path):
+    out = tmp_path / "report"
+    results = evaluate_models(
+        [str(tiny_model_dir), str(tiny_model_dir)],
+        EvalConfig(task="extraction", data=str(extraction_file), max_new_tokens=24, batch_size=2,
+                   schema=str(small_schema), output_dir=str(out), labels=["base", "tuned"], dtype="float32"))
+    runs = {r["label"]: r for r in results["runs"]}
+    assert set(runs) == {"base (free)", "base (constrained)", "tuned (free)", "tuned (constrained)"}
+    constrained = runs["tuned (constrained)"]["metrics"]
+    # A random tiny model writes valid, schema-conforming JSON only because decoding is constrained.
+    assert constrained["json_validity"] == 100 and constrained["schema_validity"] == 100
+    assert json.loads(runs["base (constrained)"]["samples"][0]["output"])["sentiment"] in ("POSITIVE", "NEGATIVE")
+    assert constrained["perplexity"] > 1
+    # Same model, same greedy settings: identical scores, so every delta against the base is zero.
+    assert all(v == 0 for v in runs["tuned (free)"]["metrics"]["delta_vs_base"].values())
+    assert (out / "eval_report.md").is_file() and (out / "metrics.png").stat().st_size > 1000
+    assert "tuned (constrained)" in (out / "eval_report.md").read_text()
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["examples"] == 3
+
+
+def test_generation_task_metrics(tiny_model_dir, tmp_path):
+    rows = [{"instruction": f"Say {i}", "input": "", "output": f"The number is {i}."} for i in range(3)]
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(rows))
+    results = evaluate_models([str(tiny_model_dir)], EvalConfig(task="completion", data=str(data), max_new_tokens=8,
+                                                                output_dir=str(tmp_path / "r"), dtype="float32"))
+    metrics = results["runs"][0]["metrics"]
+    for key in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match", "token_reduction_pct", "perplexity"):
+        assert key in metrics
+    assert "json_validity" not in metrics
+
+
+def test_loss_curves_from_training_metadata(tiny_model_dir, extraction_file, small_schema, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "merged")
+    history = [{"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.5}, {"step": 10, "eval_loss": 1.7}]
+    (run / "training_metadata.json").write_text(json.dumps({"task": "extraction", "history": history}))
+    results = evaluate_models([str(run)], EvalConfig(task="extraction", data=str(extraction_file), max_new_tokens=8,
+                                                     constrained="on", schema=str(small_schema), perplexity=False,
+                                                     dtype="float32"))
+    assert results["output_dir"] == str(run / "eval")  # next to the model
+    assert (run / "eval" / "loss_curves.png").stat().st_size > 1000
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------
+
+def test_wrong_task_data_is_refused(tiny_model_dir, tmp_path):
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "hi", "output": "hello"}] * 2))
+    with pytest.raises(EvalError, match="look like task='completion'"):
+        evaluate_models([str(tiny_model_dir)], EvalConfig(task="extraction", data=str(alpaca)))
+    chat = _write(tmp_path / "chat.jsonl", [_record("hello", "Hi! How can I help?")] * 2)
+    with pytest.raises(EvalError, match="not valid JSON"):
+        evaluate_models([str(tiny_model_dir)], EvalConfig(task="extraction", data=str(chat)))
+
+
+def test_model_tuned_for_another_task_is_refused(tiny_model_dir, extraction_file, tmp_path):
+    import shutil
+
+    run = tmp_path / "chat_run"
+    shutil.copytree(tiny_model_dir, run / "merged")
+    (run / "training_metadata.json").write_text(json.dumps({"task": "chat", "history": []}))
+    with pytest.raises(EvalError, match="fine-tuned for task='chat'"):
+        evaluate_models([str(run)], EvalConfig(task="extraction", data=str(extraction_file)))
+
+
+def test_reference_that_is_not_json_names_the_line(tiny_model_dir, tmp_path):
+    rows = [_record("I love hiking", to_json(LABEL)), _record("I hate rain", '{"attributes": [,]}')]
+    data = _write(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(EvalError, match=r"bad\.jsonl:2: the assistant reply is not valid JSON"):
+        evaluate_models([str(tiny_model_dir)], EvalConfig(task="extraction", data=str(data)))
+
+
+def test_empty_eval_set(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(EvalError, match="empty eval set"):
+        evaluate_models([str(tiny_model_dir)], EvalConfig(task="extraction", data=str(empty)))
+    with pytest.raises(EvalError, match="empty"):
+        evaluate_models([str(tiny_model_dir)], EvalConfig(task="extraction"), examples=[])
+
+
+def test_schema_that_is_not_a_json_schema(tiny_model_dir, extraction_file, tmp_path):
+    bad_type = tmp_path / "bad.schema.json"
+    bad_type.write_text(json.dumps({"type": "objekt"}))
+    with pytest.raises(SchemaError, match="not a valid JSON Schema"):
+        evaluate_models([str(tiny_model_dir)], EvalConfig(task="extraction", data=str(extraction_file),
+                                                          schema=str(bad_type)))
+    not_json = tmp_path / "broken.schema.json"
+    not_json.write_text('{"type": "object",\n "properties": }')
+    with pytest.raises(SchemaError, match=r"broken\.schema\.json:2: the schema is not valid JSON"):
+        evaluate_models([str(tiny_model_dir)], EvalConfig(task="extraction", data=str(extraction_file),
+                                                          schema=str(not_json)))
+
+
+def test_cli_reports_bad_input_with_exit_code_2(tiny_model_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert cli(["--models", str(tiny_model_dir), "--data", str(empty)]) == 2
+    assert "empty eval set" in capsys.readouterr().err
+
+
+def test_cli_prints_the_comparison(tiny_model_dir, extraction_file, small_schema, tmp_path, capsys):
+    code = cli(["--models", str(tiny_model_dir), str(tiny_model_dir), "--labels", "base", "tuned", "--data",
+                str(extraction_file), "--schema", str(small_schema), "--max-new-tokens", "8", "--constrained", "on",
+                "--no-perplexity", "--no-plots", "--dtype", "float32", "--out", str(tmp_path / "o")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "tuned (constrained)" in printed and "JSON valid %" in printed
