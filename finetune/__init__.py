@@ -1,24 +1,41 @@
-"""Fine-tune small chat models on Xeon CPUs in bf16 (AMX), with Intel NeuralChat's API."""
+"""Fine-tune small chat models on Xeon CPUs in bf16 (AMX), with Intel NeuralChat's API.
 
-from finetune.config import (
-    CodeGenerationFinetuningConfig,
-    DataArguments,
-    FinetuningArguments,
-    ModelArguments,
-    SummarizationFinetuningConfig,
-    TextGenerationFinetuningConfig,
-    TrainingArguments,
-)
-from finetune.train import FinetuneResult, finetune_model
+Names are imported on first use (PEP 562), so `import finetune.data` does not pay for transformers' Trainer.
+"""
 
-__all__ = [
-    "finetune_model",
-    "FinetuneResult",
-    "TextGenerationFinetuningConfig",
-    "SummarizationFinetuningConfig",
-    "CodeGenerationFinetuningConfig",
-    "ModelArguments",
-    "DataArguments",
-    "FinetuningArguments",
-    "TrainingArguments",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "finetune_model": "finetune.train",
+    "FinetuneResult": "finetune.train",
+    "TextGenerationFinetuningConfig": "finetune.config",
+    "SummarizationFinetuningConfig": "finetune.config",
+    "CodeGenerationFinetuningConfig": "finetune.config",
+    "ModelArguments": "finetune.config",
+    "DataArguments": "finetune.config",
+    "FinetuningArguments": "finetune.config",
+    "TrainingArguments": "finetune.config",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:
+    from finetune.config import (  # noqa: F401
+        CodeGenerationFinetuningConfig,
+        DataArguments,
+        FinetuningArguments,
+        ModelArguments,
+        SummarizationFinetuningConfig,
+        TextGenerationFinetuningConfig,
+        TrainingArguments,
+    )
+    from finetune.train import FinetuneResult, finetune_model  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'finetune' has no attribute {name!r}")

@@ -9,11 +9,10 @@ from transformers.trainer_callback import ProgressCallback
 
 
 class ThroughputCallback(TrainerCallback):
-    """Adds `tokens_per_s` (input tokens; batches carry no padding, so all are useful) to every training log
-    and keeps the loss history for training_metadata.json."""
+    """Adds `tokens_per_s` (input tokens; batches carry no padding, so all are useful) to every training log,
+    also in `state.log_history`, which checkpoints keep and a resumed run restores."""
 
     def __init__(self):
-        self.history: list[dict] = []
         self._t0 = self._tokens0 = None
         self._last_t = self._last_tokens = None
         self.tokens_per_s: float | None = None
@@ -29,9 +28,10 @@ class ThroughputCallback(TrainerCallback):
         if "loss" in logs and now > self._last_t:
             logs["tokens_per_s"] = round((tokens - self._last_tokens) / (now - self._last_t), 1)
             self._last_t, self._last_tokens = now, tokens
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1]["tokens_per_s"] = logs["tokens_per_s"]
         if now > self._t0 and tokens > self._tokens0:
             self.tokens_per_s = (tokens - self._tokens0) / (now - self._t0)
-        self.history.append({"step": state.global_step, **{k: v for k, v in logs.items() if k != "total_flos"}})
 
 
 class BarProgressCallback(ProgressCallback):

@@ -27,7 +27,7 @@ from finetune.collate import PaddingFreeCollator, kept_positions_loss
 from finetune.config import FinetuningArguments, TextGenerationFinetuningConfig
 from finetune.dataset import build_datasets
 from finetune.hardware import configure_threads, default_device, detect_hardware, resolve_precision
-from finetune.metadata import check_output_dir, run_fingerprint, write_metadata
+from finetune.metadata import METADATA_FILE, check_output_dir, run_fingerprint, write_metadata
 from finetune.models import load_model, load_tokenizer, resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -163,6 +163,20 @@ def _check_batch(config: TextGenerationFinetuningConfig, n_train: int) -> None:
         )
 
 
+def finished_run(output_dir: Path, fingerprint: str) -> FinetuneResult | None:
+    """The result of this same run if it already finished in output_dir (its metadata is written last)."""
+    path = output_dir / METADATA_FILE
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if metadata.get("fingerprint") != fingerprint:
+        return None
+    adapter, merged = output_dir / "adapter", output_dir / "merged"
+    return FinetuneResult(output_dir, adapter if adapter.is_dir() else None, merged if merged.is_dir() else None,
+                          metadata.get("metrics", {}))
+
+
 def _last_checkpoint(output_dir: Path) -> str | None:
     """The newest checkpoint that was written completely.
 
@@ -226,7 +240,13 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
     output_dir = Path(args.output_dir)
     fingerprint = run_fingerprint(config, model_path, data.data_hash)
     resume = args.resume_from_checkpoint
-    if check_output_dir(output_dir, fingerprint, getattr(args, "overwrite_output_dir", False)) and resume is None:
+    same_run = check_output_dir(output_dir, fingerprint, getattr(args, "overwrite_output_dir", False))
+    if same_run and args.do_train and resume is None:
+        finished = finished_run(output_dir, fingerprint)
+        if finished is not None:
+            logger.warning("%s already holds this finished run; returning it (overwrite_output_dir retrains)",
+                           output_dir)
+            return finished
         resume = _last_checkpoint(output_dir)
         if resume:
             logger.warning("Resuming the interrupted run from %s", resume)
@@ -260,7 +280,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
     adapter_dir = merged_dir = None
     if args.do_train and trainer.is_world_process_zero():
         adapter_dir, merged_dir = _save_outputs(trainer, tokenizer, model_path, config, output_dir)
-        write_metadata(output_dir, config, fingerprint, metrics, throughput.history,
+        write_metadata(output_dir, config, fingerprint, metrics, trainer.state.log_history,
                        {**data.counts, "sha256": data.data_hash}, device,
                        precision, threads, model_path)
     return FinetuneResult(output_dir, adapter_dir, merged_dir, metrics)

@@ -1,5 +1,6 @@
-"""Command line: serve, export-log, models, export-openvino.
+"""Command line: ask, serve, export-log, models, export-openvino.
 
+python -m neural_chat_app ask "How long is the warranty?" --model runs/demo_aurora
 python -m neural_chat_app serve --config configs/server.yaml
 python -m neural_chat_app export-log --db ~/.cache/neuralchat-xeon/chatlog.sqlite --output chats.jsonl
 python -m neural_chat_app models
@@ -12,6 +13,25 @@ import argparse
 import json
 import logging
 import sys
+
+
+def _ask(args) -> int:
+    from finetune.hardware import configure_threads
+    from neural_chat_app import GenerationConfig, PipelineConfig, build_chatbot
+
+    configure_threads()
+    chatbot = build_chatbot(PipelineConfig(model_name_or_path=args.model, backend=args.backend,
+                                           system_prompt=args.system))
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
+                              return_stats=args.stats)
+    try:
+        chunks, _links = chatbot.predict_stream(args.query, config)
+        for chunk in chunks:
+            print(chunk, end="", flush=True)
+        print()
+    finally:
+        chatbot.close()
+    return 0
 
 
 def _serve(args) -> int:
@@ -61,6 +81,16 @@ def _export_openvino(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m neural_chat_app", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="ask a model one question and stream the answer")
+    ask.add_argument("query")
+    ask.add_argument("--model", help="embedded name, HF folder, fine-tune output folder or OpenVINO folder")
+    ask.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"])
+    ask.add_argument("--system", help="system prompt (default: the model's own)")
+    ask.add_argument("--max-new-tokens", type=int, default=128)
+    ask.add_argument("--greedy", action="store_true", help="no sampling: the most likely token each step")
+    ask.add_argument("--stats", action="store_true", help="print latency and tokens/s after the answer")
+    ask.set_defaults(run=_ask)
 
     serve = sub.add_parser("serve", help="run the OpenAI-compatible server and the web chat page")
     serve.add_argument("--config", help="server YAML (see configs/server.yaml)")

@@ -118,22 +118,14 @@ class TorchEngine:
         self.model = model.eval()
         self.tokenizer = load_tokenizer(spec.path)
         self.eos = eos_ids(self.tokenizer, model.generation_config)
-        self._grammars: dict[str, object] = {}
+        self._schema_constraint = None
 
-    def _grammar(self, schema: dict):
-        key = json.dumps(schema, sort_keys=True)
-        if key not in self._grammars:
-            try:
-                import xgrammar as xgr
-            except ImportError as err:
-                raise ImportError("Constrained decoding on the transformers path needs xgrammar: "
-                                  "pip install xgrammar") from err
-            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size,
-                                                      stop_token_ids=self.eos)
-            # No free whitespace: the grammar forces the one-line serialization the targets use (to_json).
-            self._grammars[key] = xgr.GrammarCompiler(info).compile_json_schema(
-                json.dumps(schema), any_whitespace=False, separators=(", ", ": "))
-        return self._grammars[key]
+    def _constraint(self):
+        if self._schema_constraint is None:
+            from finetune.evaluate.constrained import SchemaConstraint
+
+            self._schema_constraint = SchemaConstraint(self.tokenizer, self.model.config.vocab_size, self.eos)
+        return self._schema_constraint
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
                  schema: dict | None = None, desc: str = "generate") -> list[str]:
@@ -153,9 +145,7 @@ class TorchEngine:
                     mask[row, width - len(prompts[i]):] = 1
                 kwargs = {}
                 if schema is not None:
-                    from xgrammar.contrib.hf import LogitsProcessor
-
-                    kwargs["logits_processor"] = [LogitsProcessor(self._grammar(schema))]  # one per call
+                    kwargs["logits_processor"] = [self._constraint().processor(schema)]  # one per call
                 generated = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                     temperature=None, top_p=None, top_k=None, eos_token_id=self.eos, pad_token_id=pad, **kwargs)

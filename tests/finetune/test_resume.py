@@ -71,10 +71,14 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_model_dir, chat_file, tmp_
     meta = json.loads((killed / "training_metadata.json").read_text())
     assert meta["metrics"]["train_steps"] == 30
     logged_steps = [h["step"] for h in meta["history"] if "loss" in h]
-    assert min(logged_steps) > 10  # it continued; it did not start over
+    assert logged_steps == list(range(1, 31))  # steps 1-10 from the checkpoint, then 11-30: no restart
+    assert all("tokens_per_s" in h for h in meta["history"] if "loss" in h)
 
     clean = _run(["-m", "finetune", *_args(tiny_model_dir, chat_file, straight)])
     assert clean.communicate(timeout=300)[0] and clean.returncode == 0
+    again = _run(["-m", "finetune", *_args(tiny_model_dir, chat_file, killed)])
+    assert "already holds this finished run" in again.communicate(timeout=300)[0] and again.returncode == 0
+
     a = load_file(killed / "adapter" / "adapter_model.safetensors")
     b = load_file(straight / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
