@@ -34,14 +34,21 @@ class ChatBot:
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty string, got {query!r}")
 
-    def predict_stream(self, query: str, config: GenerationConfig | None = None) -> tuple[Iterator[str], list]:
-        """Return (generator of text chunks, links); links are retrieval sources, [] without retrieval."""
+    def predict_stream(
+        self, query: str, config: GenerationConfig | None = None, response_format: dict | None = None
+    ) -> tuple[Iterator[str], list]:
+        """Return (generator of text chunks, links); links are retrieval sources, [] without retrieval.
+
+        `response_format` (a JSON Schema, or OpenAI's {"type": "json_schema", ...}) forces the reply to be JSON
+        matching it; it overrides config.response_format.
+        """
         self._check(query)
         messages = self._messages([], query)
-        return generate_stream(self.backend, messages, config or GenerationConfig(), self.config.task), []
+        config = _with_format(config or GenerationConfig(), response_format)
+        return generate_stream(self.backend, messages, config, self.config.task), []
 
-    def predict(self, query: str, config: GenerationConfig | None = None) -> str:
-        chunks, _ = self.predict_stream(query, config)
+    def predict(self, query: str, config: GenerationConfig | None = None, response_format: dict | None = None) -> str:
+        chunks, _ = self.predict_stream(query, config, response_format)
         return "".join(chunks)
 
     def chat_stream(
@@ -81,6 +88,12 @@ class ChatBot:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _with_format(config: GenerationConfig, response_format: dict | None) -> GenerationConfig:
+    from dataclasses import replace
+
+    return config if response_format is None else replace(config, response_format=response_format)
 
 
 def _no_stats(config: GenerationConfig) -> GenerationConfig:

@@ -46,6 +46,8 @@ class GenerationConfig:
     task: Task = ""  # "" follows the pipeline's task
     stop: list[str] = field(default_factory=list)  # extra stop strings; the model's end-of-turn always stops
     seed: int | None = None
+    # A JSON Schema (or OpenAI's {"type": "json_schema", ...}) the reply must match: see structured.py
+    response_format: dict | None = None
 
     def __post_init__(self):
         name = "GenerationConfig"
@@ -62,6 +64,17 @@ class GenerationConfig:
             self.stop = [self.stop]
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"GenerationConfig.stop must be a list of non-empty strings, got {self.stop!r}")
+        if self.response_format is not None:
+            from neural_chat_app.structured import json_schema_of
+
+            json_schema_of(self.response_format)  # raises on a malformed one
+
+    @property
+    def json_schema(self) -> dict | None:
+        """The schema constrained decoding enforces, or None for free text."""
+        from neural_chat_app.structured import json_schema_of
+
+        return json_schema_of(self.response_format)
 
     @property
     def greedy(self) -> bool:

@@ -70,6 +70,11 @@ class OpenVINOBackend:
         cfg.repetition_penalty = config.repetition_penalty
         cfg.stop_token_ids = set(self.eos_token_ids)
         cfg.eos_token_id = self.eos_token_ids[0]
+        if config.json_schema is not None:
+            import json
+
+            schema = json.dumps(config.json_schema)
+            cfg.structured_output_config = self.ov_genai.StructuredOutputConfig(json_schema=schema)
         if config.greedy:
             cfg.do_sample = False
         else:

@@ -33,6 +33,7 @@ class TorchBackend:
         # On a few CPU cores, two generate() calls at once only share the cores: queue them instead.
         self.max_concurrency = max_concurrency
         self.eos_token_ids = eos_token_ids(model.generation_config, tokenizer)
+        self._schema_constraint = None  # compiled response_format grammars, made on first use
 
     @property
     def dtype(self) -> str:
@@ -57,6 +58,30 @@ class TorchBackend:
             "top_k": config.top_k,
         }
 
+    def _logits_processors(self, config: GenerationConfig) -> dict:
+        schema = config.json_schema
+        if schema is None:
+            return {}
+        if self._schema_constraint is None:
+            from finetune.evaluate.constrained import SchemaConstraint
+
+            self._schema_constraint = SchemaConstraint(self.tokenizer, self.model.config.vocab_size,
+                                                       self.eos_token_ids)
+        processors = [self._schema_constraint.processor(schema)]  # a fresh one per call: it keeps state
+        if config.greedy:
+            return {"logits_processor": processors}
+        # transformers runs user processors after its own sampling warpers, and top-k/top-p may keep only
+        # tokens the grammar forbids (then nothing is left to sample): mask first, then warp here.
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        if config.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k > 0:
+            processors.append(TopKLogitsWarper(config.top_k))
+        if config.top_p < 1.0:
+            processors.append(TopPLogitsWarper(config.top_p))
+        return {"logits_processor": processors, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
     def stream(
         self, prompt_ids: list[int], config: GenerationConfig, result: StreamResult, cancel: threading.Event
     ) -> Iterator[str]:
@@ -68,6 +93,7 @@ class TorchBackend:
         result.prompt_tokens = len(prompt_ids)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         outcome: dict = {}
+        constraint = self._logits_processors(config)  # before the thread: a bad schema raises here
         if config.seed is not None:
             torch.manual_seed(config.seed)
 
@@ -79,7 +105,7 @@ class TorchBackend:
                         attention_mask=torch.ones_like(input_ids),
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
-                        **self._generate_kwargs(config),
+                        **{**self._generate_kwargs(config), **constraint},
                     )
             except BaseException as err:  # handed to the consumer, which re-raises it
                 outcome["error"] = err

@@ -47,6 +47,8 @@ class _Sampling(BaseModel):
     conversation_id: str | None = Field(None, max_length=128)
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0.0)
+    # OpenAI's {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}} or {"type": "json_object"}
+    response_format: dict | None = None
 
     @field_validator("n")
     @classmethod
@@ -62,6 +64,14 @@ class _Sampling(BaseModel):
         if stops is not None and (len(stops) > 4 or not all(stops)):
             raise ValueError("stop takes up to 4 non-empty strings")
         return stops
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, value):
+        from neural_chat_app.structured import json_schema_of
+
+        json_schema_of(value)  # a ValueError becomes a 400 naming the field
+        return value
 
     def generation_config(self, max_tokens_limit: int) -> GenerationConfig:
         if self.max_tokens is not None and self.max_tokens > max_tokens_limit:
@@ -80,6 +90,7 @@ class _Sampling(BaseModel):
             max_new_tokens=min(self.max_tokens or defaults.max_new_tokens, max_tokens_limit),
             stop=list(self.stop or []),
             seed=self.seed,
+            response_format=self.response_format,
         )
 
 
