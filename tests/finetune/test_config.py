@@ -131,3 +131,15 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path, capsys, tiny_model_d
                  "--output_dir", str(tmp_path / "o")])
     assert code == 2
     assert f"{bad}:2: malformed JSON line" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", _finetune_configs(), ids=lambda p: p.name)
+def test_every_shipped_finetune_config_trains_on_the_tiny_model(path, tiny_model_dir, tmp_path, monkeypatch):
+    from finetune import finetune_model
+
+    monkeypatch.chdir(REPO)
+    config = parse_config([str(path), "--model_name_or_path", str(tiny_model_dir), "--max_steps", "2",
+                           "--output_dir", str(tmp_path / "out"), "--save_strategy", "no", "--disable_tqdm", "True"])
+    result = finetune_model(config)
+    assert result.metrics["train_steps"] == 2 and (tmp_path / "out" / "training_metadata.json").is_file()

@@ -160,3 +160,11 @@ def test_neuralchat_snippet_runs_with_only_imports_changed(tiny_model_dir, alpac
     meta = json.loads((tmp_path / "tmp" / "training_metadata.json").read_text())
     assert meta["metrics"]["train_steps"] == 3  # 22 examples / (4 x 2) per step, rounded up
     assert "eval_loss" in meta["metrics"]
+
+
+def test_gradient_checkpointing_trains_the_same_as_without(tiny_model_dir, chat_file, tmp_path):
+    plain = finetune_model(tiny_config(tiny_model_dir, chat_file, tmp_path / "a", task="chat", max_steps=4,
+                                       lora_dropout=0.0, precision="fp32"))
+    checkpointed = finetune_model(tiny_config(tiny_model_dir, chat_file, tmp_path / "b", task="chat", max_steps=4,
+                                              lora_dropout=0.0, precision="fp32", gradient_checkpointing=True))
+    assert checkpointed.metrics["train_loss"] == pytest.approx(plain.metrics["train_loss"], rel=1e-4)

@@ -1,0 +1,34 @@
+"""python -m benchmarks COMMAND [options]: each command measures, prints a table and saves JSON in results/.
+
+    train      training throughput: the plain recipe vs ours, against the bf16 matmul limit
+    data       the data pipeline at 100 MB and 1 GB: records/s and peak RSS
+    serve      a bounded load test of the chat server on loopback: tokens/s and latency at 1-8 streams
+    quantize   quantization quality: size, perplexity, token agreement of each scheme
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "benchmarks.train",
+    "data": "benchmarks.data_pipeline",
+    "serve": "benchmarks.serve_load",
+    "quantize": "benchmarks.quantize_quality",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(COMMANDS[argv[0]])
+    sys.argv = [f"python -m benchmarks {argv[0]}", *argv[1:]]
+    code = module.main(argv[1:])
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Training throughput: the plain recipe vs ours, side by side in one invocation, against the bf16 matmul limit.
+
+    python -m benchmarks.train                                  # embedded SmolLM2-135M, LoRA, 3 variants
+    python -m benchmarks.train --steps 6 --variants plain-bf16,ours
+    python -m benchmarks.train --model path/to/tiny --steps 2   # what the test runs
+
+Variants (same model, data, LoRA settings, batch, steps and seed; each in its own process so that peak RSS is
+its own):
+- plain-fp32: transformers Trainer + PEFT LoRA, fp32, batches padded to their longest example (the guides' recipe)
+- plain-bf16: the same with bf16=True (autocast)
+- ours:       finetune_model's defaults (bf16 frozen weights, fp32 adapters, autocast, padding-free batches,
+              logits only where there is a label)
+- ours-fp32:  ours with precision="fp32" (what bf16 buys inside our recipe)
+
+The data are multi-turn chats of varied length (1 to 8 turns, 40 to 500 tokens), the loss is on assistant turns.
+Reported: useful (non-padding) tokens/s and all tokens/s over the timed steps (warm-up excluded), peak RSS, and
+the held-out loss after training measured the same way for every variant. The limit is the LoRA step at 100% of
+the bf16 matmul peak measured in this run: 4 x parameters FLOPs per token (forward, plus backward through the
+frozen weights; no weight gradients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.machine import REPO, machine_info, markdown_table, matmul_gflops, save_json
+
+VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-fp32")
+SYSTEM = "You are the support assistant of Aurora Bikes. Answer briefly and precisely."
+
+
+def chat_dataset(n: int, seed: int) -> list[dict]:
+    """Multi-turn support chats of varied length, built from the demo facts."""
+    sys.path.insert(0, str(REPO / "examples"))
+    from make_demo_data import FACTS
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        messages = [{"role": "system", "content": SYSTEM}]
+        for _ in range(rng.choice([1, 1, 2, 2, 3, 4, 6, 8])):
+            questions, answer = rng.choice(FACTS)
+            extra = " ".join(rng.choice(questions) for _ in range(rng.randint(0, 3)))
+            messages += [{"role": "user", "content": f"{rng.choice(questions)} {extra}".strip()},
+                         {"role": "assistant", "content": answer}]
+        rows.append({"messages": messages})
+    return rows
+
+
+# --- one variant, in its own process --------------------------------------------------------------------------
+
+class _Counter:
+    """Wraps a collator: counts all and non-padding tokens of every batch it makes."""
+
+    def __init__(self, collator):
+        self.collator, self.batches = collator, []
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        mask = batch.get("attention_mask")
+        total = int(batch["input_ids"].numel())
+        self.batches.append((total, int(mask.sum()) if mask is not None else total))
+        return batch
+
+
+def _step_timer():
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_begin(self, args, state, control, **kw):
+            if not self.times:
+                self.times.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter())
+
+    return StepTimer()
+
+
+def _plain_trainer(model_path, tokenizer, train, out, args, bf16: bool):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    training_args = TrainingArguments(
+        output_dir=str(out), max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
+        learning_rate=2e-4, use_cpu=True, bf16=bf16, save_strategy="no", report_to="none", logging_steps=1,
+        disable_tqdm=True, seed=0)
+    collator = _Counter(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator)
+    return trainer, collator
+
+
+def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> dict:
+    import torch
+
+    from finetune.formatting import FormatOptions
+    from finetune.hardware import configure_threads
+    from finetune.models import load_tokenizer, resolve_model_path
+
+    configure_threads()
+    rows = [json.loads(line) for line in data_path.read_text().splitlines()]
+    model_path = resolve_model_path(model)
+    tokenizer = load_tokenizer(model_path)
+    timer = _step_timer()
+    if variant.startswith("plain"):
+        from finetune.dataset import tokenize_records
+        from finetune.records import Record
+
+        opts = FormatOptions("chat", args.seq_len)
+        train, _ = tokenize_records(tokenizer, [Record(r, "bench") for r in rows[args.eval_examples:]], opts)
+        trainer, counter = _plain_trainer(model_path, tokenizer, train, out, args, bf16=variant == "plain-bf16")
+        trainer.add_callback(timer)
+        trainer.train()
+        trainer.model.save_pretrained(out / "adapter")
+    else:
+        import finetune.train as recipe
+        from finetune import DataArguments, FinetuningArguments, ModelArguments, TextGenerationFinetuningConfig
+        from finetune import TrainingArguments as Args
+
+        made = {}
+        build = recipe._trainer
+
+        def instrumented(*a, **kw):
+            trainer = build(*a, **kw)
+            made["counter"] = _Counter(trainer.data_collator)
+            trainer.data_collator = made["counter"]
+            trainer.add_callback(timer)
+            return trainer
+
+        recipe._trainer = instrumented
+        train_file = out / "train.jsonl"
+        train_file.write_text("".join(json.dumps(r) + "\n" for r in rows[args.eval_examples:]))
+        recipe.finetune_model(TextGenerationFinetuningConfig(
+            ModelArguments(model_name_or_path=model_path),
+            DataArguments(train_file=str(train_file), max_seq_length=args.seq_len),
+            Args(output_dir=str(out / "run"), do_train=True, max_steps=args.warmup + args.steps,
+                 per_device_train_batch_size=args.batch, learning_rate=2e-4, save_strategy="no",
+                 report_to="none", logging_steps=1, disable_tqdm=True, seed=0),
+            FinetuningArguments(task="chat", lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
+                                lora_dropout=0.0, lora_all_linear=True, save_merged_model=False,
+                                precision="fp32" if variant == "ours-fp32" else "auto")))
+        counter = made["counter"]
+        (out / "adapter").symlink_to(out / "run" / "adapter")
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    timed = counter.batches[args.warmup: args.warmup + args.steps]
+    seconds = timer.times[-1] - timer.times[args.warmup]
+    return {
+        "variant": variant,
+        "threads": torch.get_num_threads(),
+        "timed_steps": len(timed),
+        "seconds": round(seconds, 3),
+        "tokens": sum(t for t, _ in timed),
+        "useful_tokens": sum(u for _, u in timed),
+        "tokens_per_s": sum(t for t, _ in timed) / seconds,
+        "useful_tokens_per_s": sum(u for _, u in timed) / seconds,
+        "peak_rss_mb": round(peak_rss_mb),
+        "eval_loss": _held_out_loss(model_path, tokenizer, out / "adapter", rows[: args.eval_examples], args),
+        "parameters": _parameter_count(model_path),
+    }
+
+
+def _parameter_count(model_path: str) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in Path(model_path).glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            for key in st.keys():
+                count = 1
+                for size in st.get_slice(key).get_shape():
+                    count *= size
+                total += count
+    return total
+
+
+def _held_out_loss(model_path, tokenizer, adapter_dir: Path, rows: list[dict], args) -> float:
+    """Mean loss on held-out assistant tokens, fp32, the same computation for every variant."""
+    import torch
+    from peft import PeftModel
+
+    from finetune.collate import PaddingFreeCollator, kept_positions_loss
+    from finetune.formatting import FormatOptions, tokenize_record
+    from finetune.models import load_model
+
+    model = PeftModel.from_pretrained(load_model(model_path, dtype=torch.float32), adapter_dir).eval()
+    opts = FormatOptions("chat", args.seq_len)
+    examples = [e for e in (tokenize_record(tokenizer, r, opts) for r in rows) if e]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), 4):
+            batch = PaddingFreeCollator()(examples[i: i + 4])
+            labels = batch.pop("labels")
+            loss = kept_positions_loss(model(**batch), labels)
+            total += float(loss) * labels.numel()
+            count += labels.numel()
+    return total / count
+
+
+# --- the driver ---------------------------------------------------------------------------------------------
+
+def run(args) -> dict:
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    info = machine_info()
+    peak = {"bf16": matmul_gflops("bf16"), "fp32": matmul_gflops("fp32")}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "chats.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in chat_dataset(args.examples, seed=0)))
+        for variant in variants:
+            out = Path(tmp) / variant
+            out.mkdir()
+            cmd = [sys.executable, "-m", "benchmarks.train", "--worker", variant, "--data", str(data),
+                   "--out", str(out), *_passthrough(args)]
+            print(f"-- {variant}", flush=True)
+            proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                                  text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"variant {variant} failed:\n{proc.stderr[-4000:]}")
+            results.append(json.loads((out / "result.json").read_text()))
+    params = results[0]["parameters"]
+    limit = peak["bf16"] * 1e9 / (4 * params)
+    base = next((r for r in results if r["variant"] == "plain-fp32"), None)
+    for r in results:
+        r["fraction_of_bf16_limit"] = r["useful_tokens_per_s"] / limit
+        if base:
+            r["speedup_vs_plain_fp32"] = r["useful_tokens_per_s"] / base["useful_tokens_per_s"]
+            r["eval_loss_vs_plain_fp32"] = r["eval_loss"] / base["eval_loss"] - 1
+    return {"benchmark": "train", "model": args.model, "seq_len": args.seq_len, "batch": args.batch,
+            "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank, "examples": args.examples,
+            "matmul_gflops": peak, "bf16_limit_tokens_per_s": limit, "machine": info, "results": results}
+
+
+def _passthrough(args) -> list[str]:
+    return ["--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch",
+            str(args.batch), "--seq-len", str(args.seq_len), "--lora-rank", str(args.lora_rank),
+            "--eval-examples", str(args.eval_examples)]
+
+
+def render(payload: dict) -> str:
+    hw = payload["machine"]["hardware"]
+    head = (f"model={payload['model']} seq_len<={payload['seq_len']} batch={payload['batch']} "
+            f"timed steps={payload['steps']} LoRA r={payload['lora_rank']} | {hw['cpu_model']}, "
+            f"{hw['usable_cores']} cores, AMX={hw['amx_bf16']} | matmul bf16 {payload['matmul_gflops']['bf16']:.0f} "
+            f"GFLOPS, fp32 {payload['matmul_gflops']['fp32']:.0f} GFLOPS -> LoRA limit "
+            f"{payload['bf16_limit_tokens_per_s']:.0f} tok/s")
+    columns = [("variant", "variant"), ("useful_tokens_per_s", "useful tok/s"), ("tokens_per_s", "all tok/s"),
+               ("speedup_vs_plain_fp32", "x plain-fp32"), ("fraction_of_bf16_limit", "of bf16 limit"),
+               ("peak_rss_mb", "peak RSS MB"), ("eval_loss", "held-out loss"),
+               ("eval_loss_vs_plain_fp32", "loss vs plain-fp32")]
+    return head + "\n" + markdown_table(payload["results"], columns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--variants", default="plain-fp32,plain-bf16,ours")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--examples", type=int, default=400)
+    p.add_argument("--eval-examples", type=int, default=40)
+    p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        result = _run_worker(args.worker, args.model, args.data, args.out, args)
+        (args.out / "result.json").write_text(json.dumps(result))
+        return 0
+    payload = run(args)
+    path = save_json("train", payload)
+    table = render(payload)
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
