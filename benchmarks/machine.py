@@ -14,9 +14,9 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def machine_info() -> dict:
-    from finetune.hardware import detect_hardware
-
     import torch
+
+    from finetune.hardware import detect_hardware
 
     versions = {}
     for name in ("torch", "transformers", "peft", "trl", "openvino", "openvino-genai", "neural-compressor"):

@@ -45,7 +45,7 @@ def summaries(rng: random.Random) -> list[dict]:
 
 def code_pairs(rng: random.Random) -> list[dict]:
     rows = []
-    for i in range(48):
+    for _ in range(48):
         n = rng.randint(2, 9)
         op, word = rng.choice([("+", "add"), ("*", "multiply"), ("-", "subtract")])
         rows.append({"prompt": f'def {word}_{n}(x):\n    """Return x {word}ed by {n}."""\n',
