@@ -1,6 +1,8 @@
 """python -m benchmarks COMMAND [options]: each command measures, prints a table and saves JSON in results/.
 
+    roofline   the machine's limits: bf16/fp32 matmul GFLOPS, memory bandwidth, AMX in use, training/decode limits
     train      training throughput: the plain recipe vs ours, against the bf16 matmul limit
+    infer      inference: transformers, OpenVINO bf16/INT8/INT4, INC INT4, llama.cpp; latency, tokens/s, RSS
     data       the data pipeline at 100 MB and 1 GB: records/s and peak RSS
     serve      a bounded load test of the chat server on loopback: tokens/s and latency at 1-8 streams
     quantize   quantization quality: size, perplexity, token agreement of each scheme
@@ -12,7 +14,9 @@ import importlib
 import sys
 
 COMMANDS = {
+    "roofline": "benchmarks.roofline",
     "train": "benchmarks.train",
+    "infer": "benchmarks.infer",
     "data": "benchmarks.data_pipeline",
     "serve": "benchmarks.serve_load",
     "quantize": "benchmarks.quantize_quality",

@@ -41,18 +41,22 @@ def machine_info() -> dict:
     }
 
 
-def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
-    """Sustained GFLOPS of an n x n x n matmul in `dtype_name` ("bf16" or "fp32") on this process's threads."""
+def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0, device: str = "cpu") -> float:
+    """Sustained GFLOPS of an n x n x n matmul in `dtype_name` ("bf16" or "fp32") on this process's threads
+    (or on the GPU with device="cuda", synchronized before the clock stops)."""
     import torch
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b
+    sync()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
+    sync()
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
@@ -68,6 +72,21 @@ def memory_read_gbps(gib: float = 1.0, repeats: int = 5) -> float:
         x.sum()
         best = min(best, time.perf_counter() - start)
     return x.numel() * 4 / best / 1e9
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM starts afresh at exec, unlike getrusage's ru_maxrss, which a
+    child started by subprocess inherits from its parent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def save_json(name: str, payload: dict) -> Path:

@@ -11,6 +11,10 @@ its own):
 - ours:       finetune_model's defaults (bf16 frozen weights, fp32 adapters, autocast, padding-free batches,
               logits only where there is a label)
 - ours-fp32:  ours with precision="fp32" (what bf16 buys inside our recipe)
+- ours-qlora: ours with 4-bit NF4 base weights (bitsandbytes): the GPU recipe; it also runs, slowly, on a CPU
+
+--device cuda runs the same variants on a GPU (plain-bf16 then uses the GPU's bf16, ours its CUDA defaults) and
+writes the same schema, so `python -m benchmarks report` can put CPU and GPU side by side.
 
 The data are multi-turn chats of varied length (1 to 8 turns, 40 to 500 tokens), the loss is on assistant turns.
 Reported: useful (non-padding) tokens/s and all tokens/s over the timed steps (warm-up excluded), peak RSS, and
@@ -25,16 +29,15 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import REPO, machine_info, markdown_table, matmul_gflops, save_json
+from benchmarks.machine import REPO, machine_info, markdown_table, matmul_gflops, peak_rss_mb, save_json
 
-VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-fp32")
+VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-fp32", "ours-qlora")
 SYSTEM = "You are the support assistant of Aurora Bikes. Answer briefly and precisely."
 
 
@@ -99,8 +102,8 @@ def _plain_trainer(model_path, tokenizer, train, out, args, bf16: bool):
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     training_args = TrainingArguments(
         output_dir=str(out), max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
-        learning_rate=2e-4, use_cpu=True, bf16=bf16, save_strategy="no", report_to="none", logging_steps=1,
-        disable_tqdm=True, seed=0)
+        learning_rate=2e-4, use_cpu=args.device == "cpu", bf16=bf16, save_strategy="no", report_to="none",
+        logging_steps=1, disable_tqdm=True, seed=0)
     collator = _Counter(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator)
     return trainer, collator
@@ -154,14 +157,17 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
                  report_to="none", logging_steps=1, disable_tqdm=True, seed=0),
             FinetuningArguments(task="chat", lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
                                 lora_dropout=0.0, lora_all_linear=True, save_merged_model=False,
-                                precision="fp32" if variant == "ours-fp32" else "auto")))
+                                precision="fp32" if variant == "ours-fp32" else "auto",
+                                qlora=variant == "ours-qlora", device=args.device)))
         counter = made["counter"]
         (out / "adapter").symlink_to(out / "run" / "adapter")
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss = peak_rss_mb()
     timed = counter.batches[args.warmup: args.warmup + args.steps]
     seconds = timer.times[-1] - timer.times[args.warmup]
     return {
         "variant": variant,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
         "threads": torch.get_num_threads(),
         "timed_steps": len(timed),
         "seconds": round(seconds, 3),
@@ -169,7 +175,7 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
         "useful_tokens": sum(u for _, u in timed),
         "tokens_per_s": sum(t for t, _ in timed) / seconds,
         "useful_tokens_per_s": sum(u for _, u in timed) / seconds,
-        "peak_rss_mb": round(peak_rss_mb),
+        "peak_rss_mb": round(peak_rss),
         "eval_loss": _held_out_loss(model_path, tokenizer, out / "adapter", rows[: args.eval_examples], args),
         "parameters": _parameter_count(model_path),
     }
@@ -220,7 +226,7 @@ def run(args) -> dict:
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     info = machine_info()
-    peak = {"bf16": matmul_gflops("bf16"), "fp32": matmul_gflops("fp32")}
+    peak = {"bf16": matmul_gflops("bf16", device=args.device), "fp32": matmul_gflops("fp32", device=args.device)}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "chats.jsonl"
@@ -244,14 +250,15 @@ def run(args) -> dict:
         if base:
             r["speedup_vs_plain_fp32"] = r["useful_tokens_per_s"] / base["useful_tokens_per_s"]
             r["eval_loss_vs_plain_fp32"] = r["eval_loss"] / base["eval_loss"] - 1
-    return {"benchmark": "train", "model": args.model, "seq_len": args.seq_len, "batch": args.batch,
-            "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank, "examples": args.examples,
+    return {"benchmark": "train", "device": args.device, "model": args.model, "seq_len": args.seq_len,
+            "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank,
+            "examples": args.examples,
             "matmul_gflops": peak, "bf16_limit_tokens_per_s": limit, "machine": info, "results": results}
 
 
 def _passthrough(args) -> list[str]:
-    return ["--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch",
-            str(args.batch), "--seq-len", str(args.seq_len), "--lora-rank", str(args.lora_rank),
+    return ["--device", args.device, "--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--lora-rank", str(args.lora_rank),
             "--eval-examples", str(args.eval_examples)]
 
 
@@ -272,6 +279,7 @@ def render(payload: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--variants", default="plain-fp32,plain-bf16,ours")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -289,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "result.json").write_text(json.dumps(result))
         return 0
     payload = run(args)
-    path = save_json("train", payload)
+    path = save_json("train" if args.device == "cpu" else f"train-{args.device}", payload)
     table = render(payload)
     path.with_suffix(".md").write_text(table + "\n")
     print(table)

@@ -1,0 +1,279 @@
+"""Inference speed of every serving path on the same model, side by side in one invocation.
+
+    python -m benchmarks.infer                                   # all paths, batch 1 and 8, prompts 64 and 512
+    python -m benchmarks.infer --paths hf-bf16,ov-int4 --batches 1 --prompts 64
+    python -m benchmarks.infer --model path/to/tiny --paths hf-fp32,hf-bf16 --new-tokens 8   # what the test runs
+
+Paths: hf-fp32, hf-bf16 (transformers generate), ov-bf16 / ov-int8 / ov-int4 (openvino-genai LLMPipeline on an
+OpenVINO export; the CPU plugin computes in bf16 on AMX, so the "bf16" IR keeps fp32 weights), inc-int4 (Neural
+Compressor weight-only RTN INT4, eager PyTorch), llamacpp (llama-cpp-python on the model's GGUF file: the outside
+reference; install it with the portable flags of the README, its default build dies with SIGILL on these VMs).
+With --device cuda the hf-* paths (hf-fp16 is meant for GPUs) run on the GPU, synchronized before each clock
+reading, and write the same schema for `python -m benchmarks report`.
+Each path runs in its own process (its own peak RSS); every request generates exactly --new-tokens tokens.
+Reported per path, batch and prompt length: first-token latency, decode tokens/s (all sequences of the batch),
+p50/p99 per-token latency, peak RSS, and decode speed as a fraction of the memory-bandwidth limit (batch 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.machine import REPO, machine_info, markdown_table, memory_read_gbps, peak_rss_mb, save_json
+
+PATHS = ("hf-fp32", "hf-bf16", "hf-fp16", "ov-bf16", "ov-int8", "ov-int4", "inc-int4", "llamacpp")
+_WEIGHT_BYTES = {"hf-fp32": 4.0, "hf-bf16": 2.0, "hf-fp16": 2.0, "ov-bf16": 2.0, "ov-int8": 1.03, "ov-int4": 0.56,
+                 "inc-int4": 0.56, "llamacpp": 0.63}  # bytes per weight read per token (Q4_1: 5 bits + scales)
+_TEXT = ("Intel Xeon processors with Advanced Matrix Extensions run bfloat16 matrix multiplications in tiles, "
+         "which makes small language models fast enough to serve a chatbot from a CPU. ")
+
+
+def prompt_of(tokenizer, n_tokens: int) -> str:
+    ids = tokenizer(_TEXT * (n_tokens // 8 + 2), add_special_tokens=False)["input_ids"][:n_tokens]
+    return tokenizer.decode(ids)
+
+
+def _percentiles(gaps_ms: list[float]) -> tuple[float | None, float | None]:
+    if not gaps_ms:
+        return None, None
+    q = statistics.quantiles(gaps_ms, n=100, method="inclusive") if len(gaps_ms) > 1 else gaps_ms * 99
+    return q[49], q[98]
+
+
+def _result(ttft_s: float, total_s: float, batch: int, new_tokens: int, gaps_ms: list[float]) -> dict:
+    p50, p99 = _percentiles(gaps_ms)
+    decode_s = max(total_s - ttft_s, 1e-9)
+    return {"ttft_ms": ttft_s * 1000, "decode_tokens_per_s": batch * (new_tokens - 1) / decode_s,
+            "p50_token_ms": p50, "p99_token_ms": p99, "total_s": total_s}
+
+
+# --- the paths ------------------------------------------------------------------------------------------------
+
+def _hf_runner(model_path: str, dtype_name: str, tokenizer, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype_name)).eval().to(device)
+    return _generate_with(model, tokenizer, device)
+
+
+def _ov_folder(model_path: str, weight_format: str) -> Path:
+    from finetune.models import cache_home
+    from quantize.openvino import export_openvino
+
+    target = cache_home() / "benchmarks" / f"{Path(model_path).name}-ov-{weight_format}"
+    if not (target / "openvino_model.xml").is_file():
+        export_openvino(model_path, target, weight_format)
+    return target
+
+
+def _ov_runner(model_path: str, weight_format: str, threads: int):
+    import openvino_genai as ov_genai
+
+    folder = _ov_folder(model_path, "fp32" if weight_format == "bf16" else weight_format)
+    pipe = ov_genai.LLMPipeline(str(folder), "CPU", INFERENCE_NUM_THREADS=threads)
+
+    def run(prompts: list[str], new_tokens: int) -> dict:
+        config = ov_genai.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True)
+        start = time.perf_counter()
+        result = pipe.generate(prompts, config)  # a list, so the result carries perf_metrics
+        end = time.perf_counter()
+        metrics = result.perf_metrics
+        gaps = [d / 1000 for d in metrics.raw_metrics.m_durations]  # microseconds per generation step
+        return _result(metrics.get_ttft().mean / 1000, end - start, len(prompts), new_tokens, gaps)
+
+    return run
+
+
+def _inc_runner(model_path: str, tokenizer):
+    import torch
+    from neural_compressor.torch.quantization import RTNConfig, convert, prepare
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    model = convert(prepare(model, RTNConfig(bits=4, group_size=64, use_sym=False)))
+    return _generate_with(model, tokenizer)
+
+
+def _generate_with(model, tokenizer, device: str = "cpu"):
+    """transformers generate, timed by a logits processor: it runs once per generated token, right after the
+    forward pass that produced that token's logits, for any batch size."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    def run(prompts: list[str], new_tokens: int) -> dict:
+        times: list[float] = []
+
+        def clock(input_ids, scores):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+            return scores
+
+        tokenizer.padding_side = "left"
+        batch = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           logits_processor=LogitsProcessorList([clock]), pad_token_id=tokenizer.pad_token_id)
+        end = time.perf_counter()
+        gaps = [(b - a) * 1000 for a, b in zip(times, times[1:])]
+        return _result(times[0] - start, end - start, len(prompts), new_tokens, gaps)
+
+    return run
+
+
+def _llamacpp_runner(model: str, threads: int):
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise ImportError("the llamacpp path needs llama-cpp-python; build it with the README's portable flags: "
+                          "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX512=ON ...\" pip install llama-cpp-python") from e
+    from finetune.models import EMBEDDED_MODELS, _embedded_gguf_path
+
+    if model not in EMBEDDED_MODELS:
+        raise ValueError("the llamacpp path runs the embedded model's GGUF file only")
+    llm = Llama(model_path=str(_embedded_gguf_path(EMBEDDED_MODELS[model])), n_threads=threads, n_ctx=2048,
+                n_batch=512, verbose=False)
+    eos = llm.token_eos()
+
+    def run(prompts: list[str], new_tokens: int) -> dict:
+        if len(prompts) != 1:
+            raise ValueError("llama-cpp-python generates one sequence per call; batch 1 only")
+        times, start = [], time.perf_counter()
+        for _ in llm.create_completion(prompts[0], max_tokens=new_tokens, temperature=0.0, stream=True,
+                                       logit_bias={eos: -1e9}):
+            times.append(time.perf_counter())
+        gaps = [(b - a) * 1000 for a, b in zip(times, times[1:])]
+        return _result(times[0] - start, times[-1] - start, 1, len(times), gaps)
+
+    return run
+
+
+def _runner(path: str, model: str, threads: int, device: str):
+    from finetune.models import load_tokenizer, resolve_model_path
+
+    model_path = resolve_model_path(model)
+    tokenizer = load_tokenizer(model_path)
+    if path.startswith("hf-"):
+        dtype = {"hf-fp32": "float32", "hf-bf16": "bfloat16", "hf-fp16": "float16"}[path]
+        return _hf_runner(model_path, dtype, tokenizer, device), tokenizer
+    if device != "cpu":
+        raise ValueError(f"{path} is a CPU path; on {device} run the hf-* paths")
+    if path.startswith("ov-"):
+        return _ov_runner(model_path, path[3:], threads), tokenizer
+    if path == "inc-int4":
+        return _inc_runner(model_path, tokenizer), tokenizer
+    return _llamacpp_runner(model, threads), tokenizer
+
+
+def run_path(path: str, args) -> list[dict]:
+    from finetune.hardware import configure_threads
+
+    threads = configure_threads()
+    runner, tokenizer = _runner(path, args.model, threads, args.device)
+    rows = []
+    runner([prompt_of(tokenizer, 16)], 4)  # warm-up: compile, allocate, first-call costs
+    for prompt_len in args.prompts:
+        for batch in args.batches:
+            try:
+                result = runner([prompt_of(tokenizer, prompt_len)] * batch, args.new_tokens)
+            except ValueError as e:
+                result = {"skipped": str(e)}
+            rows.append({"path": path, "device": args.device, "batch": batch, "prompt_tokens": prompt_len, **result})
+    rss = peak_rss_mb()
+    for row in rows:
+        row["peak_rss_mb"] = round(rss)
+    return rows
+
+
+# --- the driver ---------------------------------------------------------------------------------------------
+
+def run(args) -> dict:
+    from benchmarks.roofline import model_parameters
+
+    info = machine_info()
+    bandwidth = memory_read_gbps()
+    params = model_parameters(args.model)
+    rows, errors = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in args.paths:
+            out = Path(tmp) / f"{path}.json"
+            cmd = [sys.executable, "-m", "benchmarks.infer", "--worker", path, "--out", str(out), *_passthrough(args)]
+            print(f"-- {path}", flush=True)
+            proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                                  text=True)
+            if proc.returncode != 0:
+                errors[path] = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                print(f"   {path}: {errors[path]}", flush=True)
+                continue
+            rows += json.loads(out.read_text())
+    for row in rows:
+        limit = bandwidth * 1e9 / (params * _WEIGHT_BYTES[row["path"]])
+        row["decode_limit_tokens_per_s"] = limit
+        if row.get("batch") == 1 and "decode_tokens_per_s" in row:
+            row["fraction_of_decode_limit"] = row["decode_tokens_per_s"] / limit
+    return {"benchmark": "infer", "device": args.device, "model": args.model, "new_tokens": args.new_tokens,
+            "parameters": params, "memory_read_gbps": bandwidth, "machine": info, "results": rows, "errors": errors}
+
+
+def _passthrough(args) -> list[str]:
+    return ["--device", args.device, "--model", args.model, "--new-tokens", str(args.new_tokens), "--batches",
+            ",".join(map(str, args.batches)), "--prompts", ",".join(map(str, args.prompts))]
+
+
+def render(payload: dict) -> str:
+    hw = payload["machine"]["hardware"]
+    head = (f"model={payload['model']} new tokens={payload['new_tokens']} | {hw['cpu_model']}, {hw['usable_cores']} "
+            f"cores | memory read {payload['memory_read_gbps']:.1f} GB/s")
+    columns = [("path", "path"), ("batch", "batch"), ("prompt_tokens", "prompt"), ("ttft_ms", "first token ms"),
+               ("decode_tokens_per_s", "decode tok/s"), ("p50_token_ms", "p50 ms/token"),
+               ("p99_token_ms", "p99 ms/token"), ("fraction_of_decode_limit", "of bandwidth limit"),
+               ("peak_rss_mb", "peak RSS MB")]
+    table = markdown_table(payload["results"], columns)
+    if payload["errors"]:
+        table += "\n\nnot measured: " + "; ".join(f"{k}: {v}" for k, v in payload["errors"].items())
+    return head + "\n" + table
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.infer", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--paths", default=",".join(p for p in PATHS if p != "hf-fp16"))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batches", type=_ints, default=[1, 8])
+    p.add_argument("--prompts", type=_ints, default=[64, 512])
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        args.out.write_text(json.dumps(run_path(args.worker, args)))
+        return 0
+    args.paths = args.paths.split(",")
+    unknown = [x for x in args.paths if x not in PATHS]
+    if unknown:
+        raise SystemExit(f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}")
+    payload = run(args)
+    path = save_json("infer" if args.device == "cpu" else f"infer-{args.device}", payload)
+    table = render(payload)
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The physical limits of this machine, measured now: matmul GFLOPS, memory bandwidth, and what they allow.
+
+    python -m benchmarks.roofline
+    python -m benchmarks roofline --model smollm2-135m-instruct
+
+Training limit: tokens/s at 100% of the bf16 matmul peak, 6 x parameters FLOPs per token for full fine-tuning
+(forward 2P, backward 4P) and 4 x P for LoRA (no weight gradients for the frozen weights).
+Decode limit: memory read bandwidth / bytes of weights read per generated token (batch 1).
+AMX: one bf16 matmul runs under ONEDNN_VERBOSE=1 in a subprocess; the kernel name says whether AMX was used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+
+from benchmarks.machine import machine_info, markdown_table, matmul_gflops, memory_read_gbps, save_json
+
+WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0 + 4 / 128, "int4": 0.5 + 4 / 64}  # + per-group scales
+
+_ONEDNN_PROBE = """
+import torch
+a = torch.randn(256, 256, dtype=torch.bfloat16); b = torch.randn(256, 256, dtype=torch.bfloat16)
+torch.ops.aten.mm(a, b)
+with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+    torch.nn.functional.linear(a, b)
+"""
+
+
+def onednn_bf16_kernel() -> str | None:
+    """The oneDNN implementation that ran a bf16 matmul (e.g. 'brg_matmul:avx10_1_512_amx'), or None."""
+    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
+    out = subprocess.run([sys.executable, "-c", _ONEDNN_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith("onednn_verbose") and ",exec," in line and ("matmul" in line or "inner_product" in line):
+            match = re.search(r",(brg[^,]*|gemm[^,]*|jit[^,]*|ref[^,]*),", line)
+            if match:
+                return match.group(1)
+    return None
+
+
+def model_parameters(model: str) -> int:
+    from benchmarks.train import _parameter_count
+    from finetune.models import resolve_model_path
+
+    return _parameter_count(resolve_model_path(model))
+
+
+def measure(model: str) -> dict:
+    info = machine_info()
+    gflops = {"bf16": matmul_gflops("bf16", n=4096, seconds=3), "fp32": matmul_gflops("fp32", n=4096, seconds=3)}
+    bandwidth = memory_read_gbps()
+    kernel = onednn_bf16_kernel()
+    params = model_parameters(model)
+    return {
+        "benchmark": "roofline",
+        "model": model,
+        "parameters": params,
+        "matmul_gflops": gflops,
+        "bf16_over_fp32": gflops["bf16"] / gflops["fp32"],
+        "memory_read_gbps": bandwidth,
+        "onednn_bf16_kernel": kernel,
+        "amx_in_use": bool(kernel and "amx" in kernel),
+        "limits": {
+            "train_lora_tokens_per_s": gflops["bf16"] * 1e9 / (4 * params),
+            "train_full_tokens_per_s": gflops["bf16"] * 1e9 / (6 * params),
+            "decode_tokens_per_s": {fmt: bandwidth * 1e9 / (params * b) for fmt, b in WEIGHT_BYTES.items()},
+        },
+        "machine": info,
+    }
+
+
+def render(p: dict) -> str:
+    rows = [
+        {"what": "bf16 matmul 4096^3", "value": f"{p['matmul_gflops']['bf16']:.0f} GFLOPS",
+         "note": f"oneDNN kernel {p['onednn_bf16_kernel']} (AMX in use: {p['amx_in_use']})"},
+        {"what": "fp32 matmul 4096^3", "value": f"{p['matmul_gflops']['fp32']:.0f} GFLOPS",
+         "note": f"bf16 is {p['bf16_over_fp32']:.1f}x fp32"},
+        {"what": "memory read", "value": f"{p['memory_read_gbps']:.1f} GB/s", "note": "1 GiB array, best pass"},
+        {"what": "LoRA training limit", "value": f"{p['limits']['train_lora_tokens_per_s']:.0f} tok/s",
+         "note": f"4 x {p['parameters'] / 1e6:.1f} M FLOPs per token at the bf16 peak"},
+        {"what": "full fine-tune limit", "value": f"{p['limits']['train_full_tokens_per_s']:.0f} tok/s",
+         "note": "6 x parameters FLOPs per token"},
+    ]
+    for fmt, value in p["limits"]["decode_tokens_per_s"].items():
+        rows.append({"what": f"decode limit, {fmt} weights", "value": f"{value:.0f} tok/s",
+                     "note": f"{WEIGHT_BYTES[fmt]:.2f} bytes per weight per token, batch 1"})
+    hw = p["machine"]["hardware"]
+    head = (f"roofline of {hw['cpu_model']} ({hw['usable_cores']} cores, {p['machine']['threads']} threads), "
+            f"model {p['model']}")
+    return head + "\n" + markdown_table(rows, [("what", "limit"), ("value", "value"), ("note", "how")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.roofline", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    args = parser.parse_args(argv)
+    from finetune.hardware import configure_threads
+
+    configure_threads()
+    payload = measure(args.model)
+    path = save_json("roofline", payload)
+    table = render(payload)
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
