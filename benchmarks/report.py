@@ -1,0 +1,288 @@
+"""Render benchmarks/results/REPORT.md (tables, PNG plots, each figure beside its limit and target) from the
+result JSON files, and the headline table of the README.
+
+    python -m benchmarks report
+    python -m benchmarks report --gpu results-from-a-gpu-host/*.json --prices configs/prices.yaml
+
+Reads the newest result of each benchmark in benchmarks/results/ (roofline, train, infer, serve_load,
+data_pipeline, quantize_quality, extraction_quality) and any GPU result files (`--device cuda` runs of train and
+infer, produced on a GPU host and copied here). Nothing is measured here: run the benchmarks first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from benchmarks import machine
+from benchmarks.machine import REPO, markdown_table
+
+README = REPO / "README.md"
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def _newest(pattern: str, results: Path) -> dict | None:
+    files = sorted((p for p in results.glob(pattern) if "-latest" not in p.name), key=lambda p: p.stat().st_mtime)
+    return json.loads(files[-1].read_text()) if files else None
+
+
+def load_results(results: Path, gpu_files: list[Path]) -> dict:
+    found = {name: _newest(pattern, results) for name, pattern in {
+        "roofline": "roofline-2*.json", "train": "train-2*.json", "infer": "infer-2*.json",
+        "train_gpu": "train-cuda-2*.json", "infer_gpu": "infer-cuda-2*.json",
+        "serve": "serve_load-*.json", "quantize": "quantize_quality*.json", "extraction": "extraction_quality*.json",
+    }.items()}
+    data = results / "data_pipeline.json"
+    found["data"] = json.loads(data.read_text()) if data.is_file() else None
+    for path in gpu_files:
+        payload = json.loads(Path(path).read_text())
+        found[f"{payload.get('benchmark')}_gpu"] = payload
+    return found
+
+
+def _mark(ok: bool | None) -> str:
+    return "-" if ok is None else ("met" if ok else "NOT met")
+
+
+def train_section(train: dict) -> tuple[str, list[dict]]:
+    rows = {r["variant"]: r for r in train["results"]}
+    ours, fp32, bf16 = rows.get("ours"), rows.get("plain-fp32"), rows.get("plain-bf16")
+    targets = []
+    if ours and fp32:
+        targets.append({"target": "ours >= 3x plain-fp32 useful tok/s",
+                        "measured": f"{ours['useful_tokens_per_s'] / fp32['useful_tokens_per_s']:.2f}x",
+                        "status": _mark(ours["useful_tokens_per_s"] >= 3 * fp32["useful_tokens_per_s"])})
+        targets.append({"target": "held-out loss no worse than plain-fp32 by 1%",
+                        "measured": f"{(ours['eval_loss'] / fp32['eval_loss'] - 1) * 100:+.2f}%",
+                        "status": _mark(ours["eval_loss"] <= fp32["eval_loss"] * 1.01)})
+    if ours and bf16:
+        targets.append({"target": "ours >= 1.5x plain-bf16 useful tok/s",
+                        "measured": f"{ours['useful_tokens_per_s'] / bf16['useful_tokens_per_s']:.2f}x",
+                        "status": _mark(ours["useful_tokens_per_s"] >= 1.5 * bf16["useful_tokens_per_s"])})
+    if ours:
+        targets.append({"target": ">= 45% of the bf16 matmul limit",
+                        "measured": f"{ours['fraction_of_bf16_limit']:.0%}",
+                        "status": _mark(ours["fraction_of_bf16_limit"] >= 0.45)})
+        targets.append({"target": "peak RSS < 2 GB", "measured": f"{ours['peak_rss_mb']} MB",
+                        "status": _mark(ours["peak_rss_mb"] < 2048)})
+    from benchmarks.train import render
+
+    return render(train) + "\n\n" + markdown_table(targets, [("target", "target"), ("measured", "measured"),
+                                                              ("status", "status")]), targets
+
+
+def infer_section(infer: dict) -> tuple[str, list[dict]]:
+    from benchmarks.infer import render
+
+    def pick(path, batch=1, prompt=64):
+        return next((r for r in infer["results"] if r["path"] == path and r["batch"] == batch
+                     and r["prompt_tokens"] == prompt and "decode_tokens_per_s" in r), None)
+
+    targets = []
+    best_bf16 = max((pick(p) for p in ("hf-bf16", "ov-bf16") if pick(p)), key=lambda r: r["decode_tokens_per_s"],
+                    default=None)
+    if best_bf16:
+        targets.append({"target": "bf16 decode >= 90% of the bandwidth limit (batch 1)",
+                        "measured": f"{best_bf16['fraction_of_decode_limit']:.0%} ({best_bf16['path']})",
+                        "status": _mark(best_bf16["fraction_of_decode_limit"] >= 0.9)})
+    int4, llama = pick("ov-int4"), pick("llamacpp")
+    if int4:
+        targets.append({"target": "INT4 decode faster than llama.cpp (same run)",
+                        "measured": f"{int4['decode_tokens_per_s']:.0f} vs "
+                                    f"{llama['decode_tokens_per_s']:.0f} tok/s" if llama else "llama.cpp not measured",
+                        "status": _mark(int4["decode_tokens_per_s"] > llama["decode_tokens_per_s"]) if llama else "-"})
+    fastest_first = min((r for r in infer["results"] if r.get("prompt_tokens") == 64 and r.get("batch") == 1
+                         and "ttft_ms" in r), key=lambda r: r["ttft_ms"], default=None)
+    if fastest_first:
+        targets.append({"target": "first token < 25 ms (64-token prompt)",
+                        "measured": f"{fastest_first['ttft_ms']:.0f} ms ({fastest_first['path']})",
+                        "status": _mark(fastest_first["ttft_ms"] < 25)})
+    return render(infer) + "\n\n" + markdown_table(targets, [("target", "target"), ("measured", "measured"),
+                                                              ("status", "status")]), targets
+
+
+def serve_section(serve: dict) -> tuple[str, list[dict]]:
+    levels = {lv["concurrency"]: lv for lv in serve.get("levels", [])}
+    hw = serve.get("hardware", {})
+    lines = [f"backend={serve.get('backend')} model={serve.get('model')} max_tokens={serve.get('max_tokens')} | "
+             f"{hw.get('cpu_model')}, {hw.get('usable_cores')} cores ({serve.get('created_at')})"]
+    rows = [{"streams": c, "tokens/s": lv.get("tokens_per_s"), "p50 TTFT s": lv.get("ttft_p50_s"),
+             "p99 TTFT s": lv.get("ttft_p99_s"), "p99 latency s": lv.get("latency_p99_s"),
+             "errors": lv.get("errors", 0)} for c, lv in sorted(levels.items())]
+    targets = []
+    if 1 in levels:
+        one = levels[1]["tokens_per_s"]
+        for c, need in ((8, 3.8), (16, 5.5)):
+            if c in levels:
+                ratio = levels[c]["tokens_per_s"] / one
+                targets.append({"target": f"{c} streams >= {need}x the tokens/s of 1", "measured": f"{ratio:.2f}x",
+                                "status": _mark(ratio >= need)})
+        if 8 in levels and levels[8].get("ttft_p99_s") is not None:
+            targets.append({"target": "p99 first-token latency < 1 s at 8 streams",
+                            "measured": f"{levels[8]['ttft_p99_s']:.2f} s",
+                            "status": _mark(levels[8]["ttft_p99_s"] < 1)})
+    cols = [(k, k) for k in ("streams", "tokens/s", "p50 TTFT s", "p99 TTFT s", "p99 latency s", "errors")]
+    return "\n".join(lines) + "\n" + markdown_table(rows, cols) + "\n\n" + markdown_table(
+        targets, [("target", "target"), ("measured", "measured"), ("status", "status")]), targets
+
+
+def cpu_vs_gpu(found: dict, prices: dict) -> str:
+    rows = []
+    for kind in ("train", "infer"):
+        for suffix, label in (("", "cpu"), ("_gpu", "gpu")):
+            payload = found.get(kind + suffix)
+            if not payload:
+                continue
+            hw = payload["machine"]["hardware"]
+            name = hw.get("cuda_device") if label == "gpu" else hw["cpu_model"]
+            price = prices.get(label)
+            for r in payload["results"]:
+                speed = r.get("useful_tokens_per_s") or (r.get("decode_tokens_per_s") if r.get("batch") == 8 else None)
+                if speed is None:
+                    continue
+                rows.append({"benchmark": kind, "device": f"{label}: {name}", "what": r.get("variant") or
+                             f"{r['path']} batch {r['batch']} prompt {r['prompt_tokens']}", "tok/s": speed,
+                             "Mtok per $": speed * 3600 / price / 1e6 if price else None,
+                             "tok per J": r.get("tokens_per_joule")})
+    if not rows:
+        return "No results yet."
+    note = (f"Prices ({prices.get('source', 'configs/prices.yaml')}): cpu {prices.get('cpu')} $/h, gpu "
+            f"{prices.get('gpu')} $/h. Energy is shown where the host exposes it (RAPL or NVML).")
+    cols = [(k, k) for k in ("benchmark", "device", "what", "tok/s", "Mtok per $", "tok per J")]
+    return note + "\n" + markdown_table(rows, cols)
+
+
+def plots(found: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    infer = found.get("infer")
+    if infer:
+        rows = [r for r in infer["results"] if r.get("batch") == 1 and r.get("prompt_tokens") == 64
+                and "decode_tokens_per_s" in r]
+        if rows:
+            fig, ax = plt.subplots(figsize=(7, 3.5))
+            ax.bar([r["path"] for r in rows], [r["decode_tokens_per_s"] for r in rows], color="#3b75af",
+                   label="measured")
+            ax.scatter([r["path"] for r in rows], [r["decode_limit_tokens_per_s"] for r in rows], color="#c44e52",
+                       marker="_", s=600, label="bandwidth limit")
+            ax.set_ylabel("decode tokens/s (batch 1)")
+            ax.set_title("Inference by precision and backend")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out / "infer_tokens_per_s.png", dpi=110)
+            plt.close(fig)
+            made.append("infer_tokens_per_s.png")
+    train = found.get("train")
+    if train:
+        rows = train["results"]
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.bar([r["variant"] for r in rows], [r["fraction_of_bf16_limit"] * 100 for r in rows], color="#55a868")
+        ax.axhline(45, color="#c44e52", linestyle="--", label="target 45%")
+        ax.set_ylabel("% of the bf16 matmul limit")
+        ax.set_title("Training: useful tokens/s against the roofline")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "train_roofline_fraction.png", dpi=110)
+        plt.close(fig)
+        made.append("train_roofline_fraction.png")
+    return made
+
+
+def headline(found: dict) -> str:
+    rows = []
+    train = found.get("train")
+    if train:
+        r = {x["variant"]: x for x in train["results"]}
+        if "ours" in r:
+            base = r.get("plain-fp32")
+            rows.append({"what": "LoRA fine-tuning, useful tokens/s",
+                         "figure": f"{r['ours']['useful_tokens_per_s']:.0f}",
+                         "vs": f"{r['ours']['speedup_vs_plain_fp32']:.2f}x the plain fp32 recipe" if base else "-",
+                         "limit": f"{r['ours']['fraction_of_bf16_limit']:.0%} of the bf16 matmul limit"})
+    infer = found.get("infer")
+    if infer:
+        best = max((x for x in infer["results"] if x.get("batch") == 1 and x.get("prompt_tokens") == 64
+                    and "decode_tokens_per_s" in x), key=lambda x: x["decode_tokens_per_s"], default=None)
+        if best:
+            rows.append({"what": f"decode, batch 1 ({best['path']})",
+                         "figure": f"{best['decode_tokens_per_s']:.0f} tok/s",
+                         "vs": f"first token {best['ttft_ms']:.0f} ms",
+                         "limit": f"{best['fraction_of_decode_limit']:.0%} of the bandwidth limit"})
+    machine_line = ""
+    for payload in (train, infer):
+        if payload:
+            hw = payload["machine"]["hardware"]
+            machine_line = f"Measured on {hw['cpu_model']}, {hw['usable_cores']} cores ({payload['machine']['time']})."
+            break
+    if not rows:
+        return "No benchmark results yet: run `python -m benchmarks train` and `python -m benchmarks infer`."
+    return machine_line + "\n\n" + markdown_table(rows, [("what", "what"), ("figure", "figure"), ("vs", "compared"),
+                                                         ("limit", "limit")])
+
+
+def render_report(found: dict, prices: dict, out: Path) -> str:
+    parts = ["# Benchmark report", "",
+             "Generated by `python -m benchmarks report` from the result files in this folder; do not edit by hand.",
+             ""]
+    if found.get("roofline"):
+        from benchmarks.roofline import render
+
+        parts += ["## Roofline", "", render(found["roofline"]), ""]
+    sections = (("train", "## Training", train_section), ("infer", "## Inference", infer_section),
+                ("serve", "## Serving", serve_section))
+    for key, title, fn in sections:
+        parts += [title, ""]
+        parts += [fn(found[key])[0] if found.get(key) else f"No {key} results yet: run `python -m benchmarks {key}`.",
+                  ""]
+    parts += ["## CPU vs GPU", "", cpu_vs_gpu(found, prices), ""]
+    for name in plots(found, out):
+        parts += [f"![{name}]({name})", ""]
+    return "\n".join(parts)
+
+
+def update_readme(table: str, readme: Path | None = None) -> bool:
+    readme = readme or README
+    text = readme.read_text()
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+    return True
+
+
+def _prices(path: Path | None) -> dict:
+    if path is None or not path.is_file():
+        return {}
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    return {**data, "source": str(path)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks report", description=__doc__.split("\n")[0])
+    p.add_argument("--results", type=Path, default=None, help="folder of result JSON files")
+    p.add_argument("--gpu", type=Path, nargs="*", default=[], help="GPU result files (train/infer --device cuda)")
+    p.add_argument("--prices", type=Path, default=REPO / "configs" / "prices.yaml")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README's headline table")
+    args = p.parse_args(argv)
+    results = args.results or machine.RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    found = load_results(results, args.gpu)
+    report = render_report(found, _prices(args.prices), results)
+    (results / "REPORT.md").write_text(report)
+    print(report)
+    if not args.no_readme and update_readme(headline(found)):
+        print(f"updated the headline table in {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

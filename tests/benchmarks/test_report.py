@@ -1,0 +1,49 @@
+"""The report renders tables, targets and plots from result files, and rewrites only the README's marked block.
+
+pytest tests/benchmarks/test_report.py
+"""
+
+import json
+
+from benchmarks import report
+
+HW = {"cpu_model": "Xeon", "usable_cores": 2, "amx_bf16": True, "cuda_device": None}
+MACHINE = {"hardware": HW, "threads": 2, "time": "2026-11-22T00:00:00"}
+
+
+def _train(device="cpu", hw=HW):
+    rows = [{"variant": "plain-fp32", "useful_tokens_per_s": 100.0, "tokens_per_s": 150.0, "peak_rss_mb": 3000,
+             "eval_loss": 1.00, "fraction_of_bf16_limit": 0.1, "speedup_vs_plain_fp32": 1.0},
+            {"variant": "ours", "useful_tokens_per_s": 350.0, "tokens_per_s": 350.0, "peak_rss_mb": 1500,
+             "eval_loss": 1.005, "fraction_of_bf16_limit": 0.5, "speedup_vs_plain_fp32": 3.5}]
+    return {"benchmark": "train", "device": device, "model": "m", "seq_len": 512, "batch": 4, "steps": 10,
+            "lora_rank": 16, "matmul_gflops": {"bf16": 800.0, "fp32": 160.0}, "bf16_limit_tokens_per_s": 700.0,
+            "machine": {**MACHINE, "hardware": hw}, "results": rows}
+
+
+def test_report_marks_targets_and_compares_cpu_with_gpu(tmp_path, monkeypatch):
+    (tmp_path / "train-20261122-000000.json").write_text(json.dumps(_train()))
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps(_train("cuda", {**HW, "cuda_device": "A100"})))
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("cpu: 0.5\ngpu: 4.0\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\noutro\n")
+    monkeypatch.setattr(report, "README", readme)
+
+    assert report.main(["--results", str(tmp_path), "--gpu", str(gpu), "--prices", str(prices)]) == 0
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "| ours >= 3x plain-fp32 useful tok/s | 3.50x | met |" in text
+    assert "| held-out loss no worse than plain-fp32 by 1% | +0.50% | met |" in text
+    assert "| peak RSS < 2 GB | 1500 MB | met |" in text
+    assert "gpu: A100" in text and "cpu: Xeon" in text
+    assert "| train | cpu: Xeon | ours | 350 | 2.52 |" in text  # 350 tok/s x 3600 s / 0.5 $ = 2.52 M tokens per $
+    assert (tmp_path / "train_roofline_fraction.png").stat().st_size > 1000
+    new = readme.read_text()
+    assert new.startswith("intro\n") and new.endswith("outro\n") and "old" not in new
+    assert "| LoRA fine-tuning, useful tokens/s | 350 | 3.50x the plain fp32 recipe |" in new
+
+
+def test_report_without_results_says_what_to_run(tmp_path):
+    assert report.main(["--results", str(tmp_path), "--no-readme"]) == 0
+    assert "run `python -m benchmarks train`" in (tmp_path / "REPORT.md").read_text()
