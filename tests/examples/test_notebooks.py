@@ -1,0 +1,32 @@
+"""Execute the example notebooks top to bottom (nbclient), as a user would in Jupyter.
+
+pytest tests/examples/test_notebooks.py   (several minutes: they fine-tune and quantize the embedded model)
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "examples" / "notebooks"
+
+
+@pytest.mark.parametrize("name", ["build_chatbot_on_spr.ipynb", "single_node_finetuning_on_spr.ipynb"])
+def test_notebook_runs_top_to_bottom(name, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any(o.get("output_type") == "stream" and o.get("text", "").strip() for o in outputs)
+
+
+@pytest.mark.parametrize("name", ["build_chatbot_on_spr.ipynb", "single_node_finetuning_on_spr.ipynb"])
+def test_committed_notebooks_have_no_outputs(name):
+    nb = json.loads((NOTEBOOKS / name).read_text())
+    for cell in nb["cells"]:
+        assert not cell.get("outputs") and cell.get("execution_count") is None
