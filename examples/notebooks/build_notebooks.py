@@ -89,7 +89,8 @@ def run(task, train_file, output_dir, steps=24):
     new_code_cell("""alpaca = run("completion", "examples/data/alpaca_aurora.json", "runs/notebook/alpaca")
 print(alpaca.metrics)"""),
     new_markdown_cell("## 2. Summarization (`article` / `highlights`)"),
-    new_code_cell("""summaries = run("summarization", "examples/data/summaries.jsonl", "runs/notebook/summaries", steps=16)
+    new_code_cell("""summaries = run("summarization", "examples/data/summaries.jsonl", "runs/notebook/summaries",
+                steps=16)
 print(summaries.metrics)"""),
     new_markdown_cell("## 3. Code generation (`prompt` / `completion`)"),
     new_code_cell("""code = run("code-generation", "examples/data/code_pairs.jsonl", "runs/notebook/code", steps=16)
@@ -102,7 +103,10 @@ for name, result in [("alpaca", alpaca), ("summaries", summaries), ("code", code
     history = json.loads((result.output_dir / "training_metadata.json").read_text())["history"]
     steps = [h["step"] for h in history if "loss" in h]
     ax.plot(steps, [h["loss"] for h in history if "loss" in h], label=name)
-ax.set_xlabel("step"); ax.set_ylabel("training loss"); ax.legend(); plt.show()
+ax.set_xlabel("step")
+ax.set_ylabel("training loss")
+ax.legend()
+plt.show()
 for name, result in [("alpaca", alpaca), ("summaries", summaries), ("code", code)]:
     m = result.metrics
     print(f"{name}: held-out loss {m['eval_loss_before']:.3f} (base) -> {m['eval_loss']:.3f} (tuned)")"""),
