@@ -111,6 +111,8 @@ def resolve_model_path(name_or_path: str | None, allow_download: bool = False) -
     if path.is_dir():
         if (path / "config.json").is_file():
             return str(path)
+        if (path / "merged" / "config.json").is_file():  # a finetune_model output folder
+            return str(path / "merged")
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return resolve_model_path(str(ggufs[0]))

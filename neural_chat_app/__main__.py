@@ -1,6 +1,7 @@
-"""Command line: ask, serve, export-log, models, export-openvino.
+"""Command line: ask, improve, serve, export-log, models, export-openvino.
 
 python -m neural_chat_app ask "How long is the warranty?" --model runs/demo_aurora
+python -m neural_chat_app improve --config configs/improve.yaml
 python -m neural_chat_app serve --config configs/server.yaml
 python -m neural_chat_app export-log --db ~/.cache/neuralchat-xeon/chatlog.sqlite --output chats.jsonl
 python -m neural_chat_app models
@@ -31,6 +32,15 @@ def _ask(args) -> int:
         print()
     finally:
         chatbot.close()
+    return 0
+
+
+def _improve(args) -> int:
+    from neural_chat_app.improve import LoopConfig, run_loop
+
+    state = run_loop(LoopConfig.from_yaml(args.config))
+    for step, result in state["steps"].items():
+        print(f"{step}: {json.dumps(result, default=str)}")
     return 0
 
 
@@ -91,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--greedy", action="store_true", help="no sampling: the most likely token each step")
     ask.add_argument("--stats", action="store_true", help="print latency and tokens/s after the answer")
     ask.set_defaults(run=_ask)
+
+    improve = sub.add_parser("improve", help="logged chats -> data -> fine-tune -> evaluate -> promote -> quantize")
+    improve.add_argument("--config", required=True, help="loop YAML (see configs/improve.yaml)")
+    improve.set_defaults(run=_improve)
 
     serve = sub.add_parser("serve", help="run the OpenAI-compatible server and the web chat page")
     serve.add_argument("--config", help="server YAML (see configs/server.yaml)")

@@ -18,8 +18,12 @@ def _verdict(ratings: list[int | None]) -> int | None:
     return 1 if 1 in ratings else None
 
 
-def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | None = None) -> dict:
-    """Write one JSON line per conversation that has an assistant reply; return counts for the caller."""
+def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | None = None,
+                 since: float | None = None) -> dict:
+    """Write one JSON line per conversation that has an assistant reply; return counts for the caller.
+
+    `since` (a Unix time) keeps only conversations with a message logged after it, e.g. since the last
+    improvement run."""
     db_path = Path(db_path).expanduser()
     if not db_path.is_file():
         raise FileNotFoundError(f"No conversation log at {db_path}")
@@ -34,9 +38,12 @@ def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | 
         with open(out_path, "w", encoding="utf-8") as out:
             for session in sessions:
                 rows = db.execute(
-                    "SELECT role, content, model, feedback FROM messages WHERE session_id = ? ORDER BY id",
+                    "SELECT role, content, model, feedback, created_at FROM messages WHERE session_id = ? ORDER BY id",
                     (session["id"],),
                 ).fetchall()
+                if since is not None and not any(r["created_at"] > since for r in rows):
+                    skipped += 1
+                    continue
                 ratings = [r["feedback"] for r in rows if r["role"] == "assistant"]
                 verdict = _verdict(ratings)
                 if not ratings or (min_feedback is not None and (verdict is None or verdict < min_feedback)):

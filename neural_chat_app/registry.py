@@ -1,4 +1,4 @@
-"""The models this host can serve: the embedded default, fine-tune outputs and OpenVINO exports on disk."""
+"""The models this host can serve: the embedded default, fine-tune outputs, OpenVINO exports and quantize artifacts."""
 
 from __future__ import annotations
 
@@ -30,8 +30,12 @@ def describe_folder(path: Path) -> ModelEntry | None:
     """What `path` holds, or None when it is not a model folder."""
     from quantize.openvino import METADATA_FILE, is_openvino_folder
 
+    quantized = _read_json(path / "quantization.json")  # an artifact of quantize_model
+    summary = {k: quantized.get(k) for k in ("backend", "tag", "bits", "weight_bytes", "quality") if k in quantized}
     if is_openvino_folder(path):
-        return ModelEntry(path.name, str(path), "openvino", "openvino", _read_json(path / METADATA_FILE))
+        return ModelEntry(path.name, str(path), "openvino", "openvino", _read_json(path / METADATA_FILE) or summary)
+    if quantized.get("backend") in ("inc", "gguf"):
+        return ModelEntry(path.name, str(path), "quantized", "torch", summary)
     if (path / "merged" / "config.json").is_file() or (path / "adapter" / "adapter_config.json").is_file():
         meta = _read_json(path / "training_metadata.json")
         return ModelEntry(path.name, str(path), "finetuned", "torch", meta)
@@ -45,7 +49,7 @@ def describe_folder(path: Path) -> ModelEntry | None:
 def default_model_dirs() -> list[Path]:
     from finetune.models import cache_home
 
-    return [cache_home() / "openvino"]
+    return [cache_home() / "openvino", cache_home() / "quantized"]
 
 
 def list_models(model_dirs: list[str | Path] | None = None, extra: list[str] | None = None) -> list[ModelEntry]:
@@ -57,6 +61,9 @@ def list_models(model_dirs: list[str | Path] | None = None, extra: list[str] | N
         ModelEntry(m.name, m.name, "embedded", "torch", {"description": m.description, "package": m.package})
         for m in EMBEDDED_MODELS.values()
     ]
+    promoted = promoted_entry()
+    if promoted is not None:
+        entries.append(promoted)
     for name in extra or []:
         path = Path(name).expanduser()
         found = describe_folder(path) if path.is_dir() else None
@@ -75,6 +82,18 @@ def list_models(model_dirs: list[str | Path] | None = None, extra: list[str] | N
     for entry in entries:
         unique.setdefault(entry.id, entry)
     return list(unique.values())
+
+
+def promoted_entry() -> ModelEntry | None:
+    """The model `python -m neural_chat_app improve` promoted last, listed under the id "promoted"."""
+    from finetune.models import cache_home
+
+    record = _read_json(cache_home() / "models" / "promoted.json")
+    path = Path(record.get("model", "")) if record else None
+    found = describe_folder(path) if path is not None and path.is_dir() else None
+    if found is None:
+        return None
+    return ModelEntry("promoted", str(path), found.kind, found.backend, {**found.metadata, "promoted": record})
 
 
 def find_model(entries: list[ModelEntry], model_id: str) -> ModelEntry | None:

@@ -1,0 +1,107 @@
+"""The improvement loop: chat log -> data -> fine-tune -> evaluate -> promote -> quantize, resumable per step.
+
+pytest tests/neural_chat_app/test_improve.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from neural_chat_app import improve
+from neural_chat_app.chatlog import ChatLog
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "data" / "aurora_support.jsonl"
+
+
+def _log(path: Path, n: int, feedback: int = 1) -> Path:
+    """A conversation log as the server writes it, from the demo conversations, each rated `feedback`."""
+    log = ChatLog(path)
+    rows = [json.loads(line) for line in DEMO.read_text().splitlines()][:n]
+    for i, row in enumerate(rows):
+        session = f"s{i}"
+        log.ensure_session(session, model="smollm2-135m-instruct")
+        for m in row["messages"]:
+            message_id = log.add_message(session, m["role"], m["content"], "smollm2-135m-instruct")
+        log.set_feedback(message_id, feedback if i % 5 else -1)  # every fifth conversation got a thumbs down
+    log.close()
+    return path
+
+
+def _config(tmp_path, model, **kw) -> improve.LoopConfig:
+    values = dict(
+        run_dir=str(tmp_path / "run"), chat_log=str(_log(tmp_path / "chat.sqlite", 60)), base_model=str(model),
+        models_dir=str(tmp_path / "models"), min_conversations=10, eval_examples=4,
+        finetune={"max_steps": 12, "per_device_train_batch_size": 4, "learning_rate": 0.003, "lora_all_linear": True,
+                  "save_steps": 4, "disable_tqdm": True, "max_seq_length": 256})
+    return improve.LoopConfig(**{**values, **kw})
+
+
+def test_config_names_unknown_keys_and_needs_one_source(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("chat_log: x.db\nlearning_rte: 1\n")
+    with pytest.raises(ValueError, match="unknown key.*learning_rte"):
+        improve.LoopConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="exactly one of chat_log"):
+        improve.LoopConfig()
+
+
+def test_too_few_conversations_stops_with_counts(tmp_path, tiny_model_dir):
+    config = _config(tmp_path, tiny_model_dir, min_conversations=1000)
+    with pytest.raises(ValueError, match="conversations passed the filters.*min_conversations=1000"):
+        improve.run_loop(config)
+
+
+@pytest.mark.integration
+def test_a_killed_loop_resumes_without_redoing_finished_steps(tmp_path, tiny_model_dir, monkeypatch):
+    config = _config(tmp_path, tiny_model_dir, quantize=None)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed during evaluation")
+
+    real_evaluate = improve._evaluate
+    monkeypatch.setattr(improve, "_evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        improve.run_loop(config)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert set(state["steps"]) == {"collect", "prepare", "finetune"}
+    assert state["steps"]["collect"]["conversations_written"] == 48  # thumbs-down conversations are left out
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished step ran again")
+
+    for step in ("_collect", "_prepare", "_finetune"):
+        monkeypatch.setattr(improve, step, must_not_run)
+    monkeypatch.setattr(improve, "_evaluate", real_evaluate)
+    state = improve.run_loop(config)
+    assert set(state["steps"]) == {"collect", "prepare", "finetune", "evaluate", "promote"}
+    evaluated = state["steps"]["evaluate"]
+    assert evaluated["metric"] == "perplexity" and evaluated["candidate"] > 0
+    assert Path(evaluated["report"]).is_file()
+    promoted = improve.promoted(tmp_path / "models")
+    assert (promoted is not None) == evaluated["better"] == state["steps"]["promote"]["promoted"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_loop_end_to_end_on_the_embedded_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))  # promoted.json and the registry live here
+    from finetune.models import DEFAULT_MODEL, cache_home
+    from neural_chat_app.registry import list_models
+
+    config = _config(tmp_path, DEFAULT_MODEL, min_improvement=-1e9)  # promote whatever the score, to test it
+    config.models_dir = None
+    config.finetune["learning_rate"] = 5e-4
+    state = improve.run_loop(config)
+    steps = state["steps"]
+    assert steps["finetune"]["metrics"]["eval_loss"] < steps["finetune"]["metrics"]["eval_loss_before"]
+    assert steps["promote"]["promoted"] and steps["promote"]["model"] == steps["finetune"]["output_dir"]
+    assert (cache_home() / "models" / "promoted.json").is_file()
+    artifact = Path(steps["quantize"]["artifact"])
+    assert json.loads((artifact / "quantization.json").read_text())["bits"] == 8
+    assert any(e.id == "promoted" for e in list_models())
+    # a second run finds everything done
+    again = improve.run_loop(config)
+    assert again["steps"]["quantize"]["finished"] == steps["quantize"]["finished"]
