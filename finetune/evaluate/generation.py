@@ -210,10 +210,14 @@ class OpenVINOEngine:
         self.ov_genai = ov_genai
         scheduler = ov_genai.SchedulerConfig()
         scheduler.cache_size = 1
+        scheduler.max_num_seqs = 32
         scheduler.dynamic_split_fuse = True
         properties = {}
-        if os.environ.get("OMP_NUM_THREADS"):
-            properties["INFERENCE_NUM_THREADS"] = int(os.environ["OMP_NUM_THREADS"])
+        threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+        if threads > 1:
+            # Keep to the process's thread budget. Not for 1: openvino-genai 2026.4 died with SIGFPE building the
+            # pipeline with INFERENCE_NUM_THREADS=1 on this machine (a standalone process, the tiny model).
+            properties["INFERENCE_NUM_THREADS"] = threads
         self.pipe = ov_genai.ContinuousBatchingPipeline(spec.path, scheduler, "CPU", properties)
         self.tokenizer = AutoTokenizer.from_pretrained(spec.path)
         try:
