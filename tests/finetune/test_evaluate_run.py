@@ -151,3 +151,47 @@ def test_cli_prints_the_comparison(tiny_model_dir, extraction_file, small_schema
     printed = capsys.readouterr().out
     assert code == 0
     assert "tuned (constrained)" in printed and "JSON valid %" in printed
+
+
+def test_evaluate_after_training_compares_base_and_run(tiny_model_dir, extraction_file, tmp_path, capsys):
+    import shutil
+
+    from finetune import (
+        DataArguments,
+        FinetuningArguments,
+        ModelArguments,
+        TextGenerationFinetuningConfig,
+        TrainingArguments,
+    )
+    from finetune.evaluate import evaluate_after_training
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "merged")
+    (run / "training_metadata.json").write_text(json.dumps({"task": "extraction", "history": [{"step": 1,
+                                                                                                 "loss": 1.0}]}))
+    config = TextGenerationFinetuningConfig(
+        ModelArguments(model_name_or_path=str(tiny_model_dir)),
+        DataArguments(train_file=str(extraction_file), validation_file=str(extraction_file), max_eval_samples=2),
+        TrainingArguments(output_dir=str(run), report_to="none"),
+        FinetuningArguments(task="extraction"))
+    from finetune.evaluate import EvalConfig
+
+    results = evaluate_after_training(run, config, EvalConfig(task="extraction", max_examples=2, max_new_tokens=4,
+                                                              base_few_shot=3, labels=["base", "fine-tuned"],
+                                                              output_dir=str(run / "eval"), dtype="float32"))
+    assert results["examples"] == 2
+    assert [r["label"] for r in results["runs"]] == ["base (free)", "base (constrained)", "fine-tuned (free)",
+                                                     "fine-tuned (constrained)"]
+    assert results["runs"][0]["few_shot"] == 3 and results["runs"][2]["few_shot"] == 0
+    assert (run / "eval" / "eval_report.md").is_file() and (run / "eval" / "loss_curves.png").is_file()
+    assert "fine-tuned (constrained)" in capsys.readouterr().out  # the comparison is printed
+
+
+def test_evaluate_after_training_without_heldout_data_skips(tiny_model_dir, extraction_file, tmp_path):
+    from finetune import DataArguments, FinetuningArguments, TextGenerationFinetuningConfig, TrainingArguments
+    from finetune.evaluate import evaluate_after_training
+
+    config = TextGenerationFinetuningConfig(data_args=DataArguments(train_file=str(extraction_file)),
+                                            training_args=TrainingArguments(output_dir=str(tmp_path), report_to="none"),
+                                            finetune_args=FinetuningArguments(task="extraction"))
+    assert evaluate_after_training(tmp_path, config) is None
