@@ -94,7 +94,11 @@ class MixedPrecisionConfig:
 
 @dataclass
 class WeightOnlyQuantConfig:
-    """INT8/INT4 weight-only quantization. Accepted and validated, not yet runnable: see QUANTIZE_ISSUE."""
+    """INT8/INT4 weight-only quantization, served through `quantize` artifacts (see loading.load_weight_only).
+
+    For an artifact folder only weight_dtype must agree with it; for a plain model the other fields say how
+    to quantize it (data-free RTN; GPTQ/AWQ/AutoRound need `quantize_model` with calibration data).
+    """
 
     weight_dtype: Literal["int8", "int4"] = "int4"
     compute_dtype: Literal["fp32", "bf16"] = "bf16"

@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from neural_chat_app.config import QUANTIZE_ISSUE, MixedPrecisionConfig, PipelineConfig, WeightOnlyQuantConfig
+from neural_chat_app.config import MixedPrecisionConfig, PipelineConfig, WeightOnlyQuantConfig
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +140,7 @@ def load_openvino(source: ModelSource, config: PipelineConfig, max_concurrency: 
 def load_backend(config: PipelineConfig, max_concurrency: int | None = None):
     """Load the model `config` names with the backend it asks for ("auto": OpenVINO for an IR folder)."""
     if isinstance(config.optimization_config, WeightOnlyQuantConfig):
-        raise NotImplementedError(
-            f"WeightOnlyQuantConfig is not implemented yet: it comes with {QUANTIZE_ISSUE}. Today, INT8/INT4 "
-            f"weights run through OpenVINO: quantize.openvino.export_openvino(model_dir, out_dir, "
-            f"weight_format='int4'), then PipelineConfig(model_name_or_path=out_dir, backend='openvino')."
-        )
+        return load_weight_only(config, max_concurrency)
     source = resolve_source(config)
     backend = config.backend
     if backend == "auto":
@@ -154,3 +150,71 @@ def load_backend(config: PipelineConfig, max_concurrency: int | None = None):
             raise ValueError(f"{source.path} is an OpenVINO IR folder: use backend='openvino' or 'auto'")
         return load_torch(source, config, max_concurrency or 1)
     return load_openvino(source, config, max_concurrency or 8)
+
+
+def _quantized_artifact(source: ModelSource, opt: WeightOnlyQuantConfig, backend: str) -> Path:
+    """The quantize artifact to serve: `source` itself when it is one, else a data-free RTN artifact made once
+    in the cache with the config's weight_dtype / group_size / scheme (OpenVINO INT8 is always per channel)."""
+    from finetune.models import cache_home
+    from quantize import QuantizeConfig, quantize_model
+    from quantize.artifacts import METADATA_FILE, artifact_name
+
+    bits = 8 if opt.weight_dtype == "int8" else 4
+    meta_file = source.path / METADATA_FILE
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("bits") != bits:
+            raise ValueError(
+                f"{source.path} holds {meta.get('bits')}-bit weights ({meta.get('tag')}) but "
+                f"WeightOnlyQuantConfig.weight_dtype={opt.weight_dtype!r}: make them agree"
+            )
+        return source.path
+    if source.is_openvino:
+        return source.path  # an IR folder from export_openvino: served as it is
+    if opt.algorithm != "RTN":
+        raise ValueError(
+            f"WeightOnlyQuantConfig.algorithm={opt.algorithm!r} calibrates on data: run quantize_model(model=..., "
+            f"scheme={opt.algorithm.lower()!r}, calibration_file=...) and serve the artifact folder it writes"
+        )
+    if source.peft_path is not None:
+        raise NotImplementedError("WeightOnlyQuantConfig quantizes merged models: serve the fine-tune output folder")
+    backend_name = "openvino" if backend == "openvino" else "inc"
+    group = -1 if (backend_name == "openvino" and bits == 8) else opt.group_size
+    cfg = QuantizeConfig(model=str(source.path), output_dir=str(cache_home() / "quantized"), backend=backend_name,
+                         scheme="rtn", bits=bits, group_size=group, sym=opt.scheme == "sym", evaluate=False)
+    folder = cache_home() / "quantized" / artifact_name(source.path, cfg.tag, cfg.suffix)
+    if not (folder / METADATA_FILE).is_file():
+        logger.warning("Quantizing %s (%s) into %s once", source.path, cfg.tag, folder)
+        folder = quantize_model(cfg)
+    return folder
+
+
+def load_weight_only(config: PipelineConfig, max_concurrency: int | None = None):
+    """Serve INT8/INT4 weights: OpenVINO IR artifacts through openvino-genai, Neural Compressor artifacts through
+    the torch backend; a plain model is quantized once (data-free RTN) into the cache, OpenVINO for backend
+    auto/openvino, Neural Compressor for backend torch."""
+    from quantize.artifacts import METADATA_FILE
+
+    source = resolve_source(config)
+    meta_file = source.path / METADATA_FILE
+    recorded = json.loads(meta_file.read_text()).get("backend") if meta_file.is_file() else None
+    backend = config.backend
+    if backend == "auto":
+        backend = "torch" if recorded == "inc" else "openvino"
+    folder = _quantized_artifact(source, config.optimization_config, backend)
+    recorded = json.loads((folder / METADATA_FILE).read_text()).get("backend") if (
+        folder / METADATA_FILE).is_file() else "openvino"
+    if recorded == "openvino":
+        if backend != "openvino":
+            raise ValueError(f"{folder} is an OpenVINO artifact: use backend='openvino' or 'auto'")
+        return load_openvino(ModelSource(folder, source.model_id, True), config, max_concurrency or 8)
+    if recorded != "inc" or backend != "torch":
+        raise ValueError(f"{folder} is a {recorded} artifact: WeightOnlyQuantConfig serves OpenVINO and Neural "
+                         "Compressor (inc) artifacts; use backend='torch' for inc")
+    from neural_chat_app.torch_backend import TorchBackend
+    from quantize import load_quantized
+
+    model, tokenizer, _ = load_quantized(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return TorchBackend(model, tokenizer, source.model_id, max_concurrency=max_concurrency or 1)

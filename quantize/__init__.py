@@ -1,8 +1,22 @@
-"""Quantize and export models for fast CPU inference (OpenVINO today; Neural Compressor and GGUF in issue 5).
+"""Quantize and export models for CPU serving: Neural Compressor (RTN/GPTQ/AWQ/AutoRound), OpenVINO (NNCF),
+GGUF (llama.cpp / Ollama). Every artifact records its scheme and its measured quality (quantization.json).
 
-Heavy libraries (optimum-intel, openvino) load only inside the functions that use them.
+Heavy libraries (neural-compressor, optimum-intel, openvino, gguf) load only inside the functions that use them.
 """
 
+from quantize.api import quantize_model
+from quantize.artifacts import read_metadata
+from quantize.compare import compare_artifacts
+from quantize.config import QuantizeConfig
+from quantize.loading import load_quantized
 from quantize.openvino import export_openvino, is_openvino_folder
 
-__all__ = ["export_openvino", "is_openvino_folder"]
+__all__ = [
+    "QuantizeConfig",
+    "compare_artifacts",
+    "export_openvino",
+    "is_openvino_folder",
+    "load_quantized",
+    "quantize_model",
+    "read_metadata",
+]

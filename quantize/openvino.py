@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal, get_args
+
+from quantize.artifacts import staging
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,43 @@ def _plain_byte_level_decoder(tokenizer):
     return tokenizer
 
 
+def _export_into(model_dir: Path, target: Path, export_kwargs: dict) -> None:
+    """Export (and compress) the model at `model_dir` into the existing folder `target`, tokenizers converted."""
+    OVModelForCausalLM, _, convert_tokenizer = _import_exporters()
+    import openvino as ov
+    from transformers import AutoTokenizer
+
+    model = OVModelForCausalLM.from_pretrained(str(model_dir), export=True, compile=False, **export_kwargs)
+    model.save_pretrained(target)
+    tokenizer = _plain_byte_level_decoder(AutoTokenizer.from_pretrained(str(model_dir)))
+    tokenizer.save_pretrained(target)
+    ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
+    ov.save_model(ov_tokenizer, target / "openvino_tokenizer.xml")
+    ov.save_model(ov_detokenizer, target / "openvino_detokenizer.xml")
+
+
+def weight_compression_config(cfg, source: Path, texts: list[str]):
+    """optimum-intel's OVWeightQuantizationConfig (NNCF) for a QuantizeConfig with backend='openvino'."""
+    _, OVWeightQuantizationConfig, _ = _import_exporters()
+    if cfg.bits == 8:
+        return OVWeightQuantizationConfig(bits=8, sym=cfg.sym)
+    kwargs = {"bits": 4, "sym": cfg.sym, "group_size": cfg.group_size, "ratio": cfg.ratio, "all_layers": cfg.all_layers}
+    if texts:
+        kwargs.update(dataset=texts, tokenizer=str(source), num_samples=len(texts))
+    if cfg.scheme in ("awq", "awq_se"):
+        kwargs["quant_method"] = "awq"
+    if cfg.scheme in ("scale_estimation", "awq_se", "gptq_se"):
+        kwargs["scale_estimation"] = True
+    if cfg.scheme in ("gptq", "gptq_se"):
+        kwargs["gptq"] = True
+    return OVWeightQuantizationConfig(**kwargs)
+
+
+def quantize_openvino(source: Path, cfg, out: Path, texts: list[str]) -> None:
+    """Write an INT8/INT4 OpenVINO IR folder for `source` into the existing folder `out` (NNCF compression)."""
+    _export_into(source, out, {"quantization_config": weight_compression_config(cfg, source, texts)})
+
+
 def export_openvino(model_dir: str | Path, output_dir: str | Path, weight_format: WeightFormat = "fp32") -> Path:
     """Write an OpenVINO IR folder for `model_dir` (a Hugging Face folder) at `output_dir`; return its path.
 
@@ -80,22 +117,10 @@ def export_openvino(model_dir: str | Path, output_dir: str | Path, weight_format
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
-    OVModelForCausalLM, OVWeightQuantizationConfig, convert_tokenizer = _import_exporters()
-    import openvino as ov
-    from transformers import AutoTokenizer
-
+    _, OVWeightQuantizationConfig, _ = _import_exporters()
     start = time.perf_counter()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=output_dir.name + ".tmp-"))
-    try:
-        kwargs = _export_kwargs(weight_format, OVWeightQuantizationConfig)
-        model = OVModelForCausalLM.from_pretrained(str(model_dir), export=True, compile=False, **kwargs)
-        model.save_pretrained(tmp)
-        tokenizer = _plain_byte_level_decoder(AutoTokenizer.from_pretrained(str(model_dir)))
-        tokenizer.save_pretrained(tmp)
-        ov_tokenizer, ov_detokenizer = convert_tokenizer(tokenizer, with_detokenizer=True)
-        ov.save_model(ov_tokenizer, tmp / "openvino_tokenizer.xml")
-        ov.save_model(ov_detokenizer, tmp / "openvino_detokenizer.xml")
+    with staging(output_dir) as tmp:
+        _export_into(model_dir, tmp, _export_kwargs(weight_format, OVWeightQuantizationConfig))
         metadata = {
             "source_model": str(model_dir.resolve()),
             "weight_format": weight_format,
@@ -103,10 +128,5 @@ def export_openvino(model_dir: str | Path, output_dir: str | Path, weight_format
             "created_at": time.time(),
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        tmp.rename(output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Exported %s to %s (%s) in %.0f s", model_dir, output_dir, weight_format, metadata["export_seconds"])
     return output_dir

@@ -1,0 +1,184 @@
+"""`quantize_model`: source folder -> artifact folder named after its scheme, with a measured quantization.json.
+
+Top to bottom: resolve the source, check the request against the model (group sizes), read the calibration
+text, run the backend into a staging folder, measure quality and speed against the source, write the
+metadata, rename the folder into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from quantize import artifacts
+from quantize.calibration import default_eval_texts, read_texts, texts_sha256
+from quantize.config import QuantizeConfig
+
+logger = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+def check_group_size(source: Path, cfg: QuantizeConfig) -> None:
+    """ValueError naming the layers whose input width `cfg.group_size` does not divide."""
+    if cfg.backend == "gguf" or cfg.group_size == -1:
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+    bad = sorted(
+        {f"{type(m).__name__}({m.in_features})" for name, m in model.named_modules()
+         if isinstance(m, torch.nn.Linear) and name != "lm_head" and m.in_features % cfg.group_size}
+    )
+    if bad:
+        raise ValueError(
+            f"QuantizeConfig.group_size={cfg.group_size} does not divide the input width of layers {bad} of "
+            f"{source}: pick a divisor of every width, or -1 (per channel)"
+        )
+
+
+def calibration_blocks(texts: list[str], tokenizer, cfg: QuantizeConfig) -> list:
+    """The texts as one token stream (EOS between texts) cut into at most N blocks of calibration_seq_len."""
+    import torch
+
+    stream: list[int] = []
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for text in texts:
+        stream += tokenizer(text).input_ids + sep
+    size = cfg.calibration_seq_len
+    blocks = [stream[i : i + size] for i in range(0, len(stream), size)]
+    blocks = [b for b in blocks if len(b) == size] or [stream[:size]]
+    return [torch.tensor([b]) for b in blocks[: cfg.num_calibration_samples]]
+
+
+def _versions(backend: str) -> dict:
+    names = {"inc": ["neural_compressor", "auto-round"], "openvino": ["openvino", "nncf", "optimum-intel"],
+             "gguf": ["gguf"]}[backend]
+    out = {}
+    for name in ["torch", "transformers", *names]:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _run_backend(source: Path, cfg: QuantizeConfig, out: Path, blocks: list, tokenizer) -> None:
+    if cfg.backend == "inc":
+        from quantize.inc import quantize_inc
+
+        quantize_inc(source, cfg, out, blocks)
+    elif cfg.backend == "openvino":
+        from quantize.openvino import quantize_openvino
+
+        quantize_openvino(source, cfg, out, [tokenizer.decode(b[0]) for b in blocks])
+    else:
+        from quantize.gguf_export import write_gguf
+
+        write_gguf(source, cfg, out)
+
+
+def _check_backend_installed(cfg: QuantizeConfig) -> None:
+    """Fail before any work when the backend's library is missing (the error says what to install)."""
+    if cfg.backend == "inc":
+        from quantize.inc import _import_inc
+
+        _import_inc()
+    elif cfg.backend == "openvino":
+        from quantize.openvino import _import_exporters
+
+        _import_exporters()
+    else:
+        from quantize.gguf_export import _import_gguf
+
+        _import_gguf()
+
+
+def measure(source: Path, artifact: Path, cfg: QuantizeConfig, tokenizer, eval_texts: list[str]) -> dict:
+    """quality (vs the source), speed of the artifact and of the source, on the same token ids."""
+    from quantize import quality
+
+    windows = quality.eval_ids(tokenizer, eval_texts)
+    prompts = quality.prompt_ids(tokenizer, cfg.num_eval_prompts)
+    source_runner = quality.load_runner(source, None)
+    reference = quality.reference_outputs(source_runner, windows, prompts, cfg.eval_new_tokens)
+    source_speed = quality.measure_speed(source_runner, tokenizer)
+    del source_runner
+    runner = quality.load_runner(artifact, cfg.backend)
+    result = quality.evaluate(runner, reference, windows, prompts, cfg.eval_new_tokens)
+    speed = quality.measure_speed(runner, tokenizer)
+    runtime = {"inc": "torch eager (Neural Compressor weight-only modules)", "openvino": "optimum-intel OpenVINO",
+               "gguf": "transformers (GGUF dequantized to fp32)"}[cfg.backend]
+    return {"quality": result, "speed": {**speed, "runtime": runtime},
+            "source_speed": {**source_speed, "runtime": "transformers fp32"}}
+
+
+def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
+    """Quantize or export a model as `config` says (or keyword arguments of QuantizeConfig); return the folder.
+
+    Raises:
+        ValueError: bad config, a group size that does not divide a layer, an already-quantized source.
+        FileNotFoundError: missing model or calibration/eval file.
+        ImportError: the backend is not installed (the message names the pip install).
+        NotImplementedError: refused paths (SmoothQuant, static/dynamic INT8) and unsupported architectures.
+    """
+    cfg = dataclasses.replace(config, **overrides) if config is not None else QuantizeConfig(**overrides)
+    start = time.perf_counter()
+    source = artifacts.resolve_source(cfg.model)
+    _check_backend_installed(cfg)
+    check_group_size(source, cfg)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    calibration = None
+    blocks: list = []
+    if cfg.calibration_file:
+        texts = read_texts(cfg.calibration_file, tokenizer)
+        blocks = calibration_blocks(texts, tokenizer, cfg)
+        calibration = {
+            "file": str(Path(cfg.calibration_file).resolve()),
+            "sha256": texts_sha256(texts),
+            "texts": len(texts),
+            "blocks": len(blocks),
+            "tokens": sum(int(b.shape[1]) for b in blocks),
+        }
+    eval_texts = read_texts(cfg.eval_file, tokenizer) if cfg.eval_file else default_eval_texts()
+    name = cfg.name or artifacts.artifact_name(source, cfg.tag, cfg.suffix)
+    output = Path(cfg.output_dir).expanduser() / name
+    logger.info("Quantizing %s -> %s (%s %s)", source, output, cfg.backend, cfg.tag)
+    with artifacts.staging(output) as tmp:
+        _run_backend(source, cfg, tmp, blocks, tokenizer)
+        seconds = round(time.perf_counter() - start, 1)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "backend": cfg.backend,
+            "scheme": cfg.scheme,
+            "tag": cfg.tag,
+            "bits": cfg.bits,
+            "group_size": cfg.group_size,
+            "sym": cfg.sym,
+            "ratio": cfg.ratio,
+            "all_layers": cfg.all_layers,
+            "source_model": str(source),
+            "source_weight_bytes": artifacts.weight_bytes(source),
+            "calibration": calibration,
+            "eval": {"file": cfg.eval_file, "sha256": texts_sha256(eval_texts)},
+            "size_bytes": artifacts.folder_bytes(tmp),
+            "weight_bytes": artifacts.weight_bytes(tmp),
+            "quantize_seconds": seconds,
+            "created_at": time.time(),
+            "versions": _versions(cfg.backend),
+            "config": cfg.to_dict(),
+        }
+        if cfg.evaluate:
+            meta.update(measure(source, tmp, cfg, tokenizer, eval_texts))
+        training = (source.parent / "training_metadata.json") if source.name == "merged" else None
+        if training is not None and training.is_file():
+            meta["finetune_metadata"] = str(training)
+        artifacts.write_metadata(tmp, meta)
+    logger.info("Wrote %s in %.0f s", output, time.perf_counter() - start)
+    return output

@@ -1,0 +1,114 @@
+"""Artifact folders: where the source model is, what the folder is called, its quantization.json, its size."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+METADATA_FILE = "quantization.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx")
+
+
+def resolve_source(model: str | None) -> Path:
+    """The Hugging Face folder to quantize: a folder, a `finetune_model` output (its merged/), or an embedded name.
+
+    Raises ValueError for an artifact that is quantized already.
+    """
+    from finetune.models import DEFAULT_MODEL, resolve_model_path
+
+    name = model or DEFAULT_MODEL
+    path = Path(name).expanduser()
+    if path.is_dir():
+        refuse_quantized(path)
+        if (path / "merged" / "config.json").is_file():
+            path = path / "merged"
+        elif (path / "adapter" / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            raise ValueError(
+                f"{path} holds a LoRA adapter but no merged/ model: quantize a merged model (finetune_model writes "
+                "<out>/merged/ unless merging was turned off)"
+            )
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return path.resolve()
+    if path.suffix == ".gguf" and path.is_file():
+        raise ValueError(f"{path} is a GGUF file, already quantized or exported: quantize the source model instead")
+    return Path(resolve_model_path(name))
+
+
+def refuse_quantized(path: Path) -> None:
+    """ValueError when `path` is already a quantized artifact (ours, INC's, OpenVINO's, GGUF or HF-quantized)."""
+    reason = None
+    if (path / METADATA_FILE).is_file():
+        meta = json.loads((path / METADATA_FILE).read_text())
+        reason = f"it is a {meta.get('backend')} {meta.get('tag')} artifact of {meta.get('source_model')}"
+    elif (path / "openvino_model.xml").is_file():
+        reason = "it is an OpenVINO IR folder"
+    elif (path / "qconfig.json").is_file():
+        reason = "it holds a Neural Compressor quantized model (qconfig.json)"
+    elif list(path.glob("*.gguf")):
+        reason = "it holds a GGUF file"
+    elif (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text())
+        if config.get("quantization_config"):
+            method = config["quantization_config"].get("quant_method", "unknown")
+            reason = f"its config.json has a quantization_config ({method})"
+    if reason:
+        raise ValueError(
+            f"{path} is already quantized: {reason}. Quantizing twice compounds the rounding error; quantize the "
+            "source model (the fine-tune output or the original Hugging Face folder) instead"
+        )
+
+
+def artifact_name(source: Path, tag: str, suffix: str) -> str:
+    base = source.parent.name if source.name == "merged" else source.name
+    return f"{base}-{tag}-{suffix}"
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def weight_bytes(path: Path) -> int:
+    """Bytes of the weight files only (OpenVINO .bin, safetensors, INC .pt, GGUF): tokenizers excluded."""
+    total = 0
+    for f in path.rglob("*"):
+        if f.is_file() and f.suffix in WEIGHT_SUFFIXES and not f.name.startswith("openvino_tokenizer") and not (
+            f.name.startswith("openvino_detokenizer")
+        ):
+            total += f.stat().st_size
+    return total
+
+
+def read_metadata(path: str | Path) -> dict:
+    path = Path(path)
+    file = path / METADATA_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} has no {METADATA_FILE}: not an artifact written by quantize_model")
+    return json.loads(file.read_text())
+
+
+def write_metadata(path: Path, metadata: dict) -> None:
+    (path / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
+
+
+@contextmanager
+def staging(output_dir: Path):
+    """A temporary sibling folder that becomes `output_dir` only when the block finishes without error."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=output_dir.name + ".tmp-"))
+    try:
+        yield tmp
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        tmp.rename(output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def list_artifacts(folder: str | Path) -> list[Path]:
+    """Artifact folders (with quantization.json) directly under `folder`, sorted by name."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_dir() and ".tmp-" not in p.name and (p / METADATA_FILE).is_file())

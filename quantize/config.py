@@ -1,0 +1,196 @@
+"""QuantizeConfig: one typed dataclass behind `quantize_model(...)` and `python -m quantize --config FILE.yaml`.
+
+Every field validates itself in `__post_init__` and errors name the field. A YAML file holds the same keys;
+an unknown key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+Backend = Literal["inc", "openvino", "gguf"]
+
+# The schemes each backend runs. A scheme is the algorithm; `bits`, `group_size` and `sym` complete it.
+SCHEMES: dict[str, tuple[str, ...]] = {
+    "inc": ("rtn", "gptq", "awq", "autoround"),
+    "openvino": ("rtn", "awq", "scale_estimation", "awq_se", "gptq", "gptq_se"),
+    "gguf": ("f16", "q8_0", "q4_0", "q4_1"),
+}
+# Schemes that need calibration text.
+CALIBRATED = {"gptq", "awq", "autoround", "scale_estimation", "awq_se", "gptq_se"}
+# Neural Compressor paths that exist but cannot run properly here: refused with the reason and the alternative.
+REFUSED_INC = {
+    "smoothquant": "Neural Compressor's SmoothQuant imports Intel Extension for PyTorch, whose last release "
+    "(2.8) only runs with torch 2.8 and is archived",
+    "static": "static INT8 without IPEX needs a model exported with torch.export, which fails on transformers' "
+    "DynamicCache output",
+    "dynamic": "dynamic INT8 through PT2E export fails on transformers' DynamicCache in the output",
+}
+REFUSED_ADVICE = (
+    "use weight-only INT8 instead (backend='inc', scheme='rtn', bits=8: perplexity cost ~0), or backend='openvino', "
+    "bits=8 for the fast CPU runtime"
+)
+GGUF_BITS = {"f16": None, "q8_0": 8, "q4_0": 4, "q4_1": 4}
+
+
+def _check_choice(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"QuantizeConfig.{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+@dataclass
+class QuantizeConfig:
+    """What to quantize, how, and how to measure the result."""
+
+    model: str | None = None
+    """A Hugging Face folder, a `finetune_model` output folder (its merged/ is used) or an embedded model name."""
+    output_dir: str = "quantized"
+    """Parent folder: the artifact goes into `<output_dir>/<model>-<scheme...>-<backend>/`."""
+    backend: Backend = "openvino"
+    """inc (Neural Compressor, eager PyTorch), openvino (NNCF + the fast runtime), gguf (llama.cpp/Ollama)."""
+    scheme: str = "rtn"
+    """The algorithm; valid per backend: see SCHEMES."""
+    bits: int | None = None
+    """4 or 8 (inc/openvino: default 4; gguf: follows the scheme and may be left out)."""
+    group_size: int | None = None
+    """Input columns sharing one scale; -1 = per output channel. Default 64 (inc/openvino); gguf: blocks of 32."""
+    sym: bool = False
+    """Symmetric quantization (no zero point)."""
+    ratio: float = 1.0
+    """OpenVINO INT4 only: share of the layers in INT4; NNCF keeps the most sensitive rest in INT8."""
+    all_layers: bool = False
+    """OpenVINO INT4 only: also quantize the embedding / output layer to INT4 (default: they stay INT8)."""
+    calibration_file: str | None = None
+    """Local calibration data: `messages` JSONL, JSONL with a "text" field, or a plain text file."""
+    num_calibration_samples: int = 128
+    """At most this many calibration texts are used."""
+    calibration_seq_len: int = 256
+    """Calibration texts are cut to this many tokens."""
+    autoround_iters: int = 200
+    """AutoRound tuning steps per block."""
+    eval_file: str | None = None
+    """Held-out text for perplexity (same formats as calibration_file); default: a text shipped with quantize/."""
+    num_eval_prompts: int = 8
+    """Greedy-token agreement is measured over this many prompts."""
+    eval_new_tokens: int = 16
+    """Greedy tokens generated per prompt for the agreement check."""
+    evaluate: bool = True
+    """Measure perplexity, agreement and speed against the source and write them to quantization.json."""
+    name: str | None = None
+    """Artifact folder name; default derived from the model and scheme."""
+
+    def __post_init__(self):
+        _check_choice("backend", self.backend, get_args(Backend))
+        valid = SCHEMES[self.backend]
+        if self.backend == "inc" and self.scheme in REFUSED_INC:
+            raise NotImplementedError(
+                f"QuantizeConfig.scheme={self.scheme!r} is refused: {REFUSED_INC[self.scheme]}. {REFUSED_ADVICE}."
+            )
+        if self.scheme not in valid:
+            raise ValueError(
+                f"QuantizeConfig.scheme {self.scheme!r} is unknown for backend {self.backend!r}: valid schemes are "
+                f"{valid}" + ("" if self.backend != "inc" else f" (refused: {tuple(REFUSED_INC)})")
+            )
+        if self.backend == "gguf":
+            self._check_gguf()
+        else:
+            if self.bits is None:
+                self.bits = 4
+            if isinstance(self.bits, bool) or self.bits not in (4, 8):
+                raise ValueError(f"QuantizeConfig.bits must be 4 or 8, got {self.bits!r}")
+            if self.group_size is None:
+                self.group_size = -1 if (self.backend == "openvino" and self.bits == 8) else 64
+            if self.backend == "openvino" and self.bits == 8 and (self.scheme != "rtn" or self.group_size != -1):
+                raise ValueError(
+                    "QuantizeConfig: OpenVINO INT8 weight compression is data-free and per channel: use scheme='rtn' "
+                    f"and group_size=-1 (got scheme={self.scheme!r}, group_size={self.group_size})"
+                )
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
+            raise TypeError(f"QuantizeConfig.group_size must be an integer, got {self.group_size!r}")
+        if self.group_size != -1 and self.group_size < 1:
+            raise ValueError(f"QuantizeConfig.group_size must be -1 (per channel) or positive, got {self.group_size}")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"QuantizeConfig.ratio must be in (0, 1], got {self.ratio!r}")
+        if (self.ratio < 1.0 or self.all_layers) and not (self.backend == "openvino" and self.bits == 4):
+            raise ValueError("QuantizeConfig.ratio < 1 and all_layers apply to backend='openvino' with bits=4 only")
+        if self.backend == "inc" and self.scheme == "autoround" and not self.sym:
+            raise ValueError(
+                "QuantizeConfig.sym=False with scheme='autoround': auto-round 0.16 packs asymmetric weights in its "
+                "auto_awq format, which does not reload on CPU (its fake-quant modules fail); set sym=True"
+            )
+        for name in ("num_calibration_samples", "calibration_seq_len", "autoround_iters", "num_eval_prompts",
+                     "eval_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"QuantizeConfig.{name} must be a positive integer, got {value!r}")
+        if self.scheme in CALIBRATED and not self.calibration_file:
+            raise ValueError(
+                f"QuantizeConfig.calibration_file is required: scheme {self.scheme!r} ({self.backend}) calibrates "
+                "on local text (messages JSONL, JSONL with 'text', or a .txt file); data-free: scheme='rtn'"
+            )
+        for name in ("calibration_file", "eval_file"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).expanduser().is_file():
+                raise FileNotFoundError(f"QuantizeConfig.{name}: no such file {value!r}")
+
+    def _check_gguf(self) -> None:
+        expected = GGUF_BITS[self.scheme]
+        if self.bits is not None and (isinstance(self.bits, bool) or self.bits not in (4, 8)):
+            raise ValueError(f"QuantizeConfig.bits must be 4 or 8, got {self.bits!r}")
+        if self.bits is not None and self.bits != expected:
+            raise ValueError(
+                f"QuantizeConfig.bits={self.bits} contradicts scheme {self.scheme!r} (gguf): leave bits out or "
+                f"set {expected}"
+            )
+        self.bits = expected
+        block = -1 if expected is None else 32
+        if self.group_size not in (None, block):
+            raise ValueError(
+                f"QuantizeConfig.group_size={self.group_size}: GGUF {self.scheme} "
+                + ("is not quantized" if expected is None else "uses fixed blocks of 32") + "; leave it out"
+            )
+        self.group_size = block
+        if self.sym and self.scheme == "q4_1":
+            raise ValueError("QuantizeConfig.sym=True contradicts scheme 'q4_1' (asymmetric): use 'q4_0'")
+        if self.scheme in ("q8_0", "q4_0"):
+            self.sym = True
+
+    @property
+    def tag(self) -> str:
+        """The scheme part of the artifact name, e.g. int4-awq-g64 or q8_0."""
+        if self.backend == "gguf":
+            return self.scheme
+        group = "pc" if self.group_size == -1 else f"g{self.group_size}"
+        parts = [f"int{self.bits}", self.scheme.replace("_", "-"), group, "sym" if self.sym else "asym"]
+        if self.ratio < 1.0:
+            parts.append(f"r{round(self.ratio * 100)}")
+        if self.all_layers:
+            parts.append("all")
+        return "-".join(parts)
+
+    @property
+    def suffix(self) -> str:
+        return {"inc": "inc", "openvino": "ov", "gguf": "gguf"}[self.backend]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QuantizeConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown QuantizeConfig key(s) {unknown}: valid keys are {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> QuantizeConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of QuantizeConfig keys, got {type(data).__name__}")
+        return cls.from_dict({**data, **(overrides or {})})
