@@ -70,6 +70,27 @@ def _run(results: dict, model: str, constrained: bool) -> dict:
     raise KeyError(model)
 
 
+def reuse_base(path: Path, tuned: Path, config, base_few_shot: int) -> dict:
+    """Score only the tuned model and join it to an earlier base-model evaluation with the same settings."""
+    from dataclasses import replace
+
+    from finetune.evaluate import EvalError, evaluate_models, merge_results
+    from finetune.evaluate.generation import resolve_model
+    from finetune.evaluate.report import write_report
+
+    base = json.loads(path.read_text())
+    if [m["label"] for m in base["models"]] != ["base"] or any(r["few_shot"] != base_few_shot for r in base["runs"]):
+        raise EvalError(f"{path} must score one model labelled 'base' with {base_few_shot} few-shot examples")
+    tuned_results = evaluate_models([str(tuned)], replace(config, labels=["tuned"], base_few_shot=None,
+                                                          plots=False))
+    merged = merge_results(base, tuned_results)
+    merged["base_results_reused_from"] = str(path)
+    specs = [resolve_model(m["path"], m["label"]) for m in merged["models"]]
+    write_report(merged, Path(config.output_dir), specs)
+    merged["output_dir"] = config.output_dir
+    return merged
+
+
 def check_bar(results: dict, training: dict | None) -> list[dict]:
     checks = []
     for constrained in (False, True):
@@ -140,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tuned-few-shot", type=int, default=0, help="worked examples in the tuned model's prompt")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--base-results", help="eval_results.json of the base model from python -m finetune.evaluate "
+                                          "with the same settings (label base): reused instead of re-scoring it")
     args = p.parse_args(argv)
 
     import logging
@@ -155,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, constrained="both",
                         few_shot=args.tuned_few_shot, base_few_shot=args.few_shot, labels=["base", "tuned"],
                         output_dir=str(tuned / "eval"))
-    results = evaluate_models([args.base, str(tuned)], config)
+    if args.base_results:
+        results = reuse_base(Path(args.base_results), tuned, config, args.few_shot)
+    else:
+        results = evaluate_models([args.base, str(tuned)], config)
     training = _training_record(tuned, measured)
     payload = {"benchmark": "extraction_quality", "machine": machine_info(), "training": training,
                "evaluation": results, "checks": check_bar(results, training)}

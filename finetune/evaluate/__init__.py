@@ -28,7 +28,7 @@ from finetune.evaluate.data import EvalError, Example, examples_from_records, lo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalConfig", "EvalError", "evaluate_models", "evaluate_after_training", "load_examples"]
+__all__ = ["EvalConfig", "EvalError", "evaluate_models", "evaluate_after_training", "load_examples", "merge_results"]
 
 HEADLINE = {
     "extraction": ["json_validity", "schema_validity", "attribute_f1", "aspect_sentiment_accuracy",
@@ -185,17 +185,8 @@ def _headline_text(metrics: dict, task: str) -> str:
 def _results(specs, runs: list[RunResult], config: EvalConfig, examples: list[Example]) -> dict:
     from finetune.hardware import detect_hardware
 
-    baseline = {r.constrained: r for r in runs if r.model == specs[0].label}
-    for r in runs:
-        base = baseline.get(r.constrained)
-        if base is not None and base is not r:
-            r.metrics["delta_vs_base"] = {
-                k: round(v - base.metrics[k], 2) for k, v in r.metrics.items()
-                if isinstance(v, (int, float)) and isinstance(base.metrics.get(k), (int, float))
-                and k not in ("examples", "generation_seconds", "examples_per_s")
-            }
     hardware = detect_hardware()
-    return {
+    results = {
         "task": config.task,
         "data": config.data,
         "examples": len(examples),
@@ -206,6 +197,44 @@ def _results(specs, runs: list[RunResult], config: EvalConfig, examples: list[Ex
                     "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    _add_deltas(results)
+    return results
+
+
+def _add_deltas(results: dict) -> None:
+    """Each run's change against the first model's run with the same decoding (free or constrained)."""
+    first = results["models"][0]["label"]
+    baseline = {r["constrained"]: r for r in results["runs"] if r["model"] == first}
+    for r in results["runs"]:
+        base = baseline.get(r["constrained"])
+        r["metrics"].pop("delta_vs_base", None)
+        if base is not None and base is not r:
+            r["metrics"]["delta_vs_base"] = {
+                k: round(v - base["metrics"][k], 2) for k, v in r["metrics"].items()
+                if isinstance(v, (int, float)) and isinstance(base["metrics"].get(k), (int, float))
+                and k not in ("examples", "generation_seconds", "examples_per_s")
+            }
+
+
+SAME_SETTINGS = ("task", "examples")
+SAME_CONFIG = ("max_examples", "max_new_tokens", "constrained", "schema", "dtype")
+
+
+def merge_results(first: dict, second: dict) -> dict:
+    """Join two evaluations of different models on the same examples and settings (e.g. a base model scored
+    once and reused for several fine-tuned runs); the first one's first model stays the baseline."""
+    for key in SAME_SETTINGS:
+        if first[key] != second[key]:
+            raise EvalError(f"Cannot merge evaluations with different {key}: {first[key]!r} vs {second[key]!r}")
+    for key in SAME_CONFIG:
+        if first["config"].get(key) != second["config"].get(key):
+            raise EvalError(f"Cannot merge evaluations with different {key}: {first['config'].get(key)!r} vs "
+                            f"{second['config'].get(key)!r}")
+    if Path(str(first["data"])).resolve() != Path(str(second["data"])).resolve():
+        raise EvalError(f"Cannot merge evaluations of different data: {first['data']} vs {second['data']}")
+    merged = {**second, "models": first["models"] + second["models"], "runs": first["runs"] + second["runs"]}
+    _add_deltas(merged)
+    return merged
 
 
 def evaluate_after_training(output_dir: str | Path, config, eval_config: EvalConfig | None = None) -> dict | None:
