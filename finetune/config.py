@@ -133,6 +133,11 @@ class FinetuningArguments:
         default=None, metadata={"help": "Stop after this many evaluations without eval-loss improvement."}
     )
     save_merged_model: bool = field(default=True, metadata={"help": "Also write the adapter merged into the model."})
+    generation_eval: bool = field(
+        default=True,
+        metadata={"help": "With do_eval, also compare base and tuned generations on the held-out set "
+                          "(finetune.evaluate: BLEU/ROUGE/..., extraction metrics) in output_dir/eval/."},
+    )
 
     def __post_init__(self):
         _check_choice(self, "task", TASKS)

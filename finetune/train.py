@@ -265,8 +265,14 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
     trainer = _trainer(model, tokenizer, config, training_args, data, throughput)
 
     metrics: dict = {}
-    if args.do_eval and data.eval and not resume:
-        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+    before_file = output_dir / "eval_before.json"
+    if args.do_eval and data.eval:
+        if resume and before_file.is_file():  # measured before the interruption, on the untouched model
+            metrics["eval_loss_before"] = json.loads(before_file.read_text())["eval_loss"]
+        elif not resume:
+            metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+            if trainer.is_world_process_zero():
+                before_file.write_text(json.dumps({"eval_loss": metrics["eval_loss_before"]}))
     started = time.perf_counter()
     if args.do_train:
         train_out = trainer.train(resume_from_checkpoint=resume)
@@ -283,5 +289,9 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
         write_metadata(output_dir, config, fingerprint, metrics, trainer.state.log_history,
                        {**data.counts, "sha256": data.data_hash}, device,
                        precision, threads, model_path)
+        if args.do_eval and data.eval and fa.generation_eval:
+            from finetune.evaluate import evaluate_after_training
+
+            evaluate_after_training(output_dir, config)
     return FinetuneResult(output_dir, adapter_dir, merged_dir, metrics)
 

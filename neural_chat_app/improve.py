@@ -144,7 +144,9 @@ def _finetune(config: LoopConfig, prepared: dict, base: str, out: Path) -> dict:
 
     values = {"model_name_or_path": base, "train_file": prepared["splits"]["train"], "task": config.task,
               "output_dir": str(out), "do_train": True, "do_eval": "validation" in prepared["splits"],
-              "seed": config.seed, "report_to": "none", **config.finetune}
+              "seed": config.seed, "report_to": "none",
+              "generation_eval": False,  # the evaluate step compares against the current model instead
+              **config.finetune}
     if "validation" in prepared["splits"]:
         values.setdefault("validation_file", prepared["splits"]["validation"])
     out.parent.mkdir(parents=True, exist_ok=True)

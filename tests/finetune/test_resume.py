@@ -43,7 +43,8 @@ def _args(model_dir, data, out):
     return ["--model_name_or_path", str(model_dir), "--train_file", str(data), "--task", "chat", "--do_train",
             "--output_dir", str(out), "--max_steps", "30", "--save_steps", "5", "--per_device_train_batch_size",
             "4", "--learning_rate", "5e-3", "--lora_dropout", "0", "--logging_steps", "1", "--seed", "3",
-            "--disable_tqdm", "True", "--report_to", "none"]
+            "--disable_tqdm", "True", "--report_to", "none", "--do_eval", "--validation_split_percentage", "10",
+            "--generation_eval", "False"]
 
 
 def _run(argv, **kw):
@@ -70,6 +71,7 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_model_dir, chat_file, tmp_
     assert "Resuming the interrupted run from" in log
     meta = json.loads((killed / "training_metadata.json").read_text())
     assert meta["metrics"]["train_steps"] == 30
+    assert meta["metrics"]["eval_loss"] < meta["metrics"]["eval_loss_before"]  # measured before the kill
     logged_steps = [h["step"] for h in meta["history"] if "loss" in h]
     assert logged_steps == list(range(1, 31))  # steps 1-10 from the checkpoint, then 11-30: no restart
     assert all("tokens_per_s" in h for h in meta["history"] if "loss" in h)

@@ -75,8 +75,12 @@ def test_full_finetune_writes_the_whole_model(tiny_model_dir, alpaca_file, tmp_p
 def test_eval_reports_loss_before_and_after(tiny_model_dir, chat_file, tmp_path):
     config = tiny_config(tiny_model_dir, chat_file, tmp_path / "out", task="chat", max_steps=16, do_eval=True,
                          validation_split_percentage=20)
-    metrics = finetune_model(config).metrics
+    result = finetune_model(config)
+    metrics = result.metrics
     assert metrics["eval_loss"] < metrics["eval_loss_before"]
+    # and the base-vs-tuned generation report of finetune.evaluate
+    report = (result.output_dir / "eval" / "eval_report.md").read_text()
+    assert "base" in report and "fine-tuned" in report
     assert metrics["eval_perplexity"] == pytest.approx(float(torch.exp(torch.tensor(metrics["eval_loss"]))))
 
 
