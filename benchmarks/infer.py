@@ -27,7 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import REPO, machine_info, markdown_table, memory_read_gbps, peak_rss_mb, save_json
+from benchmarks.machine import (
+    REPO,
+    energy_joules,
+    machine_info,
+    markdown_table,
+    memory_read_gbps,
+    peak_rss_mb,
+    save_json,
+)
 
 PATHS = ("hf-fp32", "hf-bf16", "hf-fp16", "ov-bf16", "ov-int8", "ov-int4", "inc-int4", "llamacpp")
 _WEIGHT_BYTES = {"hf-fp32": 4.0, "hf-bf16": 2.0, "hf-fp16": 2.0, "ov-bf16": 2.0, "ov-int8": 1.03, "ov-int4": 0.56,
@@ -52,7 +60,7 @@ def _result(ttft_s: float, total_s: float, batch: int, new_tokens: int, gaps_ms:
     p50, p99 = _percentiles(gaps_ms)
     decode_s = max(total_s - ttft_s, 1e-9)
     return {"ttft_ms": ttft_s * 1000, "decode_tokens_per_s": batch * (new_tokens - 1) / decode_s,
-            "p50_token_ms": p50, "p99_token_ms": p99, "total_s": total_s}
+            "p50_token_ms": p50, "p99_token_ms": p99, "total_s": total_s, "tokens_per_joule": None}
 
 
 # --- the paths ------------------------------------------------------------------------------------------------
@@ -185,7 +193,11 @@ def run_path(path: str, args) -> list[dict]:
     for prompt_len in args.prompts:
         for batch in args.batches:
             try:
+                before = energy_joules(args.device)
                 result = runner([prompt_of(tokenizer, prompt_len)] * batch, args.new_tokens)
+                after = energy_joules(args.device)
+                if before is not None and after is not None and after > before:
+                    result["tokens_per_joule"] = batch * args.new_tokens / (after - before)
             except ValueError as e:
                 result = {"skipped": str(e)}
             rows.append({"path": path, "device": args.device, "batch": batch, "prompt_tokens": prompt_len, **result})

@@ -74,6 +74,27 @@ def memory_read_gbps(gib: float = 1.0, repeats: int = 5) -> float:
     return x.numel() * 4 / best / 1e9
 
 
+def energy_joules(device: str = "cpu") -> float | None:
+    """A monotonic energy counter in joules where the host exposes one: RAPL package counters on a CPU, NVML's
+    total energy on a GPU. None where neither is readable (most VMs): callers then report no energy figure.
+    Wrap-around of RAPL counters is not handled: use it over intervals of seconds to minutes."""
+    import glob
+
+    if device == "cuda":
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            return pynvml.nvmlDeviceGetTotalEnergyConsumption(pynvml.nvmlDeviceGetHandleByIndex(0)) / 1000
+        except Exception:  # no pynvml, no driver support: energy is simply not measurable here
+            return None
+    files = [f for f in glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj") if f.count(":") == 1]
+    try:
+        return sum(int(Path(f).read_text()) for f in files) / 1e6 if files else None
+    except (OSError, ValueError):
+        return None
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM starts afresh at exec, unlike getrusage's ru_maxrss, which a
     child started by subprocess inherits from its parent."""

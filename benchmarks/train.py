@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import REPO, machine_info, markdown_table, matmul_gflops, peak_rss_mb, save_json
+from benchmarks.machine import REPO, energy_joules, machine_info, markdown_table, matmul_gflops, peak_rss_mb, save_json
 
 VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-fp32", "ours-qlora")
 SYSTEM = "You are the support assistant of Aurora Bikes. Answer briefly and precisely."
@@ -75,19 +75,29 @@ class _Counter:
         return batch
 
 
-def _step_timer():
+def _step_timer(device: str):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
+        """Wall time (and energy, where readable) at the start and after every step."""
+
         def __init__(self):
-            self.times = []
+            self.times, self.joules = [], []
+
+        def _mark(self):
+            if device == "cuda":
+                import torch
+
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+            self.joules.append(energy_joules(device))
 
         def on_step_begin(self, args, state, control, **kw):
             if not self.times:
-                self.times.append(time.perf_counter())
+                self._mark()
 
         def on_step_end(self, args, state, control, **kw):
-            self.times.append(time.perf_counter())
+            self._mark()
 
     return StepTimer()
 
@@ -120,7 +130,7 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
     rows = [json.loads(line) for line in data_path.read_text().splitlines()]
     model_path = resolve_model_path(model)
     tokenizer = load_tokenizer(model_path)
-    timer = _step_timer()
+    timer = _step_timer(args.device)
     if variant.startswith("plain"):
         from finetune.dataset import tokenize_records
         from finetune.records import Record
@@ -164,6 +174,8 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
     peak_rss = peak_rss_mb()
     timed = counter.batches[args.warmup: args.warmup + args.steps]
     seconds = timer.times[-1] - timer.times[args.warmup]
+    start_j, end_j = timer.joules[args.warmup], timer.joules[-1]
+    joules = end_j - start_j if start_j is not None and end_j is not None else None
     return {
         "variant": variant,
         "device": args.device,
@@ -176,6 +188,7 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
         "tokens_per_s": sum(t for t, _ in timed) / seconds,
         "useful_tokens_per_s": sum(u for _, u in timed) / seconds,
         "peak_rss_mb": round(peak_rss),
+        "tokens_per_joule": sum(u for _, u in timed) / joules if joules else None,
         "eval_loss": _held_out_loss(model_path, tokenizer, out / "adapter", rows[: args.eval_examples], args),
         "parameters": _parameter_count(model_path),
     }
