@@ -1,4 +1,4 @@
-"""Load test of the chat server: tokens/s and p50/p99 latency at 1, 4 and 8 concurrent streams.
+"""Load test of the chat server: tokens/s and p50/p99 latency at 1, 4, 8 and 16 concurrent streams.
 
 Loopback only and bounded: a fixed number of requests per level and a deadline for the whole run.
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="server YAML for the server this command starts")
     parser.add_argument("--model")
     parser.add_argument("--backend", choices=["auto", "torch", "openvino"])
-    parser.add_argument("--concurrency", default="1,4,8")
+    parser.add_argument("--concurrency", default="1,4,8,16")
     parser.add_argument("--requests", type=int, default=0, help="requests per level (default: 2 x streams)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--time-limit", type=float, default=900, help="seconds for the whole run")
