@@ -51,8 +51,32 @@ RUNS: dict[str, dict] = {
 }
 
 
+def stdlib_docstrings(limit_chars: int) -> list[str]:
+    """English prose already on the machine: docstrings of the Python standard library (sorted, deterministic)."""
+    import ast
+    import inspect
+    import sysconfig
+
+    texts, total = [], 0
+    for file in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(file.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= 400 and ">>>" not in doc:
+                    texts.append(inspect.cleandoc(doc))
+                    total += len(doc)
+        if total >= limit_chars:
+            break
+    return texts
+
+
 def make_calibration(path: Path, samples: int, new_tokens: int) -> Path:
-    """Sampled continuations of the embedded model (seeded) plus 70% of the demo chats, as JSONL {"text"}.
+    """Sampled continuations of the embedded model (seeded), 70% of the demo chats and standard-library
+    docstrings, as JSONL {"text"}: varied local text, nothing downloaded.
 
     Generated texts are appended to `<path>.generated` as they come, so an interrupted run resumes.
     """
@@ -88,6 +112,8 @@ def make_calibration(path: Path, samples: int, new_tokens: int) -> Path:
             f.write(json.dumps({"text": text}) + "\n")
         for line in demo[: int(len(demo) * 0.7)]:
             f.write(line + "\n")
+        for text in stdlib_docstrings(150_000):
+            f.write(json.dumps({"text": text}) + "\n")
     partial.unlink()
     return path
 
@@ -127,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path.home() / ".cache" / "neuralchat-xeon" / "quantized"))
     parser.add_argument("--only", nargs="*", default=None, help=f"subset of {list(RUNS)}")
-    parser.add_argument("--calibration-samples", type=int, default=48)
+    parser.add_argument("--calibration-samples", type=int, default=8)
     parser.add_argument("--calibration-new-tokens", type=int, default=128)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -145,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         fields = {"backend": "openvino", **fields}
         needs_data = fields.get("scheme", "rtn") not in ("rtn", "f16", "q8_0", "q4_0", "q4_1")
         cfg = QuantizeConfig(output_dir=args.out, eval_file=str(eval_file), num_eval_prompts=16,
-                             num_calibration_samples=128, calibration_seq_len=256,
+                             num_calibration_samples=64, calibration_seq_len=256,
                              calibration_file=str(calib) if needs_data else None, **fields)
         path = Path(args.out) / artifact_name(source, cfg.tag, cfg.suffix)
         start = time.perf_counter()

@@ -25,12 +25,28 @@ def _value(text: str):
     return yaml.safe_load(text)
 
 
+def field_docs() -> dict[str, str]:
+    """The docstring under each QuantizeConfig field (the help text of its flag)."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(QuantizeConfig)).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = str(after.value.value)
+    return docs
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m quantize", description="Quantize or export a model.")
+    parser = argparse.ArgumentParser(
+        prog="python -m quantize", description="Quantize or export a model (values are read as YAML).",
+        epilog="Compare artifacts: python -m quantize compare FOLDER [--model NAME] [--plot PNG] [--json FILE]")
     parser.add_argument("--config", help="YAML file of QuantizeConfig keys (unknown keys are an error)")
+    docs = field_docs()
     for field in dataclasses.fields(QuantizeConfig):
         parser.add_argument(f"--{field.name}", type=_value, default=argparse.SUPPRESS,
-                            help=f"QuantizeConfig.{field.name} (default {field.default!r})")
+                            help=f"{docs.get(field.name, '')} (default {field.default!r})")
     return parser
 
 

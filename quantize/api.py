@@ -98,16 +98,39 @@ def _check_backend_installed(cfg: QuantizeConfig) -> None:
         _import_gguf()
 
 
+def _source_reference(source: Path, tokenizer, windows, prompts, cfg: QuantizeConfig, eval_texts) -> tuple:
+    """The source's perplexity, greedy tokens and speed, cached per source weights and evaluation settings
+    (several artifacts of one model share them)."""
+    import hashlib
+    import json
+
+    import torch
+
+    from finetune.models import cache_home
+    from quantize import quality
+
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(source.glob("*.safetensors"))]
+    key = json.dumps([str(source), stamp, texts_sha256(eval_texts), cfg.num_eval_prompts, cfg.eval_new_tokens,
+                      torch.get_num_threads()])
+    file = cache_home() / "quantize_reference" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if file.is_file():
+        cached = json.loads(file.read_text())
+        return cached["reference"], cached["speed"]
+    runner = quality.load_runner(source, None)
+    reference = quality.reference_outputs(runner, windows, prompts, cfg.eval_new_tokens)
+    speed = quality.measure_speed(runner, tokenizer)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps({"reference": reference, "speed": speed}))
+    return reference, speed
+
+
 def measure(source: Path, artifact: Path, cfg: QuantizeConfig, tokenizer, eval_texts: list[str]) -> dict:
     """quality (vs the source), speed of the artifact and of the source, on the same token ids."""
     from quantize import quality
 
     windows = quality.eval_ids(tokenizer, eval_texts)
     prompts = quality.prompt_ids(tokenizer, cfg.num_eval_prompts)
-    source_runner = quality.load_runner(source, None)
-    reference = quality.reference_outputs(source_runner, windows, prompts, cfg.eval_new_tokens)
-    source_speed = quality.measure_speed(source_runner, tokenizer)
-    del source_runner
+    reference, source_speed = _source_reference(source, tokenizer, windows, prompts, cfg, eval_texts)
     runner = quality.load_runner(artifact, cfg.backend)
     result = quality.evaluate(runner, reference, windows, prompts, cfg.eval_new_tokens)
     speed = quality.measure_speed(runner, tokenizer)
@@ -115,6 +138,27 @@ def measure(source: Path, artifact: Path, cfg: QuantizeConfig, tokenizer, eval_t
                "gguf": "transformers (GGUF dequantized to fp32)"}[cfg.backend]
     return {"quality": result, "speed": {**speed, "runtime": runtime},
             "source_speed": {**source_speed, "runtime": "transformers fp32"}}
+
+
+def task_metric(source: Path, artifact: Path, cfg: QuantizeConfig) -> dict:
+    """The fine-tune evaluation (finetune.evaluate) of source and artifact on cfg.task_data: headline metrics."""
+    import json
+
+    from finetune.evaluate import HEADLINE, EvalConfig, evaluate_models
+
+    task = cfg.task
+    training = source.parent / "training_metadata.json"
+    if task is None and source.name == "merged" and training.is_file():
+        task = json.loads(training.read_text()).get("task")
+    if not task:
+        raise ValueError("QuantizeConfig.task is needed with task_data: the source has no training_metadata.json task")
+    eval_config = EvalConfig(task=task, data=cfg.task_data, max_examples=cfg.task_max_examples, plots=False,
+                             constrained="off", output_dir=str(artifact / "task_eval"), labels=["source", "artifact"])
+    results = evaluate_models([str(source), str(artifact)], eval_config)
+    keys = HEADLINE.get(task, HEADLINE["default"])
+    runs = {r["label"]: r["metrics"] for r in results["runs"]}
+    return {"task": task, "data": cfg.task_data, "examples": results["examples"],
+            "source": {k: runs["source"].get(k) for k in keys}, "artifact": {k: runs["artifact"].get(k) for k in keys}}
 
 
 def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
@@ -176,6 +220,8 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
         }
         if cfg.evaluate:
             meta.update(measure(source, tmp, cfg, tokenizer, eval_texts))
+        if cfg.task_data:
+            meta["task_metric"] = task_metric(source, tmp, cfg)
         training = (source.parent / "training_metadata.json") if source.name == "merged" else None
         if training is not None and training.is_file():
             meta["finetune_metadata"] = str(training)

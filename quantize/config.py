@@ -52,7 +52,8 @@ class QuantizeConfig:
     backend: Backend = "openvino"
     """inc (Neural Compressor, eager PyTorch), openvino (NNCF + the fast runtime), gguf (llama.cpp/Ollama)."""
     scheme: str = "rtn"
-    """The algorithm; valid per backend: see SCHEMES."""
+    """The algorithm. inc: rtn gptq awq autoround; openvino: rtn awq scale_estimation awq_se gptq gptq_se;
+    gguf: f16 q8_0 q4_0 q4_1."""
     bits: int | None = None
     """4 or 8 (inc/openvino: default 4; gguf: follows the scheme and may be left out)."""
     group_size: int | None = None
@@ -77,6 +78,12 @@ class QuantizeConfig:
     """Greedy-token agreement is measured over this many prompts."""
     eval_new_tokens: int = 16
     """Greedy tokens generated per prompt for the agreement check."""
+    task_data: str | None = None
+    """Held-out task records (finetune.evaluate formats): the task metric of source and artifact is recorded."""
+    task: str | None = None
+    """The finetune.evaluate task for task_data; default: the fine-tune run's task (training_metadata.json)."""
+    task_max_examples: int = 50
+    """At most this many task examples are scored per model."""
     evaluate: bool = True
     """Measure perplexity, agreement and speed against the source and write them to quantization.json."""
     name: str | None = None
@@ -122,7 +129,7 @@ class QuantizeConfig:
                 "auto_awq format, which does not reload on CPU (its fake-quant modules fail); set sym=True"
             )
         for name in ("num_calibration_samples", "calibration_seq_len", "autoround_iters", "num_eval_prompts",
-                     "eval_new_tokens"):
+                     "eval_new_tokens", "task_max_examples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"QuantizeConfig.{name} must be a positive integer, got {value!r}")
@@ -131,7 +138,12 @@ class QuantizeConfig:
                 f"QuantizeConfig.calibration_file is required: scheme {self.scheme!r} ({self.backend}) calibrates "
                 "on local text (messages JSONL, JSONL with 'text', or a .txt file); data-free: scheme='rtn'"
             )
-        for name in ("calibration_file", "eval_file"):
+        if self.task_data and self.backend == "inc":
+            raise NotImplementedError(
+                "QuantizeConfig.task_data with backend='inc': finetune.evaluate loads Hugging Face, OpenVINO and GGUF "
+                "models, not Neural Compressor's quantized_weight.pt; score an openvino or gguf artifact instead"
+            )
+        for name in ("calibration_file", "eval_file", "task_data"):
             value = getattr(self, name)
             if value is not None and not Path(value).expanduser().is_file():
                 raise FileNotFoundError(f"QuantizeConfig.{name}: no such file {value!r}")

@@ -203,3 +203,34 @@ def test_bad_calibration_file_names_the_line(tmp_path):
     path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"foo": 1}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2: expected a 'messages' list"):
         read_texts(path)
+
+
+def test_a_finetune_output_folder_is_quantized_from_its_merged_model(tiny_model_dir, tmp_path, quick):
+    import shutil
+
+    run = tmp_path / "my-run"
+    shutil.copytree(tiny_model_dir, run / "merged")
+    (run / "adapter").mkdir()
+    (run / "training_metadata.json").write_text('{"task": "chat"}')
+    path = quantize_model(model=str(run), output_dir=str(tmp_path / "q"), backend="gguf", scheme="q8_0", **quick)
+    assert path.name == "my-run-q8_0-gguf"
+    meta = read_metadata(path)
+    assert meta["source_model"] == str((run / "merged").resolve())
+    assert meta["finetune_metadata"] == str((run / "training_metadata.json").resolve())
+
+    adapter_only = tmp_path / "adapter-run"
+    (adapter_only / "adapter").mkdir(parents=True)
+    (adapter_only / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="LoRA adapter but no merged/ model"):
+        quantize_model(model=str(adapter_only), output_dir=str(tmp_path / "q"), backend="gguf", scheme="q8_0")
+
+
+def test_task_metric_of_source_and_artifact_is_recorded(tiny_model_dir, messages_file, tmp_path, quick):
+    path = quantize_model(model=str(tiny_model_dir), output_dir=str(tmp_path), backend="gguf", scheme="q8_0",
+                          task_data=str(messages_file), task="chat", task_max_examples=2, **quick)
+    metric = read_metadata(path)["task_metric"]
+    assert (metric["task"], metric["examples"]) == ("chat", 2)
+    assert set(metric["source"]) == set(metric["artifact"]) >= {"bleu", "rougeL", "exact_match"}
+    assert (path / "task_eval").is_dir()
+    with pytest.raises(NotImplementedError, match="not Neural Compressor's quantized_weight.pt"):
+        QuantizeConfig(backend="inc", task_data=str(messages_file), task="chat")
