@@ -11,6 +11,7 @@ from neural_chat_app.config import (
     PipelineConfig,
     WeightOnlyQuantConfig,
 )
+from neural_chat_app.plugins import plugins  # NeuralChat's registry: plugins.retrieval.enable = True
 
 __all__ = [
     "BitsAndBytesConfig",
@@ -21,6 +22,7 @@ __all__ = [
     "PipelineConfig",
     "WeightOnlyQuantConfig",
     "build_chatbot",
+    "plugins",
 ]
 
 

@@ -16,9 +16,10 @@ logger = logging.getLogger(__name__)
 class ChatBot:
     """A loaded backend plus per-conversation history. Stateless `predict*`, stateful `chat*`."""
 
-    def __init__(self, backend: Backend, config: PipelineConfig):
+    def __init__(self, backend: Backend, config: PipelineConfig, plugins=None):
         self.backend = backend
         self.config = config
+        self.plugins = plugins  # a plugins.pipeline.PluginPipeline (retrieval, safety checker) or None
         self.system_prompt: str | None = config.system_prompt
         self.conversations: dict[str, list[dict]] = {}
 
@@ -45,7 +46,13 @@ class ChatBot:
         self._check(query)
         messages = self._messages([], query)
         config = _with_format(config or GenerationConfig(), response_format)
-        return generate_stream(self.backend, messages, config, self.config.task), []
+        if self.plugins is None:
+            return generate_stream(self.backend, messages, config, self.config.task), []
+        prepared = self.plugins.prepare(messages)
+        if prepared.refusal is not None:
+            return iter([prepared.refusal]), []
+        chunks = generate_stream(self.backend, prepared.messages, config, self.config.task)
+        return self.plugins.filter_reply(chunks), prepared.links
 
     def predict(self, query: str, config: GenerationConfig | None = None, response_format: dict | None = None) -> str:
         chunks, _ = self.predict_stream(query, config, response_format)
@@ -59,19 +66,26 @@ class ChatBot:
         history = self.conversations.setdefault(conversation_id, [])
         messages = self._messages(history, query)
         config = config or GenerationConfig()
+        prepared = self.plugins.prepare(messages) if self.plugins is not None else None
 
         def run():
             parts: list[str] = []
             result = StreamResult()
-            # Stats go to the caller, not into the history the model sees next turn.
-            for chunk in generate_stream(self.backend, messages, _no_stats(config), self.config.task, result=result):
+            if prepared is not None and prepared.refusal is not None:
+                chunks = iter([prepared.refusal])
+            else:
+                # Stats go to the caller, not into the history the model sees next turn.
+                source = prepared.messages if prepared is not None else messages
+                chunks = generate_stream(self.backend, source, _no_stats(config), self.config.task, result=result)
+                chunks = self.plugins.filter_reply(chunks) if self.plugins is not None else chunks
+            for chunk in chunks:
                 parts.append(chunk)
                 yield chunk
             history.extend([{"role": "user", "content": query}, {"role": "assistant", "content": "".join(parts)}])
             if config.return_stats:
                 yield stats_table(result)
 
-        return run(), []
+        return run(), (prepared.links if prepared is not None else [])
 
     def chat(self, query: str, config: GenerationConfig | None = None, conversation_id: str = "default") -> str:
         chunks, _ = self.chat_stream(query, config, conversation_id)
@@ -88,6 +102,8 @@ class ChatBot:
 
     def close(self) -> None:
         self.backend.close()
+        if self.plugins is not None:
+            self.plugins.close()
 
 
 def _with_format(config: GenerationConfig, response_format: dict | None) -> GenerationConfig:
@@ -105,8 +121,12 @@ def _no_stats(config: GenerationConfig) -> GenerationConfig:
 def build_chatbot(config: PipelineConfig | None = None) -> ChatBot:
     """Load the model `config` names (the embedded SmolLM2-135M-Instruct by default). Raises on any error."""
     from neural_chat_app.loading import load_backend
+    from neural_chat_app.plugins import build_plugin_pipeline, resolve_plugins
 
     config = config or PipelineConfig()
     if not isinstance(config, PipelineConfig):
         raise TypeError(f"build_chatbot takes a PipelineConfig, got {type(config).__name__}")
-    return ChatBot(load_backend(config), config)
+    # Plugins enabled in the global `plugins` registry (NeuralChat's way) or in config.plugins; built first so
+    # that a bad document folder fails before the model loads.
+    plugin_pipeline = build_plugin_pipeline(resolve_plugins(config.plugins))
+    return ChatBot(load_backend(config), config, plugin_pipeline)

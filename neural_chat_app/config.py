@@ -139,7 +139,7 @@ class PipelineConfig:
     tokenizer_name_or_path: str | None = None
     device: Device = "auto"
     task: Task = ""
-    plugins: dict = field(default_factory=dict)
+    plugins: dict = field(default_factory=dict)  # {"retrieval": {"enable": True, "args": {...}}}: see plugins/
     loading_config: LoadingModelConfig = field(default_factory=LoadingModelConfig)
     optimization_config: Any = None  # MixedPrecisionConfig (default on CPU) | WeightOnlyQuantConfig | BitsAndBytes
     backend: Backend = "auto"
@@ -156,11 +156,9 @@ class PipelineConfig:
             raise TypeError(f"{name}.loading_config must be a LoadingModelConfig, got {self.loading_config!r}")
         if not isinstance(self.plugins, dict):
             raise TypeError(f"{name}.plugins must be a dict of plugin settings, got {self.plugins!r}")
-        enabled = [k for k, v in self.plugins.items() if isinstance(v, dict) and v.get("enable")]
-        if enabled:
-            raise NotImplementedError(
-                f"{name}.plugins enables {enabled}: plugins (retrieval, ASR, TTS, ...) are not implemented here"
-            )
+        from neural_chat_app.plugins import check_plugins
+
+        check_plugins(self.plugins, f"{name}.plugins")  # raises naming the unknown plugin or argument
         if self.optimization_config is None:
             self.optimization_config = MixedPrecisionConfig()
         opt = self.optimization_config

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from neural_chat_app.chatlog import ChatLog
 from neural_chat_app.config import PipelineConfig
+from neural_chat_app.plugins import build_plugin_pipeline, resolve_plugins
 from neural_chat_app.server import app_routes, generation_routes
 from neural_chat_app.server.admission import Admission
 from neural_chat_app.server.errors import APIError, error_response
@@ -43,6 +44,7 @@ def create_app(settings: ServerSettings, backend=None, loader: Callable | None =
     models = ModelManager(backend, settings.model_dirs, settings.model, loader, settings.allow_model_switch)
     log = settings.chat_log
     chatlog = ChatLog(log.path, log.redact, log.phone_region) if log.enabled else None
+    plugins = build_plugin_pipeline(resolve_plugins(settings.plugins, use_global=False))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -50,9 +52,11 @@ def create_app(settings: ServerSettings, backend=None, loader: Callable | None =
         models.active.close()
         if chatlog is not None:
             chatlog.close()
+        if plugins is not None:
+            plugins.close()
 
     app = FastAPI(title="neural_chat_app", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.server = ServerState(settings, models, admission, Metrics(), chatlog)
+    app.state.server = ServerState(settings, models, admission, Metrics(), chatlog, plugins)
     app.include_router(generation_routes.router)
     app.include_router(app_routes.router)
     app.include_router(app_routes.public)

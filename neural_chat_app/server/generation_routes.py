@@ -35,6 +35,8 @@ class Turn:
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.message_id: int | None = None
+        self.refusal: str | None = None  # set by the safety checker: the reply, without generating
+        self.links: list[dict] | None = None  # retrieval sources, when the retrieval plugin is on
 
     @property
     def usage(self) -> dict:
@@ -48,6 +50,10 @@ class Turn:
     async def chunks(self) -> AsyncIterator[str]:
         """Text chunks from the backend thread; waits for a slot first. Closing it cancels the generation."""
         state = self.state
+        if self.refusal is not None:
+            state.admission.cancel_reservation()
+            yield self.refusal
+            return
         await state.admission.acquire()
         try:
             with state.models.lease(self.backend):
@@ -66,6 +72,13 @@ class Turn:
                         await anyio.to_thread.run_sync(source.close)
         finally:
             state.admission.release()
+
+    def reply_chunks(self) -> AsyncIterator[str]:
+        """chunks(), through the safety checker's reply filter when that plugin is on."""
+        plugins = self.state.plugins
+        if plugins is None or self.refusal is not None:
+            return self.chunks()
+        return plugins.afilter_reply(self.chunks())
 
     async def log_reply(self, text: str, interrupted: bool) -> None:
         r = self.result
@@ -99,8 +112,12 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
     limits = state.settings.limits
     config = req.generation_config(limits.max_tokens)
     backend = await state.models.resolve(req.model)
+    # Plugins: the safety checker may refuse the query; retrieval adds context to what the model sees (the log
+    # keeps the user's own words).
+    prepared = await anyio.to_thread.run_sync(state.plugins.prepare, messages) if state.plugins else None
+    model_messages = prepared.messages if prepared is not None else messages
     try:
-        ids = prompt_ids(backend.tokenizer, messages, task)
+        ids = prompt_ids(backend.tokenizer, model_messages, task)
     except ValueError as err:
         raise APIError(400, str(err), "invalid_prompt") from err
     if len(ids) > limits.max_prompt_tokens:
@@ -121,7 +138,11 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
     except BaseException:
         state.admission.cancel_reservation()
         raise
-    return Turn(state, backend, messages, ids, config, session, kind)
+    turn = Turn(state, backend, model_messages, ids, config, session, kind)
+    if prepared is not None:
+        turn.refusal = prepared.refusal
+        turn.links = prepared.links if state.plugins.retriever is not None else None
+    return turn
 
 
 async def _log_prompt(state: ServerState, session: str | None, messages, model_id: str, kind: str) -> str | None:
@@ -164,7 +185,7 @@ async def _event_stream(turn: Turn, include_usage: bool) -> AsyncIterator[str]:
         if turn.kind == "chat":
             yield _sse({**head, "choices": [_choice(turn, None, None, first=True)]})
         try:
-            async for chunk in turn.chunks():
+            async for chunk in turn.reply_chunks():
                 parts.append(chunk)
                 yield _sse({**head, "choices": [_choice(turn, chunk, None)]})
         except Exception as err:  # the backend failed: tell the client in-band, never crash the server
@@ -175,6 +196,8 @@ async def _event_stream(turn: Turn, include_usage: bool) -> AsyncIterator[str]:
         logged = True
         finish = "length" if turn.result.finish_reason == "length" else "stop"
         extra = {"conversation_id": turn.session, "message_id": turn.message_id}
+        if turn.links is not None:
+            extra["sources"] = turn.links
         yield _sse({**head, "choices": [_choice(turn, None, finish)], **extra})
         if include_usage:
             yield _sse({**head, "choices": [], "usage": turn.usage})
@@ -196,7 +219,7 @@ async def _respond(turn: Turn, req) -> JSONResponse | StreamingResponse:
         )
     parts: list[str] = []
     try:
-        async for chunk in turn.chunks():
+        async for chunk in turn.reply_chunks():
             parts.append(chunk)
     except Exception as err:
         await turn.log_reply("".join(parts), interrupted=True)
@@ -225,6 +248,8 @@ async def _respond(turn: Turn, req) -> JSONResponse | StreamingResponse:
         "conversation_id": turn.session,
         "message_id": turn.message_id,
     }
+    if turn.links is not None:
+        body["sources"] = turn.links  # the retrieval plugin's sources: source, location, score, text
     return JSONResponse(body, headers=headers)
 
 

