@@ -134,6 +134,21 @@ def memory_gib() -> dict[str, float | None]:
     return {"total": info.get("MemTotal"), "available": info.get("MemAvailable"), "cgroup_limit": limit}
 
 
+def affinity_list() -> str:
+    """The CPUs this process may run on, as a cpulist ('0-3,8')."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return "?"
+    runs: list[list[int]] = []
+    for c in cpus:
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
+
+
 def dist_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
@@ -199,6 +214,7 @@ def diagnose(run_probe: bool = True) -> Report:
         numa_nodes=nodes,
         memory_gib={k: None if v is None else round(v, 1) for k, v in mem.items()},
         threads={v: os.environ.get(v) for v in THREAD_VARS},
+        affinity=affinity_list(),
     )
 
     versions = {name: dist_version(name) for name, _, _ in REQUIRED + OPTIONAL}
@@ -312,7 +328,7 @@ def render(report: Report) -> str:
         f"CPU            {f['cpu_model']}",
         f"CPU flags      {flags}",
         f"cores          {f['physical_cores'] or '?'} physical, {f['cpus_logical']} logical, "
-        f"{f['usable_cpus']} usable by this process",
+        f"{f['usable_cpus']} usable by this process (affinity {f['affinity']})",
         f"NUMA nodes     {len(f['numa_nodes']) or '?'} " + " ".join(f"{k}:{v}" for k, v in f["numa_nodes"].items()),
         f"memory         {mem['total']} GiB total, {mem['available']} GiB available"
         + (f", cgroup limit {mem['cgroup_limit']:.1f} GiB" if mem["cgroup_limit"] else ""),

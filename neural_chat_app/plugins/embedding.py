@@ -43,8 +43,15 @@ class Embedder:
                 f"time: leave it unset for the packaged all-MiniLM-L6-v2, or give a folder with config.json"
             )
         self.name = "all-MiniLM-L6-v2" if model_dir is None else str(folder.resolve())
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).eval()
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its load report lists a harmless unused key (position_ids)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.model = AutoModel.from_pretrained(folder).eval()
+        finally:
+            hf_logging.set_verbosity(verbosity)
         self.max_length = 256
         st_config = folder / "sentence_bert_config.json"
         if st_config.is_file():

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from neural_chat_app.plugins.settings import SafetyCheckerArgs
 
-DEFAULT_TERMS = Path(__file__).with_name("sensitive_terms.txt")
+# The default terms: a short starting list of profanity and requests for weapons or violence, matched as whole
+# words in any case. Replace or extend it with SafetyCheckerArgs(dict_path=..., terms=..., use_default_terms=False).
+DEFAULT_TERMS = (
+    "fuck", "fucking", "shit", "bitch", "asshole", "cunt", "motherfucker",
+    "build a bomb", "make a bomb", "make a pipe bomb", "make nerve gas", "make ricin", "buy a gun illegally",
+    "how to kill someone",
+)  # fmt: skip
 
 
 def read_terms(path: str | Path) -> list[str]:
@@ -29,7 +35,7 @@ class SafetyChecker:
         self.args = args = args or SafetyCheckerArgs()
         terms = list(args.terms)
         if args.use_default_terms:
-            terms += read_terms(DEFAULT_TERMS)
+            terms += DEFAULT_TERMS
         if args.dict_path:
             terms += read_terms(args.dict_path)
         parts = [r"\s+".join(map(re.escape, t.split())) for t in sorted(set(terms), key=len, reverse=True)]

@@ -85,7 +85,7 @@ class SafetyCheckerArgs(_Args):
     dict_path: str | None = None  # a text file of terms, one per line ('#' comments); NeuralChat's argument name
     terms: list[str] = field(default_factory=list)  # more terms
     patterns: list[str] = field(default_factory=list)  # regular expressions, e.g. r"\b\d{4}-\d{4}-\d{4}-\d{4}\b"
-    use_default_terms: bool = True  # the short built-in list in plugins/sensitive_terms.txt
+    use_default_terms: bool = True  # the short built-in list, safety.DEFAULT_TERMS
     check_query: bool = True
     check_reply: bool = True
     refusal_message: str = DEFAULT_REFUSAL  # the reply to a flagged query
