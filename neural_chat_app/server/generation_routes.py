@@ -6,6 +6,7 @@ import json
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 
 import anyio
@@ -37,6 +38,9 @@ class Turn:
         self.message_id: int | None = None
         self.refusal: str | None = None  # set by the safety checker: the reply, without generating
         self.links: list[dict] | None = None  # retrieval sources, when the retrieval plugin is on
+        # The place in line was reserved before the response started. A client that leaves before the stream is
+        # first read never starts chunks(), so give the place back when this turn is dropped unstarted.
+        self._unstarted = weakref.finalize(self, state.admission.cancel_reservation)
 
     @property
     def usage(self) -> dict:
@@ -50,6 +54,7 @@ class Turn:
     async def chunks(self) -> AsyncIterator[str]:
         """Text chunks from the backend thread; waits for a slot first. Closing it cancels the generation."""
         state = self.state
+        self._unstarted.detach()
         if self.refusal is not None:
             state.admission.cancel_reservation()
             yield self.refusal
