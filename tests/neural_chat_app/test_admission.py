@@ -32,10 +32,10 @@ def test_a_started_turn_is_not_released_twice():
     turn = _turn(admission)
     turn.refusal = "no"  # the shortest real path through chunks(): it cancels the reservation itself
 
-    async def consume():
-        return [chunk async for chunk in turn.chunks()]
+    async def consume(started):
+        return [chunk async for chunk in started.chunks()]
 
-    assert asyncio.run(consume()) == ["no"]
+    assert asyncio.run(consume(turn)) == ["no"]
     del turn
     gc.collect()
     assert admission.waiting == 0 and admission.running == 0

@@ -91,7 +91,8 @@ def test_loop_end_to_end_on_the_embedded_model(tmp_path, monkeypatch):
     from finetune.models import DEFAULT_MODEL, cache_home
     from neural_chat_app.registry import list_models
 
-    config = _config(tmp_path, DEFAULT_MODEL, min_improvement=-1e9)  # promote whatever the score, to test it
+    quantize = {"backend": "openvino", "scheme": "rtn", "bits": 8, "num_eval_prompts": 2, "eval_new_tokens": 4}
+    config = _config(tmp_path, DEFAULT_MODEL, min_improvement=-1e9, quantize=quantize)  # promote whatever the score
     config.models_dir = None
     config.finetune["learning_rate"] = 5e-4
     state = improve.run_loop(config)
