@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _data_helpers import FIXTURES
+
+from tests.finetune.data._data_helpers import FIXTURES
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@
 import sqlite3
 
 import pytest
-from _data_helpers import make_chatlog
 
 from finetune.data.records import Conversation, Reject, SourceError
 from finetune.data.sources import read_source, sniff
+from tests.finetune.data._data_helpers import make_chatlog
 
 
 def test_one_conversation_per_session_in_order_with_feedback(tmp_path):

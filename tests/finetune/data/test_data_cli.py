@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import yaml
-from _data_helpers import distinct_chats, write_jsonl
 
 from finetune.data.__main__ import main
+from tests.finetune.data._data_helpers import distinct_chats, write_jsonl
 
 ROOT = Path(__file__).parents[3]
 

@@ -5,9 +5,9 @@ import shutil
 import warnings
 
 import pytest
-from _data_helpers import chat, distinct_chats, make_chatlog, read_jsonl, write_jsonl
 
 from finetune.data import DataPipelineConfig, NoConversationsError, SmallDatasetWarning, prepare_dataset
+from tests.finetune.data._data_helpers import chat, distinct_chats, make_chatlog, read_jsonl, write_jsonl
 
 
 def run(paths, out, **sections):

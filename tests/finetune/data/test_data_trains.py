@@ -7,9 +7,9 @@ import json
 import shutil
 
 import pytest
-from _data_helpers import distinct_chats, make_chatlog, write_jsonl
 
 from finetune.data.__main__ import main
+from tests.finetune.data._data_helpers import distinct_chats, make_chatlog, write_jsonl
 
 pytestmark = pytest.mark.integration
 
