@@ -139,11 +139,15 @@ def plot_losses(specs, path: Path) -> Path | None:
         if not spec.metadata_file:
             continue
         try:
-            history = json.loads(Path(spec.metadata_file).read_text()).get("history") or []
+            metadata = json.loads(Path(spec.metadata_file).read_text())
         except (OSError, ValueError):
             continue
+        history = metadata.get("history") or []
         train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
         evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+        before = (metadata.get("metrics") or {}).get("eval_loss_before")
+        if before is not None:  # the base model's eval loss, measured before the first step
+            evals.insert(0, (0, before))
         if train or evals:
             curves.append((spec.label, train, evals))
     plt = _pyplot() if curves else None
