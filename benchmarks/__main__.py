@@ -6,6 +6,7 @@
     data       the data pipeline at 100 MB and 1 GB: records/s and peak RSS
     serve      a bounded load test of the chat server on loopback: tokens/s and latency at 1-8 streams
     quantize   quantization quality: size, perplexity, token agreement of each scheme
+    extraction the extraction specialist: base vs fine-tuned, with and without constrained decoding
     report     benchmarks/results/REPORT.md and the README's headline table, from the saved results
 """
 
@@ -21,6 +22,7 @@ COMMANDS = {
     "data": "benchmarks.data_pipeline",
     "serve": "benchmarks.serve_load",
     "quantize": "benchmarks.quantize_quality",
+    "extraction": "benchmarks.extraction_quality",
     "report": "benchmarks.report",
 }
 
