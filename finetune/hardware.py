@@ -91,6 +91,16 @@ def configure_threads(local_world_size: int = 1) -> int:
     return threads
 
 
+def openvino_cpu_properties() -> dict:
+    """OpenVINO CPU plugin properties that keep to this process's thread budget (OMP_NUM_THREADS).
+
+    INFERENCE_NUM_THREADS=1 is left out: openvino-genai 2026.4 died with SIGFPE building a
+    ContinuousBatchingPipeline with it on this machine class (a standalone process, reproducibly).
+    """
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+    return {"INFERENCE_NUM_THREADS": threads} if threads > 1 else {}
+
+
 def resolve_precision(bf16: bool, fp16: bool, device: str) -> str:
     """Return "bf16", "fp16" or "fp32" for a run on `device`, or raise when the request cannot be honoured."""
     if device == "cpu":

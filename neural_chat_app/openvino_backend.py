@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
@@ -50,10 +49,9 @@ class OpenVINOBackend:
         scheduler.cache_size = cache_size_gb  # GB of KV cache shared by all running sequences
         scheduler.max_num_seqs = max_concurrency
         scheduler.dynamic_split_fuse = True
-        properties = {}
-        if os.environ.get("OMP_NUM_THREADS"):  # respect the process's thread budget (FACTS.md: oversubscription)
-            properties["INFERENCE_NUM_THREADS"] = int(os.environ["OMP_NUM_THREADS"])
-        self.pipe = ov_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU", properties)
+        from finetune.hardware import openvino_cpu_properties
+
+        self.pipe = ov_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU", openvino_cpu_properties())
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.eos_token_ids = eos_token_ids(_generation_config(folder), self.tokenizer)
         self._cv = threading.Condition()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.evaluate.data import EvalError, Example
+from finetune.hardware import openvino_cpu_properties
 
 logger = logging.getLogger(__name__)
 
@@ -212,13 +213,7 @@ class OpenVINOEngine:
         scheduler.cache_size = 1
         scheduler.max_num_seqs = 32
         scheduler.dynamic_split_fuse = True
-        properties = {}
-        threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
-        if threads > 1:
-            # Keep to the process's thread budget. Not for 1: openvino-genai 2026.4 died with SIGFPE building the
-            # pipeline with INFERENCE_NUM_THREADS=1 on this machine (a standalone process, the tiny model).
-            properties["INFERENCE_NUM_THREADS"] = threads
-        self.pipe = ov_genai.ContinuousBatchingPipeline(spec.path, scheduler, "CPU", properties)
+        self.pipe = ov_genai.ContinuousBatchingPipeline(spec.path, scheduler, "CPU", openvino_cpu_properties())
         self.tokenizer = AutoTokenizer.from_pretrained(spec.path)
         try:
             hf_config = GenerationConfig.from_pretrained(spec.path)
