@@ -42,10 +42,9 @@ RUNS: dict[str, dict] = {
     "ov-int8": {"bits": 8},
     "ov-int4-rtn": {"bits": 4, "group_size": 64},
     "ov-int4-awq-se": {"bits": 4, "scheme": "awq_se", "group_size": 64},
+    "ov-int4-awq-se-all": {"bits": 4, "scheme": "awq_se", "group_size": 64, "all_layers": True},
+    "ov-int4-awq-se-all-g32": {"bits": 4, "scheme": "awq_se", "group_size": 32, "all_layers": True},
     "ov-int4-awq-se-all-r90": {"bits": 4, "scheme": "awq_se", "group_size": 64, "all_layers": True, "ratio": 0.9},
-    "ov-int4-gptq-se-all-r85-g32": {"bits": 4, "scheme": "gptq_se", "group_size": 32, "all_layers": True,
-                                    "ratio": 0.85},
-    "inc-int8-rtn": {"backend": "inc", "bits": 8, "group_size": -1},
     "inc-int4-rtn": {"backend": "inc", "bits": 4, "group_size": 64},
     "gguf-q8_0": {"backend": "gguf", "scheme": "q8_0"},
 }
@@ -147,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from quantize import QuantizeConfig, quantize_model, read_metadata
+    from quantize.api import remeasure
     from quantize.artifacts import artifact_name, resolve_source
     from quantize.compare import compare_artifacts, format_table, plot
 
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="*", default=None, help=f"subset of {list(RUNS)}")
     parser.add_argument("--calibration-samples", type=int, default=8)
     parser.add_argument("--calibration-new-tokens", type=int, default=128)
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure artifacts that already exist again (speed depends on the machine's load)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         if not (path / "quantization.json").is_file():
             path = quantize_model(cfg)
+        elif args.remeasure:
+            remeasure(path)
         meta = read_metadata(path)
         ppl = meta["quality"]["perplexity"]
         results[name] = {"artifact": path.name, "weight_bytes": meta["weight_bytes"], "perplexity": ppl,

@@ -228,3 +228,22 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
         artifacts.write_metadata(tmp, meta)
     logger.info("Wrote %s in %.0f s", output, time.perf_counter() - start)
     return output
+
+
+def remeasure(path: str | Path) -> dict:
+    """Measure an existing artifact again (quality, speed) with the settings it was made with; rewrite its json.
+
+    Use it when the first measurement ran on a busy machine: speed figures depend on what else is running.
+    """
+    path = Path(path)
+    meta = artifacts.read_metadata(path)
+    cfg = QuantizeConfig.from_dict(meta["config"])
+    source = Path(meta["source_model"])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    eval_texts = read_texts(cfg.eval_file, tokenizer) if cfg.eval_file else default_eval_texts()
+    meta.update(measure(source, path, cfg, tokenizer, eval_texts))
+    meta["measured_at"] = time.time()
+    artifacts.write_metadata(path, meta)
+    return meta

@@ -101,6 +101,11 @@ def load_inc(path: str | Path):
         q = _import_inc()
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
         model = q.load(str(path), original_model=skeleton)
+        # INC 3.10's load rebuilds only the quantized modules: the skeleton's embeddings and norms stay at their
+        # random init. The saved file holds them; copy every tensor whose name and shape match.
+        saved = torch.load(path / "quantized_weight.pt", map_location="cpu", weights_only=False)
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}, strict=False)
         if (path / "generation_config.json").is_file():
             from transformers import GenerationConfig
 

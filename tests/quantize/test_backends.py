@@ -234,3 +234,46 @@ def test_task_metric_of_source_and_artifact_is_recorded(tiny_model_dir, messages
     assert (path / "task_eval").is_dir()
     with pytest.raises(NotImplementedError, match="not Neural Compressor's quantized_weight.pt"):
         QuantizeConfig(backend="inc", task_data=str(messages_file), task="chat")
+
+
+def test_remeasure_rewrites_the_measurements_of_an_existing_artifact(artifact):
+    from quantize.api import remeasure
+
+    path = artifact(backend="gguf", scheme="q8_0")
+    before = read_metadata(path)
+    after = remeasure(path)
+    assert after["measured_at"] > before["created_at"]
+    assert read_metadata(path)["measured_at"] == after["measured_at"]
+    assert after["quality"]["perplexity"] == pytest.approx(before["quality"]["perplexity"], rel=1e-4)
+    assert after["tag"] == before["tag"] and after["calibration"] == before["calibration"]
+
+
+def test_inc_reload_restores_the_weights_it_did_not_quantize(tiny_model_dir, tmp_path, quick):
+    """INC's load rebuilds only the quantized modules: embeddings and norms must come from the saved file."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from quantize.inc import load_inc
+
+    pytest.importorskip("neural_compressor")
+    source = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in source.named_parameters():
+            if "norm" in name:
+                param.mul_(torch.rand_like(param) + 0.5)  # norms that are not the init value of 1
+    source.save_pretrained(tmp_path / "src")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, tmp_path / "src" / name)
+    path = quantize_model(model=str(tmp_path / "src"), output_dir=str(tmp_path), backend="inc", bits=8,
+                          group_size=-1, evaluate=False)
+    loaded = load_inc(path)
+    for name, param in source.named_parameters():
+        if "norm" in name or "embed" in name:
+            assert torch.equal(loaded.get_parameter(name), param), name
+    from neural_compressor.torch.quantization import RTNConfig, convert, prepare
+
+    in_memory = convert(prepare(source, RTNConfig(bits=8, group_size=-1, use_sym=False, use_layer_wise=False)))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, in_memory(ids).logits, atol=1e-5)  # the reload is the same model
