@@ -82,7 +82,12 @@ def load_runner(path: str | Path, backend: str | None, threads: int | None = Non
         from quantize.openvino import _import_exporters
 
         OVModelForCausalLM = _import_exporters()[0]
-        ov_config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "CACHE_DIR": ""}
+        from finetune.hardware import openvino_cpu_properties
+
+        # The thread budget of OMP_NUM_THREADS (never INFERENCE_NUM_THREADS=1: see openvino_cpu_properties).
+        ov_config = {**openvino_cpu_properties(), "CACHE_DIR": ""}
+        if threads and threads > 1:
+            ov_config["INFERENCE_NUM_THREADS"] = threads
         return Runner(OVModelForCausalLM.from_pretrained(path, ov_config=ov_config), "openvino")
     raise ValueError(f"unknown backend {backend!r}")
 
