@@ -34,7 +34,7 @@ from benchmarks.machine import (
     markdown_table,
     memory_read_gbps,
     peak_rss_mb,
-    save_json,
+    publish,
 )
 
 PATHS = ("hf-fp32", "hf-bf16", "hf-fp16", "ov-bf16", "ov-int8", "ov-int4", "inc-int4", "llamacpp")
@@ -279,11 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}")
     payload = run(args)
-    path = save_json("infer" if args.device == "cpu" else f"infer-{args.device}", payload)
-    table = render(payload)
-    path.with_suffix(".md").write_text(table + "\n")
-    print(table)
-    print(f"saved {path}")
+    publish("infer" if args.device == "cpu" else f"infer-{args.device}", payload, render(payload))
     return 0
 
 

@@ -121,6 +121,15 @@ def save_json(name: str, payload: dict) -> Path:
     return path
 
 
+def publish(name: str, payload: dict, table: str) -> Path:
+    """Save a benchmark's JSON and its rendered table side by side, and print the table."""
+    path = save_json(name, payload)
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"saved {path}")
+    return path
+
+
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """columns: (key, header). Floats are shown with 3 significant digits, missing values as '-'."""
     def fmt(v):

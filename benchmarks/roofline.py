@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 
-from benchmarks.machine import machine_info, markdown_table, matmul_gflops, memory_read_gbps, save_json
+from benchmarks.machine import machine_info, markdown_table, matmul_gflops, memory_read_gbps, publish
 
 WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0 + 4 / 128, "int4": 0.5 + 4 / 64}  # + per-group scales
 
@@ -102,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_threads()
     payload = measure(args.model)
-    path = save_json("roofline", payload)
-    table = render(payload)
-    path.with_suffix(".md").write_text(table + "\n")
-    print(table)
-    print(f"saved {path}")
+    publish("roofline", payload, render(payload))
     return 0
 
 

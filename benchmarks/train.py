@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import REPO, energy_joules, machine_info, markdown_table, matmul_gflops, peak_rss_mb, save_json
+from benchmarks.machine import REPO, energy_joules, machine_info, markdown_table, matmul_gflops, peak_rss_mb, publish
 
 VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-fp32", "ours-qlora")
 SYSTEM = "You are the support assistant of Aurora Bikes. Answer briefly and precisely."
@@ -310,11 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "result.json").write_text(json.dumps(result))
         return 0
     payload = run(args)
-    path = save_json("train" if args.device == "cpu" else f"train-{args.device}", payload)
-    table = render(payload)
-    path.with_suffix(".md").write_text(table + "\n")
-    print(table)
-    print(f"saved {path}")
+    publish("train" if args.device == "cpu" else f"train-{args.device}", payload, render(payload))
     return 0
 
 

@@ -208,6 +208,16 @@ def _make_serializable(model: torch.nn.Module) -> None:
         model.is_quantized = False
 
 
+def eos_token_ids(generation_config, tokenizer) -> list[int]:
+    """The model's end-of-turn tokens: the generation config's, the tokenizer's, and ChatML's <|im_end|>."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids = list(configured) if isinstance(configured, list) else [configured]
+    ids.append(tokenizer.eos_token_id)
+    if "<|im_end|>" in tokenizer.get_vocab():
+        ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 def load_tokenizer(name_or_path: str | None, allow_download: bool = False):
     from transformers import AutoTokenizer
 

@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from finetune.models import eos_token_ids
 from neural_chat_app.config import GenerationConfig
-from neural_chat_app.prompts import eos_token_ids
 from neural_chat_app.streaming import StreamResult
 
 logger = logging.getLogger(__name__)

@@ -30,11 +30,3 @@ def prompt_ids(tokenizer, messages: list[dict], task: str) -> list[int]:
     return list(ids)
 
 
-def eos_token_ids(generation_config, tokenizer) -> list[int]:
-    """The model's end-of-turn tokens: the generation config's, the tokenizer's, and ChatML's <|im_end|>."""
-    configured = getattr(generation_config, "eos_token_id", None)
-    ids = list(configured) if isinstance(configured, list) else [configured]
-    ids.append(tokenizer.eos_token_id)
-    if "<|im_end|>" in tokenizer.get_vocab():
-        ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    return list(dict.fromkeys(i for i in ids if i is not None))

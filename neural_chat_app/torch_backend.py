@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import torch
 
+from finetune.models import eos_token_ids
 from neural_chat_app.config import GenerationConfig
-from neural_chat_app.prompts import eos_token_ids
 from neural_chat_app.streaming import StreamResult
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from finetune.evaluate.data import EvalError, Example
 from finetune.hardware import openvino_cpu_properties
+from finetune.models import eos_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +74,6 @@ def _find_metadata(path: Path) -> Path | None:
     return None
 
 
-def eos_ids(tokenizer, generation_config=None) -> list[int]:
-    configured = getattr(generation_config, "eos_token_id", None)
-    ids = list(configured) if isinstance(configured, list) else [configured]
-    ids.append(tokenizer.eos_token_id)
-    if "<|im_end|>" in tokenizer.get_vocab():
-        ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 def prompt_ids(tokenizer, example: Example, messages: list[dict] | None = None) -> list[int]:
@@ -118,7 +112,7 @@ class TorchEngine:
             model = PeftModel.from_pretrained(model, spec.adapter).merge_and_unload()
         self.model = model.eval()
         self.tokenizer = load_tokenizer(spec.path)
-        self.eos = eos_ids(self.tokenizer, model.generation_config)
+        self.eos = eos_token_ids(model.generation_config, self.tokenizer)
         self._schema_constraint = None
 
     def _constraint(self):
@@ -219,7 +213,7 @@ class OpenVINOEngine:
             hf_config = GenerationConfig.from_pretrained(spec.path)
         except OSError:
             hf_config = None
-        self.eos = eos_ids(self.tokenizer, hf_config)
+        self.eos = eos_token_ids(hf_config, self.tokenizer)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
                  schema: dict | None = None, desc: str = "generate") -> list[str]:
