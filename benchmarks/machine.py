@@ -33,6 +33,7 @@ def machine_info() -> dict:
         "hardware": detect_hardware().as_dict(),
         "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_1min": os.getloadavg()[0],  # a busy machine makes every figure of the run suspect
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,

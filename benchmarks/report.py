@@ -218,7 +218,11 @@ def headline(found: dict) -> str:
     for payload in (train, infer):
         if payload:
             hw = payload["machine"]["hardware"]
-            machine_line = f"Measured on {hw['cpu_model']}, {hw['usable_cores']} cores ({payload['machine']['time']})."
+            load = payload["machine"].get("load_average_1min")
+            busy = f" The machine was busy (load average {load:.1f} at the start): provisional." if (
+                load is not None and load > hw["usable_cores"] / 2) else ""
+            machine_line = (f"Measured on {hw['cpu_model']}, {hw['usable_cores']} cores "
+                            f"({payload['machine']['time']}).{busy}")
             break
     if not rows:
         return "No benchmark results yet: run `python -m benchmarks train` and `python -m benchmarks infer`."
