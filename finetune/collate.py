@@ -18,8 +18,13 @@ class PaddingFreeCollator:
     """Flattens a batch of {"input_ids", "labels"[, "position_ids"]} into one row.
 
     Returns input_ids and position_ids of shape (1, T), `logits_to_keep` (positions whose next token has a
-    label) and `labels` already aligned with those positions, for `kept_positions_loss`.
+    label), `labels` already aligned with those positions, for `kept_positions_loss`, and the example
+    boundaries `cu_seq_lens_q` when `boundaries` is set (for a model switched to finetune.packed_attention: other
+    models may not accept the key).
     """
+
+    def __init__(self, boundaries: bool = False):
+        self.boundaries = boundaries
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         ids: list[int] = []
@@ -33,9 +38,10 @@ class PaddingFreeCollator:
             else:
                 positions += range(len(f["input_ids"]))
                 labels += [IGNORE_INDEX] + list(f["labels"][1:])
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
         targets = torch.tensor(labels[1:] + [IGNORE_INDEX])
         keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
-        return {
+        batch = {
             "input_ids": torch.tensor([ids]),
             "position_ids": torch.tensor([positions]),
             "logits_to_keep": keep,
@@ -44,6 +50,9 @@ class PaddingFreeCollator:
             # examples attend to each other.
             "use_cache": False,
         }
+        if self.boundaries:
+            batch["cu_seq_lens_q"] = torch.tensor(starts, dtype=torch.int32)
+        return batch
 
 
 def kept_positions_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:

@@ -29,6 +29,7 @@ from finetune.dataset import build_datasets
 from finetune.hardware import configure_threads, default_device, detect_hardware, resolve_precision
 from finetune.metadata import METADATA_FILE, check_output_dir, run_fingerprint, write_metadata
 from finetune.models import load_model, load_tokenizer, resolve_model_path
+from finetune.packed_attention import use_packed_attention
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,13 @@ def _load_model_for_training(model_path: str, config: TextGenerationFinetuningCo
     lora = LoraConfig(r=fa.lora_rank, lora_alpha=fa.lora_alpha, lora_dropout=fa.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
+    if precision in ("bf16", "fp16"):
+        # PEFT casts each adapter's input up to the fp32 adapter weights, and autocast casts it straight back:
+        # two copies of every activation per adapted layer for nothing. Autocast alone computes the adapters in
+        # bf16 and still keeps (and updates) fp32 adapter weights.
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
     if config.training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
@@ -129,12 +137,13 @@ def _require_bitsandbytes() -> None:
         raise ImportError("qlora=True needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from e
 
 
-def _trainer(model, tokenizer, config, training_args, data, throughput):
+def _trainer(model, tokenizer, config, training_args, data, throughput, per_example_attention=False):
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import ProgressCallback
 
     packed = not config.data_args.pad_to_max_length
-    collator_kwargs = {"data_collator": PaddingFreeCollator(), "compute_loss_func": kept_positions_loss}
+    collator_kwargs = {"data_collator": PaddingFreeCollator(boundaries=per_example_attention),
+                       "compute_loss_func": kept_positions_loss}
     if not packed:
         from transformers import DataCollatorForSeq2Seq
 
@@ -261,8 +270,10 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
 
     set_seed(args.seed)  # before the adapters are initialised, so one seed gives one run
     model = _load_model_for_training(model_path, config, device, precision)
+    per_example_attention = not data_args.pad_to_max_length and use_packed_attention(
+        model.get_base_model() if hasattr(model, "get_base_model") else model)
     throughput = ThroughputCallback()
-    trainer = _trainer(model, tokenizer, config, training_args, data, throughput)
+    trainer = _trainer(model, tokenizer, config, training_args, data, throughput, per_example_attention)
 
     metrics: dict = {}
     before_file = output_dir / "eval_before.json"

@@ -69,3 +69,71 @@ def test_packed_rows_keep_restarting_positions_and_mask_example_starts():
         a = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         b = model(input_ids=separate["input_ids"], position_ids=separate["position_ids"], use_cache=False).logits
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_collator_records_example_boundaries():
+    assert "cu_seq_lens_q" not in PaddingFreeCollator()(_examples())
+    assert PaddingFreeCollator(boundaries=True)(_examples())["cu_seq_lens_q"].tolist() == [0, 6, 9, 14]
+    rows = pack_examples(_examples(), max_seq_length=10)
+    assert PaddingFreeCollator(boundaries=True)(rows)["cu_seq_lens_q"].tolist() == [0, 6, 9, 14]
+
+
+def test_per_example_attention_gives_the_logits_and_gradients_of_separate_sequences():
+    from finetune.packed_attention import NAME, use_packed_attention
+
+    model = build_tiny_llama(build_tiny_tokenizer())
+    assert use_packed_attention(model) and model.config._attn_implementation == NAME
+    batch = PaddingFreeCollator(boundaries=True)(_examples())
+    labels = batch.pop("labels")
+    calls = []
+    import finetune.packed_attention as packed_module
+
+    original = packed_module.packed_sdpa_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("cu_seq_lens_q") is not None)
+        return original(*args, **kwargs)
+
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, counting)
+    try:
+        loss = kept_positions_loss(model(**batch), labels)
+        loss.backward()
+    finally:
+        AttentionInterface.register(NAME, original)
+    assert calls and all(calls)  # every layer took the per-example path
+    packed_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_attn_implementation("sdpa")
+    total, count = 0.0, 0
+    for e in _examples():
+        logits = model(input_ids=torch.tensor([e["input_ids"]])).logits[0, :-1]
+        targets = torch.tensor(e["labels"][1:])
+        total = total + F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        count += int((targets != IGNORE_INDEX).sum())
+    (total / count).backward()
+    assert torch.allclose(loss, total / count, atol=1e-5)
+    for ours, reference in zip(packed_grads, (p.grad for p in model.parameters())):
+        assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_per_example_attention_without_boundaries_is_plain_sdpa():
+    from finetune.packed_attention import use_packed_attention
+
+    model = build_tiny_llama(build_tiny_tokenizer()).eval()
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask).logits
+        use_packed_attention(model)
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, reference)
+
+
+def test_models_not_on_sdpa_are_left_alone():
+    from finetune.packed_attention import use_packed_attention
+
+    model = build_tiny_llama(build_tiny_tokenizer())
+    model.set_attn_implementation("eager")
+    assert not use_packed_attention(model)
+    assert model.config._attn_implementation == "eager"
