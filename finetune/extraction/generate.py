@@ -81,6 +81,9 @@ ATTRIBUTE_TEMPLATES = {
         "I've been passionate about {x} for years", "I'm a huge fan of {x}", "{x} is what I do to relax",
         "I got hooked on {x} recently", "nothing beats {x} for me", "I enjoy {x} a lot", "my hobby is {x}",
         "I'm crazy about {x}", "I can talk about {x} for hours",
+        "{x} is my passion", "I'm all about {x}", "big fan of {x} here", "I'm really keen on {x}",
+        "{x} is a big part of my life", "I picked up {x} last year and love it", "I'm hooked on {x}",
+        "my weekends are all about {x}", "I find {x} fascinating",
     ], [
         "I'm obsessed with {x}", "{x} has been my thing since college", "honestly {x} keeps me sane",
         "you'll usually find me doing {x}", "I never get bored of {x}",
@@ -89,6 +92,9 @@ ATTRIBUTE_TEMPLATES = {
         "I prefer {x}", "I always go for {x}", "I'd rather have {x}", "{x} work best for me",
         "I usually pick {x}", "given the choice I take {x}", "I tend to choose {x}", "{x} suit me better",
         "I'm a {x} person", "I always ask for {x}", "if possible I go with {x}",
+        "{x} are my first choice", "I'd pick {x} any day", "I favor {x}", "{x} please, whenever possible",
+        "for me it has to be {x}", "I'm more of a {x} kind of person", "I generally opt for {x}",
+        "I like having {x}",
     ], [
         "{x} every time, if I can", "I lean towards {x}", "I'll take {x} over anything else",
         "my go-to is {x}",
@@ -97,6 +103,8 @@ ATTRIBUTE_TEMPLATES = {
         "I hate {x}", "I'm not a fan of {x}", "I can't stand {x}", "{x} drive me crazy", "I really dislike {x}",
         "I try to avoid {x}", "{x} are not for me", "I don't enjoy {x} at all", "I'm not into {x}",
         "I've never liked {x}", "{x} annoy me", "I'd never choose {x}",
+        "I stay away from {x}", "{x} really bother me", "I have no patience for {x}", "I detest {x}",
+        "{x} get on my nerves", "I'm sick of {x}", "no {x} for me, thanks", "I dread {x}",
     ], [
         "I'm allergic to {x}, figuratively speaking", "{x} are my pet peeve", "I steer clear of {x}",
         "don't get me started on {x}", "{x} make me want to scream",
@@ -104,6 +112,8 @@ ATTRIBUTE_TEMPLATES = {
     "BEHAVIOR": ([
         "I usually {x}", "I tend to {x}", "most days I {x}", "I always {x}", "I {x}", "I normally {x}",
         "every week I {x}", "I often {x}", "I have a habit to {x}", "as a rule I {x}",
+        "I regularly {x}", "I generally {x}", "on most days I {x}", "I've started to {x}",
+        "I try to {x} whenever I can", "it's normal for me to {x}", "I still {x}",
     ], [
         "these days I {x}", "my routine is to {x}", "I make a point to {x}", "like clockwork I {x}",
     ]),
