@@ -31,6 +31,7 @@ def _newest(pattern: str, results: Path) -> dict | None:
 def load_results(results: Path, gpu_files: list[Path]) -> dict:
     found = {name: _newest(pattern, results) for name, pattern in {
         "roofline": "roofline-2*.json", "train": "train-2*.json", "infer": "infer-2*.json",
+        "train_sweep": "train-sweep-2*.json",
         "train_gpu": "train-cuda-2*.json", "infer_gpu": "infer-cuda-2*.json",
         "serve": "serve_load-*.json", "quantize": "quantize_quality*.json", "extraction": "extraction_quality*.json",
     }.items()}
@@ -244,6 +245,11 @@ def render_report(found: dict, prices: dict, out: Path) -> str:
         parts += [title, ""]
         parts += [fn(found[key])[0] if found.get(key) else f"No {key} results yet: run `python -m benchmarks {key}`.",
                   ""]
+        if key == "train" and found.get("train_sweep"):
+            from benchmarks.train import render_sweeps
+
+            parts += ["### Training sweeps (`python -m benchmarks train --sweep ...`)", "",
+                      render_sweeps(found["train_sweep"]), ""]
     parts += ["## CPU vs GPU", "", cpu_vs_gpu(found, prices), ""]
     for name in plots(found, out):
         parts += [f"![{name}]({name})", ""]

@@ -3,6 +3,8 @@
     python -m benchmarks.train                                  # embedded SmolLM2-135M, LoRA, 3 variants
     python -m benchmarks.train --steps 6 --variants plain-bf16,ours
     python -m benchmarks.train --model path/to/tiny --steps 2   # what the test runs
+    python -m benchmarks.train --sweep lora_rank=8,16,64 --sweep seq_len=128,256,512,1024 --sweep batch=1,4,8 \
+        --sweep method=lora,full --sweep threads=1,2 --sweep processes=1,2     # one setting at a time, `ours`
 
 Variants (same model, data, LoRA settings, batch, steps and seed; each in its own process so that peak RSS is
 its own):
@@ -38,6 +40,7 @@ from pathlib import Path
 from benchmarks.machine import REPO, energy_joules, machine_info, markdown_table, matmul_gflops, peak_rss_mb, publish
 
 VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-fp32", "ours-qlora")
+DEFAULT_VARIANTS = "plain-fp32,plain-bf16,ours"
 SYSTEM = "You are the support assistant of Aurora Bikes. Answer briefly and precisely."
 
 
@@ -126,7 +129,8 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
     from finetune.hardware import configure_threads
     from finetune.models import load_tokenizer, resolve_model_path
 
-    configure_threads()
+    rank = int(os.environ.get("RANK", "0"))
+    configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     rows = [json.loads(line) for line in data_path.read_text().splitlines()]
     model_path = resolve_model_path(model)
     tokenizer = load_tokenizer(model_path)
@@ -140,7 +144,8 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
         trainer, counter = _plain_trainer(model_path, tokenizer, train, out, args, bf16=variant == "plain-bf16")
         trainer.add_callback(timer)
         trainer.train()
-        trainer.model.save_pretrained(out / "adapter")
+        if rank == 0:
+            trainer.model.save_pretrained(out / "adapter")
     else:
         import finetune.train as recipe
         from finetune import DataArguments, FinetuningArguments, ModelArguments, TextGenerationFinetuningConfig
@@ -167,10 +172,12 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
                  report_to="none", logging_steps=1, disable_tqdm=True, seed=0),
             FinetuningArguments(task="chat", lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
                                 lora_dropout=0.0, lora_all_linear=True, save_merged_model=False,
+                                full_finetune=args.full,
                                 precision="fp32" if variant == "ours-fp32" else "auto",
                                 qlora=variant == "ours-qlora", device=args.device)))
         counter = made["counter"]
-        (out / "adapter").symlink_to(out / "run" / "adapter")
+        if rank == 0:
+            (out / "adapter").symlink_to(out / "run" / ("merged" if args.full else "adapter"))
     peak_rss = peak_rss_mb()
     timed = counter.batches[args.warmup: args.warmup + args.steps]
     seconds = timer.times[-1] - timer.times[args.warmup]
@@ -189,7 +196,8 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
         "useful_tokens_per_s": sum(u for _, u in timed) / seconds,
         "peak_rss_mb": round(peak_rss),
         "tokens_per_joule": sum(u for _, u in timed) / joules if joules else None,
-        "eval_loss": _held_out_loss(model_path, tokenizer, out / "adapter", rows[: args.eval_examples], args),
+        "eval_loss": (_held_out_loss(model_path, tokenizer, out / "adapter", rows[: args.eval_examples], args)
+                      if rank == 0 else None),
         "parameters": _parameter_count(model_path),
     }
 
@@ -217,7 +225,10 @@ def _held_out_loss(model_path, tokenizer, adapter_dir: Path, rows: list[dict], a
     from finetune.formatting import FormatOptions, tokenize_record
     from finetune.models import load_model
 
-    model = PeftModel.from_pretrained(load_model(model_path, dtype=torch.float32), adapter_dir).eval()
+    if (adapter_dir / "adapter_config.json").is_file():
+        model = PeftModel.from_pretrained(load_model(model_path, dtype=torch.float32), adapter_dir).eval()
+    else:  # a full fine-tune: the trained model itself
+        model = load_model(str(adapter_dir.resolve()), dtype=torch.float32).eval()
     opts = FormatOptions("chat", args.seq_len)
     examples = [e for e in (tokenize_record(tokenizer, r, opts) for r in rows) if e]
     total, count = 0.0, 0
@@ -233,6 +244,45 @@ def _held_out_loss(model_path, tokenizer, adapter_dir: Path, rows: list[dict], a
 
 # --- the driver ---------------------------------------------------------------------------------------------
 
+SWEEPS = {"lora_rank": int, "seq_len": int, "batch": int, "method": str, "threads": int, "processes": int}
+
+
+def _run_variant(variant: str, args, data: Path, out: Path, threads: int | None = None, processes: int = 1) -> dict:
+    """One variant in its own process (or `processes` DDP processes under torchrun); its result row."""
+    out.mkdir(parents=True)
+    worker = ["-m", "benchmarks.train", "--worker", variant, "--data", str(data), "--out", str(out),
+              *_passthrough(args)]
+    if processes > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               *worker]
+    else:
+        cmd = [sys.executable, *worker]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    elif processes > 1:
+        env.pop("OMP_NUM_THREADS", None)  # each rank takes its share of the cores (finetune.hardware)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"variant {variant} failed:\n{proc.stderr[-4000:]}")
+    ranks = [json.loads(p.read_text()) for p in sorted(out.glob("result-*.json"))]
+    row = dict(ranks[0])
+    if len(ranks) > 1:  # DDP: tokens of all ranks over the slowest rank's time
+        seconds = max(r["seconds"] for r in ranks)
+        for key in ("tokens", "useful_tokens"):
+            row[key] = sum(r[key] for r in ranks)
+        row |= {"seconds": seconds, "tokens_per_s": row["tokens"] / seconds,
+                "useful_tokens_per_s": row["useful_tokens"] / seconds,
+                "peak_rss_mb": sum(r["peak_rss_mb"] for r in ranks), "processes": len(ranks),
+                "useful_tokens_per_rank": [r["useful_tokens"] for r in ranks]}
+    return row
+
+
+def _limits(peak: dict, params: int) -> dict:
+    """Tokens/s at 100% of the bf16 matmul peak: 4 x parameters FLOPs per token for LoRA, 6 x for full."""
+    return {"lora": peak["bf16"] * 1e9 / (4 * params), "full": peak["bf16"] * 1e9 / (6 * params)}
+
+
 def run(args) -> dict:
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -245,34 +295,88 @@ def run(args) -> dict:
         data = Path(tmp) / "chats.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in chat_dataset(args.examples, seed=0)))
         for variant in variants:
-            out = Path(tmp) / variant
-            out.mkdir()
-            cmd = [sys.executable, "-m", "benchmarks.train", "--worker", variant, "--data", str(data),
-                   "--out", str(out), *_passthrough(args)]
             print(f"-- {variant}", flush=True)
-            proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                                  text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"variant {variant} failed:\n{proc.stderr[-4000:]}")
-            results.append(json.loads((out / "result.json").read_text()))
-    params = results[0]["parameters"]
-    limit = peak["bf16"] * 1e9 / (4 * params)
+            results.append(_run_variant(variant, args, data, Path(tmp) / variant))
+    limits = _limits(peak, results[0]["parameters"])
     base = next((r for r in results if r["variant"] == "plain-fp32"), None)
     for r in results:
-        r["fraction_of_bf16_limit"] = r["useful_tokens_per_s"] / limit
+        r["fraction_of_bf16_limit"] = r["useful_tokens_per_s"] / limits["lora"]
         if base:
             r["speedup_vs_plain_fp32"] = r["useful_tokens_per_s"] / base["useful_tokens_per_s"]
             r["eval_loss_vs_plain_fp32"] = r["eval_loss"] / base["eval_loss"] - 1
     return {"benchmark": "train", "device": args.device, "model": args.model, "seq_len": args.seq_len,
             "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank,
             "examples": args.examples,
-            "matmul_gflops": peak, "bf16_limit_tokens_per_s": limit, "machine": info, "results": results}
+            "matmul_gflops": peak, "bf16_limit_tokens_per_s": limits["lora"], "machine": info, "results": results}
+
+
+def parse_sweep(text: str) -> tuple[str, list]:
+    """"seq_len=128,256,512" -> ("seq_len", [128, 256, 512]), with a clear error for anything else."""
+    name, _, values = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if name not in SWEEPS or not values:
+        raise SystemExit(f"--sweep {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(SWEEPS)}")
+    try:
+        parsed = [SWEEPS[name](v.strip()) for v in values.split(",") if v.strip()]
+    except ValueError as e:
+        raise SystemExit(f"--sweep {text!r}: {e}") from e
+    if name == "method" and not set(parsed) <= {"lora", "full"}:
+        raise SystemExit(f"--sweep {text!r}: method is lora or full")
+    return name, parsed
+
+
+def run_sweeps(args) -> dict:
+    """Each --sweep varies one setting of the `ours` recipe (or --variants), all else as given."""
+    sweeps = [parse_sweep(text) for text in args.sweep]
+    variants = args.variants.split(",")
+    info = machine_info()
+    peak = {"bf16": matmul_gflops("bf16", device=args.device), "fp32": matmul_gflops("fp32", device=args.device)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "chats.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in chat_dataset(args.examples, seed=0)))
+        for name, values in sweeps:
+            for value in values:
+                point = argparse.Namespace(**vars(args))
+                threads, processes = None, 1
+                if name == "threads":
+                    threads = value
+                elif name == "processes":
+                    processes = value
+                elif name == "method":
+                    point.full = value == "full"
+                else:
+                    setattr(point, name, value)
+                for variant in variants:
+                    if point.full and not variant.startswith("ours"):
+                        continue  # the plain recipe is LoRA only
+                    print(f"-- {name}={value} {variant}", flush=True)
+                    row = _run_variant(variant, point, data, Path(tmp) / f"{name}-{value}-{variant}",
+                                       threads=threads, processes=processes)
+                    limit = _limits(peak, row["parameters"])["full" if point.full else "lora"]
+                    rows.append({"sweep": name, "value": value, **row, "limit_tokens_per_s": limit,
+                                 "fraction_of_bf16_limit": row["useful_tokens_per_s"] / limit})
+    return {"benchmark": "train-sweep", "device": args.device, "model": args.model, "seq_len": args.seq_len,
+            "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank,
+            "examples": args.examples, "matmul_gflops": peak, "machine": info, "results": rows}
+
+
+def render_sweeps(payload: dict) -> str:
+    hw = payload["machine"]["hardware"]
+    head = (f"model={payload['model']} defaults: seq_len<={payload['seq_len']} batch={payload['batch']} "
+            f"LoRA r={payload['lora_rank']}, timed steps={payload['steps']} | {hw['cpu_model']}, "
+            f"{hw['usable_cores']} cores | matmul bf16 {payload['matmul_gflops']['bf16']:.0f} GFLOPS")
+    columns = [("sweep", "sweep"), ("value", "value"), ("variant", "variant"), ("threads", "threads/process"),
+               ("useful_tokens_per_s", "useful tok/s"), ("limit_tokens_per_s", "limit tok/s"),
+               ("fraction_of_bf16_limit", "of limit"), ("peak_rss_mb", "peak RSS MB"),
+               ("eval_loss", "held-out loss")]
+    return head + "\n" + markdown_table(payload["results"], columns)
 
 
 def _passthrough(args) -> list[str]:
     return ["--device", args.device, "--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--lora-rank", str(args.lora_rank),
-            "--eval-examples", str(args.eval_examples)]
+            "--eval-examples", str(args.eval_examples), *(["--full"] if args.full else [])]
 
 
 def render(payload: dict) -> str:
@@ -293,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--variants", default="plain-fp32,plain-bf16,ours")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS)
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--batch", type=int, default=4)
@@ -301,13 +405,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--examples", type=int, default=400)
     p.add_argument("--eval-examples", type=int, default=40)
+    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (ours variants)")
+    p.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2",
+                   help=f"vary one setting of --variants (default ours), repeatable; NAME: {', '.join(SWEEPS)}; "
+                        "e.g. --sweep seq_len=128,256,512,1024 --sweep threads=1,2 --sweep processes=1,2")
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         result = _run_worker(args.worker, args.model, args.data, args.out, args)
-        (args.out / "result.json").write_text(json.dumps(result))
+        (args.out / f"result-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(result))
+        return 0
+    if args.sweep:
+        if args.variants == DEFAULT_VARIANTS:
+            args.variants = "ours"
+        payload = run_sweeps(args)
+        name = "train-sweep" if args.device == "cpu" else f"train-sweep-{args.device}"
+        publish(name, payload, render_sweeps(payload))
         return 0
     payload = run(args)
     publish("train" if args.device == "cpu" else f"train-{args.device}", payload, render(payload))
