@@ -10,8 +10,9 @@ Variants (same model, data, LoRA settings, batch, steps and seed; each in its ow
 its own):
 - plain-fp32: transformers Trainer + PEFT LoRA, fp32, batches padded to their longest example (the guides' recipe)
 - plain-bf16: the same with bf16=True (autocast)
-- ours:       finetune_model's defaults (bf16 frozen weights, fp32 adapters, autocast, padding-free batches,
-              logits only where there is a label)
+- ours:       finetune_model's defaults (bf16 frozen weights, fp32 adapters, autocast, padding-free batches with
+              one attention call per example, logits only where there is a label), in a process started as
+              `python -m finetune` starts: on tcmalloc/jemalloc when the machine has one (finetune.allocator)
 - ours-fp32:  ours with precision="fp32" (what bf16 buys inside our recipe)
 - ours-qlora: ours with 4-bit NF4 base weights (bitsandbytes): the GPU recipe; it also runs, slowly, on a CPU
 
@@ -125,6 +126,7 @@ def _plain_trainer(model_path, tokenizer, train, out, args, bf16: bool):
 def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> dict:
     import torch
 
+    from finetune.allocator import loaded_allocator
     from finetune.formatting import FormatOptions
     from finetune.hardware import configure_threads
     from finetune.models import load_tokenizer, resolve_model_path
@@ -188,6 +190,7 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
         "device": args.device,
         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
         "threads": torch.get_num_threads(),
+        "allocator": loaded_allocator() or "glibc",
         "timed_steps": len(timed),
         "seconds": round(seconds, 3),
         "tokens": sum(t for t, _ in timed),
@@ -258,6 +261,10 @@ def _run_variant(variant: str, args, data: Path, out: Path, threads: int | None 
     else:
         cmd = [sys.executable, *worker]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if variant.startswith("ours"):
+        from finetune.allocator import allocator_env
+
+        env = allocator_env(env)  # what `python -m finetune` runs on; the plain recipe keeps glibc malloc
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     elif processes > 1:
@@ -386,7 +393,8 @@ def render(payload: dict) -> str:
             f"{hw['usable_cores']} cores, AMX={hw['amx_bf16']} | matmul bf16 {payload['matmul_gflops']['bf16']:.0f} "
             f"GFLOPS, fp32 {payload['matmul_gflops']['fp32']:.0f} GFLOPS -> LoRA limit "
             f"{payload['bf16_limit_tokens_per_s']:.0f} tok/s")
-    columns = [("variant", "variant"), ("useful_tokens_per_s", "useful tok/s"), ("tokens_per_s", "all tok/s"),
+    columns = [("variant", "variant"), ("allocator", "malloc"), ("useful_tokens_per_s", "useful tok/s"),
+               ("tokens_per_s", "all tok/s"),
                ("speedup_vs_plain_fp32", "x plain-fp32"), ("fraction_of_bf16_limit", "of bf16 limit"),
                ("peak_rss_mb", "peak RSS MB"), ("eval_loss", "held-out loss"),
                ("eval_loss_vs_plain_fp32", "loss vs plain-fp32")]

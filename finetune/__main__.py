@@ -94,4 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from finetune.allocator import reexec_with_allocator
+
+    reexec_with_allocator("finetune", sys.argv[1:])
     sys.exit(main())

