@@ -10,7 +10,8 @@ Compressor weight-only RTN INT4, eager PyTorch), llamacpp (llama-cpp-python on t
 reference; install it with the portable flags of the README, its default build dies with SIGILL on these VMs).
 With --device cuda the hf-* paths (hf-fp16 is meant for GPUs) run on the GPU, synchronized before each clock
 reading, and write the same schema for `python -m benchmarks report`.
-Each path runs in its own process (its own peak RSS); every request generates exactly --new-tokens tokens.
+Each path runs in its own process (its own peak RSS); every request generates exactly --new-tokens tokens; each
+setting runs --repeats times (the first call at a new shape also compiles it) and the median run is reported.
 Reported per path, batch and prompt length: first-token latency, decode tokens/s (all sequences of the batch),
 p50/p99 per-token latency, peak RSS, and decode speed as a fraction of the memory-bandwidth limit (batch 1).
 """
@@ -44,9 +45,11 @@ _TEXT = ("Intel Xeon processors with Advanced Matrix Extensions run bfloat16 mat
          "which makes small language models fast enough to serve a chatbot from a CPU. ")
 
 
-def prompt_of(tokenizer, n_tokens: int) -> str:
-    ids = tokenizer(_TEXT * (n_tokens // 8 + 2), add_special_tokens=False)["input_ids"][:n_tokens]
-    return tokenizer.decode(ids)
+def prompt_of(tokenizer, n_tokens: int, variant: int = 0) -> str:
+    """About n_tokens of text; each `variant` starts with a different word, so that an engine that caches
+    prompt prefixes (llama.cpp, openvino-genai) cannot reuse an earlier run's prefill."""
+    ids = tokenizer(f"Note {variant}: " + _TEXT * (n_tokens // 8 + 2), add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids[:n_tokens])
 
 
 def _percentiles(gaps_ms: list[float]) -> tuple[float | None, float | None]:
@@ -156,6 +159,7 @@ def _llamacpp_runner(model: str, threads: int):
     def run(prompts: list[str], new_tokens: int) -> dict:
         if len(prompts) != 1:
             raise ValueError("llama-cpp-python generates one sequence per call; batch 1 only")
+        llm.reset()  # forget the previous prompt: no prefix reuse between runs
         times, start = [], time.perf_counter()
         for _ in llm.create_completion(prompts[0], max_tokens=new_tokens, temperature=0.0, stream=True,
                                        logit_bias={eos: -1e9}):
@@ -189,15 +193,22 @@ def run_path(path: str, args) -> list[dict]:
     threads = configure_threads()
     runner, tokenizer = _runner(path, args.model, threads, args.device)
     rows = []
-    runner([prompt_of(tokenizer, 16)], 4)  # warm-up: compile, allocate, first-call costs
+    runner([prompt_of(tokenizer, 16, variant=-1)], 4)  # warm-up: compile, allocate, first-call costs
+    variant = 0
     for prompt_len in args.prompts:
         for batch in args.batches:
             try:
-                before = energy_joules(args.device)
-                result = runner([prompt_of(tokenizer, prompt_len)] * batch, args.new_tokens)
-                after = energy_joules(args.device)
-                if before is not None and after is not None and after > before:
-                    result["tokens_per_joule"] = batch * args.new_tokens / (after - before)
+                runs = []
+                for _ in range(args.repeats):  # the first call at a new shape also pays for its compilation
+                    variant += 1  # a prompt no earlier run has seen
+                    before = energy_joules(args.device)
+                    result = runner([prompt_of(tokenizer, prompt_len, variant)] * batch, args.new_tokens)
+                    after = energy_joules(args.device)
+                    if before is not None and after is not None and after > before:
+                        result["tokens_per_joule"] = batch * args.new_tokens / (after - before)
+                    runs.append(result)
+                result = sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]  # the median run
+                result["repeats"] = len(runs)
             except ValueError as e:
                 result = {"skipped": str(e)}
             rows.append({"path": path, "device": args.device, "batch": batch, "prompt_tokens": prompt_len, **result})
@@ -239,7 +250,8 @@ def run(args) -> dict:
 
 def _passthrough(args) -> list[str]:
     return ["--device", args.device, "--model", args.model, "--new-tokens", str(args.new_tokens), "--batches",
-            ",".join(map(str, args.batches)), "--prompts", ",".join(map(str, args.prompts))]
+            ",".join(map(str, args.batches)), "--prompts", ",".join(map(str, args.prompts)),
+            "--repeats", str(args.repeats)]
 
 
 def render(payload: dict) -> str:
@@ -268,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=_ints, default=[1, 8])
     p.add_argument("--prompts", type=_ints, default=[64, 512])
     p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3, help="runs per setting; the median run is reported")
     p.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
