@@ -208,13 +208,27 @@ def headline(found: dict) -> str:
                          "limit": f"{r['ours']['fraction_of_bf16_limit']:.0%} of the bf16 matmul limit"})
     infer = found.get("infer")
     if infer:
-        best = max((x for x in infer["results"] if x.get("batch") == 1 and x.get("prompt_tokens") == 64
-                    and "decode_tokens_per_s" in x), key=lambda x: x["decode_tokens_per_s"], default=None)
+        batch1 = [x for x in infer["results"] if x.get("batch") == 1 and x.get("prompt_tokens") == 64
+                  and "decode_tokens_per_s" in x]
+        best = max((x for x in batch1 if x["path"] != "llamacpp"), key=lambda x: x["decode_tokens_per_s"],
+                   default=None)
+        llama = next((x for x in batch1 if x["path"] == "llamacpp"), None)
         if best:
-            rows.append({"what": f"decode, batch 1 ({best['path']})",
-                         "figure": f"{best['decode_tokens_per_s']:.0f} tok/s",
-                         "vs": f"first token {best['ttft_ms']:.0f} ms",
+            versus = f"first token {best['ttft_ms']:.0f} ms"
+            if llama:
+                versus += (f"; llama.cpp (same run) {llama['decode_tokens_per_s']:.0f} tok/s, first token "
+                           f"{llama['ttft_ms']:.0f} ms")
+            rows.append({"what": f"decode, batch 1, 64-token prompt ({best['path']})",
+                         "figure": f"{best['decode_tokens_per_s']:.0f} tok/s", "vs": versus,
                          "limit": f"{best['fraction_of_decode_limit']:.0%} of the bandwidth limit"})
+    serve = found.get("serve")
+    if serve:
+        levels = {lv["concurrency"]: lv for lv in serve.get("levels", [])}
+        if 1 in levels and 8 in levels:
+            rows.append({"what": f"chat server, 8 streaming clients ({serve.get('backend')})",
+                         "figure": f"{levels[8]['tokens_per_s']:.0f} tok/s",
+                         "vs": f"{levels[8]['tokens_per_s'] / levels[1]['tokens_per_s']:.2f}x one client",
+                         "limit": f"p99 first token {levels[8]['ttft_p99_s']:.2f} s"})
     machine_line = ""
     for payload in (train, infer):
         if payload:
