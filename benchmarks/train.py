@@ -290,31 +290,45 @@ def _limits(peak: dict, params: int) -> dict:
     return {"lora": peak["bf16"] * 1e9 / (4 * params), "full": peak["bf16"] * 1e9 / (6 * params)}
 
 
-def run(args) -> dict:
+def _variants(args) -> list[str]:
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    info = machine_info()
+    return variants
+
+
+def _machine(args) -> dict:
+    """What every payload starts with: the settings, the machine and its matmul peaks measured in this run."""
     peak = {"bf16": matmul_gflops("bf16", device=args.device), "fp32": matmul_gflops("fp32", device=args.device)}
+    return {"device": args.device, "model": args.model, "seq_len": args.seq_len, "batch": args.batch,
+            "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank, "examples": args.examples,
+            "matmul_gflops": peak, "machine": machine_info()}
+
+
+def _write_chats(folder: str, n: int) -> Path:
+    data = Path(folder) / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in chat_dataset(n, seed=0)))
+    return data
+
+
+def run(args) -> dict:
+    variants = _variants(args)
+    payload = {"benchmark": "train", **_machine(args)}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "chats.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in chat_dataset(args.examples, seed=0)))
+        data = _write_chats(tmp, args.examples)
         for variant in variants:
             print(f"-- {variant}", flush=True)
             results.append(_run_variant(variant, args, data, Path(tmp) / variant))
-    limits = _limits(peak, results[0]["parameters"])
+    limits = _limits(payload["matmul_gflops"], results[0]["parameters"])
     base = next((r for r in results if r["variant"] == "plain-fp32"), None)
     for r in results:
         r["fraction_of_bf16_limit"] = r["useful_tokens_per_s"] / limits["lora"]
         if base:
             r["speedup_vs_plain_fp32"] = r["useful_tokens_per_s"] / base["useful_tokens_per_s"]
             r["eval_loss_vs_plain_fp32"] = r["eval_loss"] / base["eval_loss"] - 1
-    return {"benchmark": "train", "device": args.device, "model": args.model, "seq_len": args.seq_len,
-            "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank,
-            "examples": args.examples,
-            "matmul_gflops": peak, "bf16_limit_tokens_per_s": limits["lora"], "machine": info, "results": results}
+    return {**payload, "bf16_limit_tokens_per_s": limits["lora"], "results": results}
 
 
 def parse_sweep(text: str) -> tuple[str, list]:
@@ -335,13 +349,11 @@ def parse_sweep(text: str) -> tuple[str, list]:
 def run_sweeps(args) -> dict:
     """Each --sweep varies one setting of the `ours` recipe (or --variants), all else as given."""
     sweeps = [parse_sweep(text) for text in args.sweep]
-    variants = args.variants.split(",")
-    info = machine_info()
-    peak = {"bf16": matmul_gflops("bf16", device=args.device), "fp32": matmul_gflops("fp32", device=args.device)}
+    variants = _variants(args)
+    payload = {"benchmark": "train-sweep", **_machine(args)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "chats.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in chat_dataset(args.examples, seed=0)))
+        data = _write_chats(tmp, args.examples)
         for name, values in sweeps:
             for value in values:
                 point = argparse.Namespace(**vars(args))
@@ -360,12 +372,10 @@ def run_sweeps(args) -> dict:
                     print(f"-- {name}={value} {variant}", flush=True)
                     row = _run_variant(variant, point, data, Path(tmp) / f"{name}-{value}-{variant}",
                                        threads=threads, processes=processes)
-                    limit = _limits(peak, row["parameters"])["full" if point.full else "lora"]
+                    limit = _limits(payload["matmul_gflops"], row["parameters"])["full" if point.full else "lora"]
                     rows.append({"sweep": name, "value": value, **row, "limit_tokens_per_s": limit,
                                  "fraction_of_bf16_limit": row["useful_tokens_per_s"] / limit})
-    return {"benchmark": "train-sweep", "device": args.device, "model": args.model, "seq_len": args.seq_len,
-            "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank,
-            "examples": args.examples, "matmul_gflops": peak, "machine": info, "results": rows}
+    return {**payload, "results": rows}
 
 
 def render_sweeps(payload: dict) -> str:

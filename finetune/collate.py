@@ -38,7 +38,6 @@ class PaddingFreeCollator:
             else:
                 positions += range(len(f["input_ids"]))
                 labels += [IGNORE_INDEX] + list(f["labels"][1:])
-        starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
         targets = torch.tensor(labels[1:] + [IGNORE_INDEX])
         keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
         batch = {
@@ -51,6 +50,7 @@ class PaddingFreeCollator:
             "use_cache": False,
         }
         if self.boundaries:
+            starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
             batch["cu_seq_lens_q"] = torch.tensor(starts, dtype=torch.int32)
         return batch
 
