@@ -5,7 +5,8 @@
     python -m benchmarks.infer --model path/to/tiny --paths hf-fp32,hf-bf16 --new-tokens 8   # what the test runs
 
 Paths: hf-fp32, hf-bf16 (transformers generate), ov-bf16 / ov-int8 / ov-int4 (openvino-genai LLMPipeline on an
-OpenVINO export; the CPU plugin computes in bf16 on AMX, so the "bf16" IR keeps fp32 weights), inc-int4 (Neural
+OpenVINO export; the CPU plugin computes in bf16 on AMX, so the "bf16" IR keeps fp32 weights; ov-int4 is the
+README's INT4 recipe, configs/quantize_int4_awq_ov.yaml, with its perplexity cost in the table), inc-int4 (Neural
 Compressor weight-only RTN INT4, eager PyTorch), llamacpp (llama-cpp-python on the model's GGUF file: the outside
 reference; install it with the portable flags of the README, its default build dies with SIGILL on these VMs).
 With --device cuda the hf-* paths (hf-fp16 is meant for GPUs) run on the GPU, synchronized before each clock
@@ -76,10 +77,32 @@ def _hf_runner(model_path: str, dtype_name: str, tokenizer, device: str):
     return _generate_with(model, tokenizer, device)
 
 
+INT4_RECIPE = REPO / "configs" / "quantize_int4_awq_ov.yaml"
+
+
+def _int4_artifact(model_path: str) -> Path:
+    """Our INT4 path: the README's recipe (configs/quantize_int4_awq_ov.yaml: AWQ + scale estimation on local chat
+    data, symmetric, group 32, embeddings in INT4 too), built once with quantize_model into the benchmark cache.
+    Its quantization.json holds the perplexity measured against the source, reported beside the speed."""
+    from finetune.models import cache_home
+    from quantize import QuantizeConfig, quantize_model
+
+    recipe = QuantizeConfig.from_yaml(INT4_RECIPE)
+    calibration = Path(recipe.calibration_file)
+    name = f"{Path(model_path).name}-ov-int4-{recipe.scheme}-g{recipe.group_size}-{'sym' if recipe.sym else 'asym'}"
+    target = cache_home() / "benchmarks" / name
+    if not (target / "openvino_model.xml").is_file():
+        quantize_model(recipe, model=model_path, output_dir=str(target.parent), name=name,
+                       calibration_file=str(calibration if calibration.is_absolute() else REPO / calibration))
+    return target
+
+
 def _ov_folder(model_path: str, weight_format: str) -> Path:
     from finetune.models import cache_home
     from quantize.openvino import export_openvino
 
+    if weight_format == "int4":
+        return _int4_artifact(model_path)
     target = cache_home() / "benchmarks" / f"{Path(model_path).name}-ov-{weight_format}"
     if not (target / "openvino_model.xml").is_file():
         export_openvino(model_path, target, weight_format)
@@ -215,6 +238,13 @@ def run_path(path: str, args) -> list[dict]:
     rss = peak_rss_mb()
     for row in rows:
         row["peak_rss_mb"] = round(rss)
+    if path == "ov-int4":  # what the speed costs: perplexity against the source, measured by quantize_model
+        from finetune.models import resolve_model_path
+        from quantize import read_metadata
+
+        quality = read_metadata(_int4_artifact(resolve_model_path(args.model))).get("quality") or {}
+        for row in rows:
+            row["perplexity_vs_source_pct"] = quality.get("perplexity_delta_pct")
     return rows
 
 
@@ -261,7 +291,7 @@ def render(payload: dict) -> str:
     columns = [("path", "path"), ("batch", "batch"), ("prompt_tokens", "prompt"), ("ttft_ms", "first token ms"),
                ("decode_tokens_per_s", "decode tok/s"), ("p50_token_ms", "p50 ms/token"),
                ("p99_token_ms", "p99 ms/token"), ("fraction_of_decode_limit", "of bandwidth limit"),
-               ("peak_rss_mb", "peak RSS MB")]
+               ("peak_rss_mb", "peak RSS MB"), ("perplexity_vs_source_pct", "perplexity vs source %")]
     table = markdown_table(payload["results"], columns)
     if payload["errors"]:
         table += "\n\nnot measured: " + "; ".join(f"{k}: {v}" for k, v in payload["errors"].items())

@@ -61,6 +61,53 @@ def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0, device: 
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
+def model_linear_shapes(config) -> list[tuple[int, int, int]]:
+    """(in_features, out_features, uses per training step) of every linear of a decoder-only model's config:
+    the attention and MLP projections of each layer, and the lm_head once."""
+    hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    layers, shapes = config.num_hidden_layers, {}
+    for fan_in, fan_out in ((hidden, heads * head_dim), (hidden, kv_heads * head_dim), (hidden, kv_heads * head_dim),
+                            (heads * head_dim, hidden), (hidden, config.intermediate_size),
+                            (hidden, config.intermediate_size), (config.intermediate_size, hidden)):
+        shapes[fan_in, fan_out] = shapes.get((fan_in, fan_out), 0) + layers  # q, k, v, o, gate, up, down
+    return [(fan_in, fan_out, uses) for (fan_in, fan_out), uses in shapes.items()] + [
+        (hidden, config.vocab_size, 1)]
+
+
+def model_shape_gflops(config_or_model_path, tokens: int = 1024, seconds: float = 0.2) -> float:
+    """Effective bf16 GFLOPS of a training step's matmuls at the model's own shapes, on this process's threads.
+
+    Each linear of model_linear_shapes is timed for `seconds` with torch.nn.functional.linear, forward
+    (x[T,in] @ W[out,in]^T) and backward grad-input (g[T,out] @ W[out,in]), T = `tokens`. Returns total FLOPs
+    over total time, each shape weighted by its uses in one step. Small layers run below the 4096^3 peak of
+    matmul_gflops: this is the peak the model can reach. `config_or_model_path`: a transformers config, or a
+    local model folder (its config.json)."""
+    import torch
+    import torch.nn.functional as F
+
+    config = config_or_model_path
+    if isinstance(config, (str, Path)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(config)
+    total_flops = total_seconds = 0.0
+    with torch.inference_mode():
+        for fan_in, fan_out, uses in model_linear_shapes(config):
+            weight = torch.randn(fan_out, fan_in, dtype=torch.bfloat16)
+            for x, w in ((torch.randn(tokens, fan_in, dtype=torch.bfloat16), weight),  # forward
+                         (torch.randn(tokens, fan_out, dtype=torch.bfloat16), weight.t())):  # grad-input
+                for _ in range(2):
+                    F.linear(x, w)
+                count, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    F.linear(x, w)
+                    count += 1
+                total_flops += 2 * tokens * fan_in * fan_out * uses
+                total_seconds += (time.perf_counter() - start) / count * uses
+    return total_flops / total_seconds / 1e9
+
+
 def memory_read_gbps(gib: float = 1.0, repeats: int = 5) -> float:
     """Read bandwidth: best of a few full passes summing a large array (each byte read once per pass)."""
     import torch

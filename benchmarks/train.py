@@ -13,6 +13,8 @@ its own):
 - ours:       finetune_model's defaults (bf16 frozen weights, fp32 adapters, autocast, padding-free batches with
               one attention call per example, logits only where there is a label), in a process started as
               `python -m finetune` starts: on tcmalloc/jemalloc when the machine has one (finetune.allocator)
+- ours-glibc: ours in a process started without the tcmalloc/jemalloc preload, on glibc malloc (what the
+              allocator buys)
 - ours-fp32:  ours with precision="fp32" (what bf16 buys inside our recipe)
 - ours-qlora: ours with 4-bit NF4 base weights (bitsandbytes): the GPU recipe; it also runs, slowly, on a CPU
 
@@ -23,7 +25,9 @@ The data are multi-turn chats of varied length (1 to 8 turns, 40 to 500 tokens),
 Reported: useful (non-padding) tokens/s and all tokens/s over the timed steps (warm-up excluded), peak RSS, and
 the held-out loss after training measured the same way for every variant. The limit is the LoRA step at 100% of
 the bf16 matmul peak measured in this run: 4 x parameters FLOPs per token (forward, plus backward through the
-frozen weights; no weight gradients).
+frozen weights; no weight gradients). The 4096^3 matmul of that peak is faster than the model's own small
+layers: the "of shape limit" column measures against the same FLOPs at the bf16 GFLOPS of the model's linear shapes
+(machine.model_shape_gflops), the limit this model can approach.
 """
 
 from __future__ import annotations
@@ -38,9 +42,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import REPO, energy_joules, machine_info, markdown_table, matmul_gflops, peak_rss_mb, publish
+from benchmarks.machine import (
+    REPO,
+    energy_joules,
+    machine_info,
+    markdown_table,
+    matmul_gflops,
+    model_shape_gflops,
+    peak_rss_mb,
+    publish,
+)
 
-VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-fp32", "ours-qlora")
+VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-glibc", "ours-fp32", "ours-qlora")
 DEFAULT_VARIANTS = "plain-fp32,plain-bf16,ours"
 SYSTEM = "You are the support assistant of Aurora Bikes. Answer briefly and precisely."
 
@@ -260,11 +273,7 @@ def _run_variant(variant: str, args, data: Path, out: Path, threads: int | None 
                *worker]
     else:
         cmd = [sys.executable, *worker]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    if variant.startswith("ours"):
-        from finetune.allocator import allocator_env
-
-        env = allocator_env(env)  # what `python -m finetune` runs on; the plain recipe keeps glibc malloc
+    env = _variant_env(variant, {**os.environ, "PYTHONPATH": str(REPO)})
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     elif processes > 1:
@@ -285,9 +294,22 @@ def _run_variant(variant: str, args, data: Path, out: Path, threads: int | None 
     return row
 
 
-def _limits(peak: dict, params: int) -> dict:
-    """Tokens/s at 100% of the bf16 matmul peak: 4 x parameters FLOPs per token for LoRA, 6 x for full."""
-    return {"lora": peak["bf16"] * 1e9 / (4 * params), "full": peak["bf16"] * 1e9 / (6 * params)}
+def _variant_env(variant: str, env: dict) -> dict:
+    """The environment of a variant's process. ours runs on the allocator `python -m finetune` runs on; ours-glibc
+    on glibc malloc, even when `env` preloads an allocator already; the plain recipe keeps `env` as it is."""
+    from finetune.allocator import CANDIDATES, allocator_env
+
+    if variant == "ours-glibc":  # "system" also keeps any allocator_env/re-exec further down from adding one
+        env = {**env, "NEURALCHAT_ALLOCATOR": "system"}
+        kept = [p for p in env.pop("LD_PRELOAD", "").replace(" ", ":").split(":")
+                if p and not any(kind in os.path.basename(p) for kind in CANDIDATES)]
+        return {**env, "LD_PRELOAD": ":".join(kept)} if kept else env
+    return allocator_env(env) if variant.startswith("ours") else env
+
+
+def _limits(gflops: float, params: int) -> dict:
+    """Tokens/s at 100% of `gflops`: 4 x parameters FLOPs per token for LoRA, 6 x for full."""
+    return {"lora": gflops * 1e9 / (4 * params), "full": gflops * 1e9 / (6 * params)}
 
 
 def _variants(args) -> list[str]:
@@ -299,11 +321,15 @@ def _variants(args) -> list[str]:
 
 
 def _machine(args) -> dict:
-    """What every payload starts with: the settings, the machine and its matmul peaks measured in this run."""
+    """What every payload starts with: the settings, the machine and its matmul peaks measured in this run (the
+    bf16 GFLOPS at the model's own shapes on the CPU only: None with --device cuda)."""
+    from finetune.models import resolve_model_path
+
     peak = {"bf16": matmul_gflops("bf16", device=args.device), "fp32": matmul_gflops("fp32", device=args.device)}
+    shapes = model_shape_gflops(resolve_model_path(args.model)) if args.device == "cpu" else None
     return {"device": args.device, "model": args.model, "seq_len": args.seq_len, "batch": args.batch,
             "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank, "examples": args.examples,
-            "matmul_gflops": peak, "machine": machine_info()}
+            "matmul_gflops": peak, "model_shape_gflops_bf16": shapes, "machine": machine_info()}
 
 
 def _write_chats(folder: str, n: int) -> Path:
@@ -321,14 +347,18 @@ def run(args) -> dict:
         for variant in variants:
             print(f"-- {variant}", flush=True)
             results.append(_run_variant(variant, args, data, Path(tmp) / variant))
-    limits = _limits(payload["matmul_gflops"], results[0]["parameters"])
+    limits = _limits(payload["matmul_gflops"]["bf16"], results[0]["parameters"])
+    shapes = payload["model_shape_gflops_bf16"]
+    shape_limit = _limits(shapes, results[0]["parameters"])["lora"] if shapes else None
     base = next((r for r in results if r["variant"] == "plain-fp32"), None)
     for r in results:
         r["fraction_of_bf16_limit"] = r["useful_tokens_per_s"] / limits["lora"]
+        r["fraction_of_model_shape_limit"] = r["useful_tokens_per_s"] / shape_limit if shape_limit else None
         if base:
             r["speedup_vs_plain_fp32"] = r["useful_tokens_per_s"] / base["useful_tokens_per_s"]
             r["eval_loss_vs_plain_fp32"] = r["eval_loss"] / base["eval_loss"] - 1
-    return {**payload, "bf16_limit_tokens_per_s": limits["lora"], "results": results}
+    return {**payload, "bf16_limit_tokens_per_s": limits["lora"], "model_shape_limit_tokens_per_s": shape_limit,
+            "results": results}
 
 
 def parse_sweep(text: str) -> tuple[str, list]:
@@ -351,6 +381,7 @@ def run_sweeps(args) -> dict:
     sweeps = [parse_sweep(text) for text in args.sweep]
     variants = _variants(args)
     payload = {"benchmark": "train-sweep", **_machine(args)}
+    shapes = payload["model_shape_gflops_bf16"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = _write_chats(tmp, args.examples)
@@ -372,9 +403,14 @@ def run_sweeps(args) -> dict:
                     print(f"-- {name}={value} {variant}", flush=True)
                     row = _run_variant(variant, point, data, Path(tmp) / f"{name}-{value}-{variant}",
                                        threads=threads, processes=processes)
-                    limit = _limits(payload["matmul_gflops"], row["parameters"])["full" if point.full else "lora"]
+                    method = "full" if point.full else "lora"
+                    limit = _limits(payload["matmul_gflops"]["bf16"], row["parameters"])[method]
+                    shape_limit = _limits(shapes, row["parameters"])[method] if shapes else None
                     rows.append({"sweep": name, "value": value, **row, "limit_tokens_per_s": limit,
-                                 "fraction_of_bf16_limit": row["useful_tokens_per_s"] / limit})
+                                 "fraction_of_bf16_limit": row["useful_tokens_per_s"] / limit,
+                                 "model_shape_limit_tokens_per_s": shape_limit,
+                                 "fraction_of_model_shape_limit": (row["useful_tokens_per_s"] / shape_limit
+                                                                   if shape_limit else None)})
     return {**payload, "results": rows}
 
 
@@ -382,10 +418,12 @@ def render_sweeps(payload: dict) -> str:
     hw = payload["machine"]["hardware"]
     head = (f"model={payload['model']} defaults: seq_len<={payload['seq_len']} batch={payload['batch']} "
             f"LoRA r={payload['lora_rank']}, timed steps={payload['steps']} | {hw['cpu_model']}, "
-            f"{hw['usable_cores']} cores | matmul bf16 {payload['matmul_gflops']['bf16']:.0f} GFLOPS")
+            f"{hw['usable_cores']} cores | matmul bf16 {payload['matmul_gflops']['bf16']:.0f} GFLOPS"
+            f"{_shape_gflops_text(payload)}")
     columns = [("sweep", "sweep"), ("value", "value"), ("variant", "variant"), ("threads", "threads/process"),
                ("useful_tokens_per_s", "useful tok/s"), ("limit_tokens_per_s", "limit tok/s"),
-               ("fraction_of_bf16_limit", "of limit"), ("peak_rss_mb", "peak RSS MB"),
+               ("fraction_of_bf16_limit", "of limit"), ("fraction_of_model_shape_limit", "of shape limit"),
+               ("peak_rss_mb", "peak RSS MB"),
                ("eval_loss", "held-out loss")]
     return head + "\n" + markdown_table(payload["results"], columns)
 
@@ -396,18 +434,27 @@ def _passthrough(args) -> list[str]:
             "--eval-examples", str(args.eval_examples), *(["--full"] if args.full else [])]
 
 
+def _shape_gflops_text(payload: dict) -> str:
+    """The head line's note of the bf16 GFLOPS at the model's shapes (absent from older results and GPU runs)."""
+    shapes = payload.get("model_shape_gflops_bf16")
+    return f", {shapes:.0f} GFLOPS at the model's shapes" if shapes else ""
+
+
 def render(payload: dict) -> str:
     hw = payload["machine"]["hardware"]
+    shape_limit = payload.get("model_shape_limit_tokens_per_s")
     head = (f"model={payload['model']} seq_len<={payload['seq_len']} batch={payload['batch']} "
             f"timed steps={payload['steps']} LoRA r={payload['lora_rank']} | {hw['cpu_model']}, "
             f"{hw['usable_cores']} cores, AMX={hw['amx_bf16']} | matmul bf16 {payload['matmul_gflops']['bf16']:.0f} "
             f"GFLOPS, fp32 {payload['matmul_gflops']['fp32']:.0f} GFLOPS -> LoRA limit "
-            f"{payload['bf16_limit_tokens_per_s']:.0f} tok/s")
+            f"{payload['bf16_limit_tokens_per_s']:.0f} tok/s"
+            + (f" | bf16 at the model's shapes {payload['model_shape_gflops_bf16']:.0f} GFLOPS -> shape limit "
+               f"{shape_limit:.0f} tok/s" if shape_limit else ""))
     columns = [("variant", "variant"), ("allocator", "malloc"), ("useful_tokens_per_s", "useful tok/s"),
                ("tokens_per_s", "all tok/s"),
                ("speedup_vs_plain_fp32", "x plain-fp32"), ("fraction_of_bf16_limit", "of bf16 limit"),
-               ("peak_rss_mb", "peak RSS MB"), ("eval_loss", "held-out loss"),
-               ("eval_loss_vs_plain_fp32", "loss vs plain-fp32")]
+               ("fraction_of_model_shape_limit", "of shape limit"), ("peak_rss_mb", "peak RSS MB"),
+               ("eval_loss", "held-out loss"), ("eval_loss_vs_plain_fp32", "loss vs plain-fp32")]
     return head + "\n" + markdown_table(payload["results"], columns)
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune.formatting import IGNORE_INDEX
+from finetune.lean_ops import head_loss
 
 
 class PaddingFreeCollator:
@@ -55,11 +56,17 @@ class PaddingFreeCollator:
         return batch
 
 
-def kept_positions_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+def kept_positions_loss(outputs, labels: torch.Tensor, num_items_in_batch=None, head=None) -> torch.Tensor:
     """Token-summed cross-entropy over the kept positions, divided by the label count of the whole
-    accumulated batch (as transformers does), so gradient accumulation matches one large batch."""
-    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
-    loss = F.cross_entropy(logits, labels.to(logits.device), reduction="sum")
+    accumulated batch (as transformers does), so gradient accumulation matches one large batch.
+
+    With `head` (the output Linear that finetune.lean_ops.defer_output_head switched to a pass-through),
+    outputs.logits holds the last hidden states and the head is applied chunk by chunk inside the loss."""
+    if head is not None:
+        loss = head_loss(outputs.logits, head.weight, labels)
+    else:
+        logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
+        loss = F.cross_entropy(logits, labels.to(logits.device), reduction="sum")
     denominator = num_items_in_batch if num_items_in_batch is not None else labels.numel()
     if torch.is_tensor(denominator):
         denominator = denominator.to(loss.device)

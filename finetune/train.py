@@ -13,6 +13,7 @@ fp32 master weights for the same reason and also computes under bf16 autocast.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from finetune.collate import PaddingFreeCollator, kept_positions_loss
 from finetune.config import FinetuningArguments, TextGenerationFinetuningConfig
 from finetune.dataset import build_datasets
 from finetune.hardware import configure_threads, default_device, detect_hardware, resolve_precision
+from finetune.lean_ops import defer_output_head, restore_output_head, use_lean_ops
 from finetune.metadata import METADATA_FILE, check_output_dir, run_fingerprint, write_metadata
 from finetune.models import load_model, load_tokenizer, resolve_model_path
 from finetune.packed_attention import use_packed_attention
@@ -137,13 +139,13 @@ def _require_bitsandbytes() -> None:
         raise ImportError("qlora=True needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from e
 
 
-def _trainer(model, tokenizer, config, training_args, data, throughput, per_example_attention=False):
+def _trainer(model, tokenizer, config, training_args, data, throughput, per_example_attention=False, head=None):
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import ProgressCallback
 
     packed = not config.data_args.pad_to_max_length
     collator_kwargs = {"data_collator": PaddingFreeCollator(boundaries=per_example_attention),
-                       "compute_loss_func": kept_positions_loss}
+                       "compute_loss_func": functools.partial(kept_positions_loss, head=head)}
     if not packed:
         from transformers import DataCollatorForSeq2Seq
 
@@ -270,10 +272,13 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
 
     set_seed(args.seed)  # before the adapters are initialised, so one seed gives one run
     model = _load_model_for_training(model_path, config, device, precision)
-    per_example_attention = not data_args.pad_to_max_length and use_packed_attention(
-        model.get_base_model() if hasattr(model, "get_base_model") else model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    packed = not data_args.pad_to_max_length
+    per_example_attention = packed and use_packed_attention(base)
+    undo_lean_ops = use_lean_ops(base)
+    head = defer_output_head(base) if packed else None  # the loss applies the head, chunk by chunk
     throughput = ThroughputCallback()
-    trainer = _trainer(model, tokenizer, config, training_args, data, throughput, per_example_attention)
+    trainer = _trainer(model, tokenizer, config, training_args, data, throughput, per_example_attention, head)
 
     metrics: dict = {}
     before_file = output_dir / "eval_before.json"
@@ -294,6 +299,9 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
         metrics["eval_perplexity"] = float(torch.exp(torch.tensor(metrics["eval_loss"])))
 
+    undo_lean_ops()
+    if head is not None:
+        restore_output_head(head)
     adapter_dir = merged_dir = None
     if args.do_train and trainer.is_world_process_zero():
         adapter_dir, merged_dir = _save_outputs(trainer, tokenizer, model_path, config, output_dir)

@@ -15,16 +15,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_infer_writes_one_row_per_path_batch_and_prompt(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(machine, "RESULTS", tmp_path)
     monkeypatch.setattr(infer, "memory_read_gbps", lambda: 10.0)
-    assert infer.main(["--model", str(tiny_model_dir), "--paths", "hf-fp32,hf-bf16,ov-int8,llamacpp",
+    assert infer.main(["--model", str(tiny_model_dir), "--paths", "hf-fp32,hf-bf16,ov-int8,ov-int4,llamacpp",
                        "--batches", "1,2", "--prompts", "16", "--new-tokens", "6"]) == 0
     payload = json.loads((tmp_path / "infer-latest.json").read_text())
     rows = payload["results"]
-    assert {(r["path"], r["batch"]) for r in rows} == {(p, b) for p in ("hf-fp32", "hf-bf16", "ov-int8")
+    assert {(r["path"], r["batch"]) for r in rows} == {(p, b) for p in ("hf-fp32", "hf-bf16", "ov-int8", "ov-int4")
                                                        for b in (1, 2)}
     for r in rows:
         assert r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 and r["peak_rss_mb"] > 0
         assert r["p50_token_ms"] <= r["p99_token_ms"]
         assert (r["batch"] == 1) == ("fraction_of_decode_limit" in r)
+        # our INT4 path is the README's AWQ recipe, its perplexity cost measured by quantize_model beside the speed
+        assert (r["path"] == "ov-int4") == isinstance(r.get("perplexity_vs_source_pct"), float)
     # The llamacpp path cannot run here (llama-cpp-python is not a dependency; where it is built, the tiny model
     # has no GGUF file): it is reported as not measured, with the reason
     import importlib.util
@@ -44,6 +46,29 @@ def test_roofline_verifies_amx_and_computes_limits(tiny_model_dir, tmp_path, mon
     params = payload["parameters"]
     assert payload["limits"]["train_lora_tokens_per_s"] == pytest.approx(800e9 / (4 * params))
     assert payload["limits"]["decode_tokens_per_s"]["bf16"] == pytest.approx(20e9 / (2 * params))
+    shapes = payload["model_shape_gflops_bf16"]
+    assert shapes > 0  # measured for real, at the tiny model's shapes
+    assert payload["limits"]["train_lora_tokens_per_s_at_model_shapes"] == pytest.approx(shapes * 1e9 / (4 * params))
+    table = next(tmp_path.glob("roofline-2*.md")).read_text()
+    assert f"| bf16 matmul at the model's shapes | {shapes:.0f} GFLOPS |" in table
+    assert "| LoRA training limit at the model's shapes |" in table
+    # a result written before the model-shape figures existed still renders, without them
+    del payload["model_shape_gflops_bf16"], payload["limits"]["train_lora_tokens_per_s_at_model_shapes"]
+    assert "| LoRA training limit at the model's shapes | - |" in roofline.render(payload)
     hw = payload["machine"]["hardware"]
     if hw["amx_bf16"]:
         assert payload["amx_in_use"] and "amx" in payload["onednn_bf16_kernel"]
+
+
+def test_model_shapes_cover_every_linear_weight_once_per_step(tiny_model_dir):
+    """The FLOP weights of model_shape_gflops: each nn.Linear of the model (the tied lm_head included) once."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert sum(fan_in * fan_out * uses for fan_in, fan_out, uses in machine.model_linear_shapes(config)) == weights
+    # a config object and a model folder are both accepted
+    assert machine.model_shape_gflops(config, tokens=32, seconds=0.01) > 0
+    assert machine.model_shape_gflops(str(tiny_model_dir), tokens=32, seconds=0.01) > 0

@@ -4,10 +4,14 @@ pytest tests/benchmarks/test_train_benchmark.py
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import machine, train
+from finetune import allocator
 from finetune.hardware import usable_cores
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -15,20 +19,51 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_train_benchmark_writes_json_and_table(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(machine, "RESULTS", tmp_path)
-    monkeypatch.setattr(machine, "matmul_gflops", lambda dtype, **kw: 100.0)
+    monkeypatch.setattr(train, "matmul_gflops", lambda dtype, **kw: 100.0)
     assert train.main(["--model", str(tiny_model_dir), "--steps", "2", "--warmup", "1", "--examples", "24",
-                       "--eval-examples", "4", "--variants", "plain-fp32,ours"]) == 0
+                       "--eval-examples", "4", "--variants", "plain-fp32,ours,ours-glibc"]) == 0
     payload = json.loads((tmp_path / "train-latest.json").read_text())
     rows = {r["variant"]: r for r in payload["results"]}
-    assert set(rows) == {"plain-fp32", "ours"}
+    assert set(rows) == {"plain-fp32", "ours", "ours-glibc"}
+    # the limit at the model's own shapes: the same 4 x parameters FLOPs per token at their measured GFLOPS
+    shapes, params = payload["model_shape_gflops_bf16"], rows["ours"]["parameters"]
+    assert shapes > 0
+    assert payload["model_shape_limit_tokens_per_s"] == pytest.approx(shapes * 1e9 / (4 * params))
     for r in rows.values():
         assert r["timed_steps"] == 2 and r["tokens"] >= r["useful_tokens"] > 0 and r["peak_rss_mb"] > 0
         assert r["eval_loss"] > 0 and 0 < r["fraction_of_bf16_limit"]
+        assert r["fraction_of_model_shape_limit"] == pytest.approx(
+            r["useful_tokens_per_s"] / payload["model_shape_limit_tokens_per_s"])
     assert rows["ours"]["tokens"] == rows["ours"]["useful_tokens"]  # no padding in our batches
     assert rows["plain-fp32"]["useful_tokens"] == rows["ours"]["useful_tokens"]  # the same examples
+    assert rows["ours-glibc"]["useful_tokens"] == rows["ours"]["useful_tokens"]  # the same recipe
+    assert rows["ours-glibc"]["allocator"] == "glibc"
+    if allocator.find_allocator():
+        assert rows["ours"]["allocator"] in ("tcmalloc", "jemalloc")
     assert payload["machine"]["hardware"]["usable_cores"] >= 1
-    assert "| ours |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| ours |" in out and "| ours-glibc | glibc |" in out
+    assert "| of shape limit |" in out and "-> shape limit" in out
     assert list(tmp_path.glob("train-2*.md"))
+
+
+def test_ours_glibc_drops_an_inherited_allocator_preload():
+    env = {"LD_PRELOAD": "/x/libtcmalloc_minimal.so.4 /y/other.so:/z/libjemalloc.so.2", "A": "1"}
+    glibc = train._variant_env("ours-glibc", env)
+    assert glibc["LD_PRELOAD"] == "/y/other.so" and glibc["NEURALCHAT_ALLOCATOR"] == "system"
+    assert glibc["A"] == "1" and env["LD_PRELOAD"].startswith("/x/")  # the caller's env is left as it was
+    assert "LD_PRELOAD" not in train._variant_env("ours-glibc", {"LD_PRELOAD": "/x/libjemalloc.so.2"})
+    assert train._variant_env("plain-fp32", env) == env
+    path = allocator.find_allocator()
+    if path is None:
+        pytest.skip("no tcmalloc/jemalloc on this machine: nothing to preload or to drop")
+    assert path in train._variant_env("ours", {})["LD_PRELOAD"]
+    # a parent that itself runs on the allocator (LD_PRELOAD set) still starts ours-glibc on glibc malloc
+    code = "from finetune.allocator import loaded_allocator; print(loaded_allocator())"
+    child_env = train._variant_env("ours-glibc", allocator.allocator_env({**os.environ}))
+    out = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "None"
 
 
 def test_chat_dataset_has_varied_lengths():
@@ -39,7 +74,7 @@ def test_chat_dataset_has_varied_lengths():
 
 def test_sweeps_vary_one_setting_each_including_full_and_ddp(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(machine, "RESULTS", tmp_path)
-    monkeypatch.setattr(machine, "matmul_gflops", lambda dtype, **kw: 100.0)
+    monkeypatch.setattr(train, "matmul_gflops", lambda dtype, **kw: 100.0)
     assert train.main(["--model", str(tiny_model_dir), "--steps", "2", "--warmup", "1", "--examples", "24",
                        "--eval-examples", "4", "--sweep", "lora_rank=4,8", "--sweep", "method=full",
                        "--sweep", "processes=2", "--sweep", "threads=1"]) == 0
@@ -49,14 +84,21 @@ def test_sweeps_vary_one_setting_each_including_full_and_ddp(tiny_model_dir, tmp
                       ("processes", 2, "ours"), ("threads", 1, "ours")]
     rows = payload["results"]
     assert all(r["useful_tokens_per_s"] > 0 and r["eval_loss"] > 0 for r in rows)
-    # full fine-tuning is measured against its own limit (6 x parameters FLOPs per token, not 4)
+    # full fine-tuning is measured against its own limit (6 x parameters FLOPs per token, not 4), at the 4096^3
+    # peak and at the model's own shapes alike
     assert rows[2]["limit_tokens_per_s"] == pytest.approx(rows[0]["limit_tokens_per_s"] * 4 / 6)
+    assert rows[2]["model_shape_limit_tokens_per_s"] == pytest.approx(rows[0]["model_shape_limit_tokens_per_s"] * 4 / 6)
+    assert payload["model_shape_gflops_bf16"] > 0
+    for r in rows:
+        assert r["fraction_of_model_shape_limit"] == pytest.approx(
+            r["useful_tokens_per_s"] / r["model_shape_limit_tokens_per_s"])
     ddp = rows[3]
     assert ddp["processes"] == 2 and ddp["threads"] == max(1, usable_cores() // 2)  # each rank its share
     per_rank = ddp["useful_tokens_per_rank"]
     assert len(per_rank) == 2 and min(per_rank) > 0 and ddp["useful_tokens"] == sum(per_rank)
     assert rows[4]["threads"] == 1
-    assert "| lora_rank | 4 | ours |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| lora_rank | 4 | ours |" in out and "of shape limit" in out
 
 
 def test_a_bad_sweep_says_what_is_accepted():

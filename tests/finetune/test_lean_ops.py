@@ -1,0 +1,160 @@
+"""The lean training ops compute what transformers computes, keep less for the backward, and switch back.
+
+pytest tests/finetune/test_lean_ops.py
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.collate import PaddingFreeCollator, kept_positions_loss
+from finetune.formatting import IGNORE_INDEX
+from finetune.lean_ops import defer_output_head, head_loss, restore_output_head, rms_norm, silu_mul, use_lean_ops
+from tests.conftest import build_tiny_llama, build_tiny_tokenizer
+
+
+def _reference_rms_norm(x, weight, eps):  # transformers' LlamaRMSNorm.forward
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _saved_bytes(fn) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def _grads(fn, *inputs):
+    for t in inputs:
+        t.grad = None
+    out = fn(*inputs)
+    out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(out.dtype))
+    return out.detach(), [t.grad.clone() for t in inputs]
+
+
+def test_rms_norm_matches_transformers_forward_bit_for_bit_and_backward():
+    x = torch.randn(2, 7, 32, dtype=torch.bfloat16, requires_grad=True)
+    weight = (torch.rand(32) + 0.5).to(torch.bfloat16)
+    assert torch.equal(rms_norm(x, weight, 1e-5), _reference_rms_norm(x, weight, 1e-5))
+    # fp32 in, trainable weight (full fine-tuning): gradients of both inputs agree
+    x32 = torch.randn(2, 7, 32, requires_grad=True)
+    w32 = (torch.rand(32) + 0.5).requires_grad_(True)
+    ours, ours_grads = _grads(lambda a, b: rms_norm(a, b, 1e-6), x32, w32)
+    ref, ref_grads = _grads(lambda a, b: _reference_rms_norm(a, b, 1e-6), x32, w32)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    for a, b in zip(ours_grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    lean = _saved_bytes(lambda: rms_norm(x, weight, 1e-5))
+    assert lean < _saved_bytes(lambda: _reference_rms_norm(x, weight, 1e-5)) / 2
+
+
+def test_silu_mul_matches_and_keeps_only_its_inputs():
+    gate = torch.randn(5, 48, requires_grad=True)
+    up = torch.randn(5, 48, requires_grad=True)
+    ours, ours_grads = _grads(silu_mul, gate, up)
+    ref, ref_grads = _grads(lambda g, u: F.silu(g) * u, gate, up)
+    assert torch.equal(ours, ref)
+    for a, b in zip(ours_grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert _saved_bytes(lambda: silu_mul(gate, up)) == 2 * gate.numel() * 4
+
+
+@pytest.mark.parametrize("weight_trains", [False, True])
+def test_head_loss_equals_cross_entropy_of_the_full_logits(weight_trains):
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=weight_trains)
+    labels = torch.randint(0, 50, (37,))
+    labels[[0, 5, 36]] = IGNORE_INDEX
+    inputs = (hidden, weight) if weight_trains else (hidden,)
+
+    def ours(*_):
+        return head_loss(hidden, weight, labels, chunk=8)  # 5 chunks, the last one short
+
+    def reference(*_):
+        return F.cross_entropy(hidden @ weight.T, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+    loss, grads = _grads(ours, *inputs)
+    ref_loss, ref_grads = _grads(reference, *inputs)
+    assert torch.allclose(loss, ref_loss, rtol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+    with torch.no_grad():  # evaluation: the loss alone
+        assert torch.allclose(ours(), ref_loss, rtol=1e-5)
+
+
+def test_bf16_head_loss_under_autocast_is_close_to_the_fp32_loss():
+    hidden = torch.randn(20, 16, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.bfloat16)
+    labels = torch.randint(0, 50, (20,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head_loss(hidden, weight, labels)
+    loss.backward()
+    reference = F.cross_entropy(hidden.detach().float() @ weight.float().T, labels, reduction="sum")
+    assert hidden.grad.dtype == torch.bfloat16
+    assert abs(loss.item() - reference.item()) < 0.02 * reference.item()
+
+
+def _batch():
+    examples = [
+        {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [IGNORE_INDEX] * 3 + [8, 9, 10]},
+        {"input_ids": [11, 12, 13, 14], "labels": [IGNORE_INDEX, 12, 13, 14]},
+    ]
+    return PaddingFreeCollator()(examples)
+
+
+def test_a_model_on_lean_ops_trains_as_before_and_switches_back():
+    model = build_tiny_llama(build_tiny_tokenizer())
+    batch = _batch()
+    labels = batch.pop("labels")
+
+    def loss_and_grads(head=None):
+        model.zero_grad()
+        loss = kept_positions_loss(model(**batch), labels, head=head)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    reference, reference_grads = loss_and_grads()
+    undo = use_lean_ops(model)
+    head = defer_output_head(model)
+    assert head is model.lm_head
+    assert model(**batch).logits.shape[-1] == model.config.hidden_size  # hidden states reach the loss
+    loss, grads = loss_and_grads(head)
+    assert torch.allclose(loss, reference, atol=1e-5)
+    for ours, ref in zip(grads, reference_grads):  # every weight trains (full fine-tuning), norms included
+        assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-4)
+    undo()
+    restore_output_head(head)
+    assert model(**batch).logits.shape[-1] == model.config.vocab_size
+    assert "forward" not in vars(model.model.norm) and "forward" not in vars(model.model.layers[0].mlp)
+
+
+def test_lean_ops_keep_less_for_the_backward():
+    """As in a LoRA run: frozen bf16 weights, a trainable input, bf16 autocast."""
+    model = build_tiny_llama(build_tiny_tokenizer()).to(torch.bfloat16).requires_grad_(False)
+    batch = _batch()
+    labels = batch.pop("labels")
+    embeds = model.get_input_embeddings()(batch.pop("input_ids")).requires_grad_(True)
+
+    def saved(head=None):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return _saved_bytes(lambda: kept_positions_loss(model(inputs_embeds=embeds, **batch), labels, head=head))
+
+    before = saved()
+    use_lean_ops(model)
+    after = saved(defer_output_head(model))
+    assert after < 0.7 * before
+
+
+def test_unknown_or_adapted_heads_are_left_alone():
+    model = build_tiny_llama(build_tiny_tokenizer())
+    model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    assert defer_output_head(model) is None
+    assert model(**_batch() | {"labels": None}).logits.shape[-1] == model.config.vocab_size
