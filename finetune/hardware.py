@@ -91,6 +91,23 @@ def configure_threads(local_world_size: int = 1) -> int:
     return threads
 
 
+KERNEL_CACHE_CAPACITY = "128"
+
+
+def limit_kernel_caches() -> None:
+    """Bound oneDNN's caches of compiled matmul kernels for training on batches of varying length.
+
+    oneDNN (and PyTorch's ideep layer over it) keeps up to 1024 kernels each, one per shape, and a padding-free
+    batch has a new token count, so new shapes, at every step: measured here (SmolLM2-135M LoRA, chats of varied
+    length, 2 cores, 35 steps) resident memory grew from 2.2 to 3.1 GB, while the same batches repeated stayed at
+    2.2 GB. With 128 kernels per cache it stays at 2.2-2.4 GB at the same speed (643 vs 653 tok/s; 16 halves the
+    speed: one step needs more). Both libraries read the variables when they build their first kernel, so this
+    acts only before the process's first matmul; an explicit setting wins.
+    """
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(name, KERNEL_CACHE_CAPACITY)
+
+
 def openvino_cpu_properties() -> dict:
     """OpenVINO CPU plugin properties that keep to this process's thread budget (OMP_NUM_THREADS).
 

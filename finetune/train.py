@@ -27,7 +27,13 @@ from finetune.callbacks import BarProgressCallback, ThroughputCallback
 from finetune.collate import PaddingFreeCollator, kept_positions_loss
 from finetune.config import FinetuningArguments, TextGenerationFinetuningConfig
 from finetune.dataset import build_datasets
-from finetune.hardware import configure_threads, default_device, detect_hardware, resolve_precision
+from finetune.hardware import (
+    configure_threads,
+    default_device,
+    detect_hardware,
+    limit_kernel_caches,
+    resolve_precision,
+)
 from finetune.lean_ops import defer_output_head, restore_output_head, use_lean_ops
 from finetune.metadata import METADATA_FILE, check_output_dir, run_fingerprint, write_metadata
 from finetune.models import load_model, load_tokenizer, resolve_model_path
@@ -236,6 +242,7 @@ def _save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path)
 def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> FinetuneResult:
     """Fine-tune a causal LM as `config` says; return where the adapter and merged model were written."""
     config = config or TextGenerationFinetuningConfig()
+    limit_kernel_caches()
     fa, data_args = config.finetune_args, config.data_args
     device = _device(fa)
     precision = _precision(config, device)

@@ -4,6 +4,7 @@ pytest tests/finetune/test_hardware.py
 """
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -41,3 +42,13 @@ def test_threads_split_the_cores_between_local_processes(monkeypatch):
         assert hardware.configure_threads(local_world_size=2) == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_kernel_caches_are_bounded_unless_the_user_set_them(monkeypatch):
+    from finetune.hardware import KERNEL_CACHE_CAPACITY, limit_kernel_caches
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "4096")
+    limit_kernel_caches()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == KERNEL_CACHE_CAPACITY
+    assert os.environ["LRU_CACHE_CAPACITY"] == "4096"
