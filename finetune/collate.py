@@ -60,7 +60,7 @@ def kept_positions_loss(outputs, labels: torch.Tensor, num_items_in_batch=None, 
     """Token-summed cross-entropy over the kept positions, divided by the label count of the whole
     accumulated batch (as transformers does), so gradient accumulation matches one large batch.
 
-    With `head` (the output Linear that finetune.lean_ops.defer_output_head switched to a pass-through),
+    With `head` (the output Linear that finetune.lean_ops.use_lean_ops switched to a pass-through),
     outputs.logits holds the last hidden states and the head is applied chunk by chunk inside the loss."""
     if head is not None:
         loss = head_loss(outputs.logits, head.weight, labels)

@@ -137,6 +137,8 @@ class _HeadLoss(torch.autograd.Function):
 
 def head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = HEAD_CHUNK):
     """Summed cross-entropy of the output head (no bias) over positions whose label is not IGNORE_INDEX."""
+    if not torch.is_grad_enabled():  # evaluation: the loss alone, no gradient (a trained head would ask for one)
+        hidden, weight = hidden.detach(), weight.detach()
     return _HeadLoss.apply(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1).to(hidden.device), chunk)
 
 
@@ -144,23 +146,19 @@ def _passthrough(self, hidden_states):
     return hidden_states
 
 
-def defer_output_head(model) -> torch.nn.Linear | None:
-    """Make the model return its last hidden states in place of logits, for `head_loss` to project; the head
-    module itself (and so every saved checkpoint) is unchanged. None, and nothing changed, if the head is not a
-    plain bias-free Linear (an adapted or quantized head computes its own logits)."""
+def _output_head(model) -> torch.nn.Linear | None:
+    """The model's output head if it is a plain bias-free Linear (an adapted or quantized head computes its own
+    logits and is left alone)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear or head.bias is not None:
-        return None
-    head.forward = types.MethodType(_passthrough, head)
-    return head
+    return head if type(head) is torch.nn.Linear and head.bias is None else None
 
 
-def restore_output_head(head: torch.nn.Linear) -> None:
-    del head.forward  # back to Linear.forward
+def use_lean_ops(model, head_in_loss: bool = False) -> tuple[torch.nn.Linear | None, Callable[[], None]]:
+    """Switch the RMSNorm and MLP modules `model` has (of the classes above) to the lean ops and, with
+    `head_in_loss`, make the model return its last hidden states in place of logits, for `head_loss` to project.
+    Only instance forwards change: the modules, and so every saved checkpoint, stay as they are.
 
-
-def use_lean_ops(model) -> Callable[[], None]:
-    """Switch the RMSNorm and MLP modules `model` has (of the classes above) to the lean ops; returns the undo."""
+    Returns the head the loss must apply (None: the model computes its own logits) and the undo."""
     switched = []
     for module in model.modules():
         name = type(module).__name__
@@ -170,9 +168,13 @@ def use_lean_ops(model) -> Callable[[], None]:
         elif name in _MLPS and getattr(getattr(module, "config", None), "hidden_act", None) == "silu":
             module.forward = types.MethodType(_mlp_forward, module)
             switched.append(module)
+    head = _output_head(model) if head_in_loss else None
+    if head is not None:
+        head.forward = types.MethodType(_passthrough, head)
+        switched.append(head)
 
     def undo() -> None:
         for module in switched:
             del module.forward  # back to the class's forward
 
-    return undo
+    return head, undo

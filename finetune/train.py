@@ -34,7 +34,7 @@ from finetune.hardware import (
     limit_kernel_caches,
     resolve_precision,
 )
-from finetune.lean_ops import defer_output_head, restore_output_head, use_lean_ops
+from finetune.lean_ops import use_lean_ops
 from finetune.metadata import METADATA_FILE, check_output_dir, run_fingerprint, write_metadata
 from finetune.models import load_model, load_tokenizer, resolve_model_path
 from finetune.packed_attention import use_packed_attention
@@ -282,8 +282,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     packed = not data_args.pad_to_max_length
     per_example_attention = packed and use_packed_attention(base)
-    undo_lean_ops = use_lean_ops(base)
-    head = defer_output_head(base) if packed else None  # the loss applies the head, chunk by chunk
+    head, undo_lean_ops = use_lean_ops(base, head_in_loss=packed)  # the loss applies the head, chunk by chunk
     throughput = ThroughputCallback()
     trainer = _trainer(model, tokenizer, config, training_args, data, throughput, per_example_attention, head)
 
@@ -307,8 +306,6 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
         metrics["eval_perplexity"] = float(torch.exp(torch.tensor(metrics["eval_loss"])))
 
     undo_lean_ops()
-    if head is not None:
-        restore_output_head(head)
     adapter_dir = merged_dir = None
     if args.do_train and trainer.is_world_process_zero():
         adapter_dir, merged_dir = _save_outputs(trainer, tokenizer, model_path, config, output_dir)

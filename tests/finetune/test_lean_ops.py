@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from finetune.collate import PaddingFreeCollator, kept_positions_loss
 from finetune.formatting import IGNORE_INDEX
-from finetune.lean_ops import defer_output_head, head_loss, restore_output_head, rms_norm, silu_mul, use_lean_ops
+from finetune.lean_ops import head_loss, rms_norm, silu_mul, use_lean_ops
 from tests.conftest import build_tiny_llama, build_tiny_tokenizer
 
 
@@ -86,8 +86,9 @@ def test_head_loss_equals_cross_entropy_of_the_full_logits(weight_trains):
     assert torch.allclose(loss, ref_loss, rtol=1e-5)
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-5)
-    with torch.no_grad():  # evaluation: the loss alone
-        assert torch.allclose(ours(), ref_loss, rtol=1e-5)
+    with torch.no_grad():  # evaluation: the loss alone, nothing to differentiate even for a trained head
+        loss = ours()
+    assert torch.allclose(loss, ref_loss, rtol=1e-5) and not loss.requires_grad
 
 
 def test_bf16_head_loss_under_autocast_is_close_to_the_fp32_loss():
@@ -122,8 +123,7 @@ def test_a_model_on_lean_ops_trains_as_before_and_switches_back():
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
     reference, reference_grads = loss_and_grads()
-    undo = use_lean_ops(model)
-    head = defer_output_head(model)
+    head, undo = use_lean_ops(model, head_in_loss=True)
     assert head is model.lm_head
     assert model(**batch).logits.shape[-1] == model.config.hidden_size  # hidden states reach the loss
     loss, grads = loss_and_grads(head)
@@ -131,9 +131,8 @@ def test_a_model_on_lean_ops_trains_as_before_and_switches_back():
     for ours, ref in zip(grads, reference_grads):  # every weight trains (full fine-tuning), norms included
         assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-4)
     undo()
-    restore_output_head(head)
     assert model(**batch).logits.shape[-1] == model.config.vocab_size
-    assert "forward" not in vars(model.model.norm) and "forward" not in vars(model.model.layers[0].mlp)
+    assert not any("forward" in vars(m) for m in (model.model.norm, model.model.layers[0].mlp, model.lm_head))
 
 
 def test_lean_ops_keep_less_for_the_backward():
@@ -148,13 +147,14 @@ def test_lean_ops_keep_less_for_the_backward():
             return _saved_bytes(lambda: kept_positions_loss(model(inputs_embeds=embeds, **batch), labels, head=head))
 
     before = saved()
-    use_lean_ops(model)
-    after = saved(defer_output_head(model))
+    head, _ = use_lean_ops(model, head_in_loss=True)
+    after = saved(head)
     assert after < 0.7 * before
 
 
 def test_unknown_or_adapted_heads_are_left_alone():
     model = build_tiny_llama(build_tiny_tokenizer())
     model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    assert defer_output_head(model) is None
+    head, _ = use_lean_ops(model, head_in_loss=True)
+    assert head is None
     assert model(**_batch() | {"labels": None}).logits.shape[-1] == model.config.vocab_size
