@@ -60,11 +60,14 @@ def _percentiles(gaps_ms: list[float]) -> tuple[float | None, float | None]:
     return q[49], q[98]
 
 
-def _result(ttft_s: float, total_s: float, batch: int, new_tokens: int, gaps_ms: list[float]) -> dict:
+def _result(ttft_s: float, total_s: float, batch: int, new_tokens: int, gaps_ms: list[float],
+            input_tokens: int) -> dict:
+    """`input_tokens`: what the engine itself counted in one prompt, so every path is seen to prefill the same."""
     p50, p99 = _percentiles(gaps_ms)
     decode_s = max(total_s - ttft_s, 1e-9)
     return {"ttft_ms": ttft_s * 1000, "decode_tokens_per_s": batch * (new_tokens - 1) / decode_s,
-            "p50_token_ms": p50, "p99_token_ms": p99, "total_s": total_s, "tokens_per_joule": None}
+            "p50_token_ms": p50, "p99_token_ms": p99, "total_s": total_s, "tokens_per_joule": None,
+            "input_tokens": input_tokens}
 
 
 # --- the paths ------------------------------------------------------------------------------------------------
@@ -117,12 +120,16 @@ def _ov_runner(model_path: str, weight_format: str, threads: int):
 
     def run(prompts: list[str], new_tokens: int) -> dict:
         config = ov_genai.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, ignore_eos=True)
+        # generate() wraps a string in the model's chat template by default (SmolLM2's adds a 30-token system
+        # prompt): the other paths prefill the prompt as it is.
+        config.apply_chat_template = False
         start = time.perf_counter()
         result = pipe.generate(prompts, config)  # a list, so the result carries perf_metrics
         end = time.perf_counter()
         metrics = result.perf_metrics
         gaps = [d / 1000 for d in metrics.raw_metrics.m_durations]  # microseconds per generation step
-        return _result(metrics.get_ttft().mean / 1000, end - start, len(prompts), new_tokens, gaps)
+        return _result(metrics.get_ttft().mean / 1000, end - start, len(prompts), new_tokens, gaps,
+                       metrics.get_num_input_tokens())
 
     return run
 
@@ -160,7 +167,7 @@ def _generate_with(model, tokenizer, device: str = "cpu"):
                            logits_processor=LogitsProcessorList([clock]), pad_token_id=tokenizer.pad_token_id)
         end = time.perf_counter()
         gaps = [(b - a) * 1000 for a, b in zip(times, times[1:])]
-        return _result(times[0] - start, end - start, len(prompts), new_tokens, gaps)
+        return _result(times[0] - start, end - start, len(prompts), new_tokens, gaps, batch["input_ids"].shape[1])
 
     return run
 
@@ -188,7 +195,8 @@ def _llamacpp_runner(model: str, threads: int):
                                        logit_bias={eos: -1e9}):
             times.append(time.perf_counter())
         gaps = [(b - a) * 1000 for a, b in zip(times, times[1:])]
-        return _result(times[0] - start, times[-1] - start, 1, len(times), gaps)
+        return _result(times[0] - start, times[-1] - start, 1, len(times), gaps,
+                       len(llm.tokenize(prompts[0].encode("utf-8"), special=True)))
 
     return run
 

@@ -9,6 +9,7 @@ import types
 import pytest
 
 from benchmarks import infer, machine, roofline
+from finetune.models import load_tokenizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -20,6 +21,7 @@ def test_infer_writes_one_row_per_path_batch_and_prompt(tiny_model_dir, tmp_path
                        "--batches", "1,2", "--prompts", "16", "--new-tokens", "6"]) == 0
     payload = json.loads((tmp_path / "infer-latest.json").read_text())
     rows = payload["results"]
+    tok = load_tokenizer(str(tiny_model_dir))
     assert {(r["path"], r["batch"]) for r in rows} == {(p, b) for p in ("hf-fp32", "hf-bf16", "ov-int8", "ov-int4")
                                                        for b in (1, 2)}
     for r in rows:
@@ -28,6 +30,8 @@ def test_infer_writes_one_row_per_path_batch_and_prompt(tiny_model_dir, tmp_path
         assert (r["batch"] == 1) == ("fraction_of_decode_limit" in r)
         # our INT4 path is the README's AWQ recipe, its perplexity cost measured by quantize_model beside the speed
         assert (r["path"] == "ov-int4") == isinstance(r.get("perplexity_vs_source_pct"), float)
+    # every engine prefills the same prompt: none wraps it in the chat template (openvino-genai does by default)
+    assert {r["input_tokens"] for r in rows} == {len(tok(infer.prompt_of(tok, 16, 1))["input_ids"])}
     # The llamacpp path cannot run here (llama-cpp-python is not a dependency; where it is built, the tiny model
     # has no GGUF file): it is reported as not measured, with the reason
     import importlib.util
