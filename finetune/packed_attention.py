@@ -13,6 +13,9 @@ Without `cu_seq_lens_q` (generation, padded batches) the function is transformer
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from finetune.lean_ops import rebuildable
 
 NAME = "sdpa_packed"
 _VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -27,14 +30,29 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
-    edges = bounds.tolist()
-    outputs = [
-        sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], None,
-                               is_causal=True, **kwargs)[0]
-        for start, end in zip(edges[:-1], edges[1:])
-        if end > start
+    edges = [(start, end) for start, end in zip(bounds.tolist()[:-1], bounds.tolist()[1:]) if end > start]
+    if kwargs.get("sliding_window") or kwargs.get("softcap") or kwargs.get("s_aux") is not None:
+        outputs = [sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end],
+                                          value[:, :, start:end], None, is_causal=True, **kwargs)[0]
+                   for start, end in edges]
+        return torch.cat(outputs, dim=1), None
+    # transformers' SDPA call for a maskless causal example, with the output left in SDPA's (heads, tokens)
+    # layout: the backward keeps these outputs anyway, so the (tokens, heads) copy the output projection reads
+    # is rebuilt from them in the backward instead of being kept too (finetune.lean_ops).
+    gqa = {"enable_gqa": True} if hasattr(module, "num_key_value_groups") else {}
+    heads_first = [
+        F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
+                                       dropout_p=kwargs.get("dropout", 0.0), scale=kwargs.get("scaling"),
+                                       is_causal=end - start > 1, **gqa)
+        for start, end in edges
     ]
-    return torch.cat(outputs, dim=1), None
+    out = _tokens_first(*heads_first)
+    rebuildable(out, _tokens_first, *heads_first)
+    return out, None
+
+
+def _tokens_first(*heads_first: torch.Tensor) -> torch.Tensor:
+    return torch.cat([o.transpose(1, 2) for o in heads_first], dim=1)
 
 
 def use_packed_attention(model) -> bool:

@@ -3,6 +3,8 @@
 pytest tests/finetune/test_lean_ops.py
 """
 
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,12 +105,12 @@ def test_bf16_head_loss_under_autocast_is_close_to_the_fp32_loss():
     assert abs(loss.item() - reference.item()) < 0.02 * reference.item()
 
 
-def _batch():
+def _batch(boundaries: bool = False):
     examples = [
         {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [IGNORE_INDEX] * 3 + [8, 9, 10]},
         {"input_ids": [11, 12, 13, 14], "labels": [IGNORE_INDEX, 12, 13, 14]},
     ]
-    return PaddingFreeCollator()(examples)
+    return PaddingFreeCollator(boundaries=boundaries)(examples)
 
 
 def test_a_model_on_lean_ops_trains_as_before_and_switches_back():
@@ -147,9 +149,61 @@ def test_lean_ops_keep_less_for_the_backward():
             return _saved_bytes(lambda: kept_positions_loss(model(inputs_embeds=embeds, **batch), labels, head=head))
 
     before = saved()
-    head, _ = use_lean_ops(model, head_in_loss=True)
+    # rebuild=False: rebuilt activations go through the lean ops' own saved-tensor hooks, which hide them from
+    # _saved_bytes' (the innermost hooks win); the next test checks those
+    head, _ = use_lean_ops(model, head_in_loss=True, rebuild=False)
     after = saved(head)
     assert after < 0.7 * before
+
+
+def test_norm_outputs_mlp_products_and_attention_outputs_are_rebuilt_in_the_backward_not_kept():
+    """A LoRA run as finetune_model sets it up: frozen bf16 weights, adapters on every linear, bf16 autocast,
+    padding-free batches with one attention call per example."""
+    from peft import LoraConfig, get_peft_model
+
+    from finetune.packed_attention import use_packed_attention
+
+    torch.manual_seed(0)
+    model = build_tiny_llama(build_tiny_tokenizer()).to(torch.bfloat16)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+    base = model.get_base_model()
+    assert use_packed_attention(base)
+    batch = _batch(boundaries=True)
+    labels = batch.pop("labels")
+
+    def step(rebuild: bool):
+        head, undo = use_lean_ops(base, head_in_loss=True, rebuild=rebuild)
+        # weak references to every norm output, MLP product and attention output (the input of o_proj); a view is
+        # followed to the tensor that owns its memory, which any view autograd keeps keeps alive
+        kept = []
+
+        def keep(t):
+            kept.append(weakref.ref(t if t._base is None else t._base))
+
+        hooks = [norm.register_forward_hook(lambda m, i, o: keep(o))
+                 for layer in base.model.layers for norm in (layer.input_layernorm, layer.post_attention_layernorm)]
+        hooks += [proj.register_forward_pre_hook(lambda m, i: keep(i[0]))
+                  for layer in base.model.layers for proj in (layer.mlp.down_proj, layer.self_attn.o_proj)]
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = kept_positions_loss(model(**batch), labels, head=head)
+        alive = sum(ref() is not None for ref in kept)
+        loss.backward()
+        for hook in hooks:
+            hook.remove()
+        undo()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad], alive, len(kept)
+
+    loss_kept, grads_kept, alive_kept, total = step(rebuild=False)
+    loss, grads, alive, _ = step(rebuild=True)
+    assert total == 4 * len(base.model.layers) and alive_kept == total  # without rebuilding, autograd keeps them
+    assert alive == 0
+    assert torch.equal(loss, loss_kept)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_kept))  # rebuilt bit for bit
+    assert "forward" not in vars(base)  # undo restored the model's own forward
 
 
 def test_unknown_or_adapted_heads_are_left_alone():
