@@ -127,7 +127,13 @@ def rebuildable(out: torch.Tensor, fn: Callable, *inputs: torch.Tensor) -> None:
     fn(*inputs) instead. fn must reproduce out bit for bit from tensors the backward keeps anyway."""
     # An output that needs no gradient may still be saved: a trainable adapter keeps its frozen input.
     if _rebuilding[0] and torch.is_grad_enabled():
-        _offers[out.data_ptr()] = (weakref.ref(out), _Rebuild(fn, inputs))
+        key = out.data_ptr()
+
+        def forget(ref):  # nothing saved `out` before it died: let go of its inputs now, not at the forward's end
+            if _offers.get(key, (None,))[0] is ref:
+                del _offers[key]
+
+        _offers[key] = (weakref.ref(out, forget), _Rebuild(fn, inputs))
 
 
 def _pack(t: torch.Tensor):
@@ -144,9 +150,10 @@ def _unpack(saved):
     return saved[0].get().view(saved[1]) if isinstance(saved, tuple) else saved
 
 
-def _rebuilding_forward(forward: Callable) -> Callable:
+def _rebuilding_forward(forward: Callable, model) -> Callable:
     def run(*args, **kwargs):
-        if not torch.is_grad_enabled():
+        # Gradient checkpointing frees each layer's activations as it goes: offers would hold them to the end.
+        if not torch.is_grad_enabled() or getattr(model, "is_gradient_checkpointing", False):
             return forward(*args, **kwargs)
         _rebuilding[0] += 1
         try:
@@ -250,7 +257,7 @@ def use_lean_ops(model, head_in_loss: bool = False, rebuild: bool = True
     """Switch the RMSNorm and MLP modules `model` has (of the classes above) to the lean ops and, with
     `head_in_loss`, make the model return its last hidden states in place of logits, for `head_loss` to project.
     With `rebuild`, the model's forward does not keep the norm outputs and MLP products for the backward (see
-    above; gradient checkpointing, which recomputes whole layers, makes it moot but does no harm).
+    above; not under gradient checkpointing, which recomputes whole layers).
     Only instance forwards change: the modules, and so every saved checkpoint, stay as they are.
 
     Returns the head the loss must apply (None: the model computes its own logits) and the undo."""
@@ -269,7 +276,7 @@ def use_lean_ops(model, head_in_loss: bool = False, rebuild: bool = True
         switched.append(head)
     own_forward = vars(model).get("forward")  # an instance forward someone else set, restored by undo
     if rebuild and switched:
-        model.forward = _rebuilding_forward(model.forward)
+        model.forward = _rebuilding_forward(model.forward, model)
 
     def undo() -> None:
         for module in switched:

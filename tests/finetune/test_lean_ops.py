@@ -212,3 +212,26 @@ def test_unknown_or_adapted_heads_are_left_alone():
     head, _ = use_lean_ops(model, head_in_loss=True)
     assert head is None
     assert model(**_batch() | {"labels": None}).logits.shape[-1] == model.config.vocab_size
+
+
+def test_rebuilding_lets_go_of_unkept_outputs_and_stands_aside_for_gradient_checkpointing():
+    from finetune import lean_ops
+
+    big = torch.randn(64, 64)
+    offers_seen = []
+
+    def forward():
+        out = big * 2
+        lean_ops.rebuildable(out, torch.mul, big, 2)
+        offers_seen.append(len(lean_ops._offers))
+        del out  # nothing saved it: its inputs are not held until the forward ends
+        offers_seen.append(len(lean_ops._offers))
+
+    class Model:
+        is_gradient_checkpointing = False
+
+    model = Model()
+    lean_ops._rebuilding_forward(forward, model)()
+    model.is_gradient_checkpointing = True  # checkpointed layers free their activations: offers would hold them
+    lean_ops._rebuilding_forward(forward, model)()
+    assert offers_seen == [1, 0, 0, 0]
