@@ -124,7 +124,8 @@ class _Rebuild:
 
 def rebuildable(out: torch.Tensor, fn: Callable, *inputs: torch.Tensor) -> None:
     """Within a switched model's forward: if autograd would keep `out` (or a reshaped view of it), keep the recipe
-    fn(*inputs) instead. fn must reproduce out bit for bit from tensors the backward keeps anyway."""
+    fn(*inputs) instead. fn must reproduce out bit for bit from tensors the backward keeps anyway, and nothing may
+    change `out` or the inputs in place afterwards: autograd does not check tensors packed by hooks."""
     # An output that needs no gradient may still be saved: a trainable adapter keeps its frozen input.
     if _rebuilding[0] and torch.is_grad_enabled():
         key = out.data_ptr()
