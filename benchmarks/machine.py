@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -45,8 +46,8 @@ def machine_info() -> dict:
 def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0, device: str = "cpu",
                   windows: int = 4) -> float:
     """Peak GFLOPS of an n x n x n matmul in `dtype_name` ("bf16" or "fp32") on this process's threads (or on
-    the GPU with device="cuda", synchronized before the clock stops): the best of `windows` timing windows
-    splitting `seconds`, since on a shared VM a neighbour's burst in one window lowers that window only."""
+    the GPU with device="cuda", synchronized before the clock stops), in the fastest of `windows` timing
+    windows (fastest_call)."""
     import torch
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
@@ -55,15 +56,21 @@ def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0, device: 
     for _ in range(3):
         a @ b
     sync()
-    best = 0.0
+    return 2 * n**3 / fastest_call(lambda: a @ b, seconds, windows, sync) / 1e9
+
+
+def fastest_call(fn, seconds: float, windows: int = 4, sync=lambda: None) -> float:
+    """Seconds per call of `fn` in the fastest of `windows` timing windows splitting `seconds`: on a shared VM a
+    neighbour's burst in one window slows that window only."""
+    fastest = float("inf")
     for _ in range(windows):
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / windows:
-            a @ b
+            fn()
             count += 1
         sync()
-        best = max(best, 2 * n**3 * count / (time.perf_counter() - start) / 1e9)
-    return best
+        fastest = min(fastest, (time.perf_counter() - start) / count)
+    return fastest
 
 
 def model_linear_shapes(config) -> list[tuple[int, int, int]]:
@@ -104,15 +111,8 @@ def model_shape_gflops(config_or_model_path, tokens: int = 1024, seconds: float 
                          (torch.randn(tokens, fan_out, dtype=torch.bfloat16), weight.t())):  # grad-input
                 for _ in range(2):
                     F.linear(x, w)
-                fastest = float("inf")  # the best of 4 windows, as matmul_gflops
-                for _ in range(4):
-                    count, start = 0, time.perf_counter()
-                    while time.perf_counter() - start < seconds / 4:
-                        F.linear(x, w)
-                        count += 1
-                    fastest = min(fastest, (time.perf_counter() - start) / count)
                 total_flops += 2 * tokens * fan_in * fan_out * uses
-                total_seconds += fastest * uses
+                total_seconds += fastest_call(functools.partial(F.linear, x, w), seconds) * uses
     return total_flops / total_seconds / 1e9
 
 

@@ -48,7 +48,7 @@ class _RMSNorm(torch.autograd.Function):
         scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True).add_(eps))
         ctx.save_for_backward(x, weight, scale)
         ctx.mark_non_differentiable(scale)
-        return _normed(x, weight, scale), scale
+        return _normed(xf, weight, scale, x.dtype), scale
 
     @staticmethod
     def backward(ctx, grad, _grad_scale):
@@ -63,8 +63,12 @@ class _RMSNorm(torch.autograd.Function):
         return grad_x.to(x.dtype), grad_weight, None
 
 
-def _normed(x, weight, scale):
-    return weight * (x.float() * scale).to(x.dtype)
+def _normed(xf, weight, scale, dtype):
+    return weight * (xf * scale).to(dtype)
+
+
+def _renormed(x, weight, scale):  # the forward's output again, from what its backward keeps
+    return _normed(x.float(), weight, scale, x.dtype)
 
 
 class _SiluMul(torch.autograd.Function):
@@ -88,7 +92,7 @@ def _silu_product(gate, up):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * (x / rms(x)) computed in fp32 and returned in x's dtype, as transformers' LlamaRMSNorm."""
     out, scale = _RMSNorm.apply(x, weight, eps)
-    rebuildable(out, _normed, x, weight, scale)
+    rebuildable(out, _renormed, x, weight, scale)
     return out
 
 
