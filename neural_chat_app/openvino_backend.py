@@ -1,18 +1,26 @@
-"""The OpenVINO backend: openvino-genai's ContinuousBatchingPipeline, driven by one thread.
+"""The OpenVINO backend: openvino-genai's ContinuousBatchingPipeline, stepped in an engine process of its own.
 
 Concurrent requests share the batch the scheduler builds each step (FACTS.md: 8 streams give about 4x the
 tokens/s of one), so the server admits `max_concurrency` requests at once instead of queueing them behind a lock.
-The driver thread is the only caller of `step()`; requests are added and cancelled from any thread.
+The pipeline lives in a subprocess (openvino_engine.py says why: `step()` holds the GIL); here one reader
+thread routes the engine's output to the request that asked for it.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
+import socket
+import subprocess
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from finetune.models import eos_token_ids
@@ -39,121 +47,83 @@ class OpenVINOBackend:
     dtype = "openvino"
 
     def __init__(self, folder: str | Path, model_id: str, max_concurrency: int = 8, cache_size_gb: int = 1):
-        ov_genai = _import_genai()
+        _import_genai()  # fail here, with the install hint, rather than in the engine process
         from transformers import AutoTokenizer
 
-        self.ov_genai = ov_genai
-        self.model_id = model_id
-        self.max_concurrency = max_concurrency
-        scheduler = ov_genai.SchedulerConfig()
-        scheduler.cache_size = cache_size_gb  # GB of KV cache shared by all running sequences
-        scheduler.max_num_seqs = max_concurrency
-        scheduler.dynamic_split_fuse = True
-        # Room for several chat prompts in one step (the default 256 splits 8 arriving prompts over two steps):
-        # p99 first token at 8 streams 1.03 -> 0.97 s in python -m benchmarks serve on this 2-core machine.
-        scheduler.max_num_batched_tokens = 1024
         from finetune.hardware import openvino_cpu_properties
 
-        self.pipe = ov_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU", openvino_cpu_properties())
+        self.model_id = model_id
+        self.max_concurrency = max_concurrency
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.eos_token_ids = eos_token_ids(_generation_config(folder), self.tokenizer)
-        self._cv = threading.Condition()
-        self._active: dict[int, tuple[object, queue.Queue]] = {}
-        self._cancelled: set[int] = set()
+        scheduler = {
+            "cache_size": cache_size_gb,  # GB of KV cache shared by all running sequences
+            "max_num_seqs": max_concurrency,
+            "dynamic_split_fuse": True,
+            # Room for several chat prompts in one step (the default 256 splits 8 arriving prompts over two
+            # steps): p99 first token at 8 streams 1.03 -> 0.97 s in python -m benchmarks serve on 2 cores.
+            "max_num_batched_tokens": 1024,
+        }
+        self._conn, self._engine = _start_engine()
+        try:
+            self._conn.send((str(folder), scheduler, openvino_cpu_properties(), list(self.eos_token_ids)))
+            first = self._conn.recv()
+        except (EOFError, OSError):
+            code = self._engine.wait(timeout=5)
+            raise RuntimeError(f"The OpenVINO engine process for {folder} exited while loading it "
+                               f"(exit code {code})") from None
+        if first[0] == "failed":
+            self._engine.wait(timeout=30)
+            raise RuntimeError(f"OpenVINO could not load {folder}: {first[1]}")
+        self._send_lock = threading.Lock()
         self._ids = itertools.count()
-        self._closed = False
-        self._driver = threading.Thread(target=self._drive, name="openvino-step", daemon=True)
-        self._driver.start()
+        self._routes = _Routes()
+        self._reader = threading.Thread(target=_route, args=(self._conn, self._engine, self._routes),
+                                        name="openvino-reader", daemon=True)
+        self._reader.start()
+        # A backend dropped without close() (a notebook cell run again) still stops its engine process.
+        self._stop = weakref.finalize(self, _stop_engine, self._conn, self._send_lock, self._engine, self._reader)
 
-    def _ov_config(self, config: GenerationConfig):
-        cfg = self.ov_genai.GenerationConfig()
-        cfg.max_new_tokens = config.max_new_tokens
-        cfg.repetition_penalty = config.repetition_penalty
-        cfg.stop_token_ids = set(self.eos_token_ids)
-        cfg.eos_token_id = self.eos_token_ids[0]
-        if config.json_schema is not None:
-            import json
-
-            schema = json.dumps(config.json_schema)
-            cfg.structured_output_config = self.ov_genai.StructuredOutputConfig(json_schema=schema)
-        if config.greedy:
-            cfg.do_sample = False
-        else:
-            cfg.do_sample = True
-            cfg.temperature = config.temperature
-            cfg.top_p = config.top_p
-            if config.top_k > 0:
-                cfg.top_k = config.top_k
-            if config.seed is not None:
-                cfg.rng_seed = config.seed
-        return cfg
-
-    def _drive(self) -> None:
-        while True:
-            with self._cv:
-                while not self._active and not self._closed:
-                    self._cv.wait()
-                if self._closed:
-                    return
-                for rid in self._cancelled & set(self._active):
-                    self._active[rid][0].cancel()
-                self._cancelled.clear()
-                active = list(self._active.items())
-            try:
-                self.pipe.step()
-            except Exception as err:  # a failed step fails every request in it, never the thread
-                logger.exception("OpenVINO step failed")
-                with self._cv:
-                    for rid, (_, out) in active:
-                        out.put(("error", err))
-                        self._active.pop(rid, None)
-                continue
-            for rid, (handle, out) in active:
-                if handle.can_read():
-                    for output in handle.read().values():
-                        out.put(("ids", list(output.generated_ids), output.finish_reason))
-                if handle.get_status() != self.ov_genai.GenerationStatus.RUNNING:
-                    out.put(("end", None))
-                    with self._cv:
-                        self._active.pop(rid, None)
+    def _send(self, message) -> None:
+        with self._send_lock:
+            self._conn.send(message)
 
     def stream(
         self, prompt_ids: list[int], config: GenerationConfig, result: StreamResult, cancel: threading.Event
     ) -> Iterator[str]:
-        import numpy as np
-        import openvino as ov
-
         if config.num_beams > 1:
             raise ValueError("GenerationConfig.num_beams > 1 cannot stream; use num_beams=1")
         result.prompt_tokens = len(prompt_ids)
         rid = next(self._ids)
         out: queue.Queue = queue.Queue()
-        tensor = ov.Tensor(np.array([prompt_ids], dtype=np.int64))
-        with self._cv:
-            handle = self.pipe.add_request(rid, tensor, self._ov_config(config))
-            self._active[rid] = (handle, out)
-            self._cv.notify()
+        routes = self._routes
+        with routes.lock:
+            if routes.dead:
+                raise RuntimeError(f"OpenVINO generation failed: {routes.dead}; reload the model")
+            routes.queues[rid] = out
         ids: list[int] = []
         sent = ""
         finished = False
         try:
+            self._send(("add", rid, list(prompt_ids), config))
             while not finished:
                 try:
-                    kind, *payload = out.get(timeout=0.1)
+                    kind, _, *payload = out.get(timeout=0.1)
                 except queue.Empty:
                     if cancel.is_set():
                         return
                     continue
                 if kind == "error":
                     result.finish_reason = "error"
-                    raise RuntimeError(f"OpenVINO generation failed: {payload[0]}") from payload[0]
+                    finished = True
+                    raise RuntimeError(f"OpenVINO generation failed: {payload[0]}")
                 if kind == "end":
                     finished = True
                     continue
                 new_ids, reason = payload
                 ids += new_ids
                 result.completion_tokens = len(ids)
-                if reason == self.ov_genai.GenerationFinishReason.LENGTH:
+                if reason == "LENGTH":
                     result.finish_reason = "length"
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 # An incomplete UTF-8 sequence decodes to U+FFFD: wait for the next token to complete it.
@@ -165,16 +135,72 @@ class OpenVINOBackend:
                     return
         finally:
             result.finished_at = time.perf_counter()
-            if not finished:
-                with self._cv:
-                    self._cancelled.add(rid)
-                    self._cv.notify()
+            with routes.lock:
+                routes.queues.pop(rid, None)
+                dead = routes.dead
+            if not finished and not dead:
+                try:
+                    self._send(("cancel", rid))
+                except (OSError, ValueError):  # closed meanwhile: nothing left to cancel
+                    pass
 
     def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        self._driver.join(timeout=30)
+        self._stop()
+
+
+@dataclass
+class _Routes:
+    """Where the reader thread puts each request's output; `dead` says why the engine is gone, once it is."""
+
+    queues: dict[int, queue.Queue] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    dead: str | None = None
+
+
+def _route(conn, engine, routes: _Routes) -> None:
+    try:
+        while True:
+            _, items = conn.recv()
+            with routes.lock:
+                for item in items:
+                    out = routes.queues.get(item[1])
+                    if out is not None:
+                        out.put(item)
+    except (EOFError, OSError):
+        try:
+            code = engine.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        with routes.lock:
+            routes.dead = f"the OpenVINO engine process exited (exit code {code})"
+            for rid, out in routes.queues.items():
+                out.put(("error", rid, routes.dead))
+
+
+def _start_engine() -> tuple[Connection, subprocess.Popen]:
+    ours, theirs = socket.socketpair()
+    package_root = str(Path(__file__).resolve().parents[1])  # importable also from a checkout not installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    with theirs:
+        engine = subprocess.Popen([sys.executable, "-m", "neural_chat_app.openvino_engine", str(theirs.fileno())],
+                                  pass_fds=(theirs.fileno(),), env=env)
+    return Connection(ours.detach()), engine
+
+
+def _stop_engine(conn, send_lock, engine, reader) -> None:
+    if engine.poll() is None:
+        try:
+            with send_lock:
+                conn.send(("close",))
+        except (OSError, ValueError):
+            pass
+        try:
+            engine.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            engine.kill()
+            engine.wait(timeout=5)
+    reader.join(timeout=5)  # it ends on the engine's EOF
+    conn.close()
 
 
 def _generation_config(folder):

@@ -100,3 +100,76 @@ def test_openvino_server_runs_concurrent_streams(tiny_ov_dir, tmp_path):
             t.join()
     assert len(results) == 4
     assert all(0 < r["usage"]["completion_tokens"] <= 8 for r in results)
+
+
+def _ask(backend, max_new_tokens=6):
+    from neural_chat_app import GenerationConfig
+    from neural_chat_app.streaming import StreamResult
+
+    ids = backend.tokenizer("hello there", add_special_tokens=False)["input_ids"]
+    return "".join(backend.stream(ids, GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens),
+                                  StreamResult(), threading.Event()))
+
+
+def test_the_engine_runs_in_its_own_process_and_stops_with_the_backend(tiny_ov_dir):
+    import gc
+    import os
+
+    from neural_chat_app.openvino_backend import OpenVINOBackend
+
+    backend = OpenVINOBackend(tiny_ov_dir, "tiny")
+    engine = backend._engine
+    assert engine.pid != os.getpid() and engine.poll() is None
+    assert _ask(backend)
+    backend.close()
+    assert engine.poll() is not None
+    # dropped without close(), as a notebook cell run twice drops it: the engine still stops
+    dropped = OpenVINOBackend(tiny_ov_dir, "tiny")
+    engine = dropped._engine
+    del dropped
+    gc.collect()
+    assert engine.poll() is not None
+
+
+def test_a_dead_engine_fails_its_requests_with_a_clear_error(tiny_ov_dir):
+    from neural_chat_app.openvino_backend import OpenVINOBackend
+
+    backend = OpenVINOBackend(tiny_ov_dir, "tiny")
+    try:
+        backend._engine.kill()
+        backend._engine.wait(timeout=10)
+        with pytest.raises(RuntimeError, match="engine process exited.*reload the model"):
+            for _ in range(50):  # the reader notices the closed socket within moments
+                _ask(backend)
+    finally:
+        backend.close()
+
+
+def test_a_model_openvino_cannot_load_is_named_and_leaves_no_process(tiny_ov_dir, tmp_path):
+    import shutil
+
+    from neural_chat_app.openvino_backend import OpenVINOBackend
+
+    broken = shutil.copytree(tiny_ov_dir, tmp_path / "broken")
+    (broken / "openvino_model.xml").write_text("<net name='cut short'")
+    with pytest.raises(RuntimeError, match="OpenVINO could not load .*broken"):
+        OpenVINOBackend(broken, "broken")
+
+
+def test_a_script_that_builds_the_chatbot_at_top_level_runs(tiny_ov_dir, tmp_path):
+    """No `if __name__ == "__main__"` guard, as users write: the engine must not re-run the script."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "chat.py"
+    script.write_text(
+        "from neural_chat_app import GenerationConfig, PipelineConfig, build_chatbot\n"
+        f"bot = build_chatbot(PipelineConfig(model_name_or_path={str(tiny_ov_dir)!r}))\n"
+        "print('REPLY', repr(bot.predict('hello', GenerationConfig(do_sample=False, max_new_tokens=4))))\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("REPLY") == 1
