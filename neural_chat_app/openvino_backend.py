@@ -105,7 +105,13 @@ class OpenVINOBackend:
         sent = ""
         finished = False
         try:
-            self._send(("add", rid, list(prompt_ids), config))
+            try:
+                self._send(("add", rid, list(prompt_ids), config))
+            except OSError as err:  # the engine is gone and the reader has not said so yet
+                finished = True
+                code = self._engine.poll()
+                raise RuntimeError(f"OpenVINO generation failed: the OpenVINO engine process exited (exit code "
+                                   f"{code}); reload the model") from err
             while not finished:
                 try:
                     kind, _, *payload = out.get(timeout=0.1)
