@@ -7,7 +7,10 @@ Loopback only and bounded: a fixed number of requests per level and a deadline f
     python -m benchmarks.serve_load --url http://127.0.0.1:8000       # an already running local server
 
 Method: one warmup request per level (excluded); each request streams with stream_options.include_usage, so
-tokens are the server's own count; tokens/s is all completion tokens of a level over its wall time.
+tokens are the server's own count; tokens/s is all completion tokens of a level over its wall time. Every
+conversation opens with its own tag, so a server that caches prompt prefixes cannot reuse another's prefill;
+with --turns N each client goes on with N-1 follow-up questions that resend the conversation, as chat clients do,
+and the follow-up turns' first-token latency is reported apart.
 Results are saved as JSON under benchmarks/results/ and the table is printed from that JSON.
 """
 
@@ -35,6 +38,7 @@ PROMPTS = [
     "Describe a walk through a busy market in the morning.",
     "Give me ten ideas for a weekend trip and explain each one.",
 ]
+FOLLOW_UPS = ["Make it shorter.", "Now explain why.", "Give one example.", "Summarise that in one sentence."]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -47,12 +51,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
-def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
+def one_request(url: str, model: str, messages: list[dict], max_tokens: int) -> dict:
     import httpx
 
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -61,6 +65,7 @@ def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
     start = time.perf_counter()
     first = None
     usage = {}
+    reply = []
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -70,40 +75,57 @@ def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
             if event.get("usage"):
                 usage = event["usage"]
             choices = event.get("choices") or []
-            if first is None and choices and choices[0].get("delta", {}).get("content"):
-                first = time.perf_counter()
+            content = choices[0].get("delta", {}).get("content") if choices else None
+            if content:
+                first = first or time.perf_counter()
+                reply.append(content)
     end = time.perf_counter()
     return {
         "latency_s": end - start,
         "ttft_s": (first or end) - start,
         "completion_tokens": usage.get("completion_tokens", 0),
         "prompt_tokens": usage.get("prompt_tokens", 0),
+        "reply": "".join(reply),
     }
 
 
-def run_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int, deadline: float) -> dict:
-    one_request(url, model, PROMPTS[0], max_tokens)  # warmup, excluded
+def run_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int, deadline: float,
+              turns: int = 1) -> dict:
+    one_request(url, model, [{"role": "user", "content": f"(warmup {concurrency}) {PROMPTS[0]}"}], max_tokens)
     results: list[dict] = []
     lock = threading.Lock()
 
     def task(i: int):
-        if time.monotonic() > deadline:
-            return
-        result = one_request(url, model, PROMPTS[i % len(PROMPTS)], max_tokens)
-        with lock:
-            results.append(result)
+        messages = [{"role": "user", "content": f"(conversation {concurrency}.{i}) {PROMPTS[i % len(PROMPTS)]}"}]
+        for turn in range(turns):
+            if time.monotonic() > deadline:
+                return
+            result = one_request(url, model, messages, max_tokens) | {"turn": turn}
+            with lock:
+                results.append(result)
+            messages += [{"role": "assistant", "content": result["reply"]},
+                         {"role": "user", "content": FOLLOW_UPS[turn % len(FOLLOW_UPS)]}]
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(task, range(requests)))
     wall = time.perf_counter() - start
     latencies = [r["latency_s"] for r in results]
-    ttfts = [r["ttft_s"] for r in results]
+    ttfts = [r["ttft_s"] for r in results if r["turn"] == 0]
+    later = [r for r in results if r["turn"] > 0]
     tokens = sum(r["completion_tokens"] for r in results)
+    followups = {}
+    if later:
+        later_ttfts = [r["ttft_s"] for r in later]
+        followups = {
+            "followup_ttft_p50_s": round(statistics.median(later_ttfts), 3),
+            "followup_ttft_p99_s": round(percentile(later_ttfts, 99), 3),
+            "followup_prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in later), 1),
+        }
     return {
         "concurrency": concurrency,
         "requests": len(results),
-        "requests_planned": requests,
+        "requests_planned": requests * turns,
         "completion_tokens": tokens,
         "wall_s": round(wall, 3),
         "tokens_per_s": round(tokens / wall, 2) if wall > 0 else 0.0,
@@ -112,6 +134,8 @@ def run_level(url: str, model: str, concurrency: int, requests: int, max_tokens:
         "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "ttft_p99_s": round(percentile(ttfts, 99), 3) if ttfts else None,
         "mean_completion_tokens": round(tokens / len(results), 1) if results else 0,
+        "turns": turns,
+        **followups,
     }
 
 
@@ -122,11 +146,17 @@ def render_table(report: dict) -> str:
         "| streams | requests | tokens/s | p50 latency (s) | p99 latency (s) | p50 TTFT (s) | p99 TTFT (s) |",
         "|---|---|---|---|---|---|---|",
     ]
+    followups = any("followup_ttft_p50_s" in r for r in report["levels"])
+    if followups:
+        lines[1] += " follow-up p50 TTFT (s) | follow-up p99 TTFT (s) | follow-up prompt tokens |"
+        lines[2] += "---|---|---|"
     for r in report["levels"]:
-        lines.append(
-            f"| {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | {r['latency_p50_s']} | "
-            f"{r['latency_p99_s']} | {r['ttft_p50_s']} | {r['ttft_p99_s']} |"
-        )
+        line = (f"| {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | {r['latency_p50_s']} | "
+                f"{r['latency_p99_s']} | {r['ttft_p50_s']} | {r['ttft_p99_s']} |")
+        if followups:
+            line += (f" {r.get('followup_ttft_p50_s', '-')} | {r.get('followup_ttft_p99_s', '-')} | "
+                     f"{r.get('followup_prompt_tokens_mean', '-')} |")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -185,15 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model")
     parser.add_argument("--backend", choices=["auto", "torch", "openvino"])
     parser.add_argument("--concurrency", default="1,4,8,16")
-    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: 2 x streams)")
+    parser.add_argument("--requests", type=int, default=0, help="conversations per level (default: 2 x streams)")
+    parser.add_argument("--turns", type=int, default=1, help="requests per conversation (follow-ups resend it)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--time-limit", type=float, default=900, help="seconds for the whole run")
     parser.add_argument("--output-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     levels = [int(c) for c in args.concurrency.split(",")]
-    if any(c < 1 or c > 32 for c in levels) or args.requests > 128 or args.max_tokens > 1024:
-        parser.error("bounded load only: streams 1-32, at most 128 requests per level, max_tokens <= 1024")
+    if (any(c < 1 or c > 32 for c in levels) or args.requests > 128 or args.max_tokens > 1024
+            or not 1 <= args.turns <= 8):
+        parser.error("bounded load only: streams 1-32, at most 128 conversations per level of 1-8 turns, "
+                     "max_tokens <= 1024")
     proc = None
     if args.url:
         if urlparse(args.url).hostname not in LOOPBACK:
@@ -211,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
             "backend": health["backend"],
             "max_tokens": args.max_tokens,
             "temperature": 0,
+            "turns": args.turns,
             "prompts": PROMPTS,
+            "follow_ups": FOLLOW_UPS[: args.turns - 1],
             "hardware": _hardware(),
             "levels": [],
         }
@@ -219,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline:
                 break
             requests = args.requests or min(2 * c, 32)
-            report["levels"].append(run_level(url, health["model"], c, requests, args.max_tokens, deadline))
+            report["levels"].append(run_level(url, health["model"], c, requests, args.max_tokens, deadline,
+                                              args.turns))
     finally:
         if proc is not None:
             proc.terminate()

@@ -27,6 +27,18 @@ def test_levels_report_tokens_and_percentiles(make_server, tmp_path):
     assert table.count("\n| ") == 3  # header row plus one row per level
 
 
+def test_follow_up_turns_resend_the_conversation_and_are_reported_apart(make_server, tmp_path):
+    server = make_server(chat_log={"enabled": False, "path": str(tmp_path / "x.db")})
+    model = server.state.models.active.model_id
+    level = serve_load.run_level(server.url, model, 2, 2, 6, time.monotonic() + 300, turns=3)
+    assert level["requests"] == level["requests_planned"] == 6
+    assert level["followup_ttft_p50_s"] <= level["followup_ttft_p99_s"]
+    first = serve_load.one_request(server.url, model, [{"role": "user", "content": "(conversation 2.0) x"}], 6)
+    assert level["followup_prompt_tokens_mean"] > first["prompt_tokens"]  # the history went along
+    report = {"model": model, "backend": "torch", "max_tokens": 6, "levels": [level]}
+    assert "follow-up p50 TTFT" in serve_load.render_table(report)
+
+
 def test_percentile_nearest_rank():
     assert serve_load.percentile([1.0, 2.0, 3.0], 50) == 2.0
     assert serve_load.percentile([1.0, 2.0, 3.0], 99) == 3.0

@@ -173,3 +173,29 @@ def test_a_script_that_builds_the_chatbot_at_top_level_runs(tiny_ov_dir, tmp_pat
                           env={**__import__("os").environ, "PYTHONPATH": str(repo)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("REPLY") == 1
+
+
+def test_prefix_caching_reuses_earlier_turns_without_changing_the_replies(tiny_ov_dir):
+    from neural_chat_app import GenerationConfig
+    from neural_chat_app.openvino_backend import OpenVINOBackend
+    from neural_chat_app.prompts import prompt_ids
+    from neural_chat_app.streaming import StreamResult
+
+    def conversation(backend):
+        messages, replies = [{"role": "system", "content": "You answer questions about the Aurora X2 e-bike."}], []
+        for question in ["How heavy is it?", "And the battery?", "Is it waterproof?"]:
+            messages.append({"role": "user", "content": question})
+            ids = prompt_ids(backend.tokenizer, messages, "chat")
+            reply = "".join(backend.stream(ids, GenerationConfig(do_sample=False, max_new_tokens=12), StreamResult(),
+                                           threading.Event()))
+            messages.append({"role": "assistant", "content": reply})
+            replies.append(reply)
+        return replies
+
+    cached, plain = OpenVINOBackend(tiny_ov_dir, "tiny"), OpenVINOBackend(tiny_ov_dir, "tiny", prefix_caching=False)
+    try:
+        assert conversation(cached) == conversation(plain)
+        assert conversation(cached) == conversation(plain)  # the second time every turn starts from the cache
+    finally:
+        cached.close()
+        plain.close()
