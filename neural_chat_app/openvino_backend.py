@@ -68,29 +68,23 @@ class OpenVINOBackend:
             # and only the new tokens are prefilled (genai's SchedulerConfig leaves this off).
             "enable_prefix_caching": prefix_caching,
         }
-        self._conn, self._engine = _start_engine()
-        try:
-            self._conn.send((str(folder), scheduler, openvino_cpu_properties(), list(self.eos_token_ids)))
-            first = self._conn.recv()
-        except (EOFError, OSError):
-            code = self._engine.wait(timeout=5)
-            raise RuntimeError(f"The OpenVINO engine process for {folder} exited while loading it "
-                               f"(exit code {code})") from None
-        if first[0] == "failed":
-            self._engine.wait(timeout=30)
-            raise RuntimeError(f"OpenVINO could not load {folder}: {first[1]}")
-        self._send_lock = threading.Lock()
+        self._launch_args = (str(folder), scheduler, openvino_cpu_properties(), list(self.eos_token_ids))
+        self._launch_lock = threading.Lock()
         self._ids = itertools.count()
-        self._routes = _Routes()
-        self._reader = threading.Thread(target=_route, args=(self._conn, self._engine, self._routes),
-                                        name="openvino-reader", daemon=True)
-        self._reader.start()
+        self._engine = _Engine.launch(*self._launch_args)
         # A backend dropped without close() (a notebook cell run again) still stops its engine process.
-        self._stop = weakref.finalize(self, _stop_engine, self._conn, self._send_lock, self._engine, self._reader)
+        self._stop = weakref.finalize(self, self._engine.stop)
 
-    def _send(self, message) -> None:
-        with self._send_lock:
-            self._conn.send(message)
+    def _live_engine(self) -> _Engine:
+        """The engine; a new one if the last has died (killed for memory, say): the server need not restart."""
+        with self._launch_lock:
+            if self._engine.dead():
+                logger.warning("The OpenVINO engine for %s had exited (exit code %s): starting a new one",
+                               self.model_id, self._engine.process.poll())
+                self._stop()
+                self._engine = _Engine.launch(*self._launch_args)
+                self._stop = weakref.finalize(self, self._engine.stop)
+            return self._engine
 
     def stream(
         self, prompt_ids: list[int], config: GenerationConfig, result: StreamResult, cancel: threading.Event
@@ -100,22 +94,21 @@ class OpenVINOBackend:
         result.prompt_tokens = len(prompt_ids)
         rid = next(self._ids)
         out: queue.Queue = queue.Queue()
-        routes = self._routes
+        engine = self._live_engine()
+        routes = engine.routes
         with routes.lock:
-            if routes.dead:
-                raise RuntimeError(f"OpenVINO generation failed: {routes.dead}; reload the model")
+            if routes.dead:  # it died since _live_engine looked: the reader has already failed the others
+                raise RuntimeError(f"OpenVINO generation failed: {routes.dead}")
             routes.queues[rid] = out
         ids: list[int] = []
         sent = ""
         finished = False
         try:
             try:
-                self._send(("add", rid, list(prompt_ids), config))
-            except OSError as err:  # the engine is gone and the reader has not said so yet
+                engine.send(("add", rid, list(prompt_ids), config))
+            except OSError as err:  # it died after _live_engine looked, and the reader has not said so yet
                 finished = True
-                code = self._engine.poll()
-                raise RuntimeError(f"OpenVINO generation failed: the OpenVINO engine process exited (exit code "
-                                   f"{code}); reload the model") from err
+                raise RuntimeError(f"OpenVINO generation failed: {engine.exit_message()}") from err
             while not finished:
                 try:
                     kind, _, *payload = out.get(timeout=0.1)
@@ -150,7 +143,7 @@ class OpenVINOBackend:
                 dead = routes.dead
             if not finished and not dead:
                 try:
-                    self._send(("cancel", rid))
+                    engine.send(("cancel", rid))
                 except (OSError, ValueError):  # closed meanwhile: nothing left to cancel
                     pass
 
@@ -167,50 +160,89 @@ class _Routes:
     dead: str | None = None
 
 
-def _route(conn, engine, routes: _Routes) -> None:
-    try:
-        while True:
-            _, items = conn.recv()
-            with routes.lock:
-                for item in items:
-                    out = routes.queues.get(item[1])
-                    if out is not None:
-                        out.put(item)
-    except (EOFError, OSError):
+@dataclass
+class _Engine:
+    """One engine process, the socket to it, and the thread that reads its output."""
+
+    conn: Connection
+    process: subprocess.Popen
+    routes: _Routes = field(default_factory=_Routes)
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    reader: threading.Thread | None = None
+
+    @classmethod
+    def launch(cls, folder: str, scheduler: dict, properties: dict, eos_token_ids: list[int]) -> _Engine:
+        ours, theirs = socket.socketpair()
+        package_root = str(Path(__file__).resolve().parents[1])  # importable also from a checkout not installed
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        with theirs:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "neural_chat_app.openvino_engine", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env=env,
+            )
+        engine = cls(Connection(ours.detach()), process)
         try:
-            code = engine.wait(timeout=5)
+            engine.conn.send((folder, scheduler, properties, eos_token_ids))
+            first = engine.conn.recv()
+        except (EOFError, OSError):
+            code = process.wait(timeout=5)
+            engine.conn.close()
+            raise RuntimeError(f"The OpenVINO engine process for {folder} exited while loading it "
+                               f"(exit code {code})") from None
+        if first[0] == "failed":
+            process.wait(timeout=30)
+            engine.conn.close()
+            raise RuntimeError(f"OpenVINO could not load {folder}: {first[1]}")
+        engine.reader = threading.Thread(target=engine._read, name="openvino-reader", daemon=True)
+        engine.reader.start()
+        return engine
+
+    def send(self, message) -> None:
+        with self.send_lock:
+            self.conn.send(message)
+
+    def dead(self) -> bool:
+        return self.routes.dead is not None or self.process.poll() is not None
+
+    def exit_message(self) -> str:
+        try:
+            code = self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             code = None
-        with routes.lock:
-            routes.dead = f"the OpenVINO engine process exited (exit code {code})"
-            for rid, out in routes.queues.items():
-                out.put(("error", rid, routes.dead))
+        return f"the OpenVINO engine process exited (exit code {code}); the next request starts a new one"
 
-
-def _start_engine() -> tuple[Connection, subprocess.Popen]:
-    ours, theirs = socket.socketpair()
-    package_root = str(Path(__file__).resolve().parents[1])  # importable also from a checkout not installed
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    with theirs:
-        engine = subprocess.Popen([sys.executable, "-m", "neural_chat_app.openvino_engine", str(theirs.fileno())],
-                                  pass_fds=(theirs.fileno(),), env=env)
-    return Connection(ours.detach()), engine
-
-
-def _stop_engine(conn, send_lock, engine, reader) -> None:
-    if engine.poll() is None:
+    def _read(self) -> None:
+        routes = self.routes
         try:
-            with send_lock:
-                conn.send(("close",))
-        except (OSError, ValueError):
-            pass
-        try:
-            engine.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            engine.kill()
-            engine.wait(timeout=5)
-    reader.join(timeout=5)  # it ends on the engine's EOF
-    conn.close()
+            while True:
+                _, items = self.conn.recv()
+                with routes.lock:
+                    for item in items:
+                        out = routes.queues.get(item[1])
+                        if out is not None:
+                            out.put(item)
+        except (EOFError, OSError):
+            message = self.exit_message()
+            with routes.lock:
+                routes.dead = message
+                for rid, out in routes.queues.items():
+                    out.put(("error", rid, message))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.send(("close",))
+            except (OSError, ValueError):
+                pass
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        if self.reader is not None:
+            self.reader.join(timeout=5)  # it ends on the engine's EOF
+        self.conn.close()
 
 
 def _generation_config(folder):

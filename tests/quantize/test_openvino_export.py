@@ -118,29 +118,42 @@ def test_the_engine_runs_in_its_own_process_and_stops_with_the_backend(tiny_ov_d
     from neural_chat_app.openvino_backend import OpenVINOBackend
 
     backend = OpenVINOBackend(tiny_ov_dir, "tiny")
-    engine = backend._engine
+    engine = backend._engine.process
     assert engine.pid != os.getpid() and engine.poll() is None
     assert _ask(backend)
     backend.close()
     assert engine.poll() is not None
     # dropped without close(), as a notebook cell run twice drops it: the engine still stops
     dropped = OpenVINOBackend(tiny_ov_dir, "tiny")
-    engine = dropped._engine
+    engine = dropped._engine.process
     del dropped
     gc.collect()
     assert engine.poll() is not None
 
 
-def test_a_dead_engine_fails_its_requests_with_a_clear_error(tiny_ov_dir):
+def test_a_dead_engine_fails_the_requests_in_it_and_the_next_request_starts_a_new_one(tiny_ov_dir):
+    import os
+    import signal
+
+    from neural_chat_app import GenerationConfig
     from neural_chat_app.openvino_backend import OpenVINOBackend
+    from neural_chat_app.streaming import StreamResult
 
     backend = OpenVINOBackend(tiny_ov_dir, "tiny")
     try:
-        backend._engine.kill()
-        backend._engine.wait(timeout=10)
-        for _ in range(2):  # the request that finds the socket closed, and the one after the reader noticed
-            with pytest.raises(RuntimeError, match="engine process exited.*reload the model"):
-                _ask(backend)
+        first = backend._engine.process
+        expected = _ask(backend)
+        os.kill(first.pid, signal.SIGSTOP)  # the request below is sent, and then the engine dies holding it
+        ids = backend.tokenizer("hello there", add_special_tokens=False)["input_ids"]
+        stream = backend.stream(ids, GenerationConfig(do_sample=False, max_new_tokens=6), StreamResult(),
+                                threading.Event())
+        killer = threading.Timer(0.5, os.kill, (first.pid, signal.SIGKILL))
+        killer.start()
+        with pytest.raises(RuntimeError, match="engine process exited .*the next request starts a new one"):
+            "".join(stream)
+        killer.join()
+        assert _ask(backend) == expected  # no server restart needed
+        assert backend._engine.process.pid != first.pid and backend._engine.process.poll() is None
     finally:
         backend.close()
 
