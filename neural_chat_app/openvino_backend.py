@@ -95,11 +95,10 @@ class OpenVINOBackend:
         rid = next(self._ids)
         out: queue.Queue = queue.Queue()
         engine = self._live_engine()
-        routes = engine.routes
-        with routes.lock:
-            if routes.dead:  # it died since _live_engine looked: the reader has already failed the others
-                raise RuntimeError(f"OpenVINO generation failed: {routes.dead}")
-            routes.queues[rid] = out
+        with engine.lock:
+            if engine.exited:  # it died since _live_engine looked: the reader has already failed the others
+                raise RuntimeError(f"OpenVINO generation failed: {engine.exited}")
+            engine.queues[rid] = out
         ids: list[int] = []
         sent = ""
         finished = False
@@ -138,10 +137,10 @@ class OpenVINOBackend:
                     return
         finally:
             result.finished_at = time.perf_counter()
-            with routes.lock:
-                routes.queues.pop(rid, None)
-                dead = routes.dead
-            if not finished and not dead:
+            with engine.lock:
+                engine.queues.pop(rid, None)
+                exited = engine.exited
+            if not finished and not exited:
                 try:
                     engine.send(("cancel", rid))
                 except (OSError, ValueError):  # closed meanwhile: nothing left to cancel
@@ -152,21 +151,14 @@ class OpenVINOBackend:
 
 
 @dataclass
-class _Routes:
-    """Where the reader thread puts each request's output; `dead` says why the engine is gone, once it is."""
-
-    queues: dict[int, queue.Queue] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    dead: str | None = None
-
-
-@dataclass
 class _Engine:
-    """One engine process, the socket to it, and the thread that reads its output."""
+    """One engine process, the socket to it, and the thread that puts its output in each request's queue."""
 
     conn: Connection
     process: subprocess.Popen
-    routes: _Routes = field(default_factory=_Routes)
+    queues: dict[int, queue.Queue] = field(default_factory=dict)  # by request id, under `lock`
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    exited: str | None = None  # why it is gone, once the reader has seen it go (under `lock`)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     reader: threading.Thread | None = None
 
@@ -203,7 +195,7 @@ class _Engine:
             self.conn.send(message)
 
     def dead(self) -> bool:
-        return self.routes.dead is not None or self.process.poll() is not None
+        return self.exited is not None or self.process.poll() is not None
 
     def exit_message(self) -> str:
         try:
@@ -213,20 +205,19 @@ class _Engine:
         return f"the OpenVINO engine process exited (exit code {code}); the next request starts a new one"
 
     def _read(self) -> None:
-        routes = self.routes
         try:
             while True:
                 _, items = self.conn.recv()
-                with routes.lock:
+                with self.lock:
                     for item in items:
-                        out = routes.queues.get(item[1])
+                        out = self.queues.get(item[1])
                         if out is not None:
                             out.put(item)
         except (EOFError, OSError):
             message = self.exit_message()
-            with routes.lock:
-                routes.dead = message
-                for rid, out in routes.queues.items():
+            with self.lock:
+                self.exited = message
+                for rid, out in self.queues.items():
                     out.put(("error", rid, message))
 
     def stop(self) -> None:
