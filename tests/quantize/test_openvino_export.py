@@ -28,6 +28,7 @@ def test_export_writes_a_servable_folder(tiny_ov_dir):
     assert (tiny_ov_dir / "openvino_detokenizer.xml").is_file()
     meta = json.loads((tiny_ov_dir / "openvino_export.json").read_text())
     assert meta["weight_format"] == "int8"
+    assert meta["fused_projection_groups"] == 2  # q/k/v of both layers: tests/quantize/test_projection_fusion.py
     assert not list(tiny_ov_dir.parent.glob("*.tmp-*"))  # the temporary folder was renamed, not left behind
 
 
