@@ -52,11 +52,15 @@ class OpenVINOBackend:
         from transformers import AutoTokenizer
 
         from finetune.hardware import openvino_cpu_properties
+        from quantize.projection_fusion import is_fused
 
         self.model_id = model_id
         self.max_concurrency = max_concurrency
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.eos_token_ids = eos_token_ids(_generation_config(folder), self.tokenizer)
+        if not is_fused(folder):
+            logger.info("%s was exported without q/k/v fusion; `python -m quantize.projection_fusion %s` fuses it "
+                        "in place (same outputs, faster decoding)", folder, folder)
         scheduler = {
             "cache_size": cache_size_gb,  # GB of KV cache shared by all running sequences
             "max_num_seqs": max_concurrency,

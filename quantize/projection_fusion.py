@@ -44,7 +44,8 @@ def _merge(nodes, rows: list[int]):
     from openvino import opset13 as ops
 
     kind = nodes[0].get_type_name()
-    if any(n.get_type_name() != kind for n in nodes):
+    if any(n.get_type_name() != kind or n.get_output_element_type(0) != nodes[0].get_output_element_type(0)
+           for n in nodes):
         return None
     if kind == "Constant":
         shapes = [list(n.get_output_shape(0)) for n in nodes]
@@ -140,3 +141,27 @@ def fuse_projections_in_folder(folder) -> int:
         staged.with_suffix(".bin").replace(xml.with_suffix(".bin"))
         staged.replace(xml)
     return fused
+
+
+def is_fused(folder) -> bool:
+    """True when `folder`'s model went through fuse_projections (exports made before it did not)."""
+    from pathlib import Path
+
+    return "/fused_projections" in (Path(folder) / "openvino_model.xml").read_text(errors="replace")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m quantize.projection_fusion FOLDER...: fuse exports made before export_openvino did it itself."""
+    import sys
+
+    folders = sys.argv[1:] if argv is None else argv
+    if not folders:
+        print("usage: python -m quantize.projection_fusion OPENVINO_FOLDER...", file=sys.stderr)
+        return 2
+    for folder in folders:
+        print(f"{folder}: fused {fuse_projections_in_folder(folder)} projection groups")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

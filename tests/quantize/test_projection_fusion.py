@@ -22,9 +22,9 @@ def _plain(rng, rows):
     return ops.constant(rng.standard_normal((rows, HIDDEN)).astype(np.float32))
 
 
-def _int8(rng, rows):
+def _int8(rng, rows, dtype=np.uint8):
     """NNCF's asymmetric per-row int8 form: u8 weight and zero point, converted, subtracted, scaled."""
-    weight = ops.convert(ops.constant(rng.integers(0, 255, (rows, HIDDEN)).astype(np.uint8)), ov.Type.f16)
+    weight = ops.convert(ops.constant(rng.integers(0, 127, (rows, HIDDEN)).astype(dtype)), ov.Type.f16)
     zero = ops.convert(ops.constant(rng.integers(100, 150, (rows, 1)).astype(np.uint8)), ov.Type.f16)
     scale = ops.constant((rng.random((rows, 1)) / 50).astype(np.float16))
     return ops.convert(ops.multiply(ops.subtract(weight, zero), scale), ov.Type.f32)
@@ -76,6 +76,13 @@ def test_weights_of_different_forms_are_left_alone():
     assert _matmuls(model) == 3
 
 
+def test_weights_of_different_element_types_are_left_alone():
+    """u8 and i8 rows have the same bytes per row: concatenated, the i8 rows would be read as u8."""
+    rng = np.random.default_rng(1)
+    model = _model([_int8(rng, ROWS[0]), _int8(rng, ROWS[1], np.int8), _int8(rng, ROWS[2])])
+    assert fuse_projections(model) == 0
+
+
 def test_a_gate_up_pair_is_left_to_the_plugin_mlp_fusion():
     rng = np.random.default_rng(2)
     model = _model([_plain(rng, 32), _plain(rng, 32)])
@@ -115,3 +122,13 @@ def test_exported_model_logits_unchanged_by_fusion(weight_format, tiny_model_dir
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         logits.append(compiled.create_infer_request().infer(inputs)["logits"])
     np.testing.assert_allclose(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+
+    # An export made before fusion existed: the command rewrites the folder in place, to the same logits.
+    from quantize.projection_fusion import is_fused, main
+
+    assert is_fused(folder) and not is_fused(plain)
+    assert main([str(plain)]) == 0
+    assert is_fused(plain)
+    rewritten = core.compile_model(plain / "openvino_model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(rewritten.create_infer_request().infer(inputs)["logits"], logits[0], rtol=1e-4,
+                               atol=1e-4)
