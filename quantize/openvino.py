@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from quantize.artifacts import staging
-from quantize.projection_fusion import fuse_projections_in_folder
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +77,8 @@ def _export_into(model_dir: Path, target: Path, export_kwargs: dict) -> int:
     OVModelForCausalLM, _, convert_tokenizer = _import_exporters()
     import openvino as ov
     from transformers import AutoTokenizer
+
+    from quantize.projection_fusion import fuse_projections_in_folder
 
     model = OVModelForCausalLM.from_pretrained(str(model_dir), export=True, compile=False, **export_kwargs)
     model.save_pretrained(target)

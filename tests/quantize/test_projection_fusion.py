@@ -108,7 +108,9 @@ def test_exported_model_logits_unchanged_by_fusion(weight_format, tiny_model_dir
 
     folder = ov_export.export_openvino(tiny_model_dir, tmp_path / "fused", weight_format)
     assert json.loads((folder / "openvino_export.json").read_text())["fused_projection_groups"] == 2  # 2 layers
-    monkeypatch.setattr(ov_export, "fuse_projections_in_folder", lambda folder: 0)
+    import quantize.projection_fusion
+
+    monkeypatch.setattr(quantize.projection_fusion, "fuse_projections_in_folder", lambda folder: 0)
     plain = ov_export.export_openvino(tiny_model_dir, tmp_path / "plain", weight_format)
 
     core = ov.Core()
