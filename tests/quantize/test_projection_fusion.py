@@ -112,6 +112,7 @@ def test_exported_model_logits_unchanged_by_fusion(weight_format, tiny_model_dir
 
     monkeypatch.setattr(quantize.projection_fusion, "fuse_projections_in_folder", lambda folder: 0)
     plain = ov_export.export_openvino(tiny_model_dir, tmp_path / "plain", weight_format)
+    monkeypatch.undo()
 
     core = ov.Core()
     unfused, fused = core.read_model(plain / "openvino_model.xml"), core.read_model(folder / "openvino_model.xml")
