@@ -125,12 +125,27 @@ def fuse_projections(model) -> int:
 
 
 def fuse_projections_in_folder(folder) -> int:
-    """Rewrite `folder`/openvino_model.xml with its projections fused; return the number of fused groups."""
+    """Rewrite `folder`/openvino_model.xml (and .bin) with its projections fused; return the number of fused groups.
+
+    The .xml and .bin are a pair that cannot be renamed together, so the original pair is kept (hard links) until
+    both are in place; a run killed in between is undone by the next one before it starts over."""
+    import os
     from pathlib import Path
 
     import openvino as ov
 
     xml = Path(folder) / "openvino_model.xml"
+    if not xml.is_file():
+        raise FileNotFoundError(f"{folder} has no openvino_model.xml: it is not an OpenVINO export folder")
+    original = xml.with_name("openvino_model.unfused.xml")
+    if original.is_file() and original.with_suffix(".bin").is_file():  # an interrupted rewrite: restore first
+        for suffix in (".bin", ".xml"):
+            kept, current = original.with_suffix(suffix), xml.with_suffix(suffix)
+            if current.samefile(kept):  # rename() between two links of one file does nothing (POSIX)
+                kept.unlink()
+            else:
+                kept.replace(current)
+    original.with_suffix(".bin").unlink(missing_ok=True)
     model = ov.Core().read_model(xml)
     fused = fuse_projections(model)
     if fused:
@@ -138,8 +153,12 @@ def fuse_projections_in_folder(folder) -> int:
         # Weights are already in their final precision (fp32 stays fp32, NNCF's int8/int4 stay packed).
         ov.save_model(model, staged, compress_to_fp16=False)
         del model
+        for suffix in (".bin", ".xml"):
+            os.link(xml.with_suffix(suffix), original.with_suffix(suffix))
         staged.with_suffix(".bin").replace(xml.with_suffix(".bin"))
         staged.replace(xml)
+        original.unlink()  # the .xml first: a lone .bin left behind is only removed, never restored
+        original.with_suffix(".bin").unlink()
     return fused
 
 
@@ -159,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m quantize.projection_fusion OPENVINO_FOLDER...", file=sys.stderr)
         return 2
     for folder in folders:
-        print(f"{folder}: fused {fuse_projections_in_folder(folder)} projection groups")
+        try:
+            print(f"{folder}: fused {fuse_projections_in_folder(folder)} projection groups")
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -130,8 +130,24 @@ def test_exported_model_logits_unchanged_by_fusion(weight_format, tiny_model_dir
     from quantize.projection_fusion import is_fused, main
 
     assert is_fused(folder) and not is_fused(plain)
+    assert main([str(tmp_path)]) == 1  # not an export folder: an error naming it, nothing written
+
+    # Killed between renaming the new .bin and the new .xml into place: the next run restores and starts over.
+    from pathlib import Path
+
+    real_replace = Path.replace
+
+    def killed_at_xml(self, target):
+        if Path(target).name == "openvino_model.xml":
+            raise KeyboardInterrupt
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", killed_at_xml)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(plain)])
+    monkeypatch.undo()
     assert main([str(plain)]) == 0
-    assert is_fused(plain)
+    assert is_fused(plain) and not list(plain.glob("openvino_model.*fused.*"))
     rewritten = core.compile_model(plain / "openvino_model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(rewritten.create_infer_request().infer(inputs)["logits"], logits[0], rtol=1e-4,
                                atol=1e-4)
