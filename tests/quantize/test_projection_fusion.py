@@ -47,7 +47,8 @@ def _model(weights):
 
 def _run(model, x):
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return [compiled({"x": x})[out] for out in compiled.outputs]
+    result = compiled({"x": x})
+    return [result[out] for out in compiled.outputs]
 
 
 def _matmuls(model) -> int:
