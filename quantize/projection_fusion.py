@@ -13,11 +13,14 @@ Gate/up pairs are left alone: the plugin fuses them into its LLMMLP kernel, whic
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 MIN_SIBLINGS = 3  # q, k, v; a gate/up pair has 2 and belongs to the plugin's MLP fusion
+FUSED_SUFFIX = "/fused_projections"  # on each fused MatMul's name: how is_fused tells a fused export
 
 
 def _concat_rows(constants):
@@ -114,7 +117,7 @@ def fuse_projections(model) -> int:
             logger.debug("left %s unfused: its weights differ in form", [n.get_friendly_name() for n in group])
             continue
         matmul = ops.matmul(group[0].input_value(0), weight, transpose_a=False, transpose_b=True)
-        matmul.set_friendly_name(group[0].get_friendly_name() + "/fused_projections")
+        matmul.set_friendly_name(group[0].get_friendly_name() + FUSED_SUFFIX)
         split = ops.variadic_split(matmul, ops.constant(np.int64(-1)), ops.constant(np.array(rows, dtype=np.int64)))
         for index, node in enumerate(group):
             node.output(0).replace(split.output(index))
@@ -129,9 +132,6 @@ def fuse_projections_in_folder(folder) -> int:
 
     The .xml and .bin are a pair that cannot be renamed together, so the original pair is kept (hard links) until
     both are in place; a run killed in between is undone by the next one before it starts over."""
-    import os
-    from pathlib import Path
-
     import openvino as ov
 
     xml = Path(folder) / "openvino_model.xml"
@@ -164,9 +164,7 @@ def fuse_projections_in_folder(folder) -> int:
 
 def is_fused(folder) -> bool:
     """True when `folder`'s model went through fuse_projections (exports made before it did not)."""
-    from pathlib import Path
-
-    return "/fused_projections" in (Path(folder) / "openvino_model.xml").read_text(errors="replace")
+    return FUSED_SUFFIX in (Path(folder) / "openvino_model.xml").read_text(errors="replace")
 
 
 def main(argv: list[str] | None = None) -> int:
