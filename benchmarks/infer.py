@@ -8,7 +8,8 @@ Paths: hf-fp32, hf-bf16 (transformers generate), ov-bf16 / ov-int8 / ov-int4 (op
 OpenVINO export; the CPU plugin computes in bf16 on AMX, so the "bf16" IR keeps fp32 weights; ov-int4 is the
 README's INT4 recipe, configs/quantize_int4_awq_ov.yaml, with its perplexity cost in the table), inc-int4 (Neural
 Compressor weight-only RTN INT4, eager PyTorch), llamacpp (llama-cpp-python on the model's GGUF file: the outside
-reference; install it with the portable flags of the README, its default build dies with SIGILL on these VMs).
+reference, benchmarks/llamacpp.py: batch 1 through create_completion, larger batches through llama.cpp's
+multi-sequence decoding; install it with the portable flags of the README, its default build dies with SIGILL here).
 With --device cuda the hf-* paths (hf-fp16 is meant for GPUs) run on the GPU, synchronized before each clock
 reading, and write the same schema for `python -m benchmarks report`.
 Each path runs in its own process (its own peak RSS); every request generates exactly --new-tokens tokens; each
@@ -174,30 +175,21 @@ def _generate_with(model, tokenizer, device: str = "cpu"):
 
 
 def _llamacpp_runner(model: str, threads: int):
-    try:
-        from llama_cpp import Llama
-    except ImportError as e:
-        raise ImportError("the llamacpp path needs llama-cpp-python; build it with the README's portable flags: "
-                          "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX512=ON ...\" pip install llama-cpp-python") from e
+    from benchmarks import llamacpp
     from finetune.models import EMBEDDED_MODELS, _embedded_gguf_path
 
     if model not in EMBEDDED_MODELS:
         raise ValueError("the llamacpp path runs the embedded model's GGUF file only")
-    llm = Llama(model_path=str(_embedded_gguf_path(EMBEDDED_MODELS[model])), n_threads=threads, n_ctx=2048,
-                n_batch=512, verbose=False)
-    eos = llm.token_eos()
+    llm = llamacpp.load(str(_embedded_gguf_path(EMBEDDED_MODELS[model])), threads)
 
     def run(prompts: list[str], new_tokens: int) -> dict:
-        if len(prompts) != 1:
-            raise ValueError("llama-cpp-python generates one sequence per call; batch 1 only")
-        llm.reset()  # forget the previous prompt: no prefix reuse between runs
-        times, start = [], time.perf_counter()
-        for _ in llm.create_completion(prompts[0], max_tokens=new_tokens, temperature=0.0, stream=True,
-                                       logit_bias={eos: -1e9}):
-            times.append(time.perf_counter())
-        gaps = [(b - a) * 1000 for a, b in zip(times, times[1:])]
-        return _result(times[0] - start, times[-1] - start, 1, len(times), gaps,
-                       len(llm.tokenize(prompts[0].encode("utf-8"), special=True)))
+        if len(prompts) == 1:
+            times, input_tokens = llamacpp.generate_one(llm, prompts[0], new_tokens)
+        else:
+            times = llamacpp.generate_batch(llm, prompts, new_tokens, threads)[1]
+            input_tokens = len(llm.tokenize(prompts[0].encode("utf-8"), special=True))
+        gaps = [(b - a) * 1000 for a, b in zip(times[1:], times[2:])]
+        return _result(times[1] - times[0], times[-1] - times[0], len(prompts), len(times) - 1, gaps, input_tokens)
 
     return run
 

@@ -294,7 +294,9 @@ def _prices(path: Path | None) -> dict:
     import yaml
 
     data = yaml.safe_load(path.read_text()) or {}
-    return {**data, "source": str(path)}
+    # the report is committed: name a file of this repository by its path in it, not by this checkout's location
+    source = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
+    return {**data, "source": str(source)}
 
 
 def main(argv: list[str] | None = None) -> int:

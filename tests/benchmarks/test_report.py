@@ -44,7 +44,7 @@ def test_report_marks_targets_and_compares_cpu_with_gpu(tmp_path, monkeypatch):
     assert "| >= 45% of the bf16 matmul limit | 50% | met |" in text  # an older result: no model-shape figure
     assert "| held-out loss no worse than plain-fp32 by 1% | +0.50% | met |" in text
     assert "| peak RSS < 2 GB | 1500 MB | met |" in text
-    assert "gpu: A100" in text and "cpu: Xeon" in text
+    assert "gpu: A100" in text and "cpu: Xeon" in text and f"Prices ({prices})" in text  # a table from elsewhere
     assert "| train | cpu: Xeon | ours | 350 | 2.52 |" in text  # 350 tok/s x 3600 s / 0.5 $ = 2.52 M tokens per $
     assert (tmp_path / "train_roofline_fraction.png").stat().st_size > 1000
     new = readme.read_text()
@@ -69,4 +69,5 @@ def test_report_shows_the_model_shape_fraction_beside_the_bf16_one(tmp_path, mon
     assert "| >= 45% of the bf16 matmul limit | 50% (70% of the model-shape limit) | met |" in text
     assert "| of bf16 limit | of shape limit |" in text and "| 0.5 | 0.7 |" in text
     assert "-> shape limit 500 tok/s" in text
+    assert "Prices (configs/prices.yaml)" in text  # the default price table, named by its path in the repository
     assert "50% of the bf16 matmul limit (70% of the model-shape limit)" in readme.read_text()
