@@ -135,7 +135,8 @@ def serve_section(serve: dict) -> tuple[str, list[dict]]:
         targets, [("target", "target"), ("measured", "measured"), ("status", "status")]), targets
 
 
-def cpu_vs_gpu(found: dict, prices: dict) -> str:
+def device_rows(found: dict, prices: dict) -> list[dict]:
+    """One row per training variant and per batch-8 inference setting, CPU results first, then GPU ones."""
     rows = []
     for kind in ("train", "infer"):
         for suffix, label in (("", "cpu"), ("_gpu", "gpu")):
@@ -153,6 +154,11 @@ def cpu_vs_gpu(found: dict, prices: dict) -> str:
                              f"{r['path']} batch {r['batch']} prompt {r['prompt_tokens']}", "tok/s": speed,
                              "Mtok per $": speed * 3600 / price / 1e6 if price else None,
                              "tok per J": r.get("tokens_per_joule")})
+    return rows
+
+
+def cpu_vs_gpu(found: dict, prices: dict) -> str:
+    rows = device_rows(found, prices)
     if not rows:
         return "No results yet."
     note = (f"Prices ({prices.get('source', 'configs/prices.yaml')}): cpu {prices.get('cpu')} $/h, gpu "
@@ -161,7 +167,7 @@ def cpu_vs_gpu(found: dict, prices: dict) -> str:
     return note + "\n" + markdown_table(rows, cols)
 
 
-def plots(found: dict, out: Path) -> list[str]:
+def plots(found: dict, prices: dict, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,7 +204,30 @@ def plots(found: dict, out: Path) -> list[str]:
         fig.savefig(out / "train_roofline_fraction.png", dpi=110)
         plt.close(fig)
         made.append("train_roofline_fraction.png")
+    rows = device_rows(found, prices)
+    if rows:
+        made.append(_device_plot(plt, rows, out / "cpu_vs_gpu.png"))
     return made
+
+
+def _device_plot(plt, rows: list[dict], path: Path) -> str:
+    """Tokens/s and tokens per dollar of every CPU and GPU row, side by side (GPU rows appear when a GPU host's
+    result files are passed with --gpu)."""
+    labels = [f"{r['benchmark']} {r['what']} ({r['device'].split(':')[0]})" for r in rows]
+    colors = ["#3b75af" if r["device"].startswith("cpu") else "#dd8452" for r in rows]
+    panels = [("tok/s", "tokens/s")] + ([("Mtok per $", "million tokens per $")]
+                                        if any(r["Mtok per $"] for r in rows) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 + 3 * len(panels), 1 + 0.28 * len(rows)), sharey=True,
+                             squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        ax.barh(labels, [r[key] or 0 for r in rows], color=colors)
+        ax.set_xlabel(title)
+        ax.invert_yaxis()
+    axes[0][0].set_title("CPU (blue) vs GPU (orange)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def headline(found: dict) -> str:
@@ -272,7 +301,7 @@ def render_report(found: dict, prices: dict, out: Path) -> str:
             parts += ["### Training sweeps (`python -m benchmarks train --sweep ...`)", "",
                       render_sweeps(found["train_sweep"]), ""]
     parts += ["## CPU vs GPU", "", cpu_vs_gpu(found, prices), ""]
-    for name in plots(found, out):
+    for name in plots(found, prices, out):
         parts += [f"![{name}]({name})", ""]
     return "\n".join(parts)
 

@@ -47,6 +47,7 @@ def test_report_marks_targets_and_compares_cpu_with_gpu(tmp_path, monkeypatch):
     assert "gpu: A100" in text and "cpu: Xeon" in text and f"Prices ({prices})" in text  # a table from elsewhere
     assert "| train | cpu: Xeon | ours | 350 | 2.52 |" in text  # 350 tok/s x 3600 s / 0.5 $ = 2.52 M tokens per $
     assert (tmp_path / "train_roofline_fraction.png").stat().st_size > 1000
+    assert (tmp_path / "cpu_vs_gpu.png").stat().st_size > 1000 and "![cpu_vs_gpu.png](cpu_vs_gpu.png)" in text
     new = readme.read_text()
     assert new.startswith("intro\n") and new.endswith("outro\n") and "old" not in new
     assert "| LoRA fine-tuning, useful tokens/s | 350 | 3.50x the plain fp32 recipe |" in new

@@ -107,3 +107,25 @@ def test_a_bad_sweep_says_what_is_accepted():
     with pytest.raises(SystemExit, match="method is lora or full"):
         train.parse_sweep("method=qlora")
     assert train.parse_sweep("seq-len=128, 256") == ("seq_len", [128, 256])
+
+
+def test_the_gpu_recipes_run_through_the_same_code_on_cpu(tiny_model_dir, tmp_path, monkeypatch):
+    """No GPU here: the QLoRA variant (4-bit NF4 base, the recipe --device cuda is for) and the fp16 generate path
+    run on the CPU through the benchmark code a GPU host runs, and write the same schema."""
+    from benchmarks import infer
+
+    monkeypatch.setattr(machine, "RESULTS", tmp_path)
+    monkeypatch.setattr(train, "matmul_gflops", lambda dtype, **kw: 100.0)
+    assert train.main(["--model", str(tiny_model_dir), "--steps", "2", "--warmup", "1", "--examples", "24",
+                       "--eval-examples", "4", "--variants", "ours-qlora"]) == 0
+    (row,) = json.loads((tmp_path / "train-latest.json").read_text())["results"]
+    assert row["variant"] == "ours-qlora" and row["timed_steps"] == 2 and row["useful_tokens_per_s"] > 0
+    assert row["eval_loss"] > 0 and row["peak_rss_mb"] > 0
+
+    monkeypatch.setattr(infer, "memory_read_gbps", lambda: 10.0)
+    assert infer.main(["--model", str(tiny_model_dir), "--paths", "hf-fp16", "--batches", "1", "--prompts", "8",
+                       "--new-tokens", "4", "--repeats", "1"]) == 0
+    payload = json.loads((tmp_path / "infer-latest.json").read_text())
+    assert not payload["errors"]
+    (row,) = payload["results"]
+    assert row["path"] == "hf-fp16" and row["decode_tokens_per_s"] > 0 and row["device"] == "cpu"
