@@ -115,9 +115,10 @@ def serve_section(serve: dict) -> tuple[str, list[dict]]:
     hw = serve.get("hardware", {})
     lines = [f"backend={serve.get('backend')} model={serve.get('model')} max_tokens={serve.get('max_tokens')} | "
              f"{hw.get('cpu_model')}, {hw.get('usable_cores')} cores ({serve.get('created_at')})"]
-    rows = [{"streams": c, "tokens/s": lv.get("tokens_per_s"), "p50 TTFT s": lv.get("ttft_p50_s"),
+    rows = [{"streams": c, "tokens/s": lv.get("tokens_per_s"),
+             "of bandwidth limit": lv.get("fraction_of_decode_limit"), "p50 TTFT s": lv.get("ttft_p50_s"),
              "p99 TTFT s": lv.get("ttft_p99_s"), "p99 latency s": lv.get("latency_p99_s"),
-             "errors": lv.get("errors", 0)} for c, lv in sorted(levels.items())]
+             "errors": lv.get("errors", "not counted")} for c, lv in sorted(levels.items())]
     targets = []
     if 1 in levels:
         one = levels[1]["tokens_per_s"]
@@ -130,7 +131,8 @@ def serve_section(serve: dict) -> tuple[str, list[dict]]:
             targets.append({"target": "p99 first-token latency < 1 s at 8 streams",
                             "measured": f"{levels[8]['ttft_p99_s']:.2f} s",
                             "status": _mark(levels[8]["ttft_p99_s"] < 1)})
-    cols = [(k, k) for k in ("streams", "tokens/s", "p50 TTFT s", "p99 TTFT s", "p99 latency s", "errors")]
+    cols = [(k, k) for k in ("streams", "tokens/s", "of bandwidth limit", "p50 TTFT s", "p99 TTFT s",
+                             "p99 latency s", "errors")]
     return "\n".join(lines) + "\n" + markdown_table(rows, cols) + "\n\n" + markdown_table(
         targets, [("target", "target"), ("measured", "measured"), ("status", "status")]), targets
 

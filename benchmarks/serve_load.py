@@ -7,7 +7,8 @@ Loopback only and bounded: a fixed number of requests per level and a deadline f
     python -m benchmarks.serve_load --url http://127.0.0.1:8000       # an already running local server
 
 Method: one warmup request per level (excluded); each request streams with stream_options.include_usage, so
-tokens are the server's own count; tokens/s is all completion tokens of a level over its wall time. Every
+tokens are the server's own count; tokens/s is all completion tokens of a level over its wall time, beside the
+bandwidth limit of that many streams (memory read GB/s measured in the run, the weight bytes the server reports). Every
 conversation opens with its own tag, so a server that caches prompt prefixes cannot reuse another's prefill;
 with --turns N each client goes on with N-1 follow-up questions that resend the conversation, as chat clients do,
 and the follow-up turns' first-token latency is reported apart.
@@ -51,6 +52,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
+class RequestFailed(Exception):
+    """A request the server answered with an error status or an error event."""
+
+
+def _failure(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
 def one_request(url: str, model: str, messages: list[dict], max_tokens: int) -> dict:
     import httpx
 
@@ -67,11 +76,14 @@ def one_request(url: str, model: str, messages: list[dict], max_tokens: int) -> 
     usage = {}
     reply = []
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
+        if response.is_error:
+            raise RequestFailed(f"HTTP {response.status_code}: {response.read().decode(errors='replace')[:300]}")
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
+            if event.get("error"):  # the server gave up mid-stream
+                raise RequestFailed(f"error event: {json.dumps(event['error'])[:300]}")
             if event.get("usage"):
                 usage = event["usage"]
             choices = event.get("choices") or []
@@ -91,8 +103,16 @@ def one_request(url: str, model: str, messages: list[dict], max_tokens: int) -> 
 
 def run_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int, deadline: float,
               turns: int = 1) -> dict:
-    one_request(url, model, [{"role": "user", "content": f"(warmup {concurrency}) {PROMPTS[0]}"}], max_tokens)
+    import httpx
+
+    failures = (httpx.HTTPError, RequestFailed, json.JSONDecodeError)
+    warmup_error = None
+    try:
+        one_request(url, model, [{"role": "user", "content": f"(warmup {concurrency}) {PROMPTS[0]}"}], max_tokens)
+    except failures as err:
+        warmup_error = _failure(err)
     results: list[dict] = []
+    errors: list[str] = []
     lock = threading.Lock()
 
     def task(i: int):
@@ -100,7 +120,12 @@ def run_level(url: str, model: str, concurrency: int, requests: int, max_tokens:
         for turn in range(turns):
             if time.monotonic() > deadline:
                 return
-            result = one_request(url, model, messages, max_tokens) | {"turn": turn}
+            try:
+                result = one_request(url, model, messages, max_tokens) | {"turn": turn}
+            except failures as err:  # counted, and the conversation ends: its next turn would lack the reply
+                with lock:
+                    errors.append(_failure(err))
+                return
             with lock:
                 results.append(result)
             messages += [{"role": "assistant", "content": result["reply"]},
@@ -126,6 +151,9 @@ def run_level(url: str, model: str, concurrency: int, requests: int, max_tokens:
         "concurrency": concurrency,
         "requests": len(results),
         "requests_planned": requests * turns,
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:3],
+        **({"warmup_error": warmup_error} if warmup_error else {}),
         "completion_tokens": tokens,
         "wall_s": round(wall, 3),
         "tokens_per_s": round(tokens / wall, 2) if wall > 0 else 0.0,
@@ -143,21 +171,31 @@ def render_table(report: dict) -> str:
     head = f"model={report['model']} backend={report['backend']} max_tokens={report['max_tokens']}"
     lines = [
         head,
-        "| streams | requests | tokens/s | p50 latency (s) | p99 latency (s) | p50 TTFT (s) | p99 TTFT (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| streams | requests | errors | tokens/s | of bandwidth limit | p50 latency (s) | p99 latency (s) | "
+        "p50 TTFT (s) | p99 TTFT (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     followups = any("followup_ttft_p50_s" in r for r in report["levels"])
     if followups:
         lines[1] += " follow-up p50 TTFT (s) | follow-up p99 TTFT (s) | follow-up prompt tokens |"
         lines[2] += "---|---|---|"
     for r in report["levels"]:
-        line = (f"| {r['concurrency']} | {r['requests']} | {r['tokens_per_s']} | {r['latency_p50_s']} | "
+        line = (f"| {r['concurrency']} | {r['requests']} | {r.get('errors', '-')} | {r['tokens_per_s']} | "
+                f"{_fraction(r)} | {r['latency_p50_s']} | "
                 f"{r['latency_p99_s']} | {r['ttft_p50_s']} | {r['ttft_p99_s']} |")
         if followups:
             line += (f" {r.get('followup_ttft_p50_s', '-')} | {r.get('followup_ttft_p99_s', '-')} | "
                      f"{r.get('followup_prompt_tokens_mean', '-')} |")
         lines.append(line)
+    for r in report["levels"]:
+        for message in r.get("error_examples", []):
+            lines.append(f"{r['concurrency']} streams, failed: {message}")
     return "\n".join(lines)
+
+
+def _fraction(level: dict) -> str:
+    fraction = level.get("fraction_of_decode_limit")
+    return "-" if fraction is None else f"{fraction:.3g}"
 
 
 def _free_port() -> int:
@@ -227,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             or not 1 <= args.turns <= 8):
         parser.error("bounded load only: streams 1-32, at most 128 conversations per level of 1-8 turns, "
                      "max_tokens <= 1024")
+    from benchmarks.machine import memory_read_gbps
+
+    bandwidth = memory_read_gbps()  # before the server starts: its engine would compete for the memory bus
     proc = None
     if args.url:
         if urlparse(args.url).hostname not in LOOPBACK:
@@ -248,14 +289,21 @@ def main(argv: list[str] | None = None) -> int:
             "prompts": PROMPTS,
             "follow_ups": FOLLOW_UPS[: args.turns - 1],
             "hardware": _hardware(),
+            "memory_read_gbps": bandwidth,
+            "weight_bytes": health.get("weight_bytes"),  # what the server's model reads per decode step
             "levels": [],
         }
         for c in levels:
             if time.monotonic() > deadline:
                 break
             requests = args.requests or min(2 * c, 32)
-            report["levels"].append(run_level(url, health["model"], c, requests, args.max_tokens, deadline,
-                                              args.turns))
+            level = run_level(url, health["model"], c, requests, args.max_tokens, deadline, args.turns)
+            if report["weight_bytes"]:
+                # c streams decode together, reading the weights once per step for c tokens; the prefills and
+                # the KV cache reads come on top, so the aggregate stays well below this
+                level["decode_limit_tokens_per_s"] = c * bandwidth * 1e9 / report["weight_bytes"]
+                level["fraction_of_decode_limit"] = level["tokens_per_s"] / level["decode_limit_tokens_per_s"]
+            report["levels"].append(level)
     finally:
         if proc is not None:
             proc.terminate()

@@ -51,7 +51,7 @@ class OpenVINOBackend:
         _import_genai()  # fail here, with the install hint, rather than in the engine process
         from transformers import AutoTokenizer
 
-        from finetune.hardware import openvino_cpu_properties
+        from finetune.hardware import detect_hardware, openvino_cpu_properties
         from quantize.projection_fusion import is_fused
 
         self.model_id = model_id
@@ -72,6 +72,7 @@ class OpenVINOBackend:
             # and only the new tokens are prefilled (genai's SchedulerConfig leaves this off).
             "enable_prefix_caching": prefix_caching,
         }
+        self.weight_bytes = streamed_weight_bytes(folder, detect_hardware().cpu_bf16)
         self._launch_args = (str(folder), scheduler, openvino_cpu_properties(), list(self.eos_token_ids))
         self._launch_lock = threading.Lock()
         self._ids = itertools.count()
@@ -247,3 +248,31 @@ def _generation_config(folder):
         return HFGenerationConfig.from_pretrained(str(folder))
     except OSError:  # an export without generation_config.json
         return None
+
+
+# ops an NNCF-compressed weight passes through on its way to its MatMul (decompression, layout)
+_WEIGHT_PATH_OPS = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze"}
+
+
+def streamed_weight_bytes(folder, bf16_compute: bool) -> int:
+    """Bytes of weights one decode step reads: every constant that feeds a MatMul (directly or through its
+    decompression ops), at its stored size; f32 ones at 2 bytes where the CPU plugin computes in bf16 (its default
+    on AMX / AVX512-BF16). An embedding table that no MatMul uses (an untied lm_head) is left out: a step reads
+    one row of it."""
+    import openvino as ov
+
+    def feeds_matmul(node, depth: int = 0) -> bool:
+        for target in (t.get_node() for out in node.outputs() for t in out.get_target_inputs()):
+            kind = target.get_type_name()
+            if kind == "MatMul" or (kind in _WEIGHT_PATH_OPS and depth < 6 and feeds_matmul(target, depth + 1)):
+                return True
+        return False
+
+    model = ov.Core().read_model(str(Path(folder) / "openvino_model.xml"))
+    total = 0
+    for op in model.get_ops():
+        # rank >= 2: weights, scales and zero points; not the shape and axis constants on the same paths
+        if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) >= 2 and feeds_matmul(op):
+            size = op.get_byte_size()
+            total += size // 2 if bf16_compute and op.get_element_type() == ov.Type.f32 else size
+    return total

@@ -34,6 +34,8 @@ class TorchBackend:
         self.max_concurrency = max_concurrency
         self.eos_token_ids = eos_token_ids(model.generation_config, tokenizer)
         self._schema_constraint = None  # compiled response_format grammars, made on first use
+        # what one decode step reads (tied weights once): the benchmarks' bandwidth limit
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     @property
     def dtype(self) -> str:

@@ -89,6 +89,7 @@ async def health(request: Request):
         "status": "ok",
         "model": state.models.active.model_id,
         "backend": state.models.active.kind,
+        "weight_bytes": getattr(state.models.active, "weight_bytes", None),
         "running": state.admission.running,
         "waiting": state.admission.waiting,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import pytest
 
 from benchmarks import serve_load
@@ -47,3 +48,34 @@ def test_percentile_nearest_rank():
 def test_refuses_non_loopback_url():
     with pytest.raises(SystemExit):
         serve_load.main(["--url", "http://192.0.2.1:8000"])
+
+
+def test_each_level_is_reported_beside_its_bandwidth_limit(make_server, tmp_path, monkeypatch):
+    from benchmarks import machine
+
+    server = make_server(chat_log={"enabled": False, "path": str(tmp_path / "x.db")})
+    backend = server.state.models.active
+    weights = sum(p.numel() * p.element_size() for p in backend.model.parameters())
+    assert httpx.get(server.url + "/health").json()["weight_bytes"] == weights  # the tiny model's, tied ones once
+    monkeypatch.setattr(machine, "memory_read_gbps", lambda: 0.01)  # 10 MB/s: the tiny model's limit in the tens
+    assert serve_load.main(["--url", server.url, "--concurrency", "1,2", "--max-tokens", "4",
+                            "--output-dir", str(tmp_path / "out")]) == 0
+    (saved,) = (tmp_path / "out").glob("serve_load-*.json")
+    report = json.loads(saved.read_text())
+    assert report["weight_bytes"] == weights and report["memory_read_gbps"] == 0.01
+    for level in report["levels"]:
+        # c streams read the weights once per step for c tokens
+        assert level["decode_limit_tokens_per_s"] == pytest.approx(level["concurrency"] * 0.01e9 / weights)
+        limit = level["decode_limit_tokens_per_s"]
+        assert level["fraction_of_decode_limit"] == pytest.approx(level["tokens_per_s"] / limit)
+    assert "| of bandwidth limit |" in serve_load.render_table(report)
+
+
+def test_failed_requests_are_counted_with_the_server_s_reason(make_server, tmp_path):
+    server = make_server(chat_log={"enabled": False, "path": str(tmp_path / "x.db")})
+    level = serve_load.run_level(server.url, "no-such-model", 2, 2, 4, time.monotonic() + 300)
+    assert level["errors"] == 2 and level["requests"] == 0 and level["completion_tokens"] == 0
+    assert "HTTP 404" in level["error_examples"][0] and "no-such-model" in level["error_examples"][0]
+    assert "HTTP 404" in level["warmup_error"]
+    table = serve_load.render_table({"model": "x", "backend": "torch", "max_tokens": 4, "levels": [level]})
+    assert "| 2 | 0 | 2 |" in table and "2 streams, failed: RequestFailed: HTTP 404" in table
