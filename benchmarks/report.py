@@ -224,7 +224,7 @@ def _device_plot(plt, rows: list[dict], path: Path) -> str:
     for ax, (key, title) in zip(axes[0], panels):
         ax.barh(labels, [r[key] or 0 for r in rows], color=colors)
         ax.set_xlabel(title)
-        ax.invert_yaxis()
+    axes[0][0].invert_yaxis()  # the panels share the axis: once, so the rows read top-down in table order
     axes[0][0].set_title("CPU (blue) vs GPU (orange)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
