@@ -15,12 +15,17 @@ PORTABLE_BUILD = ("the llamacpp path needs llama-cpp-python; build it with the R
 N_BATCH = 512  # tokens per llama_decode call while prefilling, llama-cpp-python's default
 
 
-def load(gguf: str, threads: int):
+def require():
+    """llama_cpp, or an ImportError that says how to build it."""
     try:
-        from llama_cpp import Llama
+        import llama_cpp
     except ImportError as e:
         raise ImportError(PORTABLE_BUILD) from e
-    return Llama(model_path=gguf, n_threads=threads, n_ctx=2048, n_batch=N_BATCH, verbose=False)
+    return llama_cpp
+
+
+def load(gguf: str, threads: int):
+    return require().Llama(model_path=gguf, n_threads=threads, n_ctx=2048, n_batch=N_BATCH, verbose=False)
 
 
 def generate_one(llm, prompt: str, new_tokens: int) -> tuple[list[float], int]:
