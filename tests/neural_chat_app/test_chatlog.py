@@ -136,7 +136,8 @@ def test_conversation_survives_kill_9(tiny_model_dir, tmp_path):
                 "stream": True,
             }
             with httpx.stream("POST", url + "/v1/chat/completions", json=second, timeout=60) as stream:
-                next(stream.iter_lines())
+                lines = stream.iter_lines()  # held: a discarded iterator closes the connection before the kill
+                next(lines)
                 os.kill(proc.pid, signal.SIGKILL)  # mid-reply
             proc.wait(timeout=30)
         finally:

@@ -78,9 +78,13 @@ def test_over_capacity_is_429_and_the_queue_is_bounded(make_server, slow_backend
     body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 400, "stream": True}
     with httpx.Client(timeout=60) as client, client.stream("POST", server.url + CHAT, json=body) as first:
         assert first.status_code == 200
-        next(first.iter_lines())
+        # Hold the line iterator: a discarded one is closed at once, and closing it closes the connection (httpcore
+        # closes its stream on GeneratorExit), so the server would rightly free the slot of a client that left.
+        lines = first.iter_lines()
+        next(lines)
         error = _error(_post(server, {**body, "stream": False}), 429)
         assert error["type"] == "rate_limit_error"
+        assert any(line.startswith("data: ") for line in lines), "the admitted stream should still be running"
     assert slow.stopped.wait(30)
 
 
