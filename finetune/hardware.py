@@ -1,17 +1,20 @@
-"""What this machine can do: AMX / AVX512-BF16 / CUDA, usable cores, and the precision and threads that follow."""
+"""What this machine can do: AMX / AVX512-BF16 / CUDA, usable cores, and the precision and threads that follow.
+
+The one place that reads the CPU (the doctor, training, serving and the benchmarks ask here). torch is imported
+inside the functions that need it, so `python -m finetune doctor` still runs where torch is missing.
+"""
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import platform
 import warnings
 from dataclasses import asdict, dataclass
 
-import torch
-
-logger = logging.getLogger(__name__)
+# ONEDNN_MAX_CPU_ISA values (oneDNN's names) at or above which oneDNN has bf16 matmul kernels; below them (AVX2,
+# AVX512_CORE, ...) a bf16 matmul has no fast kernel and fp32 is the faster precision. "ALL"/"DEFAULT" limit nothing.
+_BF16_ISA_MARKS = ("BF16", "AMX", "AVX10", "FP16", "ALL", "DEFAULT")
 
 
 @dataclass(frozen=True)
@@ -24,33 +27,98 @@ class Hardware:
     avx512_vnni: bool
     cuda: bool
     cuda_device: str | None
+    avx512f: bool = False
+    avx2: bool = False
+    onednn_isa_limit: str | None = None  # ONEDNN_MAX_CPU_ISA, when the user capped oneDNN's instruction set
+
+    @property
+    def flags(self) -> set[str]:
+        """The CPU flags above, by their /proc/cpuinfo names."""
+        names = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
+        return {name for name in names if getattr(self, name)}
+
+    @property
+    def isa(self) -> str:
+        return isa_name(self.flags)
 
     @property
     def cpu_bf16(self) -> bool:
         """True when the CPU runs bf16 matmuls natively (AMX or AVX512-BF16), so bf16 is faster than fp32."""
-        return self.amx_bf16 or self.avx512_bf16
+        return self.cpu_precision[0] == "bf16"
+
+    @property
+    def cpu_precision(self) -> tuple[str, str]:
+        return cpu_precision(self.flags, self.onednn_isa_limit)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "cpu_bf16": self.cpu_bf16, "torch_threads": torch.get_num_threads()}
+        import torch
+
+        precision, why = self.cpu_precision
+        return {**asdict(self), "isa": self.isa, "cpu_bf16": precision == "bf16", "cpu_precision": precision,
+                "cpu_precision_reason": why, "torch_threads": torch.get_num_threads()}
 
 
-def _cpu_flags_and_model() -> tuple[set[str], str]:
-    flags: set[str] = set()
-    model = platform.processor() or platform.machine()
+def isa_name(flags: set[str]) -> str:
+    """The widest matmul instruction set among `flags`, as users know it: AMX, AVX512-BF16, AVX-512, AVX2, SSE."""
+    for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return name
+    return "SSE"
+
+
+def onednn_isa_limit() -> str | None:
+    """ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA) when the user capped oneDNN's instruction set."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
+def cpu_precision(flags: set[str], isa_limit: str | None = None) -> tuple[str, str]:
+    """("bf16" or "fp32", why) for training and inference on a CPU with these /proc/cpuinfo flags.
+
+    bf16 only where the CPU has bf16 matmul instructions: on AVX-512 without them oneDNN emulates bf16 and on AVX2
+    PyTorch has no oneDNN bf16 kernel at all, so fp32 is faster there.
+    """
+    isa = isa_name(flags)
+    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    if native and isa_limit and not any(mark in isa_limit.upper() for mark in _BF16_ISA_MARKS):
+        return "fp32", (f"the CPU has {isa}, but ONEDNN_MAX_CPU_ISA={isa_limit} keeps oneDNN below its bf16 kernels, "
+                        "so bf16 matmuls would run without them: fp32 is faster")
+    if "amx_bf16" in flags:
+        return "bf16", "AMX-BF16 is present: oneDNN runs bf16 matmuls on the tile units"
+    if "avx512_bf16" in flags:
+        return "bf16", "AVX512-BF16 is present (no AMX): oneDNN runs bf16 matmuls natively, below AMX speed"
+    if "avx512f" in flags:
+        return "fp32", ("AVX-512 without bf16 instructions (no AMX, no AVX512-BF16): oneDNN would only emulate bf16 "
+                        "matmuls, so fp32 is faster")
+    return "fp32", f"{isa} only (no AMX, no AVX512-BF16): bf16 matmuls have no fast kernel here, so fp32 is faster"
+
+
+def read_cpuinfo() -> tuple[str, set[str], int | None]:
+    """(model name, flags, physical cores) from /proc/cpuinfo; physical cores are distinct (package, core id)
+    pairs, None where /proc/cpuinfo does not say. Outside Linux: the platform's name and no flags."""
+    model, flags, cores = platform.processor() or platform.machine(), set(), set()
+    named = False
+    package = core = None
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-                elif line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                if flags and line.startswith("model name"):
-                    break
-    except OSError:  # not Linux: fall back to what PyTorch reports
-        capability = torch.backends.cpu.get_cpu_capability().lower()
-        if "avx512" in capability:
-            flags.add("avx512f")
-    return flags, model
+            text = f.read()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = (s.strip() for s in line.partition(":"))
+        if key == "model name" and not named:
+            model, named = value, True
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "physical id":
+            package = value
+        elif key == "core id":
+            core = value
+        elif not key and package is not None and core is not None:  # the blank line after each processor
+            cores.add((package, core))
+            package = core = None
+    if package is not None and core is not None:
+        cores.add((package, core))
+    return model, flags, len(cores) or None
 
 
 def usable_cores() -> int:
@@ -63,7 +131,9 @@ def usable_cores() -> int:
 
 @functools.lru_cache(maxsize=1)
 def detect_hardware() -> Hardware:
-    flags, model = _cpu_flags_and_model()
+    import torch
+
+    model, flags, _ = read_cpuinfo()
     cuda = torch.cuda.is_available()
     return Hardware(
         cpu_model=model,
@@ -74,7 +144,35 @@ def detect_hardware() -> Hardware:
         avx512_vnni="avx512_vnni" in flags,
         cuda=cuda,
         cuda_device=torch.cuda.get_device_name(0) if cuda else None,
+        avx512f="avx512f" in flags,
+        avx2="avx2" in flags,
+        onednn_isa_limit=onednn_isa_limit(),
     )
+
+
+def compute_summary(device: str, precision: str | None = None, threads: int | None = None) -> str:
+    """One line saying what this process computes in and why: precision and its reason, threads, allocator.
+
+    Printed at the start of training and serving, and by the doctor, so a figure is never read without it.
+    """
+    from finetune.allocator import loaded_allocator
+
+    hw = detect_hardware()
+    if device == "cpu":
+        chosen, why = hw.cpu_precision
+        precision = precision or chosen
+        if precision != chosen:
+            why = f"{precision} as asked (this CPU's best: {chosen}, because {why})"
+        threads = threads if threads is not None else _torch_threads()
+        return (f"{hw.cpu_model} ({hw.isa}): {precision}, because {why}; {threads} thread(s) of "
+                f"{hw.usable_cores} usable core(s); allocator {loaded_allocator() or 'glibc malloc'}")
+    return f"{hw.cuda_device or device}: {precision or 'bf16'} on {device}"
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def configure_threads(local_world_size: int = 1) -> int:
@@ -83,6 +181,8 @@ def configure_threads(local_world_size: int = 1) -> int:
     Two processes each running 2 OpenMP threads on 2 cores made decoding fall from 16 to under 1 tok/s on
     this machine class, so the share is never rounded up. An explicit OMP_NUM_THREADS always wins.
     """
+    import torch
+
     if os.environ.get("OMP_NUM_THREADS"):
         threads = int(os.environ["OMP_NUM_THREADS"])
     else:
@@ -131,10 +231,10 @@ def resolve_precision(bf16: bool, fp16: bool, device: str) -> str:
                 "fp16=True was set, but training on CPU runs in bf16, not fp16: fp16 needs loss scaling and has no "
                 "fast CPU kernels, while bf16 runs on AMX / AVX512-BF16. Set bf16=True (or --bf16 True) instead."
             )
-        if bf16 and not detect_hardware().cpu_bf16:
+        hw = detect_hardware()
+        if bf16 and not hw.cpu_bf16:
             warnings.warn(
-                "bf16 was requested but this CPU has neither AMX nor AVX512-BF16: training falls back to fp32, "
-                "which is correct but about 2-4x slower than bf16 on a CPU that has it.",
+                f"bf16 was requested, but training falls back to fp32 on this CPU: {hw.cpu_precision[1]}.",
                 stacklevel=2,
             )
             return "fp32"
@@ -145,4 +245,6 @@ def resolve_precision(bf16: bool, fp16: bool, device: str) -> str:
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"

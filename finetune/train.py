@@ -28,6 +28,7 @@ from finetune.collate import PaddingFreeCollator, kept_positions_loss
 from finetune.config import FinetuningArguments, TextGenerationFinetuningConfig
 from finetune.dataset import build_datasets
 from finetune.hardware import (
+    compute_summary,
     configure_threads,
     default_device,
     detect_hardware,
@@ -275,6 +276,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
     logger.info("Fine-tuning %s on %s: task=%s, %s, %s, %d train / %d eval examples", model_path, device, fa.task,
                 precision, "full" if fa.full_finetune else ("qlora" if fa.qlora else "lora"),
                 len(data.train), len(data.eval))
+    logger.info("Compute: %s", compute_summary(device, precision, threads))
     from transformers import set_seed
 
     set_seed(args.seed)  # before the adapters are initialised, so one seed gives one run

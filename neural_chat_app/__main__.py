@@ -56,7 +56,11 @@ def _serve(args) -> int:
         settings.chat_log.enabled = False
     configure_threads()
     app = create_app(settings)
-    print(f"Serving {app.state.server.models.active.model_id} on http://{settings.host}:{settings.port}/", flush=True)
+    from neural_chat_app.loading import compute_line
+
+    active = app.state.server.models.active
+    print(f"Serving {active.model_id} on http://{settings.host}:{settings.port}/", flush=True)
+    print(f"Compute: {compute_line(active)}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
 

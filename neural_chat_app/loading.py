@@ -72,11 +72,10 @@ def torch_dtype(config: PipelineConfig, device: str):
         return torch.float32
     if device == "cpu" and opt.dtype == "float16":
         raise ValueError("MixedPrecisionConfig.dtype='float16' has no fast CPU kernels: use 'bfloat16' on CPU")
-    if device == "cpu" and not detect_hardware().cpu_bf16:
-        warnings.warn(
-            "MixedPrecisionConfig asks for bf16, but this CPU has neither AMX nor AVX512-BF16: running in fp32.",
-            stacklevel=3,
-        )
+    hw = detect_hardware()
+    if device == "cpu" and not hw.cpu_bf16:
+        warnings.warn(f"MixedPrecisionConfig asks for bf16, but this runs in fp32: {hw.cpu_precision[1]}.",
+                      stacklevel=3)
         return torch.float32
     return torch.float16 if opt.dtype == "float16" else torch.bfloat16
 
@@ -140,16 +139,33 @@ def load_openvino(source: ModelSource, config: PipelineConfig, max_concurrency: 
 def load_backend(config: PipelineConfig, max_concurrency: int | None = None):
     """Load the model `config` names with the backend it asks for ("auto": OpenVINO for an IR folder)."""
     if isinstance(config.optimization_config, WeightOnlyQuantConfig):
-        return load_weight_only(config, max_concurrency)
-    source = resolve_source(config)
-    backend = config.backend
-    if backend == "auto":
-        backend = "openvino" if source.is_openvino else "torch"
-    if backend == "torch":
-        if source.is_openvino:
-            raise ValueError(f"{source.path} is an OpenVINO IR folder: use backend='openvino' or 'auto'")
-        return load_torch(source, config, max_concurrency or 1)
-    return load_openvino(source, config, max_concurrency or 8)
+        loaded = load_weight_only(config, max_concurrency)
+    else:
+        source = resolve_source(config)
+        backend = config.backend
+        if backend == "auto":
+            backend = "openvino" if source.is_openvino else "torch"
+        if backend == "torch":
+            if source.is_openvino:
+                raise ValueError(f"{source.path} is an OpenVINO IR folder: use backend='openvino' or 'auto'")
+            loaded = load_torch(source, config, max_concurrency or 1)
+        else:
+            loaded = load_openvino(source, config, max_concurrency or 8)
+    logger.info("%s on the %s backend: %s", loaded.model_id, loaded.kind, compute_line(loaded))
+    return loaded
+
+
+def compute_line(backend) -> str:
+    """What a loaded backend computes in and why: precision and its reason, threads, allocator."""
+    from finetune.hardware import compute_summary
+
+    if backend.kind == "openvino":  # the CPU plugin infers in bf16 where the CPU has bf16 matmuls, else in f32
+        return "OpenVINO CPU plugin, " + compute_summary("cpu")
+    model = getattr(backend, "model", None)
+    if model is None:
+        return compute_summary("cpu")
+    names = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+    return compute_summary(model.device.type, names.get(backend.dtype, backend.dtype))
 
 
 def _quantized_artifact(source: ModelSource, opt: WeightOnlyQuantConfig, backend: str) -> Path:

@@ -16,7 +16,34 @@ def test_detects_this_machine():
     hw = hardware.detect_hardware()
     assert hw.usable_cores >= 1 and hw.cpu_model
     assert hw.cuda == torch.cuda.is_available()
-    assert hw.as_dict()["cpu_bf16"] == (hw.amx_bf16 or hw.avx512_bf16)
+    facts = hw.as_dict()
+    assert facts["cpu_bf16"] == (facts["cpu_precision"] == "bf16") and facts["cpu_precision_reason"]
+    if not hw.onednn_isa_limit:
+        assert hw.cpu_bf16 == (hw.amx_bf16 or hw.avx512_bf16)
+
+
+@pytest.mark.parametrize("flags, limit, precision, because", [
+    ({"amx_bf16", "avx512_bf16", "avx512f", "avx2"}, None, "bf16", "AMX-BF16 is present"),
+    ({"avx512_bf16", "avx512f", "avx2"}, None, "bf16", "AVX512-BF16 is present"),
+    ({"avx512f", "avx2"}, None, "fp32", "AVX-512 without bf16"),
+    ({"avx2", "fma"}, None, "fp32", "AVX2 only"),
+    ({"amx_bf16", "avx512_bf16", "avx512f", "avx2"}, "AVX2", "fp32", "ONEDNN_MAX_CPU_ISA=AVX2"),
+    ({"amx_bf16", "avx512_bf16", "avx512f", "avx2"}, "AVX512_CORE_BF16", "bf16", "AMX-BF16 is present"),
+    ({"amx_bf16", "avx512_bf16", "avx512f", "avx2"}, "AVX10_1_512_AMX", "bf16", "AMX-BF16 is present"),
+])
+def test_precision_follows_the_cpu_with_its_reason(flags, limit, precision, because):
+    chosen, why = hardware.cpu_precision(flags, limit)
+    assert (chosen, because in why) == (precision, True), why
+
+
+def test_compute_summary_names_precision_reason_threads_and_allocator(monkeypatch):
+    plain = dataclasses.replace(hardware.detect_hardware(), amx_bf16=False, avx512_bf16=False, avx512f=False,
+                                avx2=True, onednn_isa_limit=None, cpu_model="AMD EPYC 7B13")
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: plain)
+    line = hardware.compute_summary("cpu", threads=2)
+    assert line.startswith("AMD EPYC 7B13 (AVX2): fp32, because AVX2 only") and "2 thread(s)" in line
+    assert "allocator" in line
+    assert "bf16 as asked (this CPU's best: fp32" in hardware.compute_summary("cpu", "bf16", threads=2)
 
 
 def test_fp16_on_cpu_explains_bf16():

@@ -5,6 +5,7 @@ Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q tests/neural_chat_app/test_chatbot
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import warnings
@@ -109,17 +110,16 @@ def test_bf16_falls_back_to_fp32_with_a_warning(tiny_model_dir, monkeypatch):
 
     from finetune import hardware
 
-    class NoBf16:
-        cpu_bf16 = False
-
-    monkeypatch.setattr(hardware, "detect_hardware", lambda: NoBf16())
+    avx2_only = dataclasses.replace(hardware.detect_hardware(), amx_bf16=False, avx512_bf16=False, avx512f=False,
+                                    avx2=True, onednn_isa_limit=None)
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: avx2_only)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bot = build_chatbot(
             PipelineConfig(model_name_or_path=str(tiny_model_dir), optimization_config=MixedPrecisionConfig())
         )
     assert bot.backend.model.dtype == torch.float32
-    assert any("fp32" in str(w.message) for w in caught)
+    assert any("fp32" in str(w.message) and "AVX2 only" in str(w.message) for w in caught)
 
 
 @pytest.fixture(scope="module")
