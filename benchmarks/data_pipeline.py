@@ -136,7 +136,8 @@ def machine() -> dict:
     from finetune.hardware import detect_hardware
 
     hw = detect_hardware()
-    return {"cpu_model": hw.cpu_model, "usable_cores": hw.usable_cores, "ram_gb": _ram_gb(),
+    return {"cpu_model": hw.cpu_model, "isa": hw.isa, "cpu_flags": sorted(hw.flags), "usable_cores": hw.usable_cores,
+            "ram_gb": _ram_gb(),
             "python": platform.python_version(), "datasketch": datasketch.__version__,
             "phonenumbers": phonenumbers.__version__, "platform": platform.platform()}
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from benchmarks.machine import (
     REPO,
+    cpu_label,
     energy_joules,
     machine_info,
     markdown_table,
@@ -295,7 +296,8 @@ def _passthrough(args) -> list[str]:
 
 def render(payload: dict) -> str:
     hw = payload["machine"]["hardware"]
-    head = (f"model={payload['model']} new tokens={payload['new_tokens']} | {hw['cpu_model']}, {hw['usable_cores']} "
+    head = (f"model={payload['model']} new tokens={payload['new_tokens']} | {cpu_label(payload['machine'])}, "
+            f"{hw['usable_cores']} "
             f"cores | memory read {payload['memory_read_gbps']:.1f} GB/s")
     columns = [("path", "path"), ("batch", "batch"), ("prompt_tokens", "prompt"), ("ttft_ms", "first token ms"),
                ("decode_tokens_per_s", "decode tok/s"), ("p50_token_ms", "p50 ms/token"),

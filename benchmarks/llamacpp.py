@@ -8,11 +8,36 @@ token of each sequence in a single `llama_decode` call, and the next tokens are 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
-PORTABLE_BUILD = ("the llamacpp path needs llama-cpp-python; build it with the README's portable flags: "
-                  "CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX512=ON ...\" pip install llama-cpp-python")
+VERSION = "0.3.36"
+PORTABLE_BUILD = ("the llamacpp path needs llama-cpp-python, built for this CPU with portable flags: "
+                  "python -m benchmarks.llamacpp build (about 5 minutes on 2 cores)")
 N_BATCH = 512  # tokens per llama_decode call while prefilling, llama-cpp-python's default
+# /proc/cpuinfo flag -> the ggml switch that uses it. AMX is never switched on: ggml's AMX kernel died with SIGILL
+# on these VMs, and so did the default -march=native build that enables it.
+GGML_SWITCHES = {"avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C", "avx_vnni": "GGML_AVX_VNNI",
+                 "avx512f": "GGML_AVX512", "avx512_vnni": "GGML_AVX512_VNNI", "avx512_bf16": "GGML_AVX512_BF16"}
+
+
+def cmake_args(flags: set[str]) -> str:
+    """CMAKE_ARGS for a llama.cpp build that runs on a CPU with `flags`: native tuning off, and each vector
+    extension the CPU has switched on by name (an AVX2-only CPU gets no AVX-512 code that it cannot run)."""
+    switches = [f"-D{switch}={'ON' if flag in flags else 'OFF'}" for flag, switch in GGML_SWITCHES.items()]
+    return " ".join(["-DGGML_NATIVE=OFF", *switches])
+
+
+def build(python: str = sys.executable) -> int:
+    """pip-install llama-cpp-python compiled with cmake_args() for this machine's CPU."""
+    from finetune.hardware import read_cpuinfo
+
+    args = cmake_args(read_cpuinfo()[1])
+    print(f"CMAKE_ARGS=\"{args}\" pip install llama-cpp-python=={VERSION}", flush=True)
+    command = [python, "-m", "pip", "install", "--no-cache-dir", f"llama-cpp-python=={VERSION}"]
+    return subprocess.call(command, env={**os.environ, "CMAKE_ARGS": args})
 
 
 def require():
@@ -94,3 +119,21 @@ def generate_batch(llm, prompts: list[str], new_tokens: int, threads: int) -> tu
     finally:
         lc.llama_batch_free(batch)
         lc.llama_free(ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["build"]:
+        return build()
+    if argv[:1] == ["flags"]:
+        from finetune.hardware import read_cpuinfo
+
+        print(cmake_args(read_cpuinfo()[1]))
+        return 0
+    print("python -m benchmarks.llamacpp build   # install llama-cpp-python compiled for this CPU\n"
+          "python -m benchmarks.llamacpp flags   # print the CMAKE_ARGS it would use")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,6 +32,7 @@ def machine_info() -> dict:
         commit = None
     return {
         "hardware": detect_hardware().as_dict(),
+        "cpu_flags": sorted(_cpu_flags()),
         "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_1min": os.getloadavg()[0],  # a busy machine makes every figure of the run suspect
@@ -41,6 +42,50 @@ def machine_info() -> dict:
         "git_commit": commit,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def train_precision(device: str = "cpu") -> str:
+    """The precision training runs in on `device` (finetune.hardware decides): bf16 on a GPU and on a CPU with AMX or
+    AVX512-BF16, fp32 on other CPUs. Every limit a benchmark reports is measured in this precision."""
+    if device != "cpu":
+        return "bf16"
+    from finetune.hardware import detect_hardware
+
+    return "bf16" if detect_hardware().cpu_bf16 else "fp32"
+
+
+def _cpu_flags() -> set[str]:
+    """The ISA flags that decide kernels (every vector and matrix extension /proc/cpuinfo names)."""
+    from finetune.hardware import read_cpuinfo
+
+    return {f for f in read_cpuinfo()[1] if f.startswith(("avx", "amx", "fma", "f16c", "sse"))}
+
+
+def same_cpu(a: dict, b: dict) -> bool:
+    """Whether two results' machine_info() name the same CPU (model and ISA): only such results share a ratio."""
+    ha, hb = a.get("hardware", {}), b.get("hardware", {})
+    return (ha.get("cpu_model"), ha.get("isa"), ha.get("cpu_precision")) == (
+        hb.get("cpu_model"), hb.get("isa"), hb.get("cpu_precision"))
+
+
+def cpu_label(info: dict) -> str:
+    """"<CPU model> (<ISA>, <precision>)" of a machine_info(): how every table names where it ran."""
+    hw = info.get("hardware", {})
+    isa = hw.get("isa") or ("AMX" if hw.get("amx_bf16") else "ISA not recorded")
+    precision = hw.get("cpu_precision") or ("bf16" if hw.get("cpu_bf16") else "fp32")
+    return f"{hw.get('cpu_model', 'unknown CPU')} ({isa}, trains in {precision})"
+
+
+def matmul_peaks(device: str = "cpu", n: int = 2048, seconds: float = 2.0) -> tuple[dict, dict]:
+    """({"bf16": GFLOPS, "fp32": GFLOPS}, {precision: matrix size}) on this process's threads.
+
+    The training precision is timed at n^3. On a CPU without bf16 instructions a bf16 matmul has no fast kernel
+    (an AVX2 machine took minutes for one 4096^3): there bf16 is timed at 512^3, for comparison only, so the run
+    takes about as long on every CPU."""
+    precision = train_precision(device)
+    slow = "bf16" if precision == "fp32" and device == "cpu" else None
+    sizes = {name: min(n, 512) if name == slow else n for name in ("bf16", "fp32")}
+    return {name: matmul_gflops(name, n=size, seconds=seconds, device=device) for name, size in sizes.items()}, sizes
 
 
 def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0, device: str = "cpu",
@@ -87,8 +132,10 @@ def model_linear_shapes(config) -> list[tuple[int, int, int]]:
         (hidden, config.vocab_size, 1)]
 
 
-def model_shape_gflops(config_or_model_path, tokens: int = 1024, seconds: float = 0.4) -> float:
-    """Effective bf16 GFLOPS of a training step's matmuls at the model's own shapes, on this process's threads.
+def model_shape_gflops(config_or_model_path, tokens: int = 1024, seconds: float = 0.4,
+                       precision: str = "bf16") -> float:
+    """Effective GFLOPS of a training step's matmuls at the model's own shapes in `precision` ("bf16" or "fp32",
+    the machine's training precision: train_precision), on this process's threads.
 
     Each linear of model_linear_shapes is timed (best of 4 windows in `seconds`) with F.linear, forward
     (x[T,in] @ W[out,in]^T) and backward grad-input (g[T,out] @ W[out,in]), T = `tokens`. Returns total FLOPs
@@ -103,12 +150,13 @@ def model_shape_gflops(config_or_model_path, tokens: int = 1024, seconds: float 
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(config)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     total_flops = total_seconds = 0.0
     with torch.inference_mode():
         for fan_in, fan_out, uses in model_linear_shapes(config):
-            weight = torch.randn(fan_out, fan_in, dtype=torch.bfloat16)
-            for x, w in ((torch.randn(tokens, fan_in, dtype=torch.bfloat16), weight),  # forward
-                         (torch.randn(tokens, fan_out, dtype=torch.bfloat16), weight.t())):  # grad-input
+            weight = torch.randn(fan_out, fan_in, dtype=dtype)
+            for x, w in ((torch.randn(tokens, fan_in, dtype=dtype), weight),  # forward
+                         (torch.randn(tokens, fan_out, dtype=dtype), weight.t())):  # grad-input
                 for _ in range(2):
                     F.linear(x, w)
                 total_flops += 2 * tokens * fan_in * fan_out * uses

@@ -17,14 +17,15 @@ import sys
 from pathlib import Path
 
 from benchmarks import machine
-from benchmarks.machine import REPO, markdown_table
+from benchmarks.machine import REPO, cpu_label, markdown_table, same_cpu
 
 README = REPO / "README.md"
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
 def _newest(pattern: str, results: Path) -> dict | None:
-    files = sorted((p for p in results.glob(pattern) if "-latest" not in p.name), key=lambda p: p.stat().st_mtime)
+    # by the timestamp in the name: a fresh clone gives every file the same mtime
+    files = sorted((p for p in results.glob(pattern) if "-latest" not in p.name), key=lambda p: p.name[-20:])
     return json.loads(files[-1].read_text()) if files else None
 
 
@@ -54,6 +55,8 @@ def _shape_fraction(row: dict) -> str:
 
 
 def train_section(train: dict) -> tuple[str, list[dict]]:
+    from benchmarks.train import limit_fraction
+
     rows = {r["variant"]: r for r in train["results"]}
     ours, fp32, bf16 = rows.get("ours"), rows.get("plain-fp32"), rows.get("plain-bf16")
     targets = []
@@ -69,9 +72,10 @@ def train_section(train: dict) -> tuple[str, list[dict]]:
                         "measured": f"{ours['useful_tokens_per_s'] / bf16['useful_tokens_per_s']:.2f}x",
                         "status": _mark(ours["useful_tokens_per_s"] >= 1.5 * bf16["useful_tokens_per_s"])})
     if ours:
-        targets.append({"target": ">= 45% of the bf16 matmul limit",
-                        "measured": f"{ours['fraction_of_bf16_limit']:.0%}{_shape_fraction(ours)}",
-                        "status": _mark(ours["fraction_of_bf16_limit"] >= 0.45)})
+        precision = train.get("train_precision", "bf16")
+        targets.append({"target": f">= 45% of the matmul limit ({precision}, this machine's training precision)",
+                        "measured": f"{limit_fraction(ours):.0%}{_shape_fraction(ours)}",
+                        "status": _mark(limit_fraction(ours) >= 0.45)})
         targets.append({"target": "peak RSS < 2 GB", "measured": f"{ours['peak_rss_mb']} MB",
                         "status": _mark(ours["peak_rss_mb"] < 2048)})
     from benchmarks.train import render
@@ -114,7 +118,7 @@ def serve_section(serve: dict) -> tuple[str, list[dict]]:
     levels = {lv["concurrency"]: lv for lv in serve.get("levels", [])}
     hw = serve.get("hardware", {})
     lines = [f"backend={serve.get('backend')} model={serve.get('model')} max_tokens={serve.get('max_tokens')} | "
-             f"{hw.get('cpu_model')}, {hw.get('usable_cores')} cores ({serve.get('created_at')})"]
+             f"{cpu_label({'hardware': hw})}, {hw.get('usable_cores')} cores ({serve.get('created_at')})"]
     rows = [{"streams": c, "tokens/s": lv.get("tokens_per_s"),
              "of bandwidth limit": lv.get("fraction_of_decode_limit"), "p50 TTFT s": lv.get("ttft_p50_s"),
              "p99 TTFT s": lv.get("ttft_p99_s"), "p99 latency s": lv.get("latency_p99_s"),
@@ -195,11 +199,13 @@ def plots(found: dict, prices: dict, out: Path) -> list[str]:
             made.append("infer_tokens_per_s.png")
     train = found.get("train")
     if train:
+        from benchmarks.train import limit_fraction
+
         rows = train["results"]
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.bar([r["variant"] for r in rows], [r["fraction_of_bf16_limit"] * 100 for r in rows], color="#55a868")
+        ax.bar([r["variant"] for r in rows], [limit_fraction(r) * 100 for r in rows], color="#55a868")
         ax.axhline(45, color="#c44e52", linestyle="--", label="target 45%")
-        ax.set_ylabel("% of the bf16 matmul limit")
+        ax.set_ylabel(f"% of the {train.get('train_precision', 'bf16')} matmul limit")
         ax.set_title("Training: useful tokens/s against the roofline")
         ax.legend()
         fig.tight_layout()
@@ -233,6 +239,10 @@ def _device_plot(plt, rows: list[dict], path: Path) -> str:
 
 
 def headline(found: dict) -> str:
+    """The README's table. Each row is one result file's own figures and ratios; where the files come from
+    different CPUs, each row names its CPU (a ratio never spans two machines)."""
+    from benchmarks.train import limit_fraction
+
     rows = []
     train = found.get("train")
     if train:
@@ -242,8 +252,9 @@ def headline(found: dict) -> str:
             rows.append({"what": "LoRA fine-tuning, useful tokens/s",
                          "figure": f"{r['ours']['useful_tokens_per_s']:.0f}",
                          "vs": f"{r['ours']['speedup_vs_plain_fp32']:.2f}x the plain fp32 recipe" if base else "-",
-                         "limit": f"{r['ours']['fraction_of_bf16_limit']:.0%} of the bf16 matmul limit"
-                                  f"{_shape_fraction(r['ours'])}"})
+                         "limit": f"{limit_fraction(r['ours']):.0%} of the "
+                                  f"{train.get('train_precision', 'bf16')} matmul limit"
+                                  f"{_shape_fraction(r['ours'])}", "machine": train["machine"]})
     infer = found.get("infer")
     if infer:
         batch1 = [x for x in infer["results"] if x.get("batch") == 1 and x.get("prompt_tokens") == 64
@@ -258,7 +269,8 @@ def headline(found: dict) -> str:
                            f"{llama['ttft_ms']:.0f} ms")
             rows.append({"what": f"decode, batch 1, 64-token prompt ({best['path']})",
                          "figure": f"{best['decode_tokens_per_s']:.0f} tok/s", "vs": versus,
-                         "limit": f"{best['fraction_of_decode_limit']:.0%} of the bandwidth limit"})
+                         "limit": f"{best['fraction_of_decode_limit']:.0%} of the bandwidth limit",
+                         "machine": infer["machine"]})
     serve = found.get("serve")
     if serve:
         levels = {lv["concurrency"]: lv for lv in serve.get("levels", [])}
@@ -266,21 +278,24 @@ def headline(found: dict) -> str:
             rows.append({"what": f"chat server, 8 streaming clients ({serve.get('backend')})",
                          "figure": f"{levels[8]['tokens_per_s']:.0f} tok/s",
                          "vs": f"{levels[8]['tokens_per_s'] / levels[1]['tokens_per_s']:.2f}x one client",
-                         "limit": f"p99 first token {levels[8]['ttft_p99_s']:.2f} s"})
-    machine_line = ""
-    for payload in (train, infer):
-        if payload:
-            hw = payload["machine"]["hardware"]
-            load = payload["machine"].get("load_average_1min")
-            busy = f" The machine was busy (load average {load:.1f} at the start): provisional." if (
-                load is not None and load > hw["usable_cores"] / 2) else ""
-            machine_line = (f"Measured on {hw['cpu_model']}, {hw['usable_cores']} cores "
-                            f"({payload['machine']['time']}).{busy}")
-            break
+                         "limit": f"p99 first token {levels[8]['ttft_p99_s']:.2f} s",
+                         "machine": {"hardware": serve.get("hardware", {}), "time": serve.get("created_at")}})
     if not rows:
         return "No benchmark results yet: run `python -m benchmarks train` and `python -m benchmarks infer`."
-    return machine_line + "\n\n" + markdown_table(rows, [("what", "what"), ("figure", "figure"), ("vs", "compared"),
-                                                         ("limit", "limit")])
+    columns = [("what", "what"), ("figure", "figure"), ("vs", "compared"), ("limit", "limit")]
+    first = rows[0]["machine"]
+    if all(same_cpu(first, r["machine"]) for r in rows):
+        hw = first["hardware"]
+        load = first.get("load_average_1min")
+        busy = f" The machine was busy (load average {load:.1f} at the start): provisional." if (
+            load is not None and load > hw["usable_cores"] / 2) else ""
+        machine_line = f"Measured on {cpu_label(first)}, {hw['usable_cores']} cores ({first['time']}).{busy}"
+    else:
+        machine_line = "These results come from different CPUs: each row names its own, and no ratio spans two."
+        columns.append(("cpu", "CPU"))
+        for r in rows:
+            r["cpu"] = cpu_label(r["machine"])
+    return machine_line + "\n\n" + markdown_table(rows, columns)
 
 
 def render_report(found: dict, prices: dict, out: Path) -> str:

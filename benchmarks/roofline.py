@@ -3,7 +3,10 @@
     python -m benchmarks.roofline
     python -m benchmarks roofline --model smollm2-135m-instruct
 
-Training limit: tokens/s at 100% of the bf16 matmul peak, 6 x parameters FLOPs per token for full fine-tuning
+Every limit is in the precision this machine trains in (machine.train_precision): bf16 on a CPU with AMX or
+AVX512-BF16, fp32 elsewhere (an AVX2-only CPU has no fast bf16 kernel: its bf16 matmul is timed small, for
+comparison only, so the command takes about as long on every CPU).
+Training limit: tokens/s at 100% of that matmul peak, 6 x parameters FLOPs per token for full fine-tuning
 (forward 2P, backward 4P) and 4 x P for LoRA (no weight gradients for the frozen weights). The peak is a 4096^3
 matmul; the model's own layers are smaller and slower, so the LoRA limit is also given at the model's shapes
 (machine.model_shape_gflops: every linear of a layer and the lm_head, forward and grad-input, FLOP-weighted).
@@ -20,12 +23,14 @@ import subprocess
 import sys
 
 from benchmarks.machine import (
+    cpu_label,
     machine_info,
     markdown_table,
-    matmul_gflops,
+    matmul_peaks,
     memory_read_gbps,
     model_shape_gflops,
     publish,
+    train_precision,
 )
 
 WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0 + 4 / 128, "int4": 0.5 + 4 / 64}  # + per-group scales
@@ -60,27 +65,34 @@ def model_parameters(model: str) -> int:
 
 def measure(model: str) -> dict:
     info = machine_info()
-    gflops = {"bf16": matmul_gflops("bf16", n=4096, seconds=3), "fp32": matmul_gflops("fp32", n=4096, seconds=3)}
+    precision = train_precision()
+    print(f"roofline of {cpu_label(info)}: matmul peaks ...", flush=True)
+    gflops, sizes = matmul_peaks(n=4096, seconds=3)
+    print("memory bandwidth ...", flush=True)
     bandwidth = memory_read_gbps()
     kernel = onednn_bf16_kernel()
     params = model_parameters(model)
     from finetune.models import resolve_model_path
 
-    shape_gflops = model_shape_gflops(resolve_model_path(model))
+    print(f"{precision} matmuls at the shapes of {model} ...", flush=True)
+    shape_gflops = model_shape_gflops(resolve_model_path(model), precision=precision)
+    peak = gflops[precision]
     return {
         "benchmark": "roofline",
         "model": model,
         "parameters": params,
+        "train_precision": precision,
         "matmul_gflops": gflops,
+        "matmul_size": sizes,
         "bf16_over_fp32": gflops["bf16"] / gflops["fp32"],
-        "model_shape_gflops_bf16": shape_gflops,
+        "model_shape_gflops": shape_gflops,
         "memory_read_gbps": bandwidth,
         "onednn_bf16_kernel": kernel,
         "amx_in_use": bool(kernel and "amx" in kernel),
         "limits": {
-            "train_lora_tokens_per_s": gflops["bf16"] * 1e9 / (4 * params),
+            "train_lora_tokens_per_s": peak * 1e9 / (4 * params),
             "train_lora_tokens_per_s_at_model_shapes": shape_gflops * 1e9 / (4 * params),
-            "train_full_tokens_per_s": gflops["bf16"] * 1e9 / (6 * params),
+            "train_full_tokens_per_s": peak * 1e9 / (6 * params),
             "decode_tokens_per_s": {fmt: bandwidth * 1e9 / (params * b) for fmt, b in WEIGHT_BYTES.items()},
         },
         "machine": info,
@@ -92,18 +104,22 @@ def _or_dash(value: float | None, fmt: str) -> str:
 
 
 def render(p: dict) -> str:
+    precision = p.get("train_precision", "bf16")  # results before it were all from bf16 machines
+    sizes = p.get("matmul_size", {"bf16": 4096, "fp32": 4096})
+    shape_gflops = p.get("model_shape_gflops", p.get("model_shape_gflops_bf16"))
+    kernel = p["onednn_bf16_kernel"] or "none: no fast bf16 kernel on this CPU"
     rows = [
-        {"what": "bf16 matmul 4096^3", "value": f"{p['matmul_gflops']['bf16']:.0f} GFLOPS",
-         "note": f"oneDNN kernel {p['onednn_bf16_kernel']} (AMX in use: {p['amx_in_use']})"},
-        {"what": "fp32 matmul 4096^3", "value": f"{p['matmul_gflops']['fp32']:.0f} GFLOPS",
+        {"what": f"bf16 matmul {sizes['bf16']}^3", "value": f"{p['matmul_gflops']['bf16']:.0f} GFLOPS",
+         "note": f"oneDNN kernel {kernel} (AMX in use: {p['amx_in_use']})"},
+        {"what": f"fp32 matmul {sizes['fp32']}^3", "value": f"{p['matmul_gflops']['fp32']:.0f} GFLOPS",
          "note": f"bf16 is {p['bf16_over_fp32']:.1f}x fp32"},
-        {"what": "bf16 matmul at the model's shapes",
-         "value": _or_dash(p.get("model_shape_gflops_bf16"), "{:.0f} GFLOPS"),
+        {"what": f"{precision} matmul at the model's shapes",
+         "value": _or_dash(shape_gflops, "{:.0f} GFLOPS"),
          "note": "every linear of one layer (x layers) and the lm_head, forward and grad-input, 1024 tokens, "
                  "FLOP-weighted"},
         {"what": "memory read", "value": f"{p['memory_read_gbps']:.1f} GB/s", "note": "1 GiB array, best pass"},
         {"what": "LoRA training limit", "value": f"{p['limits']['train_lora_tokens_per_s']:.0f} tok/s",
-         "note": f"4 x {p['parameters'] / 1e6:.1f} M FLOPs per token at the bf16 peak"},
+         "note": f"4 x {p['parameters'] / 1e6:.1f} M FLOPs per token at the {precision} peak"},
         {"what": "LoRA training limit at the model's shapes",
          "value": _or_dash(p["limits"].get("train_lora_tokens_per_s_at_model_shapes"), "{:.0f} tok/s"),
          "note": "the same FLOPs per token at the model-shape GFLOPS: the limit this model can approach"},
@@ -114,8 +130,8 @@ def render(p: dict) -> str:
         rows.append({"what": f"decode limit, {fmt} weights", "value": f"{value:.0f} tok/s",
                      "note": f"{WEIGHT_BYTES[fmt]:.2f} bytes per weight per token, batch 1"})
     hw = p["machine"]["hardware"]
-    head = (f"roofline of {hw['cpu_model']} ({hw['usable_cores']} cores, {p['machine']['threads']} threads), "
-            f"model {p['model']}")
+    head = (f"roofline of {cpu_label(p['machine'])}, {hw['usable_cores']} cores, {p['machine']['threads']} threads; "
+            f"model {p['model']}; training limits in {precision}")
     return head + "\n" + markdown_table(rows, [("what", "limit"), ("value", "value"), ("note", "how")])
 
 

@@ -1,4 +1,4 @@
-"""Training throughput: the plain recipe vs ours, side by side in one invocation, against the bf16 matmul limit.
+"""Training throughput: the plain recipe vs ours, side by side in one invocation, against the matmul limit.
 
     python -m benchmarks.train                                  # embedded SmolLM2-135M, LoRA, 3 variants
     python -m benchmarks.train --steps 6 --variants plain-bf16,ours
@@ -24,9 +24,10 @@ writes the same schema, so `python -m benchmarks report` can put CPU and GPU sid
 The data are multi-turn chats of varied length (1 to 8 turns, 40 to 500 tokens), the loss is on assistant turns.
 Reported: useful (non-padding) tokens/s and all tokens/s over the timed steps (warm-up excluded), peak RSS, and
 the held-out loss after training measured the same way for every variant. The limit is the LoRA step at 100% of
-the bf16 matmul peak measured in this run: 4 x parameters FLOPs per token (forward, plus backward through the
+the matmul peak measured in this run, in the precision the machine trains in (bf16 on AMX / AVX512-BF16, fp32
+elsewhere: machine.train_precision): 4 x parameters FLOPs per token (forward, plus backward through the
 frozen weights; no weight gradients). The 4096^3 matmul of that peak is faster than the model's own small
-layers: the "of shape limit" column measures against the same FLOPs at the bf16 GFLOPS of the model's linear shapes
+layers: the "of shape limit" column measures against the same FLOPs at the GFLOPS of the model's linear shapes
 (machine.model_shape_gflops), the limit this model can approach.
 """
 
@@ -44,13 +45,15 @@ from pathlib import Path
 
 from benchmarks.machine import (
     REPO,
+    cpu_label,
     energy_joules,
     machine_info,
     markdown_table,
-    matmul_gflops,
+    matmul_peaks,
     model_shape_gflops,
     peak_rss_mb,
     publish,
+    train_precision,
 )
 
 VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-glibc", "ours-fp32", "ours-qlora")
@@ -314,6 +317,10 @@ def _limits(gflops: float, params: int) -> dict:
 
 def _variants(args) -> list[str]:
     variants = args.variants.split(",")
+    if args.variants == DEFAULT_VARIANTS and train_precision(args.device) == "fp32":
+        # bf16 autocast without bf16 instructions measures the missing kernel, not a recipe a user would run here
+        print("-- plain-bf16 left out: this CPU trains in fp32 (no AMX / AVX512-BF16)", flush=True)
+        variants.remove("plain-bf16")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -321,15 +328,33 @@ def _variants(args) -> list[str]:
 
 
 def _machine(args) -> dict:
-    """What every payload starts with: the settings, the machine and its matmul peaks measured in this run (the
-    bf16 GFLOPS at the model's own shapes on the CPU only: None with --device cuda)."""
+    """What every payload starts with: the settings, the machine and its matmul peaks measured in this run, in the
+    precision this machine trains in (the GFLOPS at the model's own shapes on the CPU only: None with --device
+    cuda)."""
     from finetune.models import resolve_model_path
 
-    peak = {"bf16": matmul_gflops("bf16", device=args.device), "fp32": matmul_gflops("fp32", device=args.device)}
-    shapes = model_shape_gflops(resolve_model_path(args.model)) if args.device == "cpu" else None
+    precision = train_precision(args.device)
+    peak, sizes = matmul_peaks(device=args.device)
+    shapes = (model_shape_gflops(resolve_model_path(args.model), precision=precision) if args.device == "cpu"
+              else None)
     return {"device": args.device, "model": args.model, "seq_len": args.seq_len, "batch": args.batch,
             "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank, "examples": args.examples,
-            "matmul_gflops": peak, "model_shape_gflops_bf16": shapes, "machine": machine_info()}
+            "train_precision": precision, "matmul_gflops": peak, "matmul_size": sizes,
+            "model_shape_gflops": shapes, "machine": machine_info()}
+
+
+def _peak(payload: dict) -> float:
+    """The matmul peak the limits are measured against: the training precision's (bf16 in results before it)."""
+    return payload["matmul_gflops"][payload.get("train_precision", "bf16")]
+
+
+def shape_gflops(payload: dict) -> float | None:
+    return payload.get("model_shape_gflops", payload.get("model_shape_gflops_bf16"))
+
+
+def limit_fraction(row: dict) -> float:
+    """A row's fraction of the matmul limit (named fraction_of_bf16_limit in results before fp32 machines)."""
+    return row.get("fraction_of_limit", row.get("fraction_of_bf16_limit"))
 
 
 def _write_chats(folder: str, n: int) -> Path:
@@ -347,17 +372,17 @@ def run(args) -> dict:
         for variant in variants:
             print(f"-- {variant}", flush=True)
             results.append(_run_variant(variant, args, data, Path(tmp) / variant))
-    limits = _limits(payload["matmul_gflops"]["bf16"], results[0]["parameters"])
-    shapes = payload["model_shape_gflops_bf16"]
+    limits = _limits(_peak(payload), results[0]["parameters"])
+    shapes = payload["model_shape_gflops"]
     shape_limit = _limits(shapes, results[0]["parameters"])["lora"] if shapes else None
     base = next((r for r in results if r["variant"] == "plain-fp32"), None)
     for r in results:
-        r["fraction_of_bf16_limit"] = r["useful_tokens_per_s"] / limits["lora"]
+        r["fraction_of_limit"] = r["useful_tokens_per_s"] / limits["lora"]
         r["fraction_of_model_shape_limit"] = r["useful_tokens_per_s"] / shape_limit if shape_limit else None
         if base:
             r["speedup_vs_plain_fp32"] = r["useful_tokens_per_s"] / base["useful_tokens_per_s"]
             r["eval_loss_vs_plain_fp32"] = r["eval_loss"] / base["eval_loss"] - 1
-    return {**payload, "bf16_limit_tokens_per_s": limits["lora"], "model_shape_limit_tokens_per_s": shape_limit,
+    return {**payload, "limit_tokens_per_s": limits["lora"], "model_shape_limit_tokens_per_s": shape_limit,
             "results": results}
 
 
@@ -381,7 +406,7 @@ def run_sweeps(args) -> dict:
     sweeps = [parse_sweep(text) for text in args.sweep]
     variants = _variants(args)
     payload = {"benchmark": "train-sweep", **_machine(args)}
-    shapes = payload["model_shape_gflops_bf16"]
+    shapes = payload["model_shape_gflops"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = _write_chats(tmp, args.examples)
@@ -404,10 +429,10 @@ def run_sweeps(args) -> dict:
                     row = _run_variant(variant, point, data, Path(tmp) / f"{name}-{value}-{variant}",
                                        threads=threads, processes=processes)
                     method = "full" if point.full else "lora"
-                    limit = _limits(payload["matmul_gflops"]["bf16"], row["parameters"])[method]
+                    limit = _limits(_peak(payload), row["parameters"])[method]
                     shape_limit = _limits(shapes, row["parameters"])[method] if shapes else None
                     rows.append({"sweep": name, "value": value, **row, "limit_tokens_per_s": limit,
-                                 "fraction_of_bf16_limit": row["useful_tokens_per_s"] / limit,
+                                 "fraction_of_limit": row["useful_tokens_per_s"] / limit,
                                  "model_shape_limit_tokens_per_s": shape_limit,
                                  "fraction_of_model_shape_limit": (row["useful_tokens_per_s"] / shape_limit
                                                                    if shape_limit else None)})
@@ -416,16 +441,18 @@ def run_sweeps(args) -> dict:
 
 def render_sweeps(payload: dict) -> str:
     hw = payload["machine"]["hardware"]
+    precision = payload.get("train_precision", "bf16")
     head = (f"model={payload['model']} defaults: seq_len<={payload['seq_len']} batch={payload['batch']} "
-            f"LoRA r={payload['lora_rank']}, timed steps={payload['steps']} | {hw['cpu_model']}, "
-            f"{hw['usable_cores']} cores | matmul bf16 {payload['matmul_gflops']['bf16']:.0f} GFLOPS"
+            f"LoRA r={payload['lora_rank']}, timed steps={payload['steps']} | {cpu_label(payload['machine'])}, "
+            f"{hw['usable_cores']} cores | matmul {precision} {_peak(payload):.0f} GFLOPS"
             f"{_shape_gflops_text(payload)}")
+    rows = [{**r, "fraction": limit_fraction(r)} for r in payload["results"]]
     columns = [("sweep", "sweep"), ("value", "value"), ("variant", "variant"), ("threads", "threads/process"),
                ("useful_tokens_per_s", "useful tok/s"), ("limit_tokens_per_s", "limit tok/s"),
-               ("fraction_of_bf16_limit", "of limit"), ("fraction_of_model_shape_limit", "of shape limit"),
+               ("fraction", "of limit"), ("fraction_of_model_shape_limit", "of shape limit"),
                ("peak_rss_mb", "peak RSS MB"),
                ("eval_loss", "held-out loss")]
-    return head + "\n" + markdown_table(payload["results"], columns)
+    return head + "\n" + markdown_table(rows, columns)
 
 
 def _passthrough(args) -> list[str]:
@@ -435,27 +462,29 @@ def _passthrough(args) -> list[str]:
 
 
 def _shape_gflops_text(payload: dict) -> str:
-    """The head line's note of the bf16 GFLOPS at the model's shapes (absent from older results and GPU runs)."""
-    shapes = payload.get("model_shape_gflops_bf16")
+    """The head line's note of the GFLOPS at the model's shapes (absent from older results and GPU runs)."""
+    shapes = shape_gflops(payload)
     return f", {shapes:.0f} GFLOPS at the model's shapes" if shapes else ""
 
 
 def render(payload: dict) -> str:
     hw = payload["machine"]["hardware"]
+    precision = payload.get("train_precision", "bf16")
     shape_limit = payload.get("model_shape_limit_tokens_per_s")
+    limit = payload.get("limit_tokens_per_s", payload.get("bf16_limit_tokens_per_s"))
     head = (f"model={payload['model']} seq_len<={payload['seq_len']} batch={payload['batch']} "
-            f"timed steps={payload['steps']} LoRA r={payload['lora_rank']} | {hw['cpu_model']}, "
-            f"{hw['usable_cores']} cores, AMX={hw['amx_bf16']} | matmul bf16 {payload['matmul_gflops']['bf16']:.0f} "
-            f"GFLOPS, fp32 {payload['matmul_gflops']['fp32']:.0f} GFLOPS -> LoRA limit "
-            f"{payload['bf16_limit_tokens_per_s']:.0f} tok/s"
-            + (f" | bf16 at the model's shapes {payload['model_shape_gflops_bf16']:.0f} GFLOPS -> shape limit "
+            f"timed steps={payload['steps']} LoRA r={payload['lora_rank']} | {cpu_label(payload['machine'])}, "
+            f"{hw['usable_cores']} cores | matmul bf16 {payload['matmul_gflops']['bf16']:.0f} GFLOPS, "
+            f"fp32 {payload['matmul_gflops']['fp32']:.0f} GFLOPS -> LoRA limit in {precision} {limit:.0f} tok/s"
+            + (f" | {precision} at the model's shapes {shape_gflops(payload):.0f} GFLOPS -> shape limit "
                f"{shape_limit:.0f} tok/s" if shape_limit else ""))
+    rows = [{**r, "fraction": limit_fraction(r)} for r in payload["results"]]
     columns = [("variant", "variant"), ("allocator", "malloc"), ("useful_tokens_per_s", "useful tok/s"),
                ("tokens_per_s", "all tok/s"),
-               ("speedup_vs_plain_fp32", "x plain-fp32"), ("fraction_of_bf16_limit", "of bf16 limit"),
+               ("speedup_vs_plain_fp32", "x plain-fp32"), ("fraction", f"of {precision} limit"),
                ("fraction_of_model_shape_limit", "of shape limit"), ("peak_rss_mb", "peak RSS MB"),
                ("eval_loss", "held-out loss"), ("eval_loss_vs_plain_fp32", "loss vs plain-fp32")]
-    return head + "\n" + markdown_table(payload["results"], columns)
+    return head + "\n" + markdown_table(rows, columns)
 
 
 def main(argv: list[str] | None = None) -> int:

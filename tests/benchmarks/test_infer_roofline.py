@@ -45,27 +45,49 @@ def test_infer_writes_one_row_per_path_batch_and_prompt(tiny_model_dir, tmp_path
     assert "| ov-int8 | 1 |" in capsys.readouterr().out
 
 
-def test_roofline_verifies_amx_and_computes_limits(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_roofline_measures_the_training_precision_and_computes_limits(precision, tiny_model_dir, tmp_path,
+                                                                       monkeypatch):
+    # An AMX machine trains in bf16; an AVX2-only one in fp32, where bf16 has no fast kernel and is timed small.
+    sizes = {}
+
+    def gflops(dtype, n, **kw):
+        sizes[dtype] = n
+        return {"bf16": 800.0, "fp32": 160.0}[dtype]
+
     monkeypatch.setattr(machine, "RESULTS", tmp_path)
-    monkeypatch.setattr(roofline, "matmul_gflops", lambda dtype, **kw: {"bf16": 800.0, "fp32": 160.0}[dtype])
+    monkeypatch.setattr(machine, "matmul_gflops", gflops)
+    monkeypatch.setattr(machine, "train_precision", lambda device="cpu": precision)
+    monkeypatch.setattr(roofline, "train_precision", lambda device="cpu": precision)
     monkeypatch.setattr(roofline, "memory_read_gbps", lambda: 20.0)
     assert roofline.main(["--model", str(tiny_model_dir)]) == 0
     payload = json.loads((tmp_path / "roofline-latest.json").read_text())
-    params = payload["parameters"]
-    assert payload["limits"]["train_lora_tokens_per_s"] == pytest.approx(800e9 / (4 * params))
+    params, peak = payload["parameters"], {"bf16": 800.0, "fp32": 160.0}[precision]
+    assert payload["train_precision"] == precision and sizes[precision] == 4096
+    assert sizes["fp32" if precision == "bf16" else "bf16"] == (4096 if precision == "bf16" else 512)
+    assert payload["limits"]["train_lora_tokens_per_s"] == pytest.approx(peak * 1e9 / (4 * params))
     assert payload["limits"]["decode_tokens_per_s"]["bf16"] == pytest.approx(20e9 / (2 * params))
-    shapes = payload["model_shape_gflops_bf16"]
+    shapes = payload["model_shape_gflops"]
     assert shapes > 0  # measured for real, at the tiny model's shapes
     assert payload["limits"]["train_lora_tokens_per_s_at_model_shapes"] == pytest.approx(shapes * 1e9 / (4 * params))
     table = next(tmp_path.glob("roofline-2*.md")).read_text()
-    assert f"| bf16 matmul at the model's shapes | {shapes:.0f} GFLOPS |" in table
-    assert "| LoRA training limit at the model's shapes |" in table
+    assert f"| {precision} matmul at the model's shapes | {shapes:.0f} GFLOPS |" in table
+    assert "| LoRA training limit at the model's shapes |" in table and f"training limits in {precision}" in table
+    assert f"at the {precision} peak" in table
     # a result written before the model-shape figures existed still renders, without them
-    del payload["model_shape_gflops_bf16"], payload["limits"]["train_lora_tokens_per_s_at_model_shapes"]
+    del payload["model_shape_gflops"], payload["limits"]["train_lora_tokens_per_s_at_model_shapes"]
     assert "| LoRA training limit at the model's shapes | - |" in roofline.render(payload)
     hw = payload["machine"]["hardware"]
-    if hw["amx_bf16"]:
+    assert payload["machine"]["cpu_flags"] and hw["isa"] and hw["cpu_precision"]
+    if hw["cpu_precision"] == "bf16" and hw["amx_bf16"]:
         assert payload["amx_in_use"] and "amx" in payload["onednn_bf16_kernel"]
+
+
+def test_the_training_precision_is_the_machines(monkeypatch):
+    from finetune import hardware
+
+    assert machine.train_precision("cuda") == "bf16"
+    assert machine.train_precision() == ("bf16" if hardware.detect_hardware().cpu_bf16 else "fp32")
 
 
 def test_model_shapes_cover_every_linear_weight_once_per_step(tiny_model_dir):
@@ -80,6 +102,7 @@ def test_model_shapes_cover_every_linear_weight_once_per_step(tiny_model_dir):
     # a config object and a model folder are both accepted
     assert machine.model_shape_gflops(config, tokens=32, seconds=0.01) > 0
     assert machine.model_shape_gflops(str(tiny_model_dir), tokens=32, seconds=0.01) > 0
+    assert machine.model_shape_gflops(config, tokens=32, seconds=0.01, precision="fp32") > 0
 
 
 def test_matmul_peak_is_the_best_timing_window(monkeypatch):

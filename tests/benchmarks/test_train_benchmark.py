@@ -19,19 +19,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_train_benchmark_writes_json_and_table(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(machine, "RESULTS", tmp_path)
-    monkeypatch.setattr(train, "matmul_gflops", lambda dtype, **kw: 100.0)
+    monkeypatch.setattr(machine, "matmul_gflops", lambda dtype, **kw: 100.0)
     assert train.main(["--model", str(tiny_model_dir), "--steps", "2", "--warmup", "1", "--examples", "24",
                        "--eval-examples", "4", "--variants", "plain-fp32,ours,ours-glibc"]) == 0
     payload = json.loads((tmp_path / "train-latest.json").read_text())
     rows = {r["variant"]: r for r in payload["results"]}
     assert set(rows) == {"plain-fp32", "ours", "ours-glibc"}
     # the limit at the model's own shapes: the same 4 x parameters FLOPs per token at their measured GFLOPS
-    shapes, params = payload["model_shape_gflops_bf16"], rows["ours"]["parameters"]
+    shapes, params = payload["model_shape_gflops"], rows["ours"]["parameters"]
+    assert payload["train_precision"] == machine.train_precision()
     assert shapes > 0
     assert payload["model_shape_limit_tokens_per_s"] == pytest.approx(shapes * 1e9 / (4 * params))
     for r in rows.values():
         assert r["timed_steps"] == 2 and r["tokens"] >= r["useful_tokens"] > 0 and r["peak_rss_mb"] > 0
-        assert r["eval_loss"] > 0 and 0 < r["fraction_of_bf16_limit"]
+        assert r["eval_loss"] > 0 and 0 < r["fraction_of_limit"]
         assert r["fraction_of_model_shape_limit"] == pytest.approx(
             r["useful_tokens_per_s"] / payload["model_shape_limit_tokens_per_s"])
     assert rows["ours"]["tokens"] == rows["ours"]["useful_tokens"]  # no padding in our batches
@@ -74,7 +75,9 @@ def test_chat_dataset_has_varied_lengths():
 
 def test_sweeps_vary_one_setting_each_including_full_and_ddp(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(machine, "RESULTS", tmp_path)
-    monkeypatch.setattr(train, "matmul_gflops", lambda dtype, **kw: 100.0)
+    monkeypatch.setattr(machine, "matmul_gflops", lambda dtype, **kw: 100.0)
+    # measured for real in test_train_benchmark_writes_json_and_table; here only how the sweep uses it
+    monkeypatch.setattr(train, "model_shape_gflops", lambda *a, **kw: 50.0)
     assert train.main(["--model", str(tiny_model_dir), "--steps", "2", "--warmup", "1", "--examples", "24",
                        "--eval-examples", "4", "--sweep", "lora_rank=4,8", "--sweep", "method=full",
                        "--sweep", "processes=2", "--sweep", "threads=1"]) == 0
@@ -88,7 +91,7 @@ def test_sweeps_vary_one_setting_each_including_full_and_ddp(tiny_model_dir, tmp
     # peak and at the model's own shapes alike
     assert rows[2]["limit_tokens_per_s"] == pytest.approx(rows[0]["limit_tokens_per_s"] * 4 / 6)
     assert rows[2]["model_shape_limit_tokens_per_s"] == pytest.approx(rows[0]["model_shape_limit_tokens_per_s"] * 4 / 6)
-    assert payload["model_shape_gflops_bf16"] > 0
+    assert payload["model_shape_gflops"] > 0
     for r in rows:
         assert r["fraction_of_model_shape_limit"] == pytest.approx(
             r["useful_tokens_per_s"] / r["model_shape_limit_tokens_per_s"])
@@ -115,7 +118,8 @@ def test_the_gpu_recipes_run_through_the_same_code_on_cpu(tiny_model_dir, tmp_pa
     from benchmarks import infer
 
     monkeypatch.setattr(machine, "RESULTS", tmp_path)
-    monkeypatch.setattr(train, "matmul_gflops", lambda dtype, **kw: 100.0)
+    monkeypatch.setattr(machine, "matmul_gflops", lambda dtype, **kw: 100.0)
+    monkeypatch.setattr(train, "model_shape_gflops", lambda *a, **kw: 50.0)
     assert train.main(["--model", str(tiny_model_dir), "--steps", "2", "--warmup", "1", "--examples", "24",
                        "--eval-examples", "4", "--variants", "ours-qlora"]) == 0
     (row,) = json.loads((tmp_path / "train-latest.json").read_text())["results"]
