@@ -32,12 +32,11 @@ NeuralChat's *build_chatbot_on_spr* notebook, rebuilt on this project. The code 
 import lines changed. The model is the embedded SmolLM2-135M-Instruct (no download), run in bf16: stock PyTorch
 uses the CPU's AMX tiles through oneDNN, with no extension to install."""),
     new_code_cell(SETUP),
-    new_markdown_cell("## What this CPU can do\n`detect_hardware()` reads the CPU flags: AMX and AVX512-BF16 "
-                      "make bf16 the fast path; without them the chatbot falls back to fp32."),
-    new_code_cell("""from finetune.hardware import configure_threads, detect_hardware
-hw = detect_hardware()
-print(hw.cpu_model, "| cores:", hw.usable_cores, "| AMX bf16:", hw.amx_bf16, "| AVX512-BF16:", hw.avx512_bf16)
-configure_threads()"""),
+    new_markdown_cell("## What this CPU can do\n`compute_summary` reads the CPU flags and says what runs here and "
+                      "why: AMX and AVX512-BF16 make bf16 the fast path; without them the chatbot runs in fp32."),
+    new_code_cell("""from finetune.hardware import compute_summary, configure_threads
+threads = configure_threads()
+print(compute_summary("cpu", threads=threads))"""),
     new_markdown_cell("## Build the chatbot\n`MixedPrecisionConfig()` asks for bf16."),
     new_code_cell("""from neural_chat_app import build_chatbot, PipelineConfig, MixedPrecisionConfig, GenerationConfig
 chatbot = build_chatbot(PipelineConfig(optimization_config=MixedPrecisionConfig()))
@@ -64,6 +63,11 @@ The same model behind an OpenAI-compatible API and a web page (run in a terminal
     new_code_cell("chatbot.close()"),
 ]
 
+PARAMETERS = """STEPS = 24          # optimizer steps of the Alpaca run
+SHORT_STEPS = 16    # of the summarization and code-generation runs
+EVAL_EXAMPLES = 12  # held-out questions in the base-vs-tuned comparison
+NEW_TOKENS = 40     # tokens generated per answer"""
+
 FINETUNE = [
     new_markdown_cell("""# Single-node fine-tuning on a Xeon CPU
 
@@ -73,11 +77,15 @@ at the loss curves, evaluate the tuned model against the base, quantize it to IN
 The runs are short (a few dozen steps) so the notebook finishes in minutes on 2 cores; raise `max_steps` or use
 `num_train_epochs` for real training."""),
     new_code_cell(SETUP),
+    new_markdown_cell("## Settings\nRaise them for real training (or use `num_train_epochs`). The test suite runs "
+                      "this notebook with the smallest values that still execute every cell."),
+    new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
     new_code_cell("""from finetune import (ModelArguments, DataArguments, FinetuningArguments, TrainingArguments,
                       TextGenerationFinetuningConfig, finetune_model)
 
-# Only the Alpaca run is evaluated and quantized below, so only it writes a merged model (540 MB in fp32).
-def run(task, train_file, output_dir, steps=24, merged=False):
+# Only the Alpaca run is evaluated and quantized below, so only it writes a merged model (540 MB in fp32), and
+# no run compares base and tuned generations by itself (generation_eval): the evaluation cell below does, once.
+def run(task, train_file, output_dir, steps=STEPS, merged=False):
     return finetune_model(TextGenerationFinetuningConfig(
         model_args=ModelArguments(model_name_or_path="smollm2-135m-instruct"),
         data_args=DataArguments(train_file=train_file, validation_split_percentage=10, max_seq_length=256),
@@ -86,16 +94,17 @@ def run(task, train_file, output_dir, steps=24, merged=False):
                                         save_strategy="no", overwrite_output_dir=True, bf16=True,
                                         disable_tqdm=True, report_to="none"),
         finetune_args=FinetuningArguments(task=task, lora_all_linear=True, lora_rank=16, lora_alpha=32,
-                                          save_merged_model=merged)))"""),
+                                          save_merged_model=merged, generation_eval=False)))"""),
     new_markdown_cell("## 1. Alpaca format (`instruction` / `input` / `output`), task `completion`"),
     new_code_cell("""alpaca = run("completion", "examples/data/alpaca_aurora.json", "runs/notebook/alpaca", merged=True)
 print(alpaca.metrics)"""),
     new_markdown_cell("## 2. Summarization (`article` / `highlights`)"),
     new_code_cell("""summaries = run("summarization", "examples/data/summaries.jsonl", "runs/notebook/summaries",
-                steps=16)
+                steps=SHORT_STEPS)
 print(summaries.metrics)"""),
     new_markdown_cell("## 3. Code generation (`prompt` / `completion`)"),
-    new_code_cell("""code = run("code-generation", "examples/data/code_pairs.jsonl", "runs/notebook/code", steps=16)
+    new_code_cell("""code = run("code-generation", "examples/data/code_pairs.jsonl", "runs/notebook/code",
+           steps=SHORT_STEPS)
 print(code.metrics)"""),
     new_markdown_cell("## Loss curves\nEvery run writes `training_metadata.json` with its loss history."),
     new_code_cell("""import json
@@ -116,8 +125,8 @@ for name, result in [("alpaca", alpaca), ("summaries", summaries), ("code", code
                       "both models; BLEU, chrF, ROUGE and exact match, plus a Markdown report with plots."),
     new_code_cell("""from finetune.evaluate import EvalConfig, evaluate_models, summary_table
 results = evaluate_models(["smollm2-135m-instruct", str(alpaca.output_dir)],
-                          EvalConfig(task="completion", data="examples/data/alpaca_aurora.json", max_examples=12,
-                                     max_new_tokens=40, labels=["base", "tuned"]))
+                          EvalConfig(task="completion", data="examples/data/alpaca_aurora.json",
+                                     max_examples=EVAL_EXAMPLES, max_new_tokens=NEW_TOKENS, labels=["base", "tuned"]))
 print(summary_table(results))"""),
     new_markdown_cell("## Quantize to INT8 for OpenVINO\nWeights compressed by NNCF; `quantization.json` records "
                       "the size and the measured quality against the source."),
@@ -128,7 +137,7 @@ print(json.dumps(json.loads((artifact / "quantization.json").read_text())["quali
     new_markdown_cell("## Chat with the quantized model"),
     new_code_cell("""from neural_chat_app import build_chatbot, PipelineConfig, GenerationConfig
 bot = build_chatbot(PipelineConfig(model_name_or_path=str(artifact), backend="openvino"))
-print(bot.predict("How heavy is the Aurora X2?", GenerationConfig(max_new_tokens=40, do_sample=False,
+print(bot.predict("How heavy is the Aurora X2?", GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False,
                                                                   task="completion")))
 bot.close()"""),
 ]
