@@ -21,6 +21,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+
+
+def cores_per_worker() -> int:
+    """This test process's share of the cores: pytest-xdist runs PYTEST_XDIST_WORKER_COUNT of them side by side,
+    and two OpenMP teams on the same cores run several times slower than one (FACTS: decoding fell from 16 to
+    under 1 tok/s), so a test that wants more than one thread takes only its share."""
+    from finetune.hardware import usable_cores
+
+    return max(1, usable_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Intel Xeon processors with AMX run bfloat16 matrix multiplications quickly.",

@@ -22,10 +22,10 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    from finetune.hardware import usable_cores
+    from tests.conftest import cores_per_worker
 
-    # The kernel is the only busy process while this test waits on it: give it every core, as Jupyter would.
-    monkeypatch.setenv("OMP_NUM_THREADS", str(usable_cores()))
+    # The kernel is the only busy process of this worker while the test waits on it: give it the worker's cores.
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores_per_worker()))
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(parameters) == (1 if name in SMALLEST else 0)
