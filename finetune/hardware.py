@@ -166,7 +166,9 @@ def compute_summary(device: str, precision: str | None = None, threads: int | No
         threads = threads if threads is not None else _torch_threads()
         return (f"{hw.cpu_model} ({hw.isa}): {precision}, because {why}; {threads} thread(s) of "
                 f"{hw.usable_cores} usable core(s); allocator {loaded_allocator() or 'glibc malloc'}")
-    return f"{hw.cuda_device or device}: {precision or 'bf16'} on {device}"
+    why = {"bf16": "the GPU runs bf16 natively", "fp16": "fp16 as asked (mixed precision with loss scaling)",
+           "fp32": "fp32 as asked"}.get(precision or "bf16", "as asked")
+    return f"{hw.cuda_device or device} ({device}): {precision or 'bf16'}, because {why}"
 
 
 def _torch_threads() -> int:
