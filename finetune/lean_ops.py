@@ -33,6 +33,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from finetune.families import transforms_its_logits
 from finetune.formatting import IGNORE_INDEX
 
 # Classes whose forward is exactly transformers' LlamaRMSNorm / LlamaMLP (with a SiLU activation).
@@ -253,6 +254,8 @@ def _passthrough(self, hidden_states):
 def _output_head(model) -> torch.nn.Linear | None:
     """The model's output head if it is a plain bias-free Linear (an adapted or quantized head computes its own
     logits and is left alone)."""
+    if transforms_its_logits(getattr(model, "config", None)):  # the model applies it: keep its own head
+        return None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return head if type(head) is torch.nn.Linear and head.bias is None else None
 

@@ -27,6 +27,7 @@ from finetune.callbacks import BarProgressCallback, ThroughputCallback
 from finetune.collate import PaddingFreeCollator, kept_positions_loss
 from finetune.config import FinetuningArguments, TextGenerationFinetuningConfig
 from finetune.dataset import build_datasets
+from finetune.families import lora_targets
 from finetune.hardware import (
     compute_summary,
     configure_threads,
@@ -122,8 +123,8 @@ def _load_model_for_training(model_path: str, config: TextGenerationFinetuningCo
             model, use_gradient_checkpointing=config.training_args.gradient_checkpointing)
     if fa.lora_all_linear:
         targets = "all-linear"
-    else:
-        targets = fa.lora_target_modules  # None: PEFT's per-architecture default (q_proj, v_proj for llama)
+    else:  # the family's default (PEFT's where it has one: q_proj, v_proj for llama), fused names mapped
+        targets = lora_targets(model, fa.lora_target_modules)
     lora = LoraConfig(r=fa.lora_rank, lora_alpha=fa.lora_alpha, lora_dropout=fa.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)

@@ -235,3 +235,38 @@ def test_rebuilding_lets_go_of_unkept_outputs_and_stands_aside_for_gradient_chec
     model.is_gradient_checkpointing = True  # checkpointed layers free their activations: offers would hold them
     lean_ops._rebuilding_forward(forward, model)()
     assert offers_seen == [1, 0, 0, 0]
+
+
+def _tiny(family: str, vocab: int):
+    from transformers import AutoModelForCausalLM, Gemma2Config, GraniteConfig, LlamaConfig
+
+    shape = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    config = {
+        "llama": lambda: LlamaConfig(**shape),
+        # soft-capping at 5 changes every logit of a random model: a loss that skips it is far off
+        "gemma2": lambda: Gemma2Config(**shape, head_dim=16, final_logit_softcapping=5.0, query_pre_attn_scalar=16),
+        "granite": lambda: GraniteConfig(**shape, logits_scaling=4.0),
+    }[family]()
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).float()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "granite"])
+def test_training_loss_equals_transformers_own_even_where_the_head_output_is_transformed(family):
+    """Gemma 2/3 soft-cap the head's logits, Granite scales them: our loss path must not drop that."""
+    model = _tiny(family, vocab=len(build_tiny_tokenizer()))
+    ids = [5, 6, 7, 8, 9, 10, 11, 12]
+    labels = [IGNORE_INDEX] * 3 + ids[3:]
+    with torch.no_grad():
+        reference = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+    batch = PaddingFreeCollator()([{"input_ids": ids, "labels": labels}])
+    kept = batch.pop("labels")
+    head, undo = use_lean_ops(model, head_in_loss=True)
+    try:
+        with torch.no_grad():
+            ours = kept_positions_loss(model(**batch), kept, head=head)
+    finally:
+        undo()
+    assert (head is None) == (family != "llama")  # a transformed head is left to the model
+    assert abs(float(ours) - float(reference)) < 1e-4, (float(ours), float(reference))

@@ -120,6 +120,9 @@ def test_bf16_falls_back_to_fp32_with_a_warning(tiny_model_dir, monkeypatch):
         )
     assert bot.backend.model.dtype == torch.float32
     assert any("fp32" in str(w.message) and "AVX2 only" in str(w.message) for w in caught)
+    from neural_chat_app.loading import compute_line
+
+    assert ": fp32, because AVX2 only" in compute_line(bot.backend)  # what the server prints at start
 
 
 @pytest.fixture(scope="module")
