@@ -112,7 +112,7 @@ def render(p: dict) -> str:
         {"what": f"bf16 matmul {sizes['bf16']}^3", "value": f"{p['matmul_gflops']['bf16']:.0f} GFLOPS",
          "note": f"oneDNN kernel {kernel} (AMX in use: {p['amx_in_use']})"},
         {"what": f"fp32 matmul {sizes['fp32']}^3", "value": f"{p['matmul_gflops']['fp32']:.0f} GFLOPS",
-         "note": f"bf16 is {p['bf16_over_fp32']:.1f}x fp32"},
+         "note": f"bf16 is {p['bf16_over_fp32']:.2g}x fp32"},
         {"what": f"{precision} matmul at the model's shapes",
          "value": _or_dash(shape_gflops, "{:.0f} GFLOPS"),
          "note": "every linear of one layer (x layers) and the lm_head, forward and grad-input, 1024 tokens, "
