@@ -94,7 +94,8 @@ def _training_args(config: TextGenerationFinetuningConfig, device: str, precisio
     return dataclasses.replace(args, **changes)
 
 
-def _load_model_for_training(model_path: str, config: TextGenerationFinetuningConfig, device: str, precision: str):
+def _load_model_for_training(model_path: str, config: TextGenerationFinetuningConfig, device: str, precision: str,
+                             tokenizer):
     fa = config.finetune_args
     kwargs = {"trust_remote_code": config.model_args.trust_remote_code}
     if fa.qlora:
@@ -112,8 +113,8 @@ def _load_model_for_training(model_path: str, config: TextGenerationFinetuningCo
     else:
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     model = load_model(model_path, dtype=dtype, **kwargs)
-    if config.data_args.special_tokens:
-        model.resize_token_embeddings(len(load_tokenizer(model_path)))
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # DataArguments.special_tokens added some
+        model.resize_token_embeddings(len(tokenizer))
     if fa.full_finetune:
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -235,6 +236,8 @@ def _save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path)
 
         # Merge into fp32 base weights: adding a small LoRA delta to a bf16 weight would round most of it away.
         base = load_model(model_path, dtype=torch.float32)
+        if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # the adapter holds the resized embeddings
+            base.resize_token_embeddings(len(tokenizer))
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         merged.save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
@@ -281,7 +284,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
     from transformers import set_seed
 
     set_seed(args.seed)  # before the adapters are initialised, so one seed gives one run
-    model = _load_model_for_training(model_path, config, device, precision)
+    model = _load_model_for_training(model_path, config, device, precision, tokenizer)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     packed = not data_args.pad_to_max_length
     per_example_attention = packed and use_packed_attention(base)

@@ -34,7 +34,9 @@ def test_qlora_model_is_4bit_nf4_with_double_quant(tiny_model_dir, chat_file, tm
     from finetune.train import _load_model_for_training
 
     config = tiny_config(tiny_model_dir, chat_file, tmp_path / "out", task="chat", qlora=True)
-    model = _load_model_for_training(str(tiny_model_dir), config, "cpu", "bf16")
+    from finetune.models import load_tokenizer
+
+    model = _load_model_for_training(str(tiny_model_dir), config, "cpu", "bf16", load_tokenizer(str(tiny_model_dir)))
     layer = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     assert isinstance(layer, bnb.nn.Linear4bit)
     assert layer.weight.quant_state.quant_type == "nf4"

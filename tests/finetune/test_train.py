@@ -179,3 +179,26 @@ def test_gradient_checkpointing_trains_the_same_as_without(tiny_model_dir, chat_
     checkpointed = finetune_model(tiny_config(tiny_model_dir, chat_file, tmp_path / "b", task="chat", max_steps=4,
                                               lora_dropout=0.0, precision="fp32", gradient_checkpointing=True))
     assert checkpointed.metrics["train_loss"] == pytest.approx(plain.metrics["train_loss"], rel=1e-4)
+
+
+def test_special_tokens_grow_the_vocabulary_and_survive_the_merge(tiny_model_dir, tmp_path):
+    """DataArguments.special_tokens: the embeddings are resized to the tokenizer that has the new tokens, the
+    adapter keeps the resized embeddings, and the merged model reloads with plain transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.finetune.conftest import write_jsonl
+
+    rows = [{"messages": [{"role": "user", "content": f"call the tool for {i}"},
+                          {"role": "assistant", "content": f"<|tool|> lookup({i}) <|/tool|>"}]} for i in range(16)]
+    data = write_jsonl(tmp_path / "tools.jsonl", rows)
+    result = finetune_model(tiny_config(tiny_model_dir, data, tmp_path / "out", task="chat", max_steps=2,
+                                        special_tokens=["<|tool|>", "<|/tool|>"]))
+    tokenizer = AutoTokenizer.from_pretrained(result.merged_dir)
+    merged = AutoModelForCausalLM.from_pretrained(result.merged_dir)
+    base_vocab = AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.vocab_size
+    tool = tokenizer.convert_tokens_to_ids("<|tool|>")
+    assert tool >= base_vocab and len(tokenizer) == base_vocab + 2
+    assert merged.get_input_embeddings().num_embeddings == len(tokenizer)
+    assert tokenizer("<|tool|> x")["input_ids"][0] == tool  # one token, not its pieces
+    with torch.no_grad():
+        assert torch.isfinite(merged(torch.tensor([[tool, 5, 6]])).logits).all()
