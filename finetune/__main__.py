@@ -17,32 +17,17 @@ import logging
 import sys
 from pathlib import Path
 
-if __name__ == "__main__" and sys.argv[1:2] in (["doctor"], ["launch"]):
-    # Subcommands, dispatched before transformers loads: the doctor must run (and say so) when it is missing.
-    if sys.argv[1] == "doctor":
-        from finetune.doctor import main as doctor_main
 
-        sys.exit(doctor_main(sys.argv[2:]))
-    from finetune.launch import main as launch_main
+def parser():
+    # transformers is imported here, not at the top: `doctor` must run (and say so) where it is missing
+    from transformers import HfArgumentParser
 
-    sys.exit(launch_main(sys.argv[2:]))
+    from finetune.config import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
 
-from transformers import HfArgumentParser  # noqa: E402
-
-from finetune.config import (  # noqa: E402
-    DataArguments,
-    FinetuningArguments,
-    ModelArguments,
-    TextGenerationFinetuningConfig,
-    TrainingArguments,
-)
-
-
-def parser() -> HfArgumentParser:
     return HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, FinetuningArguments))
 
 
-def parse_config(argv: list[str]) -> TextGenerationFinetuningConfig:
+def parse_config(argv: list[str]):
     """Flags, or a YAML/JSON file (first argument) whose keys are the same field names; later flags override."""
     p = parser()
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
@@ -60,6 +45,8 @@ def parse_config(argv: list[str]) -> TextGenerationFinetuningConfig:
             raise SystemExit(f"{path}: unknown field(s) {', '.join(unknown)}; see python -m finetune --help")
         argv = [a for k, v in values.items() for a in _as_flags(k, v)] + argv[1:]
     model_args, data_args, training_args, finetune_args = p.parse_args_into_dataclasses(args=argv)
+    from finetune.config import TextGenerationFinetuningConfig
+
     return TextGenerationFinetuningConfig(model_args, data_args, training_args, finetune_args)
 
 
@@ -74,8 +61,25 @@ def _as_flags(key: str, value) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """`python -m finetune` and the `neuralchat-finetune` script: the subcommands, or training.
+
+    Called as the process's entry point (argv None), training first re-executes the process once on tcmalloc or
+    jemalloc where the machine has one (finetune.allocator: about 1.3x faster on varied-length batches)."""
+    entry = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["doctor"]:
+        from finetune.doctor import main as doctor_main
+
+        return doctor_main(argv[1:])
+    if argv[:1] == ["launch"]:
+        from finetune.launch import main as launch_main
+
+        return launch_main(argv[1:])
+    if entry:
+        from finetune.allocator import reexec_with_allocator
+
+        reexec_with_allocator("finetune", argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = parse_config(argv)
         from finetune.train import finetune_model
@@ -94,7 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from finetune.allocator import reexec_with_allocator
-
-    reexec_with_allocator("finetune", sys.argv[1:])
     sys.exit(main())

@@ -143,3 +143,26 @@ def test_every_shipped_finetune_config_trains_on_the_tiny_model(path, tiny_model
                            "--output_dir", str(tmp_path / "out"), "--save_strategy", "no", "--disable_tqdm", "True"])
     result = finetune_model(config)
     assert result.metrics["train_steps"] == 2 and (tmp_path / "out" / "training_metadata.json").is_file()
+
+
+@pytest.mark.integration
+def test_the_console_script_trains_on_the_allocator_python_m_finetune_uses(tiny_model_dir, chat_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from finetune.allocator import find_allocator
+
+    script = Path(sys.executable).parent / "neuralchat-finetune"
+    assert script.is_file(), "scripts/setup.sh installs the project with its console scripts"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("LD_PRELOAD", None)
+    proc = subprocess.run([str(script), "--model_name_or_path", str(tiny_model_dir), "--train_file", str(chat_file),
+                           "--task", "chat", "--do_train", "--max_steps", "1", "--output_dir", str(tmp_path / "out"),
+                           "--save_strategy", "no", "--disable_tqdm", "True", "--report_to", "none"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if "Compute: " in x]
+    path = find_allocator()
+    assert line.endswith(f"allocator {'tcmalloc' if 'tcmalloc' in (path or '') else 'jemalloc'}" if path
+                         else "allocator glibc malloc"), line

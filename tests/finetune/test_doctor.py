@@ -186,3 +186,20 @@ def test_cli_dispatches_before_transformers_loads():
     )
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert "findings" in json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("how", ["function", "console script"])
+def test_entry_points_dispatch_the_doctor_before_transformers_loads(how):
+    # The console script calls finetune.__main__:main, not the module as __main__: the dispatch must live in main().
+    block = "import sys; sys.modules['transformers'] = None;"
+    if how == "function":
+        code = block + "from finetune.__main__ import main; sys.exit(main(['doctor', '--json', '--no-probe']))"
+        cmd = [sys.executable, "-c", code]
+    else:
+        script = Path(sys.executable).parent / "neuralchat-finetune"
+        assert script.is_file(), "scripts/setup.sh installs the project with its console scripts"
+        cmd = [str(script), "doctor", "--json", "--no-probe"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert "findings" in json.loads(proc.stdout)
