@@ -150,5 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def serve_main(argv: list[str] | None = None) -> int:
+    """The `neuralchat-serve` script: `python -m neural_chat_app serve`, without saying `serve` twice."""
+    return main(["serve", *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
     sys.exit(main())

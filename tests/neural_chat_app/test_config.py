@@ -102,3 +102,15 @@ def test_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_serve_script_takes_the_serve_options_directly():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "neuralchat-serve"
+    assert script.is_file(), "scripts/setup.sh installs the project with its console scripts"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--config" in proc.stdout and "--no-log" in proc.stdout  # serve's own options, no `serve` to repeat
