@@ -38,7 +38,8 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Embedded model name (default: smollm2-135m-instruct), a Hugging Face model folder, "
-                          "or a .gguf file. A hub id downloads only with --allow_download."},
+                          "a .gguf file, or a hub id (read from the Hugging Face cache; downloaded into it with "
+                          "--allow_download)."},
     )
     config_name: str | None = field(default=None, metadata={"help": "Config name or path if not the model's."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path if not the model's."})
@@ -48,7 +49,7 @@ class ModelArguments:
     use_auth_token: bool = field(default=False, metadata={"help": "Use the stored hub token (private models)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model's repo."})
     allow_download: bool = field(
-        default=False, metadata={"help": "Allow model_name_or_path to be a hub id that is downloaded (needs network)."}
+        default=False, metadata={"help": "Download a hub id that is not in the Hugging Face cache yet (needs network)."}
     )
 
 

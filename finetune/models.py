@@ -89,8 +89,13 @@ def _unknown_model_error(name: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"Unknown model {name!r}: it is not an embedded model name, not a folder with config.json, and not a "
         f".gguf file.\nAvailable here:\n{listing}\nOr pass a Hugging Face hub id such as "
-        f"'HuggingFaceTB/SmolLM2-135M-Instruct' (downloads, needs network) with allow_download=True."
+        f"'HuggingFaceTB/SmolLM2-135M-Instruct' (read from the Hugging Face cache; downloaded into it with "
+        f"allow_download=True)."
     )
+
+
+# What a causal LM needs from a hub repository: not its other weight formats (.bin, .pth, GGUF, ONNX copies).
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.py", "*.jinja"]
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -99,7 +104,8 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def resolve_model_path(name_or_path: str | None, allow_download: bool = False) -> str:
-    """Return a local folder (or, with `allow_download`, a hub id) that `from_pretrained` can load."""
+    """Return a local folder that `from_pretrained` can load: an embedded model's converted folder, a model folder,
+    a converted .gguf file, or a hub id's snapshot in the Hugging Face cache (downloaded with `allow_download`)."""
     name = name_or_path or DEFAULT_MODEL
     if name in EMBEDDED_MODELS:
         embedded = EMBEDDED_MODELS[name]
@@ -120,9 +126,41 @@ def resolve_model_path(name_or_path: str | None, allow_download: bool = False) -
             f"{path} is a folder but holds no config.json (a Hugging Face model folder) and "
             f"{'several' if ggufs else 'no'} .gguf files. Point to the model folder or to one .gguf file."
         )
-    if allow_download and _looks_like_hub_id(name):
-        return name
+    if _looks_like_hub_id(name):
+        return _hub_snapshot(name, allow_download)
     raise _unknown_model_error(name)
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache, read from the environment at each call (HF_HUB_CACHE, else HF_HOME/hub):
+    huggingface_hub reads it once at import, which would miss a cache chosen later in the process."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.path.join(home, "hub")
+
+
+def _hub_snapshot(repo_id: str, allow_download: bool) -> str:
+    """The local folder of hub model `repo_id`: its snapshot in the Hugging Face cache (offline), else downloaded
+    into that cache with progress when `allow_download`; else one error that says how to get it."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = hub_cache_dir()
+    try:
+        return snapshot_download(repo_id, cache_dir=cache, local_files_only=True)
+    except LocalEntryNotFoundError:
+        pass
+    how = (f"fetch it once where there is network (`hf download {repo_id}`, into {cache}), pass "
+           f"allow_download=True (--allow_download) to download it now, or pass a local model folder")
+    if not allow_download:
+        raise FileNotFoundError(f"{repo_id!r} is not a folder here, and as a hub model id it is not in the Hugging "
+                                f"Face cache: {how}")
+    try:
+        return snapshot_download(repo_id, cache_dir=cache, allow_patterns=HUB_FILES)
+    except Exception as err:  # no network, unknown repo, gated model: one message that says what to do
+        raise FileNotFoundError(f"Could not download the hub model {repo_id!r} ({type(err).__name__}: {err}); "
+                                f"{how}") from err
 
 
 def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None = None) -> Path:

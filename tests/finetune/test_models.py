@@ -4,6 +4,7 @@ pytest tests/finetune/test_models.py   (the first run converts the embedded mode
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,11 +19,73 @@ def test_unknown_model_lists_what_is_available():
     assert "smollm2-135m-instruct" in str(e.value)
 
 
-def test_hub_ids_are_not_downloaded_unless_allowed():
-    with pytest.raises(FileNotFoundError, match="allow_download"):
+def _hub_snapshot(hf_home, repo_id: str, model_dir) -> str:
+    """Lay out `model_dir`'s files as the Hugging Face cache holds a downloaded snapshot of `repo_id`."""
+    import shutil
+
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    return str(repo / "snapshots" / commit)
+
+
+def test_hub_ids_are_not_downloaded_unless_allowed(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"not in the Hugging Face cache: fetch it once.*hf download "
+                                                r"HuggingFaceTB/SmolLM2-135M-Instruct.*allow_download=True"):
         models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct", allow_download=True) == (
-        "HuggingFaceTB/SmolLM2-135M-Instruct")
+    # allowed, but no network here (HF_HUB_OFFLINE): one error that says what to do, not a traceback from the hub
+    with pytest.raises(FileNotFoundError, match=r"Could not download the hub model.*pass a local model folder"):
+        models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct", allow_download=True)
+
+
+def test_a_hub_id_downloads_into_the_cache_when_allowed(tmp_path, monkeypatch, tiny_model_dir):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    calls = []
+    real = huggingface_hub.snapshot_download
+
+    def download(repo_id, **kw):  # the network, simulated: the files arrive in the cache, as the hub client puts them
+        if kw.get("local_files_only"):
+            return real(repo_id, **kw)
+        calls.append((repo_id, kw["cache_dir"], kw["allow_patterns"]))
+        return _hub_snapshot(tmp_path / "hf", repo_id, tiny_model_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    path = models.resolve_model_path("org/tiny-chat", allow_download=True)
+    assert calls == [("org/tiny-chat", str(tmp_path / "hf" / "hub"), models.HUB_FILES)]
+    assert (Path(path) / "config.json").is_file()
+    assert models.resolve_model_path("org/tiny-chat") == path  # cached now: no second download, no flag needed
+    assert len(calls) == 1
+
+
+@pytest.mark.integration
+def test_a_cached_hub_id_works_offline_everywhere_a_model_is_named(tmp_path, monkeypatch, tiny_model_dir):
+    """finetune_model and build_chatbot take a hub id whose snapshot is in the Hugging Face cache, offline."""
+    from finetune import finetune_model
+    from neural_chat_app import GenerationConfig, PipelineConfig, build_chatbot
+    from tests.finetune.conftest import tiny_config, write_jsonl
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    snapshot = _hub_snapshot(tmp_path / "hf", "org/tiny-chat", tiny_model_dir)
+    assert models.resolve_model_path("org/tiny-chat") == snapshot
+    assert models.load_tokenizer("org/tiny-chat").eos_token
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(8)]
+    result = finetune_model(tiny_config("org/tiny-chat", write_jsonl(tmp_path / "c.jsonl", rows), tmp_path / "out",
+                                        task="chat", max_steps=1))
+    assert (result.merged_dir / "config.json").is_file()
+    bot = build_chatbot(PipelineConfig(model_name_or_path="org/tiny-chat"))
+    try:
+        assert isinstance(bot.predict("hi", GenerationConfig(max_new_tokens=3, do_sample=False)), str)
+    finally:
+        bot.close()
 
 
 def test_folder_without_a_model_says_what_it_needs(tmp_path):
