@@ -256,10 +256,11 @@ def eos_token_ids(generation_config, tokenizer) -> list[int]:
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
-def load_tokenizer(name_or_path: str | None, allow_download: bool = False):
+def load_tokenizer(name_or_path: str | None, allow_download: bool = False, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path, allow_download))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path, allow_download),
+                                              trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -235,7 +235,7 @@ def _save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path)
         from peft import PeftModel
 
         # Merge into fp32 base weights: adding a small LoRA delta to a bf16 weight would round most of it away.
-        base = load_model(model_path, dtype=torch.float32)
+        base = load_model(model_path, dtype=torch.float32, trust_remote_code=config.model_args.trust_remote_code)
         if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # the adapter holds the resized embeddings
             base.resize_token_embeddings(len(tokenizer))
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
@@ -253,7 +253,8 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
     precision = _precision(config, device)
     threads = configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device == "cpu" else None
     model_path = resolve_model_path(config.model_args.model_name_or_path, config.model_args.allow_download)
-    tokenizer = load_tokenizer(config.model_args.tokenizer_name or model_path, config.model_args.allow_download)
+    tokenizer = load_tokenizer(config.model_args.tokenizer_name or model_path, config.model_args.allow_download,
+                               config.model_args.trust_remote_code)
     if data_args.special_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": data_args.special_tokens})
 

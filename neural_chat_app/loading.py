@@ -114,7 +114,8 @@ def load_torch(source: ModelSource, config: PipelineConfig, max_concurrency: int
         model = PeftModel.from_pretrained(model, str(source.peft_path)).merge_and_unload()
     if "quantization_config" not in kwargs:
         model = model.to(device)
-    tokenizer = load_tokenizer(config.tokenizer_name_or_path or str(source.path))
+    tokenizer = load_tokenizer(config.tokenizer_name_or_path or str(source.path),
+                               trust_remote_code=config.loading_config.trust_remote_code)
     return TorchBackend(model, tokenizer, source.model_id, max_concurrency=max_concurrency)
 
 

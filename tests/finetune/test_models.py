@@ -139,3 +139,50 @@ def test_a_gguf_file_path_loads(tmp_path, monkeypatch):
                                          add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**chat, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, chat["input_ids"].shape[1]:])
+
+
+CUSTOM_CODE = '''from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class TinyCustomConfig(LlamaConfig):
+    model_type = "tiny_custom"
+
+
+class TinyCustomForCausalLM(LlamaForCausalLM):
+    config_class = TinyCustomConfig
+'''
+
+
+@pytest.mark.integration
+def test_trust_remote_code_reaches_training_the_merge_and_serving(tmp_path, tiny_model_dir):
+    """A model whose code ships in its folder (auto_map): refused without trust_remote_code, and with it trained,
+    merged (the merge reloads the base) and served."""
+    import shutil
+
+    from finetune import finetune_model
+    from neural_chat_app import GenerationConfig, LoadingModelConfig, PipelineConfig, build_chatbot
+    from tests.finetune.conftest import tiny_config, write_jsonl
+
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "custom_llama.py").write_text(CUSTOM_CODE)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"model_type": "tiny_custom", "architectures": ["TinyCustomForCausalLM"],
+               "auto_map": {"AutoConfig": "custom_llama.TinyCustomConfig",
+                            "AutoModelForCausalLM": "custom_llama.TinyCustomForCausalLM"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        models.load_model(str(folder))
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(8)]
+    result = finetune_model(tiny_config(folder, write_jsonl(tmp_path / "c.jsonl", rows), tmp_path / "out",
+                                        task="chat", max_steps=1, trust_remote_code=True))
+    merged = models.load_model(str(result.merged_dir), dtype=torch.float32, trust_remote_code=True)
+    assert type(merged).__name__ == "TinyCustomForCausalLM"
+    bot = build_chatbot(PipelineConfig(model_name_or_path=str(result.output_dir),
+                                       loading_config=LoadingModelConfig(trust_remote_code=True)))
+    try:
+        assert type(bot.backend.model).__name__ == "TinyCustomForCausalLM"
+        assert isinstance(bot.predict("hi", GenerationConfig(max_new_tokens=3, do_sample=False)), str)
+    finally:
+        bot.close()
