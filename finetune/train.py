@@ -113,7 +113,7 @@ def _load_model_for_training(model_path: str, config: TextGenerationFinetuningCo
     else:
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     model = load_model(model_path, dtype=dtype, **kwargs)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # DataArguments.special_tokens added some
+    if _grows_vocabulary(config, tokenizer, model):
         model.resize_token_embeddings(len(tokenizer))
     if fa.full_finetune:
         return model
@@ -139,6 +139,13 @@ def _load_model_for_training(model_path: str, config: TextGenerationFinetuningCo
     if config.training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
+
+
+def _grows_vocabulary(config: TextGenerationFinetuningConfig, tokenizer, model) -> bool:
+    """Whether DataArguments.special_tokens gave the tokenizer ids past the model's embeddings. Only then: a
+    tokenizer may hold a few more entries than the model has rows (the embedded SmolLM2's: 49157 for 49152) that
+    its data never uses, and resizing for those would change the model for nothing."""
+    return bool(config.data_args.special_tokens) and len(tokenizer) > model.get_input_embeddings().num_embeddings
 
 
 def _require_bitsandbytes() -> None:
@@ -236,7 +243,7 @@ def _save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path)
 
         # Merge into fp32 base weights: adding a small LoRA delta to a bf16 weight would round most of it away.
         base = load_model(model_path, dtype=torch.float32, trust_remote_code=config.model_args.trust_remote_code)
-        if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # the adapter holds the resized embeddings
+        if _grows_vocabulary(config, tokenizer, base):  # the adapter holds the resized embeddings
             base.resize_token_embeddings(len(tokenizer))
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
         merged.save_pretrained(merged_dir)

@@ -202,3 +202,15 @@ def test_special_tokens_grow_the_vocabulary_and_survive_the_merge(tiny_model_dir
     assert tokenizer("<|tool|> x")["input_ids"][0] == tool  # one token, not its pieces
     with torch.no_grad():
         assert torch.isfinite(merged(torch.tensor([[tool, 5, 6]])).logits).all()
+    # without special_tokens nothing grows, even where the tokenizer has a few entries past the embeddings (the
+    # embedded SmolLM2's has 49157 for 49152 rows)
+    import shutil
+
+    wider = tmp_path / "wider-tokenizer"
+    shutil.copytree(tiny_model_dir, wider)
+    extra = AutoTokenizer.from_pretrained(wider)
+    extra.add_tokens(["<|unused_a|>", "<|unused_b|>"])
+    extra.save_pretrained(wider)
+    assert len(extra) > base_vocab
+    plain = finetune_model(tiny_config(wider, data, tmp_path / "plain", task="chat", max_steps=1))
+    assert AutoModelForCausalLM.from_pretrained(plain.merged_dir).config.vocab_size == base_vocab
