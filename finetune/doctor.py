@@ -254,13 +254,13 @@ def _advise_cpu(report: Report, cpu: CPU) -> None:
 
 
 def _advise_torch(report: Report, cpu: CPU, facts: dict) -> None:
-    from finetune.hardware import cpu_precision, onednn_isa_limit
+    from finetune.hardware import onednn_isa_limit
 
     if "error" in facts:
         report.add("fail", f"torch is installed but a bf16 matmul failed: {facts['error']}")
         return
     kernels = ", ".join(facts["kernels"])
-    precision = cpu_precision(cpu.flags, onednn_isa_limit())[0]
+    precision = report.facts["precision"]["cpu"]  # decided by _advise_cpu
     isa = onednn_isa_limit()
     if facts["amx"]:
         report.add("ok", f"oneDNN uses AMX for bf16 matmuls ({kernels})")
