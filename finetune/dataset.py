@@ -8,8 +8,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune.chat_template import ensure_chat_template
 from finetune.config import DataArguments
-from finetune.formatting import FormatOptions, ensure_chat_template, pack_examples, tokenize_record
+from finetune.formatting import FormatOptions, pack_examples, tokenize_record
 from finetune.records import DataError, Record, check_records, read_records
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,10 @@ def tokenize_records(tokenizer, records: list[Record], opts: FormatOptions) -> t
         ensure_chat_template(tokenizer)
     examples, dropped = [], 0
     for record in records:
-        example = tokenize_record(tokenizer, record.data, opts)
+        try:
+            example = tokenize_record(tokenizer, record.data, opts)
+        except DataError as err:
+            raise DataError(f"{record.where}: {err}") from None
         if example is None:
             dropped += 1
             logger.warning("%s: no target token left within max_seq_length=%d; skipped", record.where,

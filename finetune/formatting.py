@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from finetune.records import DataError, summary_columns
+from finetune.chat_template import chat_tokens_and_labels
+from finetune.records import summary_columns
 
 IGNORE_INDEX = -100
 
@@ -23,11 +24,6 @@ PROMPT_WITH_INPUT = (
 )
 SUMMARIZATION_PROMPT = "Summarize the following article.\n\n### Article:\n{article}\n\n### Summary:\n"
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def completion_prompt(instruction: str, input_text: str = "") -> str:
@@ -47,16 +43,10 @@ class FormatOptions:
     response_column: str | None = None
 
 
-def ensure_chat_template(tokenizer) -> None:
-    """Chat tasks need a template; a base model's tokenizer often has none, so give it ChatML."""
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = CHATML_TEMPLATE
-
-
 def tokenize_record(tokenizer, record: dict, opts: FormatOptions) -> dict | None:
     """Return {"input_ids", "labels"} or None when truncation left no token to learn from."""
     if opts.task in ("chat", "extraction"):
-        ids, labels = _tokenize_chat(tokenizer, record["messages"], opts)
+        ids, labels = chat_tokens_and_labels(tokenizer, record["messages"], opts.max_seq_length, opts.train_on_inputs)
     else:
         prompt, response = _prompt_and_response(record, opts)
         ids, labels = _tokenize_pair(tokenizer, prompt, response, opts)
@@ -90,34 +80,6 @@ def _tokenize_pair(tokenizer, prompt: str, response: str, opts: FormatOptions) -
     ids = (prompt_ids + response_ids)[: opts.max_seq_length]
     prompt_labels = prompt_ids if opts.train_on_inputs else [IGNORE_INDEX] * len(prompt_ids)
     labels = (prompt_labels + response_ids)[: opts.max_seq_length]
-    return ids, labels
-
-
-def _tokenize_chat(tokenizer, messages: list[dict], opts: FormatOptions) -> tuple[list[int], list[int]]:
-    """Tokenize the rendered conversation once and label the tokens inside assistant turns.
-
-    Each assistant turn's span is found by rendering the conversation up to it (with the generation prompt)
-    and through it: the template must render prefixes of a conversation as prefixes of its text, as ChatML does.
-    """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        start = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        end = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        if not (text.startswith(start) and text.startswith(end)):
-            raise DataError(
-                "The tokenizer's chat template does not render a conversation's first turns as a prefix of the "
-                "whole, so assistant turns cannot be located for loss masking. Use a ChatML-style template."
-            )
-        spans.append((len(start), len(end)))
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"][: opts.max_seq_length]
-    offsets = enc["offset_mapping"][: opts.max_seq_length]
-    if opts.train_on_inputs:
-        return ids, list(ids)
-    labels = [tid if any(s <= a < e for s, e in spans) else IGNORE_INDEX for tid, (a, _) in zip(ids, offsets)]
     return ids, labels
 
 

@@ -275,4 +275,16 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path, allow_download)
+    if "attn_implementation" not in kwargs and soft_caps_attention(path):
+        # transformers' SDPA path drops Gemma 2's attention soft-cap without a word: its eager attention keeps it
+        kwargs["attn_implementation"] = "eager"
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+
+
+def soft_caps_attention(path: str | Path) -> bool:
+    """Whether the model in `path` soft-caps its attention scores (Gemma 2), which only eager attention does."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("attn_logit_softcapping") or (config.get("text_config") or {}).get("attn_logit_softcapping"))

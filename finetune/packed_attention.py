@@ -28,12 +28,18 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     for name in _VARLEN_KEYS:
         kwargs.pop(name, None)
     if bounds is None or query.shape[0] != 1:
+        if kwargs.get("softcap"):  # SDPA cannot soft-cap: the model's own eager attention does
+            return _model_eager(module)(module, query, key, value, attention_mask, **kwargs)
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
     edges = [(start, end) for start, end in zip(bounds.tolist()[:-1], bounds.tolist()[1:]) if end > start]
-    if kwargs.get("sliding_window") or kwargs.get("softcap") or kwargs.get("s_aux") is not None:
-        outputs = [sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end],
-                                          value[:, :, start:end], None, is_causal=True, **kwargs)[0]
+    window = kwargs.get("sliding_window")
+    if kwargs.get("softcap") or kwargs.get("s_aux") is not None or (
+            window and max(end - start for start, end in edges) > window):
+        # Gemma 2 soft-caps attention scores and Gemma 2/3 see only a window of past tokens: each example gets
+        # the model's own eager attention (SDPA drops the soft-cap) with its causal, windowed mask.
+        outputs = [_example_attention(module, query[:, :, start:end], key[:, :, start:end],
+                                      value[:, :, start:end], window, kwargs)
                    for start, end in edges]
         return torch.cat(outputs, dim=1), None
     # transformers' SDPA call for a maskless causal example, with the output left in SDPA's (heads, tokens)
@@ -51,6 +57,29 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     return out, None
 
 
+def _model_eager(module):
+    """The eager attention function of the model `module` belongs to (Gemma 2's applies its soft-cap)."""
+    import sys
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return getattr(sys.modules[type(module).__module__], "eager_attention_forward", sdpa_attention_forward)
+
+
+def _example_attention(module, query, key, value, window: int | None, kwargs: dict) -> torch.Tensor:
+    length = query.shape[2]
+    rows = torch.arange(length, device=query.device)
+    distance = rows[:, None] - rows[None, :]
+    allowed = (distance >= 0) & (distance < window if window else True)
+    mask = torch.zeros(length, length, dtype=query.dtype, device=query.device)
+    mask = mask.masked_fill(~allowed, torch.finfo(query.dtype).min)[None, None]
+    if kwargs.get("softcap"):
+        return _model_eager(module)(module, query, key, value, mask, **kwargs)[0]
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, allowed[None, None], **kwargs)[0]
+
+
 def _tokens_first(*heads_first: torch.Tensor) -> torch.Tensor:
     return torch.cat([o.transpose(1, 2) for o in heads_first], dim=1)
 
@@ -58,13 +87,17 @@ def _tokens_first(*heads_first: torch.Tensor) -> torch.Tensor:
 def use_packed_attention(model) -> bool:
     """Switch a transformers model that uses SDPA to the per-example kernel; False if it uses another kernel."""
     from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
+    from transformers.masking_utils import eager_mask, sdpa_mask
 
     config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa":
+    # eager too: a Gemma 2 model is loaded with eager attention for its soft-cap, which the packed path keeps
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
         return False
-    AttentionInterface.register(NAME, packed_sdpa_attention)
-    # The mask is still built (transformers asks for one) but the packed path ignores it.
-    AttentionMaskInterface.register(NAME, sdpa_mask)
-    model.set_attn_implementation(NAME)
+    # The mask is still built (transformers asks for one) but the packed path ignores it; outside packed batches
+    # a soft-capping model runs its eager attention, which wants eager's additive mask.
+    softcap = bool(getattr(config, "attn_logit_softcapping", None))
+    name = f"{NAME}_eager" if softcap else NAME
+    AttentionInterface.register(name, packed_sdpa_attention)
+    AttentionMaskInterface.register(name, eager_mask if softcap else sdpa_mask)
+    model.set_attn_implementation(name)
     return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from finetune.chat_template import render_chat
+
 SUMMARIZE_INSTRUCTION = "Summarize the following text in a few sentences.\n\n"
 
 
@@ -24,7 +26,7 @@ def prompt_ids(tokenizer, messages: list[dict], task: str) -> list[int]:
         raise ValueError(
             f"task={task!r} needs a chat template, and this model's tokenizer has none: use task='completion'"
         )
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = render_chat(tokenizer, messages, tokenize=True, add_generation_prompt=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 returns a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)

@@ -10,6 +10,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from finetune.chat_template import render_chat
+
 
 def default_eval_texts() -> list[str]:
     from quantize._eval_text import EVAL_PARAGRAPHS
@@ -21,7 +23,7 @@ def _render(record: dict, tokenizer) -> str | None:
     messages = record.get("messages")
     if isinstance(messages, list) and messages:
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(messages, tokenize=False)
+            return render_chat(tokenizer, messages, tokenize=False)
         return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in messages)
     for key in ("text", "content", "prompt"):
         if isinstance(record.get(key), str):

@@ -71,6 +71,24 @@ def _plain_byte_level_decoder(tokenizer):
     return tokenizer
 
 
+# optimum-intel 2.2 refuses to export the Gemma family with transformers newer than 5.0 (the cap sits on
+# GemmaOpenVINOConfig, which Gemma 2 and Gemma 3's configs inherit). With our transformers 5.5.4 the export runs,
+# and the IR's greedy tokens equal torch's on Gemma 2 and Gemma 3 models (tests/test_families_end_to_end.py; every
+# export records its agreement in quantization.json), so the cap is lifted for these classes only.
+_VERIFIED_PAST_CAP = ("GemmaOpenVINOConfig",)
+
+
+def _lift_verified_export_caps() -> None:
+    from optimum.exporters.openvino import model_configs
+
+    for name in _VERIFIED_PAST_CAP:
+        config_class = getattr(model_configs, name, None)
+        if config_class is not None and config_class.__dict__.get("MAX_TRANSFORMERS_VERSION"):
+            logger.info("optimum-intel caps %s at transformers %s; exporting past the cap, verified by greedy-token "
+                        "agreement", name, config_class.MAX_TRANSFORMERS_VERSION)
+            config_class.MAX_TRANSFORMERS_VERSION = None
+
+
 def _export_into(model_dir: Path, target: Path, export_kwargs: dict) -> int:
     """Export (and compress) the model at `model_dir` into the existing folder `target`, tokenizers converted;
     return the number of fused projection groups (one per attention layer)."""
@@ -80,6 +98,7 @@ def _export_into(model_dir: Path, target: Path, export_kwargs: dict) -> int:
 
     from quantize.projection_fusion import fuse_projections_in_folder
 
+    _lift_verified_export_caps()
     model = OVModelForCausalLM.from_pretrained(str(model_dir), export=True, compile=False, **export_kwargs)
     model.save_pretrained(target)
     del model

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune.chat_template import render_chat
+
 QUESTIONS = [
     "What is the capital of France?",
     "Give me three tips for staying focused while studying.",
@@ -67,9 +69,9 @@ def load_runner(path: str | Path, backend: str | None, threads: int | None = Non
 
     path = Path(path)
     if backend is None:
-        from transformers import AutoModelForCausalLM
+        from finetune.models import load_model
 
-        return Runner(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), "torch")
+        return Runner(load_model(str(path), dtype=torch.float32).eval(), "torch")
     if backend == "inc":
         from quantize.inc import load_inc
 
@@ -119,7 +121,7 @@ def prompt_ids(tokenizer, count: int) -> list:
     for i in range(count):
         messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)] + (" " * (i // len(QUESTIONS)))}]
         if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True)
         else:
             text = messages[0]["content"]
         prompts.append(tokenizer(text, return_tensors="pt").input_ids)

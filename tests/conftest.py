@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from finetune.formatting import CHATML_TEMPLATE
+from finetune.chat_template import CHATML_TEMPLATE
 
 # Two heavy threads per process on 2 cores is the worst case (FACTS.md); tests keep to one unless they say so.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

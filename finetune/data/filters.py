@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from finetune.chat_template import render_chat
 from finetune.data.config import PREDICATE, FilterConfig
 from finetune.data.records import Conversation
 
@@ -145,7 +146,7 @@ def language(conv: Conversation, allowed: list[str]) -> Verdict:
 def count_tokens(conv: Conversation, tokenizer: Any) -> int:
     """Tokens of the conversation as the trainer will see it: through the chat template when there is one."""
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(conv.messages, tokenize=True)
+        ids = render_chat(tokenizer, conv.messages, tokenize=True)
         ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     else:
         ids = tokenizer("\n".join(m["content"] for m in conv.messages))["input_ids"]

@@ -77,12 +77,12 @@ def _find_metadata(path: Path) -> Path | None:
 
 
 def prompt_ids(tokenizer, example: Example, messages: list[dict] | None = None) -> list[int]:
-    from finetune.formatting import ensure_chat_template
+    from finetune.chat_template import ensure_chat_template, render_chat
 
     messages = messages if messages is not None else example.messages
     if messages is not None:
         ensure_chat_template(tokenizer)
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(example.prompt)["input_ids"]
 
@@ -154,7 +154,8 @@ class TorchEngine:
         """exp(mean NLL) of the reference tokens, formatted and masked exactly as in training."""
         import torch
 
-        from finetune.formatting import IGNORE_INDEX, FormatOptions, ensure_chat_template, tokenize_record
+        from finetune.chat_template import ensure_chat_template
+        from finetune.formatting import IGNORE_INDEX, FormatOptions, tokenize_record
 
         if task in ("chat", "extraction"):
             ensure_chat_template(self.tokenizer)

@@ -130,10 +130,14 @@ def test_per_example_attention_without_boundaries_is_plain_sdpa():
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, reference)
 
 
-def test_models_not_on_sdpa_are_left_alone():
+def test_models_on_another_kernel_than_sdpa_or_eager_are_left_alone():
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     from finetune.packed_attention import use_packed_attention
 
+    AttentionInterface.register("users_own_kernel", sdpa_attention_forward)
     model = build_tiny_llama(build_tiny_tokenizer())
-    model.set_attn_implementation("eager")
+    model.set_attn_implementation("users_own_kernel")
     assert not use_packed_attention(model)
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "users_own_kernel"

@@ -1,0 +1,152 @@
+"""A model's chat template, whatever its family: rendering, and which tokens are the assistant's.
+
+One place for what differs between the templates users bring (published in each model's tokenizer_config.json):
+- Gemma 2 refuses a system message and the original Phi-3-mini drops it without a word: `render_chat` folds it
+  into the first user turn, with a warning, so the instruction reaches the model either way.
+- Loss masking must not assume that a conversation's first turns render as a prefix of the whole (Phi-3 ends
+  the text with an extra end token, Mistral v0.3 moves the system message into the last user turn, Qwen3 adds
+  an empty thinking block to the last reply only). A template with generation markers (`{% generation %}`)
+  gets transformers' own assistant-token mask; any other is rendered once with each assistant reply replaced
+  by a unique marker, so the replies are located where the template put them, however it frames them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from finetune.records import DataError
+
+logger = logging.getLogger(__name__)
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+_MARKER = "NCREPLY{}MARK"  # letters only: survives trim/strip filters and tokenizes like any other text
+_FOLD_WARNED: set[int] = set()
+
+
+def ensure_chat_template(tokenizer) -> None:
+    """Chat tasks need a template; a base model's tokenizer often has none, so give it ChatML."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHATML_TEMPLATE
+
+
+def fold_system_message(messages: list[dict]) -> list[dict]:
+    """The conversation with its leading system message prepended to the first user turn."""
+    system, rest = messages[0], list(messages[1:])
+    for i, message in enumerate(rest):
+        if message["role"] == "user":
+            rest[i] = {**message, "content": f"{system['content']}\n\n{message['content']}"}
+            return rest
+    return [{"role": "user", "content": system["content"]}, *rest]
+
+
+def render_chat(tokenizer, messages: list[dict], **kwargs):
+    """`tokenizer.apply_chat_template(messages, **kwargs)`, folding a system message the template refuses or drops
+    into the first user turn. A conversation the template rejects otherwise raises DataError with its message."""
+    from jinja2.exceptions import TemplateError
+
+    has_system = bool(messages) and messages[0].get("role") == "system" and bool(messages[0].get("content"))
+    try:
+        out = tokenizer.apply_chat_template(messages, **kwargs)
+    except TemplateError as error:
+        if not has_system or "system" not in str(error).lower():
+            raise DataError(f"the model's chat template rejects this conversation: {error}. Change its roles to "
+                            f"what the template accepts, or set another chat template.") from None
+        return _render_folded(tokenizer, messages, kwargs, reason=str(error))
+    if has_system and _drops_system(tokenizer, messages, out, kwargs):
+        return _render_folded(tokenizer, messages, kwargs, reason="it leaves the system message out")
+    return out
+
+
+def _drops_system(tokenizer, messages, out, kwargs) -> bool:
+    text = out if isinstance(out, str) else tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=kwargs.get("add_generation_prompt", False))
+    return messages[0]["content"].strip() not in text
+
+
+def _render_folded(tokenizer, messages, kwargs, reason: str):
+    if id(tokenizer) not in _FOLD_WARNED:
+        _FOLD_WARNED.add(id(tokenizer))
+        logger.warning("The chat template has no place for a system message (%s): it goes at the start of the first "
+                       "user turn instead.", reason)
+    return render_chat(tokenizer, fold_system_message(messages), **kwargs)
+
+
+def chat_tokens_and_labels(tokenizer, messages: list[dict], max_length: int,
+                           train_on_inputs: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered conversation and its labels: the ids inside assistant replies (each reply's
+    end-of-turn token included, so the model learns to stop), IGNORE_INDEX elsewhere."""
+    from finetune.formatting import IGNORE_INDEX
+
+    if train_on_inputs:
+        ids = render_chat(tokenizer, messages, tokenize=False)
+        ids = tokenizer(ids, add_special_tokens=False)["input_ids"][:max_length]
+        return ids, list(ids)
+    if _GENERATION_MARKER.search(tokenizer.chat_template or ""):
+        enc = render_chat(tokenizer, messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids, mask = list(enc["input_ids"])[:max_length], list(enc["assistant_masks"])[:max_length]
+        return ids, [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+    text, spans = _assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"][:max_length]
+    # A token belongs to a reply when it overlaps one: SentencePiece's "▁Hello" starts at the template's space.
+    labels = [tid if any(a < e and b > s for s, e in spans) else IGNORE_INDEX
+              for tid, (a, b) in zip(ids, enc["offset_mapping"])]
+    return ids, labels
+
+
+def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character span of each assistant reply in it, end-of-turn token included."""
+    text = render_chat(tokenizer, messages, tokenize=False)
+    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant" and str(m.get("content") or "").strip()]
+    marked = [{**m, "content": _MARKER.format(i)} if i in replies else m for i, m in enumerate(messages)]
+    pieces = re.split(r"NCREPLY\d+MARK", render_chat(tokenizer, marked, tokenize=False))
+    if len(pieces) != len(replies) + 1:
+        raise DataError("the model's chat template does not render every assistant reply once, so the replies "
+                        "cannot be located for loss masking; set train_on_inputs or another chat template.")
+    specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
+    spans, cursor = [], len(pieces[0]) if text.startswith(pieces[0]) else 0
+    for n, i in enumerate(replies):
+        start, end = _locate(text, str(messages[i]["content"]), cursor, pieces[n + 1])
+        start = _after_generation_prompt(tokenizer, messages[:i], text, start)
+        end += next((len(s) for s in specials if text.startswith(s, end)), 0)
+        spans.append((start, end))
+        cursor = end
+    return text, spans
+
+
+def _after_generation_prompt(tokenizer, before: list[dict], text: str, start: int) -> int:
+    """Where the reply starts as generation sees it: right after the generation prompt when the conversation so
+    far renders as a prefix of the text, so the space Mistral writes after [/INST] is learned as the model's."""
+    prompt = render_chat(tokenizer, before, tokenize=False, add_generation_prompt=True) if before else ""
+    if prompt and len(prompt) <= start and text.startswith(prompt) and not text[len(prompt):start].strip():
+        return len(prompt)
+    return start
+
+
+def _locate(text: str, content: str, cursor: int, following: str) -> tuple[int, int]:
+    """Where the template put a reply: the content as the template may have trimmed it, right at the cursor and
+    followed by the template's own text when it renders the same as with the marker, else the next match."""
+    forms = list(dict.fromkeys([content, content.strip(), content.lstrip(), content.rstrip(), content.strip("\n")]))
+    for form in forms:
+        if form and text.startswith(form, cursor) and text.startswith(following[:32], cursor + len(form)):
+            return cursor, cursor + len(form)
+    for form in forms:
+        at = text.find(form, cursor) if form else -1
+        if at >= 0:
+            return at, at + len(form)
+    raise DataError("an assistant reply does not appear in the conversation as the chat template renders it, so "
+                    "it cannot be located for loss masking; set train_on_inputs or another chat template.")
+
+
+def _special_tokens(tokenizer) -> set[str]:
+    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    tokens.update(t.content for t in decoder.values() if getattr(t, "special", False))
+    return {t for t in tokens if t}

@@ -1,0 +1,98 @@
+"""Tiny random models of every family users bring, each with its family's published chat template and markers.
+
+A model is 2 layers of hidden 64 built from the family's own config class (Llama 3's rope scaling, Qwen 3's
+q/k norms, Gemma 2's soft-capping and sliding window, Phi-3's fused projections), its tokenizer the tests' small
+BPE with the family's special tokens added, the chat template copied from the family's tokenizer_config.json
+(tests/fixtures/chat_templates/), and the end-of-turn tokens of the family's generation_config.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import build_tiny_tokenizer
+
+TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
+
+# family -> (template file, special tokens the template writes, bos, tokenizer eos, generation_config eos tokens)
+FAMILIES = {
+    "llama": ("llama3", ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+              "<|begin_of_text|>", "<|eot_id|>", ["<|eot_id|>"]),
+    "qwen2": ("qwen2", [], None, "<|im_end|>", ["<|im_end|>", "<|endoftext|>"]),
+    "qwen3": ("qwen3", ["<think>", "</think>"], None, "<|im_end|>", ["<|im_end|>", "<|endoftext|>"]),
+    "mistral": ("mistral", ["<s>", "</s>", "[INST]", "[/INST]"], "<s>", "</s>", ["</s>"]),
+    "gemma2": ("gemma2", ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>",
+               ["<eos>", "<end_of_turn>"]),
+    "gemma3_text": ("gemma3", ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>",
+                    ["<eos>", "<end_of_turn>"]),
+    "phi3": ("phi3", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], None, "<|endoftext|>",
+             ["<|end|>", "<|endoftext|>"]),
+}
+NAMES = list(FAMILIES)
+
+# A conversation with a system message and several turns, as users' logs hold them.
+CONVERSATION = [
+    {"role": "system", "content": "You answer in one short sentence."},
+    {"role": "user", "content": "What is 2 and 2?"},
+    {"role": "assistant", "content": "It is 4."},
+    {"role": "user", "content": "And twice that?"},
+    {"role": "assistant", "content": "That makes 8."},
+]
+
+
+def family_tokenizer(family: str):
+    template, specials, bos, eos, _ = FAMILIES[family]
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": specials} if specials else {})
+    tokenizer.bos_token = bos or tokenizer.bos_token
+    tokenizer.eos_token = eos
+    tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
+    return tokenizer
+
+
+def family_config(family: str, tokenizer, **overrides):
+    import transformers
+
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+               eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in FAMILIES[family][4]])
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256, **ids)
+    specific = {
+        "llama": ("LlamaConfig", dict(tie_word_embeddings=True, rope_scaling={
+            "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64}, rope_theta=500000.0)),
+        "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),
+        "qwen3": ("Qwen3Config", dict(head_dim=16, tie_word_embeddings=True)),
+        "mistral": ("MistralConfig", dict(tie_word_embeddings=False, sliding_window=None)),
+        # Gemma 2's real soft-capping values and a window shorter than the test's longer conversations
+        "gemma2": ("Gemma2Config", dict(head_dim=16, query_pre_attn_scalar=16, final_logit_softcapping=30.0,
+                                        attn_logit_softcapping=50.0, sliding_window=16)),
+        "gemma3_text": ("Gemma3TextConfig", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
+                                                 layer_types=["sliding_attention", "full_attention"])),
+        "phi3": ("Phi3Config", dict(tie_word_embeddings=False)),
+    }
+    name, extra = specific[family]
+    return getattr(transformers, name)(**{**shape, **extra, **overrides})
+
+
+def build_family_model(family: str, tokenizer, seed: int = 0, attn_implementation: str | None = None, **overrides):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = family_config(family, tokenizer, **overrides)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).float()
+
+
+def save_family(family: str, path: Path) -> Path:
+    """A Hugging Face folder of the family's tiny model: config, weights, tokenizer, generation config."""
+    from transformers import GenerationConfig
+
+    tokenizer = family_tokenizer(family)
+    model = build_family_model(family, tokenizer)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=model.config.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
