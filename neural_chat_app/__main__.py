@@ -16,13 +16,20 @@ import logging
 import sys
 
 
+def _model_access_flags(parser) -> None:
+    parser.add_argument("--allow-download", action="store_true",
+                        help="download a hub id that is not in the Hugging Face cache (else an error says how)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the code a model's folder ships")
+
+
 def _ask(args) -> int:
     from finetune.hardware import configure_threads
-    from neural_chat_app import GenerationConfig, PipelineConfig, build_chatbot
+    from neural_chat_app import GenerationConfig, LoadingModelConfig, PipelineConfig, build_chatbot
 
     configure_threads()
+    loading = LoadingModelConfig(trust_remote_code=args.trust_remote_code, allow_download=args.allow_download)
     chatbot = build_chatbot(PipelineConfig(model_name_or_path=args.model, backend=args.backend,
-                                           system_prompt=args.system))
+                                           system_prompt=args.system, loading_config=loading))
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
                               return_stats=args.stats)
     try:
@@ -50,7 +57,8 @@ def _serve(args) -> int:
     from finetune.hardware import configure_threads
     from neural_chat_app.server import create_app, load_settings
 
-    overrides = {"host": args.host, "port": args.port, "model": args.model, "backend": args.backend}
+    overrides = {"host": args.host, "port": args.port, "model": args.model, "backend": args.backend,
+                 "allow_download": args.allow_download or None, "trust_remote_code": args.trust_remote_code or None}
     settings = load_settings(args.config, **overrides)
     if args.no_log:
         settings.chat_log.enabled = False
@@ -104,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=128)
     ask.add_argument("--greedy", action="store_true", help="no sampling: the most likely token each step")
     ask.add_argument("--stats", action="store_true", help="print latency and tokens/s after the answer")
+    _model_access_flags(ask)
     ask.set_defaults(run=_ask)
 
     improve = sub.add_parser("improve", help="logged chats -> data -> fine-tune -> evaluate -> promote -> quantize")
@@ -118,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", choices=["auto", "torch", "openvino"])
     serve.add_argument("--no-log", action="store_true", help="do not write the conversation log")
     serve.add_argument("--log-level", default="info")
+    _model_access_flags(serve)
     serve.set_defaults(run=_serve)
 
     export = sub.add_parser("export-log", help="conversation log -> JSONL messages for the data pipeline")

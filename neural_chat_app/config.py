@@ -125,6 +125,7 @@ class LoadingModelConfig:
     peft_path: str | None = None
     trust_remote_code: bool = False
     use_cache: bool = True
+    allow_download: bool = False  # a hub id not in the Hugging Face cache is downloaded (else a clear error)
 
     def __post_init__(self):
         if self.peft_path is not None and not isinstance(self.peft_path, str):

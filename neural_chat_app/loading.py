@@ -56,7 +56,7 @@ def resolve_source(config: PipelineConfig) -> ModelSource:
         found = _finetune_output(path)
         if found:
             path, peft_path = found[0], peft_path or found[1]
-    local = Path(resolve_model_path(str(path) if path.exists() else name))
+    local = Path(resolve_model_path(str(path) if path.exists() else name, config.loading_config.allow_download))
     return ModelSource(local, model_id_for(name), False, peft_path)
 
 

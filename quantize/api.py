@@ -172,7 +172,7 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
     """
     cfg = dataclasses.replace(config, **overrides) if config is not None else QuantizeConfig(**overrides)
     start = time.perf_counter()
-    source = artifacts.resolve_source(cfg.model)
+    source = artifacts.resolve_source(cfg.model, cfg.allow_download)
     _check_backend_installed(cfg)
     check_group_size(source, cfg)
     from transformers import AutoTokenizer

@@ -12,7 +12,7 @@ METADATA_FILE = "quantization.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx")
 
 
-def resolve_source(model: str | None) -> Path:
+def resolve_source(model: str | None, allow_download: bool = False) -> Path:
     """The Hugging Face folder to quantize: a folder, a `finetune_model` output (its merged/), or an embedded name.
 
     Raises ValueError for an artifact that is quantized already.
@@ -35,7 +35,7 @@ def resolve_source(model: str | None) -> Path:
         return path.resolve()
     if path.suffix == ".gguf" and path.is_file():
         raise ValueError(f"{path} is a GGUF file, already quantized or exported: quantize the source model instead")
-    return Path(resolve_model_path(name))
+    return Path(resolve_model_path(name, allow_download))
 
 
 def refuse_quantized(path: Path) -> None:

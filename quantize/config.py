@@ -47,6 +47,8 @@ class QuantizeConfig:
 
     model: str | None = None
     """A Hugging Face folder, a `finetune_model` output folder (its merged/ is used) or an embedded model name."""
+    allow_download: bool = False
+    """A hub id that is not in the Hugging Face cache is downloaded into it (else: an error that says how)."""
     output_dir: str = "quantized"
     """Parent folder: the artifact goes into `<output_dir>/<model>-<scheme...>-<backend>/`."""
     backend: Backend = "openvino"

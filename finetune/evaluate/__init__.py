@@ -16,6 +16,7 @@ CLI: python -m finetune.evaluate --task extraction --data examples/data/extracti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -55,6 +56,8 @@ class EvalConfig:
     output_dir: str | None = None
     labels: list[str] | None = None  # names for the models in the report
     plots: bool = True
+    allow_download: bool = False  # a hub id not in the Hugging Face cache is downloaded into it
+    trust_remote_code: bool = False  # run the code a model's folder ships (models with an auto_map)
 
     def __post_init__(self):
         from finetune.config import TASKS
@@ -118,7 +121,8 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
 
         schema = load_schema(config.schema)
     labels = config.labels or []
-    specs = [resolve_model(m, labels[i] if i < len(labels) else None) for i, m in enumerate(models)]
+    specs = [dataclasses.replace(resolve_model(m, labels[i] if i < len(labels) else None, config.allow_download),
+                                 trust_remote_code=config.trust_remote_code) for i, m in enumerate(models)]
     for spec in specs:
         _check_task(spec, config.task)
     references = [e.reference for e in examples]

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     p.add_argument("--no-perplexity", action="store_true", help="skip the perplexity pass")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--allow-download", action="store_true",
+                   help="download a hub id that is not in the Hugging Face cache (else an error says how)")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the code a model's folder ships")
     p.add_argument("--out", help="report folder (default: <last model>/eval)")
     return p
 
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             task=args.task, data=args.data, max_examples=args.max_examples, max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size, constrained=args.constrained if args.task == "extraction" else "off",
             few_shot=args.few_shot, base_few_shot=args.base_few_shot, schema=args.schema, dtype=args.dtype,
-            perplexity=not args.no_perplexity, output_dir=args.out, labels=args.labels, plots=not args.no_plots)
+            perplexity=not args.no_perplexity, output_dir=args.out, labels=args.labels, plots=not args.no_plots,
+            allow_download=args.allow_download, trust_remote_code=args.trust_remote_code)
         results = evaluate_models(args.models, config)
     except (ValueError, DataError, SchemaError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -33,13 +33,14 @@ class ModelSpec:
     adapter: str | None = None  # a PEFT adapter to merge into `path`
     task: str | None = None  # the task it was fine-tuned for (training_metadata.json), if known
     metadata_file: str | None = None
+    trust_remote_code: bool = False  # the folder's own model code may run
 
 
 def is_openvino_folder(path: Path) -> bool:
     return (path / "openvino_model.xml").is_file() and (path / "openvino_tokenizer.xml").is_file()
 
 
-def resolve_model(name_or_path: str, label: str | None = None) -> ModelSpec:
+def resolve_model(name_or_path: str, label: str | None = None, allow_download: bool = False) -> ModelSpec:
     """Accept what the chatbot loads: an embedded name, an HF or OpenVINO folder, a finetune output folder, a .gguf."""
     from finetune.models import resolve_model_path
 
@@ -63,7 +64,7 @@ def resolve_model(name_or_path: str, label: str | None = None) -> ModelSpec:
         if not base:
             raise EvalError(f"{adapter} names no base_model_name_or_path, so the model cannot be rebuilt")
         path = Path(base)
-    resolved = resolve_model_path(str(path) if path.exists() else name_or_path)
+    resolved = resolve_model_path(str(path) if path.exists() else name_or_path, allow_download)
     return ModelSpec(label, resolved, False, adapter, task, str(metadata) if metadata else None)
 
 
@@ -105,13 +106,13 @@ class TorchEngine:
         if dtype == "auto":
             dtype = "bfloat16" if detect_hardware().cpu_bf16 else "float32"
         self.dtype = dtype
-        model = load_model(spec.path, dtype=getattr(torch, dtype))
+        model = load_model(spec.path, dtype=getattr(torch, dtype), trust_remote_code=spec.trust_remote_code)
         if spec.adapter:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, spec.adapter).merge_and_unload()
         self.model = model.eval()
-        self.tokenizer = load_tokenizer(spec.path)
+        self.tokenizer = load_tokenizer(spec.path, trust_remote_code=spec.trust_remote_code)
         self.eos = eos_token_ids(model.generation_config, self.tokenizer)
         self._schema_constraint = None
 

@@ -28,6 +28,14 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
+def pipeline_config(settings: ServerSettings) -> PipelineConfig:
+    """The chatbot configuration of the model the server starts with."""
+    from neural_chat_app.config import LoadingModelConfig
+
+    loading = LoadingModelConfig(trust_remote_code=settings.trust_remote_code, allow_download=settings.allow_download)
+    return PipelineConfig(model_name_or_path=settings.model, backend=settings.backend, loading_config=loading)
+
+
 def default_loader(config: PipelineConfig):
     from neural_chat_app.loading import load_backend
 
@@ -38,7 +46,7 @@ def create_app(settings: ServerSettings, backend=None, loader: Callable | None =
     """The server app. `backend` (already loaded) and `loader` (PipelineConfig -> backend) are for tests."""
     loader = loader or default_loader
     if backend is None:
-        backend = loader(PipelineConfig(model_name_or_path=settings.model, backend=settings.backend))
+        backend = loader(pipeline_config(settings))
     limits = settings.limits
     admission = Admission(limits.max_concurrent or backend.max_concurrency, limits.max_queue)
     models = ModelManager(backend, settings.model_dirs, settings.model, loader, settings.allow_model_switch)

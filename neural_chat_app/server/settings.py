@@ -42,6 +42,8 @@ class ServerSettings:
     port: int = 8000
     model: str | None = None  # None: the embedded default model
     backend: Backend = "auto"
+    allow_download: bool = False  # a hub id not in the Hugging Face cache is downloaded at start
+    trust_remote_code: bool = False  # run the model repo's own code (models that ship it)
     model_dirs: list[str] | None = None  # where the registry looks; None: the OpenVINO export cache
     allow_model_switch: bool = True
     api_keys: list[str] = field(default_factory=list)  # empty: no auth; also NEURALCHAT_API_KEYS=k1,k2

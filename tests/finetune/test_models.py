@@ -86,6 +86,35 @@ def test_a_cached_hub_id_works_offline_everywhere_a_model_is_named(tmp_path, mon
         assert isinstance(bot.predict("hi", GenerationConfig(max_new_tokens=3, do_sample=False)), str)
     finally:
         bot.close()
+    from quantize import QuantizeConfig, quantize_model
+
+    artifact = quantize_model(QuantizeConfig(model="org/tiny-chat", output_dir=str(tmp_path / "q"), backend="openvino",
+                                             bits=8, num_eval_prompts=1, eval_new_tokens=2))
+    assert (artifact / "openvino_model.xml").is_file()
+    from finetune.evaluate.generation import resolve_model
+
+    assert resolve_model("org/tiny-chat").path == snapshot
+
+
+def test_allow_download_reaches_the_hub_from_every_entry_point(monkeypatch, tiny_model_dir):
+    """build_chatbot, the server, quantize and evaluate each pass their allow_download switch to the one resolver."""
+    from finetune.evaluate.generation import resolve_model
+    from neural_chat_app import LoadingModelConfig, PipelineConfig
+    from neural_chat_app.loading import resolve_source
+    from neural_chat_app.server import load_settings
+    from neural_chat_app.server.app import pipeline_config
+    from quantize import QuantizeConfig
+    from quantize.artifacts import resolve_source as quantize_source
+
+    asked = []
+    monkeypatch.setattr(models, "_hub_snapshot", lambda repo, allow: asked.append((repo, allow)) or str(tiny_model_dir))
+    resolve_source(PipelineConfig("org/a", loading_config=LoadingModelConfig(allow_download=True)))
+    resolve_source(pipeline_config(load_settings(None, model="org/b", allow_download=True, trust_remote_code=True)))
+    quantize_source(QuantizeConfig(model="org/c", allow_download=True).model, True)
+    resolve_model("org/d", allow_download=True)
+    resolve_model("org/e")
+    assert asked == [("org/a", True), ("org/b", True), ("org/c", True), ("org/d", True), ("org/e", False)]
+    assert pipeline_config(load_settings(None, trust_remote_code=True)).loading_config.trust_remote_code
 
 
 def test_folder_without_a_model_says_what_it_needs(tmp_path):
