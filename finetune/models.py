@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Bumped whenever convert_gguf writes something different, so stale caches are converted again.
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3  # 3: without the five infill tokens the GGUF loader adds past the embedding rows
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None =
         kwargs = {"gguf_file": gguf_path.name}
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
-        tokenizer = _clean_gguf_tokenizer(tokenizer, embedded)
+        tokenizer = _clean_gguf_tokenizer(tokenizer, embedded, model.get_input_embeddings().num_embeddings)
         _make_serializable(model)
         model.config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -208,16 +208,18 @@ def _is_current(target: Path) -> bool:
     return source.get("converter_version") == CONVERTER_VERSION and (target / "model.safetensors").is_file()
 
 
-def _clean_gguf_tokenizer(tokenizer, embedded: EmbeddedModel | None):
+def _clean_gguf_tokenizer(tokenizer, embedded: EmbeddedModel | None, rows: int):
     """Rebuild a GGUF tokenizer as a plain fast tokenizer.
 
     transformers 5.5 labels a GGUF byte-level BPE tokenizer CodeLlamaTokenizer; saved and reloaded under that
-    class it inserts <unk> between words. The tokenizers backend itself is right, so keep it and drop the class.
+    class it inserts <unk> between words, and it adds CodeLlama's five infill tokens (▁<PRE> ... <FILL_ME>) past
+    the model's `rows` embeddings (SmolLM2: 49157 tokens for 49152 rows), which llama.cpp's converter refuses and
+    which no row can embed. The tokenizers backend is otherwise right: keep it, without those tokens and the class.
     """
-    from tokenizers import decoders, processors
+    from tokenizers import Tokenizer, decoders, processors
     from transformers import PreTrainedTokenizerFast
 
-    backend = tokenizer.backend_tokenizer
+    backend = _without_tokens_past(tokenizer.backend_tokenizer, rows, Tokenizer)
     if type(backend.pre_tokenizer).__name__ == "ByteLevel":
         # The GGUF loader wraps ByteLevel in a sentencepiece-style chain (ByteFallback, Fuse, Replace) that
         # decodes the same text but that openvino_tokenizers cannot convert.
@@ -235,6 +237,18 @@ def _clean_gguf_tokenizer(tokenizer, embedded: EmbeddedModel | None):
         chat_template=tokenizer.chat_template,
         clean_up_tokenization_spaces=False,
     )
+
+
+def _without_tokens_past(backend, rows: int, tokenizer_class):
+    data = json.loads(backend.to_str())
+    extra = {t["content"] for t in data.get("added_tokens", []) if t["id"] >= rows}
+    if not extra:
+        return backend
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] < rows]
+    vocab = data.get("model", {}).get("vocab")
+    if isinstance(vocab, dict):
+        data["model"]["vocab"] = {token: i for token, i in vocab.items() if i < rows}
+    return tokenizer_class.from_str(json.dumps(data))
 
 
 def _make_serializable(model: torch.nn.Module) -> None:
