@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 
-VERSION = "0.3.36"
+from quantize.gguf_export import LLAMA_CPP_PYTHON as VERSION  # one llama.cpp for the converter and the runtime
+
 PORTABLE_BUILD = ("the llamacpp path needs llama-cpp-python, built for this CPU with portable flags: "
                   "python -m benchmarks.llamacpp build (about 5 minutes on 2 cores)")
 N_BATCH = 512  # tokens per llama_decode call while prefilling, llama-cpp-python's default

@@ -17,7 +17,7 @@ Backend = Literal["inc", "openvino", "gguf"]
 SCHEMES: dict[str, tuple[str, ...]] = {
     "inc": ("rtn", "gptq", "awq", "autoround"),
     "openvino": ("rtn", "awq", "scale_estimation", "awq_se", "gptq", "gptq_se"),
-    "gguf": ("f16", "q8_0", "q4_0", "q4_1"),
+    "gguf": ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k"),
 }
 # Schemes that need calibration text.
 CALIBRATED = {"gptq", "awq", "autoround", "scale_estimation", "awq_se", "gptq_se"}
@@ -33,7 +33,8 @@ REFUSED_ADVICE = (
     "use weight-only INT8 instead (backend='inc', scheme='rtn', bits=8: perplexity cost ~0), or backend='openvino', "
     "bits=8 for the fast CPU runtime"
 )
-GGUF_BITS = {"f16": None, "q8_0": 8, "q4_0": 4, "q4_1": 4}
+GGUF_BITS = {"f16": None, "bf16": None, "q8_0": 8, "q4_0": 4, "q4_1": 4, "q4_k_m": 4, "q5_k_m": 5, "q6_k": 6}
+GGUF_K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")  # llama.cpp's k-quants: super-blocks of 256 values
 
 
 def _check_choice(name: str, value: Any, choices) -> None:
@@ -55,7 +56,7 @@ class QuantizeConfig:
     """inc (Neural Compressor, eager PyTorch), openvino (NNCF + the fast runtime), gguf (llama.cpp/Ollama)."""
     scheme: str = "rtn"
     """The algorithm. inc: rtn gptq awq autoround; openvino: rtn awq scale_estimation awq_se gptq gptq_se;
-    gguf: f16 q8_0 q4_0 q4_1."""
+    gguf: f16 bf16 q8_0 q4_0 q4_1 q4_k_m q5_k_m q6_k."""
     bits: int | None = None
     """4 or 8 (inc/openvino: default 4; gguf: follows the scheme and may be left out)."""
     group_size: int | None = None
@@ -152,24 +153,24 @@ class QuantizeConfig:
 
     def _check_gguf(self) -> None:
         expected = GGUF_BITS[self.scheme]
-        if self.bits is not None and (isinstance(self.bits, bool) or self.bits not in (4, 8)):
-            raise ValueError(f"QuantizeConfig.bits must be 4 or 8, got {self.bits!r}")
+        if self.bits is not None and (isinstance(self.bits, bool) or self.bits not in (4, 5, 6, 8)):
+            raise ValueError(f"QuantizeConfig.bits must be 4, 5, 6 or 8 for gguf, got {self.bits!r}")
         if self.bits is not None and self.bits != expected:
             raise ValueError(
                 f"QuantizeConfig.bits={self.bits} contradicts scheme {self.scheme!r} (gguf): leave bits out or "
                 f"set {expected}"
             )
         self.bits = expected
-        block = -1 if expected is None else 32
+        block = -1 if expected is None else 256 if self.scheme in GGUF_K_QUANTS else 32
         if self.group_size not in (None, block):
             raise ValueError(
                 f"QuantizeConfig.group_size={self.group_size}: GGUF {self.scheme} "
-                + ("is not quantized" if expected is None else "uses fixed blocks of 32") + "; leave it out"
+                + ("is not quantized" if expected is None else f"uses fixed blocks of {block}") + "; leave it out"
             )
         self.group_size = block
-        if self.sym and self.scheme == "q4_1":
-            raise ValueError("QuantizeConfig.sym=True contradicts scheme 'q4_1' (asymmetric): use 'q4_0'")
-        if self.scheme in ("q8_0", "q4_0"):
+        if self.sym and self.scheme in ("q4_1", "q4_k_m", "q5_k_m"):
+            raise ValueError(f"QuantizeConfig.sym=True contradicts scheme {self.scheme!r} (asymmetric blocks)")
+        if self.scheme in ("q8_0", "q4_0", "q6_k"):
             self.sym = True
 
     @property

@@ -1,27 +1,40 @@
-"""Export a Hugging Face llama-architecture folder to GGUF (F16, Q8_0, Q4_0, Q4_1) plus an Ollama Modelfile.
+"""GGUF for llama.cpp and Ollama, written by llama.cpp's own converter, for every family it converts.
 
-Written with the `gguf` package (llama.cpp's own Python library, on PyPI): GGUFWriter for the file and
-`gguf.quants.quantize` for the Q8_0/Q4 blocks. The layout follows llama.cpp's convert_hf_to_gguf.py for llama:
-q/k projections are permuted to GGUF's rotary layout (transformers' GGUF loader permutes them back), norms stay
-F32, the tokenizer is stored as a byte-level BPE ("gpt2") vocabulary with its merges and chat template.
+The converter is llama.cpp's convert_hf_to_gguf.py with its `conversion` package and its own gguf-py, as the
+source distribution of llama-cpp-python (a registry package) ships them: fetched once into the cache, run as is.
+PyPI's gguf 0.19 is older than that converter (its Qwen and Gemma modules name architectures 0.19 lacks), so the
+converter runs in its own process on its own gguf-py.
+- f16, bf16, q8_0: written by the converter itself;
+- q4_0, q4_1: the converter's F16 file re-quantized block by block with gguf's reference quantizers;
+- q4_k_m, q5_k_m, q6_k: the F16 file through llama.cpp's quantizer (`llama_model_quantize`, what the
+  `llama-quantize` tool runs), from an installed llama-cpp-python.
+The folder also gets an Ollama Modelfile in the model's own chat format with its stop tokens, and the exact Hugging
+Face tokenizer for serving the folder through transformers.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 from quantize.config import QuantizeConfig
 
-INSTALL_HINT = "pip install gguf==0.19.0"
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-CHATML_OLLAMA_TEMPLATE = """{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
-{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}<|im_start|>assistant
-"""
+logger = logging.getLogger(__name__)
+
+LLAMA_CPP_PYTHON = "0.3.36"  # the llama.cpp whose converter we run, and the one benchmarks.llamacpp builds
+INSTALL_HINT = "pip install gguf==0.19.0 sentencepiece"
+LLAMA_CPP_HINT = ("the k-quants (q4_k_m, q5_k_m, q6_k) run llama.cpp's quantizer from llama-cpp-python: build it for "
+                  "this CPU with `python -m benchmarks.llamacpp build` (about 5 minutes), or use q8_0 / q4_0 / q4_1")
+CONVERTER_TYPES = ("f16", "bf16", "q8_0")
+REQUANTIZED = {"q4_0": ("Q4_0", "MOSTLY_Q4_0"), "q4_1": ("Q4_1", "MOSTLY_Q4_1")}
+K_QUANTS = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+            "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+_CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
 
 def _import_gguf():
@@ -32,162 +45,140 @@ def _import_gguf():
     return gguf
 
 
-def _permute(weights, n_head: int):
-    """HF rotary layout to GGUF's (interleaved halves), as llama.cpp's converter does for llama q/k weights."""
-    return (
-        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weights.shape)
-    )
+def converter_dir() -> Path:
+    """llama.cpp's converter tree: $LLAMA_CPP_DIR (a llama.cpp checkout) or, fetched once from the registry, the
+    one inside llama-cpp-python's source distribution, kept in the cache."""
+    if os.environ.get("LLAMA_CPP_DIR"):
+        root = Path(os.environ["LLAMA_CPP_DIR"]).expanduser()
+        if not (root / "convert_hf_to_gguf.py").is_file():
+            raise FileNotFoundError(f"LLAMA_CPP_DIR={root} holds no convert_hf_to_gguf.py: point it at a llama.cpp "
+                                    f"checkout")
+        return root
+    from finetune.models import cache_home
+
+    root = cache_home() / "llama.cpp" / LLAMA_CPP_PYTHON
+    if (root / "convert_hf_to_gguf.py").is_file():
+        return root
+    from filelock import FileLock  # ships with huggingface_hub
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):  # test workers and DDP ranks may arrive together
+        if not (root / "convert_hf_to_gguf.py").is_file():
+            _fetch_converter(root)
+    return root
+
+
+def _fetch_converter(root: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", tmp,
+                   f"llama-cpp-python=={LLAMA_CPP_PYTHON}"]
+        logger.info("Fetching llama.cpp's GGUF converter once: %s", " ".join(command))
+        done = subprocess.run(command, capture_output=True, text=True)
+        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if done.returncode or not archives:
+            raise FileNotFoundError(
+                f"GGUF export runs llama.cpp's converter, fetched from the source distribution of llama-cpp-python="
+                f"{LLAMA_CPP_PYTHON}, and the download failed ({done.stderr.strip()[-300:]}). With a network, run the "
+                f"export again; without one, set LLAMA_CPP_DIR to a llama.cpp checkout.")
+        prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
+        staging = Path(tmp) / "tree"
+        with tarfile.open(archives[0]) as archive:
+            members = [m for m in archive.getmembers() if m.isfile() and m.name.startswith(prefix)
+                       and m.name[len(prefix):].startswith(_CONVERTER_FILES)]
+            for member in members:
+                member.name = member.name[len(prefix):]
+            archive.extractall(staging, members=members, filter="data")
+        staging.rename(root)
 
 
 def gguf_file_name(cfg: QuantizeConfig) -> str:
     return f"model-{cfg.scheme}.gguf"
 
 
-def _tensor_type(gguf, name: str, array, scheme: str):
-    """The GGML type for one tensor: 1-D (norms) F32; 2-D by scheme, F16 where rows do not fill 32-blocks."""
-    if array.ndim == 1:
-        return gguf.GGMLQuantizationType.F32
-    qtype = {
-        "f16": gguf.GGMLQuantizationType.F16,
-        "q8_0": gguf.GGMLQuantizationType.Q8_0,
-        "q4_0": gguf.GGMLQuantizationType.Q4_0,
-        "q4_1": gguf.GGMLQuantizationType.Q4_1,
-    }[scheme]
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    if array.shape[-1] % block:
-        raise ValueError(
-            f"{name}: rows of {array.shape[-1]} values do not fill GGUF {scheme} blocks of {block}; use scheme='f16'"
-        )
-    return qtype
+def convert(source: Path, out_file: Path, outtype: str = "f16") -> Path:
+    """`source` (a Hugging Face folder) as a GGUF file of `outtype` (f16, bf16 or q8_0), by llama.cpp's converter."""
+    command = [sys.executable, str(converter_dir() / "convert_hf_to_gguf.py"), str(source), "--outfile",
+               str(out_file), "--outtype", outtype]
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the converter's own gguf-py, not PyPI's
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode or not out_file.is_file():
+        reason = next((line for line in reversed(done.stderr.strip().splitlines()) if line.strip()), "no output")
+        hint = (" It recognizes the tokenizers of the published model families; a tokenizer of your own has no GGUF "
+                "pre-tokenizer." if "pre-tokenizer" in reason else "")
+        raise RuntimeError(f"llama.cpp's converter could not convert {source}: {reason}.{hint}")
+    return out_file
 
 
-def _add_tokenizer(writer, tokenizer, config) -> None:
-    data = json.loads(tokenizer.backend_tokenizer.to_str())
-    model = data["model"]
-    if model.get("type") != "BPE":
-        raise NotImplementedError(f"GGUF export writes byte-level BPE tokenizers only, got {model.get('type')}")
-    vocab_size = config.vocab_size
-    tokens = [""] * vocab_size
-    for token, index in tokenizer.get_vocab().items():
-        if index < vocab_size:
-            tokens[index] = token
-    specials = {t["id"] for t in data.get("added_tokens", []) if t.get("special")}
-    types = []
-    for index, token in enumerate(tokens):
-        if not token:
-            tokens[index] = f"[PAD{index}]"
-            types.append(5)  # unused
-        else:
-            types.append(3 if index in specials else 1)  # control : normal
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm" if len(tokens) == 49152 else "default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    for setter, token in (
-        (writer.add_bos_token_id, tokenizer.bos_token_id),
-        (writer.add_eos_token_id, tokenizer.eos_token_id),
-        (writer.add_unk_token_id, tokenizer.unk_token_id),
-        (writer.add_pad_token_id, tokenizer.pad_token_id),
-    ):
-        if token is not None:
-            setter(token)
-    writer.add_add_bos_token(False)
-    writer.add_add_space_prefix(False)
-    if tokenizer.chat_template:
-        writer.add_chat_template(tokenizer.chat_template)
-
-
-def write_gguf(source: Path, cfg: QuantizeConfig, out: Path) -> Path:
-    """Write `out/model-<scheme>.gguf` and `out/Modelfile` for the llama-architecture model at `source`."""
+def requantize(f16_file: Path, out_file: Path, scheme: str) -> Path:
+    """Rewrite an F16 GGUF with its matrices in Q4_0/Q4_1 blocks (gguf's reference quantizers, which mirror
+    llama.cpp's); vectors stay as they are, metadata is copied with the new file type."""
     gguf = _import_gguf()
     import numpy as np
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(source)
-    if not set(config.architectures or []) & set(SUPPORTED_ARCHITECTURES):
-        raise NotImplementedError(
-            f"GGUF export supports {SUPPORTED_ARCHITECTURES}, {source} is {config.architectures}: use llama.cpp's "
-            "convert_hf_to_gguf.py for other architectures"
-        )
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    path = out / gguf_file_name(cfg)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name(source.parent.name if source.name == "merged" else source.name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type({"f16": 1, "q8_0": 7, "q4_0": 2, "q4_1": 3}[cfg.scheme])
-    _add_tokenizer(writer, tokenizer, config)
-
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    state = model.state_dict()
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    for hf_name, tensor in state.items():
-        if hf_name.endswith("rotary_emb.inv_freq"):
+    qtype = getattr(gguf.GGMLQuantizationType, REQUANTIZED[scheme][0])
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    reader = gguf.GGUFReader(f16_file)
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(out_file, arch)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
             continue
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise NotImplementedError(f"GGUF export: no GGUF name for tensor {hf_name}")
-        array = tensor.float().numpy()
-        if hf_name.endswith("q_proj.weight"):
-            array = _permute(array, config.num_attention_heads)
-        elif hf_name.endswith("k_proj.weight"):
-            array = _permute(array, config.num_key_value_heads)
-        qtype = _tensor_type(gguf, hf_name, array, cfg.scheme)
-        if qtype == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float32))
-        elif qtype == gguf.GGMLQuantizationType.F16:
-            writer.add_tensor(name, np.ascontiguousarray(array, dtype=np.float16))
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(array), qtype), raw_dtype=qtype)
+        value = int(getattr(gguf.LlamaFileType, REQUANTIZED[scheme][1])) if field.name == \
+            gguf.Keys.General.FILE_TYPE else field.contents()
+        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, value, field.types[0], sub_type=sub_type)
+    for tensor in reader.tensors:
+        data = tensor.data
+        if tensor.tensor_type == gguf.GGMLQuantizationType.F16 and data.ndim == 2 and data.shape[-1] % block == 0:
+            writer.add_tensor(tensor.name, gguf.quants.quantize(data.astype(np.float32), qtype), raw_dtype=qtype)
+        else:  # norms, biases, rows that do not fill a block: as the converter wrote them
+            writer.add_tensor(tensor.name, data, raw_shape=data.shape, raw_dtype=tensor.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    (out / "Modelfile").write_text(modelfile(path.name, tokenizer))
+    return out_file
+
+
+def k_quantize(f16_file: Path, out_file: Path, scheme: str, threads: int | None = None) -> Path:
+    """llama.cpp's own k-quant quantizer on an F16 GGUF (llama-cpp-python's `llama_model_quantize`)."""
+    try:
+        import llama_cpp
+    except ImportError as err:
+        raise ImportError(f"GGUF scheme {scheme!r}: {LLAMA_CPP_HINT}") from err
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, K_QUANTS[scheme])
+    params.nthread = threads or 0
+    status = llama_cpp.llama_model_quantize(str(f16_file).encode(), str(out_file).encode(), params)
+    if status != 0:
+        raise RuntimeError(f"llama.cpp's quantizer failed on {f16_file} ({scheme}, status {status})")
+    return out_file
+
+
+def write_gguf(source: Path, cfg: QuantizeConfig, out: Path) -> Path:
+    """Write `out/model-<scheme>.gguf`, `out/Modelfile` and the tokenizer for the model at `source`."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    path = out / gguf_file_name(cfg)
+    if cfg.scheme in CONVERTER_TYPES:
+        convert(source, path, cfg.scheme)
+    else:
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            f16 = convert(source, Path(tmp) / "model-f16.gguf", "f16")
+            if cfg.scheme in REQUANTIZED:
+                requantize(f16, path, cfg.scheme)
+            else:
+                k_quantize(f16, path, cfg.scheme)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    try:
+        generation = GenerationConfig.from_pretrained(source)
+    except OSError:
+        generation = None
+    from quantize.ollama import modelfile
+
+    (out / "Modelfile").write_text(modelfile(path.name, tokenizer, generation))
     tokenizer.save_pretrained(out)  # the exact HF tokenizer, for serving the folder through transformers
     return path
-
-
-def default_system_prompt(chat_template: str | None) -> str | None:
-    """The system prompt a ChatML template inserts when the conversation has none (SmolLM2's has one)."""
-    if not chat_template:
-        return None
-    found = re.search(r"<\|im_start\|>system\\n(.+?)<\|im_end\|>", chat_template.replace("\n", "\\n"))
-    return found.group(1).replace("\\n", "\n") if found else None
-
-
-def modelfile(gguf_name: str, tokenizer) -> str:
-    """An Ollama Modelfile: the GGUF, the ChatML template, its stop tokens, the default system prompt."""
-    template = tokenizer.chat_template or ""
-    if template and "<|im_start|>" not in template:
-        raise NotImplementedError("The Ollama Modelfile is written for ChatML chat templates only")
-    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{CHATML_OLLAMA_TEMPLATE}"""', ""]
-    system = default_system_prompt(template)
-    if system:
-        lines += [f'SYSTEM """{system}"""', ""]
-    stops = ["<|im_end|>", "<|im_start|>"]
-    if tokenizer.eos_token and tokenizer.eos_token not in stops:
-        stops.append(tokenizer.eos_token)
-    if "<|endoftext|>" in tokenizer.get_vocab() and "<|endoftext|>" not in stops:
-        stops.append("<|endoftext|>")
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
-    return "\n".join(lines) + "\n"
 
 
 def load_gguf(folder: str | Path):

@@ -98,6 +98,19 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_real_vocab_dir(tmp_path_factory):
+    """The tiny llama with the embedded SmolLM2's tokenizer (49152 words): a vocabulary llama.cpp's GGUF converter
+    recognizes, as it does every published model's (it has no GGUF pre-tokenizer for the tests' own BPE)."""
+    from finetune.models import load_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama-real-vocab")
+    tokenizer = load_tokenizer(None)
+    build_tiny_llama(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_dtype():
     import torch

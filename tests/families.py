@@ -8,6 +8,7 @@ BPE with the family's special tokens added, the chat template copied from the fa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.conftest import build_tiny_tokenizer
@@ -96,3 +97,76 @@ def save_family(family: str, path: Path) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# Families whose llama.cpp converter reads a SentencePiece model (tokenizer.model), as the published ones ship.
+SENTENCEPIECE = {"gemma2": ("GemmaTokenizer", {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>"}),
+                 "phi3": ("LlamaTokenizer", {"pad": "<pad>", "eos": "<|endoftext|>", "bos": "<s>", "unk": "<unk>"})}
+
+
+def gguf_family_tokenizer(family: str, folder: Path):
+    """A tokenizer that llama.cpp's GGUF converter reads, as it reads the published models' (it has no GGUF form of
+    the tests' own small BPE): the embedded SmolLM2 vocabulary with the family's markers added, or, for Gemma 2 and
+    Phi-3, a small SentencePiece model trained here with the family's markers, saved into `folder`."""
+    import io
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from finetune.models import load_tokenizer
+
+    template, specials, bos, eos, _ = FAMILIES[family]
+    if family not in SENTENCEPIECE:
+        tokenizer = load_tokenizer(None)
+        tokenizer.add_special_tokens({"additional_special_tokens": specials} if specials else {})
+        tokenizer.bos_token = bos or tokenizer.bos_token
+        tokenizer.eos_token = eos
+    else:
+        import sentencepiece
+
+        tokenizer_class, control = SENTENCEPIECE[family]
+        markers = [t for t in specials if t not in control.values()]
+        if family == "phi3":
+            markers.append("<|endoftext|>")
+            control = {**control, "eos": "</s>"}
+        model = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(_corpus() * 10), model_writer=model, vocab_size=600, model_type="bpe",
+            byte_fallback=True, hard_vocab_limit=False, minloglevel=2, user_defined_symbols=markers,
+            pad_id=0, eos_id=1, bos_id=2, unk_id=3, **{f"{k}_piece": v for k, v in control.items()})
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tokenizer.model").write_bytes(model.getvalue())
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": tokenizer_class, "bos_token": bos, "eos_token": eos, "unk_token": "<unk>",
+            "pad_token": "<pad>", "add_bos_token": family == "gemma2"}))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        shutil.copy(folder / "tokenizer.model", folder / "tokenizer.model.keep")
+    tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
+    tokenizer.save_pretrained(folder)
+    if (folder / "tokenizer.model.keep").is_file():
+        (folder / "tokenizer.model.keep").replace(folder / "tokenizer.model")
+    return tokenizer
+
+
+def save_gguf_family(family: str, path: Path) -> Path:
+    """The family's tiny model with a tokenizer llama.cpp's converter reads (gguf_family_tokenizer)."""
+    from transformers import GenerationConfig
+
+    tokenizer = gguf_family_tokenizer(family, path)
+    # transformers' GGUF loader (the tests' reference reload) rebuilds some config fields from its own defaults, which
+    # the published models match: Qwen 3's head_dim of 128, Gemma 3's query scaling of 256 and its pattern of five
+    # sliding-window layers to one global layer.
+    loader_defaults = {"qwen3": {"head_dim": 128},
+                       "gemma3_text": {"query_pre_attn_scalar": 256, "num_hidden_layers": 6, "layer_types": None}}
+    model = build_family_model(family, tokenizer, **loader_defaults.get(family, {}))
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=model.config.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(path)
+    return path
+
+
+def _corpus() -> list[str]:
+    from tests.conftest import _CORPUS
+
+    return list(_CORPUS)

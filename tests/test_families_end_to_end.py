@@ -111,3 +111,72 @@ def _server_answers(model_dir, tmp_path) -> None:
     assert reply.choices[0].message.role == "assistant"
     assert isinstance(reply.choices[0].message.content, str)
     assert 0 < reply.usage.completion_tokens <= 5
+
+
+OLLAMA_FORMAT = {"llama": "llama3", "qwen2": "chatml", "qwen3": "chatml", "mistral": "mistral", "gemma2": "gemma",
+                 "gemma3_text": "gemma", "phi3": "phi3"}
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_family_exports_to_gguf_through_llama_cpp_s_converter(family, tmp_path):
+    """llama.cpp's own converter writes the family's GGUF; transformers reads it back to the same next tokens as
+    the source model, and the Ollama Modelfile speaks the family's chat format with its end-of-turn stop."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from quantize import QuantizeConfig, quantize_model
+    from quantize.ollama import FORMATS
+    from tests.families import FAMILIES, save_gguf_family
+
+    base = save_gguf_family(family, tmp_path / "base")
+    path = quantize_model(QuantizeConfig(model=str(base), output_dir=str(tmp_path / "q"), backend="gguf",
+                                         scheme="f16", evaluate=False))
+    source = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager").eval()
+    exported = AutoModelForCausalLM.from_pretrained(path, gguf_file="model-f16.gguf",
+                                                    attn_implementation="eager").float().eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10] * 4])
+    with torch.no_grad():
+        want, got = source(ids).logits, exported(ids).logits
+    # F16 weights: the logits agree to rounding, so a near tie may flip; a wrong layout would change them all
+    assert (want - got).abs().max() < 0.05, float((want - got).abs().max())
+    assert (want.argmax(-1) == got.argmax(-1)).float().mean() >= 0.9
+
+    modelfile = (path / "Modelfile").read_text()
+    fmt = OLLAMA_FORMAT[family]
+    assert f'TEMPLATE """{FORMATS[fmt][1]}"""' in modelfile
+    end_of_turn = FAMILIES[family][4][0]
+    assert f'PARAMETER stop "{end_of_turn}"' in modelfile
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_llama_cpp_runs_each_family_s_export_as_torch_does(family, tmp_path):
+    """Where llama-cpp-python is installed (`python -m benchmarks.llamacpp build`): llama.cpp reads the F16 export
+    to the source model's logits, and the k-quant export (llama.cpp's own quantizer) loads and runs."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (README: portable build)")
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from quantize import QuantizeConfig, quantize_model
+    from tests.families import save_gguf_family
+
+    base = save_gguf_family(family, tmp_path / "base")
+    ids = [5, 6, 7, 8, 9, 10] * 4
+    with torch.no_grad():
+        source = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
+        want = source(torch.tensor([ids])).logits[0].numpy()
+    sizes = {}
+    for scheme in ("f16", "q4_k_m"):
+        path = quantize_model(QuantizeConfig(model=str(base), output_dir=str(tmp_path / "q"), backend="gguf",
+                                             scheme=scheme, evaluate=False))
+        gguf_file = path / f"model-{scheme}.gguf"
+        sizes[scheme] = gguf_file.stat().st_size
+        llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=128, logits_all=True, verbose=False, n_threads=1)
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)])
+        assert np.isfinite(got).all()
+        if scheme == "f16":
+            assert np.abs(want - got).max() < 0.05, float(np.abs(want - got).max())
+            assert (want.argmax(-1) == got.argmax(-1)).mean() >= 0.9
+    assert sizes["q4_k_m"] < sizes["f16"]
+

@@ -52,7 +52,8 @@ def _generate(backend: str, path, prompt_ids):
 @pytest.mark.parametrize(("backend", "scheme", "fields"), CASES,
                          ids=[f"{b}-{s}-{'-'.join(f'{k}{v}' for k, v in f.items())}" for b, s, f in CASES])
 def test_backend_writes_a_measured_artifact_that_reloads_and_generates(
-        backend, scheme, fields, tiny_model_dir, messages_file, artifacts_dir, quick):
+        backend, scheme, fields, tiny_model_dir, tiny_real_vocab_dir, messages_file, artifacts_dir, quick):
+    model_dir = tiny_real_vocab_dir if backend == "gguf" else tiny_model_dir  # a vocabulary llama.cpp knows
     if backend == "inc":
         pytest.importorskip("neural_compressor")
     if scheme == "autoround":
@@ -61,11 +62,11 @@ def test_backend_writes_a_measured_artifact_that_reloads_and_generates(
         pytest.importorskip("optimum.intel")
         pytest.importorskip("openvino_genai")
     calibration = str(messages_file) if scheme in CALIBRATED else None
-    cfg = QuantizeConfig(model=str(tiny_model_dir), output_dir=str(artifacts_dir), backend=backend, scheme=scheme,
+    cfg = QuantizeConfig(model=str(model_dir), output_dir=str(artifacts_dir), backend=backend, scheme=scheme,
                          calibration_file=calibration, **fields, **quick)
     path = quantize_model(cfg)
 
-    assert path.name == f"{tiny_model_dir.name}-{cfg.tag}-{cfg.suffix}"
+    assert path.name == f"{model_dir.name}-{cfg.tag}-{cfg.suffix}"
     for name in EXPECTED_FILES[backend] if scheme != "autoround" else ["config.json", "model.safetensors"]:
         assert (path / name).is_file(), name
     meta = read_metadata(path)
@@ -97,15 +98,16 @@ def test_quantized_weights_are_smaller_and_int8_is_faithful(artifact):
     assert int8["quality"]["token_agreement"] == 1.0
 
 
-def test_gguf_f16_reloads_through_transformers_with_the_same_greedy_tokens(tiny_model_dir, artifacts_dir, quick):
+def test_gguf_f16_reloads_through_transformers_with_the_same_greedy_tokens(tiny_real_vocab_dir, artifacts_dir,
+                                                                          quick):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = quantize_model(model=str(tiny_model_dir), output_dir=str(artifacts_dir), backend="gguf", scheme="f16",
-                          **quick)
+    path = quantize_model(model=str(tiny_real_vocab_dir), output_dir=str(artifacts_dir), backend="gguf",
+                          scheme="f16", **quick)
     gguf_name = "model-f16.gguf"
     model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_name).float()
-    source = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    source = AutoModelForCausalLM.from_pretrained(tiny_real_vocab_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_real_vocab_dir)
     gguf_tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_name)
     text = "What is the capital of France?"
     ids = tokenizer(text, return_tensors="pt").input_ids
@@ -116,9 +118,9 @@ def test_gguf_f16_reloads_through_transformers_with_the_same_greedy_tokens(tiny_
     assert read_metadata(path)["quality"]["token_agreement"] == 1.0
 
 
-def test_modelfile_has_the_chatml_template_and_stop_tokens(tiny_model_dir, artifacts_dir, quick):
-    path = quantize_model(model=str(tiny_model_dir), output_dir=str(artifacts_dir), backend="gguf", scheme="q8_0",
-                          **quick)
+def test_modelfile_has_the_chatml_template_and_stop_tokens(tiny_real_vocab_dir, artifacts_dir, quick):
+    path = quantize_model(model=str(tiny_real_vocab_dir), output_dir=str(artifacts_dir), backend="gguf",
+                          scheme="q8_0", **quick)
     text = (path / "Modelfile").read_text()
     assert text.startswith("FROM ./model-q8_0.gguf\n")
     assert "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>" in text
@@ -127,7 +129,7 @@ def test_modelfile_has_the_chatml_template_and_stop_tokens(tiny_model_dir, artif
 
 
 def test_modelfile_keeps_a_default_system_prompt():
-    from quantize.gguf_export import default_system_prompt
+    from quantize.ollama import default_system_prompt
 
     template = ("{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant "
                 "named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}")
@@ -143,9 +145,9 @@ def test_group_size_that_does_not_divide_a_layer_is_refused(tiny_model_dir, tmp_
     assert not any(tmp_path.iterdir())
 
 
-def test_quantizing_an_artifact_again_is_refused(tiny_model_dir, artifacts_dir, tmp_path, quick):
-    path = quantize_model(model=str(tiny_model_dir), output_dir=str(artifacts_dir), backend="gguf", scheme="q4_0",
-                          **quick)
+def test_quantizing_an_artifact_again_is_refused(tiny_model_dir, tiny_real_vocab_dir, artifacts_dir, tmp_path, quick):
+    path = quantize_model(model=str(tiny_real_vocab_dir), output_dir=str(artifacts_dir), backend="gguf",
+                          scheme="q4_0", **quick)
     with pytest.raises(ValueError, match="already quantized: it is a gguf q4_0 artifact"):
         quantize_model(model=str(path), output_dir=str(tmp_path), backend="inc")
     with pytest.raises(ValueError, match="GGUF file"):
@@ -205,11 +207,11 @@ def test_bad_calibration_file_names_the_line(tmp_path):
         read_texts(path)
 
 
-def test_a_finetune_output_folder_is_quantized_from_its_merged_model(tiny_model_dir, tmp_path, quick):
+def test_a_finetune_output_folder_is_quantized_from_its_merged_model(tiny_real_vocab_dir, tmp_path, quick):
     import shutil
 
     run = tmp_path / "my-run"
-    shutil.copytree(tiny_model_dir, run / "merged")
+    shutil.copytree(tiny_real_vocab_dir, run / "merged")
     (run / "adapter").mkdir()
     (run / "training_metadata.json").write_text('{"task": "chat"}')
     path = quantize_model(model=str(run), output_dir=str(tmp_path / "q"), backend="gguf", scheme="q8_0", **quick)
@@ -225,8 +227,8 @@ def test_a_finetune_output_folder_is_quantized_from_its_merged_model(tiny_model_
         quantize_model(model=str(adapter_only), output_dir=str(tmp_path / "q"), backend="gguf", scheme="q8_0")
 
 
-def test_task_metric_of_source_and_artifact_is_recorded(tiny_model_dir, messages_file, tmp_path, quick):
-    path = quantize_model(model=str(tiny_model_dir), output_dir=str(tmp_path), backend="gguf", scheme="q8_0",
+def test_task_metric_of_source_and_artifact_is_recorded(tiny_real_vocab_dir, messages_file, tmp_path, quick):
+    path = quantize_model(model=str(tiny_real_vocab_dir), output_dir=str(tmp_path), backend="gguf", scheme="q8_0",
                           task_data=str(messages_file), task="chat", task_max_examples=2, **quick)
     metric = read_metadata(path)["task_metric"]
     assert (metric["task"], metric["examples"]) == ("chat", 2)
@@ -236,10 +238,10 @@ def test_task_metric_of_source_and_artifact_is_recorded(tiny_model_dir, messages
         QuantizeConfig(backend="inc", task_data=str(messages_file), task="chat")
 
 
-def test_remeasure_rewrites_the_measurements_of_an_existing_artifact(artifact):
+def test_remeasure_rewrites_the_measurements_of_an_existing_artifact(artifact, tiny_real_vocab_dir):
     from quantize.api import remeasure
 
-    path = artifact(backend="gguf", scheme="q8_0")
+    path = artifact(model=str(tiny_real_vocab_dir), backend="gguf", scheme="q8_0")
     before = read_metadata(path)
     after = remeasure(path)
     assert after["measured_at"] > before["created_at"]
@@ -277,3 +279,20 @@ def test_inc_reload_restores_the_weights_it_did_not_quantize(tiny_model_dir, tmp
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, in_memory(ids).logits, atol=1e-5)  # the reload is the same model
+
+
+def test_k_quants_without_llama_cpp_say_how_to_get_it(monkeypatch, tmp_path):
+    import builtins
+
+    from quantize.gguf_export import k_quantize
+
+    real_import = builtins.__import__
+
+    def no_llama_cpp(name, *args, **kwargs):
+        if name == "llama_cpp":
+            raise ImportError("No module named 'llama_cpp'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_llama_cpp)
+    with pytest.raises(ImportError, match=r"q4_k_m.*python -m benchmarks.llamacpp build.*or use q8_0 / q4_0 / q4_1"):
+        k_quantize(tmp_path / "model-f16.gguf", tmp_path / "model-q4_k_m.gguf", "q4_k_m")

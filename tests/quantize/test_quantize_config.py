@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_unknown_scheme_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"scheme 'int3-magic' is unknown.*'rtn', 'gptq', 'awq', 'autoround'"):
         QuantizeConfig(backend="inc", scheme="int3-magic")
-    with pytest.raises(ValueError, match="'f16', 'q8_0', 'q4_0', 'q4_1'"):
+    with pytest.raises(ValueError, match="'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q4_k_m', 'q5_k_m', 'q6_k'"):
         QuantizeConfig(backend="gguf", scheme="awq")
     with pytest.raises(ValueError, match="backend must be one of"):
         QuantizeConfig(backend="tensorrt")

@@ -1,0 +1,42 @@
+"""The Ollama Modelfile speaks each family's chat format, with its stops.
+
+pytest tests/quantize/test_ollama.py
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quantize.ollama import FORMATS, chat_format, modelfile
+from tests.families import FAMILIES, NAMES, family_tokenizer
+
+EXPECTED = {"llama": "llama3", "qwen2": "chatml", "qwen3": "chatml", "mistral": "mistral", "gemma2": "gemma",
+            "gemma3_text": "gemma", "phi3": "phi3"}
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_each_published_template_is_recognized_and_its_end_of_turn_stops_generation(family):
+    tokenizer = family_tokenizer(family)
+    assert chat_format(tokenizer.chat_template) == EXPECTED[family]
+
+    class Generation:  # the family's generation_config.json: its end-of-turn tokens
+        eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in FAMILIES[family][4]]
+
+    text = modelfile("model-q8_0.gguf", tokenizer, Generation())
+    assert text.startswith("FROM ./model-q8_0.gguf\n")
+    assert f'TEMPLATE """{FORMATS[EXPECTED[family]][1]}"""' in text
+    for token in FAMILIES[family][4]:
+        assert f'PARAMETER stop "{token}"' in text
+
+
+def test_qwen_s_default_system_prompt_is_kept():
+    text = modelfile("m.gguf", family_tokenizer("qwen2"))
+    assert 'SYSTEM """You are Qwen, created by Alibaba Cloud. You are a helpful assistant."""' in text
+
+
+def test_a_template_of_another_format_is_left_to_the_one_inside_the_gguf():
+    tokenizer = family_tokenizer("llama")
+    tokenizer.chat_template = "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    text = modelfile("m.gguf", tokenizer)
+    assert "TEMPLATE" not in text and "Ollama reads the one inside the GGUF" in text
+    assert f'PARAMETER stop "{tokenizer.eos_token}"' in text
