@@ -85,8 +85,8 @@ def chat_tokens_and_labels(tokenizer, messages: list[dict], max_length: int,
     from finetune.formatting import IGNORE_INDEX
 
     if train_on_inputs:
-        ids = render_chat(tokenizer, messages, tokenize=False)
-        ids = tokenizer(ids, add_special_tokens=False)["input_ids"][:max_length]
+        text = render_chat(tokenizer, messages, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
         return ids, list(ids)
     if _GENERATION_MARKER.search(tokenizer.chat_template or ""):
         enc = render_chat(tokenizer, messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)

@@ -26,9 +26,9 @@ def prompt_ids(tokenizer, messages: list[dict], task: str) -> list[int]:
         raise ValueError(
             f"task={task!r} needs a chat template, and this model's tokenizer has none: use task='completion'"
         )
-    ids = render_chat(tokenizer, messages, tokenize=True, add_generation_prompt=True)
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers 5 returns a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids)
+    # rendered as text, then tokenized as apply_chat_template does (no added specials): render_chat checks the
+    # text for a dropped system message, so rendering it once serves both
+    text = render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -109,7 +109,6 @@ def gguf_family_tokenizer(family: str, folder: Path):
     the tests' own small BPE): the embedded SmolLM2 vocabulary with the family's markers added, or, for Gemma 2 and
     Phi-3, a small SentencePiece model trained here with the family's markers, saved into `folder`."""
     import io
-    import shutil
 
     from transformers import AutoTokenizer
 
@@ -140,11 +139,10 @@ def gguf_family_tokenizer(family: str, folder: Path):
             "tokenizer_class": tokenizer_class, "bos_token": bos, "eos_token": eos, "unk_token": "<unk>",
             "pad_token": "<pad>", "add_bos_token": family == "gemma2"}))
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        shutil.copy(folder / "tokenizer.model", folder / "tokenizer.model.keep")
     tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
     tokenizer.save_pretrained(folder)
-    if (folder / "tokenizer.model.keep").is_file():
-        (folder / "tokenizer.model.keep").replace(folder / "tokenizer.model")
+    if family in SENTENCEPIECE:  # a fast tokenizer's save leaves the SentencePiece model out: the converter reads it
+        (folder / "tokenizer.model").write_bytes(model.getvalue())
     return tokenizer
 
 
@@ -154,10 +152,11 @@ def save_gguf_family(family: str, path: Path) -> Path:
 
     tokenizer = gguf_family_tokenizer(family, path)
     # transformers' GGUF loader (the tests' reference reload) rebuilds some config fields from its own defaults, which
-    # the published models match: Qwen 3's head_dim of 128, Gemma 3's query scaling of 256 and its pattern of five
-    # sliding-window layers to one global layer.
+    # the published models match: Qwen 3's head_dim of 128, Gemma 3's query scaling of 256 (llama.cpp scales by
+    # head_dim: in the published models both are 256) and its pattern of five sliding-window layers to one global.
     loader_defaults = {"qwen3": {"head_dim": 128},
-                       "gemma3_text": {"query_pre_attn_scalar": 256, "num_hidden_layers": 6, "layer_types": None}}
+                       "gemma3_text": {"head_dim": 256, "query_pre_attn_scalar": 256, "num_hidden_layers": 6,
+                                       "layer_types": None}}
     model = build_family_model(family, tokenizer, **loader_defaults.get(family, {}))
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
                                                eos_token_id=model.config.eos_token_id,

@@ -146,8 +146,7 @@ def language(conv: Conversation, allowed: list[str]) -> Verdict:
 def count_tokens(conv: Conversation, tokenizer: Any) -> int:
     """Tokens of the conversation as the trainer will see it: through the chat template when there is one."""
     if getattr(tokenizer, "chat_template", None):
-        ids = render_chat(tokenizer, conv.messages, tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        ids = tokenizer(render_chat(tokenizer, conv.messages, tokenize=False), add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer("\n".join(m["content"] for m in conv.messages))["input_ids"]
     return len(ids)
