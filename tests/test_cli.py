@@ -1,0 +1,45 @@
+"""`neuralchat <verb>`: every verb reaches its stage's own command line, and the console script is installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neural_chat_app.cli import VERBS, main
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_verb_answers_help(verb, capsys):
+    try:
+        code = main([verb, "--help"])
+    except SystemExit as stop:  # argparse and HfArgumentParser exit after printing help
+        code = stop.code
+    out = capsys.readouterr().out
+    assert code in (0, None), out
+    assert "usage" in out.lower() or "python -m" in out, out[:500]
+
+
+def test_an_unknown_verb_is_named_with_the_known_ones(capsys):
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert "'train'" in err and "finetune" in err and "serve" in err
+
+
+def test_the_console_script_runs_the_doctor():
+    script = Path(sys.executable).with_name("neuralchat")
+    script = script if script.is_file() else shutil.which("neuralchat")
+    assert script, "the neuralchat console script is not installed: pip install -e . (scripts/setup.sh)"
+    out = subprocess.run([str(script), "doctor"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "bf16" in out.stdout or "fp32" in out.stdout, out.stdout[-2000:]
+
+
+def test_a_verb_passes_its_arguments_unchanged(tmp_path, capsys):
+    """`neuralchat export-log` is `python -m neural_chat_app export-log`: a missing log file is its own error."""
+    code = main(["export-log", "--db", str(tmp_path / "missing.sqlite"), "--output", str(tmp_path / "out.jsonl")])
+    assert code == 2
+    assert "missing.sqlite" in capsys.readouterr().err
