@@ -3,8 +3,8 @@
 setup (device, precision, threads, output dir) -> tokenizer -> data -> model (+ LoRA / QLoRA) -> transformers
 Trainer -> adapter, merged model, tokenizer, training_metadata.json.
 
-Precision on CPU (FACTS.md, SmolLM2-135M LoRA, seq 256, batch 4, 2 cores): fp32 321 tok/s, autocast bf16
-467 tok/s, bf16 weights 472 tok/s, and bf16 weights use the least memory. So a LoRA run keeps the frozen base
+Precision on CPU (measured on a 2-core AMX Xeon, SmolLM2-135M LoRA, seq 256, batch 4): fp32 321 tok/s, autocast
+bf16 467 tok/s, bf16 weights 472 tok/s, and bf16 weights use the least memory. So a LoRA run keeps the frozen base
 weights in bf16, the trainable adapters in fp32 (PEFT upcasts them: bf16's 8-bit mantissa would round away
 updates smaller than 1/256 of a weight) and runs the matmuls in bf16 under autocast. A full fine-tune keeps
 fp32 master weights for the same reason and also computes under bf16 autocast.

@@ -2,7 +2,7 @@
 save/load.
 
 INC is the algorithm, not the fast runtime: its weight-only modules dequantize on the fly in eager PyTorch
-(FACTS.md). Serve INC artifacts through the torch backend, or use backend="openvino" for speed.
+(measured on a 2-core AMX Xeon). Serve INC artifacts through the torch backend, or use backend="openvino" for speed.
 The paths that need IPEX or torch.export (SmoothQuant, static/dynamic INT8) are refused in QuantizeConfig.
 """
 

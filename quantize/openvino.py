@@ -35,7 +35,7 @@ def _import_exporters():
         import openvino_tokenizers  # noqa: F401  (registers the tokenizer ops with OpenVINO)
         from openvino_tokenizers import convert_tokenizer
         from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
-    except ImportError as err:  # includes the torchvision clash described in FACTS.md
+    except ImportError as err:  # includes torchvision's clash with the CPU torch (scripts/setup.sh)
         raise ImportError(
             f"Exporting to OpenVINO needs optimum-intel and openvino-tokenizers ({err}). Install them with: "
             f"{INSTALL_HINT}. If the error mentions torchvision, uninstall it: pip uninstall -y torchvision"
@@ -47,11 +47,11 @@ def _export_kwargs(weight_format: str, quant_config_cls) -> dict:
     if weight_format in ("fp32", "bf16"):
         # Without a config optimum-intel compresses models over 1B parameters to int8; say full precision and
         # mean it. For "bf16" the IR keeps fp32 weights: OpenVINO's CPU plugin already computes in bf16 on
-        # AMX / AVX512-BF16 by default (FACTS.md), so a bf16 IR would only save disk. A later issue may add it.
+        # AMX / AVX512-BF16 by default (measured on a 2-core AMX Xeon), so a bf16 IR would only save disk.
         return {"load_in_8bit": False}
     if weight_format == "int8":
         return {"quantization_config": quant_config_cls(bits=8)}
-    # Data-free int4, group 64, asymmetric: FACTS.md measured ~20-25% perplexity cost on the 135M model.
+    # Data-free int4, group 64, asymmetric: measured ~20-25% perplexity cost on the 135M model.
     return {"quantization_config": quant_config_cls(bits=4, group_size=64, sym=False)}
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from finetune.chat_template import CHATML_TEMPLATE
 
-# Two heavy threads per process on 2 cores is the worst case (FACTS.md); tests keep to one unless they say so.
+# Two heavy threads per process on 2 cores is the worst case (measured); tests keep to one unless they say so.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -311,13 +311,17 @@ def write_jsonl(records: list[dict], path: Path) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m finetune.extraction.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--train", type=int, default=2000, help="training examples")
     parser.add_argument("--heldout", type=int, default=300, help="held-out examples (templates unseen in training)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="examples/data", help="folder for extraction_{train,heldout}.jsonl")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     train = generate(args.train, args.seed, heldout=False)
     heldout = generate(args.heldout, args.seed + 1, heldout=True,
                        exclude={r["messages"][1]["content"] for r in train})

@@ -27,7 +27,7 @@ def test_int8_nncf_costs_almost_nothing(tmp_path):
 def test_int4_rtn_stays_within_a_loose_bound(tmp_path):
     pytest.importorskip("neural_compressor")
     meta = read_metadata(quantize_model(output_dir=str(tmp_path), backend="inc", bits=4, group_size=64, **FAST))
-    assert 0.0 < meta["quality"]["perplexity_delta_pct"] < 60.0  # FACTS.md: INT4 costs this model ~20-25%
+    assert 0.0 < meta["quality"]["perplexity_delta_pct"] < 60.0  # measured: INT4 costs this model ~20-25%
 
 
 def test_gguf_f16_reloads_with_the_same_greedy_tokens(tmp_path):
