@@ -18,6 +18,7 @@ _EXPORTS = {
     "DataArguments": "finetune.config",
     "FinetuningArguments": "finetune.config",
     "TrainingArguments": "finetune.config",
+    "UserError": "finetune.errors",
 }
 
 __all__ = list(_EXPORTS)
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         TextGenerationFinetuningConfig,
         TrainingArguments,
     )
+    from finetune.errors import UserError  # noqa: F401
     from finetune.train import FinetuneResult, finetune_model  # noqa: F401
 
 

@@ -25,6 +25,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from finetune.errors import UserError
+
 CCL_MODULE = "oneccl_bindings_for_pytorch"  # the import name of the oneccl_bind_pt package
 CCL_HINT = (
     "the ccl backend needs Intel's oneCCL bindings for PyTorch built for this torch version "
@@ -41,7 +43,7 @@ MPI_ENV = {
 }
 
 
-class LaunchError(Exception):
+class LaunchError(UserError):
     """A set-up that cannot launch: the message says what is missing and what to do."""
 
 

@@ -8,10 +8,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune.errors import UserError
+
 MAX_ERRORS_SHOWN = 10
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad training data: the message names the file, the line or record, and the fix."""
 
 

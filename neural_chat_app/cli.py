@@ -47,12 +47,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, prefix = VERBS[verb]
     module = importlib.import_module(module_name)
-    if entry and verb == "finetune":
-        # finetune's main reads sys.argv itself when it is the entry point (for the re-exec): give it its own
-        sys.argv = ["python -m finetune", *rest]
-        code = module.main()
-    else:
-        code = module.main([*prefix, *rest])
+    from finetune.errors import UserError
+
+    try:
+        if entry and verb == "finetune":
+            # finetune's main reads sys.argv itself when it is the entry point (for the re-exec): give it its own
+            sys.argv = ["python -m finetune", *rest]
+            code = module.main()
+        else:
+            code = module.main([*prefix, *rest])
+    except UserError as err:  # whatever a stage lets through: the message, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return code if isinstance(code, int) else 0
 
 

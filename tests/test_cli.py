@@ -43,3 +43,24 @@ def test_a_verb_passes_its_arguments_unchanged(tmp_path, capsys):
     code = main(["export-log", "--db", str(tmp_path / "missing.sqlite"), "--output", str(tmp_path / "out.jsonl")])
     assert code == 2
     assert "missing.sqlite" in capsys.readouterr().err
+
+
+def test_every_user_error_class_is_one_kind(capsys, monkeypatch):
+    """Data, config, eval, schema and launch errors share one base; neuralchat prints any of them without a
+    traceback and exits 2."""
+    from finetune import UserError
+    from finetune.data._bind import ConfigError
+    from finetune.evaluate.data import EvalError
+    from finetune.extraction import SchemaError
+    from finetune.launch import LaunchError
+    from finetune.records import DataError
+
+    assert all(issubclass(cls, UserError) for cls in (ConfigError, EvalError, SchemaError, LaunchError, DataError))
+    import finetune.data.__main__ as data_main
+
+    def refuse(argv):
+        raise SchemaError("field 'age' in extraction.schema.json: expected an integer; fix the schema")
+
+    monkeypatch.setattr(data_main, "main", refuse)
+    assert main(["data", "prepare"]) == 2
+    assert "error: field 'age'" in capsys.readouterr().err

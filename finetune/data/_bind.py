@@ -12,8 +12,10 @@ import types
 import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from finetune.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config problem; the message names the dotted key (`filter.min_turns`) and what is allowed."""
 
 

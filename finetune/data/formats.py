@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from finetune.data.records import ROLES, Conversation, Reject
+from finetune.errors import UserError
 
 # ShareGPT dumps name the speakers after the product that produced them; all of these mean one of our roles.
 SHAREGPT_ROLES = {
@@ -36,7 +37,7 @@ FORMAT_KEYS = {
 }
 
 
-class FormatError(ValueError):
+class FormatError(UserError):
     def __init__(self, code: str, detail: str):
         super().__init__(detail)
         self.code = code

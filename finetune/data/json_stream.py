@@ -11,13 +11,15 @@ import re
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from finetune.errors import UserError
+
 CHUNK = 1 << 16
 MAX_ELEMENT_CHARS = 64 << 20  # past this an element is taken as broken JSON, not one huge record
 _WS = re.compile(r"\s*")
 _DECODER = json.JSONDecoder()
 
 
-class JsonArrayError(ValueError):
+class JsonArrayError(UserError):
     def __init__(self, line: int, detail: str):
         super().__init__(f"line {line}: {detail}")
         self.line = line

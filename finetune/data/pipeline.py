@@ -27,11 +27,12 @@ from finetune.data.records import Conversation, Reject
 from finetune.data.sources import discover, read_source
 from finetune.data.split import SPLITS, ExactSplitter, GroupSplitter
 from finetune.data.stats import Stats, plot_histogram
+from finetune.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class NoConversationsError(ValueError):
+class NoConversationsError(UserError):
     """Every record was rejected; the message lists the rejections per reason."""
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune.errors import UserError
+
 ROLES = ("system", "user", "assistant")
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A whole input file cannot be read as data (e.g. an SQLite file that is not the conversation log)."""
 
 

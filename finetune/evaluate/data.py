@@ -6,12 +6,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune.errors import UserError
 from finetune.extraction import FEW_SHOT, to_json
 from finetune.formatting import SUMMARIZATION_PROMPT, completion_prompt
 from finetune.records import DataError, Record, check_records, read_records, summary_columns
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
     """Evaluation cannot run as asked: the message says what is wrong and what to do."""
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from finetune.errors import UserError
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "extraction.schema.json"
 ATTRIBUTE_TYPES = ("INTEREST", "PREFERENCE", "DISLIKE", "BEHAVIOR")
 SENTIMENTS = ("POSITIVE", "NEGATIVE", "NEUTRAL")
@@ -49,7 +51,7 @@ FEW_SHOT: list[tuple[str, dict]] = [
 ]
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError):
     """A schema file that is not valid JSON or not a valid JSON Schema."""
 
 
