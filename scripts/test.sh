@@ -27,7 +27,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/ruff check .
 # One test process per core (pytest-xdist), at most 4: each embedded-model test holds 2-3 GB. Every test keeps to
 # one OpenMP thread unless it takes its share of the cores (tests/conftest.py), so the processes never fight over
-# a core. On the 2-core AMX Xeon (2026-12-02, clean clone) the tests took 6.3 min this way.
+# a core. On a 2-core AMD EPYC with AVX512-BF16 (2026-12-03, clean clone) the tests took 20 min this way.
 workers=$(nproc 2>/dev/null || echo 1)
 [ "$workers" -gt 4 ] && workers=4
 [ "$workers" -lt 2 ] && workers=0  # one core: run in this process

@@ -32,7 +32,7 @@ def gemma_dir():
     return resolve_model_path(NAME)
 
 
-def test_gemma3_reads_as_llama_cpp_reads_it(gemma_dir):
+def test_gemma3_reads_its_file_to_llama_cpp_s_token_ids(gemma_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,10 +48,18 @@ def test_gemma3_reads_as_llama_cpp_reads_it(gemma_dir):
     assert model.generation_config.eos_token_id == [tokenizer.convert_tokens_to_ids("<end_of_turn>"),
                                                     tokenizer.convert_tokens_to_ids("<eos>")]
 
+
+def test_gemma3_tokens_and_logits_match_llama_cpp_s(gemma_dir):
+    """Where llama-cpp-python is installed (`python -m benchmarks.llamacpp build`)."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (README: portable build)")
     import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from finetune.models import EMBEDDED_MODELS, _embedded_gguf_path
+
+    tokenizer = AutoTokenizer.from_pretrained(gemma_dir)
+    model = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32).eval()
 
     llm = llama_cpp.Llama(model_path=str(_embedded_gguf_path(EMBEDDED_MODELS[NAME])), n_ctx=256, logits_all=True,
                           verbose=False, n_threads=2)
@@ -59,7 +67,9 @@ def test_gemma3_reads_as_llama_cpp_reads_it(gemma_dir):
              "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"]
     for text in texts:
         assert tokenizer(text)["input_ids"] == llm.tokenize(text.encode(), add_bos=True, special=True), text
-    ids = tokenizer(texts[0])["input_ids"] + out.tolist()
+    ids = tokenizer(texts[0])["input_ids"]
+    with torch.no_grad():
+        ids = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0].tolist()
     llm.eval(ids)
     with torch.no_grad():
         want = model(torch.tensor([ids])).logits[0].numpy()
