@@ -78,6 +78,23 @@ def test_gemma3_tokens_and_logits_match_llama_cpp_s(gemma_dir):
     assert (want.argmax(-1) == got.argmax(-1)).mean() >= 0.85
 
 
+def test_gemma3_exports_back_to_gguf_that_llama_cpp_reads_as_we_do(tmp_path):
+    """Our converted folder through llama.cpp's converter (Q8_0) and back into llama.cpp: the same token ids as our
+    tokenizer, and a greedy continuation that is still about France (Where llama-cpp-python is installed)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (README: portable build)")
+    from finetune.models import load_tokenizer
+    from quantize import QuantizeConfig, quantize_model
+
+    path = quantize_model(QuantizeConfig(model=NAME, output_dir=str(tmp_path), backend="gguf", scheme="q8_0",
+                                         evaluate=False))
+    assert 'PARAMETER stop "<end_of_turn>"' in (path / "Modelfile").read_text()
+    llm = llama_cpp.Llama(model_path=str(path / "model-q8_0.gguf"), n_ctx=128, verbose=False, n_threads=2)
+    text = "The capital of France is"
+    assert llm.tokenize(text.encode(), add_bos=True, special=True) == load_tokenizer(NAME)(text)["input_ids"]
+    reply = llm.create_completion(text, max_tokens=12, temperature=0)["choices"][0]["text"]
+    assert "France" in reply, reply
+
+
 def _chat_rows(count: int) -> list[dict]:
     rows = []
     for i in range(count):
