@@ -90,16 +90,16 @@ def sentencepiece_tokenizer(vocab: GGUFVocab, rows: int | None = None):
                         for t, kind in zip(tokens, types) if kind == USER_DEFINED])
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                 for t, kind in zip(tokens, types) if kind == CONTROL])
-    template = []
-    for name, wanted in (("bos", vocab.add_bos), ("eos", vocab.add_eos)):
-        if wanted and vocab.special_ids.get(name, count) < count:
-            template.append((tokens[vocab.special_ids[name]], vocab.special_ids[name]))
-    if template:
-        bos = [t for t, i in template if i == vocab.special_ids.get("bos")]
-        eos = [t for t, i in template if i == vocab.special_ids.get("eos")]
+    def added(name, wanted):  # [token] when the file asks for it on every encoding and the model embeds it
+        i = vocab.special_ids.get(name, count)
+        return [(tokens[i], i)] if wanted and i < count else []
+
+    bos, eos = added("bos", vocab.add_bos), added("eos", vocab.add_eos)
+    if bos or eos:
+        first, last = [t for t, _ in bos], [t for t, _ in eos]
         backend.post_processor = processors.TemplateProcessing(
-            single=" ".join([*bos, "$A", *eos]), pair=" ".join([*bos, "$A", *eos, *bos, "$B", *eos]),
-            special_tokens=template)
+            single=" ".join([*first, "$A", *last]), pair=" ".join([*first, "$A", *last, *first, "$B", *last]),
+            special_tokens=bos + eos)
     return backend
 
 
@@ -130,7 +130,8 @@ def gguf_tokenizer(gguf_path: Path, rows: int, *, eos: str | None = None, pad: s
     vocab = read_gguf_vocab(gguf_path)
     # With a dummy prefix (Llama 2, Mistral v0.1, Phi-3) SentencePiece and llama.cpp disagree on whether a space
     # follows each marker inside a text, and transformers' converters already build those with merges: they keep it.
-    if vocab.model == "llama" and not vocab.add_space_prefix:
+    rebuilt = vocab.model == "llama" and not vocab.add_space_prefix
+    if rebuilt:
         backend = sentencepiece_tokenizer(vocab, rows)
 
         def named(key):
@@ -151,7 +152,7 @@ def gguf_tokenizer(gguf_path: Path, rows: int, *, eos: str | None = None, pad: s
         if add_bos is False:
             backend.post_processor = processors.ByteLevel(trim_offsets=False)
         bos, file_eos, unk, file_pad = loaded.bos_token, loaded.eos_token, loaded.unk_token, loaded.pad_token
-    if add_bos is False and vocab.model == "llama" and not vocab.add_space_prefix:
+    if add_bos is False and rebuilt:
         backend.post_processor = None
     eos = eos or file_eos
     return PreTrainedTokenizerFast(
