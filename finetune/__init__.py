@@ -8,6 +8,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from finetune.torchvision_guard import hide_mismatched_torchvision
+
+# Before anything imports transformers: a CUDA torchvision beside the CPU torch breaks it (see the module).
+hide_mismatched_torchvision()
+
 _EXPORTS = {
     "finetune_model": "finetune.train",
     "FinetuneResult": "finetune.train",

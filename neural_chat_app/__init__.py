@@ -3,6 +3,7 @@
 `import neural_chat_app` stays light: OpenVINO, FastAPI and the model itself load only when used.
 """
 
+import finetune  # noqa: F401  first, so a mismatched torchvision is hidden (finetune/torchvision_guard.py)
 from neural_chat_app.chatbot import ChatBot, build_chatbot
 from neural_chat_app.config import (
     GenerationConfig,

@@ -4,6 +4,7 @@ GGUF (llama.cpp / Ollama). Every artifact records its scheme and its measured qu
 Heavy libraries (neural-compressor, optimum-intel, openvino, gguf) load only inside the functions that use them.
 """
 
+import finetune  # noqa: F401  first, so a mismatched torchvision is hidden (finetune/torchvision_guard.py)
 from quantize.api import quantize_model
 from quantize.artifacts import read_metadata
 from quantize.compare import compare_artifacts
