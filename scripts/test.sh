@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command (and exactly what CI runs): install what the tests need, lint, run every test.
-# Extra arguments go to pytest, e.g. scripts/test.sh -m "not integration and not slow" for the fast part.
+# Extra arguments go to pytest, e.g. scripts/test.sh -m "not integration and not slow" for the fast part (which is
+# also what a bare `pytest` runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -24,6 +25,9 @@ for dir in "${TMPDIR:-/tmp}" "$HOME"; do
   fi
 done
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# A backend that `pip install ".[all,dev]"` installs and that is missing fails its tests here instead of skipping
+# them (tests/require_backends.py).
+export NEURALCHAT_REQUIRE_BACKENDS=1
 .venv/bin/ruff check .
 # One test process per core (pytest-xdist), at most 4: each embedded-model test holds 2-3 GB. Every test keeps to
 # one OpenMP thread unless it takes its share of the cores (tests/conftest.py), so the processes never fight over
@@ -31,4 +35,4 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 workers=$(nproc 2>/dev/null || echo 1)
 [ "$workers" -gt 4 ] && workers=4
 [ "$workers" -lt 2 ] && workers=0  # one core: run in this process
-exec .venv/bin/python -m pytest -n "$workers" "$@"
+exec .venv/bin/python -m pytest -n "$workers" -m "" "$@"

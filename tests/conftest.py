@@ -1,7 +1,8 @@
 """Shared fixtures.
 
-Run everything:            pytest
-Only the fast unit tests:  pytest -m "not integration and not slow"
+The fast part (the default):   pytest
+Everything (what CI runs):     pytest -m ""      (scripts/test.sh adds -n <cores> and NEURALCHAT_REQUIRE_BACKENDS=1)
+One marker:                    pytest -m integration
 Tests build tiny models from a config in the test itself (2 layers, hidden 64) with a small byte-level BPE
 tokenizer trained on the spot; a few integration tests use the embedded SmolLM2-135M-Instruct.
 """
@@ -14,6 +15,8 @@ import random
 import pytest
 
 from finetune.chat_template import CHATML_TEMPLATE
+
+pytest_plugins = ["tests.require_backends"]
 
 # Two heavy threads per process on 2 cores is the worst case (measured); tests keep to one unless they say so.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
