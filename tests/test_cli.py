@@ -49,7 +49,7 @@ def test_every_user_error_class_is_one_kind(capsys, monkeypatch):
     """Data, config, eval, schema and launch errors share one base; neuralchat prints any of them without a
     traceback and exits 2."""
     from finetune import UserError
-    from finetune.data._bind import ConfigError
+    from finetune.config_binding import ConfigError
     from finetune.evaluate.data import EvalError
     from finetune.extraction import SchemaError
     from finetune.launch import LaunchError

@@ -7,7 +7,7 @@ or `python -m finetune.data prepare --config configs/pipeline.yaml`. Importing t
 model library: transformers comes in only when a token-length filter needs the tokenizer.
 """
 
-from finetune.data._bind import ConfigError
+from finetune.config_binding import ConfigError
 from finetune.data.config import DataPipelineConfig
 from finetune.data.pipeline import NoConversationsError, PrepareResult, SmallDatasetWarning, prepare_dataset
 

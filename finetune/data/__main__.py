@@ -12,7 +12,7 @@ import sys
 import warnings
 from dataclasses import asdict
 
-from finetune.data._bind import ConfigError
+from finetune.config_binding import ConfigError, fields_help
 from finetune.data.config import DataPipelineConfig
 from finetune.data.pipeline import NoConversationsError, SmallDatasetWarning, prepare_dataset
 from finetune.data.records import SourceError
@@ -21,13 +21,17 @@ from finetune.data.records import SourceError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m finetune.data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    prep = sub.add_parser("prepare", help="ingest, clean, filter, dedup, split and export conversations")
+    keys = "every key of the config, set by section.key=value (the value read as YAML):\n" + fields_help(
+        DataPipelineConfig)
+    prep = sub.add_parser("prepare", help="ingest, clean, filter, dedup, split and export conversations",
+                          epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
     prep.add_argument("--config", help="pipeline YAML (sections ingest, clean, filter, dedup, export, split)")
     prep.add_argument("--input", action="append", default=[], help="file or folder to read (repeatable); "
                       "replaces ingest.paths")
     prep.add_argument("--output-dir", help="replaces export.output_dir")
     prep.add_argument("overrides", nargs="*", metavar="section.key=value", help="override one config key")
-    show = sub.add_parser("config", help="print the effective config as YAML and exit")
+    show = sub.add_parser("config", help="print the effective config as YAML and exit", epilog=keys,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     show.add_argument("--config")
     show.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from finetune.data._bind import ConfigError, apply_override, bind, parse_override
+from finetune.config_binding import ConfigError, apply_overrides, bind, load_config, unknown_key
 
 REDACT_KINDS = ("url", "email", "phone", "ip", "card")
 PREDICATE = re.compile(r"^\s*(metadata(?:\.[\w-]+)+)\s*(==|!=|<=|>=|<|>)\s*(.+?)\s*$")
@@ -125,8 +125,11 @@ class ExportConfig:
 @dataclass
 class SplitConfig:
     train_ratio: float = 0.8
+    """Share of the conversations in the train split."""
     validation_ratio: float = 0.1
+    """Share in the validation split (the three ratios add up to 1)."""
     test_ratio: float = 0.1
+    """Share in the test split, held out for `python -m finetune.evaluate`."""
     seed: int = 42
     """Seeds the split assignment and the MinHash permutations: same seed, same output."""
     group_by: str | None = None
@@ -152,21 +155,12 @@ class DataPipelineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, overrides: list[str] = ()) -> DataPipelineConfig:
-        data = translate_legacy(dict(data or {}))
-        for text in overrides:
-            apply_override(data, *parse_override(text))
-        return bind(cls, data)
+        return bind(cls, apply_overrides(translate_legacy(dict(data or {})), overrides))
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> DataPipelineConfig:
-        import yaml
-
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-        try:
-            return cls.from_dict(data, overrides)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+        """The file's sections (old sections translated), then `section.key=value` overrides."""
+        return load_config(cls, path, build=lambda data: cls.from_dict(data, overrides))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,7 +194,7 @@ def translate_legacy(data: dict[str, Any]) -> dict[str, Any]:
             if key in LEGACY_IGNORED:
                 continue
             if key not in mapping:
-                raise ConfigError(f"unknown key '{section}.{key}' (allowed: {', '.join(mapping)})")
+                raise unknown_key(section, key, [*mapping, *LEGACY_IGNORED])
             new_section, new_key = mapping[key]
             target = data.setdefault(new_section, {})
             if new_key in target:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.data._bind import ConfigError
+from finetune.config_binding import ConfigError
 from finetune.data.clean import clean_conversation
 from finetune.data.config import DataPipelineConfig
 from finetune.data.dedup import Deduplicator

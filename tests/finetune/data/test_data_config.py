@@ -1,4 +1,4 @@
-"""The YAML config and its dataclasses (finetune/data/config.py, _bind.py), and every shipped config."""
+"""The YAML config and its dataclasses (finetune/data/config.py, bound by finetune/config_binding.py)."""
 
 from pathlib import Path
 
@@ -31,8 +31,8 @@ def test_every_shipped_config_parses(path):
 @pytest.mark.parametrize("data, message", [
     ({"filtr": {}}, "unknown key 'filtr'; did you mean 'filter'?"),
     ({"filter": {"min_turn": 1}}, "unknown key 'filter.min_turn'; did you mean 'min_turns'?"),
-    ({"export": {"format_type": "csv"}}, "export.format_type is 'csv'; choose one of 'messages', 'chatml'"),
-    ({"export": {"multi_turn": "all"}}, "export.multi_turn is 'all'"),
+    ({"export": {"format_type": "csv"}}, "export.format_type='csv' is not valid; choose one of: messages, chatml"),
+    ({"export": {"multi_turn": "all"}}, "export.multi_turn='all' is not valid"),
     ({"filter": {"min_turns": "two"}}, "filter.min_turns must be int, got str 'two'"),
     ({"filter": {"min_turns": True}}, "filter.min_turns must be int, got bool"),
     ({"ingest": {"paths": "a.jsonl"}}, "ingest.paths must be a list"),
