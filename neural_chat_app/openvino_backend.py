@@ -24,22 +24,17 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from finetune.extras import require
 from finetune.models import eos_token_ids
 from neural_chat_app.config import GenerationConfig
 from neural_chat_app.streaming import StreamResult
 
 logger = logging.getLogger(__name__)
-INSTALL_HINT = "pip install openvino-genai openvino-tokenizers"
 
 
 def _import_genai():
-    try:
-        import openvino_genai
-        import openvino_tokenizers  # noqa: F401  (registers the tokenizer ops the pipeline needs)
-    except ImportError as err:
-        raise ImportError(
-            f"The OpenVINO backend needs openvino-genai ({err}). Install it with: {INSTALL_HINT}"
-        ) from err
+    openvino_genai = require("openvino_genai", "The OpenVINO backend")
+    require("openvino_tokenizers", "The OpenVINO backend")  # registers the tokenizer ops the pipeline needs
     return openvino_genai
 
 

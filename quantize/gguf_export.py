@@ -22,12 +22,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from finetune.extras import install_hint
 from quantize.config import QuantizeConfig
 
 logger = logging.getLogger(__name__)
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the llama.cpp whose converter we run, and the one benchmarks.llamacpp builds
-INSTALL_HINT = "pip install gguf==0.19.0 sentencepiece"
 LLAMA_CPP_HINT = ("the k-quants (q4_k_m, q5_k_m, q6_k) run llama.cpp's quantizer from llama-cpp-python: build it for "
                   "this CPU with `python -m benchmarks.llamacpp build` (about 5 minutes), or use q8_0 / q4_0 / q4_1")
 CONVERTER_TYPES = ("f16", "bf16", "q8_0")
@@ -41,7 +41,8 @@ def _import_gguf():
     try:
         import gguf
     except ImportError as err:
-        raise ImportError(f"backend='gguf' needs the gguf package ({err}). Install it with: {INSTALL_HINT}") from err
+        raise ImportError(f"backend='gguf' needs the gguf package ({err}). Install it with: "
+                          f"{install_hint('gguf', 'sentencepiece')}") from err
     return gguf
 
 

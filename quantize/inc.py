@@ -12,23 +12,15 @@ import logging
 import shutil
 from pathlib import Path
 
+from finetune.extras import require
 from quantize.config import QuantizeConfig
 
 logger = logging.getLogger(__name__)
-INSTALL_HINT = "pip install 'neural-compressor[pt]==3.10'"
-AUTOROUND_HINT = "pip install auto-round==0.16.1"
 INC_FILES = ("qconfig.json", "quantized_weight.pt")
 
 
 def _import_inc():
-    try:
-        from neural_compressor.torch import quantization
-    except ImportError as err:
-        raise ImportError(
-            f"backend='inc' needs Intel Neural Compressor with its PyTorch extras ({err}). Install it with: "
-            f"{INSTALL_HINT}"
-        ) from err
-    return quantization
+    return require("neural_compressor.torch.quantization", "backend='inc'")
 
 
 def _inc_config(q, cfg: QuantizeConfig, num_blocks: int, seq_len: int, autoround_dir: Path):
@@ -39,11 +31,7 @@ def _inc_config(q, cfg: QuantizeConfig, num_blocks: int, seq_len: int, autoround
         return q.GPTQConfig(**common, use_layer_wise=False)
     if cfg.scheme == "awq":
         return q.AWQConfig(**common)
-    try:
-        import auto_round  # noqa: F401
-    except ImportError as err:
-        raise ImportError(f"scheme='autoround' needs the auto-round package ({err}). Install it with: "
-                          f"{AUTOROUND_HINT}") from err
+    require("auto_round", "scheme='autoround'")
     return q.AutoRoundConfig(
         **common, iters=cfg.autoround_iters, nsamples=num_blocks, seqlen=seq_len, batch_size=min(8, num_blocks),
         device_map="cpu", amp=False, output_dir=str(autoround_dir), export_format="auto_round",
@@ -111,9 +99,6 @@ def load_inc(path: str | Path):
 
             model.generation_config = GenerationConfig.from_pretrained(path)
     else:  # AutoRound: an auto_round-format Hugging Face folder
-        try:
-            import auto_round  # noqa: F401
-        except ImportError as err:
-            raise ImportError(f"{path} is an AutoRound model: {AUTOROUND_HINT} ({err})") from err
+        require("auto_round", f"Loading the AutoRound model {path}")
         model = AutoModelForCausalLM.from_pretrained(path)  # auto_round's CPU kernels run in float16
     return model.eval()

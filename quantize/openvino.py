@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Literal, get_args
 
+from finetune.extras import install_hint
 from quantize.artifacts import staging
 
 logger = logging.getLogger(__name__)
 
 WeightFormat = Literal["fp32", "bf16", "int8", "int4"]
-INSTALL_HINT = "pip install 'optimum-intel[openvino]==2.2.0' openvino-genai openvino-tokenizers"
 METADATA_FILE = "openvino_export.json"
 
 
@@ -38,7 +38,8 @@ def _import_exporters():
     except ImportError as err:  # includes torchvision's clash with the CPU torch (scripts/setup.sh)
         raise ImportError(
             f"Exporting to OpenVINO needs optimum-intel and openvino-tokenizers ({err}). Install them with: "
-            f"{INSTALL_HINT}. If the error mentions torchvision, uninstall it: pip uninstall -y torchvision"
+            f"{install_hint('optimum.intel', 'openvino_genai', 'openvino_tokenizers')}. If the error mentions "
+            "torchvision, uninstall it: pip uninstall -y torchvision"
         ) from err
     return OVModelForCausalLM, OVWeightQuantizationConfig, convert_tokenizer
 

@@ -13,6 +13,7 @@ from typing import Any
 from finetune.chat_template import render_chat
 from finetune.data.config import PREDICATE, FilterConfig
 from finetune.data.records import Conversation
+from finetune.extras import require
 
 Verdict = tuple[str, str] | None
 Filter = Callable[[Conversation], Verdict]
@@ -134,10 +135,7 @@ def repetition(conv: Conversation, limit: float) -> Verdict:
 
 
 def language(conv: Conversation, allowed: list[str]) -> Verdict:
-    try:
-        import py3langid
-    except ImportError as e:
-        raise ImportError("filter.language needs py3langid: pip install py3langid") from e
+    py3langid = require("py3langid", "filter.language")
     text = "\n".join(m["content"] for m in conv.messages if m["role"] != "system")
     lang, _ = py3langid.classify(text)
     return None if lang in allowed else ("language", f"detected language {lang!r}, not in {allowed}")

@@ -18,6 +18,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from xml.etree import ElementTree
 
+from finetune.extras import require
+
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 SUFFIXES = TEXT_SUFFIXES | {".html", ".htm", ".pdf", ".docx", ".csv", ".jsonl"}
 
@@ -133,11 +135,7 @@ def html_text(html: str) -> str:
 
 
 def pdf_units(path: Path) -> list[Unit]:
-    try:
-        from pypdf import PdfReader
-    except ImportError as err:
-        raise ImportError(f"Reading {path} needs pypdf: pip install pypdf") from err
-    reader = PdfReader(str(path))
+    reader = require("pypdf", f"Reading {path}").PdfReader(str(path))
     return [Unit(page.extract_text() or "", f"page {i}") for i, page in enumerate(reader.pages, 1)]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune.extras import require
 from neural_chat_app.plugins.documents import chunk_file, file_hash, find_documents
 from neural_chat_app.plugins.embedding import load_embedder
 from neural_chat_app.plugins.settings import RetrievalArgs
@@ -41,10 +42,7 @@ def default_persist_directory(paths: list[str]) -> Path:
 
 
 def _connect(folder: Path):
-    try:
-        import lancedb
-    except ImportError as err:
-        raise ImportError("The retrieval plugin keeps its index in LanceDB: pip install lancedb") from err
+    lancedb = require("lancedb", "The retrieval plugin's index")
     folder.mkdir(parents=True, exist_ok=True)
     return lancedb.connect(str(folder))
 

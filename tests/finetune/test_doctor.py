@@ -89,7 +89,7 @@ def test_missing_optional_backend_is_a_note_with_the_install_line(machine):
     report = doctor.diagnose()
     assert report.ok
     notes = messages(report, "info")
-    assert any("neural-compressor" in m and "pip install 'neural-compressor[pt]'" in m for m in notes)
+    assert any("neural-compressor" in m and "pip install 'neural-compressor[pt]==3.10'" in m for m in notes)
     assert any("openvino-genai" in m for m in notes)
 
 
