@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from finetune.run_folder import run_weights, training_metadata_file
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -138,9 +140,9 @@ def render(payload: dict) -> str:
 
 
 def _training_record(tuned: Path, measured: dict | None) -> dict | None:
-    meta_file = tuned / "training_metadata.json"
+    meta_file = training_metadata_file(tuned)
     record = dict(measured or {})
-    if meta_file.is_file():
+    if meta_file is not None:
         meta = json.loads(meta_file.read_text())
         metrics = meta.get("metrics", {})
         record.setdefault("wall_seconds", metrics.get("train_seconds"))
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tuned = Path(args.tuned)
     measured = None
-    if args.train or not (tuned / "merged" / "config.json").is_file():
+    weights = run_weights(tuned)
+    if args.train or weights is None or weights.merged is None:
         measured = fine_tune(Path(args.config))
     config = EvalConfig(task="extraction", data=args.data, max_examples=args.max_examples,
                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, constrained="both",

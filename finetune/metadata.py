@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from finetune.hardware import detect_hardware
+from finetune.run_folder import TRAINING_METADATA_FILE
 
 RUN_FILE = "run_config.json"
-METADATA_FILE = "training_metadata.json"
 _LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes")
 
 
@@ -127,7 +127,7 @@ def write_metadata(output_dir: Path, config, fingerprint: str, metrics: dict, hi
         "config": config_dict(config),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    path = output_dir / METADATA_FILE
+    path = output_dir / TRAINING_METADATA_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(metadata, indent=2, default=str))
     tmp.replace(path)

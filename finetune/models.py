@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from finetune.chat_template import GEMMA_TEMPLATE
+from finetune.run_folder import run_weights
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,9 @@ def resolve_model_path(name_or_path: str | None, allow_download: bool = False) -
     if path.is_dir():
         if (path / "config.json").is_file():
             return str(path)
-        if (path / "merged" / "config.json").is_file():  # a finetune_model output folder
-            return str(path / "merged")
+        weights = run_weights(path)  # a finetune_model output folder: its merged model; an adapter needs its base
+        if weights is not None and weights.merged is not None:
+            return str(weights.merged)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return resolve_model_path(str(ggufs[0]))

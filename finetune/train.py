@@ -37,9 +37,10 @@ from finetune.hardware import (
     resolve_precision,
 )
 from finetune.lean_ops import use_lean_ops
-from finetune.metadata import METADATA_FILE, check_output_dir, run_fingerprint, write_metadata
+from finetune.metadata import check_output_dir, run_fingerprint, write_metadata
 from finetune.models import load_model, load_tokenizer, resolve_model_path
 from finetune.packed_attention import use_packed_attention
+from finetune.run_folder import ADAPTER_DIR, MERGED_DIR, TRAINING_METADATA_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -192,14 +193,14 @@ def _check_batch(config: TextGenerationFinetuningConfig, n_train: int) -> None:
 
 def finished_run(output_dir: Path, fingerprint: str) -> FinetuneResult | None:
     """The result of this same run if it already finished in output_dir (its metadata is written last)."""
-    path = output_dir / METADATA_FILE
+    path = output_dir / TRAINING_METADATA_FILE
     try:
         metadata = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if metadata.get("fingerprint") != fingerprint:
         return None
-    adapter, merged = output_dir / "adapter", output_dir / "merged"
+    adapter, merged = output_dir / ADAPTER_DIR, output_dir / MERGED_DIR
     return FinetuneResult(output_dir, adapter if adapter.is_dir() else None, merged if merged.is_dir() else None,
                           metadata.get("metrics", {}))
 
@@ -230,12 +231,12 @@ def _last_checkpoint(output_dir: Path) -> str | None:
 def _save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path) -> tuple[Path | None, Path | None]:
     """Write the adapter and a merged fp32 model that loads with plain transformers (rank 0 only)."""
     fa = config.finetune_args
-    merged_dir = output_dir / "merged" if fa.save_merged_model or fa.full_finetune else None
+    merged_dir = output_dir / MERGED_DIR if fa.save_merged_model or fa.full_finetune else None
     if fa.full_finetune:
         trainer.save_model(str(merged_dir))
         tokenizer.save_pretrained(merged_dir)
         return None, merged_dir
-    adapter_dir = output_dir / "adapter"
+    adapter_dir = output_dir / ADAPTER_DIR
     trainer.model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     if merged_dir is not None:

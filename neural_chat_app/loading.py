@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune.run_folder import run_name, run_weights
 from neural_chat_app.config import MixedPrecisionConfig, PipelineConfig, WeightOnlyQuantConfig
 
 logger = logging.getLogger(__name__)
@@ -22,25 +23,11 @@ class ModelSource:
     peft_path: Path | None = None
 
 
-def _finetune_output(path: Path) -> tuple[Path, Path | None] | None:
-    """A `finetune_model` output dir: prefer merged/, else base model + adapter/."""
-    if (path / "merged" / "config.json").is_file():
-        return path / "merged", None
-    adapter = path / "adapter"
-    if (adapter / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
-            raise FileNotFoundError(f"{adapter} names no base_model_name_or_path: pass model_name_or_path=<base>")
-        return Path(base), adapter
-    return None
-
-
 def model_id_for(name: str) -> str:
     path = Path(name).expanduser()
     if not path.exists():
         return name
-    path = path.resolve()
-    return path.parent.name if path.name in ("merged", "adapter") else path.name
+    return run_name(path.resolve())
 
 
 def resolve_source(config: PipelineConfig) -> ModelSource:
@@ -52,10 +39,15 @@ def resolve_source(config: PipelineConfig) -> ModelSource:
     path = Path(name).expanduser()
     if path.is_dir() and is_openvino_folder(path):
         return ModelSource(path, model_id_for(name), True, peft_path)
-    if path.is_dir():
-        found = _finetune_output(path)
-        if found:
-            path, peft_path = found[0], peft_path or found[1]
+    weights = run_weights(path) if path.is_dir() else None  # a finetune_model output folder
+    if weights is not None and weights.merged is not None:
+        path = weights.merged
+    elif weights is not None:
+        base = weights.base_model()
+        if not base:
+            raise FileNotFoundError(
+                f"{weights.adapter} names no base_model_name_or_path: pass model_name_or_path=<base>")
+        path, peft_path = Path(base), peft_path or weights.adapter
     local = Path(resolve_model_path(str(path) if path.exists() else name, config.loading_config.allow_download))
     return ModelSource(local, model_id_for(name), False, peft_path)
 
@@ -174,10 +166,10 @@ def _quantized_artifact(source: ModelSource, opt: WeightOnlyQuantConfig, backend
     in the cache with the config's weight_dtype / group_size / scheme (OpenVINO INT8 is always per channel)."""
     from finetune.models import cache_home
     from quantize import QuantizeConfig, quantize_model
-    from quantize.artifacts import METADATA_FILE, artifact_name
+    from quantize.artifacts import QUANTIZATION_METADATA_FILE, artifact_name
 
     bits = 8 if opt.weight_dtype == "int8" else 4
-    meta_file = source.path / METADATA_FILE
+    meta_file = source.path / QUANTIZATION_METADATA_FILE
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         if meta.get("bits") != bits:
@@ -200,7 +192,7 @@ def _quantized_artifact(source: ModelSource, opt: WeightOnlyQuantConfig, backend
     cfg = QuantizeConfig(model=str(source.path), output_dir=str(cache_home() / "quantized"), backend=backend_name,
                          scheme="rtn", bits=bits, group_size=group, sym=opt.scheme == "sym", evaluate=False)
     folder = cache_home() / "quantized" / artifact_name(source.path, cfg.tag, cfg.suffix)
-    if not (folder / METADATA_FILE).is_file():
+    if not (folder / QUANTIZATION_METADATA_FILE).is_file():
         logger.warning("Quantizing %s (%s) into %s once", source.path, cfg.tag, folder)
         folder = quantize_model(cfg)
     return folder
@@ -210,17 +202,17 @@ def load_weight_only(config: PipelineConfig, max_concurrency: int | None = None)
     """Serve INT8/INT4 weights: OpenVINO IR artifacts through openvino-genai, Neural Compressor artifacts through
     the torch backend; a plain model is quantized once (data-free RTN) into the cache, OpenVINO for backend
     auto/openvino, Neural Compressor for backend torch."""
-    from quantize.artifacts import METADATA_FILE
+    from quantize.artifacts import QUANTIZATION_METADATA_FILE
 
     source = resolve_source(config)
-    meta_file = source.path / METADATA_FILE
+    meta_file = source.path / QUANTIZATION_METADATA_FILE
     recorded = json.loads(meta_file.read_text()).get("backend") if meta_file.is_file() else None
     backend = config.backend
     if backend == "auto":
         backend = "torch" if recorded == "inc" else "openvino"
     folder = _quantized_artifact(source, config.optimization_config, backend)
-    recorded = json.loads((folder / METADATA_FILE).read_text()).get("backend") if (
-        folder / METADATA_FILE).is_file() else "openvino"
+    recorded = json.loads((folder / QUANTIZATION_METADATA_FILE).read_text()).get("backend") if (
+        folder / QUANTIZATION_METADATA_FILE).is_file() else "openvino"
     if recorded == "openvino":
         if backend != "openvino":
             raise ValueError(f"{folder} is an OpenVINO artifact: use backend='openvino' or 'auto'")

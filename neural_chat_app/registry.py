@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from finetune.run_folder import is_run_folder, read_training_metadata, run_name
 
 
 @dataclass(frozen=True)
@@ -28,17 +30,18 @@ def _read_json(path: Path) -> dict:
 
 def describe_folder(path: Path) -> ModelEntry | None:
     """What `path` holds, or None when it is not a model folder."""
-    from quantize.openvino import METADATA_FILE, is_openvino_folder
+    from quantize.artifacts import QUANTIZATION_METADATA_FILE
+    from quantize.openvino import OPENVINO_EXPORT_FILE, is_openvino_folder
 
-    quantized = _read_json(path / "quantization.json")  # an artifact of quantize_model
+    quantized = _read_json(path / QUANTIZATION_METADATA_FILE)  # an artifact of quantize_model
     summary = {k: quantized.get(k) for k in ("backend", "tag", "bits", "weight_bytes", "quality") if k in quantized}
     if is_openvino_folder(path):
-        return ModelEntry(path.name, str(path), "openvino", "openvino", _read_json(path / METADATA_FILE) or summary)
+        return ModelEntry(path.name, str(path), "openvino", "openvino",
+                          _read_json(path / OPENVINO_EXPORT_FILE) or summary)
     if quantized.get("backend") in ("inc", "gguf"):
         return ModelEntry(path.name, str(path), "quantized", "torch", summary)
-    if (path / "merged" / "config.json").is_file() or (path / "adapter" / "adapter_config.json").is_file():
-        meta = _read_json(path / "training_metadata.json")
-        return ModelEntry(path.name, str(path), "finetuned", "torch", meta)
+    if is_run_folder(path):
+        return ModelEntry(path.name, str(path), "finetuned", "torch", read_training_metadata(path))
     if (path / "config.json").is_file():
         config = _read_json(path / "config.json")
         meta = {"model_type": config.get("model_type"), **_read_json(path / "source.json")}
@@ -68,9 +71,7 @@ def list_models(model_dirs: list[str | Path] | None = None, extra: list[str] | N
         path = Path(name).expanduser()
         found = describe_folder(path) if path.is_dir() else None
         if found is not None:
-            if path.name in ("merged",):
-                found = ModelEntry(path.parent.name, str(path), found.kind, found.backend, found.metadata)
-            entries.append(found)
+            entries.append(replace(found, id=run_name(path)))  # run/merged is listed as "run"
     dirs = [Path(d).expanduser() for d in (model_dirs if model_dirs is not None else default_model_dirs())]
     for folder in dirs:
         if folder.is_dir():

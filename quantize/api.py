@@ -13,6 +13,7 @@ import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from finetune.run_folder import TRAINING_METADATA_FILE, run_folder_of, training_metadata_file
 from quantize import artifacts
 from quantize.calibration import default_eval_texts, read_texts, texts_sha256
 from quantize.config import QuantizeConfig
@@ -140,6 +141,12 @@ def measure(source: Path, artifact: Path, cfg: QuantizeConfig, tokenizer, eval_t
             "source_speed": {**source_speed, "runtime": "transformers fp32"}}
 
 
+def _run_training_metadata(source: Path) -> Path | None:
+    """The training_metadata.json of the fine-tune run whose merged/ folder `source` is; None for other sources."""
+    run = run_folder_of(source)
+    return training_metadata_file(run) if run is not None else None
+
+
 def task_metric(source: Path, artifact: Path, cfg: QuantizeConfig) -> dict:
     """The fine-tune evaluation (finetune.evaluate) of source and artifact on cfg.task_data: headline metrics."""
     import json
@@ -147,11 +154,12 @@ def task_metric(source: Path, artifact: Path, cfg: QuantizeConfig) -> dict:
     from finetune.evaluate import HEADLINE, EvalConfig, evaluate_models
 
     task = cfg.task
-    training = source.parent / "training_metadata.json"
-    if task is None and source.name == "merged" and training.is_file():
+    training = _run_training_metadata(source)
+    if task is None and training is not None:
         task = json.loads(training.read_text()).get("task")
     if not task:
-        raise ValueError("QuantizeConfig.task is needed with task_data: the source has no training_metadata.json task")
+        raise ValueError(
+            f"QuantizeConfig.task is needed with task_data: the source has no {TRAINING_METADATA_FILE} task")
     eval_config = EvalConfig(task=task, data=cfg.task_data, max_examples=cfg.task_max_examples, plots=False,
                              constrained="off", output_dir=str(artifact / "task_eval"), labels=["source", "artifact"])
     results = evaluate_models([str(source), str(artifact)], eval_config)
@@ -222,8 +230,8 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
             meta.update(measure(source, tmp, cfg, tokenizer, eval_texts))
         if cfg.task_data:
             meta["task_metric"] = task_metric(source, tmp, cfg)
-        training = (source.parent / "training_metadata.json") if source.name == "merged" else None
-        if training is not None and training.is_file():
+        training = _run_training_metadata(source)
+        if training is not None:
             meta["finetune_metadata"] = str(training)
         artifacts.write_metadata(tmp, meta)
     logger.info("Wrote %s in %.0f s", output, time.perf_counter() - start)

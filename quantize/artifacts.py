@@ -8,7 +8,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-METADATA_FILE = "quantization.json"
+from finetune.run_folder import run_name, run_weights
+
+QUANTIZATION_METADATA_FILE = "quantization.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx")
 
 
@@ -23,9 +25,10 @@ def resolve_source(model: str | None, allow_download: bool = False) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         refuse_quantized(path)
-        if (path / "merged" / "config.json").is_file():
-            path = path / "merged"
-        elif (path / "adapter" / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        weights = run_weights(path)
+        if weights is not None and weights.merged is not None:
+            path = weights.merged
+        elif weights is not None:
             raise ValueError(
                 f"{path} holds a LoRA adapter but no merged/ model: quantize a merged model (finetune_model writes "
                 "<out>/merged/ unless merging was turned off)"
@@ -41,8 +44,8 @@ def resolve_source(model: str | None, allow_download: bool = False) -> Path:
 def refuse_quantized(path: Path) -> None:
     """ValueError when `path` is already a quantized artifact (ours, INC's, OpenVINO's, GGUF or HF-quantized)."""
     reason = None
-    if (path / METADATA_FILE).is_file():
-        meta = json.loads((path / METADATA_FILE).read_text())
+    if (path / QUANTIZATION_METADATA_FILE).is_file():
+        meta = json.loads((path / QUANTIZATION_METADATA_FILE).read_text())
         reason = f"it is a {meta.get('backend')} {meta.get('tag')} artifact of {meta.get('source_model')}"
     elif (path / "openvino_model.xml").is_file():
         reason = "it is an OpenVINO IR folder"
@@ -63,8 +66,7 @@ def refuse_quantized(path: Path) -> None:
 
 
 def artifact_name(source: Path, tag: str, suffix: str) -> str:
-    base = source.parent.name if source.name == "merged" else source.name
-    return f"{base}-{tag}-{suffix}"
+    return f"{run_name(source)}-{tag}-{suffix}"
 
 
 def folder_bytes(path: Path) -> int:
@@ -84,14 +86,15 @@ def weight_bytes(path: Path) -> int:
 
 def read_metadata(path: str | Path) -> dict:
     path = Path(path)
-    file = path / METADATA_FILE
+    file = path / QUANTIZATION_METADATA_FILE
     if not file.is_file():
-        raise FileNotFoundError(f"{path} has no {METADATA_FILE}: not an artifact written by quantize_model")
+        raise FileNotFoundError(
+            f"{path} has no {QUANTIZATION_METADATA_FILE}: not an artifact written by quantize_model")
     return json.loads(file.read_text())
 
 
 def write_metadata(path: Path, metadata: dict) -> None:
-    (path / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
+    (path / QUANTIZATION_METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
 
 
 @contextmanager
@@ -111,4 +114,5 @@ def staging(output_dir: Path):
 def list_artifacts(folder: str | Path) -> list[Path]:
     """Artifact folders (with quantization.json) directly under `folder`, sorted by name."""
     folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if p.is_dir() and ".tmp-" not in p.name and (p / METADATA_FILE).is_file())
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and ".tmp-" not in p.name and (p / QUANTIZATION_METADATA_FILE).is_file())

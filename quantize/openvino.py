@@ -21,7 +21,7 @@ from quantize.artifacts import staging
 logger = logging.getLogger(__name__)
 
 WeightFormat = Literal["fp32", "bf16", "int8", "int4"]
-METADATA_FILE = "openvino_export.json"
+OPENVINO_EXPORT_FILE = "openvino_export.json"
 
 
 def is_openvino_folder(path: str | Path) -> bool:
@@ -156,6 +156,6 @@ def export_openvino(model_dir: str | Path, output_dir: str | Path, weight_format
             "export_seconds": round(time.perf_counter() - start, 1),
             "created_at": time.time(),
         }
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+        (tmp / OPENVINO_EXPORT_FILE).write_text(json.dumps(metadata, indent=2))
     logger.info("Exported %s to %s (%s) in %.0f s", model_dir, output_dir, weight_format, metadata["export_seconds"])
     return output_dir

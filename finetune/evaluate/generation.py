@@ -20,6 +20,7 @@ from pathlib import Path
 from finetune.evaluate.data import EvalError, Example
 from finetune.hardware import openvino_cpu_properties
 from finetune.models import eos_token_ids
+from finetune.run_folder import read_training_metadata, run_weights, training_metadata_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,35 +48,22 @@ def resolve_model(name_or_path: str, label: str | None = None, allow_download: b
 
     path = Path(name_or_path).expanduser()
     label = label or (path.name if path.exists() else name_or_path)
-    metadata = _find_metadata(path)
-    task = None
-    if metadata is not None:
-        try:
-            task = json.loads(metadata.read_text()).get("task")
-        except (OSError, ValueError):
-            task = None
+    metadata = training_metadata_file(path) or training_metadata_file(path.parent)  # a run, or its merged/
+    task = read_training_metadata(metadata.parent).get("task") if metadata else None
     if path.is_dir() and is_openvino_folder(path):
         return ModelSpec(label, str(path), True, None, task, str(metadata) if metadata else None)
     adapter = None
-    if path.is_dir() and (path / "merged" / "config.json").is_file():
-        path = path / "merged"
-    elif (path / "adapter" / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        adapter = str(path / "adapter")
-        base = json.loads((path / "adapter" / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    weights = run_weights(path) if path.is_dir() else None
+    if weights is not None and weights.merged is not None:
+        path = weights.merged
+    elif weights is not None:
+        adapter = str(weights.adapter)
+        base = weights.base_model()
         if not base:
             raise EvalError(f"{adapter} names no base_model_name_or_path, so the model cannot be rebuilt")
         path = Path(base)
     resolved = resolve_model_path(str(path) if path.exists() else name_or_path, allow_download)
     return ModelSpec(label, resolved, False, adapter, task, str(metadata) if metadata else None)
-
-
-def _find_metadata(path: Path) -> Path | None:
-    for candidate in (path, path.parent):
-        if (candidate / "training_metadata.json").is_file():
-            return candidate / "training_metadata.json"
-    return None
-
-
 
 
 def prompt_ids(tokenizer, example: Example, messages: list[dict] | None = None) -> list[int]:
