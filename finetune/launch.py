@@ -27,6 +27,7 @@ from pathlib import Path
 
 from finetune.errors import UserError
 from finetune.extras import dependency, install_hint
+from finetune.hardware import allowed_cpus, numa_cpus, physical_cpus
 
 CCL_MODULE = "oneccl_bindings_for_pytorch"  # the import name of the oneccl-bind-pt package
 CCL_HINT = (
@@ -48,48 +49,7 @@ class LaunchError(UserError):
     """A set-up that cannot launch: the message says what is missing and what to do."""
 
 
-# ---- this host's CPUs
-
-
-def parse_cpulist(text: str) -> list[int]:
-    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11]"""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        low, _, high = part.partition("-")
-        cpus += range(int(low), int(high or low) + 1)
-    return cpus
-
-
-def allowed_cpus() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        return list(range(os.cpu_count() or 1))
-
-
-def physical_cpus(cpus: list[int], sysfs: Path = Path("/sys/devices/system/cpu")) -> list[int]:
-    """One logical CPU per physical core (the lowest of its hyper-thread siblings), among `cpus`."""
-    keep = []
-    for cpu in cpus:
-        try:
-            siblings = parse_cpulist((sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text())
-        except (OSError, ValueError):
-            siblings = [cpu]
-        if cpu == min([s for s in siblings if s in cpus] or [cpu]):
-            keep.append(cpu)
-    return keep or cpus
-
-
-def numa_cpus(sysfs: Path = Path("/sys/devices/system/node")) -> dict[int, list[int]]:
-    nodes = {}
-    for node in sorted(sysfs.glob("node[0-9]*")):
-        try:
-            nodes[int(node.name[4:])] = parse_cpulist((node / "cpulist").read_text())
-        except (OSError, ValueError):
-            continue
-    return nodes
+# ---- this host's CPUs (probed by finetune.hardware)
 
 
 def rank_plan(

@@ -80,3 +80,32 @@ def test_kernel_caches_are_bounded_unless_the_user_set_them(monkeypatch):
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == KERNEL_CACHE_CAPACITY["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]
     assert int(KERNEL_CACHE_CAPACITY["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]) >= 256  # fewer recompiles: slower
     assert os.environ["LRU_CACHE_CAPACITY"] == "4096"
+
+
+def test_cpulist_parses_and_formats_back():
+    assert hardware.parse_cpulist("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+    assert hardware.format_cpulist([11, 0, 1, 2, 3, 8, 10]) == "0-3,8,10-11"
+
+
+def test_physical_cpus_leaves_out_hyperthread_siblings(tmp_path):
+    for cpu in range(8):  # cores 0-3 with siblings 4-7
+        topo = tmp_path / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        topo.joinpath("thread_siblings_list").write_text(f"{cpu % 4},{cpu % 4 + 4}\n")
+    assert hardware.physical_cpus(list(range(8)), tmp_path) == [0, 1, 2, 3]
+    assert hardware.physical_cpus([4, 5], tmp_path) == [4, 5]  # only one sibling allowed: keep it
+
+
+def test_numa_nodes_come_in_node_order_from_sysfs(tmp_path):
+    for node, cpus in ((10, "8-9"), (2, "4-7"), (0, "0-3\n")):
+        (tmp_path / f"node{node}").mkdir()
+        (tmp_path / f"node{node}" / "cpulist").write_text(cpus)
+    (tmp_path / "node3").mkdir()  # no cpulist: left out
+    assert hardware.numa_cpus(tmp_path) == {0: [0, 1, 2, 3], 2: [4, 5, 6, 7], 10: [8, 9]}
+    assert list(hardware.numa_cpus(tmp_path)) == [0, 2, 10]
+
+
+def test_this_machines_probes_agree():
+    cpu, memory = hardware.read_cpu(), hardware.memory_gib()
+    assert 1 <= cpu.usable == len(hardware.allowed_cpus()) <= cpu.logical
+    assert memory["total"] is None or memory["total"] > 0

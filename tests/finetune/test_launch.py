@@ -29,19 +29,6 @@ def run_launch(argv, capsys):
 # ---- plans
 
 
-def test_parse_cpulist():
-    assert launch.parse_cpulist("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
-
-
-def test_physical_cpus_leaves_out_hyperthread_siblings(tmp_path):
-    for cpu in range(8):  # cores 0-3 with siblings 4-7
-        topo = tmp_path / f"cpu{cpu}" / "topology"
-        topo.mkdir(parents=True)
-        topo.joinpath("thread_siblings_list").write_text(f"{cpu % 4},{cpu % 4 + 4}\n")
-    assert launch.physical_cpus(list(range(8)), tmp_path) == [0, 1, 2, 3]
-    assert launch.physical_cpus([4, 5], tmp_path) == [4, 5]  # only one sibling allowed: keep it
-
-
 def test_ranks_share_the_cores_out_without_overlap():
     cpus = list(range(8))
     plans = [launch.rank_plan(r, 4, cpus, {}, "cores") for r in range(4)]
