@@ -161,8 +161,8 @@ def _convert_union(tp: Any, value: Any, where: str) -> Any:
         except ConfigError as err:
             errors.append(err)
     deeper = [e for e in errors if not isinstance(e, _WrongType)]
-    if len(errors) == 1 or deeper:
-        raise (deeper or errors)[0]
+    if deeper:
+        raise deeper[0]
     raise _WrongType(f"{where} must be {type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
@@ -373,12 +373,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, aliases: Map
         names = list(dict.fromkeys([f"--{info.name.replace('_', '-')}", f"--{info.name}", *aliases.get(info.name, ())]))
         kind = _flag_kind(info.type)
         kwargs: dict[str, Any] = {"dest": FLAG_DEST + info.name, "default": argparse.SUPPRESS, "help": _help(info),
-                                  "metavar": type_name(info.type).replace(" or ", "|").upper()}
+                                  "metavar": _metavar(info.type)}
         if info.name in required:
             kwargs["required"] = True
         if kind == "bool":
             kwargs.update(nargs="?", const=True, type=_flag_bool, metavar="BOOL")
-            kwargs["help"] += f"; alone: true; --no-{names[0][2:]}: false"
+            kwargs["help"] = kwargs["help"][:-1] + f"; {names[0]} alone: true, --no-{names[0][2:]}: false)"
         elif kind == "list":
             item = next(get_args(a)[0] for a in _members(info.type) if get_origin(a) is list and get_args(a))
             kwargs.update(nargs="+", type=_flag_reader(item))
@@ -401,6 +401,10 @@ def config_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any]]:
     return found
 
 
+def _metavar(tp: Any) -> str:
+    return "|".join(type_name(m) if get_origin(m) is Literal else type_name(m).upper() for m in _members(tp))
+
+
 def _members(tp: Any) -> tuple:
     return get_args(tp) if get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
 
@@ -417,7 +421,8 @@ def _flag_kind(tp: Any) -> str:
 def _flag_bool(text: str) -> bool:
     value = _yaml(text)
     if not isinstance(value, bool):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r} (a key=value override goes before "
+                                         "a bool flag given alone)")
     return value
 
 

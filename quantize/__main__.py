@@ -2,6 +2,7 @@
 
     python -m quantize --config configs/quantize_int4_awq_ov.yaml              # a YAML of QuantizeConfig keys
     python -m quantize --config FILE.yaml --bits 8 --scheme rtn                 # flags override the file
+    python -m quantize --config FILE.yaml bits=8 scheme=rtn                     # so do key=value overrides
     python -m quantize --model runs/demo/ --backend gguf --scheme q8_0          # no file at all
     python -m quantize compare quantized/ [--model NAME] [--plot out.png] [--json out.json]
 """
@@ -9,33 +10,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-import yaml
-
+from finetune.config_binding import add_config_flags, config_overrides, load_config
 from quantize.config import QuantizeConfig
-
-
-def _value(text: str):
-    """A flag value parsed like YAML: 4 -> int, true -> bool, null -> None, else the string."""
-    return yaml.safe_load(text)
-
-
-def field_docs() -> dict[str, str]:
-    """The docstring under each QuantizeConfig field (the help text of its flag)."""
-    import ast
-    import inspect
-
-    body = ast.parse(inspect.getsource(QuantizeConfig)).body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = str(after.value.value)
-    return docs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,11 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m quantize", description="Quantize or export a model (values are read as YAML).",
         epilog="Compare artifacts: python -m quantize compare FOLDER [--model NAME] [--plot PNG] [--json FILE]")
     parser.add_argument("--config", help="YAML file of QuantizeConfig keys (unknown keys are an error)")
-    docs = field_docs()
-    for field in dataclasses.fields(QuantizeConfig):
-        parser.add_argument(f"--{field.name}", type=_value, default=argparse.SUPPRESS,
-                            help=f"{docs.get(field.name, '')} (default {field.default!r})")
+    add_config_flags(parser, QuantizeConfig)
     return parser
+
+
+def parse_config(argv: list[str]) -> QuantizeConfig:
+    """The config a command line names: its --config file, then key=value overrides, then flags."""
+    args = build_parser().parse_args(argv)
+    return load_config(QuantizeConfig, args.config, config_overrides(args))
 
 
 def compare_main(argv: list[str]) -> int:
@@ -77,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["compare"]:
             return compare_main(argv[1:])
-        args = vars(build_parser().parse_args(argv))
-        path = args.pop("config", None)
-        config = QuantizeConfig.from_yaml(path, args) if path else QuantizeConfig.from_dict(args)
+        config = parse_config(argv)
         from quantize.api import quantize_model
 
         output = quantize_model(config)

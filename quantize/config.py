@@ -1,15 +1,18 @@
 """QuantizeConfig: one typed dataclass behind `quantize_model(...)` and `python -m quantize --config FILE.yaml`.
 
-Every field validates itself in `__post_init__` and errors name the field. A YAML file holds the same keys;
-an unknown key is an error that names it.
+Every field validates itself in `__post_init__` and errors name the field. A YAML file holds the same keys, read
+by the one config binder (finetune.config_binding): an unknown key is an error that names it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
+
+from finetune.config_binding import bind, check_choice, load_config
 
 Backend = Literal["inc", "openvino", "gguf"]
 
@@ -35,11 +38,6 @@ REFUSED_ADVICE = (
 )
 GGUF_BITS = {"f16": None, "bf16": None, "q8_0": 8, "q4_0": 4, "q4_1": 4, "q4_k_m": 4, "q5_k_m": 5, "q6_k": 6}
 GGUF_K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")  # llama.cpp's k-quants: super-blocks of 256 values
-
-
-def _check_choice(name: str, value: Any, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"QuantizeConfig.{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 @dataclass
@@ -93,7 +91,7 @@ class QuantizeConfig:
     """Artifact folder name; default derived from the model and scheme."""
 
     def __post_init__(self):
-        _check_choice("backend", self.backend, get_args(Backend))
+        check_choice("QuantizeConfig.backend", self.backend, Backend)
         valid = SCHEMES[self.backend]
         if self.backend == "inc" and self.scheme in REFUSED_INC:
             raise NotImplementedError(
@@ -194,18 +192,13 @@ class QuantizeConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> QuantizeConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown QuantizeConfig key(s) {unknown}: valid keys are {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> QuantizeConfig:
+        """From a mapping of field names (a YAML file's, or quantization.json's `config`); `where` prefixes keys."""
+        return bind(cls, data, where)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> QuantizeConfig:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of QuantizeConfig keys, got {type(data).__name__}")
-        return cls.from_dict({**data, **(overrides or {})})
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | Iterable = ()) -> QuantizeConfig:
+        """The file's keys, then `overrides`: a mapping of fields, or `key=value` texts (the value read as YAML)."""
+        if isinstance(overrides, Mapping):
+            return load_config(cls, path, values=overrides)
+        return load_config(cls, path, overrides)

@@ -37,12 +37,9 @@ def _parses(argv: list[str]) -> None:
 
         parse_config(args)
     elif module == "quantize":
-        from quantize.__main__ import build_parser
-        from quantize.config import QuantizeConfig
+        from quantize.__main__ import parse_config
 
-        values = vars(build_parser().parse_args(args))
-        path = values.pop("config", None)
-        QuantizeConfig.from_yaml(path, values) if path else QuantizeConfig.from_dict(values)
+        parse_config(args)
     elif module == "finetune.data":
         from finetune.data.__main__ import build_parser, load_config
 

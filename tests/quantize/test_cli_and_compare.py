@@ -27,7 +27,7 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     config = tmp_path / "q.yaml"
     config.write_text("backend: inc\nbitz: 4\n")
     assert main(["--config", str(config)]) == 2
-    assert "unknown QuantizeConfig key(s) ['bitz']" in capsys.readouterr().err
+    assert "unknown key 'bitz'; did you mean 'bits'?" in capsys.readouterr().err
     assert main(["--backend", "inc", "--scheme", "fp3"]) == 2
     assert "valid schemes are ('rtn', 'gptq', 'awq', 'autoround')" in capsys.readouterr().err
     assert main(["--backend", "inc", "--bits", "3"]) == 2

@@ -19,7 +19,7 @@ def test_unknown_scheme_lists_the_valid_ones():
         QuantizeConfig(backend="inc", scheme="int3-magic")
     with pytest.raises(ValueError, match="'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q4_k_m', 'q5_k_m', 'q6_k'"):
         QuantizeConfig(backend="gguf", scheme="awq")
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="QuantizeConfig.backend='tensorrt' is not valid; choose one of: inc, "):
         QuantizeConfig(backend="tensorrt")
 
 
@@ -76,7 +76,7 @@ def test_tags_name_the_scheme():
 def test_yaml_unknown_key_is_named(tmp_path):
     path = tmp_path / "q.yaml"
     path.write_text("backend: inc\nshceme: rtn\n")
-    with pytest.raises(ValueError, match=r"unknown QuantizeConfig key\(s\) \['shceme'\]"):
+    with pytest.raises(ValueError, match=r"q.yaml: unknown key 'shceme'; did you mean 'scheme'\? \(allowed: model, "):
         QuantizeConfig.from_yaml(path)
     path.write_text("- a list\n")
     with pytest.raises(ValueError, match="expected a mapping"):
@@ -87,6 +87,19 @@ def test_yaml_overrides_win(tmp_path):
     path = tmp_path / "q.yaml"
     path.write_text("backend: inc\nscheme: rtn\nbits: 4\n")
     assert QuantizeConfig.from_yaml(path, {"bits": 8}).bits == 8
+    assert QuantizeConfig.from_yaml(path, ["bits=8", "sym=true"]).sym is True
+
+
+def test_the_command_line_reads_file_then_overrides_then_flags(tmp_path):
+    from quantize.__main__ import parse_config
+
+    path = tmp_path / "q.yaml"
+    path.write_text("backend: inc\nscheme: rtn\nbits: 4\n")
+    cfg = parse_config(["--config", str(path), "bits=8", "--group_size", "32", "--sym", "--model", "runs/x"])
+    assert (cfg.bits, cfg.group_size, cfg.sym, cfg.model) == (8, 32, True, "runs/x")
+    assert parse_config(["--config", str(path), "--no-evaluate", "--model", "null"]).evaluate is False
+    with pytest.raises(ValueError, match="bits must be int or null, got str 'eight'"):
+        parse_config(["--config", str(path), "--bits", "eight"])
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("quantize*.yaml")), ids=lambda p: p.name)
@@ -97,8 +110,15 @@ def test_shipped_configs_parse(path, monkeypatch):
     assert "python -m quantize --config" in path.read_text()
 
 
-def test_every_config_field_is_a_cli_flag():
+def test_every_config_field_is_a_cli_flag_documented_by_its_docstring(capsys):
+    from finetune.config_binding import field_docs
     from quantize.__main__ import build_parser
 
-    flags = {a.dest for a in build_parser()._actions}
-    assert {f for f in QuantizeConfig.__dataclass_fields__} <= flags
+    parser = build_parser()
+    assert {f"--{f}" for f in QuantizeConfig.__dataclass_fields__} <= set(parser._option_string_actions)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    docs = field_docs(QuantizeConfig)
+    assert set(docs) == set(QuantizeConfig.__dataclass_fields__)
+    assert all(doc in text for doc in docs.values())
