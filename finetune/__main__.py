@@ -6,6 +6,7 @@ FinetuningArguments, parsed by transformers' HfArgumentParser, so NeuralChat lau
     python -m finetune --model_name_or_path smollm2-135m-instruct --bf16 True --train_file data.json \\
         --dataset_concatenation --task completion --do_train --output_dir out --peft lora
 
+A YAML file of the same names works too, then flags or `key=value` overrides: python -m finetune run.yaml lora_rank=16
 Multi-process (DDP, gloo on CPU): torchrun --nproc_per_node 2 -m finetune ...
 Subcommands: `python -m finetune doctor` (what this machine can do), `python -m finetune launch` (multi-process
 and multi-node runs with per-rank threads and affinity; see finetune/launch.py).
@@ -14,6 +15,7 @@ and multi-node runs with per-rank threads and affinity; see finetune/launch.py).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -22,42 +24,47 @@ def parser():
     # transformers is imported here, not at the top: `doctor` must run (and say so) where it is missing
     from transformers import HfArgumentParser
 
-    from finetune.config import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
+    from finetune.config import SECTIONS
+    from finetune.config_binding import field_docs
 
-    return HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, FinetuningArguments))
+    p = HfArgumentParser(tuple(SECTIONS.values()), epilog=(
+        "A config file first, then flags and key=value overrides (the value read as YAML): python -m finetune "
+        "configs/demo_aurora.yaml --max_steps 5 lora_rank=8. The file holds these flags' names as keys."))
+    docs = {name: doc for cls in SECTIONS.values() for name, doc in field_docs(cls).items()}
+    for action in p._actions:  # our fields are documented by the string under them, transformers' by metadata
+        if not action.help and action.dest in docs:
+            action.help = docs[action.dest].replace("%", "%%")
+    return p
 
 
 def parse_config(argv: list[str]):
-    """Flags, or a YAML/JSON file (first argument) whose keys are the same field names; later flags override."""
+    """Flags, or a YAML/JSON file (first argument) whose keys are the same field names; then `key=value`
+    overrides and flags override the file. The file's values are checked by the config binder (unknown keys and
+    wrong types are named) and become the flags' defaults: nothing is turned back into command-line text."""
+    from finetune.config import TextGenerationFinetuningConfig, split_sections
+    from finetune.config_binding import ConfigError, apply_overrides, read_yaml
+
     p = parser()
+    values, where = {}, ""
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         path = Path(argv[0])
         if not path.is_file():
             raise SystemExit(f"Config file not found: {path}")
-        import yaml
-
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise SystemExit(f"{path}: expected a mapping of field names to values at the top level")
-        known = {action.dest for action in p._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SystemExit(f"{path}: unknown field(s) {', '.join(unknown)}; see python -m finetune --help")
-        argv = [a for k, v in values.items() for a in _as_flags(k, v)] + argv[1:]
+        values, where, argv = read_yaml(path), str(path), argv[1:]
+    _, unknown = p.parse_known_args(argv)
+    overrides = [a for a in unknown if _OVERRIDE.match(a)]
+    argv = [a for a in argv if a not in overrides]
+    if values or overrides:
+        try:
+            sections = split_sections(apply_overrides(values, overrides))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}" if where else str(err)) from None
+        p.set_defaults(**{key: value for section in sections.values() for key, value in section.items()})
     model_args, data_args, training_args, finetune_args = p.parse_args_into_dataclasses(args=argv)
-    from finetune.config import TextGenerationFinetuningConfig
-
     return TextGenerationFinetuningConfig(model_args, data_args, training_args, finetune_args)
 
 
-def _as_flags(key: str, value) -> list[str]:
-    if isinstance(value, list):
-        return [f"--{key}", *map(str, value)]
-    if isinstance(value, dict):
-        import json
-
-        return [f"--{key}", json.dumps(value)]
-    return [f"--{key}", str(value)]
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,26 +1,24 @@
 """The four argument dataclasses of a fine-tuning run, with Intel NeuralChat's field names and defaults.
 
-One source of truth: the Python API builds them directly, `python -m finetune` parses them from flags or a YAML
-file with transformers' `HfArgumentParser`, and `training_metadata.json` records them.
+One source of truth: the Python API builds them directly; a YAML file (or the loop's `finetune:` section) holds
+their field names flat and `TextGenerationFinetuningConfig.from_dict` reads it through the config binder;
+`python -m finetune` parses flags with transformers' `HfArgumentParser`; `training_metadata.json` records them.
+Each field is documented by the string under it, which is also its `--help`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import transformers
 
+from finetune.config_binding import check_choice, field_values, type_hints, unknown_key
+
 Task = Literal["completion", "chat", "summarization", "code-generation", "extraction"]
 TASKS: tuple[str, ...] = get_args(Task)
-
-
-def _check_choice(obj, name: str, choices: tuple) -> None:
-    value = getattr(obj, name)
-    if value not in choices:
-        allowed = ", ".join(map(str, choices))
-        raise ValueError(f"{type(obj).__name__}.{name}={value!r} is not valid; choose one of: {allowed}")
 
 
 def _check_positive(obj, name: str, allow_none: bool = True) -> None:
@@ -35,61 +33,77 @@ def _check_positive(obj, name: str, allow_none: bool = True) -> None:
 class ModelArguments:
     """Which model and tokenizer to fine-tune."""
 
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Embedded model name (default: smollm2-135m-instruct), a Hugging Face model folder, "
-                          "a .gguf file, or a hub id (read from the Hugging Face cache; downloaded into it with "
-                          "--allow_download)."},
-    )
-    config_name: str | None = field(default=None, metadata={"help": "Config name or path if not the model's."})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path if not the model's."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads are stored."})
-    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (tokenizers-backed) tokenizer."})
-    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
-    use_auth_token: bool = field(default=False, metadata={"help": "Use the stored hub token (private models)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model's repo."})
-    allow_download: bool = field(
-        default=False, metadata={"help": "Download a hub id that is not in the Hugging Face cache yet (needs network)."}
-    )
+    model_name_or_path: str | None = None
+    """Embedded model name (default: smollm2-135m-instruct), a Hugging Face model folder, a .gguf file, or a hub
+    id (read from the Hugging Face cache; downloaded into it with --allow_download)."""
+    config_name: str | None = None
+    """Config name or path if not the model's."""
+    tokenizer_name: str | None = None
+    """Tokenizer name or path if not the model's."""
+    cache_dir: str | None = None
+    """Where hub downloads are stored."""
+    use_fast_tokenizer: bool = True
+    """Use a fast (tokenizers-backed) tokenizer."""
+    model_revision: str = "main"
+    """Hub revision (branch, tag or commit)."""
+    use_auth_token: bool = False
+    """Use the stored hub token (private models)."""
+    trust_remote_code: bool = False
+    """Allow model code from the model's repo."""
+    allow_download: bool = False
+    """Download a hub id that is not in the Hugging Face cache yet (needs network)."""
 
 
 @dataclass
 class DataArguments:
     """What data to train and evaluate on, and how it is cut into sequences."""
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A datasets-library dataset name or folder."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
-    train_file: str | None = field(default=None, metadata={"help": "Training data: .json, .jsonl or .csv."})
-    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data: .json, .jsonl or .csv."})
-    max_seq_length: int | None = field(default=512, metadata={"help": "Longer sequences are truncated."})
-    validation_split_percentage: int | None = field(
-        default=0, metadata={"help": "Percent of the train set held out for evaluation when no validation_file."}
-    )
-    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenized dataset."})
-    pad_to_max_length: bool = field(default=False, metadata={"help": "Pad every sequence to max_seq_length."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many train examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval examples."})
-    keep_in_memory: bool = field(default=False, metadata={"help": "Keep the loaded dataset in memory."})
-    dataset_seed: int = field(default=42, metadata={"help": "Seed for the train/validation split."})
-    dataset_cache_directory: str | None = field(default=None, metadata={"help": "Where processed data is cached."})
-    dataset_concatenation: bool = field(
-        default=False,
-        metadata={"help": "Pack several examples into each max_seq_length row (no padding, attention kept "
-                          "within each example)."},
-    )
-    special_tokens: list[str] | None = field(default=None, metadata={"help": "Tokens to add to the tokenizer."})
-    max_source_length: int | None = field(default=384, metadata={"help": "Summarization: source token limit."})
-    max_target_length: int | None = field(default=128, metadata={"help": "Summarization: target token limit."})
-    num_beams: int | None = field(default=4, metadata={"help": "Beams for generation during evaluation."})
-    eval_dataset_size: int = field(default=500, metadata={"help": "Size of the validation set when split."})
-    streaming: bool = field(default=False, metadata={"help": "Stream the dataset (datasets-library datasets)."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
-    prompt_column: str | None = field(
-        default=None, metadata={"help": "Column holding the prompt/source (summarization: default 'article')."}
-    )
-    response_column: str | None = field(
-        default=None, metadata={"help": "Column holding the target (summarization: default 'highlights')."}
-    )
+    dataset_name: str | None = None
+    """A datasets-library dataset name or folder."""
+    dataset_config_name: str | None = None
+    """The dataset's configuration name."""
+    train_file: str | None = None
+    """Training data: .json, .jsonl or .csv."""
+    validation_file: str | None = None
+    """Evaluation data: .json, .jsonl or .csv."""
+    max_seq_length: int | None = 512
+    """Longer sequences are truncated."""
+    validation_split_percentage: int | None = 0
+    """Percent of the train set held out for evaluation when no validation_file."""
+    overwrite_cache: bool = False
+    """Recompute the tokenized dataset."""
+    pad_to_max_length: bool = False
+    """Pad every sequence to max_seq_length."""
+    max_train_samples: int | None = None
+    """Use at most this many train examples."""
+    max_eval_samples: int | None = None
+    """Use at most this many eval examples."""
+    keep_in_memory: bool = False
+    """Keep the loaded dataset in memory."""
+    dataset_seed: int = 42
+    """Seed for the train/validation split."""
+    dataset_cache_directory: str | None = None
+    """Where processed data is cached."""
+    dataset_concatenation: bool = False
+    """Pack several examples into each max_seq_length row (no padding, attention kept within each example)."""
+    special_tokens: list[str] | None = None
+    """Tokens to add to the tokenizer."""
+    max_source_length: int | None = 384
+    """Summarization: source token limit."""
+    max_target_length: int | None = 128
+    """Summarization: target token limit."""
+    num_beams: int | None = 4
+    """Beams for generation during evaluation."""
+    eval_dataset_size: int = 500
+    """Size of the validation set when split."""
+    streaming: bool = False
+    """Stream the dataset (datasets-library datasets)."""
+    preprocessing_num_workers: int | None = None
+    """Processes for tokenization."""
+    prompt_column: str | None = None
+    """Column holding the prompt/source (summarization: default 'article')."""
+    response_column: str | None = None
+    """Column holding the target (summarization: default 'highlights')."""
 
     def __post_init__(self):
         for name in ("max_seq_length", "max_source_length", "max_target_length", "max_train_samples",
@@ -108,45 +122,51 @@ class DataArguments:
 class FinetuningArguments:
     """How the model is adapted: LoRA or full fine-tuning, QLoRA, the task, precision."""
 
-    lora_rank: int = field(default=8, metadata={"help": "Rank of the LoRA matrices."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / rank)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names to adapt (default: the attention projections)."}
-    )
-    lora_all_linear: bool = field(default=False, metadata={"help": "Adapt every linear layer but the output head."})
-    peft: Literal["lora"] = field(default="lora", metadata={"help": "Adapter method."})
-    train_on_inputs: bool = field(default=False, metadata={"help": "Also compute the loss on prompt tokens."})
-    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "Where to train."})
-    task: Task = field(default="completion", metadata={"help": "The data format and prompt of the task."})
-    do_lm_eval: bool = field(default=False, metadata={"help": "Not supported: lm-eval tasks download data sets."})
-    lm_eval_tasks: list[str] | None = field(default=None, metadata={"help": "Unused; kept for NeuralChat scripts."})
-    qlora: bool = field(default=False, metadata={"help": "4-bit base weights (bitsandbytes) plus LoRA."})
-    double_quant: bool = field(default=True, metadata={"help": "QLoRA: quantize the quantization constants."})
-    quant_type: Literal["nf4", "fp4"] = field(default="nf4", metadata={"help": "QLoRA 4-bit data type."})
-    bits: Literal[4, 8] = field(default=4, metadata={"help": "QLoRA: bits of the frozen base weights."})
-    full_finetune: bool = field(default=False, metadata={"help": "Train every weight instead of LoRA adapters."})
-    precision: Literal["auto", "bf16", "fp32"] = field(
-        default="auto",
-        metadata={"help": "auto: bf16 where the CPU has AMX/AVX512-BF16 (or training_args.bf16 on GPU), else fp32."},
-    )
-    early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop after this many evaluations without eval-loss improvement."}
-    )
-    save_merged_model: bool = field(default=True, metadata={"help": "Also write the adapter merged into the model."})
-    generation_eval: bool = field(
-        default=True,
-        metadata={"help": "With do_eval, also compare base and tuned generations on the held-out set "
-                          "(finetune.evaluate: BLEU/ROUGE/..., extraction metrics) in output_dir/eval/."},
-    )
+    lora_rank: int = 8
+    """Rank of the LoRA matrices."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / rank)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] | None = None
+    """Module names to adapt (default: the attention projections)."""
+    lora_all_linear: bool = False
+    """Adapt every linear layer but the output head."""
+    peft: Literal["lora"] = "lora"
+    """Adapter method."""
+    train_on_inputs: bool = False
+    """Also compute the loss on prompt tokens."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train."""
+    task: Task = "completion"
+    """The data format and prompt of the task."""
+    do_lm_eval: bool = False
+    """Not supported: lm-eval tasks download data sets."""
+    lm_eval_tasks: list[str] | None = None
+    """Unused; kept for NeuralChat scripts."""
+    qlora: bool = False
+    """4-bit base weights (bitsandbytes) plus LoRA."""
+    double_quant: bool = True
+    """QLoRA: quantize the quantization constants."""
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """QLoRA 4-bit data type."""
+    bits: Literal[4, 8] = 4
+    """QLoRA: bits of the frozen base weights."""
+    full_finetune: bool = False
+    """Train every weight instead of LoRA adapters."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 where the CPU has AMX/AVX512-BF16 (or training_args.bf16 on GPU), else fp32."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without eval-loss improvement."""
+    save_merged_model: bool = True
+    """Also write the adapter merged into the model."""
+    generation_eval: bool = True
+    """With do_eval, also compare base and tuned generations on the held-out set (finetune.evaluate:
+    BLEU/ROUGE/..., extraction metrics) in output_dir/eval/."""
 
     def __post_init__(self):
-        _check_choice(self, "task", TASKS)
-        _check_choice(self, "peft", ("lora",))
-        _check_choice(self, "device", ("auto", "cpu", "cuda"))
-        _check_choice(self, "quant_type", ("nf4", "fp4"))
-        _check_choice(self, "bits", (4, 8))
-        _check_choice(self, "precision", ("auto", "bf16", "fp32"))
+        for name in ("task", "peft", "device", "quant_type", "bits", "precision"):  # the choices: their Literal
+            check_choice(f"FinetuningArguments.{name}", getattr(self, name), type_hints(FinetuningArguments)[name])
         _check_positive(self, "lora_rank", allow_none=False)
         _check_positive(self, "early_stopping_patience")
         if not 0 <= self.lora_dropout < 1:
@@ -169,10 +189,10 @@ class TrainingArguments(transformers.TrainingArguments):
     transformers.TrainingArguments works too wherever transformers accepts it.
     """
 
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Start afresh even if output_dir holds another run's files."}
-    )
-    evaluation_strategy: str | None = field(default=None, metadata={"help": "Old name of eval_strategy."})
+    overwrite_output_dir: bool = False
+    """Start afresh even if output_dir holds another run's files."""
+    evaluation_strategy: str | None = None
+    """Old name of eval_strategy."""
 
     def __post_init__(self):
         if self.evaluation_strategy is not None:
@@ -194,6 +214,14 @@ class TextGenerationFinetuningConfig:
     data_args: DataArguments = field(default_factory=DataArguments)
     training_args: TrainingArguments = field(default_factory=_default_training_args)
     finetune_args: FinetuningArguments = field(default_factory=FinetuningArguments)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "") -> TextGenerationFinetuningConfig:
+        """From the flat mapping a `python -m finetune` YAML holds: each key a field of one of the four dataclasses
+        (`lora_rank`, `train_file`, `learning_rate`, ...). An unknown key or a wrong type is refused by name."""
+        sections = split_sections(values, where)
+        sections["finetune_args"].setdefault("task", cls.__dataclass_fields__["finetune_args"].default_factory().task)
+        return cls(**{name: SECTIONS[name](**kwargs) for name, kwargs in sections.items()})
 
     def __post_init__(self):
         expected = {"model_args": ModelArguments, "data_args": DataArguments,
@@ -217,3 +245,18 @@ class CodeGenerationFinetuningConfig(TextGenerationFinetuningConfig):
     """A TextGenerationFinetuningConfig whose task defaults to code generation."""
 
     finetune_args: FinetuningArguments = field(default_factory=lambda: FinetuningArguments(task="code-generation"))
+
+
+SECTIONS: dict[str, type] = {"model_args": ModelArguments, "data_args": DataArguments,
+                             "training_args": TrainingArguments, "finetune_args": FinetuningArguments}
+
+
+def split_sections(values: Mapping[str, Any], where: str = "") -> dict[str, dict[str, Any]]:
+    """Flat fine-tuning keys -> {section: keyword arguments}, each checked and converted by the config binder."""
+    owner = {f.name: name for name, cls in SECTIONS.items() for f in fields(cls) if f.init}
+    grouped: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        if key not in owner:
+            raise unknown_key(where, key, owner, see="python -m finetune --help")
+        grouped[owner[key]][key] = value
+    return {name: field_values(SECTIONS[name], grouped[name], where) for name in SECTIONS}

@@ -64,12 +64,13 @@ def check_choice(where: str, value: Any, choices: Any) -> None:
         raise ConfigError(f"{where}={value!r} is not valid; choose one of: {shown}")
 
 
-def unknown_key(where: str, key: Any, allowed: Iterable[str]) -> ConfigError:
-    """The error for a key no field has: its dotted path, the closest allowed key and the allowed keys."""
+def unknown_key(where: str, key: Any, allowed: Iterable[str], see: str = "--help") -> ConfigError:
+    """The error for a key no field has: its dotted path, the closest allowed key and the allowed keys (past 40 of
+    them, where to `see` them)."""
     allowed = list(allowed)
     close = difflib.get_close_matches(str(key), allowed, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    listing = ", ".join(allowed) if len(allowed) <= 40 else f"{len(allowed)} keys, listed by --help"
+    listing = ", ".join(allowed) if len(allowed) <= 40 else f"{len(allowed)} keys: {see} lists them"
     return ConfigError(f"unknown key '{_join(where, key)}'{hint} (allowed: {listing})")
 
 

@@ -17,6 +17,7 @@ from finetune import (
     TrainingArguments,
 )
 from finetune.__main__ import main, parse_config
+from finetune.config_binding import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,8 +98,28 @@ def test_yaml_file_and_flag_overrides(tmp_path):
 def test_yaml_unknown_key_is_named(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train_file: a.jsonl\nlora_rnak: 4\n")
-    with pytest.raises(SystemExit, match="unknown field.*lora_rnak"):
+    with pytest.raises(ConfigError, match="run.yaml: unknown key 'lora_rnak'; did you mean 'lora_rank'"):
         parse_config([str(path)])
+    path.write_text("train_file: a.jsonl\nlora_rank: four\n")
+    with pytest.raises(ConfigError, match="run.yaml: lora_rank must be int, got str 'four'"):
+        parse_config([str(path)])
+
+
+def test_key_value_overrides_and_yaml_floats(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train_file: a.jsonl\nlearning_rate: 1e-4\neval_strategy: 'no'\n")  # YAML 1.1: 1e-4 is text
+    config = parse_config([str(path), "lora_rank=16", "--max_steps", "3", "lora_target_modules=[q_proj, v_proj]"])
+    assert config.training_args.learning_rate == 1e-4 and config.training_args.max_steps == 3
+    assert config.finetune_args.lora_rank == 16 and config.finetune_args.lora_target_modules == ["q_proj", "v_proj"]
+    assert config.training_args.eval_strategy == "no"
+
+
+def test_from_dict_reads_the_flat_keys():
+    config = SummarizationFinetuningConfig.from_dict({"lora_rank": 4, "max_steps": 2, "train_file": "a.jsonl"})
+    assert config.finetune_args.task == "summarization" and config.finetune_args.lora_rank == 4
+    assert config.training_args.max_steps == 2 and config.data_args.train_file == "a.jsonl"
+    with pytest.raises(ConfigError, match="unknown key 'run.lerning_rate'; did you mean 'learning_rate'"):
+        TextGenerationFinetuningConfig.from_dict({"lerning_rate": 1}, "run")
 
 
 def test_invalid_choice_on_the_command_line_lists_choices(capsys):
