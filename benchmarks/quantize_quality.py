@@ -145,13 +145,14 @@ def bf16_perplexity(eval_file: Path) -> float:
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
+    from finetune.home import cache_home
     from quantize import QuantizeConfig, quantize_model, read_metadata
     from quantize.api import remeasure
     from quantize.artifacts import artifact_name, resolve_source
     from quantize.compare import compare_artifacts, format_table, plot
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path.home() / ".cache" / "neuralchat-xeon" / "quantized"))
+    parser.add_argument("--out", default=str(cache_home() / "quantized"))
     parser.add_argument("--only", nargs="*", default=None, help=f"subset of {list(RUNS)}")
     parser.add_argument("--calibration-samples", type=int, default=8)
     parser.add_argument("--calibration-new-tokens", type=int, default=128)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from finetune.chat_template import GEMMA_TEMPLATE
+from finetune.home import cache_home
 from finetune.model_packages import package_folder
 from finetune.run_folder import run_weights
 
@@ -89,10 +90,6 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         ),
     ]
 }
-
-
-def cache_home() -> Path:
-    return Path(os.environ.get("NEURALCHAT_HOME", Path.home() / ".cache" / "neuralchat-xeon"))
 
 
 def embedded_gguf_path(model: EmbeddedModel) -> Path:

@@ -77,7 +77,7 @@ class LoopConfig:
 # --- state and the promoted model ------------------------------------------------------------------------------
 
 def _models_dir(config: LoopConfig) -> Path:
-    from finetune.models import cache_home
+    from finetune.home import cache_home
 
     return Path(config.models_dir).expanduser() if config.models_dir else cache_home() / "models"
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from finetune.extras import require
+from finetune.home import retrieval_index_dir
 from neural_chat_app.plugins.documents import chunk_file, file_hash, find_documents
 from neural_chat_app.plugins.embedding import load_embedder
 from neural_chat_app.plugins.settings import RetrievalArgs
@@ -37,8 +37,7 @@ class Hit:
 
 def default_persist_directory(paths: list[str]) -> Path:
     key = hashlib.sha256("\n".join(sorted(str(Path(p).expanduser().resolve()) for p in paths)).encode()).hexdigest()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
-    return cache / "neuralchat-xeon" / "retrieval" / key[:16]
+    return retrieval_index_dir(key[:16])
 
 
 def _connect(folder: Path):

