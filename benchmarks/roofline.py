@@ -57,10 +57,10 @@ def onednn_bf16_kernel() -> str | None:
 
 
 def model_parameters(model: str) -> int:
-    from benchmarks.train import _parameter_count
+    from benchmarks.train import parameter_count
     from finetune.models import resolve_model_path
 
-    return _parameter_count(resolve_model_path(model))
+    return parameter_count(resolve_model_path(model))
 
 
 def measure(model: str) -> dict:

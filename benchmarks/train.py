@@ -217,11 +217,11 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
         "tokens_per_joule": sum(u for _, u in timed) / joules if joules else None,
         "eval_loss": (_held_out_loss(model_path, tokenizer, out / "adapter", rows[: args.eval_examples], args)
                       if rank == 0 else None),
-        "parameters": _parameter_count(model_path),
+        "parameters": parameter_count(model_path),
     }
 
 
-def _parameter_count(model_path: str) -> int:
+def parameter_count(model_path: str) -> int:
     from safetensors import safe_open
 
     total = 0

@@ -86,17 +86,17 @@ def _run_backend(source: Path, cfg: QuantizeConfig, out: Path, blocks: list, tok
 def _check_backend_installed(cfg: QuantizeConfig) -> None:
     """Fail before any work when the backend's library is missing (the error says what to install)."""
     if cfg.backend == "inc":
-        from quantize.inc import _import_inc
+        from quantize.inc import import_inc
 
-        _import_inc()
+        import_inc()
     elif cfg.backend == "openvino":
-        from quantize.openvino import _import_exporters
+        from quantize.openvino import import_exporters
 
-        _import_exporters()
+        import_exporters()
     else:
-        from quantize.gguf_export import _import_gguf
+        from quantize.gguf_export import import_gguf
 
-        _import_gguf()
+        import_gguf()
 
 
 def _source_reference(source: Path, tokenizer, windows, prompts, cfg: QuantizeConfig, eval_texts) -> tuple:

@@ -37,7 +37,8 @@ K_QUANTS = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY
 _CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
 
-def _import_gguf():
+def import_gguf():
+    """The gguf package, or an ImportError that says what to install."""
     try:
         import gguf
     except ImportError as err:
@@ -113,7 +114,7 @@ def convert(source: Path, out_file: Path, outtype: str = "f16") -> Path:
 def requantize(f16_file: Path, out_file: Path, scheme: str) -> Path:
     """Rewrite an F16 GGUF with its matrices in Q4_0/Q4_1 blocks (gguf's reference quantizers, which mirror
     llama.cpp's); vectors stay as they are, metadata is copied with the new file type."""
-    gguf = _import_gguf()
+    gguf = import_gguf()
     import numpy as np
 
     qtype = getattr(gguf.GGMLQuantizationType, REQUANTIZED[scheme][0])

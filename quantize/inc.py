@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 INC_FILES = ("qconfig.json", "quantized_weight.pt")
 
 
-def _import_inc():
+def import_inc():
+    """Neural Compressor's quantization module, or an ImportError that says what to install."""
     return require("neural_compressor.torch.quantization", "backend='inc'")
 
 
@@ -43,7 +44,7 @@ def quantize_inc(source: Path, cfg: QuantizeConfig, out: Path, blocks: list) -> 
 
     `blocks` are [1, seq] token tensors of calibration data (empty for RTN).
     """
-    q = _import_inc()
+    q = import_inc()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,7 +87,7 @@ def load_inc(path: str | Path):
 
     path = Path(path)
     if is_inc_folder(path):
-        q = _import_inc()
+        q = import_inc()
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
         model = q.load(str(path), original_model=skeleton)
         # INC 3.10's load rebuilds only the quantized modules: the skeleton's embeddings and norms stay at their

@@ -30,7 +30,9 @@ def is_openvino_folder(path: str | Path) -> bool:
     return (path / "openvino_model.xml").is_file() and (path / "openvino_tokenizer.xml").is_file()
 
 
-def _import_exporters():
+def import_exporters():
+    """(OVModelForCausalLM, OVWeightQuantizationConfig, convert_tokenizer), or an ImportError that says what to
+    install."""
     try:
         import openvino_tokenizers  # noqa: F401  (registers the tokenizer ops with OpenVINO)
         from openvino_tokenizers import convert_tokenizer
@@ -93,7 +95,7 @@ def _lift_verified_export_caps() -> None:
 def _export_into(model_dir: Path, target: Path, export_kwargs: dict) -> int:
     """Export (and compress) the model at `model_dir` into the existing folder `target`, tokenizers converted;
     return the number of fused projection groups (one per attention layer)."""
-    OVModelForCausalLM, _, convert_tokenizer = _import_exporters()
+    OVModelForCausalLM, _, convert_tokenizer = import_exporters()
     import openvino as ov
     from transformers import AutoTokenizer
 
@@ -114,7 +116,7 @@ def _export_into(model_dir: Path, target: Path, export_kwargs: dict) -> int:
 
 def weight_compression_config(cfg, source: Path, texts: list[str]):
     """optimum-intel's OVWeightQuantizationConfig (NNCF) for a QuantizeConfig with backend='openvino'."""
-    _, OVWeightQuantizationConfig, _ = _import_exporters()
+    _, OVWeightQuantizationConfig, _ = import_exporters()
     if cfg.bits == 8:
         return OVWeightQuantizationConfig(bits=8, sym=cfg.sym)
     kwargs = {"bits": 4, "sym": cfg.sym, "group_size": cfg.group_size, "ratio": cfg.ratio, "all_layers": cfg.all_layers}
@@ -145,7 +147,7 @@ def export_openvino(model_dir: str | Path, output_dir: str | Path, weight_format
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
-    _, OVWeightQuantizationConfig, _ = _import_exporters()
+    _, OVWeightQuantizationConfig, _ = import_exporters()
     start = time.perf_counter()
     with staging(output_dir) as tmp:
         fused = _export_into(model_dir, tmp, _export_kwargs(weight_format, OVWeightQuantizationConfig))

@@ -81,9 +81,9 @@ def load_runner(path: str | Path, backend: str | None, threads: int | None = Non
 
         return Runner(load_gguf(path)[0], "torch")
     if backend == "openvino":
-        from quantize.openvino import _import_exporters
+        from quantize.openvino import import_exporters
 
-        OVModelForCausalLM = _import_exporters()[0]
+        OVModelForCausalLM = import_exporters()[0]
         from finetune.hardware import openvino_cpu_properties
 
         # The thread budget of OMP_NUM_THREADS (never INFERENCE_NUM_THREADS=1: see openvino_cpu_properties).
