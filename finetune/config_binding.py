@@ -382,7 +382,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, aliases: Map
             kwargs["help"] = kwargs["help"][:-1] + f"; {names[0]} alone: true, --no-{names[0][2:]}: false)"
         elif kind == "list":
             item = next(get_args(a)[0] for a in _members(info.type) if get_origin(a) is list and get_args(a))
-            kwargs.update(nargs="+", type=_flag_reader(item))
+            kwargs.update(nargs="+", type=_flag_reader(item), metavar=_metavar(item))
         else:
             kwargs["type"] = _flag_reader(info.type)
         parser.add_argument(*names, **kwargs)

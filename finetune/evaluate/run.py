@@ -26,29 +26,46 @@ class EvalConfig:
     """What to evaluate on and how to generate; the same for every model compared."""
 
     task: str = "extraction"
-    data: str | None = None  # a .json/.jsonl/.csv file of held-out records
+    """What the records hold and which metrics score them: completion, chat, summarization, code-generation or
+    extraction."""
+    data: str | None = None
+    """A .json, .jsonl or .csv file of held-out records."""
     max_examples: int | None = 200
+    """Score at most this many examples (null: all of them)."""
     max_new_tokens: int = 256
+    """Greedy tokens generated per example."""
     batch_size: int = 16
-    constrained: Literal["off", "on", "both"] = "both"  # extraction only: decode under the JSON schema
-    few_shot: int = 0  # extraction: worked examples before the question, for every model
-    base_few_shot: int | None = None  # extraction: override for the first model (a base model needs examples)
-    schema: str | None = None  # JSON Schema file for extraction; default finetune/schemas/extraction.schema.json
-    dtype: str = "auto"  # transformers path: auto = bfloat16 where the CPU has AMX/AVX512-BF16
+    """Examples generated at once."""
+    constrained: Literal["off", "on", "both"] = "both"
+    """Extraction only: decode under the JSON schema (on), not (off), or report both."""
+    few_shot: int = 0
+    """Extraction: worked examples before the question, for every model."""
+    base_few_shot: int | None = None
+    """Extraction: worked examples for the first model (the baseline) only; a base model needs some."""
+    schema: str | None = None
+    """JSON Schema file for extraction; default: finetune/schemas/extraction.schema.json."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Weights and activations of transformers models; auto: bfloat16 where the CPU has AMX/AVX512-BF16."""
     perplexity: bool = True
+    """Also measure the perplexity of the references."""
     output_dir: str | None = None
-    labels: list[str] | None = None  # names for the models in the report
+    """Report folder; default: <last model>/eval."""
+    labels: list[str] | None = None
+    """Names of the models in the report, in their order."""
     plots: bool = True
-    allow_download: bool = False  # a hub id not in the Hugging Face cache is downloaded into it
-    trust_remote_code: bool = False  # run the code a model's folder ships (models with an auto_map)
+    """Draw the PNG plots next to the report."""
+    allow_download: bool = False
+    """A hub id that is not in the Hugging Face cache is downloaded into it (else an error says how)."""
+    trust_remote_code: bool = False
+    """Run the code a model's folder ships (models with an auto_map)."""
 
     def __post_init__(self):
         from finetune.config import TASKS
+        from finetune.config_binding import check_choice
 
-        if self.task not in TASKS:
-            raise ValueError(f"EvalConfig.task={self.task!r} is not valid; choose one of: {', '.join(TASKS)}")
-        if self.constrained not in ("off", "on", "both"):
-            raise ValueError(f"EvalConfig.constrained={self.constrained!r}: choose off, on or both")
+        check_choice("EvalConfig.task", self.task, TASKS)
+        check_choice("EvalConfig.constrained", self.constrained, ("off", "on", "both"))
+        check_choice("EvalConfig.dtype", self.dtype, ("auto", "bfloat16", "float32"))
         for name in ("max_new_tokens", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"EvalConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
