@@ -1,8 +1,8 @@
 """Command line: ask, improve, serve, export-log, models, export-openvino.
 
 python -m neural_chat_app ask "How long is the warranty?" --model runs/demo_aurora
-python -m neural_chat_app improve --config configs/improve.yaml
-python -m neural_chat_app serve --config configs/server.yaml
+python -m neural_chat_app improve --config configs/improve.yaml [finetune.learning_rate=1e-4 ...]
+python -m neural_chat_app serve --config configs/server.yaml [--port 8001] [limits.max_queue=32 ...]
 python -m neural_chat_app export-log --db ~/.cache/neuralchat-xeon/chatlog.sqlite --output chats.jsonl
 python -m neural_chat_app models
 python -m neural_chat_app export-openvino <hf-folder> <out-folder> --weight-format int8
@@ -14,6 +14,8 @@ import argparse
 import json
 import logging
 import sys
+
+from finetune.config_binding import FLAG_DEST, add_config_flags, config_overrides, fields_help
 
 
 def _model_access_flags(parser) -> None:
@@ -45,7 +47,7 @@ def _ask(args) -> int:
 def _improve(args) -> int:
     from neural_chat_app.improve import LoopConfig, run_loop
 
-    state = run_loop(LoopConfig.from_yaml(args.config))
+    state = run_loop(LoopConfig.from_yaml(args.config, args.overrides))
     for step, result in state["steps"].items():
         print(f"{step}: {json.dumps(result, default=str)}")
     return 0
@@ -57,11 +59,7 @@ def _serve(args) -> int:
     from finetune.hardware import configure_threads
     from neural_chat_app.server import create_app, load_settings
 
-    overrides = {"host": args.host, "port": args.port, "model": args.model, "backend": args.backend,
-                 "allow_download": args.allow_download or None, "trust_remote_code": args.trust_remote_code or None}
-    settings = load_settings(args.config, **overrides)
-    if args.no_log:
-        settings.chat_log.enabled = False
+    settings = load_settings(args.config, config_overrides(args))
     configure_threads()
     app = create_app(settings)
     from neural_chat_app.loading import compute_line
@@ -100,9 +98,25 @@ def _export_openvino(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called when the help is printed (what it describes may
+    import torch, which the other verbs do not pay for)."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _loop_keys() -> str:
+    from neural_chat_app.improve import LoopConfig
+
+    return "keys of the loop YAML (key=value sets them too):\n" + fields_help(LoopConfig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m neural_chat_app", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ask = sub.add_parser("ask", help="ask a model one question and stream the answer")
     ask.add_argument("query")
@@ -115,19 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     _model_access_flags(ask)
     ask.set_defaults(run=_ask)
 
-    improve = sub.add_parser("improve", help="logged chats -> data -> fine-tune -> evaluate -> promote -> quantize")
+    from neural_chat_app.server.settings import ServerSettings
+
+    improve = sub.add_parser("improve", help="logged chats -> data -> fine-tune -> evaluate -> promote -> quantize",
+                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_loop_keys)
     improve.add_argument("--config", required=True, help="loop YAML (see configs/improve.yaml)")
+    improve.add_argument("overrides", nargs="*", metavar="key=value",
+                         help="override a key of the file, the value read as YAML: finetune.learning_rate=1e-4")
     improve.set_defaults(run=_improve)
 
     serve = sub.add_parser("serve", help="run the OpenAI-compatible server and the web chat page")
-    serve.add_argument("--config", help="server YAML (see configs/server.yaml)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--model", help="embedded name, HF folder, fine-tune output folder or OpenVINO folder")
-    serve.add_argument("--backend", choices=["auto", "torch", "openvino"])
-    serve.add_argument("--no-log", action="store_true", help="do not write the conversation log")
-    serve.add_argument("--log-level", default="info")
-    _model_access_flags(serve)
+    serve.add_argument("--config", help="server YAML (see configs/server.yaml); flags and key=value override it")
+    # api_keys stay off the command line, where `ps` shows them: the YAML or NEURALCHAT_API_KEYS
+    add_config_flags(serve, ServerSettings, skip=["api_keys"])
+    serve.add_argument("--no-log", dest=FLAG_DEST + "chat_log.enabled", action="store_const", const=False,
+                       default=argparse.SUPPRESS, help="do not write the conversation log (chat_log.enabled=false)")
+    serve.add_argument("--log-level", default="info", help="uvicorn's log level")
     serve.set_defaults(run=_serve)
 
     export = sub.add_parser("export-log", help="conversation log -> JSONL messages for the data pipeline")

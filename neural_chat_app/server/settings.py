@@ -1,13 +1,16 @@
-"""Server settings, read from a YAML file (`serve --config server.yaml`); unknown keys are errors."""
+"""Server settings, read from a YAML file (`serve --config server.yaml`) by the config binder: unknown keys are
+errors that name them. `serve`'s flags are generated from these fields, documented by the string under each."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
+from finetune.config_binding import bind, check_choice, load_config
 from finetune.home import chat_log_path
 
 Backend = Literal["auto", "torch", "openvino"]
@@ -15,11 +18,16 @@ Backend = Literal["auto", "torch", "openvino"]
 
 @dataclass
 class Limits:
-    max_body_bytes: int = 1_000_000  # 413 above
-    max_prompt_tokens: int = 2048  # 400 above
-    max_tokens: int = 1024  # the largest max_tokens a request may ask for; 400 above
-    max_concurrent: int | None = None  # requests generating at once; None: the backend's (torch 1, openvino 8)
-    max_queue: int = 16  # requests waiting for a slot; 429 beyond
+    max_body_bytes: int = 1_000_000
+    """Largest request body in bytes; 413 above."""
+    max_prompt_tokens: int = 2048
+    """Longest prompt in tokens; 400 above."""
+    max_tokens: int = 1024
+    """The largest max_tokens a request may ask for; 400 above."""
+    max_concurrent: int | None = None
+    """Requests generating at once; null: the backend's (torch 1, openvino 8 with continuous batching)."""
+    max_queue: int = 16
+    """Requests waiting for a slot; 429 beyond."""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -33,35 +41,49 @@ class Limits:
 @dataclass
 class ChatLogSettings:
     enabled: bool = True
-    path: str = field(default_factory=lambda: str(chat_log_path()))  # default: chatlog.sqlite in NEURALCHAT_HOME
-    redact: list[str] = field(default_factory=list)  # PII kinds to mask before storing: email, url, ip, card, phone
-    phone_region: str = "US"  # how phone numbers without a country code are read
+    """Write every conversation (and its feedback) to the SQLite log the improvement loop learns from."""
+    path: str = field(default_factory=lambda: str(chat_log_path()))
+    """The SQLite log file; default: chatlog.sqlite in NEURALCHAT_HOME."""
+    redact: list[str] = field(default_factory=list)
+    """PII kinds to mask before storing: email, url, ip, card, phone (phone needs `phonenumbers`)."""
+    phone_region: str = "US"
+    """How phone numbers without a country code are read (ISO 3166 region, e.g. US, GB, DE)."""
 
 
 @dataclass
 class ServerSettings:
-    host: str = "127.0.0.1"  # loopback unless the operator says otherwise
+    host: str = "127.0.0.1"
+    """Interface to listen on: loopback unless the operator says otherwise (0.0.0.0 with api_keys: a network)."""
     port: int = 8000
-    model: str | None = None  # None: the embedded default model
+    """TCP port."""
+    model: str | None = None
+    """Embedded name, HF folder, fine-tune output folder (its merged/ is used) or OpenVINO folder; null: the
+    embedded default model."""
     backend: Backend = "auto"
-    allow_download: bool = False  # a hub id not in the Hugging Face cache is downloaded at start
-    trust_remote_code: bool = False  # run the model repo's own code (models that ship it)
-    model_dirs: list[str] | None = None  # where the registry looks; None: the OpenVINO export cache
+    """auto: openvino for an OpenVINO folder, else torch (bf16 where the CPU has it)."""
+    allow_download: bool = False
+    """A hub id that is not in the Hugging Face cache is downloaded at start (else an error says how)."""
+    trust_remote_code: bool = False
+    """Run the model repo's own code (models that ship it)."""
+    model_dirs: list[str] | None = None
+    """Folders the registry lists (fine-tune outputs, OpenVINO exports); null: the OpenVINO export cache."""
     allow_model_switch: bool = True
-    api_keys: list[str] = field(default_factory=list)  # empty: no auth; also NEURALCHAT_API_KEYS=k1,k2
+    """A request naming another registry model loads it, without a restart."""
+    api_keys: list[str] | str = field(default_factory=list)
+    """Non-empty: requests need "Authorization: Bearer <key>"; NEURALCHAT_API_KEYS=k1,k2 adds keys."""
     system_prompt: str | None = None
+    """System message put before every conversation; null: the model's own."""
     limits: Limits = field(default_factory=Limits)
     chat_log: ChatLogSettings = field(default_factory=ChatLogSettings)
-    # Chatbot plugins, as in PipelineConfig: {"retrieval": {"enable": true, "args": {"input_path": "docs/"}}}
     plugins: dict = field(default_factory=dict)
+    """Chatbot plugins, as in PipelineConfig: {"retrieval": {"enable": true, "args": {"input_path": "docs/"}}}."""
 
     def __post_init__(self):
-        if self.backend not in get_args(Backend):
-            raise ValueError(f"backend must be one of {get_args(Backend)}, got {self.backend!r}")
+        check_choice("ServerSettings.backend", self.backend, Backend)
         if isinstance(self.limits, dict):
-            self.limits = _build(Limits, self.limits, "limits")
+            self.limits = bind(Limits, self.limits, "limits")
         if isinstance(self.chat_log, dict):
-            self.chat_log = _build(ChatLogSettings, self.chat_log, "chat_log")
+            self.chat_log = bind(ChatLogSettings, self.chat_log, "chat_log")
         if isinstance(self.api_keys, str):
             self.api_keys = [self.api_keys]
         env_keys = os.environ.get("NEURALCHAT_API_KEYS")
@@ -69,23 +91,7 @@ class ServerSettings:
             self.api_keys = [*self.api_keys, *(k.strip() for k in env_keys.split(",") if k.strip())]
 
 
-def _build(cls, values: dict, where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"Unknown setting(s) in {where}: {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**values)
-
-
-def load_settings(path: str | Path | None = None, **overrides) -> ServerSettings:
-    """Settings from a YAML file (if given), then `overrides` that are not None (the CLI flags)."""
-    values: dict = {}
-    if path is not None:
-        import yaml
-
-        text = Path(path).read_text()
-        values = yaml.safe_load(text) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of settings, got {type(values).__name__}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return _build(ServerSettings, values, str(path or "settings"))
+def load_settings(path: str | Path | None = None, overrides: Iterable = (), **values) -> ServerSettings:
+    """Settings from a YAML file (if given), then `values` that are not None (whole top-level keys), then
+    `overrides` (`limits.max_queue=32` texts, or (keys, value) pairs: what `serve`'s flags give)."""
+    return load_config(ServerSettings, path, overrides, values={k: v for k, v in values.items() if v is not None})

@@ -30,12 +30,12 @@ def _log(path: Path, n: int, feedback: int = 1) -> Path:
     return path
 
 
-def _config(tmp_path, model, **kw) -> improve.LoopConfig:
+def _config(tmp_path, model, finetune=None, **kw) -> improve.LoopConfig:
     values = dict(
         run_dir=str(tmp_path / "run"), chat_log=str(_log(tmp_path / "chat.sqlite", 60)), base_model=str(model),
         models_dir=str(tmp_path / "models"), min_conversations=10, eval_examples=4,
         finetune={"max_steps": 12, "per_device_train_batch_size": 4, "learning_rate": 0.003, "lora_all_linear": True,
-                  "save_steps": 4, "disable_tqdm": True, "max_seq_length": 256})
+                  "save_steps": 4, "disable_tqdm": True, "max_seq_length": 256, **(finetune or {})})
     return improve.LoopConfig(**{**values, **kw})
 
 
@@ -46,6 +46,51 @@ def test_config_names_unknown_keys_and_needs_one_source(tmp_path):
         improve.LoopConfig.from_yaml(path)
     with pytest.raises(ValueError, match="exactly one of chat_log"):
         improve.LoopConfig()
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ("finetune:\n  lerning_rate: 0.001\n", "unknown key 'finetune.lerning_rate'; did you mean 'learning_rate'"),
+    ("finetune:\n  lora_rank: four\n", "finetune.lora_rank must be int, got str 'four'"),
+    ("finetune:\n  train_file: mine.jsonl\n", "finetune.train_file is set by the loop for each run: use chat_log"),
+    ("quantize:\n  bitz: 8\n", "unknown key 'quantize.bitz'; did you mean 'bits'"),
+    ("quantize:\n  backend: tensorrt\n", "quantize.backend='tensorrt' is not valid; choose one of: inc, openvino"),
+])
+def test_a_typo_in_the_finetune_or_quantize_section_fails_when_the_config_loads(tmp_path, section, message):
+    path = tmp_path / "loop.yaml"
+    path.write_text("chat_log: x.db\n" + section)
+    with pytest.raises(ValueError, match=f"loop.yaml: {message}"):
+        improve.LoopConfig.from_yaml(path)
+
+
+def test_the_shipped_loop_config_is_typed():
+    from finetune import TextGenerationFinetuningConfig
+    from quantize.config import QuantizeConfig
+
+    config = improve.LoopConfig.from_yaml(Path(__file__).parents[2] / "configs" / "improve.yaml",
+                                          ["finetune.learning_rate=1e-4", "quantize.bits=4", "quantize.ratio=0.9"])
+    assert isinstance(config.finetune, TextGenerationFinetuningConfig) and isinstance(config.quantize, QuantizeConfig)
+    ft = config.finetune
+    assert (ft.finetune_args.task, ft.finetune_args.lora_rank, ft.finetune_args.generation_eval) == ("chat", 16, False)
+    assert (ft.training_args.learning_rate, ft.training_args.num_train_epochs, ft.training_args.seed) == (1e-4, 2, 42)
+    assert (config.quantize.backend, config.quantize.bits, config.quantize.ratio) == ("openvino", 4, 0.9)
+
+
+def test_the_finetune_step_runs_the_typed_config_without_a_yaml_file(tmp_path, monkeypatch):
+    import types
+
+    import finetune.train
+
+    seen = []
+    monkeypatch.setattr(finetune.train, "finetune_model",
+                        lambda config: seen.append(config) or types.SimpleNamespace(output_dir="o", metrics={}))
+    config = improve.LoopConfig(data_dir=str(tmp_path), finetune={"lora_rank": 4, "max_steps": 3})
+    improve._finetune(config, {"splits": {"train": "t.jsonl"}}, "base-model", tmp_path / "run" / "model")
+    run = seen[0]
+    assert run.model_args.model_name_or_path == "base-model" and run.data_args.train_file == "t.jsonl"
+    assert run.training_args.output_dir == str(tmp_path / "run" / "model") and not run.training_args.do_eval
+    assert (run.finetune_args.lora_rank, run.training_args.max_steps, run.training_args.do_train) == (4, 3, True)
+    assert config.finetune.training_args.output_dir != run.training_args.output_dir  # the config is left as it was
+    assert list((tmp_path / "run").iterdir()) == []  # no YAML round trip
 
 
 def test_too_few_conversations_stops_with_counts(tmp_path, tiny_model_dir):
@@ -99,11 +144,10 @@ def test_loop_end_to_end_on_the_embedded_model(tmp_path, monkeypatch):
     # the loop's own default (OpenVINO INT8); the artifact's quality measurement has its own test on this model
     # (tests/quantize/test_embedded_integration.py)
     quantize = {"backend": "openvino", "scheme": "rtn", "bits": 8, "evaluate": False}
-    config = _config(tmp_path, DEFAULT_MODEL, min_improvement=-1e9, quantize=quantize,  # promote whatever the score
-                     eval_examples=2)
-    config.models_dir = None
     # the demo config's rate: its held-out loss falls from the first steps (configs/demo_aurora.yaml)
-    config.finetune |= {"learning_rate": 2e-3, "max_steps": 6, "save_steps": 3}
+    config = _config(tmp_path, DEFAULT_MODEL, min_improvement=-1e9, quantize=quantize,  # promote whatever the score
+                     eval_examples=2, finetune={"learning_rate": 2e-3, "max_steps": 6, "save_steps": 3})
+    config.models_dir = None
     state = improve.run_loop(config)
     steps = state["steps"]
     assert steps["finetune"]["metrics"]["eval_loss"] < steps["finetune"]["metrics"]["eval_loss_before"]
