@@ -305,19 +305,28 @@ class FieldInfo:
 
 
 def describe_fields(cls: type, prefix: str = "", instance: Any = None) -> list[FieldInfo]:
-    """Every settable field of `cls`, nested dataclasses flattened to dotted names, with type, default and doc."""
+    """Every settable field of `cls`, nested dataclasses (also `X | None`) flattened to dotted names, with type,
+    default and doc; a RAW_MAPPING field is one mapping."""
     hints, docs = type_hints(cls), field_docs(cls)
     out = []
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         default = getattr(instance, f.name) if instance is not None else _declared_default(f)
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp) and not f.metadata.get("raw_mapping"):
-            out += describe_fields(tp, f"{prefix}{f.name}.", default if isinstance(default, tp) else None)
+        nested = _section_type(hints[f.name])
+        if f.metadata.get("raw_mapping"):
+            out.append(FieldInfo(prefix + f.name, dict, default, docs.get(f.name, "")))
+        elif nested is not None:
+            out += describe_fields(nested, f"{prefix}{f.name}.", default if isinstance(default, nested) else None)
         else:
-            out.append(FieldInfo(prefix + f.name, tp, default, docs.get(f.name, "")))
+            out.append(FieldInfo(prefix + f.name, hints[f.name], default, docs.get(f.name, "")))
     return out
+
+
+def _section_type(tp: Any) -> type | None:
+    """The dataclass of a nested section (`Limits`, or `QuantizeConfig | None`), else None."""
+    members = [m for m in _members(tp) if m is not type(None)]
+    return members[0] if len(members) == 1 and dataclasses.is_dataclass(members[0]) else None
 
 
 def _declared_default(f: dataclasses.Field) -> Any:
@@ -349,10 +358,15 @@ def _show(value: Any) -> str:
 
 
 def fields_help(cls: type, width: int = 100) -> str:
-    """Every field of `cls`, `name (type; default)` and its docstring under it: the --help of a `key=value`
-    command line."""
-    lines = []
+    """Every field of `cls`, `name (type; default)` and its docstring under it, each nested section headed by its
+    own docstring: the --help of a `key=value` command line."""
+    lines, section = [], ""
     for info in describe_fields(cls):
+        parent = info.name.rpartition(".")[0]
+        if parent != section and parent:
+            lines += textwrap.wrap(f"{parent}: {_section_doc(cls, parent) or ''}", width, initial_indent="  ",
+                                   subsequent_indent=" " * 6)
+        section = parent
         lines.append(f"  {info.name} ({_type_and_default(info)})")
         if info.doc:
             lines += textwrap.wrap(info.doc, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
@@ -368,9 +382,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, aliases: Map
     a value (`--sym false`), and has a `--no-` form. Unless `overrides=False`, trailing `a.b=value` arguments
     override any field too. `config_overrides(args)` collects what was given, for `load_config`."""
     required, skip, aliases = set(required), set(skip), aliases or {}
+    groups: dict[str, Any] = {"": parser}  # a nested section's flags go in a group headed by its docstring
     for info in describe_fields(cls):
         if info.name in skip:
             continue
+        section = info.name.rpartition(".")[0]
+        if section not in groups:
+            groups[section] = parser.add_argument_group(section, _section_doc(cls, section))
         names = list(dict.fromkeys([f"--{info.name.replace('_', '-')}", f"--{info.name}", *aliases.get(info.name, ())]))
         kind = _flag_kind(info.type)
         kwargs: dict[str, Any] = {"dest": FLAG_DEST + info.name, "default": argparse.SUPPRESS, "help": _help(info),
@@ -385,13 +403,20 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, aliases: Map
             kwargs.update(nargs="+", type=_flag_reader(item), metavar=_metavar(item))
         else:
             kwargs["type"] = _flag_reader(info.type)
-        parser.add_argument(*names, **kwargs)
+        groups[section].add_argument(*names, **kwargs)
         if kind == "bool":
-            parser.add_argument(*[f"--no-{n[2:]}" for n in names[:2]], dest=FLAG_DEST + info.name,
+            groups[section].add_argument(*[f"--no-{n[2:]}" for n in names[:2]], dest=FLAG_DEST + info.name,
                                 action="store_const", const=False, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     if overrides:
         parser.add_argument("overrides", nargs="*", metavar="key=value", default=[],
                             help="override any field, the value read as YAML (e.g. a.b=3); flags win")
+
+
+def _section_doc(cls: type, section: str) -> str | None:
+    *parents, name = section.split(".")
+    for parent in parents:
+        cls = _section_type(type_hints(cls)[parent])
+    return field_docs(cls).get(name)
 
 
 def config_overrides(args: argparse.Namespace) -> list[tuple[list[str], Any]]:

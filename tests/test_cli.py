@@ -64,3 +64,51 @@ def test_every_user_error_class_is_one_kind(capsys, monkeypatch):
     monkeypatch.setattr(data_main, "main", refuse)
     assert main(["data", "prepare"]) == 2
     assert "error: field 'age'" in capsys.readouterr().err
+
+
+def _config_classes(verb: str) -> list[type]:
+    if verb == "finetune":
+        from finetune.config import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
+
+        return [ModelArguments, DataArguments, FinetuningArguments, TrainingArguments]
+    if verb == "evaluate":
+        from finetune.evaluate import EvalConfig
+
+        return [EvalConfig]
+    if verb == "quantize":
+        from quantize.config import QuantizeConfig
+
+        return [QuantizeConfig]
+    if verb == "serve":
+        from neural_chat_app.server.settings import ChatLogSettings, Limits, ServerSettings
+
+        return [ServerSettings, Limits, ChatLogSettings]
+    if verb == "improve":
+        from neural_chat_app.improve import LoopConfig
+
+        return [LoopConfig]
+    from finetune.data.config import CleanConfig, DedupConfig, ExportConfig, FilterConfig, IngestConfig, SplitConfig
+
+    return [IngestConfig, CleanConfig, FilterConfig, DedupConfig, ExportConfig, SplitConfig]
+
+
+@pytest.mark.parametrize("argv", [["finetune"], ["evaluate"], ["quantize"], ["serve"], ["improve"],
+                                  ["data", "prepare"]], ids=lambda argv: argv[0])
+def test_every_config_help_lists_each_field_docstring(argv, capsys):
+    """The flags (or key=value keys) of each command line come from its config dataclasses, and --help shows the
+    string under each field; a field without one would show nothing."""
+    from finetune.config_binding import field_docs
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps lines, also at hyphens
+    docs = {name: doc for cls in _config_classes(argv[0]) for name, doc in field_docs(cls).items()}
+    if argv[0] == "serve":
+        docs.pop("api_keys")  # kept off the command line, where `ps` shows it
+    if argv[0] == "finetune":  # transformers documents its own fields; ours are the four classes' own strings
+        ours = {"overwrite_output_dir", "evaluation_strategy"}
+        import transformers
+
+        docs = {k: v for k, v in docs.items() if k in ours or k not in field_docs(transformers.TrainingArguments)}
+    missing = [name for name, doc in docs.items() if "".join(doc.split()) not in shown]
+    assert docs and not missing, missing

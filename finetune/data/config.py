@@ -147,11 +147,17 @@ class SplitConfig:
 @dataclass
 class DataPipelineConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    """What to read: chat logs in any format the pipeline detects."""
     clean: CleanConfig = field(default_factory=CleanConfig)
+    """Text normalization and PII redaction."""
     filter: FilterConfig = field(default_factory=FilterConfig)
+    """Which conversations are kept (every rejection is counted by reason)."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    """Exact and near-duplicate removal."""
     export: ExportConfig = field(default_factory=ExportConfig)
+    """Where the splits are written, and in which format."""
     split: SplitConfig = field(default_factory=SplitConfig)
+    """How conversations are divided into train, validation and test."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, overrides: list[str] = ()) -> DataPipelineConfig:

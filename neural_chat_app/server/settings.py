@@ -74,7 +74,9 @@ class ServerSettings:
     system_prompt: str | None = None
     """System message put before every conversation; null: the model's own."""
     limits: Limits = field(default_factory=Limits)
+    """How large and how many requests are served."""
     chat_log: ChatLogSettings = field(default_factory=ChatLogSettings)
+    """The conversation log."""
     plugins: dict = field(default_factory=dict)
     """Chatbot plugins, as in PipelineConfig: {"retrieval": {"enable": true, "args": {"input_path": "docs/"}}}."""
 
