@@ -112,3 +112,18 @@ def test_every_config_help_lists_each_field_docstring(argv, capsys):
         docs = {k: v for k, v in docs.items() if k in ours or k not in field_docs(transformers.TrainingArguments)}
     missing = [name for name, doc in docs.items() if "".join(doc.split()) not in shown]
     assert docs and not missing, missing
+
+
+def test_serve_flags_and_overrides_reach_the_settings(monkeypatch):
+    from finetune.config_binding import config_overrides
+    from neural_chat_app.__main__ import build_parser
+    from neural_chat_app.server import load_settings
+
+    monkeypatch.chdir(Path(__file__).parents[1])
+    args = build_parser().parse_args(["serve", "--config", "configs/server.yaml", "limits.max_queue=3", "--port",
+                                      "8001", "--no-log", "--allow-download", "--limits.max-concurrent", "2"])
+    settings = load_settings(args.config, config_overrides(args))
+    assert (settings.port, settings.allow_download, settings.chat_log.enabled) == (8001, True, False)
+    assert (settings.limits.max_queue, settings.limits.max_concurrent, settings.host) == (3, 2, "127.0.0.1")
+    with pytest.raises(ValueError, match="server.yaml: unknown key 'limits.max_qeue'; did you mean 'max_queue'"):
+        load_settings("configs/server.yaml", ["limits.max_qeue=3"])
