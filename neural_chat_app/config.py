@@ -38,12 +38,15 @@ class GenerationConfig:
     do_sample: bool = True
     num_return_sequences: int = 1
     use_cache: bool = True
-    return_stats: bool = False  # append a latency / throughput table at the end of the stream
-    task: Task = ""  # "" follows the pipeline's task
-    stop: list[str] = field(default_factory=list)  # extra stop strings; the model's end-of-turn always stops
+    return_stats: bool = False
+    """Append a latency / throughput table at the end of the stream."""
+    task: Task = ""
+    """The reply's task; the empty string follows the pipeline's task."""
+    stop: list[str] = field(default_factory=list)
+    """Extra stop strings; the model's end-of-turn always stops."""
     seed: int | None = None
-    # A JSON Schema (or OpenAI's {"type": "json_schema", ...}) the reply must match: see structured.py
     response_format: dict | None = None
+    """A JSON Schema (or OpenAI's {"type": "json_schema", ...}) the reply must match: see structured.py."""
 
     def __post_init__(self):
         name = "GenerationConfig"
@@ -119,7 +122,8 @@ class LoadingModelConfig:
     peft_path: str | None = None
     trust_remote_code: bool = False
     use_cache: bool = True
-    allow_download: bool = False  # a hub id not in the Hugging Face cache is downloaded (else a clear error)
+    allow_download: bool = False
+    """A hub id not in the Hugging Face cache is downloaded (else a clear error)."""
 
     def __post_init__(self):
         if self.peft_path is not None and not isinstance(self.peft_path, str):
@@ -130,13 +134,16 @@ class LoadingModelConfig:
 class PipelineConfig:
     """What `build_chatbot` builds: NeuralChat's fields plus the backend choice."""
 
-    model_name_or_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    model_name_or_path: str | None = None
+    """None: the embedded SmolLM2-135M-Instruct."""
     tokenizer_name_or_path: str | None = None
     device: Device = "auto"
     task: Task = ""
-    plugins: dict = field(default_factory=dict)  # {"retrieval": {"enable": True, "args": {...}}}: see plugins/
+    plugins: dict = field(default_factory=dict)
+    """{"retrieval": {"enable": True, "args": {...}}}: see plugins/."""
     loading_config: LoadingModelConfig = field(default_factory=LoadingModelConfig)
-    optimization_config: Any = None  # MixedPrecisionConfig (default on CPU) | WeightOnlyQuantConfig | BitsAndBytes
+    optimization_config: Any = None
+    """MixedPrecisionConfig (default on CPU) | WeightOnlyQuantConfig | transformers.BitsAndBytesConfig."""
     backend: Backend = "auto"
     system_prompt: str | None = None
 
