@@ -81,28 +81,17 @@ def chat_dataset(n: int, seed: int) -> list[dict]:
 
 # --- one variant, in its own process --------------------------------------------------------------------------
 
-class _Counter:
-    """Wraps a collator: counts all and non-padding tokens of every batch it makes."""
-
-    def __init__(self, collator):
-        self.collator, self.batches = collator, []
-
-    def __call__(self, features):
-        batch = self.collator(features)
-        mask = batch.get("attention_mask")
-        total = int(batch["input_ids"].numel())
-        self.batches.append((total, int(mask.sum()) if mask is not None else total))
-        return batch
-
-
-def _step_timer(device: str):
+def _step_meter(device: str):
     from transformers import TrainerCallback
 
-    class StepTimer(TrainerCallback):
-        """Wall time (and energy, where readable) at the start and after every step."""
+    class StepMeter(TrainerCallback):
+        """Wall time (and energy, where readable) at the start and after every step, and the tokens of every step's
+        batch on this process: all of them and the non-padding ones. They are counted at the model's input, where
+        the plain recipe and ours alike pass them (state.num_input_tokens_seen would sum all DDP ranks)."""
 
         def __init__(self):
-            self.times, self.joules = [], []
+            self.times, self.joules, self.batches = [], [], []
+            self._tokens, self._hook = (0, 0), None
 
         def _mark(self):
             if device == "cuda":
@@ -112,17 +101,31 @@ def _step_timer(device: str):
             self.times.append(time.perf_counter())
             self.joules.append(energy_joules(device))
 
+        def _count(self, module, args, kwargs):
+            ids, mask = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
+            total = int(ids.numel())
+            useful = int(mask.sum()) if mask is not None else total
+            self._tokens = (self._tokens[0] + total, self._tokens[1] + useful)
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self._hook = model.register_forward_pre_hook(self._count, with_kwargs=True)
+
         def on_step_begin(self, args, state, control, **kw):
             if not self.times:
                 self._mark()
 
         def on_step_end(self, args, state, control, **kw):
             self._mark()
+            self.batches.append(self._tokens)
+            self._tokens = (0, 0)
 
-    return StepTimer()
+        def on_train_end(self, args, state, control, **kw):
+            self._hook.remove()
+
+    return StepMeter()
 
 
-def _plain_trainer(model_path, tokenizer, train, out, args, bf16: bool):
+def _plain_trainer(model_path, tokenizer, train, out, args, bf16: bool, callbacks: list):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -134,9 +137,8 @@ def _plain_trainer(model_path, tokenizer, train, out, args, bf16: bool):
         output_dir=str(out), max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
         learning_rate=2e-4, use_cpu=args.device == "cpu", bf16=bf16, save_strategy="no", report_to="none",
         logging_steps=1, disable_tqdm=True, seed=0)
-    collator = _Counter(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator)
-    return trainer, collator
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    return Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator, callbacks=callbacks)
 
 
 def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> dict:
@@ -152,37 +154,31 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
     rows = [json.loads(line) for line in data_path.read_text().splitlines()]
     model_path = resolve_model_path(model)
     tokenizer = load_tokenizer(model_path)
-    timer = _step_timer(args.device)
+    meter = _step_meter(args.device)
     if variant.startswith("plain"):
         from finetune.dataset import tokenize_records
         from finetune.records import Record
 
         opts = FormatOptions("chat", args.seq_len)
         train, _ = tokenize_records(tokenizer, [Record(r, "bench") for r in rows[args.eval_examples:]], opts)
-        trainer, counter = _plain_trainer(model_path, tokenizer, train, out, args, bf16=variant == "plain-bf16")
-        trainer.add_callback(timer)
+        trainer = _plain_trainer(model_path, tokenizer, train, out, args, bf16=variant == "plain-bf16",
+                                 callbacks=[meter])
         trainer.train()
         if rank == 0:
             trainer.model.save_pretrained(out / "adapter")
     else:
-        import finetune.train as recipe
-        from finetune import DataArguments, FinetuningArguments, ModelArguments, TextGenerationFinetuningConfig
+        from finetune import (
+            DataArguments,
+            FinetuningArguments,
+            ModelArguments,
+            TextGenerationFinetuningConfig,
+            finetune_model,
+        )
         from finetune import TrainingArguments as Args
 
-        made = {}
-        build = recipe._trainer
-
-        def instrumented(*a, **kw):
-            trainer = build(*a, **kw)
-            made["counter"] = _Counter(trainer.data_collator)
-            trainer.data_collator = made["counter"]
-            trainer.add_callback(timer)
-            return trainer
-
-        recipe._trainer = instrumented
         train_file = out / "train.jsonl"
         train_file.write_text("".join(json.dumps(r) + "\n" for r in rows[args.eval_examples:]))
-        recipe.finetune_model(TextGenerationFinetuningConfig(
+        finetune_model(TextGenerationFinetuningConfig(
             ModelArguments(model_name_or_path=model_path),
             DataArguments(train_file=str(train_file), max_seq_length=args.seq_len),
             Args(output_dir=str(out / "run"), do_train=True, max_steps=args.warmup + args.steps,
@@ -192,14 +188,13 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
                                 lora_dropout=0.0, lora_all_linear=True, save_merged_model=False,
                                 full_finetune=args.full,
                                 precision="fp32" if variant == "ours-fp32" else "auto",
-                                qlora=variant == "ours-qlora", device=args.device)))
-        counter = made["counter"]
+                                qlora=variant == "ours-qlora", device=args.device)), callbacks=[meter])
         if rank == 0:
             (out / "adapter").symlink_to(out / "run" / ("merged" if args.full else "adapter"))
     peak_rss = peak_rss_mb()
-    timed = counter.batches[args.warmup: args.warmup + args.steps]
-    seconds = timer.times[-1] - timer.times[args.warmup]
-    start_j, end_j = timer.joules[args.warmup], timer.joules[-1]
+    timed = meter.batches[args.warmup: args.warmup + args.steps]
+    seconds = meter.times[-1] - meter.times[args.warmup]
+    start_j, end_j = meter.joules[args.warmup], meter.joules[-1]
     joules = end_j - start_j if start_j is not None and end_j is not None else None
     return {
         "variant": variant,

@@ -18,8 +18,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -41,6 +43,9 @@ from finetune.metadata import check_output_dir, run_fingerprint, write_metadata
 from finetune.models import load_model, load_tokenizer, resolve_model_path
 from finetune.packed_attention import use_packed_attention
 from finetune.run_folder import ADAPTER_DIR, MERGED_DIR, TRAINING_METADATA_FILE
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +161,7 @@ def _require_bitsandbytes() -> None:
         raise ImportError("qlora=True needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from e
 
 
-def _trainer(model, tokenizer, config, training_args, data, throughput, per_example_attention=False, head=None):
+def _trainer(model, tokenizer, config, training_args, data, callbacks, per_example_attention=False, head=None):
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import ProgressCallback
 
@@ -168,7 +173,7 @@ def _trainer(model, tokenizer, config, training_args, data, throughput, per_exam
 
         collator_kwargs = {"data_collator": DataCollatorForSeq2Seq(
             tokenizer, padding="max_length", max_length=config.data_args.max_seq_length, label_pad_token_id=-100)}
-    callbacks = [throughput]
+    callbacks = list(callbacks)
     if config.finetune_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(config.finetune_args.early_stopping_patience))
     trainer = Trainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval or None,
@@ -252,8 +257,13 @@ def _save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path)
     return adapter_dir, merged_dir
 
 
-def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> FinetuneResult:
-    """Fine-tune a causal LM as `config` says; return where the adapter and merged model were written."""
+def finetune_model(config: TextGenerationFinetuningConfig | None = None,
+                   callbacks: Sequence[TrainerCallback | type[TrainerCallback]] = ()) -> FinetuneResult:
+    """Fine-tune a causal LM as `config` says; return where the adapter and merged model were written.
+
+    `callbacks` are transformers TrainerCallbacks (instances or classes) added to the Trainer next to the
+    recipe's own, e.g. to time each step (benchmarks/train.py) or to stop early on a condition of your own.
+    """
     config = config or TextGenerationFinetuningConfig()
     limit_kernel_caches()
     fa, data_args = config.finetune_args, config.data_args
@@ -299,7 +309,8 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None) -> Fine
     per_example_attention = packed and use_packed_attention(base)
     head, undo_lean_ops = use_lean_ops(base, head_in_loss=packed)  # the loss applies the head, chunk by chunk
     throughput = ThroughputCallback()
-    trainer = _trainer(model, tokenizer, config, training_args, data, throughput, per_example_attention, head)
+    trainer = _trainer(model, tokenizer, config, training_args, data, [throughput, *callbacks],
+                       per_example_attention, head)
 
     metrics: dict = {}
     before_file = output_dir / "eval_before.json"

@@ -18,22 +18,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The real CLI, with each step slowed down so the test can kill it between two checkpoints.
+# The real CLI, with each step slowed down (a callback of finetune_model) so the test can kill it between two
+# checkpoints.
 SLOW_CLI = """
-import sys, time
+import functools, sys, time
+import finetune.train as train  # first: finetune hides a mismatched torchvision before transformers loads
 from transformers import TrainerCallback
-import finetune.train as train
 
 class Slow(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         time.sleep(0.3)
 
-make = train._trainer
-def slowed(*a, **kw):
-    trainer = make(*a, **kw)
-    trainer.add_callback(Slow())
-    return trainer
-train._trainer = slowed
+train.finetune_model = functools.partial(train.finetune_model, callbacks=[Slow()])
 from finetune.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """

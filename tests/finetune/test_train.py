@@ -107,6 +107,22 @@ def test_early_stopping_stops_before_max_steps(tiny_model_dir, chat_file, tmp_pa
     assert metrics["train_steps"] < 200
 
 
+def test_a_callback_passed_to_finetune_model_sees_every_step(tiny_model_dir, alpaca_file, tmp_path):
+    from transformers import TrainerCallback
+
+    class Steps(TrainerCallback):
+        def __init__(self):
+            self.ended = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ended.append(state.global_step)
+
+    steps = Steps()
+    result = finetune_model(tiny_config(tiny_model_dir, alpaca_file, tmp_path / "out", max_steps=3), callbacks=[steps])
+    assert steps.ended == [1, 2, 3] and result.metrics["train_steps"] == 3
+    assert result.metrics["train_tokens_per_s"] > 0  # the recipe's own callbacks still run next to it
+
+
 def test_fewer_examples_than_a_batch_is_an_error(tiny_model_dir, alpaca_file, tmp_path):
     config = tiny_config(tiny_model_dir, alpaca_file, tmp_path / "out", max_train_samples=3)
     with pytest.raises(ValueError, match="3 examples, fewer than one batch.*per_device_train_batch_size"):
