@@ -1,5 +1,5 @@
 """Evaluation end to end on the tiny model, and every bad input it must refuse:
-pytest tests/finetune/test_evaluate_run.py"""
+pytest tests/finetune/evaluate/test_run.py"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metric functions on hand-made outputs: pytest tests/finetune/test_evaluate_metrics.py"""
+"""Metric functions on hand-made outputs: pytest tests/finetune/evaluate/test_metrics.py"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Evaluation and response_format on the OpenVINO path (openvino-genai), on the tiny model exported to IR.
 
-Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q -m slow tests/finetune/test_evaluate_openvino.py
+Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q -m slow tests/finetune/evaluate/test_openvino.py
 """
 
 from __future__ import annotations
