@@ -86,3 +86,48 @@ def test_a_documented_command_parses(argv, monkeypatch):
         _parses(argv)
     except SystemExit as stop:  # argparse's way of refusing a command line
         raise AssertionError(f"python -m {shlex.join(argv)} is refused (exit {stop.code})") from stop
+
+
+# --- every shipped config loads with the loader of its kind ----------------------------------------------------
+
+def shipped_configs() -> list[Path]:
+    """The YAML files the repository ships for users: configs/ and examples/."""
+    return sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "examples").rglob("*.yaml")])
+
+
+def _config_kind(path: Path) -> str | None:
+    """The kind of a shipped config, by the rule the test that loads it selects it by."""
+    kind = next((k for k in ("server", "improve", "quantize", "pipeline") if path.name.startswith(k)), None)
+    if kind is None and "python -m finetune " in path.read_text():  # tests/finetune/test_config.py
+        kind = "finetune"
+    if kind is None and path.name == "prices.yaml":  # tests/benchmarks/test_report.py
+        kind = "prices"
+    return kind
+
+
+def test_every_shipped_config_is_of_a_kind_a_test_loads():
+    """A new config is loaded by a test only if it has a kind: name it server*, improve* (here), quantize*
+    (tests/quantize/test_quantize_config.py) or pipeline* (tests/finetune/data/test_data_config.py), or give it a
+    `python -m finetune` header."""
+    assert [p.name for p in shipped_configs() if _config_kind(p) is None] == []
+
+
+@pytest.mark.parametrize("path", [p for p in shipped_configs() if _config_kind(p) == "server"], ids=lambda p: p.name)
+def test_a_server_config_loads(path, monkeypatch):
+    from neural_chat_app.server.settings import ServerSettings, load_settings
+
+    monkeypatch.chdir(ROOT)
+    assert isinstance(load_settings(path), ServerSettings)
+
+
+@pytest.mark.parametrize("path", [p for p in shipped_configs() if _config_kind(p) == "improve"], ids=lambda p: p.name)
+def test_an_improve_config_loads(path, monkeypatch):
+    from neural_chat_app.improve import LoopConfig
+
+    monkeypatch.chdir(ROOT)
+    assert isinstance(LoopConfig.from_yaml(path), LoopConfig)
+
+
+def test_the_server_and_improve_configs_are_found():
+    kinds = [_config_kind(p) for p in shipped_configs()]
+    assert kinds.count("server") >= 2 and kinds.count("improve") >= 1
