@@ -19,6 +19,8 @@ import random
 import time
 from pathlib import Path
 
+from quantize.artifacts import QUANTIZATION_METADATA_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DEMO_DATA = ROOT / "examples" / "data" / "aurora_support.jsonl"
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
                              calibration_file=str(calib) if needs_data else None, **fields)
         path = Path(args.out) / artifact_name(source, cfg.tag, cfg.suffix)
         start = time.perf_counter()
-        if not (path / "quantization.json").is_file():
+        if not (path / QUANTIZATION_METADATA_FILE).is_file():
             path = quantize_model(cfg)
         elif args.remeasure:
             remeasure(path)

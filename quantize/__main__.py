@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from finetune.config_binding import add_config_flags, config_overrides, load_config
+from quantize.artifacts import QUANTIZATION_METADATA_FILE
 from quantize.config import QuantizeConfig
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(output)
-    meta = json.loads((output / "quantization.json").read_text())
+    meta = json.loads((output / QUANTIZATION_METADATA_FILE).read_text())
     quality = meta.get("quality")
     if quality:
         print(f"weights {meta['weight_bytes'] / 1e6:.1f} MB, perplexity {quality['perplexity']} "

@@ -1,8 +1,10 @@
-"""Every command line a config file's header documents parses as written: its module, verb, flags and the config
-file it names (without running the stage). A documented command that the CLI would reject fails here."""
+"""Every command line a config file's header or the README documents parses as written: its module, verb, flags and
+the config file it names (without running the stage). A documented command that the CLI would reject fails here."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -30,9 +32,58 @@ def documented_commands() -> list[tuple[str, list[str]]]:
     return found
 
 
-def _parses(argv: list[str]) -> None:
+def readme_commands() -> list[tuple[str, list[str]]]:
+    """(where, argv after `python -m`) for each command in the README's bash blocks: `python -m ...` (with or without
+    .venv/bin/) and `neuralchat <verb> ...`, which runs the same module (neural_chat_app/cli.py)."""
+    from neural_chat_app.cli import VERBS
+
+    text = (ROOT / "README.md").read_text()
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            words = shlex.split(line.replace("...", "x"), comments=True)
+            words = [re.sub(r"<[^>]*>", "x", w) for w in words]
+            if words[:2] == [".venv/bin/python", "-m"] or words[:2] == ["python", "-m"]:
+                found.append((f"README: {line.strip()}", words[2:]))
+            elif words[:1] == ["neuralchat"] and len(words) > 1:
+                module, prefix = VERBS[words[1]]
+                found.append((f"README: {line.strip()}", [module.removesuffix(".__main__"), *prefix, *words[2:]]))
+    return found
+
+
+class _Parsed(BaseException):  # not an Exception: the entry points catch those and would report an error
+    pass
+
+
+def _parses_in_main(module: str, args: list[str], monkeypatch) -> None:
+    """Run the module's main(args) until its command line is parsed (argparse's parse_args, which also refuses
+    unknown arguments), and stop there: only for mains that parse with it before doing anything."""
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_and_stop(self, *a, **kw):
+        real(self, *a, **kw)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_and_stop)
+    try:
+        importlib.import_module(module).main(args)
+    except _Parsed:
+        return
+    raise AssertionError(f"python -m {module} {shlex.join(args)} returned without parsing a command line")
+
+
+def _parses(argv: list[str], monkeypatch=None) -> None:
     module, args = argv[0], argv[1:]
-    if module == "finetune":
+    if module == "finetune" and args[:1] == ["doctor"]:
+        _parses_in_main("finetune.doctor", args[1:], monkeypatch)
+    elif module == "finetune" and args[:1] == ["launch"]:
+        from finetune.launch import build_parser
+
+        before = args[1:args.index("--")] if "--" in args else args[1:]
+        build_parser().parse_known_args(before)  # what launch() parses; the rest goes to each finetune process
+    elif module == "quantize" and args[:1] == ["compare"]:
+        _parses_in_main("quantize.__main__", args, monkeypatch)
+    elif module == "finetune":
         from finetune.__main__ import parse_config
 
         parse_config(args)
@@ -68,11 +119,12 @@ def _parses(argv: list[str]) -> None:
         from benchmarks.__main__ import COMMANDS
 
         assert args[0] in COMMANDS, args
+        _parses_in_main(COMMANDS[args[0]], args[1:], monkeypatch)
     else:
         raise AssertionError(f"a documented command runs a module this test does not know: {module}")
 
 
-COMMANDS = documented_commands()
+COMMANDS = documented_commands() + readme_commands()
 
 
 def test_the_config_headers_document_commands():
@@ -83,7 +135,7 @@ def test_the_config_headers_document_commands():
 def test_a_documented_command_parses(argv, monkeypatch):
     monkeypatch.chdir(ROOT)  # the headers name files relative to the repository root
     try:
-        _parses(argv)
+        _parses(argv, monkeypatch)
     except SystemExit as stop:  # argparse's way of refusing a command line
         raise AssertionError(f"python -m {shlex.join(argv)} is refused (exit {stop.code})") from stop
 
