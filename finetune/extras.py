@@ -65,6 +65,7 @@ DEPENDENCIES: tuple[Dependency, ...] = (
     Dependency("pypdf", "pypdf", "reading PDF documents for the retrieval plugin", "rag", "7.1.0"),
     Dependency("py3langid", "py3langid", "the data pipeline's language filter", "data", "0.4.0"),
     Dependency("xgrammar", "xgrammar", "constrained decoding to a JSON schema or grammar", "eval", "0.2.8"),
+    Dependency("matplotlib", "matplotlib", "the plots of the data pipeline and of evaluation", "data", "3.11.2"),
 )
 _BY_MODULE = {d.module: d for d in DEPENDENCIES}
 

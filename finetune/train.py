@@ -155,10 +155,9 @@ def _grows_vocabulary(config: TextGenerationFinetuningConfig, tokenizer, model) 
 
 
 def _require_bitsandbytes() -> None:
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as e:
-        raise ImportError("qlora=True needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from e
+    from finetune.extras import require
+
+    require("bitsandbytes", "qlora=True")
 
 
 def _trainer(model, tokenizer, config, training_args, data, callbacks, per_example_attention=False, head=None):

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import json
 
-INSTALL_HINT = "pip install xgrammar"
+from finetune.extras import require
 
 
 class SchemaConstraint:
     """Compiled JSON-Schema grammars for one tokenizer; `processor(schema)` gives a fresh per-generate processor."""
 
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: list[int], compact: bool = True):
-        try:
-            import xgrammar as xgr
-        except ImportError as err:
-            raise ImportError(f"Constrained decoding on the transformers backend needs xgrammar: {INSTALL_HINT}") \
-                from err
+        xgr = require("xgrammar", "Constrained decoding on the transformers backend")
         self._xgr = xgr
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
         self._compiler = xgr.GrammarCompiler(info)

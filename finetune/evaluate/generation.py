@@ -185,12 +185,10 @@ class OpenVINOEngine:
     dtype = "openvino"
 
     def __init__(self, spec: ModelSpec):
-        try:
-            import openvino_genai as ov_genai
-            import openvino_tokenizers  # noqa: F401  (registers the tokenizer ops)
-        except ImportError as err:
-            raise ImportError(f"{spec.path} is an OpenVINO IR folder, which needs openvino-genai: "
-                              f"pip install openvino-genai openvino-tokenizers ({err})") from err
+        from finetune.extras import require
+
+        ov_genai = require("openvino_genai", f"{spec.path} is an OpenVINO IR folder, which")
+        require("openvino_tokenizers", f"{spec.path} is an OpenVINO IR folder, which")  # registers the tokenizer ops
         from transformers import AutoTokenizer, GenerationConfig
 
         self.ov_genai = ov_genai

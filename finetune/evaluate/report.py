@@ -121,13 +121,15 @@ def _confusion_table(matrix: dict) -> str:
 
 
 def _pyplot():
+    from finetune.extras import install_hint
+
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        logger.warning("matplotlib is not installed: no plots (%s)", install_hint("matplotlib"))
         return None
     return plt
 
