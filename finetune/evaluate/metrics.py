@@ -3,8 +3,9 @@
 Text generation: BLEU and chrF (sacrebleu, corpus level), ROUGE-1/2/L F-measure (rouge-score, mean over
 examples), exact match, and token reduction (how many fewer tokens the outputs use than the references, in
 percent: the metric of the EmoGPT guide). Extraction: JSON validity, schema validity, attribute
-precision/recall/F1 on (type, value), aspect-sentiment accuracy with a confusion matrix, overall sentiment
-accuracy.
+precision/recall/F1 on (type, value) overall and per type, aspect-sentiment precision/recall/F1 overall and per
+sentiment with a confusion matrix, overall sentiment accuracy with its own; values and aspects matched exactly or
+leniently (finetune.extraction.matching).
 """
 
 from __future__ import annotations
@@ -97,11 +98,12 @@ def normalize(value) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _attributes(obj) -> set[tuple[str, str]]:
+def _attributes(obj) -> list[tuple[str, str]]:
     items = obj.get("attributes") if isinstance(obj, dict) else None
     if not isinstance(items, list):
-        return set()
-    return {(str(a.get("type", "")).upper(), normalize(a.get("value", ""))) for a in items if isinstance(a, dict)}
+        return []
+    found = {(str(a.get("type", "")).upper(), normalize(a.get("value", ""))) for a in items if isinstance(a, dict)}
+    return sorted(found)
 
 
 def _aspects(obj) -> dict[str, str]:
@@ -122,8 +124,41 @@ def _prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
     return 100 * p, 100 * r, 100 * f
 
 
-def extraction_metrics(predictions: list[str], references: list[str], schema: dict | None = None) -> dict:
-    """Score extraction replies against reference JSON strings (each a valid JSON object)."""
+def _prf_table(counts: dict[str, Counter]) -> dict[str, dict[str, float]]:
+    return {k: dict(zip(("precision", "recall", "f1"), (round(x, 2) for x in _prf(c["tp"], c["pred"], c["gold"]))))
+            for k, c in counts.items()}
+
+
+def _pairs(predicted: list, gold: list, same) -> list[tuple]:
+    """Greedy one-to-one pairing, each gold item with the first unpaired prediction that `same` accepts."""
+    free, pairs = list(predicted), []
+    for g in gold:
+        for p in free:
+            if same(p, g):
+                free.remove(p)
+                pairs.append((p, g))
+                break
+    return pairs
+
+
+MATCHING = ("exact", "lenient")
+
+
+def extraction_metrics(predictions: list[str], references: list[str], schema: dict | None = None,
+                       matching: str = "exact") -> dict:
+    """Score extraction replies against reference JSON strings (each a valid JSON object).
+
+    `matching` decides when a predicted attribute value or aspect names the gold one: "exact" (equal after
+    normalize) or "lenient" (finetune.extraction.matching.phrases_match: half the words of the longer phrase, up
+    to word endings). An attribute also needs the gold type; an aspect counts for aspect-sentiment F1 when its
+    sentiment is the gold one too."""
+    if matching not in MATCHING:
+        raise ValueError(f"matching must be one of {MATCHING}, got {matching!r}")
+    if matching == "lenient":
+        from finetune.extraction.matching import phrases_match as same
+    else:
+        def same(a: str, b: str) -> bool:
+            return a == b
     _check_lengths(predictions, references)
     validator = None
     if schema is not None:
@@ -132,13 +167,13 @@ def extraction_metrics(predictions: list[str], references: list[str], schema: di
         validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
     n = len(predictions)
     json_valid = schema_valid = exact = 0
-    attr_tp = attr_pred = attr_gold = 0
-    asp_tp = asp_pred = asp_gold = 0
     overall_correct = 0
     confusion = {g: dict.fromkeys((*SENTIMENTS, MISSING), 0) for g in SENTIMENTS}
     overall_confusion = {g: dict.fromkeys((*OVERALL_SENTIMENTS, MISSING), 0) for g in OVERALL_SENTIMENTS}
     per_type = {t: Counter() for t in ("INTEREST", "PREFERENCE", "DISLIKE", "BEHAVIOR")}
+    per_sentiment = {s: Counter() for s in SENTIMENTS}
     per_aspect: dict[str, Counter] = {}
+    attr_all, asp_all = Counter(), Counter()
     for pred_text, ref_text in zip(predictions, references):
         gold = json.loads(ref_text)
         strict = parse_strict(pred_text)
@@ -148,49 +183,60 @@ def extraction_metrics(predictions: list[str], references: list[str], schema: di
                 schema_valid += 1
         pred = strict if strict is not None else parse_lenient(pred_text)
         pa, ga = _attributes(pred), _attributes(gold)
-        attr_tp += len(pa & ga)
-        attr_pred += len(pa)
-        attr_gold += len(ga)
-        for t, _ in ga:
-            if t in per_type:
-                per_type[t]["gold"] += 1
-                per_type[t]["tp"] += sum(1 for x in pa & ga if x[0] == t)
-        for t, _ in pa:
-            if t in per_type:
-                per_type[t]["pred"] += 1
+        attr_pairs = _pairs(pa, ga, lambda p, g: p[0] == g[0] and same(p[1], g[1]))
+        for counts, items in (("pred", pa), ("gold", ga), ("tp", [g for _, g in attr_pairs])):
+            for t, _ in items:
+                attr_all[counts] += 1
+                if t in per_type:
+                    per_type[t][counts] += 1
         ps, gs = _aspects(pred), _aspects(gold)
-        asp_pred += len(ps)
-        asp_gold += len(gs)
+        named = dict(_pairs(list(ps), list(gs), same))  # predicted name -> gold name
+        got_for = {g: ps[p] for p, g in named.items()}
+        for sentiment in ps.values():
+            asp_all["pred"] += 1
+            if sentiment in per_sentiment:
+                per_sentiment[sentiment]["pred"] += 1
         for name, sentiment in gs.items():
-            got = ps.get(name, MISSING)
+            got = got_for.get(name, MISSING)
             got = got if got in confusion[sentiment] else MISSING
             confusion[sentiment][got] += 1
+            asp_all["gold"] += 1
+            per_sentiment[sentiment]["gold"] += 1
             counter = per_aspect.setdefault(name, Counter())
             counter["gold"] += 1
             if got == sentiment:
-                asp_tp += 1
+                asp_all["tp"] += 1
+                per_sentiment[sentiment]["tp"] += 1
                 counter["correct"] += 1
         gold_overall = str(gold.get("sentiment", "")).upper()
         pred_overall = str(pred.get("sentiment", MISSING)).upper() if isinstance(pred, dict) else MISSING
         if gold_overall in overall_confusion:
             overall_confusion[gold_overall][pred_overall if pred_overall in OVERALL_SENTIMENTS else MISSING] += 1
         overall_correct += pred_overall == gold_overall
-        exact += pred is not None and pa == ga and ps == gs and pred_overall == gold_overall
-    ap, ar, af = _prf(attr_tp, attr_pred, attr_gold)
-    sp, sr, sf = _prf(asp_tp, asp_pred, asp_gold)
+        exact += (pred is not None and len(attr_pairs) == len(pa) == len(ga) and len(named) == len(ps) == len(gs)
+                  and all(got_for[g] == gs[g] for g in got_for) and pred_overall == gold_overall)
+    ap, ar, af = _prf(attr_all["tp"], attr_all["pred"], attr_all["gold"])
+    sp, sr, sf = _prf(asp_all["tp"], asp_all["pred"], asp_all["gold"])
+    overall_counts = {s: Counter(tp=overall_confusion[s][s], gold=sum(overall_confusion[s].values()),
+                                 pred=sum(row[s] for row in overall_confusion.values()))
+                      for s in OVERALL_SENTIMENTS}
     return {
+        "matching": matching,
         "json_validity": 100 * json_valid / n,
         "schema_validity": 100 * schema_valid / n if validator is not None else None,
         "attribute_precision": ap,
         "attribute_recall": ar,
         "attribute_f1": af,
-        "aspect_sentiment_accuracy": 100 * asp_tp / asp_gold if asp_gold else None,
+        "aspect_sentiment_accuracy": 100 * asp_all["tp"] / asp_all["gold"] if asp_all["gold"] else None,
         "aspect_precision": sp,
         "aspect_recall": sr,
         "aspect_f1": sf,
         "overall_sentiment_accuracy": 100 * overall_correct / n,
         "extraction_exact_match": 100 * exact / n,
-        "attribute_f1_by_type": {t: round(_prf(c["tp"], c["pred"], c["gold"])[2], 2) for t, c in per_type.items()},
+        "attribute_f1_by_type": {t: row["f1"] for t, row in _prf_table(per_type).items()},
+        "attribute_prf_by_type": _prf_table(per_type),
+        "aspect_prf_by_sentiment": _prf_table(per_sentiment),
+        "overall_prf_by_sentiment": _prf_table(overall_counts),
         "aspect_accuracy_by_sentiment": {
             g: round(100 * row[g] / sum(row.values()), 2) if sum(row.values()) else None
             for g, row in confusion.items()
