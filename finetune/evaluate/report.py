@@ -12,13 +12,13 @@ RESULTS_FILE = "eval_results.json"
 REPORT_FILE = "eval_report.md"
 COLUMNS = [
     ("perplexity", "ppl"), ("json_validity", "JSON valid %"), ("schema_validity", "schema valid %"),
-    ("attribute_f1", "attr F1"), ("aspect_sentiment_accuracy", "aspect acc"),
+    ("attribute_f1", "attr F1"), ("aspect_f1", "aspect-sent F1"), ("aspect_sentiment_accuracy", "aspect acc"),
     ("overall_sentiment_accuracy", "overall acc"), ("extraction_exact_match", "exact %"), ("bleu", "BLEU"),
     ("chrf", "chrF"), ("rouge1", "R-1"), ("rouge2", "R-2"), ("rougeL", "R-L"), ("exact_match", "EM %"),
     ("token_reduction_pct", "tok red %"), ("examples_per_s", "ex/s"),
 ]
 BAR_METRICS = {
-    "extraction": ["json_validity", "schema_validity", "attribute_f1", "aspect_sentiment_accuracy",
+    "extraction": ["json_validity", "schema_validity", "attribute_f1", "aspect_f1", "aspect_sentiment_accuracy",
                    "overall_sentiment_accuracy"],
     "default": ["bleu", "chrf", "rouge1", "rougeL", "exact_match"],
 }

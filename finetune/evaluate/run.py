@@ -15,7 +15,7 @@ from finetune.evaluate.data import EvalError, Example, examples_from_records, lo
 logger = logging.getLogger(__name__)
 
 HEADLINE = {
-    "extraction": ["json_validity", "schema_validity", "attribute_f1", "aspect_sentiment_accuracy",
+    "extraction": ["json_validity", "schema_validity", "attribute_f1", "aspect_f1", "aspect_sentiment_accuracy",
                    "overall_sentiment_accuracy", "extraction_exact_match"],
     "default": ["bleu", "chrf", "rougeL", "exact_match"],
 }
@@ -44,6 +44,9 @@ class EvalConfig:
     """Extraction: worked examples for the first model (the baseline) only; a base model needs some."""
     schema: str | None = None
     """JSON Schema file for extraction; default: finetune/schemas/extraction.schema.json."""
+    matching: Literal["exact", "lenient"] = "exact"
+    """Extraction: when a predicted value or aspect names the gold one: exact (equal once normalized) or lenient
+    (half the words of the longer phrase, up to word endings; finetune/extraction/matching.py)."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Weights and activations of transformers models; auto: bfloat16 where the CPU has AMX/AVX512-BF16."""
     perplexity: bool = True
@@ -66,6 +69,7 @@ class EvalConfig:
         check_choice("EvalConfig.task", self.task, TASKS)
         check_choice("EvalConfig.constrained", self.constrained, ("off", "on", "both"))
         check_choice("EvalConfig.dtype", self.dtype, ("auto", "bfloat16", "float32"))
+        check_choice("EvalConfig.matching", self.matching, ("exact", "lenient"))
         for name in ("max_new_tokens", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"EvalConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -146,7 +150,7 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
                 seconds = time.perf_counter() - started
                 metrics = {"perplexity": ppl, **text_metrics(outputs, references, count_tokens)}
                 if config.task == "extraction":
-                    metrics.update(extraction_metrics(outputs, references, schema))
+                    metrics.update(extraction_metrics(outputs, references, schema, config.matching))
                 metrics["examples"] = len(examples)
                 metrics["generation_seconds"] = round(seconds, 2)
                 metrics["examples_per_s"] = round(len(examples) / seconds, 3) if seconds else None
