@@ -120,3 +120,46 @@ def test_backend_failure_is_an_error_body_not_a_crash(make_server, slow_backend)
     error = _error(_post(server, {"messages": [{"role": "user", "content": "x"}]}), 500)
     assert "boom" in error["message"]
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def _raw_post(server, body: bytes, declared: int | None = None) -> tuple[int, dict]:
+    """POST over a plain socket, sending the whole body the way a naive client does, then read the answer: a
+    server that answers early and closes makes this fail with a connection reset, as it did for curl."""
+    import json
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(server.url)
+    head = (f"POST {CHAT} HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) if declared is None else declared}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        sock.sendall(head)
+        for start in range(0, len(body), 65536):
+            sock.sendall(body[start:start + 65536])
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, json.loads(data.split(b"\r\n\r\n", 1)[1] or b"{}")
+
+
+@pytest.mark.parametrize("name, body, status, words", [
+    ("nested 5,000 levels", b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested too deeply"),
+    ("a lone surrogate", b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', 400, "lone surrogate"),
+    ("invalid UTF-8", b'{"messages": [{"role": "user", "content": "caf\xe9 \xff"}]}', 400, "UTF-8"),
+    ("just over the body limit", b'{"messages": [{"role": "user", "content": "' + b"x" * 1_000_100 + b'"}]}', 413,
+     "limit"),
+])
+def test_hostile_bodies_get_a_4xx_and_the_server_keeps_answering(make_server, name, body, status, words):
+    server = make_server()
+    got, answer = _raw_post(server, body)
+    assert got == status, (name, answer)
+    assert words in answer["error"]["message"], answer
+    ok = _post(server, {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2})
+    assert ok.status_code == 200, ok.text
+
+
+def test_a_lone_surrogate_is_named_by_its_field(make_server):
+    server = make_server()
+    _, answer = _raw_post(server, b'{"messages": [{"role": "user", "content": "\\udc00"}]}')
+    assert answer["error"]["param"] == "messages.0.content"
