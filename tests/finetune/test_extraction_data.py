@@ -135,3 +135,19 @@ def test_messages_for_adds_few_shot_turns():
     assert messages[2]["content"] == to_json(FEW_SHOT[0][1])
     with pytest.raises(ValueError, match="few_shot"):
         messages_for("x", few_shot=9)
+
+
+def test_the_natural_set_passes_its_checks_and_its_built_files_are_current(capsys):
+    """Every hand-written label is schema-valid and grounded in the user's words, no text repeats, and the train
+    and dev chat files are what `python -m finetune.extraction.natural build` makes of the sources."""
+    import json
+
+    from finetune.extraction import natural
+
+    sources = sorted(natural.SOURCES.glob("*.jsonl"))
+    assert natural.check(sources) == 0, capsys.readouterr().out
+    records = [r for _, _, r in natural.read_sources(sources)]
+    for split, path in natural.OUTPUTS.items():
+        built = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        assert built == [natural.chat_record(r) for r in records if r["split"] == split], path
+    assert sum(r["split"] == "train" for r in records) >= 800 and sum(r["split"] == "dev" for r in records) >= 200
