@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from finetune.config_binding import check_choice, type_hints
 
-Task = Literal["", "completion", "chat", "summarization"]
+# completion: NeuralChat's, an instruction answered (the chat template's user turn, or the Alpaca prompt of
+# finetune's completion task where the model has no template); text: the text continued as given (/v1/completions)
+Task = Literal["", "completion", "chat", "summarization", "text"]
 Backend = Literal["auto", "torch", "openvino"]
 Device = Literal["auto", "cpu", "cuda", "gpu", "xpu", "hpu"]
 QUANTIZE_ISSUE = "issue 5 (`quantize`: INT8/INT4 through Neural Compressor and OpenVINO)"

@@ -274,5 +274,5 @@ async def chat_completions(request: Request):
 @router.post("/v1/completions")
 async def completions(request: Request):
     req = await read_body(request, CompletionRequest)
-    turn = await _prepare(request, req, [{"role": "user", "content": req.prompt}], "completion", "completion")
+    turn = await _prepare(request, req, [{"role": "user", "content": req.prompt}], "text", "completion")
     return await _respond(turn, req)

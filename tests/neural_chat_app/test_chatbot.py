@@ -162,3 +162,23 @@ def test_torch_backend_refuses_openvino_folder(tmp_path):
     (tmp_path / "openvino_tokenizer.xml").write_text("<net/>")
     with pytest.raises(ValueError, match="openvino"):
         build_chatbot(PipelineConfig(model_name_or_path=str(tmp_path), backend="torch"))
+
+
+def test_task_text_continues_and_completion_asks(tiny_bot):
+    """'text' is the text as given; 'completion' asks the last query as an instruction: one turn in the chat
+    template (after the system message; history dropped), or finetune's Alpaca prompt without a template."""
+    from finetune.formatting import completion_prompt
+
+    tokenizer = tiny_bot.backend.tokenizer
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "old question"},
+               {"role": "assistant", "content": "old answer"}, {"role": "user", "content": "What is AMX?"}]
+    assert tokenizer.decode(prompt_ids(tokenizer, history[-1:], "text")) == "What is AMX?"
+    asked = tokenizer.decode(prompt_ids(tokenizer, history, "completion"))
+    assert "What is AMX?" in asked and "Be brief." in asked and "old question" not in asked
+    assert asked == tokenizer.decode(prompt_ids(tokenizer, [history[0], history[-1]], "chat"))
+    template, tokenizer.chat_template = tokenizer.chat_template, None
+    try:
+        assert tokenizer.decode(prompt_ids(tokenizer, history, "completion")).endswith(completion_prompt(
+            "What is AMX?"))
+    finally:
+        tokenizer.chat_template = template

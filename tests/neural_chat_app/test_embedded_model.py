@@ -42,3 +42,18 @@ def test_openai_client_against_the_embedded_model(tmp_path):
     assert reply.model == "smollm2-135m-instruct"
     assert reply.choices[0].message.content.strip()
     assert streamed == reply.choices[0].message.content
+
+
+def test_neuralchat_completion_task_answers_on_the_instruct_model():
+    """NeuralChat's completion task on an instruct model: the query is answered as an instruction (it returned an
+    empty string as plain text), while 'text' still continues the text as given, as /v1/completions does."""
+    from neural_chat_app import GenerationConfig, PipelineConfig, build_chatbot
+    from neural_chat_app.prompts import prompt_ids
+
+    bot = build_chatbot(PipelineConfig())
+    query = "Tell me about Intel Xeon Scalable Processors."
+    answer = bot.predict(query=query, config=GenerationConfig(max_new_tokens=32, task="completion", do_sample=False))
+    assert len(answer.split()) >= 8 and ("Xeon" in answer or "processor" in answer.lower()), answer
+    tokenizer = bot.backend.tokenizer
+    assert tokenizer.decode(prompt_ids(tokenizer, [{"role": "user", "content": query}], "text")) == query
+    bot.close()
