@@ -54,9 +54,11 @@ def _improve(args) -> int:
 
 
 def _serve(args) -> int:
-    import uvicorn
-
+    from finetune.extras import require
     from finetune.hardware import configure_threads
+
+    require("fastapi", "The chat server")
+    uvicorn = require("uvicorn", "The chat server")
     from neural_chat_app.server import create_app, load_settings
 
     settings = load_settings(args.config, config_overrides(args))

@@ -37,11 +37,10 @@ def import_exporters():
         import openvino_tokenizers  # noqa: F401  (registers the tokenizer ops with OpenVINO)
         from openvino_tokenizers import convert_tokenizer
         from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
-    except ImportError as err:  # includes torchvision's clash with the CPU torch (scripts/setup.sh)
+    except ImportError as err:  # a torchvision built for CUDA is hidden first (finetune/torchvision_guard.py)
         raise ImportError(
             f"Exporting to OpenVINO needs optimum-intel and openvino-tokenizers ({err}). Install them with: "
-            f"{install_hint('optimum.intel', 'openvino_genai', 'openvino_tokenizers')}. If the error mentions "
-            "torchvision, uninstall it: pip uninstall -y torchvision"
+            f"{install_hint('optimum.intel', 'openvino_genai', 'openvino_tokenizers')}"
         ) from err
     return OVModelForCausalLM, OVWeightQuantizationConfig, convert_tokenizer
 

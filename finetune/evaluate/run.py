@@ -119,6 +119,11 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
         examples = load_examples(config.data, config.task, config.max_examples)
     elif not examples:
         raise EvalError("The eval set is empty: nothing to score.")
+    from finetune.extras import require
+
+    # before any model loads: a missing scorer would otherwise fail after all the generation
+    for module in ("jsonschema",) if config.task == "extraction" else ("sacrebleu", "rouge_score"):
+        require(module, f"Scoring task={config.task!r}")
     schema = None
     if config.task == "extraction":
         from finetune.extraction import load_schema
