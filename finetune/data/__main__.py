@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SmallDatasetWarning)  # printed below from the stats, once
             result = prepare_dataset(cfg)
-    except (ConfigError, FileNotFoundError, SourceError, NoConversationsError) as e:
+    except (ConfigError, FileNotFoundError, SourceError, NoConversationsError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     for message in result.stats["warnings"]:

@@ -49,6 +49,17 @@ class PrepareResult:
     rejects: Path
 
 
+def _require_backends(cfg: DataPipelineConfig) -> None:
+    """The data extra's libraries this config uses, checked before any file is read."""
+    from finetune.extras import require
+
+    if "phone" in cfg.clean.redact:
+        require("phonenumbers", "clean.redact: phone")
+    if cfg.dedup.near:
+        require("datasketch", "dedup.near")
+    require("matplotlib", "The token-length plot (token_lengths.png)")
+
+
 def prepare_dataset(config: DataPipelineConfig | dict | str | Path) -> PrepareResult:
     """Run the whole pipeline; see DataPipelineConfig for every setting.
 
@@ -61,6 +72,7 @@ def prepare_dataset(config: DataPipelineConfig | dict | str | Path) -> PrepareRe
     cfg = _as_config(config)
     if not cfg.ingest.paths:
         raise ConfigError("ingest.paths is empty: name the files or folders to read (or pass --input)")
+    _require_backends(cfg)
     out = Path(cfg.export.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_old_outputs(out)
