@@ -97,10 +97,17 @@ def gguf_file_name(cfg: QuantizeConfig) -> str:
     return f"model-{cfg.scheme}.gguf"
 
 
+# The converter imports transformers, which imports a torchvision built for CUDA where pip installed one beside the
+# CPU torch and then fails ("Could not import module 'LlamaConfig'"): it runs behind our guard.
+_RUN_HIDING_TORCHVISION = ("import os, runpy, sys; import finetune  # hides a mismatched torchvision\n"
+                           "sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(sys.argv[0]))\n"
+                           "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
 def convert(source: Path, out_file: Path, outtype: str = "f16") -> Path:
     """`source` (a Hugging Face folder) as a GGUF file of `outtype` (f16, bf16 or q8_0), by llama.cpp's converter."""
-    command = [sys.executable, str(converter_dir() / "convert_hf_to_gguf.py"), str(source), "--outfile",
-               str(out_file), "--outtype", outtype]
+    command = [sys.executable, "-c", _RUN_HIDING_TORCHVISION, str(converter_dir() / "convert_hf_to_gguf.py"),
+               str(source), "--outfile", str(out_file), "--outtype", outtype]
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the converter's own gguf-py, not PyPI's
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode or not out_file.is_file():
