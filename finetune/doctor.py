@@ -163,10 +163,8 @@ def _report_model_packages(report: Report) -> None:
     from finetune.home import cache_home
     from finetune.model_packages import EMBEDDED_MODELS, EMBEDDING_MODEL, fetched_folder, installed_folder
 
-    wanted = {m.requirement: (m.module, f"the embedded model {m.name}") for m in EMBEDDED_MODELS.values()
-              if not m.chunk_packages}
-    wanted.update({f"{m.package}-part{i}=={m.version}": (f"{m.module}_part{i}", f"the embedded model {m.name}")
-                   for m in EMBEDDED_MODELS.values() for i in range(1, m.chunk_packages + 1)})
+    wanted = {requirement: (module, f"the embedded model {m.name}")
+              for m in EMBEDDED_MODELS.values() for module, requirement in m.packages()}
     wanted[EMBEDDING_MODEL[1]] = (EMBEDDING_MODEL[0], "the retrieval plugin's embedding model")
     states = {}
     for requirement, (module, purpose) in wanted.items():

@@ -59,6 +59,13 @@ class EmbeddedModel:
     def version(self) -> str:
         return self.requirement.partition("==")[2]
 
+    def packages(self) -> list[tuple[str, str]]:
+        """(module, requirement) of each package that holds the file: the package itself, or its chunk packages."""
+        if not self.chunk_packages:
+            return [(self.module, self.requirement)]
+        return [(f"{self.module}_part{i}", f"{self.package}-part{i}=={self.version}")
+                for i in range(1, self.chunk_packages + 1)]
+
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     m.name: m
@@ -105,9 +112,8 @@ def embedded_gguf_path(model: EmbeddedModel) -> Path:
         return path
     target = cache_home() / "embedded" / model.gguf_file
     if not target.is_file():
-        chunks = [package_folder(f"{model.module}_part{i}", f"{model.package}-part{i}=={model.version}",
-                                 cache_home()) / "data" / f"{model.gguf_file}.part{i - 1:02d}"
-                  for i in range(1, model.chunk_packages + 1)]
+        chunks = [package_folder(module, requirement, cache_home()) / "data" / f"{model.gguf_file}.part{i:02d}"
+                  for i, (module, requirement) in enumerate(model.packages())]
         _join_chunks(chunks, target, model.sha256)
     return target
 
