@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from finetune.extraction import SYSTEM_PROMPT, load_schema, to_json
+from finetune.extraction import load_schema, messages_for, to_json
 from finetune.extraction.matching import grounded, phrase_words
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +32,8 @@ IMPLICIT_ASPECTS = frozenset({
     "delivery", "shipping", "price", "value", "wait", "service", "staff", "food", "quality", "size", "fit", "app",
     "support", "noise", "location", "cleanliness", "speed", "battery", "sound", "comfort", "taste", "portion",
 })
+
+
 def check_record(record: dict, validator=None) -> list[str]:
     """What is wrong with one source record; empty when it is usable."""
     problems = []
@@ -79,9 +81,7 @@ def read_sources(paths: list[Path]) -> list[tuple[str, int, dict]]:
 
 
 def chat_record(record: dict) -> dict:
-    return {"messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                         {"role": "user", "content": record["text"]},
-                         {"role": "assistant", "content": to_json(record["output"])}]}
+    return {"messages": [*messages_for(record["text"]), {"role": "assistant", "content": to_json(record["output"])}]}
 
 
 def check(paths: list[Path]) -> int:
