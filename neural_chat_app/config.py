@@ -49,6 +49,14 @@ class GenerationConfig:
     seed: int | None = None
     response_format: dict | None = None
     """A JSON Schema (or OpenAI's {"type": "json_schema", ...}) the reply must match: see structured.py."""
+    presence_penalty: float = 0.0
+    """OpenAI's: subtracted from the logit of every token already in the reply (-2 to 2)."""
+    frequency_penalty: float = 0.0
+    """OpenAI's: subtracted once per earlier occurrence in the reply (-2 to 2)."""
+    logit_bias: dict[int, float] | None = None
+    """Token id -> a bias added to its logit (-100 to 100)."""
+    logprobs: int | None = None
+    """Record each reply token's log-probability and this many most likely alternatives (0-20); None: none."""
 
     def __post_init__(self):
         name = "GenerationConfig"
@@ -65,6 +73,15 @@ class GenerationConfig:
             self.stop = [self.stop]
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"GenerationConfig.stop must be a list of non-empty strings, got {self.stop!r}")
+        check_range(name, "presence_penalty", self.presence_penalty, -2.0, 2.0)
+        check_range(name, "frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        if self.logprobs is not None:
+            check_range(name, "logprobs", self.logprobs, 0, 20, kind=int)
+        if self.logit_bias:
+            for token, bias in self.logit_bias.items():
+                check_range(f"{name}.logit_bias", str(token), bias, -100.0, 100.0)
+                if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                    raise ValueError(f"{name}.logit_bias keys must be token ids (integers >= 0), got {token!r}")
         if self.response_format is not None:
             from neural_chat_app.structured import json_schema_of
 

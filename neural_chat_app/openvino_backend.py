@@ -40,6 +40,7 @@ def _import_genai():
 
 class OpenVINOBackend:
     kind = "openvino"
+    features = frozenset()  # token log-probabilities and logit bias: not through openvino-genai here
     dtype = "openvino"
 
     def __init__(self, folder: str | Path, model_id: str, max_concurrency: int = 8, cache_size_gb: int = 1,

@@ -25,6 +25,8 @@ def ov_generation_config(ov_genai, config: GenerationConfig, eos_token_ids: list
     cfg = ov_genai.GenerationConfig()
     cfg.max_new_tokens = config.max_new_tokens
     cfg.repetition_penalty = config.repetition_penalty
+    cfg.presence_penalty = config.presence_penalty
+    cfg.frequency_penalty = config.frequency_penalty
     cfg.stop_token_ids = set(eos_token_ids)
     cfg.eos_token_id = eos_token_ids[0]
     if config.json_schema is not None:

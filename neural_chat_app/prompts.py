@@ -15,7 +15,8 @@ def resolve_task(task: str, tokenizer) -> str:
     return "chat" if getattr(tokenizer, "chat_template", None) else "text"
 
 
-def prompt_ids(tokenizer, messages: list[dict], task: str) -> list[int]:
+def prompt_ids(tokenizer, messages: list[dict], task: str, tools: list[dict] | None = None) -> list[int]:
+    """`tools` (OpenAI's function definitions) go to the chat template, for the chat task."""
     task = resolve_task(task, tokenizer)
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if task == "text":
@@ -37,7 +38,8 @@ def prompt_ids(tokenizer, messages: list[dict], task: str) -> list[int]:
         )
     # rendered as text, then tokenized as apply_chat_template does (no added specials): render_chat checks the
     # text for a dropped system message, so rendering it once serves both
-    text = render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True)
+    extra = {"tools": tools} if tools else {}
+    text = render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True, **extra)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -21,6 +21,8 @@ class StreamResult:
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     finished_at: float | None = None
+    tokens: list | None = None  # logits.TokenLogprob per reply token, when GenerationConfig.logprobs asks
+    emitted_chars: int = 0  # characters the backend produced, before stop strings cut any
 
     def mark_token(self) -> None:
         if self.first_token_at is None:
@@ -42,10 +44,35 @@ class StreamResult:
         return (self.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0
 
 
+class Detokenizer:
+    """Token ids to text, one token at a time: each step decodes a short window (the tokens since the last emitted
+    text plus those just before it, for word-boundary spaces) and emits what is new. A window that ends inside a
+    UTF-8 character decodes to U+FFFD: that text waits for the next token."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # window start
+        self.read = 0  # tokens before this were emitted
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        text = decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(before) :]
+
+
 class Backend(Protocol):
     """A loaded model that streams text. Implementations: TorchBackend, OpenVINOBackend."""
 
     kind: str
+    # what it can do beyond streaming text: "logprobs" (GenerationConfig.logprobs), "logit_bias", "echo" (score
+    # a prompt: a `prompt_logprobs(ids, top)` method); the server refuses a request field that needs a missing one
+    features: frozenset[str]
     model_id: str
     tokenizer: object  # a transformers tokenizer: chat template and token counts
     max_concurrency: int  # streams it runs at once with a gain (batching); the server admits this many

@@ -1,7 +1,8 @@
-"""The transformers backend: `generate` in a worker thread, text streamed through TextIteratorStreamer."""
+"""The transformers backend: `generate` in a worker thread, its tokens detokenized and streamed as they come."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ import torch
 
 from finetune.models import eos_token_ids
 from neural_chat_app.config import GenerationConfig
-from neural_chat_app.streaming import StreamResult
+from neural_chat_app.streaming import Detokenizer, StreamResult
 
 
 class _CancelCriteria:
@@ -23,8 +24,27 @@ class _CancelCriteria:
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool)
 
 
+class _TokenStreamer:
+    """generate()'s streamer: the new token ids into a queue (the prompt, pushed first, is skipped); None ends."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.queue.put(token)
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
 class TorchBackend:
     kind = "torch"
+    features = frozenset({"logprobs", "logit_bias", "echo"})
 
     def __init__(self, model, tokenizer, model_id: str, max_concurrency: int = 1):
         self.model = model.eval()
@@ -42,60 +62,57 @@ class TorchBackend:
         return str(self.model.dtype).removeprefix("torch.")
 
     def _generate_kwargs(self, config: GenerationConfig) -> dict:
-        kwargs = {
+        # generate()'s own processors are neutral: logits.logits_chain applies them, in a known order
+        return {
             "max_new_tokens": config.max_new_tokens,
-            "repetition_penalty": config.repetition_penalty,
             "num_beams": 1,
             "use_cache": config.use_cache,
             "eos_token_id": self.eos_token_ids,
             "pad_token_id": self.tokenizer.pad_token_id or self.eos_token_ids[0],
-        }
-        if config.greedy:
-            return {**kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {
-            **kwargs,
-            "do_sample": True,
-            "temperature": config.temperature,
-            "top_p": config.top_p,
-            "top_k": config.top_k,
+            "do_sample": not config.greedy,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "min_p": None,
         }
 
-    def _logits_processors(self, config: GenerationConfig) -> dict:
+    def _schema_processor(self, config: GenerationConfig):
         schema = config.json_schema
         if schema is None:
-            return {}
+            return None
         if self._schema_constraint is None:
             from finetune.evaluate.constrained import SchemaConstraint
 
             self._schema_constraint = SchemaConstraint(self.tokenizer, self.model.config.vocab_size,
                                                        self.eos_token_ids)
-        processors = [self._schema_constraint.processor(schema)]  # a fresh one per call: it keeps state
-        if config.greedy:
-            return {"logits_processor": processors}
-        # transformers runs user processors after its own sampling warpers, and top-k/top-p may keep only
-        # tokens the grammar forbids (then nothing is left to sample): mask first, then warp here.
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+        return self._schema_constraint.processor(schema)  # a fresh one per call: it keeps state
 
-        if config.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(config.temperature))
-        if config.top_k > 0:
-            processors.append(TopKLogitsWarper(config.top_k))
-        if config.top_p < 1.0:
-            processors.append(TopPLogitsWarper(config.top_p))
-        return {"logits_processor": processors, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list:
+        """`echo`: the prompt's own tokens scored (logits.prompt_logprobs)."""
+        from neural_chat_app.logits import prompt_logprobs
+
+        return prompt_logprobs(self.model, prompt_ids, top)
 
     def stream(
         self, prompt_ids: list[int], config: GenerationConfig, result: StreamResult, cancel: threading.Event
     ) -> Iterator[str]:
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        from neural_chat_app.logits import LogprobRecorder, logits_chain
 
         if config.num_beams > 1:
             raise ValueError("GenerationConfig.num_beams > 1 cannot stream; use num_beams=1")
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.model.device)
         result.prompt_tokens = len(prompt_ids)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        recorder = LogprobRecorder(config.logprobs) if config.logprobs is not None else None
+        if recorder is not None:
+            result.tokens = []
+        # before the thread: a bad schema or logit_bias raises here
+        chain = logits_chain(config, len(prompt_ids), self.model.config.vocab_size, self._schema_processor(config),
+                             recorder)
+        streamer = _TokenStreamer()
         outcome: dict = {}
-        constraint = self._logits_processors(config)  # before the thread: a bad schema raises here
         if config.seed is not None:
             torch.manual_seed(config.seed)
 
@@ -106,19 +123,27 @@ class TorchBackend:
                         input_ids=input_ids,
                         attention_mask=torch.ones_like(input_ids),
                         streamer=streamer,
+                        logits_processor=LogitsProcessorList(chain),
                         stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
-                        **{**self._generate_kwargs(config), **constraint},
+                        **self._generate_kwargs(config),
                     )
             except BaseException as err:  # handed to the consumer, which re-raises it
                 outcome["error"] = err
-                streamer.on_finalized_text("", stream_end=True)
+                streamer.end()
 
         worker = threading.Thread(target=run, name="generate", daemon=True)
         worker.start()
+        detokenizer = Detokenizer(self.tokenizer)
         try:
-            for text in streamer:
+            for step, token in enumerate(iter(streamer.queue.get, None)):
+                if recorder is not None:
+                    entry = recorder.entry(step, token)
+                    entry.offset = result.emitted_chars
+                    result.tokens.append(entry)
+                text = detokenizer.add(token)
                 if text:
                     result.mark_token()
+                    result.emitted_chars += len(text)
                     yield text
         finally:
             if worker.is_alive():

@@ -1,20 +1,26 @@
-"""POST /v1/chat/completions and /v1/completions: OpenAI's request and response shapes, SSE streaming."""
+"""POST /v1/chat/completions and /v1/completions: OpenAI's request and response shapes, SSE streaming.
+
+A request is a Turn: one or more Choices (n, best_of, several prompts), generated one after another in one
+admission slot. The response shapes (choices, logprobs, tool calls) are built in openai_shapes.py.
+"""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
 
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from neural_chat_app.config import GenerationConfig
 from neural_chat_app.generate import generate_stream
 from neural_chat_app.prompts import prompt_ids
+from neural_chat_app.server import openai_shapes as shapes
 from neural_chat_app.server.admission import QueueFull
 from neural_chat_app.server.errors import APIError
 from neural_chat_app.server.schemas import ChatCompletionRequest, CompletionRequest
@@ -25,13 +31,31 @@ router = APIRouter(dependencies=[Depends(check_api_key)])
 _END = object()
 
 
-class Turn:
-    """One request's generation: its inputs, its StreamResult, and where it is logged."""
+@dataclass
+class Choice:
+    """One generation of a request: its prompt ids, settings and result; `echo` is the prompt text shown before
+    the reply (completions with echo) and `prompt_tokens` its scored tokens."""
 
-    def __init__(self, state: ServerState, backend, messages, ids, config, session: str | None, kind: str):
-        self.state, self.backend, self.messages, self.ids, self.config = state, backend, messages, ids, config
+    index: int
+    prompt: int  # which of the request's prompts
+    ids: list[int]
+    config: GenerationConfig
+    result: StreamResult = field(default_factory=StreamResult)
+    echo: str | None = None
+    prompt_tokens: list | None = None
+    text: str = ""
+    tool_calls: list[dict] | None = None
+    generate: bool = True  # False: echo only (max_tokens=0), the prompt is scored and nothing generated
+
+
+class Turn:
+    """One request's generations, where it is logged, and its cancellation."""
+
+    def __init__(self, state: ServerState, backend, messages, choices: list[Choice], session: str | None, kind: str,
+                 log_metadata: dict | None = None):
+        self.state, self.backend, self.messages, self.choices = state, backend, messages, choices
         self.session, self.kind = session, kind
-        self.result = StreamResult()
+        self.log_metadata = log_metadata or {}
         self.cancel = threading.Event()
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
@@ -39,56 +63,87 @@ class Turn:
         self.refusal: str | None = None  # set by the safety checker: the reply, without generating
         self.links: list[dict] | None = None  # retrieval sources, when the retrieval plugin is on
         # The place in line was reserved before the response started. A client that leaves before the stream is
-        # first read never starts chunks(), so give the place back when this turn is dropped unstarted.
+        # first read never starts run(), so give the place back when this turn is dropped unstarted.
         self._unstarted = weakref.finalize(self, state.admission.cancel_reservation)
+
+    # The first choice, for callers with one (the Ollama routes, the log).
+    @property
+    def result(self) -> StreamResult:
+        return self.choices[0].result
+
+    @property
+    def config(self) -> GenerationConfig:
+        return self.choices[0].config
 
     @property
     def usage(self) -> dict:
-        r = self.result
-        return {
-            "prompt_tokens": r.prompt_tokens,
-            "completion_tokens": r.completion_tokens,
-            "total_tokens": r.prompt_tokens + r.completion_tokens,
-        }
+        prompts = {c.prompt: c.result.prompt_tokens or len(c.ids) for c in self.choices}
+        completion = sum(c.result.completion_tokens for c in self.choices)
+        prompt = sum(prompts.values())
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    async def chunks(self) -> AsyncIterator[str]:
-        """Text chunks from the backend thread; waits for a slot first. Closing it cancels the generation."""
+    async def run(self) -> AsyncIterator[tuple[Choice, str | None]]:
+        """(choice, text chunk) as generated, then (choice, None) when that choice ends; waits for a slot first.
+        Closing it cancels the generation."""
         state = self.state
         self._unstarted.detach()
         if self.refusal is not None:
             state.admission.cancel_reservation()
-            yield self.refusal
+            for choice in self.choices:
+                yield choice, self.refusal
+                yield choice, None
             return
         await state.admission.acquire()
         try:
             with state.models.lease(self.backend):
-                source = generate_stream(
-                    self.backend, self.messages, self.config, cancel=self.cancel, result=self.result, ids=self.ids
-                )
-                try:
-                    while True:
-                        chunk = await anyio.to_thread.run_sync(next, source, _END)
-                        if chunk is _END:
-                            return
-                        yield chunk
-                finally:
-                    self.cancel.set()  # no-op after a normal end; stops the backend after a disconnect
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(source.close)
+                for choice in self.choices:
+                    async for text in self._filtered(self._generate(choice)):
+                        yield choice, text
+                    yield choice, None
         finally:
             state.admission.release()
 
-    def reply_chunks(self) -> AsyncIterator[str]:
-        """chunks(), through the safety checker's reply filter when that plugin is on."""
+    def _filtered(self, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
         plugins = self.state.plugins
-        if plugins is None or self.refusal is not None:
-            return self.chunks()
-        return plugins.afilter_reply(self.chunks())
+        return chunks if plugins is None else plugins.afilter_reply(chunks)
 
-    async def log_reply(self, text: str, interrupted: bool) -> None:
+    async def _generate(self, choice: Choice) -> AsyncIterator[str]:
+        if choice.echo is not None and choice.config.logprobs is not None:
+            choice.prompt_tokens = await anyio.to_thread.run_sync(
+                self.backend.prompt_logprobs, choice.ids, choice.config.logprobs
+            )
+        if not choice.generate:
+            choice.result.prompt_tokens = len(choice.ids)
+            choice.result.finished_at = time.perf_counter()
+            return
+        source = generate_stream(
+            self.backend, self.messages, choice.config, cancel=self.cancel, result=choice.result, ids=choice.ids
+        )
+        try:
+            while True:
+                chunk = await anyio.to_thread.run_sync(next, source, _END)
+                if chunk is _END:
+                    return
+                yield chunk
+        finally:
+            self.cancel.set()  # no-op after a normal end; stops the backend after a disconnect
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(source.close)
+            self.cancel = threading.Event()  # the next choice starts uncancelled
+
+    async def reply_chunks(self) -> AsyncIterator[str]:
+        """The text of a one-choice turn, chunk by chunk (the Ollama routes)."""
+        async for _, text in self.run():
+            if text is not None:
+                yield text
+
+    async def log_reply(self, text: str, interrupted: bool, extra: dict | None = None) -> None:
         r = self.result
         cancelled = interrupted or r.finish_reason == "error"
-        self.state.metrics.count_generation(r.prompt_tokens, r.completion_tokens, r.total_s, r.first_token_s, cancelled)
+        for choice in self.choices:
+            c = choice.result
+            self.state.metrics.count_generation(c.prompt_tokens, c.completion_tokens, c.total_s, c.first_token_s,
+                                                cancelled)
         log = self.state.chatlog
         if log is None or self.session is None:
             return
@@ -96,9 +151,13 @@ class Turn:
             "finish_reason": r.finish_reason,
             "endpoint": self.kind,
             "first_token_ms": None if r.first_token_s is None else round(r.first_token_s * 1000, 1),
+            **self.log_metadata,
+            **(extra or {}),
         }
         if interrupted:
             metadata["interrupted"] = True
+        if len(self.choices) > 1:
+            metadata["choices"] = len(self.choices)  # the log keeps the first as the reply
         self.message_id = await anyio.to_thread.run_sync(
             lambda: log.add_message(
                 self.session,
@@ -112,42 +171,104 @@ class Turn:
         )
 
 
-async def _prepare(request: Request, req, messages: list[dict], task: str, kind: str) -> Turn:
+def _check_features(backend, config: GenerationConfig, echo: bool) -> None:
+    """Refuse, by name, what the serving backend cannot do."""
+    features = getattr(backend, "features", frozenset())
+    wanted = {"logprobs": config.logprobs is not None, "logit_bias": bool(config.logit_bias), "echo": echo}
+    for name, asked in wanted.items():
+        if asked and name not in features:
+            raise APIError(400, f"Unsupported field: {name}: the {backend.kind} backend serving "
+                                f"{backend.model_id!r} does not provide it (the torch backend does)",
+                           "unsupported_field", name)
+
+
+async def _prepare(request: Request, req, messages: list[dict], task: str, kind: str,
+                   prompts: list | None = None, tools: list[dict] | None = None) -> Turn:
+    """The Turn of a request: `messages` prompt the model (rendered for `task`), or `prompts` (completions: each a
+    string or token ids) do, one Choice per prompt and per `req.n`."""
     state = get_state(request)
     limits = state.settings.limits
     config = req.generation_config(limits.max_tokens)
     backend = await state.models.resolve(req.model)
+    echo = bool(getattr(req, "echo", False))
+    _check_features(backend, config, echo)
     # Plugins: the safety checker may refuse the query; retrieval adds context to what the model sees (the log
     # keeps the user's own words).
-    prepared = await anyio.to_thread.run_sync(state.plugins.prepare, messages) if state.plugins else None
+    prepared = None
+    if state.plugins and prompts is None:
+        prepared = await anyio.to_thread.run_sync(state.plugins.prepare, messages)
     model_messages = prepared.messages if prepared is not None else messages
+    if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in model_messages):
+        from neural_chat_app.tools import prompt_messages
+
+        model_messages, tools = prompt_messages(model_messages, tools, backend.tokenizer)
     try:
-        ids = prompt_ids(backend.tokenizer, model_messages, task)
+        if prompts is None:
+            prompt_list = [(prompt_ids(backend.tokenizer, model_messages, task, tools), None)]
+        else:
+            prompt_list = [_completion_prompt(backend.tokenizer, p) for p in prompts]
     except ValueError as err:
         raise APIError(400, str(err), "invalid_prompt") from err
-    if len(ids) > limits.max_prompt_tokens:
-        raise APIError(
-            400,
-            f"The prompt has {len(ids)} tokens; this server's limit is {limits.max_prompt_tokens}",
-            "context_length_exceeded",
-            "messages" if kind == "chat" else "prompt",
-        )
+    for ids, _ in prompt_list:
+        if len(ids) > limits.max_prompt_tokens:
+            raise APIError(
+                400,
+                f"The prompt has {len(ids)} tokens; this server's limit is {limits.max_prompt_tokens}",
+                "context_length_exceeded",
+                "messages" if kind == "chat" else "prompt",
+            )
+    choices = _choices(req, config, prompt_list, echo)
     try:
         state.admission.reserve()
     except QueueFull as err:
         raise APIError(429, f"{err}; retry later", "rate_limit_exceeded") from err
     try:
-        session = await _log_prompt(
-            state, req.conversation_id or request.headers.get("x-conversation-id"), messages, backend.model_id, kind
-        )
+        # Scoring traffic (several prompts, token ids, echo: lm-evaluation-harness) is not a conversation.
+        logged = getattr(req, "store", None) is not False and (prompts is None or (
+            len(prompts) == 1 and isinstance(prompts[0], str) and not echo))
+        conversation = req.conversation_id or request.headers.get("x-conversation-id")
+        session = await _log_prompt(state, conversation, messages, backend.model_id, kind) if logged else None
     except BaseException:
         state.admission.cancel_reservation()
         raise
-    turn = Turn(state, backend, model_messages, ids, config, session, kind)
+    log_metadata = dict(getattr(req, "log_metadata", None) or {})
+    # A tool's results (the last messages, after the call) go into the metadata of the reply that reads them.
+    results = []
+    for m in reversed(messages):
+        if m["role"] != "tool":
+            break
+        results.insert(0, {"tool_call_id": m.get("tool_call_id"), "content": m["content"]})
+    if results:
+        log_metadata["tool_results"] = results
+    turn = Turn(state, backend, model_messages, choices, session, kind, log_metadata)
     if prepared is not None:
         turn.refusal = prepared.refusal
         turn.links = prepared.links if state.plugins.retriever is not None else None
     return turn
+
+
+def _completion_prompt(tokenizer, prompt) -> tuple[list[int], str]:
+    """(ids, text) of one completions prompt: a string is tokenized as a continuation; token ids are taken as
+    given (their text is decoded for echo)."""
+    if isinstance(prompt, str):
+        return prompt_ids(tokenizer, [{"role": "user", "content": prompt}], "text"), prompt
+    vocab = len(tokenizer)
+    bad = next((t for t in prompt if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise ValueError(f"prompt holds token id {bad}; this model's vocabulary has {vocab} tokens")
+    return list(prompt), tokenizer.decode(prompt, skip_special_tokens=True)
+
+
+def _choices(req, config: GenerationConfig, prompt_list, echo: bool) -> list[Choice]:
+    generations = getattr(req, "generations", getattr(req, "n", 1))
+    generate = getattr(req, "max_tokens", None) != 0  # 0: echo only, the prompt is scored
+    choices = []
+    for p, (ids, text) in enumerate(prompt_list):
+        for i in range(generations):
+            # n choices from one seed must differ: each gets the next seed
+            seeded = config if config.seed is None or i == 0 else replace(config, seed=config.seed + i)
+            choices.append(Choice(len(choices), p, ids, seeded, echo=text if echo else None, generate=generate))
+    return choices
 
 
 async def _log_prompt(state: ServerState, session: str | None, messages, model_id: str, kind: str) -> str | None:
@@ -162,55 +283,38 @@ async def _log_prompt(state: ServerState, session: str | None, messages, model_i
         title = next((m["content"] for m in messages if m["role"] == "user"), "")
         log.ensure_session(session, model_id, title)
         for m in messages if is_new else messages[-1:]:
-            log.add_message(session, m["role"], m["content"], model_id, metadata={"endpoint": kind})
+            if m["role"] == "tool":  # the log's roles are the chat's three: kept with the reply (log_reply)
+                continue
+            metadata = {"endpoint": kind, **({"tool_calls": m["tool_calls"]} if m.get("tool_calls") else {})}
+            log.add_message(session, m["role"], m["content"], model_id, metadata=metadata)
 
     await anyio.to_thread.run_sync(write)
     return session
 
 
-def _sse(data) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-def _choice(turn: Turn, text: str | None, finish_reason: str | None, first: bool = False) -> dict:
-    if turn.kind == "chat":
-        delta = {} if text is None else {"content": text}
-        if first:
-            delta = {"role": "assistant", "content": ""}
-        return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-    return {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
-
-
-async def _event_stream(turn: Turn, include_usage: bool) -> AsyncIterator[str]:
-    obj = "chat.completion.chunk" if turn.kind == "chat" else "text_completion"
-    head = {"id": turn.id, "object": obj, "created": turn.created, "model": turn.backend.model_id}
-    parts: list[str] = []
+async def _event_stream(turn: Turn, req, include_usage: bool) -> AsyncIterator[str]:
+    stream = shapes.ChunkWriter(turn, req)
     logged = False
     try:
-        if turn.kind == "chat":
-            yield _sse({**head, "choices": [_choice(turn, None, None, first=True)]})
+        yield stream.opening()
         try:
-            async for chunk in turn.reply_chunks():
-                parts.append(chunk)
-                yield _sse({**head, "choices": [_choice(turn, chunk, None)]})
+            async for choice, text in turn.run():
+                for event in (stream.text(choice, text) if text is not None else stream.end(choice)):
+                    yield event
         except Exception as err:  # the backend failed: tell the client in-band, never crash the server
             turn.result.finish_reason = "error"
-            yield _sse({"error": {"message": f"Generation failed: {err}", "type": "server_error", "code": None}})
+            yield shapes.sse({"error": {"message": f"Generation failed: {err}", "type": "server_error", "code": None}})
         # The reply is committed to the log before the client sees the end of the stream.
-        await turn.log_reply("".join(parts), interrupted=False)
+        await turn.log_reply(turn.choices[0].text, interrupted=False, extra=shapes.log_extra(turn.choices[0]))
         logged = True
-        finish = "length" if turn.result.finish_reason == "length" else "stop"
-        extra = {"conversation_id": turn.session, "message_id": turn.message_id}
-        if turn.links is not None:
-            extra["sources"] = turn.links
-        yield _sse({**head, "choices": [_choice(turn, None, finish)], **extra})
+        yield stream.closing()
         if include_usage:
-            yield _sse({**head, "choices": [], "usage": turn.usage})
+            yield shapes.sse({**stream.head, "choices": [], "usage": turn.usage})
         yield "data: [DONE]\n\n"
     finally:
         if not logged:  # the client went away mid-stream: keep what was generated, marked as interrupted
             with anyio.CancelScope(shield=True):
-                await turn.log_reply("".join(parts), interrupted=True)
+                await turn.log_reply(stream.partial_text(), interrupted=True)
 
 
 async def _respond(turn: Turn, req) -> JSONResponse | StreamingResponse:
@@ -218,41 +322,23 @@ async def _respond(turn: Turn, req) -> JSONResponse | StreamingResponse:
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
-            _event_stream(turn, include_usage),
+            _event_stream(turn, req, include_usage),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},
         )
-    parts: list[str] = []
+    parts: dict[int, list[str]] = {c.index: [] for c in turn.choices}
     try:
-        async for chunk in turn.reply_chunks():
-            parts.append(chunk)
+        async for choice, text in turn.run():
+            if text is not None:
+                parts[choice.index].append(text)
     except Exception as err:
-        await turn.log_reply("".join(parts), interrupted=True)
+        await turn.log_reply("".join(parts[0]), interrupted=True)
         raise APIError(500, f"Generation failed: {err}", "generation_failed") from err
-    text = "".join(parts)
-    await turn.log_reply(text, interrupted=False)
-    finish = "length" if turn.result.finish_reason == "length" else "stop"
-    if turn.kind == "chat":
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": finish,
-            "logprobs": None,
-        }
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        obj = "text_completion"
-    body = {
-        "id": turn.id,
-        "object": obj,
-        "created": turn.created,
-        "model": turn.backend.model_id,
-        "choices": [choice],
-        "usage": turn.usage,
-        "conversation_id": turn.session,
-        "message_id": turn.message_id,
-    }
+    for choice in turn.choices:
+        choice.text = "".join(parts[choice.index])
+    body = shapes.response_body(turn, req)
+    await turn.log_reply(turn.choices[0].text, interrupted=False, extra=shapes.log_extra(turn.choices[0]))
+    body.update({"conversation_id": turn.session, "message_id": turn.message_id})
     if turn.links is not None:
         body["sources"] = turn.links  # the retrieval plugin's sources: source, location, score, text
     return JSONResponse(body, headers=headers)
@@ -260,6 +346,8 @@ async def _respond(turn: Turn, req) -> JSONResponse | StreamingResponse:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request):
+    from neural_chat_app.tools import forced_call_schema
+
     req = await read_body(request, ChatCompletionRequest)
     messages = [m.as_dict() for m in req.messages]
     if messages[-1]["role"] == "assistant":
@@ -267,12 +355,18 @@ async def chat_completions(request: Request):
     system = get_state(request).settings.system_prompt
     if system and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system}, *messages]
-    turn = await _prepare(request, req, messages, "chat", "chat")
+    forced = forced_call_schema(req.tool_dicts, req.tool_choice_value, req.parallel_tool_calls) if req.tools \
+        else None
+    if forced is not None:  # the call is decoded under its schema (tools.py)
+        req = req.model_copy(update={"response_format": forced})
+    turn = await _prepare(request, req, messages, "chat", "chat", tools=req.tool_dicts)
     return await _respond(turn, req)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request):
     req = await read_body(request, CompletionRequest)
-    turn = await _prepare(request, req, [{"role": "user", "content": req.prompt}], "text", "completion")
+    prompts = req.prompts
+    first = prompts[0] if isinstance(prompts[0], str) else ""
+    turn = await _prepare(request, req, [{"role": "user", "content": first}], "text", "completion", prompts=prompts)
     return await _respond(turn, req)

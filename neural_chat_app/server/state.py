@@ -83,6 +83,10 @@ async def read_body(request: Request, model: type[BaseModel]):
     except ValidationError as err:
         first = err.errors()[0]
         param = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise APIError(400, f"Unsupported field: {param}: this server does not implement it, so it refuses it "
+                                f"rather than ignore it; remove it (the README's server section lists the supported "
+                                f"fields)", "unsupported_field", param) from None
         raise APIError(400, f"Invalid request: {param}: {first['msg']}", "invalid_value", param) from err
 
 

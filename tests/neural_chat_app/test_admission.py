@@ -8,13 +8,13 @@ import gc
 from types import SimpleNamespace
 
 from neural_chat_app.server.admission import Admission
-from neural_chat_app.server.generation_routes import Turn
+from neural_chat_app.server.generation_routes import Choice, Turn
 
 
 def _turn(admission):
     state = SimpleNamespace(admission=admission)
     admission.reserve()
-    return Turn(state, backend=None, messages=[], ids=[], config=None, session=None, kind="chat")
+    return Turn(state, backend=None, messages=[], choices=[Choice(0, 0, [], None)], session=None, kind="chat")
 
 
 def test_a_turn_dropped_before_its_stream_started_frees_its_place():
@@ -30,10 +30,10 @@ def test_a_turn_dropped_before_its_stream_started_frees_its_place():
 def test_a_started_turn_is_not_released_twice():
     admission = Admission(max_concurrent=1, max_queue=0)
     turn = _turn(admission)
-    turn.refusal = "no"  # the shortest real path through chunks(): it cancels the reservation itself
+    turn.refusal = "no"  # the shortest real path through run(): it cancels the reservation itself
 
     async def consume(started):
-        return [chunk async for chunk in started.chunks()]
+        return [chunk async for chunk in started.reply_chunks()]
 
     assert asyncio.run(consume(turn)) == ["no"]
     del turn

@@ -32,7 +32,7 @@ def _post(server, body=None, **kwargs):
         ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": -3}, "max_tokens"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages"),
-        ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 17}, "n"),
         ({"messages": [{"role": "user", "content": "x"}], "top_p": 3}, "top_p"),
     ],
 )
