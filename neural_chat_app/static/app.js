@@ -1,5 +1,8 @@
 // The chat page: plain JavaScript, no build step. Talks to the server's OpenAI-compatible API
 // (/v1/chat/completions with SSE streaming) and to /api/* for the logged conversations and feedback.
+// Replies are Markdown: marked (to HTML), highlight.js (code blocks) and DOMPurify (sanitizing), vendored in
+// static/vendor/. A reply is untrusted text (a retrieved document can steer the model): every piece of HTML made
+// from it goes through DOMPurify, and everything else the page shows (user messages, sources) is set as text.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -36,13 +39,67 @@ function setConversation(id) {
   for (const li of $("conversations").children) li.classList.toggle("active", li.dataset.id === id);
 }
 
+// ---- Markdown replies
+
+const markdown = new marked.Marked({
+  gfm: true,
+  renderer: {
+    code({ text, lang }) {
+      const language = ((lang || "").match(/^[\w+#.-]+/) || [""])[0]; // the first word of the fence's info string
+      const known = language && hljs.getLanguage(language);
+      const result = known ? hljs.highlight(text, { language, ignoreIllegals: true }) : hljs.highlightAuto(text);
+      const name = known ? language : result.language || "plaintext";
+      return `<pre><code class="hljs language-${name}">${result.value}</code></pre>\n`;
+    },
+    // An image would be fetched from whatever URL the model wrote (a way to leak the conversation): a link instead.
+    image({ href, text }) {
+      return href ? `<a href="${escapeHtml(href)}">${escapeHtml(text || href)}</a>` : escapeHtml(text);
+    },
+  },
+});
+
+// What Markdown makes, and no more: no images, media, forms, frames, styles or event handlers.
+const SANITIZE = {
+  ALLOWED_TAGS: ["a", "b", "blockquote", "br", "code", "dd", "del", "details", "div", "dl", "dt", "em", "h1", "h2",
+    "h3", "h4", "h5", "h6", "hr", "i", "kbd", "li", "ol", "p", "pre", "s", "span", "strong", "sub", "summary", "sup",
+    "table", "tbody", "td", "th", "thead", "tr", "ul"],
+  ALLOWED_ATTR: ["href", "title", "class", "align", "start"],
+};
+DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A") { node.setAttribute("target", "_blank"); node.setAttribute("rel", "noopener noreferrer"); }
+});
+
+const ENTITIES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => ENTITIES[c]);
+
+function renderMarkdown(node, text) {
+  node.innerHTML = DOMPurify.sanitize(markdown.parse(text), SANITIZE);
+}
+
+// While a reply streams, re-render the text so far at most once per animation frame; finish() renders the end now.
+function streamingView(node) {
+  let text = "", frame = 0;
+  const draw = () => {
+    frame = 0;
+    renderMarkdown(node, text);
+    $("messages").scrollTop = $("messages").scrollHeight;
+  };
+  return {
+    update(full) { text = full; if (!frame) frame = requestAnimationFrame(draw); },
+    finish(full) { text = full; if (frame) cancelAnimationFrame(frame); draw(); },
+  };
+}
+
+// ---- Messages
+
 function renderMessage(message) {
   const box = document.createElement("div");
   box.className = "message " + message.role;
   box.dataset.role = message.role;
   const text = document.createElement("div");
   text.className = "text";
-  text.textContent = message.content;
+  if (message.role === "assistant") renderMarkdown(text, message.content);
+  else text.textContent = message.content;
   box.appendChild(text);
   const meta = document.createElement("div");
   meta.className = "meta";
@@ -51,6 +108,31 @@ function renderMessage(message) {
   if (message.role === "assistant" && message.id) addFeedback(box, message.id, message.feedback);
   $("messages").scrollTop = $("messages").scrollHeight;
   return box;
+}
+
+// The retrieval plugin's sources, under the reply: name and location, the passage in a <details>. Text only.
+function renderSources(box, sources) {
+  if (!Array.isArray(sources) || !sources.length) return;
+  const wrap = document.createElement("div");
+  wrap.className = "sources";
+  const heading = document.createElement("span");
+  heading.textContent = "Sources";
+  const list = document.createElement("ol");
+  for (const source of sources) {
+    const path = String(source.source || "");
+    const summary = document.createElement("summary");
+    summary.textContent = path.split(/[\\/]/).pop() + (source.location ? " \u2014 " + source.location : "");
+    summary.title = path + (typeof source.score === "number" ? ` (score ${source.score})` : "");
+    const passage = document.createElement("p");
+    passage.textContent = String(source.text || "");
+    const details = document.createElement("details");
+    details.append(summary, passage);
+    const item = document.createElement("li");
+    item.appendChild(details);
+    list.appendChild(item);
+  }
+  wrap.append(heading, list);
+  box.insertBefore(wrap, box.querySelector(".meta"));
 }
 
 function addFeedback(box, messageId, current) {
@@ -75,6 +157,39 @@ function addFeedback(box, messageId, current) {
     group.appendChild(button);
   }
   meta.appendChild(group);
+}
+
+// ---- Settings of a conversation: system prompt and sampling, kept in localStorage by conversation id
+
+const SETTINGS = { system: "system-prompt", temperature: "temperature", top_p: "top-p", max_tokens: "max-tokens" };
+const LAST_SETTINGS = "neuralchat-settings-last";
+const settingsKey = (id) => "neuralchat-settings:" + id;
+
+function storedSettings(key) {
+  try { return JSON.parse(localStorage.getItem(key)); } catch { return null; }
+}
+
+function showSettings(values) {
+  for (const [name, id] of Object.entries(SETTINGS)) $(id).value = (values && values[name]) ?? "";
+}
+
+function saveSettings() {
+  if (!state.conversationId) return;
+  const values = {};
+  for (const [name, id] of Object.entries(SETTINGS)) values[name] = $(id).value;
+  localStorage.setItem(settingsKey(state.conversationId), JSON.stringify(values));
+  localStorage.setItem(LAST_SETTINGS, JSON.stringify(values)); // where a new conversation starts from
+}
+
+// The request's part of the settings: the system prompt as the first message, sampling values that are set.
+function requestSettings() {
+  const system = $("system-prompt").value;
+  const body = { system: system.trim() ? [{ role: "system", content: system }] : [] };
+  for (const [name, parse] of [["temperature", parseFloat], ["top_p", parseFloat], ["max_tokens", parseInt]]) {
+    const value = parse($(SETTINGS[name]).value);
+    if (Number.isFinite(value)) body[name] = value;
+  }
+  return body;
 }
 
 async function loadModels() {
@@ -115,9 +230,17 @@ async function openConversation(id) {
   setConversation(id);
   $("messages").innerHTML = "";
   state.history = [];
+  const saved = storedSettings(settingsKey(id));
+  showSettings(saved || storedSettings(LAST_SETTINGS));
   const response = await api("/api/conversations/" + encodeURIComponent(id));
   if (!response.ok) return; // a new conversation has no log yet
-  for (const message of (await response.json()).messages) {
+  const messages = (await response.json()).messages;
+  if (state.conversationId !== id) return; // another conversation was opened meanwhile
+  // The system prompt belongs to the settings panel, not the history: each request sends the panel's.
+  // A logged conversation this browser has no settings for keeps the system prompt it was logged with.
+  if (!saved && messages.length && messages[0].role === "system") $("system-prompt").value = messages[0].content;
+  for (const message of messages) {
+    if (message.role === "system") continue;
     renderMessage(message);
     state.history.push({ role: message.role, content: message.content });
   }
@@ -126,6 +249,7 @@ async function openConversation(id) {
 function newConversation() {
   if (state.controller) return;
   setConversation(newId());
+  showSettings(storedSettings(LAST_SETTINGS));
   state.history = [];
   $("messages").innerHTML = "";
   $("input").focus();
@@ -167,16 +291,19 @@ async function send(text) {
   renderMessage(userMessage);
   const box = renderMessage({ role: "assistant", content: "" });
   box.dataset.state = "streaming";
-  const textNode = box.querySelector(".text");
-  const messages = [...state.history, userMessage];
+  const view = streamingView(box.querySelector(".text"));
+  saveSettings();
+  const { system, ...sampling } = requestSettings();
+  const messages = [...system, ...state.history, userMessage];
   state.controller = new AbortController();
   setStreaming(true);
   let reply = "";
+  let outcome = "done";
   try {
     const response = await api("/v1/chat/completions", {
       method: "POST",
       signal: state.controller.signal,
-      body: JSON.stringify({ model: $("model").value || undefined, messages, stream: true,
+      body: JSON.stringify({ model: $("model").value || undefined, messages, stream: true, ...sampling,
                              conversation_id: state.conversationId }),
     });
     if (!response.ok) throw new Error(await errorText(response));
@@ -185,16 +312,17 @@ async function send(text) {
       const choice = event.choices && event.choices[0];
       if (choice && choice.delta && choice.delta.content) {
         reply += choice.delta.content;
-        textNode.textContent = reply;
-        $("messages").scrollTop = $("messages").scrollHeight;
+        view.update(reply);
       }
+      if (event.sources) renderSources(box, event.sources);
       if (event.message_id) addFeedback(box, event.message_id, null);
     });
-    box.dataset.state = "done";
   } catch (err) {
-    box.dataset.state = err.name === "AbortError" ? "stopped" : "error";
+    outcome = err.name === "AbortError" ? "stopped" : "error";
     if (err.name !== "AbortError") showError(err.message);
   } finally {
+    view.finish(reply);
+    box.dataset.state = outcome;
     state.history.push(userMessage, { role: "assistant", content: reply });
     state.controller = null;
     setStreaming(false);
@@ -214,6 +342,7 @@ $("input").addEventListener("keydown", (event) => {
 });
 $("stop").addEventListener("click", () => state.controller && state.controller.abort());
 $("new-chat").addEventListener("click", newConversation);
+for (const id of Object.values(SETTINGS)) $(id).addEventListener("input", saveSettings);
 
 (async function start() {
   await loadModels();

@@ -1,4 +1,5 @@
-"""The web chat page in a real headless Chromium (Debian's, driven by Playwright): send, stream, reload, history.
+"""The web chat page in a real headless Chromium (Debian's, driven by Playwright): send, stream, reload, history;
+Markdown replies (highlighted, sanitized), the settings of a conversation, and the retrieval plugin's sources.
 
 Needs: apt-get install -y chromium; pip install playwright (never `playwright install`: the system browser is used).
 Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q tests/neural_chat_app/test_web_page.py
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import httpx
 import pytest
@@ -82,3 +84,177 @@ def test_stop_button_ends_the_stream(make_server, slow_backend, page):
     page.wait_for_function("document.querySelector('.message.assistant').dataset.state === 'stopped'")
     assert slow_backend.stopped.wait(30)
     assert slow_backend.produced < 500
+
+
+class FixedTextBackend:
+    """Streams the same reply, a few characters at a time, whatever the prompt: the page's rendering is under test."""
+
+    kind = "fake"
+    max_concurrency = 1
+
+    def __init__(self, tokenizer, text: str, model_id: str = "fixed"):
+        self.tokenizer = tokenizer
+        self.text = text
+        self.model_id = model_id
+
+    def stream(self, prompt_ids, config, result, cancel):
+        result.prompt_tokens = len(prompt_ids)
+        try:
+            for start in range(0, len(self.text), 5):  # cuts through tags and fences: partial renders are sanitized too
+                if cancel.is_set():
+                    return
+                time.sleep(0.005)
+                result.completion_tokens += 1
+                result.mark_token()
+                yield self.text[start : start + 5]
+        finally:
+            result.finished_at = time.perf_counter()
+
+    def close(self):
+        pass
+
+
+def wait_for_reply(page, n: int = 1):
+    """Wait until the n-th assistant message of the page has finished streaming."""
+    page.wait_for_function(
+        f"(document.querySelectorAll('.message.assistant')[{n - 1}] || {{dataset: {{}}}}).dataset.state === 'done'"
+    )
+
+
+PWN = "window.__pwned = (window.__pwned || 0) + 1; alert(1)"
+HOSTILE_REPLY = f"""Here is the plan:
+
+- first item
+- second item
+
+<script>{PWN}</script>
+<img src=x onerror="{PWN}">
+<details open ontoggle="{PWN}"><summary>more</summary>hidden</details>
+
+```python
+def greet(name):
+    return "hello " + name
+```
+
+[click me](javascript:window.__pwned=1) or see [the docs](https://example.org/docs).
+"""
+
+
+def assert_reply_is_markdown_and_inert(page, dialogs):
+    reply = page.locator(".message.assistant .text").first
+    assert reply.locator("ul > li").all_inner_texts() == ["first item", "second item"]
+    code = reply.locator("pre > code.hljs.language-python")
+    assert code.inner_text().startswith("def greet(name):")
+    assert code.locator(".hljs-keyword").count() >= 2  # def, return
+    assert reply.locator("script, img, [onerror], [ontoggle]").count() == 0
+    assert reply.locator("a", has_text="click me").get_attribute("href") is None
+    docs = reply.locator("a", has_text="the docs")
+    assert docs.get_attribute("href") == "https://example.org/docs"
+    assert docs.get_attribute("target") == "_blank" and "noopener" in docs.get_attribute("rel")
+    reply.locator("a", has_text="click me").click()
+    assert page.evaluate("window.__pwned") is None and dialogs == []
+
+
+def test_reply_is_rendered_as_highlighted_sanitized_markdown(make_server, tiny_backend, page):
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    server = make_server(backend=FixedTextBackend(tiny_backend.tokenizer, HOSTILE_REPLY))
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    user_text = "**not bold** <b onmouseover=alert(1)>tag</b>"
+    page.fill("#input", user_text)
+    page.click("#send")
+    wait_for_reply(page)
+    user = page.locator(".message.user .text").first
+    assert user.inner_text() == user_text and user.locator("*").count() == 0  # user messages stay plain text
+    assert_reply_is_markdown_and_inert(page, dialogs)
+
+    page.reload()  # the logged reply is rendered by the same path
+    page.wait_for_selector(".message.assistant pre code.hljs")
+    assert_reply_is_markdown_and_inert(page, dialogs)
+
+
+def test_settings_are_sent_and_kept_per_conversation(make_server, tiny_backend, page):
+    server = make_server(backend=FixedTextBackend(tiny_backend.tokenizer, "Arr."), limits={"max_tokens": 12})
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.click("#settings summary")
+    page.fill("#system-prompt", "Answer like a pirate.")
+    page.fill("#temperature", "0.3")
+    page.fill("#top-p", "0.8")
+    page.fill("#max-tokens", "5")
+    page.fill("#input", "first")
+    page.click("#send")
+    wait_for_reply(page)
+    pirate = {"role": "system", "content": "Answer like a pirate."}
+    assert bodies[-1]["messages"] == [pirate, {"role": "user", "content": "first"}]
+    assert (bodies[-1]["temperature"], bodies[-1]["top_p"], bodies[-1]["max_tokens"]) == (0.3, 0.8, 5)
+    first = page.evaluate("location.hash").removeprefix("#c=")
+    logged = httpx.get(server.url + f"/api/conversations/{first}").json()["messages"]
+    assert (logged[0]["role"], logged[0]["content"]) == ("system", "Answer like a pirate.")  # not the server's own
+
+    page.reload()
+    page.wait_for_selector(".message.assistant")
+    values = ["#system-prompt", "#temperature", "#top-p", "#max-tokens"]
+    assert [page.input_value(v) for v in values] == ["Answer like a pirate.", "0.3", "0.8", "5"]
+    assert page.locator(".message.system").count() == 0  # the system prompt lives in the panel
+
+    # A new conversation starts from the last used settings; what it changes stays its own.
+    page.click("#new-chat")
+    assert [page.input_value(v) for v in values] == ["Answer like a pirate.", "0.3", "0.8", "5"]
+    page.click("#settings summary")
+    page.fill("#system-prompt", "Answer like a poet.")
+    page.fill("#temperature", "")
+    page.fill("#input", "second")
+    page.click("#send")
+    wait_for_reply(page)
+    poet = {"role": "system", "content": "Answer like a poet."}
+    assert bodies[-1]["messages"] == [poet, {"role": "user", "content": "second"}]
+    assert "temperature" not in bodies[-1] and bodies[-1]["top_p"] == 0.8
+
+    page.wait_for_selector("#conversations li:text-is('first')")
+    page.click("#conversations li:text-is('first')")
+    page.wait_for_selector(".message.assistant")
+    assert [page.input_value(v) for v in values] == ["Answer like a pirate.", "0.3", "0.8", "5"]
+    page.fill("#input", "third")
+    page.click("#send")
+    wait_for_reply(page, 2)
+    assert [m["role"] for m in bodies[-1]["messages"]] == ["system", "user", "assistant", "user"]  # one system
+    assert bodies[-1]["messages"][0] == pirate
+
+    page.reload()  # reopens the first conversation; the second still has its own settings
+    page.wait_for_selector(".message.assistant")
+    page.click("#conversations li:text-is('second')")
+    page.wait_for_selector(".message.user .text:text-is('second')")
+    assert [page.input_value(v) for v in values] == ["Answer like a poet.", "", "0.8", "5"]
+
+
+def test_retrieval_sources_are_listed_under_the_reply(make_server, tiny_backend, tmp_path, page):
+    from tests.neural_chat_app.test_plugins import FakeEmbedder
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "zorblax.txt").write_text('The Zorblax 9000 has 77 cores. <img src=x onerror="window.__pwned = 1">\n')
+    (docs / "cafeteria.txt").write_text("The cafeteria serves lentil soup on Mondays.\n")
+    retrieval = {
+        "input_path": str(docs),
+        "persist_directory": str(tmp_path / "index"),
+        "embedding_model": FakeEmbedder(),
+    }
+    backend = FixedTextBackend(tiny_backend.tokenizer, "It has **77 cores**.")
+    server = make_server(backend=backend, plugins={"retrieval": {"enable": True, "args": retrieval}})
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.fill("#input", "How many cores does the Zorblax 9000 have?")
+    page.click("#send")
+    wait_for_reply(page)
+    sources = page.locator(".message.assistant .sources li")
+    assert sources.first.locator("summary").inner_text().startswith("zorblax.txt")
+    assert "zorblax.txt" in sources.first.locator("summary").get_attribute("title")
+    sources.first.locator("summary").click()
+    passage = sources.first.locator("details p")
+    assert '77 cores. <img src=x onerror="window.__pwned = 1">' in passage.inner_text()  # shown as text
+    assert page.locator(".sources img").count() == 0 and page.evaluate("window.__pwned") is None
+    assert page.locator(".message.assistant .text strong").inner_text() == "77 cores"
