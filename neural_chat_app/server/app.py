@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from neural_chat_app.chatlog import ChatLog
 from neural_chat_app.config import PipelineConfig
 from neural_chat_app.plugins import build_plugin_pipeline, resolve_plugins
-from neural_chat_app.server import app_routes, generation_routes
+from neural_chat_app.server import app_routes, embedding_routes, generation_routes, ollama_routes
 from neural_chat_app.server.admission import Admission
 from neural_chat_app.server.errors import APIError, error_response
 from neural_chat_app.server.metrics import Metrics
@@ -66,6 +66,8 @@ def create_app(settings: ServerSettings, backend=None, loader: Callable | None =
     app = FastAPI(title="neural_chat_app", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = ServerState(settings, models, admission, Metrics(), chatlog, plugins)
     app.include_router(generation_routes.router)
+    app.include_router(embedding_routes.router)
+    app.include_router(ollama_routes.router)  # Ollama's API; its errors are {"error": msg}
     app.include_router(app_routes.router)
     app.include_router(app_routes.public)
     _install_error_handlers(app)

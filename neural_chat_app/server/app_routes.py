@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
 from neural_chat_app.registry import find_model
+from neural_chat_app.server.embedding_routes import EMBEDDING_MODEL_ID, embedding_model_listing
 from neural_chat_app.server.errors import APIError
 from neural_chat_app.server.schemas import FeedbackRequest, SwitchRequest
 from neural_chat_app.server.state import check_api_key, get_state, read_body
@@ -32,11 +33,14 @@ async def list_models(request: Request):
         }
         for e in await anyio.to_thread.run_sync(models.entries)
     ]
+    data.append(embedding_model_listing(request))  # serves /v1/embeddings, not generation
     return {"object": "list", "data": data}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(request: Request, model_id: str):
+    if model_id == EMBEDDING_MODEL_ID:
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "local"}
     entry = find_model(await anyio.to_thread.run_sync(get_state(request).models.entries), model_id)
     if entry is None:
         raise APIError(404, f"The model {model_id!r} does not exist", "model_not_found", "model")

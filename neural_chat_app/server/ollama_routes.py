@@ -1,0 +1,600 @@
+"""Ollama's API: /api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/version, /api/embed (and the older
+/api/embeddings), for tools that speak Ollama (Open WebUI, the `ollama` Python client, editor plugins).
+
+Generation goes through the OpenAI routes' path (generation_routes._prepare and Turn: admission, model lease,
+plugins, the conversation log); this module only translates shapes. Streams are NDJSON, one object a line, the last
+with done=true, done_reason and Ollama's counters in nanoseconds. Errors are Ollama's {"error": "..."} with the
+status. Fields and options not honoured are refused by name (ollama_schemas.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from neural_chat_app.config import GenerationConfig
+from neural_chat_app.logits import finite
+from neural_chat_app.prompts import prompt_ids
+from neural_chat_app.registry import ModelEntry, find_model
+from neural_chat_app.server.embedding_routes import (
+    EMBEDDING_DIMENSIONS,
+    EMBEDDING_MODEL_ID,
+    check_embedding_model,
+    embedding_model,
+    is_embedding_model,
+)
+from neural_chat_app.server.errors import APIError
+from neural_chat_app.server.generation_routes import Turn, _prepare
+from neural_chat_app.server.models import DEFAULT_ALIASES
+from neural_chat_app.server.ollama_schemas import (
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    ShowRequest,
+    TurnRequest,
+    bare_model_name,
+    refuse,
+)
+from neural_chat_app.server.state import check_api_key, get_state, read_body
+from neural_chat_app.tools import ToolCallSplitter, parse_tool_calls, prompt_messages
+
+logger = logging.getLogger(__name__)
+
+# The Ollama release whose API these routes follow (format schemas came in 0.5, think in 0.9): what a client that
+# gates features on /api/version reads.
+OLLAMA_VERSION = "0.9.0"
+_ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time: what Ollama writes for an unknown date
+_LOADED_UNTIL = "2318-08-19T00:00:00Z"  # Ollama's expires_at for a model kept loaded (keep_alive=-1)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pth", ".xml")
+
+
+class OllamaRoute(APIRoute):
+    """Errors as Ollama's clients read them, {"error": message}, including the API key check's 401."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request):
+            try:
+                return await handler(request)
+            except APIError as err:
+                return ollama_error(err.status, err.message)
+            except HTTPException as err:
+                return ollama_error(err.status_code, str(err.detail))
+            except Exception as err:
+                logger.exception("Unhandled error on %s", request.url.path)
+                return ollama_error(500, f"Internal error: {type(err).__name__}: {err}")
+
+        return handle
+
+
+def ollama_error(status: int, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+router = APIRouter(route_class=OllamaRoute, dependencies=[Depends(check_api_key)])
+
+
+def ollama_name(model_id: str) -> str:
+    """Ollama's names always carry a tag; an untagged id is listed as '<id>:latest' (and accepted either way)."""
+    return model_id if ":" in model_id else f"{model_id}:latest"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _ns(seconds: float | None) -> int:
+    return int(round((seconds or 0.0) * 1e9))
+
+
+# ---- generation -------------------------------------------------------------------------------------------------
+
+
+async def _resolve(request: Request, name: str):
+    """(backend, seconds spent loading it) for an Ollama model name."""
+    if is_embedding_model(name) and bare_model_name(name) not in DEFAULT_ALIASES:
+        raise APIError(400, f"{name!r} is an embedding model: it serves /api/embed, not generation", "invalid_model")
+    models = get_state(request).models
+    before, start = models.active, time.perf_counter()
+    backend = await models.resolve(bare_model_name(name))
+    return backend, (time.perf_counter() - start if backend is not before else 0.0)
+
+
+async def _start(request: Request, req, backend, messages: list[dict], task: str, kind: str,
+                 tools: list[dict] | None = None) -> Turn:
+    """A Turn through the OpenAI routes' path; options.num_ctx bounds prompt + reply (the prompt is never cut)."""
+    num_ctx, make_config = req.num_ctx, req.generation_config
+    if num_ctx is not None:
+        try:
+            model_messages, model_tools = prompt_messages(messages, tools, backend.tokenizer)
+            n = len(prompt_ids(backend.tokenizer, model_messages, task, model_tools))
+        except ValueError:
+            n = 0  # _prepare says what is wrong with the prompt
+        if n >= num_ctx:
+            raise APIError(400, f"The prompt has {n} tokens; options.num_ctx={num_ctx} leaves no room for a reply: "
+                                f"raise num_ctx or shorten the prompt", "context_length_exceeded")
+
+        def make_config(limit: int) -> GenerationConfig:
+            config = req.generation_config(limit)
+            return replace(config, max_new_tokens=min(config.max_new_tokens, num_ctx - n))
+
+    turn_req = TurnRequest(bare_model_name(req.model), None, make_config)
+    return await _prepare(request, turn_req, messages, task, kind, tools=tools)
+
+
+class _Reply:
+    """Ollama's objects for one Turn: its text as it streams, the tool calls parsed out of it (a chat with
+    tools: a ToolCallSplitter holds back what may be a call), and its log-probabilities when asked."""
+
+    def __init__(self, turn: Turn, model: str, chat: bool, tool_names: set[str], logprobs: bool):
+        self.turn, self.model, self.chat, self.tool_names = turn, model, chat, tool_names
+        self.splitter = ToolCallSplitter(tool_names) if tool_names else None
+        self.logprobs = logprobs
+        self.generated = ""  # the reply's text as the backend gave it, tool calls included
+        self.text = ""  # what the client gets as content
+        self.calls: list[dict] = []  # OpenAI-shaped (tools.py), as the log keeps them
+        self.sent_tokens = 0
+
+    def obj(self, text: str, final: bool = False) -> dict:
+        body = {"model": self.model, "created_at": _now()}
+        if self.chat:
+            body["message"] = {"role": "assistant", "content": text}
+            if final and self.calls:
+                body["message"]["tool_calls"] = [_ollama_call(c) for c in self.calls]
+        else:
+            body["response"] = text
+        if self.logprobs:
+            body["logprobs"] = self._new_logprobs(final)
+        body["done"] = False
+        return body
+
+    def _new_logprobs(self, final: bool) -> list[dict]:
+        """The entries not sent yet whose token is in the text so far (an end-of-turn token has no text)."""
+        tokenizer = self.turn.backend.tokenizer
+        entries = [t for t in (self.turn.result.tokens or []) if t.offset < len(self.generated)]
+        new = entries[self.sent_tokens:]
+        if not final:
+            new = new[:-1]  # the last token's text may still grow (a character split across tokens)
+        self.sent_tokens += len(new)
+
+        def one(token_id: int, logprob: float) -> dict:
+            return {"token": tokenizer.decode([token_id], skip_special_tokens=False), "logprob": finite(logprob)}
+
+        return [{**one(t.token_id, t.logprob), "top_logprobs": [one(i, lp) for i, lp in t.top]} for t in new]
+
+    def feed(self, chunk: str) -> list[dict]:
+        self.generated += chunk
+        out = self.splitter.feed(chunk) if self.splitter is not None else chunk
+        self.text += out
+        return [self.obj(out)] if out else []
+
+    def finish(self) -> list[dict]:
+        """What is still to send before the last object: text held back as a possible call, and the calls."""
+        if self.splitter is None:
+            return []
+        rest, self.calls = self.splitter.finish()
+        self.text += rest
+        return [self.obj(rest)] if rest else []
+
+    def whole(self, text: str) -> dict:
+        self.generated = self.text = text
+        if self.tool_names:
+            content, self.calls = parse_tool_calls(text, self.tool_names)
+            self.text = (content or "") if self.calls else text
+        return self.obj(self.text, final=True)
+
+    @property
+    def log_extra(self) -> dict:
+        return {"tool_calls": self.calls} if self.calls else {}
+
+
+def _ollama_call(call: dict) -> dict:
+    """tools.py's OpenAI-shaped call (arguments a JSON string) in Ollama's shape (arguments an object)."""
+    function = call["function"]
+    return {"function": {"name": function["name"], "arguments": json.loads(function["arguments"] or "{}")}}
+
+
+def _counters(turn: Turn, start: float, load_s: float) -> dict:
+    r = turn.result
+    prompt_s = r.first_token_s if r.first_token_s is not None else r.total_s
+    return {
+        "done": True,
+        "done_reason": "length" if r.finish_reason == "length" else "stop",
+        "total_duration": _ns(time.perf_counter() - start),
+        "load_duration": _ns(load_s),
+        "prompt_eval_count": r.prompt_tokens,
+        "prompt_eval_duration": _ns(prompt_s),
+        "eval_count": r.completion_tokens,
+        "eval_duration": _ns(max(r.total_s - prompt_s, 0.0)),
+    }
+
+
+def _line(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+async def _ndjson(turn: Turn, reply: _Reply, start: float, load_s: float) -> AsyncIterator[str]:
+    logged = False
+    try:
+        try:
+            async for chunk in turn.reply_chunks():
+                for obj in reply.feed(chunk):
+                    yield _line(obj)
+        except Exception as err:  # the backend failed: say so in-band (the client raises it), never crash
+            turn.result.finish_reason = "error"
+            await turn.log_reply(reply.generated, interrupted=False)
+            logged = True
+            yield _line({"error": f"Generation failed: {err}"})
+            return
+        for obj in reply.finish():
+            yield _line(obj)
+        # The reply is committed to the log before the client sees the end of the stream.
+        await turn.log_reply(reply.text, interrupted=False, extra=reply.log_extra)
+        logged = True
+        yield _line({**reply.obj("", final=True), **_counters(turn, start, load_s)})
+    finally:
+        if not logged:  # the client went away mid-stream: keep what was generated, marked as interrupted
+            with anyio.CancelScope(shield=True):
+                await turn.log_reply(reply.generated, interrupted=True)
+
+
+async def _respond(turn: Turn, reply: _Reply, stream: bool, start: float, load_s: float):
+    headers = {"X-Conversation-Id": turn.session} if turn.session else {}
+    if stream:
+        return StreamingResponse(_ndjson(turn, reply, start, load_s), media_type="application/x-ndjson",
+                                 headers=headers)
+    parts: list[str] = []
+    try:
+        async for chunk in turn.reply_chunks():
+            parts.append(chunk)
+    except Exception as err:
+        await turn.log_reply("".join(parts), interrupted=True)
+        raise APIError(500, f"Generation failed: {err}", "generation_failed") from err
+    body = reply.whole("".join(parts))
+    await turn.log_reply(reply.text, interrupted=False, extra=reply.log_extra)
+    return JSONResponse({**body, **_counters(turn, start, load_s)}, headers=headers)
+
+
+def _loaded(model: str, chat: bool) -> dict:
+    """The answer to Ollama's load request (no messages, or no prompt): the model is ready."""
+    body = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+    return {"model": model, "created_at": _now(), **body, "done": True, "done_reason": "load"}
+
+
+@router.post("/api/chat")
+async def chat(request: Request):
+    start = time.perf_counter()
+    req = await read_body(request, ChatRequest)
+    refuse(req.unsupported())
+    backend, load_s = await _resolve(request, req.model)
+    model = req.model or ollama_name(backend.model_id)
+    if not req.messages:  # Ollama's way to load a model
+        return _loaded(model, chat=True)
+    messages = [m.as_dict(i) for i, m in enumerate(req.messages)]
+    if messages[-1]["role"] == "assistant":
+        raise APIError(400, "The last message must come from the user (or system, or tool): continuing an "
+                            "assistant message is not supported", "invalid_value")
+    system = get_state(request).settings.system_prompt
+    if system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}, *messages]
+    turn = await _start(request, req, backend, messages, "chat", "chat", tools=req.tool_dicts)
+    reply = _Reply(turn, model, True, req.tool_names, bool(req.logprobs))
+    return await _respond(turn, reply, req.stream is not False, start, load_s)
+
+
+@router.post("/api/generate")
+async def generate(request: Request):
+    start = time.perf_counter()
+    req = await read_body(request, GenerateRequest)
+    refuse(req.unsupported())
+    backend, load_s = await _resolve(request, req.model)
+    model = req.model or ollama_name(backend.model_id)
+    if not req.prompt:  # Ollama's way to load a model
+        return _loaded(model, chat=False)
+    if req.raw or not getattr(backend.tokenizer, "chat_template", None):
+        # The prompt as given, continued: raw, or a model without a chat template (Ollama's {{ .Prompt }}).
+        if req.system:
+            refuse([f"system ({backend.model_id} has no chat template to put it in: write it into the prompt)"])
+        messages, task = [{"role": "user", "content": req.prompt}], "text"
+    else:
+        # The prompt is the user turn of the model's chat template, after `system` (or the server's system prompt).
+        system = req.system or get_state(request).settings.system_prompt
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": req.prompt})
+        task = "completion"
+    turn = await _start(request, req, backend, messages, task, "completion")
+    reply = _Reply(turn, model, False, set(), bool(req.logprobs))
+    return await _respond(turn, reply, req.stream is not False, start, load_s)
+
+
+# ---- models -----------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _model_folder(entry: ModelEntry) -> Path | None:
+    """The folder holding the entry's weights, found without loading or fetching anything."""
+    from finetune.home import cache_home
+    from finetune.run_folder import run_weights
+
+    path = Path(entry.path).expanduser()
+    if path.is_dir():
+        weights = run_weights(path)
+        return weights.merged if weights is not None and weights.merged is not None else path
+    if entry.kind == "embedded":  # its GGUF converted once into a folder (finetune/models.py)
+        folder = cache_home() / "models" / entry.id
+        return folder if folder.is_dir() else None
+    return None
+
+
+def _embedding_folder() -> Path | None:
+    """The packaged embedding model's folder when it is on disk (installed or fetched); never fetches."""
+    from finetune.home import cache_home
+    from finetune.model_packages import EMBEDDING_MODEL, fetched_folder, installed_folder
+
+    module, requirement = EMBEDDING_MODEL
+    folder = installed_folder(module) or fetched_folder(module, requirement, cache_home())
+    return folder / "model" if (folder / "model" / "config.json").is_file() else None
+
+
+def _safetensors_summary(folder: Path) -> tuple[int, str | None]:
+    """(parameter count, the dtype most of them have) from the safetensors headers: no weights are read."""
+    count, dtypes = 0, Counter()
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with file.open("rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size)) if 0 < size < 100_000_000 else {}
+        except (OSError, ValueError):
+            continue
+        for name, tensor in header.items():
+            if name != "__metadata__" and isinstance(tensor, dict):
+                n = math.prod(tensor.get("shape", []))
+                count += n
+                dtypes[tensor.get("dtype")] += n
+    return count, (dtypes.most_common(1)[0][0] if dtypes else None)
+
+
+def _parameter_size(count: int) -> str:
+    if not count:
+        return ""
+    if count >= 1e9:
+        return f"{count / 1e9:.1f}B"
+    if count >= 1e6:
+        return f"{count / 1e6:.2f}M"
+    return f"{count / 1e3:.2f}K"
+
+
+_DTYPES = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16"}
+
+
+def _facts(entry_id: str, entry: ModelEntry | None, folder: Path | None, backend=None) -> dict:
+    """What Ollama's tags, show and ps say about a model, from its folder and, when loaded, its backend."""
+    config = _read_json(folder / "config.json") if folder else {}
+    count, dtype = _safetensors_summary(folder) if folder else (0, None)
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in _WEIGHT_SUFFIXES) if folder else 0
+    template = None
+    model = getattr(backend, "model", None)  # a torch backend's module
+    if backend is not None:
+        template = getattr(backend.tokenizer, "chat_template", None)
+        size = getattr(backend, "weight_bytes", None) or size
+        if hasattr(model, "parameters"):
+            params = list(model.parameters())
+            count = count or sum(p.numel() for p in params)
+            dtype = _DTYPES.get(str(params[0].dtype), dtype) if params else dtype
+        if not config and hasattr(getattr(model, "config", None), "to_dict"):
+            config = model.config.to_dict()
+    if template is None and folder:
+        template = _read_json(folder / "tokenizer_config.json").get("chat_template")
+        if template is None and (folder / "chat_template.jinja").is_file():
+            template = (folder / "chat_template.jinja").read_text()
+    meta = entry.metadata if entry else {}
+    quantization = meta.get("tag") or (f"INT{meta['bits']}" if meta.get("bits") else None)
+    quantization = quantization or meta.get("weight_format") or dtype or ""
+    stamp = folder.stat().st_mtime if folder else None
+    digest = hashlib.sha256(f"{entry_id}|{folder}|{stamp}".encode()).hexdigest()
+    family = config.get("model_type") or ""
+    return {
+        "family": family,
+        "parameter_count": count,
+        "config": config,
+        "template": template if isinstance(template, str) else "",
+        "size": int(size or 0),
+        "digest": digest,
+        "modified_at": (datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                        if stamp else _ZERO_TIME),
+        "details": {
+            "parent_model": "",
+            "format": "openvino" if entry is not None and entry.backend == "openvino" else "safetensors",
+            "family": family,
+            "families": [family] if family else None,
+            "parameter_size": _parameter_size(count),
+            "quantization_level": str(quantization),
+        },
+    }
+
+
+def _chat_model_facts(entry: ModelEntry, active) -> dict:
+    return _facts(entry.id, entry, _model_folder(entry), active if entry.id == active.model_id else None)
+
+
+def _embedding_facts(request: Request) -> dict:
+    model = getattr(request.app.state, "embedding_model", None)
+    return _facts(EMBEDDING_MODEL_ID, None, _embedding_folder(), model.embedder if model is not None else None)
+
+
+def _tag(name: str, facts: dict) -> dict:
+    keys = ("modified_at", "size", "digest", "details")
+    return {"name": ollama_name(name), "model": ollama_name(name), **{k: facts[k] for k in keys}}
+
+
+@router.get("/api/version")
+async def version():
+    return {"version": OLLAMA_VERSION}
+
+
+@router.get("/api/tags")
+async def tags(request: Request):
+    """The models of /v1/models, the embedding model included, in Ollama's shape."""
+    models = get_state(request).models
+    active = models.active
+
+    def collect():
+        listed = [_tag(e.id, _chat_model_facts(e, active)) for e in models.entries()]
+        return [*listed, _tag(EMBEDDING_MODEL_ID, _embedding_facts(request))]
+
+    return {"models": await anyio.to_thread.run_sync(collect)}
+
+
+@router.get("/api/ps")
+async def ps(request: Request):
+    """The loaded models: the served one, and the embedding model once an embeddings request loaded it."""
+    models = get_state(request).models
+    active = models.active
+    embeddings = getattr(request.app.state, "embedding_model", None)
+
+    def collect():
+        entry = find_model(models.entries(), active.model_id)
+        loaded = [(active.model_id, _chat_model_facts(entry, active))]
+        if embeddings is not None and embeddings.loaded:
+            loaded.append((EMBEDDING_MODEL_ID, _embedding_facts(request)))
+        return [
+            {**_tag(name, facts), "expires_at": _LOADED_UNTIL, "size_vram": 0,
+             "context_length": facts["config"].get("max_position_embeddings") or 0}
+            for name, facts in loaded
+        ]
+
+    return {"models": await anyio.to_thread.run_sync(collect)}
+
+
+def _parameters() -> str:
+    """The sampling defaults a request without options gets, as Modelfile PARAMETER lines."""
+    d = GenerationConfig()
+    values = {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
+              "repeat_penalty": d.repetition_penalty, "num_predict": d.max_new_tokens}
+    return "\n".join(f"{k:<16}{v}" for k, v in values.items())
+
+
+def _model_info(name: str, facts: dict) -> dict:
+    config, family = facts["config"], facts["family"] or "unknown"
+    info = {"general.architecture": family, "general.basename": name,
+            "general.parameter_count": facts["parameter_count"]}
+    for key, config_key in (("context_length", "max_position_embeddings"), ("embedding_length", "hidden_size"),
+                            ("block_count", "num_hidden_layers"), ("attention.head_count", "num_attention_heads"),
+                            ("attention.head_count_kv", "num_key_value_heads"), ("vocab_size", "vocab_size")):
+        if config.get(config_key) is not None:
+            info[f"{family}.{key}"] = config[config_key]
+    return info
+
+
+@router.post("/api/show")
+async def show(request: Request):
+    req = await read_body(request, ShowRequest)
+    refuse(req.unsupported())
+    name = req.model or req.name
+    state = get_state(request)
+    if is_embedding_model(name) and bare_model_name(name) not in DEFAULT_ALIASES:
+        facts = await anyio.to_thread.run_sync(_embedding_facts, request)
+        info = {**_model_info(EMBEDDING_MODEL_ID, facts), "bert.pooling_type": "mean",
+                "bert.embedding_length": EMBEDDING_DIMENSIONS}
+        return {"modelfile": f"# {EMBEDDING_MODEL_ID}: the retrieval plugin's embedding model\n", "parameters": "",
+                "template": "", "details": facts["details"], "model_info": info, "capabilities": ["embedding"],
+                "modified_at": facts["modified_at"]}
+    models = state.models
+    bare = bare_model_name(name)
+    model_id = models.active.model_id if not bare or bare in DEFAULT_ALIASES else bare
+
+    def describe():
+        entry = find_model(models.entries(), model_id)
+        return None if entry is None else (entry, _chat_model_facts(entry, models.active))
+
+    found = await anyio.to_thread.run_sync(describe)
+    if found is None:
+        raise APIError(404, f"model {name!r} not found; GET /api/tags lists the models here", "model_not_found")
+    entry, facts = found
+    return {
+        "modelfile": f"# Served by neural_chat_app ({entry.kind}, {entry.backend} backend)\nFROM {entry.path}\n",
+        "parameters": _parameters(),
+        "template": facts["template"],  # the model's Jinja chat template (Ollama's are Go templates)
+        "details": facts["details"],
+        "model_info": _model_info(entry.id, facts),
+        "capabilities": ["completion"],
+        "modified_at": facts["modified_at"],
+    }
+
+
+# ---- embeddings -------------------------------------------------------------------------------------------------
+
+
+def _check_dimensions(dimensions: int | None) -> None:
+    if dimensions is not None and dimensions != EMBEDDING_DIMENSIONS:
+        raise APIError(400, f"dimensions={dimensions}: {EMBEDDING_MODEL_ID} gives {EMBEDDING_DIMENSIONS} dimensions, "
+                            f"and shortening its vectors is not supported", "invalid_value")
+
+
+@router.post("/api/embed")
+async def embed(request: Request):
+    start = time.perf_counter()
+    req = await read_body(request, EmbedRequest)
+    refuse(req.unsupported())
+    check_embedding_model(req.model)
+    _check_dimensions(req.dimensions)
+    # An empty input string embeds nothing (Ollama's way to load the model); in a list, "" is a text.
+    texts = ([req.input] if req.input else []) if isinstance(req.input, str) else list(req.input)
+    model = embedding_model(request)
+    result = await anyio.to_thread.run_sync(lambda: model.embed(texts, truncate=req.truncate))
+    return {
+        "model": req.model or ollama_name(EMBEDDING_MODEL_ID),
+        "embeddings": result.vectors.tolist(),
+        "total_duration": _ns(time.perf_counter() - start),
+        "load_duration": _ns(result.load_s),
+        "prompt_eval_count": result.prompt_tokens,
+    }
+
+
+@router.post("/api/embeddings")
+async def embeddings(request: Request):
+    req = await read_body(request, EmbeddingsRequest)
+    refuse(req.unsupported())
+    check_embedding_model(req.model)
+    if not req.prompt:
+        return {"embedding": []}
+    model = embedding_model(request)
+    result = await anyio.to_thread.run_sync(lambda: model.embed([req.prompt], truncate=True))
+    return {"embedding": result.vectors[0].tolist()}
+
+
+# ---- model management: not served ---------------------------------------------------------------------------------
+
+
+async def _not_served(request: Request):
+    raise APIError(501, f"{request.url.path} is not served: this server serves the models of its registry (GET "
+                        f"/api/tags); add one with finetune or quantize, or as a folder in model_dirs", "not_supported")
+
+
+for _path, _method in (("/api/pull", "POST"), ("/api/push", "POST"), ("/api/create", "POST"), ("/api/copy", "POST"),
+                       ("/api/delete", "DELETE")):
+    router.add_api_route(_path, _not_served, methods=[_method], include_in_schema=False)
