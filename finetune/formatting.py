@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from finetune.chat_template import chat_tokens_and_labels
-from finetune.records import summary_columns
+from finetune.records import summary_columns, trl_format
 
 IGNORE_INDEX = -100
 
@@ -45,7 +45,12 @@ class FormatOptions:
 
 def tokenize_record(tokenizer, record: dict, opts: FormatOptions) -> dict | None:
     """Return {"input_ids", "labels"} or None when truncation left no token to learn from."""
-    if opts.task in ("chat", "extraction"):
+    # code generation keeps its prompt tokenized alone, as at inference (TRL's joined tokenization may merge the
+    # prompt's last newline into the code's indentation)
+    kind = trl_format(record) if opts.task not in ("summarization", "code-generation") else None
+    if kind is not None:
+        ids, labels = _tokenize_trl(tokenizer, record, kind, opts)
+    elif opts.task in ("chat", "extraction"):
         ids, labels = chat_tokens_and_labels(tokenizer, record["messages"], opts.max_seq_length, opts.train_on_inputs)
     else:
         prompt, response = _prompt_and_response(record, opts)
@@ -53,6 +58,31 @@ def tokenize_record(tokenizer, record: dict, opts: FormatOptions) -> dict | None
     if all(label == IGNORE_INDEX for label in labels[1:]):
         return None
     return {"input_ids": ids, "labels": labels}
+
+
+def _tokenize_trl(tokenizer, record: dict, kind: str, opts: FormatOptions) -> tuple[list[int], list[int]]:
+    """TRL's SFT formats, tokenized as TRL's SFTTrainer does (so data prepared for it trains the same here):
+    prompt and completion are tokenized together, the completion learned from where the prompt's own tokens stop
+    being a prefix; the end-of-sequence token ends plain text; the chat template renders conversational ones."""
+    eos = tokenizer.eos_token or ""
+    if kind == "language modeling":
+        text = record["text"] if record["text"].endswith(eos) else record["text"] + eos
+        ids = tokenizer(text)["input_ids"][: opts.max_seq_length]
+        return ids, list(ids)
+    if kind == "prompt-completion":
+        completion = record["completion"] if record["completion"].endswith(eos) else record["completion"] + eos
+        prompt_ids = tokenizer(record["prompt"])["input_ids"]
+        ids = tokenizer(record["prompt"] + completion)["input_ids"]
+    else:
+        from finetune.chat_template import render_chat
+
+        prompt_text = render_chat(tokenizer, record["prompt"], tokenize=False, add_generation_prompt=True)
+        text = render_chat(tokenizer, record["prompt"] + record["completion"], tokenize=False)
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
+    labels = list(ids) if opts.train_on_inputs else [IGNORE_INDEX] * start + ids[start:]
+    return ids[: opts.max_seq_length], labels[: opts.max_seq_length]
 
 
 def _prompt_and_response(record: dict, opts: FormatOptions) -> tuple[str, str]:

@@ -94,20 +94,42 @@ def summary_columns(columns: set[str], prompt_column: str | None, response_colum
     return SUMMARY_PAIRS[0]
 
 
+# TRL's SFT dataset formats (what data prepared for TRL's SFTTrainer holds), beside NeuralChat's:
+#   {"text": ...}                                 language modeling: every token is learned
+#   {"prompt": str, "completion": str}             prompt-completion: only the completion is learned
+#   {"prompt": [messages], "completion": [messages]}  conversational prompt-completion, through the chat template
+#   {"messages": [...]}                           conversational language modeling: our chat task
+PROMPT_COMPLETION = ("prompt", "completion")
+
+
+def trl_format(data: dict) -> str | None:
+    """Which TRL prompt-completion or language-modeling format a record is in, or None (NeuralChat's own)."""
+    if "prompt" in data and "completion" in data:
+        conversational = isinstance(data["prompt"], list) or isinstance(data["completion"], list)
+        return "conversational prompt-completion" if conversational else "prompt-completion"
+    if "text" in data and not set(ALPACA) <= set(data) and "messages" not in data:
+        return "language modeling"
+    return None
+
+
 def required_columns(task: str, columns: set[str], prompt_column=None, response_column=None) -> tuple[str, ...]:
     if task in ("chat", "extraction"):
+        if "messages" not in columns and set(PROMPT_COMPLETION) <= columns:
+            return PROMPT_COMPLETION
         return ("messages",)
     if task == "summarization":
         return summary_columns(columns, prompt_column, response_column)
-    if task == "code-generation" and {"prompt", "completion"} <= columns:
-        return ("prompt", "completion")
+    if set(PROMPT_COMPLETION) <= columns:
+        return PROMPT_COMPLETION
+    if "text" in columns and not set(ALPACA) <= columns:
+        return ("text",)
     return ALPACA
 
 
 def suggest_task(columns: set[str]) -> str | None:
     if "messages" in columns:
         return "chat"
-    if set(ALPACA) <= columns:
+    if set(ALPACA) <= columns or columns == {"text"}:
         return "completion"
     if any(set(p) <= columns for p in SUMMARY_PAIRS):
         return "summarization"
@@ -127,6 +149,8 @@ def check_records(records: list[Record], task: str, source: str, prompt_column=N
             problems.append(
                 f"{record.where}: missing {', '.join(missing)}; found columns: {', '.join(sorted(record.data))}"
             )
+        elif trl_format(record.data) is not None and task != "summarization":
+            problems.extend(_check_trl(record, task))
         elif task in ("chat", "extraction"):
             problems.extend(_check_messages(record, task))
     if problems:
@@ -140,6 +164,26 @@ def check_records(records: list[Record], task: str, source: str, prompt_column=N
             f"{len(problems)} of {len(records)} records in {source} cannot be used for task={task!r}, which "
             f"expects columns {', '.join(needed)}:\n  {shown}{more}{hint}"
         )
+
+
+def _check_trl(record: Record, task: str) -> list[str]:
+    data, kind = record.data, trl_format(record.data)
+    if kind == "language modeling":
+        ok = isinstance(data["text"], str) and data["text"].strip()
+        return [] if ok else [f"{record.where}: 'text' must be a non-empty string"]
+    if kind == "prompt-completion":
+        if task in ("chat", "extraction"):
+            return [f"{record.where}: prompt and completion are plain strings, which task={task!r} cannot render "
+                    f"as a conversation: set task='completion', or make them lists of {{role, content}} messages"]
+        if not all(isinstance(data[k], str) for k in PROMPT_COMPLETION) or not data["completion"]:
+            return [f"{record.where}: prompt and completion must be strings (the completion non-empty)"]
+        return []
+    if not isinstance(data["prompt"], list) or not isinstance(data["completion"], list) or not data["completion"]:
+        return [f"{record.where}: conversational prompt and completion must both be lists of {{role, content}} "
+                f"messages (the completion non-empty)"]
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in data["completion"]):
+        return [f"{record.where}: the completion holds no assistant message, so there is nothing to learn"]
+    return _check_messages(Record({"messages": data["prompt"] + data["completion"]}, record.where), task)
 
 
 def _check_messages(record: Record, task: str) -> list[str]:

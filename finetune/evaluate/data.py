@@ -9,7 +9,7 @@ from pathlib import Path
 from finetune.errors import UserError
 from finetune.extraction import FEW_SHOT, to_json
 from finetune.formatting import SUMMARIZATION_PROMPT, completion_prompt
-from finetune.records import DataError, Record, check_records, read_records, summary_columns
+from finetune.records import DataError, Record, check_records, read_records, summary_columns, trl_format
 
 
 class EvalError(UserError):
@@ -45,6 +45,17 @@ def examples_from_records(records: list[Record], task: str, source: str,
 
 def _example(record: Record, task: str) -> Example:
     data = record.data
+    kind = trl_format(data) if task != "summarization" else None
+    if kind == "language modeling":
+        raise EvalError(f"{record.where}: a language-modeling record ({{'text': ...}}) has no reference reply to "
+                        f"score: hold out prompt/completion or messages records instead")
+    if kind == "prompt-completion":
+        return Example(data, None, data["prompt"], data["completion"], record.where)
+    if kind == "conversational prompt-completion":
+        reference = next(m["content"] for m in reversed(data["completion"]) if m["role"] == "assistant")
+        if task == "extraction":
+            reference = to_json(json.loads(reference))
+        return Example(data, data["prompt"], None, reference, record.where)
     if task in ("chat", "extraction"):
         messages = data["messages"]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
@@ -56,8 +67,6 @@ def _example(record: Record, task: str) -> Example:
         source, target = summary_columns(set(data), None, None)
         return Example(data, None, SUMMARIZATION_PROMPT.format(article=str(data[source])), str(data[target]),
                        record.where)
-    if task == "code-generation" and "prompt" in data and "completion" in data:
-        return Example(data, None, str(data["prompt"]), str(data["completion"]), record.where)
     return Example(data, None, completion_prompt(str(data["instruction"]), str(data.get("input") or "")),
                    str(data["output"]), record.where)
 
