@@ -198,6 +198,7 @@ async function loadModels() {
   const select = $("model");
   select.innerHTML = "";
   for (const model of (await response.json()).data) {
+    if (model.kind === "embedding") continue;  // /v1/embeddings' model: it does not chat
     const option = document.createElement("option");
     option.value = model.id;
     option.textContent = model.id + (model.kind ? ` (${model.kind})` : "");
