@@ -123,6 +123,23 @@ class EmbeddingModel:
         return tokenizer.decode(ids, skip_special_tokens=True)
 
 
+async def embed_admitted(request: Request, work):
+    """Run `work` in a thread in the generation queue's line: embeddings share the cores with generation, so they
+    take a slot like a reply does (429 when the queue is full)."""
+    from neural_chat_app.server.admission import QueueFull
+
+    admission = get_state(request).admission
+    try:
+        admission.reserve()
+    except QueueFull as err:
+        raise APIError(429, f"{err}; retry later", "rate_limit_exceeded") from err
+    await admission.acquire()
+    try:
+        return await anyio.to_thread.run_sync(work)
+    finally:
+        admission.release()
+
+
 def embedding_model(request: Request) -> EmbeddingModel:
     """This server's EmbeddingModel, made on first use."""
     app_state = request.app.state
@@ -196,7 +213,7 @@ async def embeddings(request: Request):
                             f"dimensions, and shortening its vectors is not supported", "invalid_value", "dimensions")
     items = _inputs(req.input)
     model = embedding_model(request)
-    result = await anyio.to_thread.run_sync(lambda: model.embed(items, truncate=False))
+    result = await embed_admitted(request, lambda: model.embed(items, truncate=False))
     if req.encoding_format == "base64":
         encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in result.vectors]
     else:

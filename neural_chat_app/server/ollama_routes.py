@@ -34,6 +34,7 @@ from neural_chat_app.server.embedding_routes import (
     EMBEDDING_DIMENSIONS,
     EMBEDDING_MODEL_ID,
     check_embedding_model,
+    embed_admitted,
     embedding_model,
     is_embedding_model,
 )
@@ -565,7 +566,7 @@ async def embed(request: Request):
     # An empty input string embeds nothing (Ollama's way to load the model); in a list, "" is a text.
     texts = ([req.input] if req.input else []) if isinstance(req.input, str) else list(req.input)
     model = embedding_model(request)
-    result = await anyio.to_thread.run_sync(lambda: model.embed(texts, truncate=req.truncate))
+    result = await embed_admitted(request, lambda: model.embed(texts, truncate=req.truncate))
     return {
         "model": req.model or ollama_name(EMBEDDING_MODEL_ID),
         "embeddings": result.vectors.tolist(),
@@ -583,7 +584,7 @@ async def embeddings(request: Request):
     if not req.prompt:
         return {"embedding": []}
     model = embedding_model(request)
-    result = await anyio.to_thread.run_sync(lambda: model.embed([req.prompt], truncate=True))
+    result = await embed_admitted(request, lambda: model.embed([req.prompt], truncate=True))
     return {"embedding": result.vectors[0].tolist()}
 
 
