@@ -158,7 +158,7 @@ def _retrieval_embedder(plugins):
 
 def embedding_model_listing(request: Request) -> dict:
     """The embedding model as /v1/models lists it. The top-level `loaded` marks the chat model generation goes to
-    (the web page selects it), so this entry says whether it is in memory in its metadata."""
+    (the web page selects it), so here it is False and metadata.loaded says whether the model is in memory."""
     from neural_chat_app.plugins.embedding import PACKAGE
 
     model = getattr(request.app.state, "embedding_model", None)
@@ -168,6 +168,7 @@ def embedding_model_listing(request: Request) -> dict:
         "created": 0,
         "owned_by": "local",
         "kind": "embedding",
+        "loaded": False,  # not the chat model generation goes to; in memory or not: metadata.loaded
         "backend": "torch",
         "metadata": {"dimensions": EMBEDDING_DIMENSIONS, "package": PACKAGE, "loaded": bool(model and model.loaded),
                      "endpoints": ["/v1/embeddings", "/api/embed"]},
