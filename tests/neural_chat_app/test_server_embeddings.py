@@ -39,7 +39,7 @@ def _vectors(reply) -> np.ndarray:
 def test_the_model_is_listed_before_it_loads(server):
     listed = {m["id"]: m for m in httpx.get(server.url + "/v1/models").json()["data"]}
     assert listed[MODEL]["kind"] == "embedding" and listed[MODEL]["metadata"]["dimensions"] == 384
-    assert not listed[MODEL]["metadata"]["loaded"] and "loaded" not in listed[MODEL]  # `loaded`: the chat model
+    assert not listed[MODEL]["metadata"]["loaded"] and listed[MODEL]["loaded"] is False  # `loaded`: the chat model
     assert _openai(server).models.retrieve(MODEL).id == MODEL
 
 
