@@ -9,16 +9,12 @@ status. Fields and options not honoured are refused by name (ollama_schemas.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime, timezone
-from pathlib import Path
 
 import anyio
 from fastapi import APIRouter, Depends, Request
@@ -29,7 +25,7 @@ from starlette.exceptions import HTTPException
 from neural_chat_app.config import GenerationConfig
 from neural_chat_app.logits import finite
 from neural_chat_app.prompts import prompt_ids
-from neural_chat_app.registry import ModelEntry, find_model
+from neural_chat_app.registry import find_model
 from neural_chat_app.server.embedding_routes import (
     EMBEDDING_DIMENSIONS,
     EMBEDDING_MODEL_ID,
@@ -41,6 +37,14 @@ from neural_chat_app.server.embedding_routes import (
 from neural_chat_app.server.errors import APIError
 from neural_chat_app.server.generation_routes import Turn, _prepare
 from neural_chat_app.server.models import DEFAULT_ALIASES
+from neural_chat_app.server.ollama_models import (
+    chat_model_facts,
+    default_parameters,
+    embedding_facts,
+    model_info,
+    ollama_name,
+    tag,
+)
 from neural_chat_app.server.ollama_schemas import (
     ChatRequest,
     EmbeddingsRequest,
@@ -59,9 +63,7 @@ logger = logging.getLogger(__name__)
 # The Ollama release whose API these routes follow (format schemas came in 0.5, think in 0.9): what a client that
 # gates features on /api/version reads.
 OLLAMA_VERSION = "0.9.0"
-_ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time: what Ollama writes for an unknown date
 _LOADED_UNTIL = "2318-08-19T00:00:00Z"  # Ollama's expires_at for a model kept loaded (keep_alive=-1)
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pth", ".xml")
 
 
 class OllamaRoute(APIRoute):
@@ -90,11 +92,6 @@ def ollama_error(status: int, message: str) -> JSONResponse:
 
 
 router = APIRouter(route_class=OllamaRoute, dependencies=[Depends(check_api_key)])
-
-
-def ollama_name(model_id: str) -> str:
-    """Ollama's names always carry a tag; an untagged id is listed as '<id>:latest' (and accepted either way)."""
-    return model_id if ":" in model_id else f"{model_id}:latest"
 
 
 def _now() -> str:
@@ -328,130 +325,6 @@ async def generate(request: Request):
 # ---- models -----------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _model_folder(entry: ModelEntry) -> Path | None:
-    """The folder holding the entry's weights, found without loading or fetching anything."""
-    from finetune.home import cache_home
-    from finetune.run_folder import run_weights
-
-    path = Path(entry.path).expanduser()
-    if path.is_dir():
-        weights = run_weights(path)
-        return weights.merged if weights is not None and weights.merged is not None else path
-    if entry.kind == "embedded":  # its GGUF converted once into a folder (finetune/models.py)
-        folder = cache_home() / "models" / entry.id
-        return folder if folder.is_dir() else None
-    return None
-
-
-def _embedding_folder() -> Path | None:
-    """The packaged embedding model's folder when it is on disk (installed or fetched); never fetches."""
-    from finetune.home import cache_home
-    from finetune.model_packages import EMBEDDING_MODEL, fetched_folder, installed_folder
-
-    module, requirement = EMBEDDING_MODEL
-    folder = installed_folder(module) or fetched_folder(module, requirement, cache_home())
-    return folder / "model" if (folder / "model" / "config.json").is_file() else None
-
-
-def _safetensors_summary(folder: Path) -> tuple[int, str | None]:
-    """(parameter count, the dtype most of them have) from the safetensors headers: no weights are read."""
-    count, dtypes = 0, Counter()
-    for file in sorted(folder.glob("*.safetensors")):
-        try:
-            with file.open("rb") as f:
-                size = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(size)) if 0 < size < 100_000_000 else {}
-        except (OSError, ValueError):
-            continue
-        for name, tensor in header.items():
-            if name != "__metadata__" and isinstance(tensor, dict):
-                n = math.prod(tensor.get("shape", []))
-                count += n
-                dtypes[tensor.get("dtype")] += n
-    return count, (dtypes.most_common(1)[0][0] if dtypes else None)
-
-
-def _parameter_size(count: int) -> str:
-    if not count:
-        return ""
-    if count >= 1e9:
-        return f"{count / 1e9:.1f}B"
-    if count >= 1e6:
-        return f"{count / 1e6:.2f}M"
-    return f"{count / 1e3:.2f}K"
-
-
-_DTYPES = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16"}
-
-
-def _facts(entry_id: str, entry: ModelEntry | None, folder: Path | None, backend=None) -> dict:
-    """What Ollama's tags, show and ps say about a model, from its folder and, when loaded, its backend."""
-    config = _read_json(folder / "config.json") if folder else {}
-    count, dtype = _safetensors_summary(folder) if folder else (0, None)
-    size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in _WEIGHT_SUFFIXES) if folder else 0
-    template = None
-    model = getattr(backend, "model", None)  # a torch backend's module
-    if backend is not None:
-        template = getattr(backend.tokenizer, "chat_template", None)
-        size = getattr(backend, "weight_bytes", None) or size
-        if hasattr(model, "parameters"):
-            params = list(model.parameters())
-            count = count or sum(p.numel() for p in params)
-            dtype = _DTYPES.get(str(params[0].dtype), dtype) if params else dtype
-        if not config and hasattr(getattr(model, "config", None), "to_dict"):
-            config = model.config.to_dict()
-    if template is None and folder:
-        template = _read_json(folder / "tokenizer_config.json").get("chat_template")
-        if template is None and (folder / "chat_template.jinja").is_file():
-            template = (folder / "chat_template.jinja").read_text()
-    meta = entry.metadata if entry else {}
-    quantization = meta.get("tag") or (f"INT{meta['bits']}" if meta.get("bits") else None)
-    quantization = quantization or meta.get("weight_format") or dtype or ""
-    stamp = folder.stat().st_mtime if folder else None
-    digest = hashlib.sha256(f"{entry_id}|{folder}|{stamp}".encode()).hexdigest()
-    family = config.get("model_type") or ""
-    return {
-        "family": family,
-        "parameter_count": count,
-        "config": config,
-        "template": template if isinstance(template, str) else "",
-        "size": int(size or 0),
-        "digest": digest,
-        "modified_at": (datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                        if stamp else _ZERO_TIME),
-        "details": {
-            "parent_model": "",
-            "format": "openvino" if entry is not None and entry.backend == "openvino" else "safetensors",
-            "family": family,
-            "families": [family] if family else None,
-            "parameter_size": _parameter_size(count),
-            "quantization_level": str(quantization),
-        },
-    }
-
-
-def _chat_model_facts(entry: ModelEntry, active) -> dict:
-    return _facts(entry.id, entry, _model_folder(entry), active if entry.id == active.model_id else None)
-
-
-def _embedding_facts(request: Request) -> dict:
-    model = getattr(request.app.state, "embedding_model", None)
-    return _facts(EMBEDDING_MODEL_ID, None, _embedding_folder(), model.embedder if model is not None else None)
-
-
-def _tag(name: str, facts: dict) -> dict:
-    keys = ("modified_at", "size", "digest", "details")
-    return {"name": ollama_name(name), "model": ollama_name(name), **{k: facts[k] for k in keys}}
-
-
 @router.get("/api/version")
 async def version():
     return {"version": OLLAMA_VERSION}
@@ -464,8 +337,8 @@ async def tags(request: Request):
     active = models.active
 
     def collect():
-        listed = [_tag(e.id, _chat_model_facts(e, active)) for e in models.entries()]
-        return [*listed, _tag(EMBEDDING_MODEL_ID, _embedding_facts(request))]
+        listed = [tag(e.id, chat_model_facts(e, active)) for e in models.entries()]
+        return [*listed, tag(EMBEDDING_MODEL_ID, embedding_facts(request))]
 
     return {"models": await anyio.to_thread.run_sync(collect)}
 
@@ -479,36 +352,16 @@ async def ps(request: Request):
 
     def collect():
         entry = find_model(models.entries(), active.model_id)
-        loaded = [(active.model_id, _chat_model_facts(entry, active))]
+        loaded = [(active.model_id, chat_model_facts(entry, active))]
         if embeddings is not None and embeddings.loaded:
-            loaded.append((EMBEDDING_MODEL_ID, _embedding_facts(request)))
+            loaded.append((EMBEDDING_MODEL_ID, embedding_facts(request)))
         return [
-            {**_tag(name, facts), "expires_at": _LOADED_UNTIL, "size_vram": 0,
+            {**tag(name, facts), "expires_at": _LOADED_UNTIL, "size_vram": 0,
              "context_length": facts["config"].get("max_position_embeddings") or 0}
             for name, facts in loaded
         ]
 
     return {"models": await anyio.to_thread.run_sync(collect)}
-
-
-def _parameters() -> str:
-    """The sampling defaults a request without options gets, as Modelfile PARAMETER lines."""
-    d = GenerationConfig()
-    values = {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
-              "repeat_penalty": d.repetition_penalty, "num_predict": d.max_new_tokens}
-    return "\n".join(f"{k:<16}{v}" for k, v in values.items())
-
-
-def _model_info(name: str, facts: dict) -> dict:
-    config, family = facts["config"], facts["family"] or "unknown"
-    info = {"general.architecture": family, "general.basename": name,
-            "general.parameter_count": facts["parameter_count"]}
-    for key, config_key in (("context_length", "max_position_embeddings"), ("embedding_length", "hidden_size"),
-                            ("block_count", "num_hidden_layers"), ("attention.head_count", "num_attention_heads"),
-                            ("attention.head_count_kv", "num_key_value_heads"), ("vocab_size", "vocab_size")):
-        if config.get(config_key) is not None:
-            info[f"{family}.{key}"] = config[config_key]
-    return info
 
 
 @router.post("/api/show")
@@ -518,8 +371,8 @@ async def show(request: Request):
     name = req.model or req.name
     state = get_state(request)
     if is_embedding_model(name) and bare_model_name(name) not in DEFAULT_ALIASES:
-        facts = await anyio.to_thread.run_sync(_embedding_facts, request)
-        info = {**_model_info(EMBEDDING_MODEL_ID, facts), "bert.pooling_type": "mean",
+        facts = await anyio.to_thread.run_sync(embedding_facts, request)
+        info = {**model_info(EMBEDDING_MODEL_ID, facts), "bert.pooling_type": "mean",
                 "bert.embedding_length": EMBEDDING_DIMENSIONS}
         return {"modelfile": f"# {EMBEDDING_MODEL_ID}: the retrieval plugin's embedding model\n", "parameters": "",
                 "template": "", "details": facts["details"], "model_info": info, "capabilities": ["embedding"],
@@ -530,7 +383,7 @@ async def show(request: Request):
 
     def describe():
         entry = find_model(models.entries(), model_id)
-        return None if entry is None else (entry, _chat_model_facts(entry, models.active))
+        return None if entry is None else (entry, chat_model_facts(entry, models.active))
 
     found = await anyio.to_thread.run_sync(describe)
     if found is None:
@@ -538,10 +391,10 @@ async def show(request: Request):
     entry, facts = found
     return {
         "modelfile": f"# Served by neural_chat_app ({entry.kind}, {entry.backend} backend)\nFROM {entry.path}\n",
-        "parameters": _parameters(),
+        "parameters": default_parameters(),
         "template": facts["template"],  # the model's Jinja chat template (Ollama's are Go templates)
         "details": facts["details"],
-        "model_info": _model_info(entry.id, facts),
+        "model_info": model_info(entry.id, facts),
         "capabilities": ["completion"],
         "modified_at": facts["modified_at"],
     }
