@@ -6,12 +6,17 @@ Names are imported on first use (PEP 562), so `import finetune.data` does not pa
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING
 
 from finetune.torchvision_guard import hide_mismatched_torchvision
 
 # Before anything imports transformers: a CUDA torchvision beside the CPU torch breaks it (see the module).
 hide_mismatched_torchvision()
+# PEFT imports bitsandbytes, whose CPU backend warns on every start that the optional `kernels` package (which
+# fetches kernels from the Hugging Face hub at run time) is missing; it then uses its own CPU code, which QLoRA on
+# a CPU runs on either way. Keep its real errors.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 _EXPORTS = {
     "finetune_model": "finetune.train",
