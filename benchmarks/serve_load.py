@@ -5,6 +5,7 @@ Loopback only and bounded: a fixed number of requests per level and a deadline f
     python -m benchmarks.serve_load                                   # starts a server on the embedded model
     python -m benchmarks.serve_load --config configs/server-openvino.yaml
     python -m benchmarks.serve_load --url http://127.0.0.1:8000       # an already running local server
+    python -m benchmarks.serve_load --adapters 8 --concurrency 1,8    # LoRA adapters on one base: RSS, tokens/s
 
 Method: one warmup request per level (excluded); each request streams with stream_options.include_usage, so
 tokens are the server's own count; tokens/s is all completion tokens of a level over its wall time, beside the
@@ -12,6 +13,10 @@ bandwidth limit of that many streams (memory read GB/s measured in the run, the 
 conversation opens with its own tag, so a server that caches prompt prefixes cannot reuse another's prefill;
 with --turns N each client goes on with N-1 follow-up questions that resend the conversation, as chat clients do,
 and the follow-up turns' first-token latency is reported apart.
+With --adapters N (torch backend) the command makes N LoRA adapters of the model with random weights (PEFT, the
+fine-tunes' default targets and rank 8; speed and memory do not depend on what they learned), starts a server with 0,
+1, 4 and N of them in turn (resident memory, RSS, of each after one request), and on the last one compares 8 streams
+on one adapter with 8 streams spread over 4; saved as serve_adapters-*.json, beside the levels on the base.
 Results are saved as JSON under benchmarks/results/ and the table is printed from that JSON.
 """
 
@@ -101,14 +106,17 @@ def one_request(url: str, model: str, messages: list[dict], max_tokens: int) -> 
     }
 
 
-def run_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int, deadline: float,
+def run_level(url: str, model: str | list[str], concurrency: int, requests: int, max_tokens: int, deadline: float,
               turns: int = 1) -> dict:
+    """One level of `concurrency` streams; `model` may be a list, conversation i then names model[i % len]."""
     import httpx
 
+    models = [model] if isinstance(model, str) else list(model)
     failures = (httpx.HTTPError, RequestFailed, json.JSONDecodeError)
     warmup_error = None
     try:
-        one_request(url, model, [{"role": "user", "content": f"(warmup {concurrency}) {PROMPTS[0]}"}], max_tokens)
+        one_request(url, models[0], [{"role": "user", "content": f"(warmup {concurrency}) {PROMPTS[0]}"}],
+                    max_tokens)
     except failures as err:
         warmup_error = _failure(err)
     results: list[dict] = []
@@ -121,7 +129,7 @@ def run_level(url: str, model: str, concurrency: int, requests: int, max_tokens:
             if time.monotonic() > deadline:
                 return
             try:
-                result = one_request(url, model, messages, max_tokens) | {"turn": turn}
+                result = one_request(url, models[i % len(models)], messages, max_tokens) | {"turn": turn}
             except failures as err:  # counted, and the conversation ends: its next turn would lack the reply
                 with lock:
                     errors.append(_failure(err))
@@ -163,6 +171,7 @@ def run_level(url: str, model: str, concurrency: int, requests: int, max_tokens:
         "ttft_p99_s": round(percentile(ttfts, 99), 3) if ttfts else None,
         "mean_completion_tokens": round(tokens / len(results), 1) if results else 0,
         "turns": turns,
+        **({"models": models} if len(models) > 1 else {}),
         **followups,
     }
 
@@ -190,6 +199,29 @@ def render_table(report: dict) -> str:
     for r in report["levels"]:
         for message in r.get("error_examples", []):
             lines.append(f"{r['concurrency']} streams, failed: {message}")
+    if report.get("adapters"):
+        lines += ["", render_adapters(report["adapters"])]
+    return "\n".join(lines)
+
+
+def render_adapters(adapters: dict) -> str:
+    """The LoRA rows: the server's memory by adapters loaded, then tokens/s on one adapter and spread over several."""
+    memory = adapters.get("memory", [])
+    base = next((m["rss_mb"] for m in memory if m["adapters"] == 0), None)
+    lines = [f"LoRA adapters on one base (rank {adapters['rank']}, targets {adapters['targets']}); one copy of the "
+             f"base's weights is {adapters['base_weight_mb']} MB",
+             "| adapters loaded | server RSS (MB) | peak RSS (MB) | RSS over 0 adapters (MB) |", "|---|---|---|---|"]
+    for m in memory:
+        more = "-" if base is None or m["rss_mb"] is None else round(m["rss_mb"] - base, 1)
+        lines.append(f"| {m['adapters']} | {m['rss_mb']} | {m['peak_rss_mb']} | {more} |")
+    lines += ["", "| streams | adapters | requests | errors | tokens/s | p50 latency (s) | p99 latency (s) | "
+                  "p50 TTFT (s) | p99 TTFT (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in adapters.get("levels", []):
+        lines.append(f"| {r['concurrency']} | {len(r.get('models') or [1])} | {r['requests']} | {r['errors']} | "
+                     f"{r['tokens_per_s']} | {r['latency_p50_s']} | {r['latency_p99_s']} | {r['ttft_p50_s']} | "
+                     f"{r['ttft_p99_s']} |")
+        for message in r.get("error_examples", []):
+            lines.append(f"{r['concurrency']} streams over {len(r.get('models') or [1])} adapters, failed: {message}")
     return "\n".join(lines)
 
 
@@ -204,7 +236,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args) -> tuple[subprocess.Popen, str]:
+def start_server(args, overrides: list[str] = ()) -> tuple[subprocess.Popen, str]:
+    """A server on a free loopback port, as `args` say; `overrides` are its `key=value` settings."""
     import httpx
 
     port = _free_port()
@@ -227,6 +260,7 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
         cmd += ["--model", args.model]
     if args.backend:
         cmd += ["--backend", args.backend]
+    cmd += list(overrides)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     log = tempfile.NamedTemporaryFile("w", prefix="serve_load-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -244,6 +278,83 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"server did not start in 600 s; see {log.name}")
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def random_lora_adapters(base: str | Path, out_dir: Path, count: int, rank: int = 8, std: float = 0.02,
+                         seed: int = 0) -> list[Path]:
+    """`count` LoRA adapters of the model at `base` (a local folder) with random weights, made with PEFT on the
+    fine-tunes' default targets and saved as out_dir/adapter-<i> (adapter_config.json names `base`)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from finetune.families import lora_targets
+    from finetune.models import load_model
+
+    model = load_model(str(base), dtype=torch.float32)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=lora_targets(model, None), init_lora_weights=False)
+    peft_model = get_peft_model(model, lora)
+    generator = torch.Generator().manual_seed(seed)
+    folders = []
+    for i in range(count):
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * std)
+        folder = Path(out_dir) / f"adapter-{i}"
+        peft_model.save_pretrained(folder)
+        folders.append(folder)
+    return folders
+
+
+def rss_mb(pid: int) -> tuple[float | None, float | None]:
+    """(resident, peak resident) memory of process `pid` in MB, from /proc; (None, None) where there is none."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None, None
+    values = {k: int(v.split()[0]) / 1024 for k, _, v in (line.partition(":") for line in status.splitlines())
+              if k in ("VmRSS", "VmHWM")}
+    return (round(values["VmRSS"], 1) if "VmRSS" in values else None,
+            round(values["VmHWM"], 1) if "VmHWM" in values else None)
+
+
+def measure_adapters(args, count: int, folder: Path) -> tuple[subprocess.Popen, str, dict]:
+    """Make `count` random adapters of the served model under `folder`; start a server with 0, 1, 4 and `count` of
+    them, reading its RSS after one request on its last adapter; the last server is left running for the levels.
+    Returns (process, url, the report's "adapters" section)."""
+    import httpx
+
+    from finetune.models import resolve_model_path
+    from neural_chat_app.server import load_settings
+
+    model = args.model or load_settings(args.config).model
+    base = resolve_model_path(model)  # the folder the server loads, which the adapters must name as their base
+    rank = 8
+    made = random_lora_adapters(base, folder, count, rank=rank)
+    targets = json.loads((made[0] / "adapter_config.json").read_text())["target_modules"]
+    memory = []
+    proc = url = None
+    for n in sorted({0, 1, 4, count}):
+        if proc is not None:
+            stop_server(proc)
+        adapters = {f"adapter-{i}": str(made[i]) for i in range(n)}
+        start = time.perf_counter()
+        proc, url = start_server(args, [f"adapters={json.dumps(adapters)}", "discover_adapters=false"])
+        start_s = time.perf_counter() - start
+        one_request(url, f"adapter-{n - 1}" if n else "default", [{"role": "user", "content": PROMPTS[0]}],
+                    args.max_tokens)
+        rss, peak = rss_mb(proc.pid)
+        memory.append({"adapters": n, "rss_mb": rss, "peak_rss_mb": peak, "start_s": round(start_s, 1)})
+        print(f"{n} adapters: RSS {rss} MB (peak {peak} MB)", flush=True)
+    weight_bytes = httpx.get(url + "/health", timeout=10).json().get("weight_bytes") or 0
+    section = {"count": count, "rank": rank, "targets": sorted(targets), "base": str(base),
+               "base_weight_mb": round(weight_bytes / 2**20, 1), "memory": memory, "levels": []}
+    return proc, url, section
+
+
 def main(argv: list[str] | None = None) -> int:
     import httpx
 
@@ -258,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--time-limit", type=float, default=900, help="seconds for the whole run")
     parser.add_argument("--output-dir", default=str(RESULTS))
+    parser.add_argument("--adapters", type=int, default=0, metavar="N",
+                        help="also measure N (4-16) random LoRA adapters on the model: server RSS with 0, 1, 4 and N "
+                             "loaded, tokens/s of 8 streams on one adapter and over 4 (starts its own servers)")
     args = parser.parse_args(argv)
 
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -265,14 +379,20 @@ def main(argv: list[str] | None = None) -> int:
             or not 1 <= args.turns <= 8):
         parser.error("bounded load only: streams 1-32, at most 128 conversations per level of 1-8 turns, "
                      "max_tokens <= 1024")
+    if args.adapters and (args.url or not 4 <= args.adapters <= 16):
+        parser.error("--adapters takes 4-16 and starts its own servers (no --url)")
     from benchmarks.machine import memory_read_gbps
 
     bandwidth = memory_read_gbps()  # before the server starts: its engine would compete for the memory bus
     proc = None
+    adapters = None
+    scratch = tempfile.TemporaryDirectory(prefix="serve_adapters-")
     if args.url:
         if urlparse(args.url).hostname not in LOOPBACK:
             parser.error("--url must be a loopback address (127.0.0.1, localhost, ::1)")
         url = args.url.rstrip("/")
+    elif args.adapters:
+        proc, url, adapters = measure_adapters(args, args.adapters, Path(scratch.name))
     else:
         proc, url = start_server(args)
     try:
@@ -304,13 +424,21 @@ def main(argv: list[str] | None = None) -> int:
                 level["decode_limit_tokens_per_s"] = c * bandwidth * 1e9 / report["weight_bytes"]
                 level["fraction_of_decode_limit"] = level["tokens_per_s"] / level["decode_limit_tokens_per_s"]
             report["levels"].append(level)
+        if adapters is not None:
+            requests = args.requests or 16
+            for spread in (1, 4):  # 8 streams on one adapter, then over 4 (requests alternate between them)
+                names = [f"adapter-{i}" for i in range(spread)]
+                adapters["levels"].append(run_level(url, names, 8, requests, args.max_tokens, deadline, args.turns))
+            report["adapters"] = adapters
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=60)
+            stop_server(proc)
+        scratch.cleanup()
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"serve_load-{report['backend']}-{report['model']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    # its own name: `report` takes the newest serve_load-*.json for the serving row, a run on the base's torch backend
+    prefix = "serve_adapters" if adapters is not None else "serve_load"
+    out = out_dir / f"{prefix}-{report['backend']}-{report['model']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2))
     print(render_table(json.loads(out.read_text())))
     print(f"saved {out}")

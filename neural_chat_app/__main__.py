@@ -68,6 +68,9 @@ def _serve(args) -> int:
 
     active = app.state.server.models.active
     print(f"Serving {active.model_id} on http://{settings.host}:{settings.port}/", flush=True)
+    adapters = app.state.server.models.views
+    if adapters:
+        print(f"LoRA adapters on it (one copy of its weights): {', '.join(adapters)}", flush=True)
     print(f"Compute: {compute_line(active)}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
@@ -142,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the OpenAI-compatible server and the web chat page")
     serve.add_argument("--config", help="server YAML (see configs/server.yaml); flags and key=value override it")
-    # api_keys stay off the command line, where `ps` shows them: the YAML or NEURALCHAT_API_KEYS
-    add_config_flags(serve, ServerSettings, skip=["api_keys"])
+    # keys stay off the command line, where `ps` shows them: the YAML or NEURALCHAT_API_KEYS / NEURALCHAT_ADMIN_KEYS
+    add_config_flags(serve, ServerSettings, skip=["api_keys", "admin_keys"])
     serve.add_argument("--no-log", dest=FLAG_DEST + "chat_log.enabled", action="store_const", const=False,
                        default=argparse.SUPPRESS, help="do not write the conversation log (chat_log.enabled=false)")
     serve.add_argument("--log-level", default="info", help="uvicorn's log level")

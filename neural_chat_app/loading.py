@@ -108,7 +108,9 @@ def load_torch(source: ModelSource, config: PipelineConfig, max_concurrency: int
         model = model.to(device)
     tokenizer = load_tokenizer(config.tokenizer_name_or_path or str(source.path),
                                trust_remote_code=config.loading_config.trust_remote_code)
-    return TorchBackend(model, tokenizer, source.model_id, max_concurrency=max_concurrency)
+    plain = source.peft_path is None and "quantization_config" not in kwargs  # LoRA adapters of it can attach
+    return TorchBackend(model, tokenizer, source.model_id, max_concurrency=max_concurrency,
+                        base_path=source.path if plain else None)
 
 
 def load_openvino(source: ModelSource, config: PipelineConfig, max_concurrency: int = 8):

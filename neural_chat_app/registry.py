@@ -13,12 +13,15 @@ from finetune.run_folder import is_run_folder, read_training_metadata, run_name
 class ModelEntry:
     id: str
     path: str  # what PipelineConfig.model_name_or_path takes
-    kind: str  # "embedded" | "finetuned" | "openvino" | "huggingface"
+    kind: str  # "embedded" | "finetuned" | "openvino" | "huggingface" | "quantized" | "adapter" (served on a base)
     backend: str  # the backend "auto" picks for it
     metadata: dict = field(default_factory=dict)
+    parent: str | None = None  # kind "adapter": the id of the loaded base it is served on
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "kind": self.kind, "backend": self.backend, **self.metadata}
+        parent = {"parent": self.parent} if self.parent else {}
+        return {"id": self.id, "path": self.path, "kind": self.kind, "backend": self.backend, **parent,
+                **self.metadata}
 
 
 def _read_json(path: Path) -> dict:

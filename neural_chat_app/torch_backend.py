@@ -1,11 +1,18 @@
-"""The transformers backend: `generate` in a worker thread, its tokens detokenized and streamed as they come."""
+"""The transformers backend: `generate` in a worker thread, its tokens detokenized and streamed as they come.
+
+LoRA adapters of the loaded base attach to it (`add_adapter`, one copy of the base weights for all of them); each
+call names the adapter it runs with (`adapter`; None: the base alone). neural_chat_app/adapters.py serves each adapter
+as a Backend of its own.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -46,7 +53,7 @@ class TorchBackend:
     kind = "torch"
     features = frozenset({"logprobs", "logit_bias", "echo"})
 
-    def __init__(self, model, tokenizer, model_id: str, max_concurrency: int = 1):
+    def __init__(self, model, tokenizer, model_id: str, max_concurrency: int = 1, base_path: Path | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -56,6 +63,12 @@ class TorchBackend:
         self._schema_constraint = None  # compiled response_format grammars, made on first use
         # what one decode step reads (tied weights once): the benchmarks' bandwidth limit
         self.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        # the folder of the plain weights served, which LoRA adapters trained on them can attach to; None when the
+        # weights are not a plain base (an adapter merged in, quantized)
+        self.base_path = base_path
+        self.adapters: dict[str, Path] = {}  # attached LoRA adapters by name
+        # PEFT's active adapter is a setting of the shared layers, not of one call: calls that select one take turns
+        self._adapter_lock = threading.Lock()
 
     @property
     def dtype(self) -> str:
@@ -88,21 +101,66 @@ class TorchBackend:
                                                        self.eos_token_ids)
         return self._schema_constraint.processor(schema)  # a fresh one per call: it keeps state
 
-    def prompt_logprobs(self, prompt_ids: list[int], top: int) -> list:
+    def add_adapter(self, name: str, folder: Path) -> None:
+        """Attach the LoRA adapter in `folder` (a PEFT adapter folder) as `name`, on this backend's weights: the
+        first wraps the model in a PeftModel, the others are loaded into it. Before the backend serves requests."""
+        from peft import PeftModel
+
+        from neural_chat_app.adapters import check_shapes
+
+        if self.base_path is None:
+            raise ValueError(f"{self.model_id!r} is not served as a plain base model (an adapter merged in, or "
+                             f"quantized), so LoRA adapters cannot attach to it: serve the base model itself")
+        if name in self.adapters or name == self.model_id:
+            raise ValueError(f"the name {name!r} is taken on {self.model_id!r}")
+        check_shapes(self.model, folder)
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(folder), adapter_name=name, low_cpu_mem_usage=True)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name,
+                                                   low_cpu_mem_usage=True).eval()
+        self.adapters[name] = folder
+
+    @contextlib.contextmanager
+    def _selected(self, adapter: str | None):
+        """Run the body with `adapter` active, or with adapters disabled (None). With adapters attached, one body at
+        a time: two generate() calls at once would each switch the other's layers (PEFT's mixed-batch
+        `adapter_names` too registers its hooks on the shared layers for the length of a call)."""
+        if adapter is not None and adapter not in self.adapters:
+            raise ValueError(f"no adapter {adapter!r} is attached to {self.model_id!r}; attached: "
+                             f"{', '.join(self.adapters) or 'none'}")
+        if not self.adapters:
+            yield
+            return
+        with self._adapter_lock:
+            if adapter is None:
+                with self.model.disable_adapter():
+                    yield
+            else:
+                self.model.set_adapter(adapter, inference_mode=True)
+                yield
+
+    def prompt_logprobs(self, prompt_ids: list[int], top: int, adapter: str | None = None) -> list:
         """`echo`: the prompt's own tokens scored (logits.prompt_logprobs)."""
         from neural_chat_app.logits import prompt_logprobs
 
-        return prompt_logprobs(self.model, prompt_ids, top)
+        with self._selected(adapter):
+            return prompt_logprobs(self.model, prompt_ids, top)
 
     def stream(
-        self, prompt_ids: list[int], config: GenerationConfig, result: StreamResult, cancel: threading.Event
+        self, prompt_ids: list[int], config: GenerationConfig, result: StreamResult, cancel: threading.Event,
+        adapter: str | None = None,
     ) -> Iterator[str]:
+        """The reply to `prompt_ids`, text chunk by chunk; `adapter` names the attached LoRA adapter to run with
+        (None: the base model, adapters disabled)."""
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from neural_chat_app.logits import LogprobRecorder, logits_chain
 
         if config.num_beams > 1:
             raise ValueError("GenerationConfig.num_beams > 1 cannot stream; use num_beams=1")
+        if adapter is not None and adapter not in self.adapters:
+            raise ValueError(f"no adapter {adapter!r} is attached to {self.model_id!r}")
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.model.device)
         result.prompt_tokens = len(prompt_ids)
         recorder = LogprobRecorder(config.logprobs) if config.logprobs is not None else None
@@ -118,7 +176,7 @@ class TorchBackend:
 
         def run():
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), self._selected(adapter):
                     outcome["ids"] = self.model.generate(
                         input_ids=input_ids,
                         attention_mask=torch.ones_like(input_ids),

@@ -49,7 +49,7 @@ def create_app(settings: ServerSettings, backend=None, loader: Callable | None =
         backend = loader(pipeline_config(settings))
     limits = settings.limits
     admission = Admission(limits.max_concurrent or backend.max_concurrency, limits.max_queue)
-    models = ModelManager(backend, settings.model_dirs, settings.model, loader, settings.allow_model_switch)
+    models = ModelManager.from_settings(backend, settings, loader)
     log = settings.chat_log
     chatlog = ChatLog(log.path, log.redact, log.phone_region) if log.enabled else None
     plugins = build_plugin_pipeline(resolve_plugins(settings.plugins, use_global=False))

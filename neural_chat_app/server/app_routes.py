@@ -19,14 +19,14 @@ public = APIRouter()
 @router.get("/v1/models")
 async def list_models(request: Request):
     models = get_state(request).models
-    active = models.active.model_id
     data = [
         {
             "id": e.id,
             "object": "model",
             "created": 0,
             "owned_by": "local",
-            "loaded": e.id == active,
+            "loaded": models.is_loaded(e.id),
+            "parent": e.parent,  # an adapter's: the loaded model it is served on (vLLM's field)
             "kind": e.kind,
             "backend": e.backend,
             "metadata": e.metadata,

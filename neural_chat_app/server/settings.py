@@ -68,9 +68,18 @@ class ServerSettings:
     model_dirs: list[str] | None = None
     """Folders the registry lists (fine-tune outputs, OpenVINO exports); null: the OpenVINO export cache."""
     allow_model_switch: bool = True
-    """A request naming another registry model loads it, without a restart."""
+    """A request naming another registry model loads it, without a restart (with keys configured: an admin key's)."""
+    adapters: dict[str, str] = field(default_factory=dict)
+    """LoRA adapters served on the loaded model with one copy of its weights (torch backend): {name: adapter folder
+    or fine-tune run folder}; a request's "model" names one, the model's own id the base alone."""
+    discover_adapters: bool = True
+    """Also serve, under the run's name, each fine-tune in model_dirs whose adapter was trained on the loaded model
+    (its adapter_config.json's base_model_name_or_path), instead of loading its merged copy."""
     api_keys: list[str] | str = field(default_factory=list)
     """Non-empty: requests need "Authorization: Bearer <key>"; NEURALCHAT_API_KEYS=k1,k2 adds keys."""
+    admin_keys: list[str] | str = field(default_factory=list)
+    """Keys that may also load another full model (a request naming one, POST /api/models/active): with keys
+    configured, any other key gets 403 for that; NEURALCHAT_ADMIN_KEYS=k1,k2 adds keys."""
     system_prompt: str | None = None
     """System message put before every conversation; null: the model's own."""
     limits: Limits = field(default_factory=Limits)
@@ -86,11 +95,23 @@ class ServerSettings:
             self.limits = bind(Limits, self.limits, "limits")
         if isinstance(self.chat_log, dict):
             self.chat_log = bind(ChatLogSettings, self.chat_log, "chat_log")
-        if isinstance(self.api_keys, str):
-            self.api_keys = [self.api_keys]
-        env_keys = os.environ.get("NEURALCHAT_API_KEYS")
-        if env_keys:
-            self.api_keys = [*self.api_keys, *(k.strip() for k in env_keys.split(",") if k.strip())]
+        self.api_keys = _keys(self.api_keys, "NEURALCHAT_API_KEYS")
+        self.admin_keys = _keys(self.admin_keys, "NEURALCHAT_ADMIN_KEYS")
+        for name, path in self.adapters.items():
+            if name in ("", "default") or not str(path).strip():
+                raise ValueError(f"adapters.{name or '<empty>'}: an adapter needs a name other than '' and 'default' "
+                                 f"(which name the loaded model) and a folder, got {path!r}")
+
+    @property
+    def keys_configured(self) -> bool:
+        """Whether requests need a key: then only an admin key may load another full model."""
+        return bool(self.api_keys or self.admin_keys)
+
+
+def _keys(keys: list[str] | str, env: str) -> list[str]:
+    """The keys of a setting (one or a list) plus those of environment variable `env` (comma-separated)."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    return [*keys, *(k.strip() for k in os.environ.get(env, "").split(",") if k.strip())]
 
 
 def load_settings(path: str | Path | None = None, overrides: Iterable = (), **values) -> ServerSettings:

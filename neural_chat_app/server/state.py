@@ -13,7 +13,7 @@ from neural_chat_app.chatlog import ChatLog
 from neural_chat_app.server.admission import Admission
 from neural_chat_app.server.errors import APIError
 from neural_chat_app.server.metrics import Metrics
-from neural_chat_app.server.models import ModelManager
+from neural_chat_app.server.models import ModelManager, caller_role
 from neural_chat_app.server.settings import ServerSettings
 
 
@@ -31,13 +31,20 @@ def get_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
-def check_api_key(request: Request) -> None:
-    """A FastAPI dependency: with api_keys configured, require `Authorization: Bearer <key>`."""
-    keys = get_state(request).settings.api_keys
-    if not keys:
+async def check_api_key(request: Request) -> None:
+    """A FastAPI dependency: with api_keys or admin_keys configured, require `Authorization: Bearer <key>`, and
+    record whether it is an admin key (models.caller_role, read where a request would load another model). Async, so
+    that the role is set in the request's own context, not in a worker thread's."""
+    settings = get_state(request).settings
+    if not settings.keys_configured:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or token.strip() not in keys:
+    token = token.strip() if scheme.lower() == "bearer" else None
+    if token in settings.admin_keys:
+        caller_role.set("admin")
+    elif token in settings.api_keys:
+        caller_role.set("user")
+    else:
         raise APIError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
 
 
