@@ -232,6 +232,16 @@ def _last_checkpoint(output_dir: Path) -> str | None:
     return None
 
 
+@functools.cache
+def _load_storages_mapped_to_cpu_index() -> None:
+    """Let torch.load put storages on `cpu:<n>` (as CPU storages). In a multi-process CPU run accelerate names each
+    rank's device cpu:<local rank> and Trainer loads the optimizer state with map_location=that device, which
+    torch.load refuses ("don't know how to restore data location ... (tagged with cpu:0)"): no DDP run on CPU
+    (torchrun, python -m finetune launch, an elastic restart) could resume without this."""
+    torch.serialization.register_package(
+        19, lambda storage: None, lambda storage, location: storage if location.startswith("cpu:") else None)
+
+
 def _save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path) -> tuple[Path | None, Path | None]:
     """Write the adapter and a merged fp32 model that loads with plain transformers (rank 0 only)."""
     fa = config.finetune_args
@@ -293,6 +303,8 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
             logger.warning("Resuming the interrupted run from %s", resume)
     elif resume in ("True", "true", True):
         resume = _last_checkpoint(output_dir)
+    if resume and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _load_storages_mapped_to_cpu_index()
 
     training_args = _training_args(config, device, precision, packed_batches=not data_args.pad_to_max_length)
     logger.info("Fine-tuning %s on %s: task=%s, %s, %s, %d train / %d eval examples", model_path, device, fa.task,
