@@ -3,8 +3,12 @@ its own cores, OpenMP threads and affinity (Intel's recipe for PyTorch DDP on Xe
 
 One host, 2 processes (gloo):
     python -m finetune launch --nproc_per_node 2 -- --model_name_or_path ... --do_train --output_dir out
-Several hosts with torchrun: run the same line on every host, changing only --node_rank:
-    python -m finetune launch --nnodes 2 --node_rank 0 --master_addr 10.0.0.1 --nproc_per_node 2 -- <finetune flags>
+Several hosts with torchrun (c10d rendezvous hosted by host 0 at --master_addr:--master_port): run the same line
+on every host, changing only --node_rank; --iface names the network the hosts reach each other on, --max_restarts
+lets the job restart every host's workers after a failure, each restart resuming from the last checkpoint in
+output_dir (which every host must see: a shared filesystem):
+    python -m finetune launch --nnodes 2 --node_rank 0 --master_addr 10.0.0.1 --iface eth1 --max_restarts 3 \\
+        --nproc_per_node 2 -- <finetune flags>
 Several hosts with MPI and oneCCL (needs oneccl_bind_pt and Intel MPI's mpirun), one line on the first host:
     python -m finetune launch --launcher mpirun --backend ccl --hostfile hosts --nnodes 2 --nproc_per_node 2 \\
         --master_addr 10.0.0.1 -- <finetune flags>
@@ -22,6 +26,8 @@ import importlib.util
 import os
 import shlex
 import shutil
+import socket
+import struct
 import sys
 from pathlib import Path
 
@@ -36,6 +42,7 @@ CCL_HINT = (
     "--backend gloo"
 )
 KMP_AFFINITY = "granularity=fine,compact,1,0"
+SHARED_STORE_OFF = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 # Where MPI implementations put rank, size and local rank (Intel MPI / MPICH, then Open MPI)
 MPI_ENV = {
     "RANK": ("PMI_RANK", "OMPI_COMM_WORLD_RANK"),
@@ -94,12 +101,36 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Everything after -- is passed to python -m finetune.",
     )
     p.add_argument("--nnodes", type=int, default=1, help="hosts taking part")
-    p.add_argument("--node_rank", type=int, default=0, help="this host's index, 0..nnodes-1 (torchrun)")
+    p.add_argument(
+        "--node_rank",
+        type=int,
+        default=0,
+        help="this host's index, 0..nnodes-1; host 0 runs torchrun's rendezvous (which numbers the ranks)",
+    )
     p.add_argument(
         "--nproc_per_node", type=int, default=None, help="processes per host; default: one per NUMA node (at least 1)"
     )
     p.add_argument("--master_addr", default="127.0.0.1", help="address of host 0, reachable from every host")
-    p.add_argument("--master_port", type=int, default=29500)
+    p.add_argument("--master_port", type=int, default=29500, help="the rendezvous port on host 0")
+    p.add_argument(
+        "--iface",
+        default=None,
+        help="the network interface the hosts reach each other on (e.g. eth1): sets GLOO_SOCKET_IFNAME for the "
+        "ranks and, with torchrun, --local_addr to its IPv4 address; default: gloo picks by the host name",
+    )
+    p.add_argument(
+        "--local_addr",
+        default=None,
+        help="torchrun, several hosts: this host's address as the others reach it (the ranks' MASTER_ADDR when "
+        "this host gets rank 0); default: the --iface address, --master_addr on host 0, else the host name",
+    )
+    p.add_argument(
+        "--max_restarts",
+        type=int,
+        default=0,
+        help="torchrun: after a rank fails, restart every host's ranks up to N times; each restart resumes from "
+        "the last complete checkpoint in output_dir (several hosts: on a filesystem they all share)",
+    )
     p.add_argument(
         "--launcher",
         choices=["auto", "torchrun", "mpirun"],
@@ -163,6 +194,30 @@ def worker_prefix(args) -> list[str]:
     return out
 
 
+def interface_address(name: str) -> str:
+    """The IPv4 address of network interface `name` (Linux), or LaunchError naming the interfaces there are."""
+    import fcntl
+
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+        except OSError as err:
+            names = [n for _, n in socket.if_nameindex()]
+            what = "has no IPv4 address" if name in names else "is not an interface of this host"
+            raise LaunchError(f"--iface {name} {what} ({err.strerror}); interfaces here: {', '.join(names)}") from None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def local_address(args) -> str | None:
+    """This host's address for torchrun's --local_addr: what the other hosts connect to when it gets rank 0."""
+    if args.local_addr:
+        return args.local_addr
+    if args.iface:
+        return interface_address(args.iface)
+    return args.master_addr if args.node_rank == 0 else None
+
+
 def build_command(args, launcher: str, backend: str, rest: list[str]) -> list[str]:
     nproc = args.nproc_per_node
     worker = [*worker_prefix(args), "--", *finetune_args(rest, backend)]
@@ -171,22 +226,45 @@ def build_command(args, launcher: str, backend: str, rest: list[str]) -> list[st
         if args.nnodes == 1:
             cmd += ["--standalone"]
         else:
+            # c10d: host 0 runs the rendezvous store (is_host, since torchrun's guess compares host names and
+            # misses an address on a second network); restarts re-run the rendezvous on every host.
             cmd += [
                 "--nnodes",
                 str(args.nnodes),
-                "--node_rank",
-                str(args.node_rank),
-                "--master_addr",
-                args.master_addr,
-                "--master_port",
-                str(args.master_port),
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                f"{args.master_addr}:{args.master_port}",
+                "--rdzv_conf",
+                f"is_host={int(args.node_rank == 0)}",
             ]
+            addr = local_address(args)
+            if addr:
+                cmd += ["--local_addr", addr]
+        if args.max_restarts:
+            cmd += ["--max_restarts", str(args.max_restarts)]
         return [*cmd, *worker]
     cmd = ["mpirun", "-n", str(nproc * args.nnodes), "-ppn", str(nproc)]
     if args.hostfile:
         cmd += ["-f", args.hostfile]
+    if args.iface:  # Intel MPI's option: MPI's (and through it oneCCL's) traffic on that network
+        cmd += ["-iface", args.iface, "-genv", "GLOO_SOCKET_IFNAME", args.iface]
     cmd += ["-genv", "MASTER_ADDR", args.master_addr, "-genv", "MASTER_PORT", str(args.master_port)]
     return [*cmd, sys.executable, *worker]
+
+
+def launch_env(args, launcher: str) -> dict[str, str]:
+    """The environment variables the launcher sets for torchrun (or mpirun) and the ranks."""
+    env = {}
+    if args.iface:
+        env["GLOO_SOCKET_IFNAME"] = args.iface  # gloo's connections between ranks go over this interface
+    if launcher == "torchrun" and args.max_restarts and SHARED_STORE_OFF not in os.environ:
+        # The ranks get a fresh store each restart instead of sharing the agent's: torch 2.13's c10d agent makes
+        # that shared store once and keeps it across restarts, so a restarted rank can read the previous round's
+        # addresses from it (gloo: "connection refused" on restart, seen in tests/finetune/test_multihost.py;
+        # cf. pytorch/pytorch#135712).
+        env[SHARED_STORE_OFF] = "1"
+    return env
 
 
 def check_args(args) -> None:
@@ -198,6 +276,8 @@ def check_args(args) -> None:
         raise LaunchError(f"--nproc_per_node must be >= 1, got {args.nproc_per_node}")
     if args.threads_per_proc is not None and args.threads_per_proc < 1:
         raise LaunchError(f"--threads_per_proc must be >= 1, got {args.threads_per_proc}")
+    if args.max_restarts < 0:
+        raise LaunchError(f"--max_restarts must be >= 0, got {args.max_restarts}")
     if args.nnodes > 1 and args.master_addr in ("127.0.0.1", "localhost"):
         raise LaunchError("--nnodes > 1 needs --master_addr: the address of host 0 that every host can reach")
     if args.hostfile and not Path(args.hostfile).is_file():
@@ -212,9 +292,14 @@ def launch(argv: list[str]) -> int:
     if args.nproc_per_node is None:
         args.nproc_per_node = max(1, len(numa_cpus()))
     launcher, backend = resolve(args)
+    if launcher == "mpirun" and args.max_restarts:
+        raise LaunchError("--max_restarts: mpirun does not restart failed ranks; use --launcher torchrun (gloo)")
     cmd = build_command(args, launcher, backend, rest)
+    settings = launch_env(args, launcher)
     if args.dry_run:
         print(f"launcher {launcher}, backend {backend}")
+        for name, value in settings.items():
+            print(f"{name}={value}")
         cpus, nodes = physical_cpus(allowed_cpus()), numa_cpus()
         for r in range(args.nproc_per_node):
             plan = rank_plan(r, args.nproc_per_node, cpus, nodes, args.bind, args.threads_per_proc)
@@ -224,9 +309,8 @@ def launch(argv: list[str]) -> int:
             )
         print(shlex.join(cmd))
         return 0
-    env = dict(os.environ)
-    env.pop("OMP_NUM_THREADS", None)  # each worker sets its own from its share of the cores
-    os.execvpe(cmd[0], cmd, env)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # each worker sets its own
+    os.execvpe(cmd[0], cmd, env | settings)
     return 1  # not reached
 
 

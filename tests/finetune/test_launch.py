@@ -79,8 +79,68 @@ def test_multi_host_torchrun_command(capsys):
     code, out, _ = run_launch(argv, capsys)
     cmd = out.strip().splitlines()[-1]
     assert code == 0 and "--standalone" not in cmd
-    assert "--nnodes 2 --node_rank 1 --master_addr 10.0.0.1 --master_port 29500" in cmd
+    # c10d rendezvous hosted by host 0 (is_host: torchrun's own guess compares host names); no restarts asked
+    assert "--nnodes 2 --rdzv_backend c10d --rdzv_endpoint 10.0.0.1:29500 --rdzv_conf is_host=0" in cmd
+    assert "--local_addr" not in cmd and "--max_restarts" not in cmd
     assert cmd.endswith("-- --model_name_or_path m")
+    code, out, _ = run_launch([*argv[:3], "0", *argv[4:]], capsys)  # host 0: the rendezvous, at --master_addr
+    assert "--rdzv_conf is_host=1 --local_addr 10.0.0.1 " in out.strip().splitlines()[-1]
+
+
+def test_iface_and_restarts_for_torchrun(monkeypatch, capsys):
+    monkeypatch.setattr(launch, "interface_address", lambda name: {"eth1": "10.1.0.2"}[name])
+    monkeypatch.delenv(launch.SHARED_STORE_OFF, raising=False)
+    argv = [
+        "--nnodes",
+        "2",
+        "--node_rank",
+        "1",
+        "--master_addr",
+        "10.1.0.1",
+        "--iface",
+        "eth1",
+        "--max_restarts",
+        "3",
+        "--nproc_per_node",
+        "1",
+        "--dry_run",
+        "--",
+        "--do_train",
+    ]
+    code, out, _ = run_launch(argv, capsys)
+    assert code == 0
+    assert "GLOO_SOCKET_IFNAME=eth1" in out and f"{launch.SHARED_STORE_OFF}=1" in out
+    cmd = out.strip().splitlines()[-1]
+    assert "--rdzv_conf is_host=0 --local_addr 10.1.0.2 --max_restarts 3 -m finetune.launch" in cmd
+    code, out, _ = run_launch([*argv[:-3], "--local_addr", "host-b", "--dry_run"], capsys)
+    assert "--local_addr host-b " in out  # given, it wins over the interface's address
+
+
+def test_iface_address_and_unknown_interface():
+    assert launch.interface_address("lo") == "127.0.0.1"
+    with pytest.raises(launch.LaunchError, match=r"--iface nosuch0 is not an interface of this host.*: .*lo"):
+        launch.interface_address("nosuch0")
+
+
+def test_mpirun_takes_the_interface(monkeypatch, capsys):
+    monkeypatch.setattr(launch.shutil, "which", lambda name: f"/usr/bin/{name}")
+    argv = [
+        "--launcher",
+        "mpirun",
+        "--backend",
+        "gloo",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--master_addr",
+        "10.0.0.1",
+        "--iface",
+        "eth1",
+        "--dry_run",
+    ]
+    code, out, _ = run_launch(argv, capsys)
+    assert code == 0 and "-iface eth1 -genv GLOO_SOCKET_IFNAME eth1 " in out.strip().splitlines()[-1]
 
 
 def test_mpirun_with_ccl_when_installed(monkeypatch, capsys, tmp_path):
@@ -118,6 +178,7 @@ def test_mpirun_with_ccl_when_installed(monkeypatch, capsys, tmp_path):
         (["--nnodes", "2"], "--master_addr"),
         (["--nnodes", "2", "--node_rank", "2", "--master_addr", "h"], "--node_rank must be in 0..1"),
         (["--hostfile", "/nonexistent/hosts"], "no such file"),
+        (["--max_restarts", "-1"], "--max_restarts must be >= 0"),
     ],
 )
 def test_missing_backend_or_bad_arguments_are_clear_errors(monkeypatch, capsys, argv, match):
@@ -125,6 +186,12 @@ def test_missing_backend_or_bad_arguments_are_clear_errors(monkeypatch, capsys, 
     monkeypatch.setattr(launch.shutil, "which", lambda name: None)
     code, _, err = run_launch([*argv, "--dry_run"], capsys)
     assert code == 2 and match in err
+
+
+def test_mpirun_refuses_restarts(monkeypatch, capsys):
+    monkeypatch.setattr(launch.shutil, "which", lambda name: f"/usr/bin/{name}")
+    code, _, err = run_launch(["--launcher", "mpirun", "--backend", "gloo", "--max_restarts", "2", "--dry_run"], capsys)
+    assert code == 2 and "mpirun does not restart failed ranks; use --launcher torchrun" in err
 
 
 def test_worker_maps_mpi_ranks_and_sets_threads(monkeypatch):
