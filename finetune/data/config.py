@@ -1,4 +1,4 @@
-"""`DataPipelineConfig`: one YAML file with sections ingest, clean, filter, dedup, export, split.
+"""`DataPipelineConfig`: one YAML file with sections ingest, clean, filter, dedup, export, split (and `workers`).
 
 Each section is a dataclass whose fields carry a one-line docstring; `__post_init__` checks values and names
 the field. The `data_collection` / `data_preparation` sections of the fine-tuning configs our users already
@@ -7,6 +7,7 @@ have are read too and mapped onto these fields (see `LEGACY_KEYS`).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,6 +159,20 @@ class DataPipelineConfig:
     """Where the splits are written, and in which format."""
     split: SplitConfig = field(default_factory=SplitConfig)
     """How conversations are divided into train, validation and test."""
+    workers: int | None = None
+    """Worker processes for the per-record stages (None: one per core available; 1: no workers). The output is
+    byte for byte the same whatever the number."""
+
+    def __post_init__(self):
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1 (or null for one per core), got {self.workers}")
+
+    @property
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core counts
+        return max(1, len(affinity(0)) if affinity is not None else os.cpu_count() or 1)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, overrides: list[str] = ()) -> DataPipelineConfig:

@@ -1,31 +1,31 @@
 """The dedup stage: exact (hash of the normalized text) and near-duplicate (MinHash + LSH), first one kept.
 
-MinHash signatures and the LSH band parameters come from `datasketch`. Its `MinHashLSH` keeps every band
-key in Python dicts, which for a million conversations is gigabytes of RSS; here the same band keys live in
-an SQLite file instead, so memory stays flat however large the input is. Lookups stay sub-quadratic: each
-conversation queries its own b band keys through an index, and only the candidates found there are compared.
+Split in two so the worker processes do the expensive part: `DedupKeys` are computed per conversation in any
+process (the exact key, the MinHash signature, its LSH band keys); `DedupIndex` lives in the parent and decides
+duplicates in input order, so the result does not depend on how the input was cut into chunks.
+
+The signatures and the LSH band parameters (b, r) are datasketch's (see minhash.py). Its `MinHashLSH` keeps every
+band key in Python dicts, gigabytes of RSS for a million conversations; here memory holds 8 bytes per band key
+and per exact key (a 32-bit fingerprint beside a 32-bit id, in sorted numpy runs, ~72 bytes per kept
+conversation), and the signatures, full keys and origins of kept conversations go to a scratch file. A candidate
+found by fingerprint is confirmed with its full keys from that file, so the decisions are those of full 64-bit band
+keys and 128-bit exact keys. Lookups stay sub-quadratic: each conversation queries its own b band keys, and only
+the candidates found there are compared.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-import sqlite3
-import zlib
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from finetune.data.config import DedupConfig
+from finetune.data.minhash import MinHasher, shingle_words
 from finetune.data.records import Conversation
-
-SHINGLE = 3  # word 3-grams: short enough to catch rephrasings, long enough that common words don't match
-_WORDS = re.compile(r"\w+")
-_SCHEMA = """
-CREATE TABLE exact (h BLOB PRIMARY KEY, origin TEXT) WITHOUT ROWID;
-CREATE TABLE sigs (id INTEGER PRIMARY KEY, sig BLOB, origin TEXT);
-CREATE TABLE bands (key INTEGER, id INTEGER, PRIMARY KEY (key, id)) WITHOUT ROWID;
-"""
+from finetune.data.timing import StageClock
 
 
 def exact_key(conv: Conversation) -> bytes:
@@ -33,86 +33,250 @@ def exact_key(conv: Conversation) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def shingles(conv: Conversation) -> list[bytes]:
-    # System prompts are left out: a long shared one would make unrelated conversations look alike.
-    words = _WORDS.findall(" ".join(m["content"] for m in conv.messages if m["role"] != "system").casefold())
-    if len(words) < SHINGLE:
-        return [w.encode() for w in words] or [b""]
-    return [" ".join(words[i : i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)]
+def lsh_parameters(cfg: DedupConfig, seed: int) -> tuple[np.ndarray, int, int]:
+    """(permutations uint32[2, num_perm], bands, rows): drawn by datasketch from the seed, once, in the parent."""
+    from datasketch import MinHash, MinHashLSH
+
+    template = MinHash(num_perm=cfg.num_perm, seed=seed)  # scheme affine32, the default
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)  # only for its optimal (b, r)
+    return np.asarray(template.permutations, dtype=np.uint32), lsh.b, lsh.r
+
+
+@dataclass
+class DedupKeys:
+    """The dedup keys of n conversations, in input order (None: that kind of dedup is off)."""
+
+    origins: list[str]
+    exact: list[bytes] | None
+    signatures: np.ndarray | None
+    """uint32[n, num_perm]"""
+    bands: list[list[int]] | None
+
+
+class KeyMaker:
+    """Computes `DedupKeys`; runs in the worker processes."""
+
+    def __init__(self, cfg: DedupConfig, lsh: tuple[np.ndarray, int, int] | None):
+        self.cfg = cfg
+        self.hasher = MinHasher(*lsh) if cfg.near else None
+
+    def keys(self, convs: list[Conversation], clock: StageClock | None = None) -> DedupKeys:
+        clock = clock or StageClock()
+        exact = None
+        if self.cfg.exact:
+            exact = [exact_key(c) for c in convs]
+            clock.lap("exact_dedup")
+        sigs = bands = None
+        if self.hasher is not None:
+            sigs = np.empty((len(convs), len(self.hasher.a)), dtype=np.uint32)
+            for i, c in enumerate(convs):
+                sigs[i] = self.hasher.signature(shingle_words(c.messages))
+            bands = [self.hasher.band_keys(s) for s in sigs]
+            clock.lap("near_dedup")
+        return DedupKeys([c.origin for c in convs], exact, sigs, bands)
+
+
+class _FingerprintRuns:
+    """uint32 fingerprint -> uint32 ids: sorted runs of `fp << 32 | id`, plus a Bloom bitmap that answers "not
+    there" for almost every key without a search."""
+
+    RUN_CAP = 1 << 19  # entries; runs stop merging here, so a merge never copies more than 8 MB
+
+    def __init__(self, bloom_bits: int):
+        self.runs: list[np.ndarray] = []
+        self.bits = bloom_bits
+        self.bloom = np.zeros(1 << (bloom_bits - 3), dtype=np.uint8)
+
+    def add(self, fps: np.ndarray, ids: np.ndarray) -> None:
+        if not len(fps):
+            return
+        packed = (fps.astype(np.uint64) << np.uint64(32)) | ids.astype(np.uint64)
+        packed.sort()
+        self.runs.append(packed)
+        while (len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1])
+               and len(self.runs[-2]) + len(self.runs[-1]) <= self.RUN_CAP):
+            last = self.runs.pop()
+            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")  # merges two runs
+        slot = self._slots(fps)
+        np.bitwise_or.at(self.bloom, slot >> 3, (1 << (slot & 7)).astype(np.uint8))
+
+    def lookup(self, fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query positions, ids) of every stored entry whose fingerprint equals a query's."""
+        slot = self._slots(fps)
+        maybe = np.flatnonzero((self.bloom[slot >> 3] >> (slot & 7)) & 1)
+        if not len(maybe) or not self.runs:
+            return np.empty(0, np.int64), np.empty(0, np.uint64)
+        low = fps[maybe].astype(np.uint64) << np.uint64(32)
+        high = low | np.uint64(0xFFFFFFFF)
+        where, found = [], []
+        for run in self.runs:
+            start = np.searchsorted(run, low, "left")
+            count = np.searchsorted(run, high, "right") - start
+            hit = np.flatnonzero(count)
+            for q in hit:  # hits are rare: real duplicates, or a fingerprint that collides
+                where.extend([maybe[q]] * int(count[q]))
+                found.extend(run[start[q] : start[q] + count[q]] & np.uint64(0xFFFFFFFF))
+        return np.asarray(where, dtype=np.int64), np.asarray(found, dtype=np.uint64)
+
+    def _slots(self, fps: np.ndarray) -> np.ndarray:
+        mixed = fps.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # the low bits of fps may be structured
+        return (mixed >> np.uint64(64 - self.bits)).astype(np.int64)
+
+
+class DedupIndex:
+    """Duplicate decisions in input order; lives in the parent process. `decide(keys)` returns, for each
+    conversation, `(code, detail)` when it duplicates one kept before (earlier in the batch or in an earlier
+    batch), else None, and remembers the ones it keeps."""
+
+    def __init__(self, cfg: DedupConfig, work: Path, lsh: tuple[np.ndarray, int, int] | None,
+                 expected_keys: int = 1 << 20):
+        self.cfg = cfg
+        self.maker = KeyMaker(cfg, lsh)  # to confirm a candidate's band keys from its stored signature
+        self.kept = 0
+        self.candidates_checked = 0  # signatures compared; tests check that it stays far below n^2
+        num_perm = len(lsh[0][0]) if cfg.near else 1
+        self._record = np.dtype([("key", "V16"), ("origin_at", "<i8"), ("origin_len", "<i4"),
+                                 ("sig", "<u4", (num_perm,))])
+        bits = int(min(26, max(20, np.ceil(np.log2(max(expected_keys, 1) * 16)))))  # ~16 bits per key
+        self._exact = _FingerprintRuns(bits)
+        self._bands = _FingerprintRuns(bits)
+        self._records = open(work / "dedup-kept.bin", "w+b", buffering=0)
+        self._origins = open(work / "dedup-origins.bin", "w+b", buffering=0)
+        self._origins_size = 0
+
+    def close(self) -> None:
+        self._records.close()
+        self._origins.close()
+
+    def decide(self, keys: DedupKeys, clock: StageClock | None = None) -> list[tuple[str, str] | None]:
+        clock = clock or StageClock()
+        n = len(keys.origins)
+        exact_hits = self._global_hits(self._exact, keys.exact, n) if keys.exact is not None else {}
+        clock.lap("exact_dedup")
+        band_hits = self._global_hits(self._bands, keys.bands, n) if keys.bands is not None else {}
+        clock.lap("near_dedup")
+        verdicts: list[tuple[str, str] | None] = []
+        kept: list[int] = []
+        local_exact: dict[bytes, int] = {}
+        local_bands: dict[int, list[int]] = {}
+        for i in range(n):
+            verdict = None
+            if keys.exact is not None:
+                verdict = self._exact_match(keys, i, exact_hits.get(i, ()), local_exact)
+                clock.lap("exact_dedup")
+            if verdict is None and keys.bands is not None:
+                verdict = self._near_match(keys, i, band_hits.get(i, ()), local_bands)
+                clock.lap("near_dedup")
+            verdicts.append(verdict)
+            if verdict is None:
+                if keys.exact is not None:
+                    local_exact[keys.exact[i]] = i
+                if keys.bands is not None:
+                    for k in keys.bands[i]:
+                        local_bands.setdefault(k, []).append(i)
+                kept.append(i)
+        self._remember(keys, kept)
+        clock.lap("near_dedup" if keys.bands is not None else "exact_dedup")
+        return verdicts
+
+    # --- matching ---
+
+    def _global_hits(self, runs: _FingerprintRuns, values, n: int) -> dict[int, list[int]]:
+        if not self.kept or not n:
+            return {}
+        if isinstance(values[0], bytes):
+            fps = np.frombuffer(b"".join(v[:4] for v in values), dtype="<u4")
+            per = 1
+        else:
+            per = len(values[0])
+            fps = (np.array(values, dtype=np.int64).reshape(-1).view(np.uint64) >> np.uint64(32)).astype(np.uint32)
+        where, ids = runs.lookup(fps)
+        hits: dict[int, list[int]] = {}
+        for q, gid in zip((where // per).tolist(), ids.tolist()):
+            hits.setdefault(q, []).append(gid)
+        return hits
+
+    def _exact_match(self, keys: DedupKeys, i: int, global_ids, local: dict[bytes, int]):
+        key = keys.exact[i]
+        for gid in sorted(set(global_ids)):
+            record = self._read(gid)
+            if record["key"].tobytes() == key:
+                return "exact", f"same normalized text as {self._origin(record)}"
+        j = local.get(key)
+        if j is not None:
+            return "exact", f"same normalized text as {keys.origins[j]}"
+        return None
+
+    def _near_match(self, keys: DedupKeys, i: int, global_ids, local: dict[int, list[int]]):
+        sig, band_keys = keys.signatures[i], set(keys.bands[i])
+        # LSH only proposes candidates; the signatures' agreement estimates the Jaccard similarity. Earlier
+        # conversations first, as the first kept one is named.
+        for gid in sorted(set(global_ids)):
+            record = self._read(gid)
+            other = record["sig"]
+            if band_keys.isdisjoint(self.maker.hasher.band_keys(other)):
+                continue  # only the 32-bit fingerprint matched
+            found = self._similar(sig, other)
+            if found is not None:
+                return "near", f"{found} with {self._origin(record)}"
+        for j in sorted({j for k in keys.bands[i] for j in local.get(k, ())}):
+            found = self._similar(sig, keys.signatures[j])
+            if found is not None:
+                return "near", f"{found} with {keys.origins[j]}"
+        return None
+
+    def _similar(self, sig: np.ndarray, other: np.ndarray) -> str | None:
+        self.candidates_checked += 1
+        similarity = float(np.mean(other == sig))
+        if similarity >= self.cfg.threshold:
+            return f"estimated Jaccard {similarity:.2f} >= {self.cfg.threshold}"
+        return None
+
+    # --- the kept conversations ---
+
+    def _remember(self, keys: DedupKeys, kept: list[int]) -> None:
+        if not kept:
+            return
+        ids = np.arange(self.kept, self.kept + len(kept), dtype=np.uint32)
+        records = np.zeros(len(kept), dtype=self._record)
+        origins = [keys.origins[i].encode("utf-8", "surrogatepass") for i in kept]
+        lengths = np.fromiter(map(len, origins), dtype=np.int64, count=len(origins))
+        records["origin_len"] = lengths
+        records["origin_at"] = self._origins_size + np.cumsum(lengths) - lengths
+        self._origins.write(b"".join(origins))
+        self._origins_size += int(lengths.sum())
+        if keys.exact is not None:
+            exact = b"".join(keys.exact[i] for i in kept)
+            records["key"] = np.frombuffer(exact, dtype="V16")
+            self._exact.add(np.frombuffer(exact, dtype="<u4").reshape(-1, 4)[:, 0].copy(), ids)
+        if keys.signatures is not None:
+            records["sig"] = keys.signatures[kept]
+            bands = np.array([keys.bands[i] for i in kept], dtype=np.int64)
+            fps = (bands.view(np.uint64) >> np.uint64(32)).astype(np.uint32)
+            self._bands.add(fps.reshape(-1), np.repeat(ids, bands.shape[1]))
+        self._records.write(records.tobytes())
+        self.kept += len(kept)
+
+    def _read(self, gid: int) -> np.void:
+        size = self._record.itemsize
+        return np.frombuffer(os.pread(self._records.fileno(), size, gid * size), dtype=self._record)[0]
+
+    def _origin(self, record: np.void) -> str:
+        data = os.pread(self._origins.fileno(), int(record["origin_len"]), int(record["origin_at"]))
+        return data.decode("utf-8", "surrogatepass")
 
 
 class Deduplicator:
-    """`check(conv)` returns `(code, detail)` for a duplicate of something kept earlier, else remembers it."""
+    """One conversation at a time: `check(conv)` returns `(code, detail)` for a duplicate of something kept
+    earlier, else remembers it. The pipeline itself works on batches (KeyMaker in the workers, DedupIndex here)."""
 
-    def __init__(self, cfg: DedupConfig, index_path: Path, seed: int):
-        from datasketch import MinHash, MinHashLSH
-
-        self.cfg = cfg
-        self.db = sqlite3.connect(index_path)
-        # A scratch index: it is rebuilt on every run, so durability would only cost time.
-        self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-32000;")
-        self.db.executescript(_SCHEMA)
-        self._minhash = MinHash
-        self._template = MinHash(num_perm=cfg.num_perm, seed=seed)  # permutations are drawn once, from the seed
-        lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)  # only for its optimal (b, r)
-        self.bands, self.rows = lsh.b, lsh.r
-        self._pending = 0
+    def __init__(self, cfg: DedupConfig, work: Path, seed: int):
+        lsh = lsh_parameters(cfg, seed) if cfg.near else None
+        self.maker = KeyMaker(cfg, lsh)
+        self.index = DedupIndex(cfg, Path(work), lsh)
 
     def check(self, conv: Conversation) -> tuple[str, str] | None:
-        key = exact_key(conv) if self.cfg.exact else None
-        if key is not None:
-            row = self.db.execute("SELECT origin FROM exact WHERE h = ?", (key,)).fetchone()
-            if row:
-                return "exact", f"same normalized text as {row[0]}"
-        sig = band_keys = None
-        if self.cfg.near:
-            sig = self._signature(conv)
-            band_keys = self._band_keys(sig)
-            found = self._near_match(sig, band_keys)
-            if found:
-                origin, similarity = found
-                return "near", f"estimated Jaccard {similarity:.2f} >= {self.cfg.threshold} with {origin}"
-        self._remember(conv.origin, key, sig, band_keys)
-        return None
+        return self.index.decide(self.maker.keys([conv]))[0]
 
     def close(self) -> None:
-        self.db.close()
-
-    def _signature(self, conv: Conversation) -> np.ndarray:
-        # crc32 hashes the shingles: deterministic, in C, and 3x faster than the default sha1 per shingle.
-        m = self._minhash(num_perm=self.cfg.num_perm, seed=self._template.seed, hashfunc=zlib.crc32,
-                          permutations=self._template.permutations, scheme=self._template.scheme)
-        m.update_batch(shingles(conv))
-        return m.hashvalues.astype(np.uint32)
-
-    def _band_keys(self, sig: np.ndarray) -> list[int]:
-        keys = []
-        for b in range(self.bands):
-            chunk = sig[b * self.rows : (b + 1) * self.rows].tobytes()
-            digest = hashlib.blake2b(chunk, digest_size=8, person=b.to_bytes(2, "little")).digest()
-            keys.append(int.from_bytes(digest, "little", signed=True))
-        return keys
-
-    def _near_match(self, sig: np.ndarray, band_keys: list[int]) -> tuple[str, float] | None:
-        marks = ",".join("?" * len(band_keys))
-        rows = self.db.execute(
-            f"SELECT sigs.sig, sigs.origin FROM sigs WHERE id IN (SELECT id FROM bands WHERE key IN ({marks})) "
-            "ORDER BY id", band_keys).fetchall()
-        for blob, origin in rows:
-            # LSH only proposes candidates; the signatures' agreement estimates the Jaccard similarity.
-            similarity = float(np.mean(np.frombuffer(blob, dtype=np.uint32) == sig))
-            if similarity >= self.cfg.threshold:
-                return origin, similarity
-        return None
-
-    def _remember(self, origin: str, key: bytes | None, sig: np.ndarray | None, band_keys: list[int] | None):
-        if key is not None:
-            self.db.execute("INSERT INTO exact VALUES (?, ?)", (key, origin))
-        if sig is not None:
-            cur = self.db.execute("INSERT INTO sigs (sig, origin) VALUES (?, ?)", (sig.tobytes(), origin))
-            self.db.executemany("INSERT OR IGNORE INTO bands VALUES (?, ?)",
-                                [(k, cur.lastrowid) for k in band_keys])
-        self._pending += 1
-        if self._pending >= 10_000:
-            self.db.commit()
-            self._pending = 0
+        self.index.close()

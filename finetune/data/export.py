@@ -4,6 +4,9 @@
 completion task; `alpaca` is a JSON array of instruction/input/output; `instruction` is instruction/context/
 response JSONL. Alpaca and instruction have no turns, so the turns before the answered question become
 the input/context.
+
+The workers render each conversation's examples to bytes (`render_lines`, one JSON document and a newline per
+example); the parent only routes those bytes to a split's file (`SplitWriter.write_rendered`).
 """
 
 from __future__ import annotations
@@ -51,25 +54,54 @@ def render(messages: list[dict[str, str]], metadata: dict[str, Any] | None, fmt:
     return {"instruction": question, "context": history, "response": answer}
 
 
+def example_metadata(metadata: dict[str, Any], origin: str, turn: int, multi_turn: str) -> dict[str, Any]:
+    meta = dict(metadata)
+    meta.setdefault("origin", origin)
+    if multi_turn == "per_turn":
+        meta["turn"] = turn
+    return meta
+
+
+def _encode(example: dict[str, Any]) -> bytes:
+    # backslashreplace: a lone surrogate in some metadata is written as its JSON escape, never a crash.
+    return json.dumps(example, ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+
+def render_lines(messages: list[dict[str, str]], metadata: dict[str, Any], origin: str, fmt: str,
+                 multi_turn: str, keep_metadata: bool) -> bytes:
+    """Every example of one conversation, each a JSON document and a newline, as the split file will hold it."""
+    out = []
+    for turn, prefix in examples(messages, multi_turn):
+        meta = example_metadata(metadata, origin, turn, multi_turn) if keep_metadata else None
+        out.append(_encode(render(prefix, meta, fmt)) + b"\n")
+    return b"".join(out)
+
+
 class SplitWriter:
     """One output file; a JSON array for Alpaca (written element by element), JSON Lines otherwise."""
 
     def __init__(self, path: Path, fmt: str):
         self.path, self.array, self.count = path, fmt == "alpaca", 0
-        self.f: IO[str] = open(path, "w", encoding="utf-8", errors="backslashreplace", newline="\n")
+        self.f: IO[bytes] = open(path, "wb")
         if self.array:
-            self.f.write("[")
+            self.f.write(b"[")
 
     def write(self, example: dict[str, Any]) -> None:
-        line = json.dumps(example, ensure_ascii=False)
+        self.write_rendered(_encode(example) + b"\n")
+
+    def write_rendered(self, lines: bytes) -> int:
+        """Write examples rendered by `render_lines`; returns how many."""
+        n = lines.count(b"\n")
         if self.array:
-            line = ("\n" if self.count == 0 else ",\n") + line
+            for line in lines.split(b"\n")[:-1]:  # json.dumps escapes every newline inside a document
+                self.f.write((b"\n" if self.count == 0 else b",\n") + line)
+                self.count += 1
         else:
-            line += "\n"
-        self.f.write(line)
-        self.count += 1
+            self.f.write(lines)
+            self.count += n
+        return n
 
     def close(self) -> None:
         if self.array:
-            self.f.write("\n]\n")
+            self.f.write(b"\n]\n")
         self.f.close()

@@ -108,28 +108,54 @@ def repetition_share(text: str, n: int = 3) -> float:
 
     Words are the units; text with few spaces (CJK, 'hahahaha') falls back to characters.
     """
+    units, grams = _grams(text, n)
+    if not grams:
+        return 0.0  # too short to call repetitive
+    top, count = Counter(grams).most_common(1)[0]
+    if count < 2:
+        return 0.0  # nothing repeats
+    return _covered(grams, top, n) / len(units)
+
+
+def _grams(text: str, n: int) -> tuple[list[str], list[tuple[str, ...]]]:
     units: list[str] = text.split()
     if len(units) < 4 * n:
         units = list(text.replace(" ", ""))
     if len(units) < 4 * n:
-        return 0.0  # too short to call repetitive
-    grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
-    top, count = Counter(grams).most_common(1)[0]
-    if count < 2:
-        return 0.0  # nothing repeats
+        return units, []
+    return units, list(zip(*(units[i:] for i in range(n))))
+
+
+def _covered(grams: list[tuple[str, ...]], top: tuple[str, ...], n: int) -> int:
     covered, reach = 0, 0
     for i, g in enumerate(grams):
         if g == top:
             start = max(i, reach)
             covered += i + n - start
             reach = i + n
-    return covered / len(units)
+    return covered
+
+
+def _share_over(text: str, limit: float, n: int = 3) -> float | None:
+    """`repetition_share(text)` if it is over `limit`, else None. Most texts are ruled out cheaply: the top
+    n-gram covers at most n * its count of the units, and occurs at most as often as the most frequent unit."""
+    units = text.split()
+    if len(units) >= 4 * n and max(Counter(units).values()) * n / len(units) <= limit:
+        return None
+    units, grams = _grams(text, n)
+    if not grams:
+        return None
+    top, count = Counter(grams).most_common(1)[0]
+    if count < 2 or count * n / len(units) <= limit:
+        return None
+    share = _covered(grams, top, n) / len(units)
+    return share if share > limit else None
 
 
 def repetition(conv: Conversation, limit: float) -> Verdict:
     for i, m in enumerate(conv.messages):
-        share = repetition_share(m["content"])
-        if share > limit:
+        share = _share_over(m["content"], limit)
+        if share is not None:
             return "repetition", f"message {i} repeats one 3-gram over {share:.0%} of its length (max {limit:.0%})"
     return None
 
@@ -148,6 +174,18 @@ def count_tokens(conv: Conversation, tokenizer: Any) -> int:
     else:
         ids = tokenizer("\n".join(m["content"] for m in conv.messages))["input_ids"]
     return len(ids)
+
+
+def count_tokens_batch(convs: list[Conversation], tokenizer: Any) -> list[int]:
+    """`count_tokens` of each conversation, the texts encoded in one call (the fast tokenizer's batch path)."""
+    if not convs:
+        return []
+    if getattr(tokenizer, "chat_template", None):
+        texts = [render_chat(tokenizer, c.messages, tokenize=False) for c in convs]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(["\n".join(m["content"] for m in c.messages) for c in convs])["input_ids"]
+    return [len(x) for x in ids]
 
 
 def token_bounds(conv: Conversation, tokenizer: Any, low: int | None, high: int | None) -> Verdict:

@@ -71,7 +71,7 @@ def to_conversation(record: Any, origin: str) -> Conversation | Reject:
 
 def _text(value: Any, where: str) -> str:
     if isinstance(value, str):
-        if _SURROGATE.search(value):
+        if not value.isascii() and _SURROGATE.search(value):
             raise FormatError("invalid_unicode", f"{where} holds a lone surrogate (a broken \\u escape)")
         return value
     # OpenAI's content-parts form: a list of {"type": "text", "text": ...}; only text parts can be trained on.

@@ -20,8 +20,16 @@ def normalize_text(text: str) -> str:
     if not text.isascii():  # ASCII is already NFC and has no Unicode spaces: most text skips two passes
         text = unicodedata.normalize("NFC", text)
         text = _SPACES.sub(" ", text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL.sub("", text)
-    text = _INNER_RUN.sub(" ", text)
-    text = _TRAILING.sub("", text)
-    return _BLANK_LINES.sub("\n\n", text).strip()
+    # Each pass below runs only when a substring test shows it could match (the tests are C loops, the passes
+    # regex scans): printable text has no control characters, an inner run needs two spaces or a tab, ...
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.isprintable():
+        text = _CONTROL.sub("", text)
+    if "  " in text or "\t" in text:
+        text = _INNER_RUN.sub(" ", text)
+    if " \n" in text or "\t\n" in text or text.endswith((" ", "\t")):
+        text = _TRAILING.sub("", text)
+    if "\n\n\n" in text:
+        text = _BLANK_LINES.sub("\n\n", text)
+    return text.strip()

@@ -1,32 +1,39 @@
-"""`prepare_dataset`: ingest -> clean -> filter -> dedup -> (staging file) -> split -> export, plus stats.
+"""`prepare_dataset`: ingest -> clean -> filter -> dedup -> (staging files) -> split -> export, plus stats.
 
-Two streaming passes. The first reads every record once and writes the conversations it keeps to a staging
-file in the output folder; the second knows how many were kept, so it can cut exact, seeded split sizes.
-Memory holds one record at a time (the dedup index is an SQLite file), whatever the size of the input.
+Two streaming passes. The first cuts the input into chunks (chunks.py) that worker processes parse, clean, filter
+and key for dedup, each writing the examples of its conversations to a staging file; this process takes the
+chunks back in input order, decides duplicates (dedup.py), writes rejects.jsonl and counts every record. The
+second knows how many were kept, so it can cut exact, seeded split sizes, and copies the staged examples to the
+split files. The output is byte for byte the same whatever `workers` is. Memory holds a few chunks and the dedup
+index's fingerprints (~72 bytes per kept conversation), whatever the size of the input.
 rejects.jsonl keeps each rejected record as it was read, personal data included: keep it as private as the logs.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import pickle
 import tempfile
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from time import perf_counter
+from typing import Any, TextIO
+
+import numpy as np
 
 from finetune.config_binding import ConfigError
-from finetune.data.clean import clean_conversation
+from finetune.data.chunks import Chunk, ChunkResult, plan_chunks, run_chunks, split_ratios
 from finetune.data.config import DataPipelineConfig
-from finetune.data.dedup import Deduplicator
-from finetune.data.export import EXTENSIONS, SplitWriter, examples, render
-from finetune.data.filters import build_filters, first_failure
-from finetune.data.records import Conversation, Reject
-from finetune.data.sources import discover, read_source
-from finetune.data.split import SPLITS, ExactSplitter, GroupSplitter
+from finetune.data.dedup import DedupIndex, lsh_parameters
+from finetune.data.export import EXTENSIONS, SplitWriter
+from finetune.data.records import Reject
+from finetune.data.sources import discover, load_line
+from finetune.data.split import SPLITS, ExactSplitter
 from finetune.data.stats import Stats, plot_histogram
+from finetune.data.timing import StageClock
 from finetune.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +54,8 @@ class PrepareResult:
     """Split name -> file, only for splits with a non-zero ratio."""
     stats: dict[str, Any]
     rejects: Path
+    timings: dict[str, Any] = field(default_factory=dict)
+    """Seconds per stage (summed over the worker processes and this one), the wall time and the worker count."""
 
 
 def _require_backends(cfg: DataPipelineConfig) -> None:
@@ -69,39 +78,38 @@ def prepare_dataset(config: DataPipelineConfig | dict | str | Path) -> PrepareRe
         SourceError: a whole input file cannot be read as data (an SQLite file that is not the chat log).
         NoConversationsError: nothing was left to train on (stats.json and rejects.jsonl are still written).
     """
+    clock = StageClock()
     cfg = _as_config(config)
     if not cfg.ingest.paths:
         raise ConfigError("ingest.paths is empty: name the files or folders to read (or pass --input)")
     _require_backends(cfg)
+    clock.lap("setup")
     out = Path(cfg.export.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_old_outputs(out)
     files, skipped = discover(cfg.ingest.paths, cfg.ingest.include)
-    tokenizer = _load_tokenizer(cfg)
-    stats = Stats(unit="tokens" if tokenizer is not None else "words")
+    stats = Stats(unit="tokens" if cfg.filter.needs_tokenizer else "words")
     stats.files, stats.files_skipped = [str(f) for f in files], [str(f) for f in skipped]
     rejects_path = out / "rejects.jsonl"
     with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as work:
-        staging = Path(work) / "kept.jsonl"
         # backslashreplace: a lone surrogate in some metadata is written as its JSON escape, never a crash.
-        with open(rejects_path, "w", encoding="utf-8", errors="backslashreplace") as rejects, \
-                open(staging, "w", encoding="utf-8", errors="backslashreplace") as kept:
-            for item in _first_pass(cfg, files, tokenizer, stats, Path(work)):
-                if isinstance(item, Reject):
-                    stats.reject(item)
-                    rejects.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
-                else:
-                    kept.write(json.dumps(_staged(item), ensure_ascii=False) + "\n")
+        with open(rejects_path, "w", encoding="utf-8", errors="backslashreplace") as rejects:
+            staged = _first_pass(cfg, files, stats, Path(work), rejects, clock)
         stats.check_accounting(after_export=False)
         if stats.records_kept == 0:
             stats.write(out / "stats.json")
             raise NoConversationsError(_nothing_left_message(stats, rejects_path))
-        split_files = _second_pass(cfg, staging, stats, out)
+        split_files = _second_pass(cfg, staged, stats, out, clock)
     stats.check_accounting(after_export=True)
     _warn_if_small(cfg, stats)
+    clock.lap("write")
     plot_histogram(stats.histogram, out / "token_lengths.png")
+    clock.lap("plot")
     stats.write(out / "stats.json")
-    return PrepareResult(output_dir=out, splits=split_files, stats=stats.to_dict(), rejects=rejects_path)
+    clock.lap("write")
+    timings = {"stages": clock.seconds, "wall": perf_counter() - clock.started, "workers": cfg.worker_count}
+    return PrepareResult(output_dir=out, splits=split_files, stats=stats.to_dict(), rejects=rejects_path,
+                         timings=timings)
 
 
 def _remove_old_outputs(out: Path) -> None:
@@ -121,95 +129,108 @@ def _as_config(config: DataPipelineConfig | dict | str | Path) -> DataPipelineCo
     return DataPipelineConfig.from_yaml(config)
 
 
-def _load_tokenizer(cfg: DataPipelineConfig):
-    if not cfg.filter.needs_tokenizer:
-        return None
-    # Imported here: transformers is heavy, and only a token-length filter needs it.
-    from finetune.models import load_tokenizer
+@dataclass
+class _Staged:
+    """A chunk's kept conversations, for the second pass: where their examples are in its staging file, and
+    their split when it follows from a group key."""
 
-    return load_tokenizer(cfg.filter.tokenizer)
+    staging: str
+    spans: np.ndarray
+    """int64[n, 2]: start and end in the staging file"""
+    groups: np.ndarray | None
 
 
-def _first_pass(cfg: DataPipelineConfig, files: list[Path], tokenizer, stats: Stats,
-                work: Path) -> Iterator[Conversation | Reject]:
-    filters = build_filters(cfg.filter, tokenizer)
-    dedup = Deduplicator(cfg.dedup, work / "dedup.sqlite", cfg.split.seed) if cfg.dedup.exact or cfg.dedup.near \
-        else None
+def _first_pass(cfg: DataPipelineConfig, files: list[Path], stats: Stats, work: Path, rejects: TextIO,
+                clock: StageClock) -> list[Path]:
+    """Every record read and accounted for: rejects written in input order, the kept ones staged. Returns the
+    files that hold the staging plan of each chunk."""
+    dedup = lsh = None
+    if cfg.dedup.exact or cfg.dedup.near:
+        lsh = lsh_parameters(cfg.dedup, cfg.split.seed) if cfg.dedup.near else None
+        size = sum(f.stat().st_size for f in files)
+        dedup = DedupIndex(cfg.dedup, work, lsh, expected_keys=size // 1000 * (lsh[1] if lsh else 1))
+    clock.lap("setup")
+    plans: list[Path] = []
+    read_seconds = [0.0]
     try:
-        for path in files:
-            for item in read_source(path):
-                stats.records_read += 1
-                if isinstance(item, Conversation):
-                    stats.formats[item.format] += 1
-                    item = _keep_or_reject(item, cfg, filters, dedup, stats)
-                if isinstance(item, Conversation):
-                    stats.records_kept += 1
-                    stats.histogram.add(item.n_tokens if item.n_tokens is not None else _words(item))
-                yield item
+        for chunk, result in run_chunks(plan_chunks(files, read_seconds), cfg, work, lsh, cfg.worker_count):
+            clock.restart()  # the wait for this chunk's result is no stage of this process
+            verdicts = dedup.decide(result.keys, clock) if dedup is not None else itertools.repeat(None)
+            verdicts = list(itertools.islice(verdicts, len(result.origins)))
+            kept = _account(chunk, result, verdicts, stats, rejects)
+            plans.append(_save_plan(work, chunk.index, result, kept))
+            clock.add(result.seconds)
+            clock.lap("write")
     finally:
         if dedup is not None:
             dedup.close()
+    clock.add({"read": read_seconds[0]})
+    return plans
 
 
-def _keep_or_reject(conv: Conversation, cfg: DataPipelineConfig, filters, dedup, stats) -> Conversation | Reject:
-    cleaned = clean_conversation(conv, cfg.clean, stats.redactions)
-    if isinstance(cleaned, Reject):
-        return cleaned
-    verdict = first_failure(cleaned, filters)
-    if verdict is not None:
-        return Reject("filter", verdict[0], verdict[1], conv.origin, conv.raw)
-    found = dedup.check(cleaned) if dedup is not None else None
-    if found is not None:
-        return Reject("dedup", found[0], found[1], conv.origin, conv.raw)
-    return cleaned
+def _account(chunk: Chunk, result: ChunkResult, verdicts: list, stats: Stats, rejects: TextIO) -> list[int]:
+    """Count and write a chunk's records in input order; returns the candidates kept."""
+    stats.records_read += result.records
+    stats.formats.update(result.formats)
+    stats.redactions.update(result.redactions)
+    kept = []
+    for entry in result.order:
+        if entry < 0:
+            reason, line = result.rejects[-1 - entry]
+            stats.rejected[reason] += 1
+            rejects.write(line)
+            continue
+        verdict = verdicts[entry]
+        if verdict is None:
+            kept.append(entry)
+            stats.records_kept += 1
+            stats.histogram.add(result.lengths[entry])
+        else:
+            reject = Reject("dedup", verdict[0], verdict[1], result.origins[entry], _raw(chunk, result.where[entry]))
+            stats.reject(reject)
+            rejects.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
+    return kept
 
 
-def _words(conv: Conversation) -> int:
-    return sum(len(m["content"].split()) for m in conv.messages)
+def _raw(chunk: Chunk, where) -> Any:
+    """The record as read, for rejects.jsonl: the parent has it (a JSON array or a chat log), or reads its line."""
+    if chunk.items is not None:
+        return chunk.items[where].raw
+    return load_line(chunk.path, *where)
 
 
-def _staged(conv: Conversation) -> dict[str, Any]:
-    return {"messages": conv.messages, "metadata": conv.metadata, "origin": conv.origin}
+def _save_plan(work: Path, index: int, result: ChunkResult, kept: list[int]) -> Path:
+    """The second pass's part of a chunk, on disk rather than in memory: 16 bytes per kept conversation."""
+    spans = np.stack([result.offsets[kept], result.offsets[np.asarray(kept, dtype=np.int64) + 1]], axis=1)
+    groups = result.groups[kept] if result.groups is not None else None
+    path = work / f"plan-{index:06d}.pickle"
+    path.write_bytes(pickle.dumps(_Staged(result.staging, spans, groups)))
+    return path
 
 
-def _second_pass(cfg: DataPipelineConfig, staging: Path, stats: Stats, out: Path) -> dict[str, Path]:
-    ratios = {"train": cfg.split.train_ratio, "validation": cfg.split.validation_ratio,
-              "test": cfg.split.test_ratio}
-    ratios = {s: r for s, r in ratios.items() if r > 0}
+def _second_pass(cfg: DataPipelineConfig, plans: list[Path], stats: Stats, out: Path,
+                 clock: StageClock) -> dict[str, Path]:
+    ratios = {s: r for s, r in split_ratios(cfg).items() if r > 0}
     fmt, ext = cfg.export.format_type, EXTENSIONS[cfg.export.format_type]
-    splitter = GroupSplitter(ratios, cfg.split.seed) if cfg.split.group_by else \
-        ExactSplitter(stats.records_kept, ratios, cfg.split.seed)
+    splitter = None if cfg.split.group_by else ExactSplitter(stats.records_kept, ratios, cfg.split.seed)
     writers = {s: SplitWriter(out / f"{s}.{ext}", fmt) for s in ratios}
     stats.splits = {s: {"conversations": 0, "examples": 0} for s in ratios}
+    clock.restart()
     try:
-        with open(staging, encoding="utf-8") as f:
-            for line in f:
-                conv = json.loads(line)
-                split = splitter.assign(_group_key(conv, cfg.split.group_by))
+        for plan_path in plans:
+            plan: _Staged = pickle.loads(plan_path.read_bytes())
+            data = Path(plan.staging).read_bytes()
+            clock.lap("read")
+            for i, (start, end) in enumerate(plan.spans.tolist()):
+                split = SPLITS[plan.groups[i]] if plan.groups is not None else splitter.assign()
                 stats.splits[split]["conversations"] += 1
-                for turn, messages in examples(conv["messages"], cfg.export.multi_turn):
-                    meta = _export_metadata(conv, turn, cfg) if cfg.export.keep_metadata else None
-                    writers[split].write(render(messages, meta, fmt))
-                    stats.splits[split]["examples"] += 1
+                stats.splits[split]["examples"] += writers[split].write_rendered(data[start:end])
+            Path(plan.staging).unlink()
+            clock.lap("write")
     finally:
         for w in writers.values():
             w.close()
     return {s: w.path for s, w in writers.items()}
-
-
-def _group_key(conv: dict[str, Any], group_by: str | None) -> Any:
-    if group_by is None:
-        return None
-    # A conversation without the key is a group of its own.
-    return conv["metadata"].get(group_by, {"origin": conv["origin"]})
-
-
-def _export_metadata(conv: dict[str, Any], turn: int, cfg: DataPipelineConfig) -> dict[str, Any]:
-    meta = dict(conv["metadata"])
-    meta.setdefault("origin", conv["origin"])
-    if cfg.export.multi_turn == "per_turn":
-        meta["turn"] = turn
-    return meta
 
 
 def _nothing_left_message(stats: Stats, rejects_path: Path) -> str:

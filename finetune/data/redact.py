@@ -19,7 +19,9 @@ ORDER = ("email", "url", "ip", "card", "phone")
 _EMAIL = re.compile(r"\b[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
 _URL = re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"']+", re.IGNORECASE)
 _URL_TAIL = ".,;:!?)]}'\""
-_IPV4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.]*\d)")
+# (?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.]*\d), written to start with \d so the regex engine skips to the next
+# digit in a C loop instead of trying a match at every character: 3x faster, same matches (a test checks it).
+_IPV4 = re.compile(r"\d(?<![\d.]\d)\d{0,2}(?:\.\d{1,3}){3}(?![\d.]*\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 _CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
 # The shortest valid phone numbers anywhere (country code included) have 7 digits; fewer cannot be one, so
@@ -27,6 +29,7 @@ _CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
 _DIGIT = re.compile(r"\d")
 _NEEDS_DIGITS = {"ip", "card", "phone"}
 _SEVEN_DIGITS = re.compile(r"\d(?:\D*\d){6}")
+_FEWEST_DIGITS = {"card": 13, "phone": 7}
 # Cheap substring tests that rule a kind out before its regex scans the text.
 _MAY_CONTAIN = {
     "email": lambda t: "@" in t,
@@ -79,9 +82,12 @@ def _is_ip(s: str) -> bool:
     return True
 
 
-def _ip(text: str) -> tuple[str, int]:
-    text, n4 = _sub(_IPV4, text, PLACEHOLDERS["ip"], _is_ip)
-    text, n6 = _sub(_IPV6, text, PLACEHOLDERS["ip"], lambda s: s.count(":") >= 2 and _is_ip(s))
+def _ip(text: str, digits: int | None = None) -> tuple[str, int]:
+    n4 = n6 = 0
+    if "." in text and (digits is None or digits >= 4):  # a.b.c.d: 4 digits and a dot at least
+        text, n4 = _sub(_IPV4, text, PLACEHOLDERS["ip"], _is_ip)
+    if text.count(":") >= 2:  # the IPv6 pattern has 2 colons at least
+        text, n6 = _sub(_IPV6, text, PLACEHOLDERS["ip"], lambda s: s.count(":") >= 2 and _is_ip(s))
     return text, n4 + n6
 
 
@@ -92,7 +98,8 @@ def _card(text: str) -> tuple[str, int]:
 def _phone(text: str, region: str) -> tuple[str, int]:
     import phonenumbers
 
-    if not _SEVEN_DIGITS.search(text):
+    digits = _ascii_digits(text)
+    if (digits < 7) if digits is not None else not _SEVEN_DIGITS.search(text):
         return text, 0
     matches = list(phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID))
     for m in reversed(matches):  # from the end, so earlier offsets stay valid
@@ -100,18 +107,31 @@ def _phone(text: str, region: str) -> tuple[str, int]:
     return text, len(matches)
 
 
+def _ascii_digits(text: str) -> int | None:
+    """How many digits an ASCII text holds (a C loop over bytes); None for other text, where \\d is more."""
+    if not text.isascii():
+        return None
+    data = text.encode("ascii")
+    return len(data) - len(data.translate(None, b"0123456789"))
+
+
 def redact(text: str, kinds: list[str], region: str, counts: Counter) -> str:
     """Return `text` with each enabled kind replaced; add the number of replacements per kind to `counts`."""
-    has_digits = _DIGIT.search(text) is not None
+    # Placeholders hold no digits, so the count taken here bounds every later text: a kind whose least number
+    # of digits is not there is skipped without its regex scanning the text (13 for a card, 7 for a phone).
+    digits = _ascii_digits(text)
+    has_digits = digits > 0 if digits is not None else _DIGIT.search(text) is not None
     for kind in ORDER:
         if kind not in kinds or not _MAY_CONTAIN[kind](text) or (kind in _NEEDS_DIGITS and not has_digits):
+            continue
+        if digits is not None and digits < _FEWEST_DIGITS.get(kind, 0):
             continue
         if kind == "email":
             text, n = _sub(_EMAIL, text, PLACEHOLDERS["email"])
         elif kind == "url":
             text, n = _url(text)
         elif kind == "ip":
-            text, n = _ip(text)
+            text, n = _ip(text, digits)
         elif kind == "card":
             text, n = _card(text)
         else:

@@ -27,15 +27,30 @@ def test_generate_is_seeded_sized_and_mixed(tmp_path):
     assert len({json.dumps(r) for r in parsed}) < len(parsed)  # exact duplicates are in there on purpose
 
 
-def test_render_reports_rss_growth():
+def test_render_reports_rss_growth_stages_and_the_datatrove_ratio():
     run = {"input_bytes": 100 << 20, "records_read": 10, "seconds": 1.0, "records_per_s": 10.0, "mb_per_s": 100.0,
            "peak_rss_mb": 500.0, "rss_after_import_mb": 450.0, "records_written": 9, "records_rejected": 1,
-           "duplicates_removed": {"exact": 1, "near": 0}, "accounting_ok": True}
-    big = {**run, "input_bytes": 1 << 30, "peak_rss_mb": 505.0}
+           "duplicates_removed": {"exact": 1, "near": 0}, "accounting_ok": True, "workers": 2,
+           "tree_peak_rss_mb": 700.0, "load_average": [1.5, 1, 1, 2.5, 1, 1],
+           "stage_seconds": {"read": 0.5, "near_dedup": 1.5}}
+    big = {**run, "input_bytes": 1 << 30, "peak_rss_mb": 505.0, "stage_seconds": {"read": 1.0, "near_dedup": 3.0},
+           "datatrove": {"seconds": 8.0, "records_per_s": 5.0, "mb_per_s": 40.0, "tree_peak_rss_mb": 900.0,
+                         "near_duplicates_removed": 3, "tasks": 2, "load_average": [2, 1, 1, 2, 1, 1]}}
     table = render({"machine": {"cpu_model": "cpu", "usable_cores": 2, "ram_gb": 8, "python": "3.11"},
                     "runs": [run, big]})
-    assert " 100 MB |" in table and " 1024 MB |" in table
-    assert table.endswith("input x10.2 -> peak RSS +5 MB")
+    assert " 100 MB |" in table and " 1024 MB |" in table and "1.5->2.5" in table
+    assert "input x10.2 -> peak RSS +5 MB" in table
+    cells = lambda name: next(line for line in table.splitlines() if f" {name} |" in line).split()  # noqa: E731
+    assert cells("near_dedup") == ["|", "near_dedup", "|", "1.50", "|", "3.00", "|", "75%", "|"]
+    assert ["2.00x", "|", "2.50x"] == cells("ours / datatrove")[7:10]
+
+
+def test_compare_datatrove_without_datatrove_says_how_to_install(monkeypatch, capsys):
+    import benchmarks.data_pipeline as bench
+
+    monkeypatch.setattr(bench, "_version", lambda dist: None)
+    assert main(["--sizes", "1KB", "--compare-datatrove"]) == 2
+    assert "pip install datatrove" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -47,4 +62,19 @@ def test_a_tiny_real_run_saves_json_and_accounts_for_every_record(tmp_path, caps
     assert run["accounting_ok"] and run["records_read"] == run["input_lines"]
     assert run["records_written"] + run["records_rejected"] == run["records_read"]
     assert run["peak_rss_mb"] >= run["rss_after_import_mb"] > 0
-    assert "records/s" in capsys.readouterr().out
+    assert run["tree_peak_rss_mb"] > 0 and len(run["load_average"]) == 6
+    assert set(run["stage_seconds"]) >= {"read", "redact", "near_dedup", "write"}
+    out = capsys.readouterr().out
+    assert "records/s" in out and "seconds per stage" in out
+
+
+@pytest.mark.slow
+def test_datatrove_side_by_side_on_a_tiny_input(tmp_path, capsys):
+    pytest.importorskip("datatrove")
+    out = tmp_path / "result.json"
+    assert main(["--sizes", "300KB", "--compare-datatrove", "--output", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    dt = run["datatrove"]
+    # every line is written or removed, but for a broken line (0.1% of them), which its reader skips
+    assert run["input_lines"] - 2 <= dt["documents_written"] + dt["near_duplicates_removed"] <= run["input_lines"]
+    assert dt["near_duplicates_removed"] > 0 and "ours / datatrove" in capsys.readouterr().out

@@ -99,3 +99,72 @@ def test_message_empty_after_cleaning_is_rejected():
 def test_normalize_can_be_turned_off():
     out = clean_conversation(conv("cafe\u0301  x", "y"), CleanConfig(normalize=False, redact=[]), Counter())
     assert out.messages[0]["content"] == "cafe\u0301  x"
+
+
+def _reference_redact(text, region="US"):
+    """redact() as it was before its shortcuts: every kind's regex on every text, IPv4 in its first form."""
+    import re
+
+    from finetune.data import redact as r
+
+    ipv4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.]*\d)")
+    counts = Counter()
+    for kind in r.ORDER:
+        if kind == "email":
+            text, n = r._sub(r._EMAIL, text, r.PLACEHOLDERS["email"])
+        elif kind == "url":
+            text, n = r._url(text)
+        elif kind == "ip":
+            text, n4 = r._sub(ipv4, text, r.PLACEHOLDERS["ip"], r._is_ip)
+            text, n6 = r._sub(r._IPV6, text, r.PLACEHOLDERS["ip"], lambda s: s.count(":") >= 2 and r._is_ip(s))
+            n = n4 + n6
+        elif kind == "card":
+            text, n = r._card(text)
+        else:
+            import phonenumbers
+
+            matches = list(phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID))
+            for m in reversed(matches):
+                text = text[: m.start] + r.PLACEHOLDERS["phone"] + text[m.end :]
+            n = len(matches)
+        if n:
+            counts[kind] += n
+    return text, counts
+
+
+def test_redaction_shortcuts_change_nothing():
+    """The digit counts, substring tests and the rewritten IPv4 pattern only skip work: same text, same counts."""
+    import random
+
+    rng = random.Random(11)
+    pieces = ["10.0.0.7", "192.168.1.254", "1.2.3", "999.1.1.1", "1.2.3.4.5", "fe80::1ff:fe23:4567:890a", "::1",
+              "a:b:c", "4111 1111 1111 1111", "5500-0000-0000-0004", "+1 415-555-2671", "(415) 555-2671",
+              "ann@example.org", "https://x.org/a?b=1.", "www.python.org", "12345678", "v1.2", ".5.6.7.8",
+              "٣٤٥", "1.2.3.4", "x", "word", " ", ". ", ":", "-", "7", "42"]
+    for _ in range(400):
+        t = "".join(rng.choice(pieces) + rng.choice(["", " ", ".", ":", "\n"]) for _ in range(rng.randint(0, 12)))
+        counts = Counter()
+        assert (redact(t, ALL, "US", counts), counts) == _reference_redact(t), t
+
+
+def test_normalize_shortcuts_change_nothing():
+    import random
+    import re
+    import unicodedata
+
+    def reference(text):
+        if not text.isascii():
+            text = unicodedata.normalize("NFC", text)
+            text = re.sub(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]", " ", text)
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff]", "", text)
+        text = re.sub(r"(?<=\S)[ \t]{2,}(?=\S)", " ", text)
+        text = re.sub(r"[ \t]+(?=\n|$)", "", text)
+        return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+    rng = random.Random(12)
+    alphabet = ["a", "b", " ", "  ", "\t", "\n", "\r", "\r\n", "\x00", "\x85", "\u200b", "\u00a0", "\u3000", "é",
+                "e\u0301", "\ufeff", "\x7f", "\u2028"]
+    for _ in range(2000):
+        t = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20)))
+        assert normalize_text(t) == reference(t), repr(t)

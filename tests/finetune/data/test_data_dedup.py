@@ -11,6 +11,11 @@ from finetune.data.records import Conversation
 WORDS = [f"w{i}" for i in range(3000)]
 
 
+def _dir(root, name):
+    (root / name).mkdir()
+    return root / name
+
+
 def conv(answer, origin, question="What do you think?"):
     return Conversation([{"role": "user", "content": question}, {"role": "assistant", "content": answer}], {}, origin)
 
@@ -21,7 +26,7 @@ def text(rng, n=120):
 
 @pytest.fixture
 def dedup(tmp_path):
-    d = Deduplicator(DedupConfig(), tmp_path / "index.sqlite", seed=42)
+    d = Deduplicator(DedupConfig(), tmp_path, seed=42)
     yield d
     d.close()
 
@@ -57,8 +62,8 @@ def test_threshold_is_configurable(tmp_path):
     rng = random.Random(3)
     base = text(rng, 100)
     half_changed = base.split()[:60] + text(rng, 40).split()
-    loose = Deduplicator(DedupConfig(threshold=0.3, exact=False), tmp_path / "a.sqlite", seed=1)
-    strict = Deduplicator(DedupConfig(threshold=0.95, exact=False), tmp_path / "b.sqlite", seed=1)
+    loose = Deduplicator(DedupConfig(threshold=0.3, exact=False), _dir(tmp_path, "a"), seed=1)
+    strict = Deduplicator(DedupConfig(threshold=0.95, exact=False), _dir(tmp_path, "b"), seed=1)
     for d in (loose, strict):
         assert d.check(conv(base, "a:1")) is None
     assert loose.check(conv(" ".join(half_changed), "a:2"))[0] == "near"
@@ -66,12 +71,12 @@ def test_threshold_is_configurable(tmp_path):
 
 
 def test_only_exact_or_only_near(tmp_path):
-    exact_only = Deduplicator(DedupConfig(near=False), tmp_path / "a.sqlite", seed=1)
+    exact_only = Deduplicator(DedupConfig(near=False), _dir(tmp_path, "a"), seed=1)
     rng = random.Random(4)
     base = text(rng)
     assert exact_only.check(conv(base, "a:1")) is None
     assert exact_only.check(conv(base + " more", "a:2")) is None
-    near_only = Deduplicator(DedupConfig(exact=False), tmp_path / "b.sqlite", seed=1)
+    near_only = Deduplicator(DedupConfig(exact=False), _dir(tmp_path, "b"), seed=1)
     assert near_only.check(conv(base, "a:1")) is None
     assert near_only.check(conv(base, "a:2"))[0] == "near"
 
@@ -79,18 +84,92 @@ def test_only_exact_or_only_near(tmp_path):
 def test_lookups_stay_sub_quadratic(dedup):
     """LSH proposes only the few candidates that share a band; n distinct items compare far fewer than n^2 pairs."""
     rng = random.Random(5)
-    compared = 0
-    original = dedup._near_match
-
-    def counting(sig, keys):
-        nonlocal compared
-        rows = dedup.db.execute(f"SELECT count(DISTINCT id) FROM bands WHERE key IN ({','.join('?' * len(keys))})",
-                                keys).fetchone()[0]
-        compared += rows
-        return original(sig, keys)
-
-    dedup._near_match = counting
     n = 400
     for i in range(n):
         dedup.check(conv(text(rng, 60), f"a:{i}"))
-    assert compared < n  # a quadratic scan would be n*(n-1)/2 = 79800
+    assert dedup.index.candidates_checked < n  # a quadratic scan would be n*(n-1)/2 = 79800
+
+
+def _datasketch_signature(words, seed=42, num_perm=128):
+    """The signature as the pipeline computed it before minhash.py: datasketch fed each shingle's bytes."""
+    import zlib
+
+    from datasketch import MinHash
+
+    from finetune.data.minhash import shingles
+
+    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32)
+    m.update_batch(shingles(words))
+    return m.hashvalues
+
+
+def test_signatures_are_datasketchs_bit_for_bit():
+    import numpy as np
+
+    from finetune.data.dedup import lsh_parameters
+    from finetune.data.minhash import MinHasher, shingle_words
+
+    hasher = MinHasher(*lsh_parameters(DedupConfig(), 42))
+    rng = random.Random(7)
+    texts = ["", "one", "two words", "exactly three words", "x" * 300 + " after a long word and more",
+             "Grüße aus Köln: naïve CAFÉ, ß and ﬁ ligatures", "長い文章 日本語 テキスト 三つ以上",
+             "punctuation, don't split-hyphens; snake_case and 3.14 numbers!"]
+    texts += [" ".join(rng.choice(WORDS + ["É", "ñu", "o'k", "a-b"]) for _ in range(rng.randint(1, 200)))
+              for _ in range(200)]
+    for t in texts:
+        messages = [{"role": "system", "content": "ignored " * 9}, {"role": "user", "content": t}]
+        words = shingle_words(messages)
+        assert np.array_equal(hasher.signature(words), _datasketch_signature(words)), t
+
+
+def test_ascii_words_are_the_regexs():
+    import re
+
+    from finetune.data.minhash import shingle_words
+
+    rng = random.Random(8)
+    for _ in range(300):
+        t = "".join(rng.choice("aZ9_ .,;:!?'\"-\t\n()[]{}<>@#$%^&*+=/\\|~`") for _ in range(rng.randint(0, 80)))
+        assert shingle_words([{"role": "user", "content": t}]) == re.findall(r"\w+", t.casefold())
+
+
+def test_a_fingerprint_collision_is_no_duplicate(tmp_path, monkeypatch):
+    """Memory holds 32-bit fingerprints; candidates are confirmed with the full keys from disk."""
+    import numpy as np
+
+    from finetune.data import dedup as dedup_module
+
+    original = dedup_module._FingerprintRuns.lookup
+
+    def every_entry(self, fps):  # as if every fingerprint collided with every stored one
+        where, ids = original(self, fps)
+        stored = [int(r) & 0xFFFFFFFF for run in self.runs for r in run]
+        extra_where = np.repeat(np.arange(len(fps)), len(stored))
+        extra_ids = np.tile(np.array(stored, dtype=np.uint64), len(fps))
+        return np.concatenate([where, extra_where]), np.concatenate([ids, extra_ids])
+
+    monkeypatch.setattr(dedup_module._FingerprintRuns, "lookup", every_entry)
+    d = Deduplicator(DedupConfig(), tmp_path, seed=1)
+    rng = random.Random(9)
+    texts = [text(rng) for _ in range(50)]
+    assert all(d.check(conv(t, f"a:{i}")) is None for i, t in enumerate(texts))
+    assert d.check(conv(texts[3], "b:1")) == ("exact", "same normalized text as a:3")
+    assert d.check(conv(texts[5] + " extra", "b:2"))[1].endswith("with a:5")
+
+
+def test_batches_decide_like_one_at_a_time(tmp_path):
+    """The pipeline decides a chunk at a time; within a batch a duplicate of a kept one is found, and a duplicate
+    of a rejected duplicate is judged against what was kept."""
+    from finetune.data.dedup import DedupIndex, KeyMaker, lsh_parameters
+
+    rng = random.Random(10)
+    base = [text(rng) for _ in range(30)]
+    convs = [conv(rng.choice(base) + (" more" * rng.randint(0, 2)), f"a:{i}") for i in range(120)]
+    one = Deduplicator(DedupConfig(), _dir(tmp_path, "one"), seed=3)
+    expected = [one.check(c) for c in convs]
+    lsh = lsh_parameters(DedupConfig(), 3)
+    index, maker = DedupIndex(DedupConfig(), _dir(tmp_path, "batch"), lsh), KeyMaker(DedupConfig(), lsh)
+    got = []
+    for start in range(0, len(convs), 17):
+        got += index.decide(maker.keys(convs[start : start + 17]))
+    assert got == expected and sum(v is None for v in got) == 30

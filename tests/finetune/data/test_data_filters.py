@@ -120,3 +120,31 @@ def test_filters_can_be_turned_off():
     cfg = FilterConfig(role_order=False, min_turns=0, max_repetition=None)
     assert build_filters(cfg) == []
     assert first_failure(conv(["assistant", "assistant"], "spam " * 50), build_filters(cfg)) is None
+
+
+def test_the_repetition_shortcut_decides_as_the_full_share():
+    import random
+
+    from finetune.data.filters import _share_over, repetition_share
+
+    rng = random.Random(13)
+    words = ["buy", "now", "the", "a", "cat", "sat", "on", "mat"]
+    for _ in range(2000):
+        text = " ".join(rng.choice(words[: rng.randint(2, 8)]) for _ in range(rng.randint(0, 60)))
+        if rng.random() < 0.2:
+            text = text.replace(" ", "")
+        for limit in (0.2, 0.5, 0.9):
+            share = repetition_share(text)
+            assert _share_over(text, limit) == (share if share > limit else None), (text, limit)
+
+
+def test_tokens_counted_in_a_batch_are_counted_one_by_one(tiny_model_dir):
+    from finetune.data.filters import count_tokens, count_tokens_batch
+    from finetune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    convs = [Conversation([{"role": "user", "content": "Hi " * i + "there?"},
+                           {"role": "assistant", "content": "Hello " * (i % 5) + "friend."}], {}, f"a:{i}")
+             for i in range(20)]
+    assert count_tokens_batch(convs, tokenizer) == [count_tokens(c, tokenizer) for c in convs]
+    assert count_tokens_batch([], tokenizer) == []

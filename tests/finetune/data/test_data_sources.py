@@ -108,3 +108,47 @@ def test_discover_sorts_filters_and_reports_skipped(tmp_path):
 def test_discover_missing_path_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="ingest.paths: .*nope.jsonl does not exist"):
         discover([str(tmp_path / "nope.jsonl")], ["*"])
+
+
+def _items(path):
+    return [(type(i).__name__, i.origin, getattr(i, "messages", None), getattr(i, "metadata", None),
+             getattr(i, "detail", None), repr(i.raw if isinstance(i, Conversation) else i.record))
+            for i in read_source(path)]
+
+
+def test_orjson_reads_what_json_reads(tmp_path, fixtures_dir, monkeypatch):
+    """orjson parses when it can; a line it refuses or may misread (a 19-digit run) goes to json, so records,
+    rejects and their messages are the same with it as without."""
+    from finetune.data import sources
+    from tests.finetune.data._data_helpers import write_tricky
+
+    pytest.importorskip("orjson")
+    src = write_tricky(tmp_path / "in.jsonl", 600, seed=14)
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"prompt": "p", "response": "r", "id": 123456789012345678901234567890, "n": -9223372036854775809,'
+                   ' "x": 1e400, "f": 0.1000000000000000055511151231257827}\n')
+    paths = [src, big, fixtures_dir / "bad_records.jsonl", fixtures_dir / "prompt_response_crlf_bom.jsonl"]
+    with_orjson = [_items(p) for p in paths]
+    (meta,) = [i[3] for i in with_orjson[1]]
+    assert meta["id"] == 123456789012345678901234567890 and meta["n"] == -9223372036854775809
+    monkeypatch.setattr(sources, "_import_orjson", lambda: None)
+    assert [_items(p) for p in paths] == with_orjson
+
+
+def test_line_ranges_read_like_the_whole_file(tmp_path):
+    from finetune.data.sources import load_line, read_jsonl_range
+    from tests.finetune.data._data_helpers import write_tricky
+
+    src = write_tricky(tmp_path / "in.jsonl", 300, seed=15)
+    data = src.read_bytes()
+    whole = _items(src)
+    cuts = [0, 1, 5000, 5001, 20000, len(data)]
+    got = []
+    for a, b in zip(cuts, cuts[1:]):  # cut anywhere, then extended to whole lines as plan_chunks does
+        a, b = (0 if a == 0 else data.index(b"\n", a - 1) + 1), (len(data) if b == len(data) else
+                                                                 data.index(b"\n", b - 1) + 1)
+        for item, at, size in read_jsonl_range(str(src), a, b - a, data[:a].count(b"\n") + 1):
+            got.append(item)
+            if isinstance(item, Conversation):
+                assert load_line(str(src), at, size) == item.raw
+    assert [(type(i).__name__, i.origin) for i in got] == [(w[0], w[1]) for w in whole]

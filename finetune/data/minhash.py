@@ -1,0 +1,147 @@
+"""MinHash signatures of word 3-grams, every shingle of a conversation hashed at once with numpy.
+
+The numbers are datasketch's: `MinHash(num_perm, seed, hashfunc=zlib.crc32, scheme="affine32")` fed each shingle
+(the words joined by one space, UTF-8): crc32 of the shingle, MurmurHash3's 32-bit finalizer, `a * h + b mod 2^32`
+per permutation, the minimum over the shingles. A test checks them bit for bit against datasketch, so duplicate
+decisions do not change. What is faster is finding crc32 of each shingle: crc32 of a concatenation follows from
+crc32 of its parts (zlib's crc32_combine: crc(AB) = crc(A) * x^(8 len B) mod P xor crc(B)), so each distinct word
+is hashed once per process, and a shingle costs a few table lookups in numpy instead of a byte string built in
+Python. The permutation parameters come from the parent, which draws them with datasketch from the seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import zlib
+
+import numpy as np
+
+SHINGLE = 3  # word 3-grams: short enough to catch rephrasings, long enough that common words don't match
+_WORDS = re.compile(r"\w+")
+# ASCII text: every character that \w does not match becomes a space, then str.split() gives re.findall(r"\w+").
+_ASCII_NON_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not re.fullmatch(r"\w", c)})
+_POLY = 0xEDB88320  # crc32's polynomial, bit-reversed as zlib uses it
+_MAX_SHIFT = 256  # shift tables cover parts up to this many bytes; a longer word is hashed the slow way
+_VOCAB_LIMIT = 500_000  # distinct words remembered per process before the cache starts over (memory bound)
+
+
+def shingle_words(messages: list[dict[str, str]]) -> list[str]:
+    """The case-folded words of the non-system messages. System prompts are left out: a long shared one would
+    make unrelated conversations look alike."""
+    text = " ".join(m["content"] for m in messages if m["role"] != "system")
+    if text.isascii():
+        return text.translate(_ASCII_NON_WORD).lower().split()
+    return _WORDS.findall(text.casefold())
+
+
+def shingles(words: list[str]) -> list[bytes]:
+    """The shingles as byte strings, as datasketch is fed them (fewer than 3 words: the words, or one empty)."""
+    if len(words) < SHINGLE:
+        return [w.encode() for w in words] or [b""]
+    return [" ".join(words[i : i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)]
+
+
+@functools.cache
+def _shift_tables() -> np.ndarray:
+    """`T[n * 1024 + j * 256 + v]`: byte j (= v) of a crc's contribution after n more bytes, i.e. the bytes of
+    `crc * x^(8n) mod P` split into four lookups (the map is linear over GF(2))."""
+    crc_table = np.zeros(256, dtype=np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ _POLY if c & 1 else c >> 1
+        crc_table[i] = c
+    basis = np.zeros((_MAX_SHIFT, 32), dtype=np.uint32)  # where each of the 32 bits of a crc goes after n bytes
+    basis[0] = np.uint32(1) << np.arange(32, dtype=np.uint32)
+    for n in range(1, _MAX_SHIFT):  # one zero byte: the crc register's own update step
+        prev = basis[n - 1]
+        basis[n] = crc_table[prev & 0xFF] ^ (prev >> np.uint32(8))
+    bits = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(bool)  # (256 values, 8 bits)
+    tables = np.zeros((_MAX_SHIFT, 4, 256), dtype=np.uint32)
+    for j in range(4):
+        parts = np.where(bits[None, :, :], basis[:, None, 8 * j : 8 * j + 8], np.uint32(0))
+        tables[:, j, :] = np.bitwise_xor.reduce(parts, axis=2)
+    return tables.reshape(-1)
+
+
+def _shift(tables: np.ndarray, crc: np.ndarray, n: np.ndarray) -> np.ndarray:
+    base = n * 1024
+    return (tables[base + (crc & 0xFF)] ^ tables[base + 256 + ((crc >> 8) & 0xFF)]
+            ^ tables[base + 512 + ((crc >> 16) & 0xFF)] ^ tables[base + 768 + (crc >> 24)])
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+class MinHasher:
+    """Signatures and LSH band keys of conversations, for one set of permutations (`a`, `b`: uint32, `num_perm`)."""
+
+    def __init__(self, permutations: np.ndarray, bands: int, rows: int):
+        self.a = np.ascontiguousarray(permutations[0], dtype=np.uint32)
+        self.b = np.ascontiguousarray(permutations[1], dtype=np.uint32)
+        self.bands, self.rows = bands, rows
+        self._persons = [band.to_bytes(2, "little") for band in range(bands)]
+        self._tables = _shift_tables()
+        self._index: dict[str, int] = {}
+        self._crc = np.zeros(1024, dtype=np.uint32)  # crc32(word)
+        self._crc_space = np.zeros(1024, dtype=np.uint32)  # crc32(word + " ")
+        self._len = np.zeros(1024, dtype=np.int64)  # len(word.encode())
+
+    def signature(self, words: list[str]) -> np.ndarray:
+        """uint32[num_perm], equal to datasketch's hashvalues for `shingles(words)`."""
+        h = self._shingle_crcs(words)
+        h = _fmix32(h)
+        phv = np.multiply.outer(h, self.a)
+        phv += self.b
+        return phv.min(axis=0)
+
+    def band_keys(self, sig: np.ndarray) -> list[int]:
+        """One signed 64-bit key per band: blake2b of the band's rows, personalized by the band number."""
+        data, step = sig.astype(np.uint32, copy=False).tobytes(), 4 * self.rows
+        return [int.from_bytes(hashlib.blake2b(data[band * step : (band + 1) * step], digest_size=8,
+                                               person=person).digest(), "little", signed=True)
+                for band, person in enumerate(self._persons)]
+
+    def _shingle_crcs(self, words: list[str]) -> np.ndarray:
+        if len(words) < SHINGLE:
+            return np.array([zlib.crc32(s) for s in shingles(words)], dtype=np.uint32)
+        idx = self._word_indexes(words)
+        n = self._len[idx]
+        if n.max() >= _MAX_SHIFT - 1:  # a word too long for the tables: hash its shingles directly
+            return np.array([zlib.crc32(s) for s in shingles(words)], dtype=np.uint32)
+        first, second, third = idx[:-2], idx[1:-1], idx[2:]
+        # crc("w1 w2 w3") = shift(shift(crc("w1 "), len("w2 ")) ^ crc("w2 "), len("w3")) ^ crc("w3")
+        two = _shift(self._tables, self._crc_space[first], n[1:-1] + 1) ^ self._crc_space[second]
+        return _shift(self._tables, two, n[2:]) ^ self._crc[third]
+
+    def _word_indexes(self, words: list[str]) -> np.ndarray:
+        index = self._index
+        try:
+            return np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
+        except KeyError:
+            pass
+        if len(index) + len(words) > _VOCAB_LIMIT:
+            index.clear()
+        for w in words:
+            if w not in index:
+                self._add_word(w)
+        return np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
+
+    def _add_word(self, word: str) -> None:
+        i = len(self._index)
+        if i == len(self._crc):
+            self._crc = np.resize(self._crc, 2 * i)
+            self._crc_space = np.resize(self._crc_space, 2 * i)
+            self._len = np.resize(self._len, 2 * i)
+        data = word.encode()
+        self._crc[i] = zlib.crc32(data)
+        self._crc_space[i] = zlib.crc32(data + b" ")
+        self._len[i] = len(data)
+        self._index[word] = i
