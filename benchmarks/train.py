@@ -5,6 +5,7 @@
     python -m benchmarks.train --model path/to/tiny --steps 2   # what the test runs
     python -m benchmarks.train --sweep lora_rank=8,16,64 --sweep seq_len=128,256,512,1024 --sweep batch=1,4,8 \
         --sweep method=lora,full --sweep threads=1,2 --sweep processes=1,2     # one setting at a time, `ours`
+    python -m benchmarks train --task dpo                      # DPO: TRL's DPOTrainer defaults vs ours
 
 Variants (same model, data, LoRA settings, batch, steps and seed; each in its own process so that peak RSS is
 its own):
@@ -17,6 +18,20 @@ its own):
               allocator buys)
 - ours-fp32:  ours with precision="fp32" (what bf16 buys inside our recipe)
 - ours-qlora: ours with 4-bit NF4 base weights (bitsandbytes): the GPU recipe; it also runs, slowly, on a CPU
+
+--task dpo measures preference tuning on the shipped Aurora pairs (examples/data/aurora_preferences.jsonl), LoRA on
+the same targets, rank, learning rate, batch and steps for each variant:
+- trl:     TRL's DPOTrainer with its default DPOConfig (model loaded by TRL in fp32, bf16 autocast where the CPU has
+           bf16 instructions, gradient checkpointing on, batches padded to their longest sequence, the head over
+           every position), on glibc malloc
+- trl-nogc: the same without gradient checkpointing (what TRL's one default costs)
+- ours:    finetune_model(task="dpo"): TRL's DPOTrainer inside our recipe (bf16 frozen weights, padding-free
+           forward with one attention call per sequence, the head only over reply tokens, lean ops), on tcmalloc
+- ours-padded: ours with TRL's padded forward (what the padding-free forward buys)
+Useful tokens are the non-padding tokens of the trained chosen and rejected sequences; the limit counts 6 x
+parameters FLOPs per useful token (the policy's forward and backward through the frozen weights, and the
+reference's forward). The held-out reward accuracy and margin are measured the same way for every variant, in fp32,
+on aurora_preferences_heldout.jsonl (finetune.evaluate.preference).
 
 --device cuda runs the same variants on a GPU (plain-bf16 then uses the GPU's bf16, ours its CUDA defaults) and
 writes the same schema, so `python -m benchmarks report` can put CPU and GPU side by side.
@@ -102,6 +117,10 @@ def _step_meter(device: str):
             self.joules.append(energy_joules(device))
 
         def _count(self, module, args, kwargs):
+            import torch
+
+            if not torch.is_grad_enabled():  # DPO's reference forward scores the same batch again
+                return
             ids, mask = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
             total = int(ids.numel())
             useful = int(mask.sum()) if mask is not None else total
@@ -256,6 +275,152 @@ def _held_out_loss(model_path, tokenizer, adapter_dir: Path, rows: list[dict], a
     return total / count
 
 
+# --- preference tuning (--task dpo) ---------------------------------------------------------------------------
+
+DPO_VARIANTS = ("trl", "trl-nogc", "ours", "ours-padded")
+DPO_DATA = REPO / "examples" / "data" / "aurora_preferences.jsonl"
+DPO_HELD_OUT = REPO / "examples" / "data" / "aurora_preferences_heldout.jsonl"
+DPO_LR = 5e-4
+
+
+def _run_dpo_worker(variant: str, model: str, data_path: Path, out: Path, args) -> dict:
+    import torch
+
+    from finetune.allocator import loaded_allocator
+    from finetune.hardware import configure_threads
+    from finetune.models import load_tokenizer, resolve_model_path
+    from finetune.preference import preference_rows
+    from finetune.records import read_records
+
+    configure_threads(1)
+    model_path = resolve_model_path(model)
+    meter = _step_meter(args.device)
+    rows = preference_rows(read_records(data_path))[: args.examples]
+    if variant.startswith("trl"):
+        from datasets import Dataset
+        from peft import LoraConfig
+        from trl import DPOConfig, DPOTrainer
+
+        tokenizer = load_tokenizer(model_path)
+        config = DPOConfig(output_dir=str(out / "run"), max_steps=args.warmup + args.steps,
+                           per_device_train_batch_size=args.batch, max_length=args.seq_len, learning_rate=DPO_LR,
+                           use_cpu=args.device == "cpu", save_strategy="no", report_to="none", disable_tqdm=True,
+                           include_num_input_tokens_seen="non_padding", seed=0,
+                           # TRL's default bf16=True autocast, except where the CPU has no bf16 kernel (see --help)
+                           bf16=train_precision(args.device) == "bf16",
+                           gradient_checkpointing=variant == "trl")
+        trainer = DPOTrainer(model=model_path, args=config, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer, callbacks=[meter],
+                             peft_config=LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
+                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
+        trainer.train()
+        trainer.model.save_pretrained(out / "adapter")
+    else:
+        import finetune.preference as preference
+        from finetune import (
+            DataArguments,
+            FinetuningArguments,
+            ModelArguments,
+            TextGenerationFinetuningConfig,
+            finetune_model,
+        )
+        from finetune import TrainingArguments as Args
+
+        if variant == "ours-padded":  # TRL's own padded forward inside our recipe
+            preference.use_padding_free_forward = lambda model, outputs: None
+        finetune_model(TextGenerationFinetuningConfig(
+            ModelArguments(model_name_or_path=model_path),
+            DataArguments(train_file=str(data_path), max_seq_length=args.seq_len, max_train_samples=args.examples),
+            Args(output_dir=str(out / "run"), do_train=True, max_steps=args.warmup + args.steps,
+                 per_device_train_batch_size=args.batch, learning_rate=DPO_LR, save_strategy="no",
+                 report_to="none", logging_steps=1, disable_tqdm=True, seed=0),
+            FinetuningArguments(task="dpo", lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
+                                lora_dropout=0.0, lora_all_linear=True, save_merged_model=False,
+                                generation_eval=False, device=args.device)), callbacks=[meter])
+        (out / "adapter").symlink_to(out / "run" / "adapter")
+    peak_rss = peak_rss_mb()
+    timed = meter.batches[args.warmup: args.warmup + args.steps]
+    seconds = meter.times[-1] - meter.times[args.warmup]
+    return {
+        "variant": variant,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "allocator": loaded_allocator() or "glibc",
+        "timed_steps": len(timed),
+        "seconds": round(seconds, 3),
+        "tokens": sum(t for t, _ in timed),
+        "useful_tokens": sum(u for _, u in timed),
+        "tokens_per_s": sum(t for t, _ in timed) / seconds,
+        "useful_tokens_per_s": sum(u for _, u in timed) / seconds,
+        "peak_rss_mb": round(peak_rss),
+        **_held_out_preferences(model_path, out / "adapter", args),
+        "parameters": parameter_count(model_path),
+    }
+
+
+def _held_out_preferences(model_path: str, adapter_dir: Path, args) -> dict:
+    """Held-out reward accuracy and margin of the trained adapter against its base (the adapter switched off),
+    fp32, the same computation for every variant."""
+    import torch
+    from peft import PeftModel
+
+    from finetune.chat_template import ensure_chat_template
+    from finetune.evaluate.preference import preference_metrics, reply_logps, tokenize_preference
+    from finetune.models import load_model, load_tokenizer
+    from finetune.preference import preference_rows
+    from finetune.records import read_records
+
+    tokenizer = load_tokenizer(model_path)
+    ensure_chat_template(tokenizer)
+    rows = preference_rows(read_records(DPO_HELD_OUT))[: args.eval_examples]
+    sequences = [s for row in rows for s in tokenize_preference(tokenizer, row, args.seq_len)]
+    model = PeftModel.from_pretrained(load_model(model_path, dtype=torch.float32), adapter_dir).eval()
+    logps = reply_logps(model, sequences)
+    with model.disable_adapter():
+        reference = reply_logps(model, sequences)
+    metrics = preference_metrics(logps, reference)
+    return {"held_out_reward_accuracy": metrics["reward_accuracy"], "held_out_reward_margin": metrics["reward_margin"],
+            "held_out_pairs": len(rows)}
+
+
+def run_dpo(args) -> dict:
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in DPO_VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown --task dpo variant(s) {unknown}; choose from {', '.join(DPO_VARIANTS)}")
+    payload = {"benchmark": "train-dpo", **_machine(args), "data": str(DPO_DATA.relative_to(REPO)),
+               "learning_rate": DPO_LR}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in variants:
+            print(f"-- {variant}", flush=True)
+            results.append(_run_variant(variant, args, DPO_DATA, Path(tmp) / variant))
+    # per useful token: the policy's forward and backward through frozen weights (4 x parameters), the reference's
+    # forward (2 x parameters)
+    limit = _peak(payload) * 1e9 / (6 * results[0]["parameters"])
+    base = next((r for r in results if r["variant"] == "trl"), None)
+    for r in results:
+        r["fraction_of_limit"] = r["useful_tokens_per_s"] / limit
+        if base:
+            r["speedup_vs_trl"] = r["useful_tokens_per_s"] / base["useful_tokens_per_s"]
+    return {**payload, "limit_tokens_per_s": limit, "results": results}
+
+
+def render_dpo(payload: dict) -> str:
+    hw = payload["machine"]["hardware"]
+    precision = payload.get("train_precision", "bf16")
+    head = (f"DPO model={payload['model']} data={payload['data']} seq_len<={payload['seq_len']} "
+            f"batch={payload['batch']} pairs, timed steps={payload['steps']} LoRA r={payload['lora_rank']} | "
+            f"{cpu_label(payload['machine'])}, {hw['usable_cores']} cores, load average "
+            f"{payload['machine']['load_average_1min']:.1f} | matmul {precision} {_peak(payload):.0f} GFLOPS -> "
+            f"DPO limit {payload['limit_tokens_per_s']:.0f} tok/s")
+    columns = [("variant", "variant"), ("allocator", "malloc"), ("useful_tokens_per_s", "useful tok/s"),
+               ("tokens_per_s", "padded tok/s"), ("speedup_vs_trl", "x trl"), ("fraction_of_limit", "of limit"),
+               ("peak_rss_mb", "peak RSS MB"), ("held_out_reward_accuracy", "held-out reward acc %"),
+               ("held_out_reward_margin", "held-out margin (nats)")]
+    return head + "\n" + markdown_table(payload["results"], columns)
+
+
 # --- the driver ---------------------------------------------------------------------------------------------
 
 SWEEPS = {"lora_rank": int, "seq_len": int, "batch": int, "method": str, "threads": int, "processes": int}
@@ -265,7 +430,7 @@ def _run_variant(variant: str, args, data: Path, out: Path, threads: int | None 
     """One variant in its own process (or `processes` DDP processes under torchrun); its result row."""
     out.mkdir(parents=True)
     worker = ["-m", "benchmarks.train", "--worker", variant, "--data", str(data), "--out", str(out),
-              *_passthrough(args)]
+              *_passthrough(args), "--task", args.task, "--examples", str(args.examples)]
     if processes > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                *worker]
@@ -498,13 +663,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2",
                    help=f"vary one setting of --variants (default ours), repeatable; NAME: {', '.join(SWEEPS)}; "
                         "e.g. --sweep seq_len=128,256,512,1024 --sweep threads=1,2 --sweep processes=1,2")
-    p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--task", default="chat", choices=["chat", "dpo"],
+                   help="chat: SFT on multi-turn chats; dpo: preference tuning on the shipped Aurora pairs")
+    p.add_argument("--worker", choices=VARIANTS + DPO_VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        result = _run_worker(args.worker, args.model, args.data, args.out, args)
+        worker = _run_dpo_worker if args.task == "dpo" else _run_worker
+        result = worker(args.worker, args.model, args.data, args.out, args)
         (args.out / f"result-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(result))
+        return 0
+    if args.task == "dpo":
+        if args.sweep or args.full or args.device != "cpu":
+            raise SystemExit("--task dpo measures LoRA on the CPU: drop --sweep, --full and --device")
+        if args.variants == DEFAULT_VARIANTS:
+            args.variants = "trl,ours"
+        payload = run_dpo(args)
+        publish("train-dpo", payload, render_dpo(payload))
         return 0
     if args.sweep:
         if args.variants == DEFAULT_VARIANTS:

@@ -17,8 +17,10 @@ import transformers
 
 from finetune.config_binding import check_choice, field_values, type_hints, unknown_key
 
-Task = Literal["completion", "chat", "summarization", "code-generation", "extraction"]
+Task = Literal["completion", "chat", "summarization", "code-generation", "extraction", "dpo", "kto"]
 TASKS: tuple[str, ...] = get_args(Task)
+PREFERENCE_TASKS: tuple[str, ...] = ("dpo", "kto")
+"""Tasks trained on preferences through TRL's trainers (finetune/preference.py), not on target replies."""
 
 
 def _check_positive(obj, name: str, allow_none: bool = True) -> None:
@@ -139,7 +141,8 @@ class FinetuningArguments:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train."""
     task: Task = "completion"
-    """The data format and prompt of the task."""
+    """The data format and prompt of the task; dpo and kto tune on preferences (prompt/chosen/rejected, or
+    prompt/completion/label) through TRL's DPOTrainer and KTOTrainer."""
     do_lm_eval: bool = False
     """Not supported: lm-eval tasks download data sets."""
     lm_eval_tasks: list[str] | None = None
@@ -162,7 +165,15 @@ class FinetuningArguments:
     """Also write the adapter merged into the model."""
     generation_eval: bool = True
     """With do_eval, also compare base and tuned generations on the held-out set (finetune.evaluate:
-    BLEU/ROUGE/..., extraction metrics) in output_dir/eval/."""
+    BLEU/ROUGE/..., extraction metrics; for dpo/kto the reward accuracy and margin) in output_dir/eval/."""
+    beta: float = 0.1
+    """dpo/kto: how strongly the tuned model is held to the base model (TRL's beta); higher stays closer."""
+    desirable_weight: float = 1.0
+    """kto: loss weight of the examples labelled true (raise it when they are fewer than the false ones)."""
+    undesirable_weight: float = 1.0
+    """kto: loss weight of the examples labelled false."""
+    precompute_ref_log_probs: bool = False
+    """dpo/kto: score the whole train set with the base model once before training instead of once per step."""
 
     def __post_init__(self):
         for name in ("task", "peft", "device", "quant_type", "bits", "precision"):  # the choices: their Literal
@@ -174,6 +185,14 @@ class FinetuningArguments:
         if self.qlora and self.full_finetune:
             raise ValueError("FinetuningArguments: qlora=True and full_finetune=True exclude each other: QLoRA "
                              "freezes 4-bit base weights and trains LoRA adapters. Choose one.")
+        for name in ("beta", "desirable_weight", "undesirable_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"FinetuningArguments.{name} must be a positive number, got {value!r}")
+        if self.task in PREFERENCE_TASKS and (self.qlora or self.full_finetune):
+            raise ValueError(f"FinetuningArguments: task={self.task!r} trains LoRA adapters only (the reference is "
+                             f"the base model with the adapter switched off); set qlora=False and "
+                             f"full_finetune=False.")
         if self.do_lm_eval:
             raise ValueError("FinetuningArguments.do_lm_eval=True is not supported: lm-evaluation-harness tasks "
                              "download data sets at run time. Set do_eval=True in the training arguments to "

@@ -112,7 +112,27 @@ def trl_format(data: dict) -> str | None:
     return None
 
 
+# TRL's preference formats (what data prepared for TRL's DPOTrainer and KTOTrainer holds):
+#   {"prompt", "chosen", "rejected"}   a pair: both replies to one prompt, strings or lists of {role, content} messages
+#   {"chosen", "rejected"}             a pair with an implicit prompt: two conversations that share their first turns
+#   {"prompt", "completion", "label"}  unpaired (kto): one reply, label true when it is good, false when it is bad
+PAIR = ("chosen", "rejected")
+UNPAIRED = ("prompt", "completion", "label")
+LABEL_TEXT = {"true": True, "false": False, "1": True, "0": False}  # a CSV file's labels are text
+
+
+def preference_label(value) -> bool | None:
+    """A KTO label as a bool (JSON's true/false, or a CSV cell's text); None when it is neither."""
+    if isinstance(value, bool):
+        return value
+    return LABEL_TEXT.get(value.strip().lower()) if isinstance(value, str) else None
+
+
 def required_columns(task: str, columns: set[str], prompt_column=None, response_column=None) -> tuple[str, ...]:
+    if task == "dpo" or (task == "kto" and set(PAIR) <= columns):
+        return ("prompt", *PAIR) if "prompt" in columns else PAIR
+    if task == "kto":
+        return UNPAIRED
     if task in ("chat", "extraction"):
         if "messages" not in columns and set(PROMPT_COMPLETION) <= columns:
             return PROMPT_COMPLETION
@@ -127,6 +147,10 @@ def required_columns(task: str, columns: set[str], prompt_column=None, response_
 
 
 def suggest_task(columns: set[str]) -> str | None:
+    if set(PAIR) <= columns:
+        return "dpo"
+    if set(UNPAIRED) <= columns:
+        return "kto"
     if "messages" in columns:
         return "chat"
     if set(ALPACA) <= columns or columns == {"text"}:
@@ -149,10 +173,17 @@ def check_records(records: list[Record], task: str, source: str, prompt_column=N
             problems.append(
                 f"{record.where}: missing {', '.join(missing)}; found columns: {', '.join(sorted(record.data))}"
             )
+        elif task in ("dpo", "kto"):
+            problems.extend(_check_preference(record, needed))
+        elif set(UNPAIRED) <= set(record.data) and preference_label(record.data["label"]) is not None:
+            problems.append(f"{record.where}: a prompt/completion/label record is KTO's unpaired preference format: "
+                            f"training task={task!r} on it would learn the replies labelled false too")
         elif trl_format(record.data) is not None and task != "summarization":
             problems.extend(_check_trl(record, task))
         elif task in ("chat", "extraction"):
             problems.extend(_check_messages(record, task))
+    if task in ("dpo", "kto") and not problems:
+        problems = _mixed_styles(records)
     if problems:
         shown = "\n  ".join(problems[:MAX_ERRORS_SHOWN])
         more = f"\n  ... and {len(problems) - MAX_ERRORS_SHOWN} more" if len(problems) > MAX_ERRORS_SHOWN else ""
@@ -210,3 +241,58 @@ def _check_messages(record: Record, task: str) -> list[str]:
         if not isinstance(parsed, dict):
             return [f"{record.where}: the assistant reply must be a JSON object, got {type(parsed).__name__}"]
     return []
+
+
+def _is_messages(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+
+
+def _check_preference(record: Record, needed: tuple[str, ...]) -> list[str]:
+    """A preference record: all strings or all lists of messages; a pair's replies differ; a label is a bool."""
+    data, where = record.data, record.where
+    replies = ("completion",) if needed == UNPAIRED else PAIR
+    if needed == UNPAIRED and preference_label(data["label"]) is None:
+        return [f"{where}: 'label' must be true (a good reply) or false (a bad one), got {data['label']!r}"]
+    parts = [k for k in ("prompt", *replies) if k in data]
+    if all(isinstance(data[k], str) for k in parts):
+        empty = [k for k in replies if not data[k].strip()]
+        if empty:
+            return [f"{where}: {' and '.join(empty)} must not be empty"]
+        if replies == PAIR and data["chosen"] == data["rejected"]:
+            return [f"{where}: chosen and rejected are the same reply, so there is nothing to prefer: drop the "
+                    f"record or write the worse reply into rejected"]
+        return []
+    if not all(_is_messages(data[k]) or (k == "prompt" and data[k] == []) for k in parts):
+        return [f"{where}: {', '.join(parts)} must all be strings or all be lists of {{role, content}} messages"]
+    problems = _check_messages(Record({"messages": [m for k in parts for m in data[k]]}, where), "chat")
+    if problems and not any("no assistant message" in p for p in problems):
+        return problems
+    if replies == PAIR and data["chosen"] == data["rejected"]:
+        return [f"{where}: chosen and rejected are the same conversation, so there is nothing to prefer"]
+    if "prompt" not in data:  # implicit prompt: the turns both conversations share
+        shared = next((i for i, (a, b) in enumerate(zip(data["chosen"], data["rejected"])) if a != b),
+                      min(len(data["chosen"]), len(data["rejected"])))
+        if shared == 0:
+            return [f"{where}: chosen and rejected share no first turn, so the prompt cannot be found: add a "
+                    f"'prompt' (the conversation before the replies) or start both with the same turns"]
+        replies_data = {k: data[k][shared:] for k in PAIR}
+    else:
+        replies_data = {k: data[k] for k in replies}
+    for key, messages in replies_data.items():
+        if not messages or messages[0].get("role") != "assistant":
+            return [f"{where}: {key} must continue the prompt with an assistant reply (it "
+                    f"{'ends with the prompt' if not messages else 'starts with a ' + str(messages[0].get('role'))} "
+                    f"message)"]
+    return []
+
+
+def _mixed_styles(records: list[Record]) -> list[str]:
+    """TRL formats a preference set as a whole (plain text or chat template): a file must not mix the two."""
+    styles = {}
+    for record in records:
+        value = next(record.data[k] for k in ("chosen", "completion") if k in record.data)
+        styles.setdefault(isinstance(value, list), record.where)
+    if len(styles) < 2:
+        return []
+    return [f"{styles[False]} holds plain-text replies but {styles[True]} holds lists of messages: a preference "
+            f"file is either all text or all conversations; convert one kind to the other"]

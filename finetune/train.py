@@ -27,7 +27,7 @@ import torch
 
 from finetune.callbacks import BarProgressCallback, ThroughputCallback
 from finetune.collate import PaddingFreeCollator, kept_positions_loss
-from finetune.config import FinetuningArguments, TextGenerationFinetuningConfig
+from finetune.config import PREFERENCE_TASKS, FinetuningArguments, TextGenerationFinetuningConfig
 from finetune.dataset import build_datasets
 from finetune.families import lora_targets
 from finetune.hardware import (
@@ -74,34 +74,62 @@ def _precision(config: TextGenerationFinetuningConfig, device: str) -> str:
     return resolve_precision(choice == "bf16", args.fp16, device)
 
 
-def _training_args(config: TextGenerationFinetuningConfig, device: str, precision: str, packed_batches: bool):
+def run_settings(config: TextGenerationFinetuningConfig, device: str, precision: str) -> dict:
+    """The training-argument changes every task's run makes: device, precision, gradient checkpointing, early
+    stopping, DDP on CPU (the preference tasks apply them to TRL's config too)."""
     args = config.training_args
     changes = {
         "use_cpu": device == "cpu",
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
+        "gradient_checkpointing_kwargs": args.gradient_checkpointing_kwargs or {"use_reentrant": False},
+    }
+    if config.finetune_args.early_stopping_patience:
+        changes |= {"load_best_model_at_end": True, "metric_for_best_model": "eval_loss",
+                    "greater_is_better": False}
+        if args.eval_strategy == "no":
+            changes |= {"eval_strategy": args.save_strategy, "eval_steps": args.save_steps}
+    if changes["use_cpu"] and args.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        changes["ddp_backend"] = "gloo"
+    return changes
+
+
+def _training_args(config: TextGenerationFinetuningConfig, device: str, precision: str, packed_batches: bool):
+    args = config.training_args
+    changes = run_settings(config, device, precision) | {
         # Our collator already chose the model inputs; the default would drop position ids.
         "remove_unused_columns": False,
         "include_num_input_tokens_seen": True,
-        "gradient_checkpointing_kwargs": args.gradient_checkpointing_kwargs or {"use_reentrant": False},
     }
     if packed_batches:
         # Eval batches hold a varying number of kept positions, which cannot be concatenated as predictions.
         changes["prediction_loss_only"] = True
     if config.finetune_args.qlora and device == "cuda" and args.optim.startswith("adamw_torch"):
         changes["optim"] = "paged_adamw_8bit"  # QLoRA's optimizer: pages state to CPU on memory spikes
-    if config.finetune_args.early_stopping_patience:
-        changes |= {"load_best_model_at_end": True, "metric_for_best_model": "eval_loss",
-                    "greater_is_better": False}
-        if args.eval_strategy == "no":
-            changes |= {"eval_strategy": args.save_strategy, "eval_steps": args.save_steps}
-    if changes.get("use_cpu") and args.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        changes["ddp_backend"] = "gloo"
     return dataclasses.replace(args, **changes)
 
 
 def _load_model_for_training(model_path: str, config: TextGenerationFinetuningConfig, device: str, precision: str,
                              tokenizer):
+    model = load_base_model(model_path, config, device, precision, tokenizer)
+    fa = config.finetune_args
+    if fa.full_finetune:
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if fa.qlora:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.training_args.gradient_checkpointing)
+    model = get_peft_model(model, lora_config(model, fa))
+    adapters_under_autocast(model, precision)
+    if config.training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def load_base_model(model_path: str, config: TextGenerationFinetuningConfig, device: str, precision: str,
+                    tokenizer):
+    """The model to adapt, in the run's precision (frozen LoRA weights in bf16 where it computes in bf16)."""
     fa = config.finetune_args
     kwargs = {"trust_remote_code": config.model_args.trust_remote_code}
     if fa.qlora:
@@ -121,30 +149,29 @@ def _load_model_for_training(model_path: str, config: TextGenerationFinetuningCo
     model = load_model(model_path, dtype=dtype, **kwargs)
     if _grows_vocabulary(config, tokenizer, model):
         model.resize_token_embeddings(len(tokenizer))
-    if fa.full_finetune:
-        return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    return model
 
-    if fa.qlora:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.training_args.gradient_checkpointing)
+
+def lora_config(model, fa: FinetuningArguments):
+    """PEFT's LoraConfig from our lora_* settings."""
+    from peft import LoraConfig
+
     if fa.lora_all_linear:
         targets = "all-linear"
     else:  # the family's default (PEFT's where it has one: q_proj, v_proj for llama), fused names mapped
         targets = lora_targets(model, fa.lora_target_modules)
-    lora = LoraConfig(r=fa.lora_rank, lora_alpha=fa.lora_alpha, lora_dropout=fa.lora_dropout,
+    return LoraConfig(r=fa.lora_rank, lora_alpha=fa.lora_alpha, lora_dropout=fa.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+
+
+def adapters_under_autocast(model, precision: str) -> None:
+    """PEFT casts each adapter's input up to the fp32 adapter weights, and autocast casts it straight back: two
+    copies of every activation per adapted layer for nothing. Autocast alone computes the adapters in bf16 and
+    still keeps (and updates) fp32 adapter weights."""
     if precision in ("bf16", "fp16"):
-        # PEFT casts each adapter's input up to the fp32 adapter weights, and autocast casts it straight back:
-        # two copies of every activation per adapted layer for nothing. Autocast alone computes the adapters in
-        # bf16 and still keeps (and updates) fp32 adapter weights.
         for module in model.modules():
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
-    if config.training_args.gradient_checkpointing:
-        model.enable_input_require_grads()
-    return model
 
 
 def _grows_vocabulary(config: TextGenerationFinetuningConfig, tokenizer, model) -> bool:
@@ -162,7 +189,6 @@ def _require_bitsandbytes() -> None:
 
 def _trainer(model, tokenizer, config, training_args, data, callbacks, per_example_attention=False, head=None):
     from transformers import EarlyStoppingCallback, Trainer
-    from transformers.trainer_callback import ProgressCallback
 
     packed = not config.data_args.pad_to_max_length
     collator_kwargs = {"data_collator": PaddingFreeCollator(boundaries=per_example_attention),
@@ -177,13 +203,11 @@ def _trainer(model, tokenizer, config, training_args, data, callbacks, per_examp
         callbacks.append(EarlyStoppingCallback(config.finetune_args.early_stopping_patience))
     trainer = Trainer(model=model, args=training_args, train_dataset=data.train, eval_dataset=data.eval or None,
                       processing_class=tokenizer, callbacks=callbacks, **collator_kwargs)
-    if training_args.disable_tqdm is False:
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(BarProgressCallback)
+    use_bar_progress(trainer)
     return trainer
 
 
-def _check_batch(config: TextGenerationFinetuningConfig, n_train: int) -> None:
+def check_batch(config: TextGenerationFinetuningConfig, n_train: int) -> None:
     args = config.training_args
     world = int(os.environ.get("WORLD_SIZE", "1"))
     batch = args.per_device_train_batch_size * world
@@ -242,7 +266,39 @@ def _load_storages_mapped_to_cpu_index() -> None:
         19, lambda storage: None, lambda storage, location: storage if location.startswith("cpu:") else None)
 
 
-def _save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path) -> tuple[Path | None, Path | None]:
+def resume_point(config: TextGenerationFinetuningConfig, output_dir: Path, fingerprint: str
+                 ) -> tuple[str | None, FinetuneResult | None]:
+    """Claim output_dir for this run; return the checkpoint to resume from (None: start afresh), or the finished
+    result when output_dir already holds this run complete."""
+    args = config.training_args
+    resume = args.resume_from_checkpoint
+    same_run = check_output_dir(output_dir, fingerprint, getattr(args, "overwrite_output_dir", False))
+    if same_run and args.do_train and resume is None:
+        finished = finished_run(output_dir, fingerprint)
+        if finished is not None:
+            logger.warning("%s already holds this finished run; returning it (overwrite_output_dir retrains)",
+                           output_dir)
+            return None, finished
+        resume = _last_checkpoint(output_dir)
+        if resume:
+            logger.warning("Resuming the interrupted run from %s", resume)
+    elif resume in ("True", "true", True):
+        resume = _last_checkpoint(output_dir)
+    if resume and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _load_storages_mapped_to_cpu_index()
+    return resume, None
+
+
+def use_bar_progress(trainer) -> None:
+    """The stock progress bar, with loss and tokens/s on the bar (where the bar is shown at all)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    if trainer.args.disable_tqdm is False:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(BarProgressCallback)
+
+
+def save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path) -> tuple[Path | None, Path | None]:
     """Write the adapter and a merged fp32 model that loads with plain transformers (rank 0 only)."""
     fa = config.finetune_args
     merged_dir = output_dir / MERGED_DIR if fa.save_merged_model or fa.full_finetune else None
@@ -274,6 +330,10 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
     recipe's own, e.g. to time each step (benchmarks/train.py) or to stop early on a condition of your own.
     """
     config = config or TextGenerationFinetuningConfig()
+    if config.finetune_args.task in PREFERENCE_TASKS:
+        from finetune.preference import finetune_preference
+
+        return finetune_preference(config, callbacks)
     limit_kernel_caches()
     fa, data_args = config.finetune_args, config.data_args
     device = _device(fa)
@@ -287,24 +347,12 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
 
     args = config.training_args
     data = build_datasets(tokenizer, data_args, fa.task, fa.train_on_inputs, need_eval=args.do_eval)
-    _check_batch(config, len(data.train))
+    check_batch(config, len(data.train))
     output_dir = Path(args.output_dir)
     fingerprint = run_fingerprint(config, model_path, data.data_hash)
-    resume = args.resume_from_checkpoint
-    same_run = check_output_dir(output_dir, fingerprint, getattr(args, "overwrite_output_dir", False))
-    if same_run and args.do_train and resume is None:
-        finished = finished_run(output_dir, fingerprint)
-        if finished is not None:
-            logger.warning("%s already holds this finished run; returning it (overwrite_output_dir retrains)",
-                           output_dir)
-            return finished
-        resume = _last_checkpoint(output_dir)
-        if resume:
-            logger.warning("Resuming the interrupted run from %s", resume)
-    elif resume in ("True", "true", True):
-        resume = _last_checkpoint(output_dir)
-    if resume and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _load_storages_mapped_to_cpu_index()
+    resume, finished = resume_point(config, output_dir, fingerprint)
+    if finished is not None:
+        return finished
 
     training_args = _training_args(config, device, precision, packed_batches=not data_args.pad_to_max_length)
     logger.info("Fine-tuning %s on %s: task=%s, %s, %s, %d train / %d eval examples", model_path, device, fa.task,
@@ -345,7 +393,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
     undo_lean_ops()
     adapter_dir = merged_dir = None
     if args.do_train and trainer.is_world_process_zero():
-        adapter_dir, merged_dir = _save_outputs(trainer, tokenizer, model_path, config, output_dir)
+        adapter_dir, merged_dir = save_outputs(trainer, tokenizer, model_path, config, output_dir)
         write_metadata(output_dir, config, fingerprint, metrics, trainer.state.log_history,
                        {**data.counts, "sha256": data.data_hash}, device,
                        precision, threads, model_path)

@@ -15,13 +15,21 @@ COLUMNS = [
     ("attribute_f1", "attr F1"), ("aspect_f1", "aspect-sent F1"), ("aspect_sentiment_accuracy", "aspect acc"),
     ("overall_sentiment_accuracy", "overall acc"), ("extraction_exact_match", "exact %"), ("bleu", "BLEU"),
     ("chrf", "chrF"), ("rouge1", "R-1"), ("rouge2", "R-2"), ("rougeL", "R-L"), ("exact_match", "EM %"),
-    ("token_reduction_pct", "tok red %"), ("examples_per_s", "ex/s"),
+    ("token_reduction_pct", "tok red %"), ("reward_accuracy", "reward acc %"), ("reward_margin", "margin (nats)"),
+    ("preference_accuracy", "prefers chosen %"), ("chosen_logp", "logp chosen"), ("rejected_logp", "logp rejected"),
+    ("examples_per_s", "ex/s"),
 ]
 BAR_METRICS = {
     "extraction": ["json_validity", "schema_validity", "attribute_f1", "aspect_f1", "aspect_sentiment_accuracy",
                    "overall_sentiment_accuracy"],
+    "preference": ["reward_accuracy", "preference_accuracy"],
     "default": ["bleu", "chrf", "rouge1", "rougeL", "exact_match"],
 }
+PREFERENCE_TASKS = ("dpo", "kto")  # finetune.config's, without importing torch for a report
+
+
+def _bar_kind(task: str) -> str:
+    return "extraction" if task == "extraction" else ("preference" if task in PREFERENCE_TASKS else "default")
 
 
 def _fmt(value) -> str:
@@ -66,15 +74,25 @@ def write_report(results: dict, out_dir: Path, specs, plots: bool = True) -> Pat
 
 def render_markdown(results: dict, images: list[Path]) -> str:
     cfg = results["config"]
+    if results["task"] in PREFERENCE_TASKS:
+        intro = [f"{results['examples']} held-out preference records from `{results['data']}`; each reply scored "
+                 f"by its log-probability given the prompt; {results['created']}; CPU {results['machine'].get('cpu')}.",
+                 "The first model is the baseline and the reference: a model's reward for a reply is its log-ratio "
+                 "against the baseline (nats). Reward accuracy: % of pairs whose chosen reply gets the higher reward "
+                 "(0 for the baseline, whose rewards are all 0); margin: mean reward of chosen minus rejected; "
+                 "prefers chosen: % of pairs whose chosen reply the model itself finds likelier "
+                 "(finetune/evaluate/preference.py)."]
+    else:
+        intro = [f"{results['examples']} held-out examples from `{results['data']}`; greedy decoding, max_new_tokens="
+                 f"{cfg['max_new_tokens']}, batch {cfg['batch_size']}; {results['created']}; CPU "
+                 f"{results['machine'].get('cpu')}.",
+                 "The first model is the baseline. Perplexity is of the reference replies (n/a on OpenVINO, which "
+                 "returns no logits). Field scores read the first JSON object of a reply; JSON validity needs the "
+                 "whole reply to be JSON."]
     parts = [
         f"# Evaluation: task {results['task']}",
         "",
-        f"{results['examples']} held-out examples from `{results['data']}`; greedy decoding, max_new_tokens="
-        f"{cfg['max_new_tokens']}, batch {cfg['batch_size']}; {results['created']}; CPU "
-        f"{results['machine'].get('cpu')}.",
-        "The first model is the baseline. Perplexity is of the reference replies (n/a on OpenVINO, which returns "
-        "no logits). Field scores read the first JSON object of a reply; JSON validity needs the whole reply to "
-        "be JSON.",
+        *intro,
         "",
         "## Models",
         "",
@@ -173,7 +191,7 @@ def plot_losses(specs, path: Path) -> Path | None:
 
 
 def plot_metrics(results: dict, path: Path) -> Path | None:
-    keys = BAR_METRICS["extraction" if results["task"] == "extraction" else "default"]
+    keys = BAR_METRICS[_bar_kind(results["task"])]
     runs = results["runs"]
     keys = [k for k in keys if any(r["metrics"].get(k) is not None for r in runs)]
     plt = _pyplot() if keys and runs else None

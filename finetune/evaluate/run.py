@@ -26,8 +26,8 @@ class EvalConfig:
     """What to evaluate on and how to generate; the same for every model compared."""
 
     task: str = "extraction"
-    """What the records hold and which metrics score them: completion, chat, summarization, code-generation or
-    extraction."""
+    """What the records hold and which metrics score them: completion, chat, summarization, code-generation,
+    extraction, or dpo/kto (held-out preferences: reward accuracy and margin against the first model)."""
     data: str | None = None
     """A .json, .jsonl or .csv file of held-out records."""
     max_examples: int | None = 200
@@ -113,6 +113,12 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
 
     if not models:
         raise EvalError("No model to evaluate: pass at least one model (the first is the baseline).")
+    from finetune.config import PREFERENCE_TASKS
+
+    if config.task in PREFERENCE_TASKS:  # replies are scored, not generated
+        from finetune.evaluate.preference import evaluate_preferences
+
+        return evaluate_preferences(models, config)
     if examples is None:
         if not config.data:
             raise EvalError("No eval data: set EvalConfig.data (CLI: --data) to a file of held-out records.")
@@ -258,6 +264,7 @@ def evaluate_after_training(output_dir: str | Path, config, eval_config: EvalCon
     has never seen the format) and score with and without constrained decoding. Returns None when the run has
     no held-out data.
     """
+    from finetune.config import PREFERENCE_TASKS
     from finetune.dataset import load_records
 
     data_args, task = config.data_args, config.finetune_args.task
@@ -271,9 +278,16 @@ def evaluate_after_training(output_dir: str | Path, config, eval_config: EvalCon
         base_few_shot=3 if task == "extraction" else None, output_dir=str(Path(output_dir) / "eval"),
         labels=["base", "fine-tuned"])
     source = data_args.validation_file or data_args.train_file or data_args.dataset_name
+    base = config.model_args.model_name_or_path or "smollm2-135m-instruct"
+    if task in PREFERENCE_TASKS:
+        from finetune.evaluate.preference import evaluate_preferences
+
+        eval_config.data = eval_config.data or str(source)
+        results = evaluate_preferences([base, str(output_dir)], eval_config, records, data_args.max_seq_length or 1024)
+        print(summary_table(results))
+        return results
     examples = examples_from_records(records, task, str(source), eval_config.max_examples)
     eval_config.data = eval_config.data or str(source)
-    base = config.model_args.model_name_or_path or "smollm2-135m-instruct"
     results = evaluate_models([base, str(output_dir)], eval_config, examples)
     print(summary_table(results))
     return results
