@@ -178,6 +178,8 @@ def run_level(url: str, model: str | list[str], concurrency: int, requests: int,
 
 def render_table(report: dict) -> str:
     head = f"model={report['model']} backend={report['backend']} max_tokens={report['max_tokens']}"
+    if report.get("load_average_1m") is not None:
+        head += f" load_average_1m={report['load_average_1m']}->{report.get('load_average_1m_end')}"
     lines = [
         head,
         "| streams | requests | errors | tokens/s | of bandwidth limit | p50 latency (s) | p99 latency (s) | "
@@ -363,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="server YAML for the server this command starts")
     parser.add_argument("--model")
     parser.add_argument("--backend", choices=["auto", "torch", "openvino"])
-    parser.add_argument("--concurrency", default="1,4,8,16")
+    parser.add_argument("--concurrency", default="1,4,8,16", help="streams of each level on the model ('' none)")
     parser.add_argument("--requests", type=int, default=0, help="conversations per level (default: 2 x streams)")
     parser.add_argument("--turns", type=int, default=1, help="requests per conversation (follow-ups resend it)")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -374,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                              "loaded, tokens/s of 8 streams on one adapter and over 4 (starts its own servers)")
     args = parser.parse_args(argv)
 
-    levels = [int(c) for c in args.concurrency.split(",")]
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if (any(c < 1 or c > 32 for c in levels) or args.requests > 128 or args.max_tokens > 1024
             or not 1 <= args.turns <= 8):
         parser.error("bounded load only: streams 1-32, at most 128 conversations per level of 1-8 turns, "
@@ -410,9 +412,16 @@ def main(argv: list[str] | None = None) -> int:
             "follow_ups": FOLLOW_UPS[: args.turns - 1],
             "hardware": _hardware(),
             "memory_read_gbps": bandwidth,
+            "load_average_1m": _load_average(),  # work besides this run on the cores: above their count, it slowed it
             "weight_bytes": health.get("weight_bytes"),  # what the server's model reads per decode step
             "levels": [],
         }
+        if adapters is not None:  # first: what this run is for
+            for spread in (1, 4):  # 8 streams on one adapter, then over 4 (conversation i names adapter i % 4)
+                names = [f"adapter-{i}" for i in range(spread)]
+                adapters["levels"].append(run_level(url, names, 8, args.requests or 16, args.max_tokens, deadline,
+                                                    args.turns))
+            report["adapters"] = adapters
         for c in levels:
             if time.monotonic() > deadline:
                 break
@@ -424,12 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 level["decode_limit_tokens_per_s"] = c * bandwidth * 1e9 / report["weight_bytes"]
                 level["fraction_of_decode_limit"] = level["tokens_per_s"] / level["decode_limit_tokens_per_s"]
             report["levels"].append(level)
-        if adapters is not None:
-            requests = args.requests or 16
-            for spread in (1, 4):  # 8 streams on one adapter, then over 4 (requests alternate between them)
-                names = [f"adapter-{i}" for i in range(spread)]
-                adapters["levels"].append(run_level(url, names, 8, requests, args.max_tokens, deadline, args.turns))
-            report["adapters"] = adapters
+        report["load_average_1m_end"] = _load_average()
     finally:
         if proc is not None:
             stop_server(proc)
@@ -443,6 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(json.loads(out.read_text())))
     print(f"saved {out}")
     return 0
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _hardware() -> dict:

@@ -25,8 +25,8 @@ async def list_models(request: Request):
             "object": "model",
             "created": 0,
             "owned_by": "local",
-            "loaded": models.is_loaded(e.id),
-            "parent": e.parent,  # an adapter's: the loaded model it is served on (vLLM's field)
+            "loaded": e.id == models.active.model_id,  # the full model; its adapters name it as their parent
+            "parent": e.parent,  # an adapter's: the loaded model it is served on, without a switch (vLLM's field)
             "kind": e.kind,
             "backend": e.backend,
             "metadata": e.metadata,

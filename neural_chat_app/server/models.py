@@ -66,10 +66,6 @@ class ModelManager:
                                      metadata, parent=self.active.model_id)
         return list(by_id.values())
 
-    def is_loaded(self, model_id: str) -> bool:
-        """Served without loading anything: the loaded model or one of its adapters."""
-        return model_id == self.active.model_id or model_id in self.views
-
     async def resolve(self, model: str | None) -> Backend:
         """The backend serving `model`: the active one, one of its adapters, or a registry model loaded now (a
         switch, which the caller's key must allow)."""

@@ -173,8 +173,9 @@ def test_models_lists_adapters_with_their_parent(adapter_server):
     base = server.state.models.active.model_id
     listed = {m["id"]: m for m in httpx.get(server.url + "/v1/models").json()["data"]}
     for name in ("a", "b", "tuned-c"):  # configured, and discovered in model_dirs (a run trained on this base)
-        assert listed[name]["parent"] == base and listed[name]["kind"] == "adapter" and listed[name]["loaded"]
-    assert listed[base]["parent"] is None and listed[base]["loaded"]
+        assert listed[name]["parent"] == base and listed[name]["kind"] == "adapter"
+    # "loaded" stays the full model's alone (the web page preselects it); an adapter's parent is that model
+    assert [m for m in listed if listed[m]["loaded"]] == [base] and listed[base]["parent"] is None
     assert listed["tuned-c"]["metadata"]["task"] == "chat"  # the run's own metadata stays
     # a fine-tune of another model is not served on this base: it stays a model of its own
     assert listed["tuned-other"]["kind"] == "finetuned" and listed["tuned-other"]["parent"] is None
@@ -280,3 +281,14 @@ def test_benchmark_spreads_a_level_over_adapters_and_renders_the_rows(adapter_se
                            {"adapters": 2, "rss_mb": 101.5, "peak_rss_mb": 111.0}]}
     table = serve_load.render_adapters(json.loads(json.dumps(adapters)))
     assert "| 2 | 101.5 | 111.0 | 1.5 |" in table and "| 2 | 2 | 4 | 0 |" in table
+
+
+def test_settings_name_adapters_and_admin_keys(monkeypatch):
+    from neural_chat_app.server import load_settings
+
+    monkeypatch.setenv("NEURALCHAT_ADMIN_KEYS", "k1, k2")
+    settings = load_settings(None, ["adapters={tuned-a: runs/tuned-a}"])
+    assert settings.adapters == {"tuned-a": "runs/tuned-a"} and settings.admin_keys == ["k1", "k2"]
+    assert settings.keys_configured and not settings.api_keys  # admin keys alone: every request needs one
+    with pytest.raises(ValueError, match=r"adapters\.default: .*name other than"):
+        load_settings(None, ["adapters={default: runs/x}"])
