@@ -292,3 +292,58 @@ def test_settings_name_adapters_and_admin_keys(monkeypatch):
     assert settings.keys_configured and not settings.api_keys  # admin keys alone: every request needs one
     with pytest.raises(ValueError, match=r"adapters\.default: .*name other than"):
         load_settings(None, ["adapters={default: runs/x}"])
+
+
+@pytest.mark.integration
+def test_openvino_genai_still_runs_one_adapter_for_every_request_of_a_step(tiny_model_dir, lora, tmp_path,
+                                                                         monkeypatch):
+    """Why the OpenVINO backend refuses adapters (adapters.OPENVINO_REFUSAL), checked on the installed
+    openvino-genai: its continuous-batching pipeline ignores a request's own GenerationConfig.adapters in
+    add_request()/step() (the way the engine runs requests), though generate() applies them. When this fails,
+    genai serves per-request adapters: wire them into openvino_engine.py and drop the refusal."""
+    ov_genai = pytest.importorskip("openvino_genai")
+    pytest.importorskip("optimum.intel")
+    import numpy as np
+    import openvino as ov
+    import openvino_tokenizers  # noqa: F401  (the tokenizer ops the pipeline loads)
+
+    from quantize import openvino as quantize_openvino
+    from quantize import projection_fusion
+
+    # unfused: on our fused q/k/v the adapters' q_proj/v_proj tensors match nothing at all
+    monkeypatch.setattr(projection_fusion, "fuse_projections_in_folder", lambda folder: 0)
+    folder = quantize_openvino.export_openvino(tiny_model_dir, tmp_path / "ov", weight_format="fp32")
+    config = json.loads((lora["a"] / "adapter_config.json").read_text())
+    adapter = ov_genai.Adapter(str(lora["a"] / "adapter_model.safetensors"))
+    scaled = ov_genai.AdapterConfig(adapter, config["lora_alpha"] / config["r"])  # PEFT's scaling
+    scheduler = ov_genai.SchedulerConfig()
+    scheduler.cache_size = 1
+    pipe = ov_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU",
+                                               {"adapters": scaled, "INFERENCE_PRECISION_HINT": "f32"})
+    ids = ov.Tensor(np.array([[5, 17, 42, 99, 7]], dtype=np.int64))
+
+    def settings(adapters):
+        cfg = ov_genai.GenerationConfig()
+        cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = 8, False, True
+        cfg.adapters = adapters
+        return cfg
+
+    def stepped(adapters) -> list[int]:
+        handle = pipe.add_request(0, ids, settings(adapters))
+        out = []
+        while pipe.has_non_finished_requests():
+            pipe.step()
+            if handle.can_read():
+                for result in handle.read().values():
+                    out += list(result.generated_ids)
+        return out
+
+    def generated(adapters) -> list[int]:
+        return list(pipe.generate([ids], [settings(adapters)])[0].m_generation_ids[0])
+
+    base = generated(ov_genai.AdapterConfig())
+    with_adapter = generated(scaled)
+    assert with_adapter != base  # the adapter fits this export and generate() applies it
+    assert stepped(ov_genai.AdapterConfig()) == with_adapter  # a request without it runs with the last one set
+    assert generated(ov_genai.AdapterConfig()) == base
+    assert stepped(scaled) == base  # and a request naming it runs without it
