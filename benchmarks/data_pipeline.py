@@ -348,7 +348,7 @@ def render(report: dict) -> str:
         for r in compared:
             dt = r["datatrove"]
             d = r["duplicates_removed"]
-            rows.append([f"{r['input_bytes'] / (1 << 20):.0f} MB", f"ours ({r.get('workers', 1)} workers)",
+            rows.append([f"{r['input_bytes'] / (1 << 20):.0f} MB", f"ours ({r.get('workers') or 'no'} workers)",
                          f"{r['seconds']:.1f}", f"{r['records_per_s']:.0f}", f"{r['mb_per_s']:.2f}",
                          _num(r.get("tree_peak_rss_mb")), f"{d['near']} (+{d['exact']} exact)", _load(r)])
             rows.append(["", f"datatrove ({dt['tasks']} tasks)", f"{dt['seconds']:.1f}",

@@ -221,13 +221,15 @@ def load_tokenizer(cfg: DataPipelineConfig):
     return load_tokenizer(cfg.filter.tokenizer)
 
 
-def run_chunks(chunks: Iterator[Chunk], cfg: DataPipelineConfig, work: Path, lsh,
-               workers: int) -> Iterator[tuple[Chunk, ChunkResult]]:
+def run_chunks(chunks: Iterator[Chunk], cfg: DataPipelineConfig, work: Path, lsh, workers: int,
+               used: dict[str, int] | None = None) -> Iterator[tuple[Chunk, ChunkResult]]:
     """`(chunk, result)` in input order; with `workers` > 1 and more than one chunk, from a pool of processes
-    that holds at most 2 chunks per worker in flight."""
+    that holds at most 2 chunks per worker in flight. `used["workers"]` says how many processes ran (0: this one)."""
     first = list(itertools.islice(chunks, 2))
     chunks = itertools.chain(first, chunks)
-    if workers <= 1 or len(first) < 2:
+    used = used if used is not None else {}
+    used["workers"] = 0 if workers <= 1 or len(first) < 2 else workers
+    if not used["workers"]:
         worker = ChunkWorker(cfg, str(work), lsh)
         for chunk in chunks:
             yield chunk, worker.process(chunk)

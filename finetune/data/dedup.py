@@ -68,9 +68,7 @@ class KeyMaker:
             clock.lap("exact_dedup")
         sigs = bands = None
         if self.hasher is not None:
-            sigs = np.empty((len(convs), len(self.hasher.a)), dtype=np.uint32)
-            for i, c in enumerate(convs):
-                sigs[i] = self.hasher.signature(shingle_words(c.messages))
+            sigs = self.hasher.signatures([shingle_words(c.messages) for c in convs])
             bands = [self.hasher.band_keys(s) for s in sigs]
             clock.lap("near_dedup")
         return DedupKeys([c.origin for c in convs], exact, sigs, bands)

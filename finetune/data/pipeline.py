@@ -55,7 +55,8 @@ class PrepareResult:
     stats: dict[str, Any]
     rejects: Path
     timings: dict[str, Any] = field(default_factory=dict)
-    """Seconds per stage (summed over the worker processes and this one), the wall time and the worker count."""
+    """Seconds per stage (summed over the worker processes and this one), the wall time, and the worker processes
+    that ran (0: the records were processed in this one, as with workers=1 or an input of one chunk)."""
 
 
 def _require_backends(cfg: DataPipelineConfig) -> None:
@@ -91,10 +92,11 @@ def prepare_dataset(config: DataPipelineConfig | dict | str | Path) -> PrepareRe
     stats = Stats(unit="tokens" if cfg.filter.needs_tokenizer else "words")
     stats.files, stats.files_skipped = [str(f) for f in files], [str(f) for f in skipped]
     rejects_path = out / "rejects.jsonl"
+    used = {"workers": 0}
     with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as work:
         # backslashreplace: a lone surrogate in some metadata is written as its JSON escape, never a crash.
         with open(rejects_path, "w", encoding="utf-8", errors="backslashreplace") as rejects:
-            staged = _first_pass(cfg, files, stats, Path(work), rejects, clock)
+            staged = _first_pass(cfg, files, stats, Path(work), rejects, clock, used)
         stats.check_accounting(after_export=False)
         if stats.records_kept == 0:
             stats.write(out / "stats.json")
@@ -107,7 +109,7 @@ def prepare_dataset(config: DataPipelineConfig | dict | str | Path) -> PrepareRe
     clock.lap("plot")
     stats.write(out / "stats.json")
     clock.lap("write")
-    timings = {"stages": clock.seconds, "wall": perf_counter() - clock.started, "workers": cfg.worker_count}
+    timings = {"stages": clock.seconds, "wall": perf_counter() - clock.started, "workers": used["workers"]}
     return PrepareResult(output_dir=out, splits=split_files, stats=stats.to_dict(), rejects=rejects_path,
                          timings=timings)
 
@@ -141,9 +143,9 @@ class _Staged:
 
 
 def _first_pass(cfg: DataPipelineConfig, files: list[Path], stats: Stats, work: Path, rejects: TextIO,
-                clock: StageClock) -> list[Path]:
+                clock: StageClock, used: dict[str, int]) -> list[Path]:
     """Every record read and accounted for: rejects written in input order, the kept ones staged. Returns the
-    files that hold the staging plan of each chunk."""
+    files that hold the staging plan of each chunk; `used["workers"]`: the worker processes that ran (0: none)."""
     dedup = lsh = None
     if cfg.dedup.exact or cfg.dedup.near:
         lsh = lsh_parameters(cfg.dedup, cfg.split.seed) if cfg.dedup.near else None
@@ -153,7 +155,8 @@ def _first_pass(cfg: DataPipelineConfig, files: list[Path], stats: Stats, work: 
     plans: list[Path] = []
     read_seconds = [0.0]
     try:
-        for chunk, result in run_chunks(plan_chunks(files, read_seconds), cfg, work, lsh, cfg.worker_count):
+        chunks = plan_chunks(files, read_seconds)
+        for chunk, result in run_chunks(chunks, cfg, work, lsh, cfg.worker_count, used):
             clock.restart()  # the wait for this chunk's result is no stage of this process
             verdicts = dedup.decide(result.keys, clock) if dedup is not None else itertools.repeat(None)
             verdicts = list(itertools.islice(verdicts, len(result.origins)))

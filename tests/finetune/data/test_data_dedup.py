@@ -173,3 +173,20 @@ def test_batches_decide_like_one_at_a_time(tmp_path):
     for start in range(0, len(convs), 17):
         got += index.decide(maker.keys(convs[start : start + 17]))
     assert got == expected and sum(v is None for v in got) == 30
+
+
+def test_a_batch_of_signatures_is_each_signature():
+    import numpy as np
+
+    from finetune.data.dedup import lsh_parameters
+    from finetune.data.minhash import MinHasher
+
+    hasher = MinHasher(*lsh_parameters(DedupConfig(), 5))
+    rng = random.Random(16)
+    lists = [[], ["one"], ["two", "words"], ["just", "three", "words"], ["y" * 400, "a", "b", "c"], ["a", "b", "c"]]
+    lists += [[rng.choice(WORDS) for _ in range(rng.randint(0, 40))] for _ in range(100)]
+    lists += [["z" * 253, "q", "z" * 254, "r"], ["é" * 130, "x", "y"]]
+    rng.shuffle(lists)
+    expected = np.array([hasher.signature(w) for w in lists])
+    assert np.array_equal(hasher.signatures(lists), expected)
+    assert hasher.signatures([]).shape == (0, 128)

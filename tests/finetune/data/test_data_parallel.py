@@ -64,7 +64,7 @@ def test_one_two_and_three_workers_write_the_same_bytes(mixed_input, tmp_path, s
     for workers in (2, 3):
         many = run([mixed_input], tmp_path / f"w{workers}", workers, **json.loads(json.dumps(sections)))
         assert outputs(many) == expected, f"{workers} workers wrote other bytes than 1"
-        assert many.stats == one.stats and many.timings["workers"] == workers
+        assert many.stats == one.stats and many.timings["workers"] == workers and one.timings["workers"] == 0
 
 
 def test_duplicates_are_found_across_chunk_boundaries(tmp_path, small_chunks):
@@ -113,7 +113,8 @@ def test_a_small_input_runs_in_this_process(tmp_path, monkeypatch):
 
     monkeypatch.setattr(chunks_module, "ProcessPoolExecutor", no_pool)
     src = write_tricky(tmp_path / "in.jsonl", 50)
-    assert run([src], tmp_path / "out", 4).stats["accounting_ok"]
+    result = run([src], tmp_path / "out", 4)
+    assert result.stats["accounting_ok"] and result.timings["workers"] == 0
 
 
 @pytest.mark.slow
