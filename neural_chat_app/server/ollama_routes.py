@@ -112,7 +112,9 @@ async def _resolve(request: Request, name: str):
     models = get_state(request).models
     before, start = models.active, time.perf_counter()
     backend = await models.resolve(bare_model_name(name))
-    return backend, (time.perf_counter() - start if backend is not before else 0.0)
+    # an adapter's view shares the loaded base: only a switch of the whole model counts as a load
+    switched = getattr(backend, "base", backend) is not getattr(before, "base", before)
+    return backend, (time.perf_counter() - start if switched else 0.0)
 
 
 async def _start(request: Request, req, backend, messages: list[dict], task: str, kind: str,
