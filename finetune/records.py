@@ -130,7 +130,7 @@ def preference_label(value) -> bool | None:
 
 def required_columns(task: str, columns: set[str], prompt_column=None, response_column=None) -> tuple[str, ...]:
     if task == "dpo" or (task == "kto" and set(PAIR) <= columns):
-        return ("prompt", *PAIR) if "prompt" in columns else PAIR
+        return PAIR  # with or without a prompt: each record is checked as the one or the other
     if task == "kto":
         return UNPAIRED
     if task in ("chat", "extraction"):

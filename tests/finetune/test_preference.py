@@ -54,10 +54,13 @@ def _history(out) -> list[dict]:
 # --- training end to end ----------------------------------------------------------------------------------------
 
 @pytest.mark.integration
-@pytest.mark.parametrize("task,data", [("dpo", "dpo_file"), ("kto", "kto_file")])
-def test_preference_task_trains_and_writes_the_run_folder_sft_writes(task, data, tiny_model_dir, tmp_path, request):
+@pytest.mark.parametrize("task,data,settings", [
+    ("dpo", "dpo_file", {}), ("kto", "kto_file", {}), ("dpo", "dpo_file", {"precompute_ref_log_probs": True}),
+], ids=["dpo", "kto", "dpo-precomputed-reference"])
+def test_preference_task_trains_and_writes_the_run_folder_sft_writes(task, data, settings, tiny_model_dir, tmp_path,
+                                                                     request):
     out = tmp_path / "out"
-    result = finetune_model(_config(tiny_model_dir, request.getfixturevalue(data), out, task))
+    result = finetune_model(_config(tiny_model_dir, request.getfixturevalue(data), out, task, **settings))
 
     losses = [h["loss"] for h in _history(out) if "loss" in h]
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
@@ -132,14 +135,16 @@ def test_an_implicit_prompt_pair_needs_shared_first_turns(tmp_path):
             "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "wrong"}]}
     bad = {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "right"}],
            "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "wrong"}]}
-    path = write_jsonl(tmp_path / "implicit.jsonl", [good, bad])
-    with pytest.raises(DataError, match=f"{path}:2: chosen and rejected share no first turn"):
+    explicit = _pairs(1)[0]  # a file may mix explicit and implicit prompts
+    path = write_jsonl(tmp_path / "implicit.jsonl", [explicit, good, bad])
+    with pytest.raises(DataError, match=f"{path}:3: chosen and rejected share no first turn"):
         check_records(read_records(path), "dpo", str(path))
     from finetune.preference import preference_rows
 
-    assert preference_rows(read_records(path)[:1]) == [{"prompt": [{"role": "user", "content": "q"}],
-                                                        "chosen": [{"role": "assistant", "content": "right"}],
-                                                        "rejected": [{"role": "assistant", "content": "wrong"}]}]
+    check_records(read_records(path)[:2], "dpo", str(path))
+    assert preference_rows(read_records(path)[:2]) == [explicit, {
+        "prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "right"}],
+        "rejected": [{"role": "assistant", "content": "wrong"}]}]
 
 
 def test_preference_data_under_an_sft_task_points_to_the_preference_task(tmp_path, dpo_file, kto_file):
