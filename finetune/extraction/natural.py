@@ -116,11 +116,29 @@ def build(paths: list[Path]) -> dict[str, int]:
     return {split: len(rows) for split, rows in out.items()}
 
 
+def sample(size: int, seed: int, output: Path) -> int:
+    """A seeded random subset of the built training file: the learning curve's smaller training sets."""
+    import random
+
+    rows = OUTPUTS["train"].read_text(encoding="utf-8").splitlines()
+    if not 0 < size <= len(rows):
+        raise SystemExit(f"--size must be between 1 and {len(rows)} (the training file's records)")
+    random.Random(seed).shuffle(rows)
+    output.write_text("".join(r + "\n" for r in rows[:size]), encoding="utf-8")
+    return size
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m finetune.extraction.natural", description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["check", "build"])
+    p.add_argument("command", choices=["check", "build", "sample"])
     p.add_argument("files", nargs="*", type=Path, help="source files (default: examples/data/extraction_natural/)")
+    p.add_argument("--size", type=int, default=400, help="sample: how many training records")
+    p.add_argument("--seed", type=int, default=0, help="sample: the shuffle's seed")
+    p.add_argument("--output", type=Path, default=Path("extraction_natural_train_sample.jsonl"), help="sample: file")
     args = p.parse_args(argv)
+    if args.command == "sample":
+        print(f"{sample(args.size, args.seed, args.output)} records -> {args.output}")
+        return 0
     paths = args.files or sorted(SOURCES.glob("*.jsonl"))
     if args.command == "check":
         return check(paths)

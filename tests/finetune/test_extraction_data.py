@@ -151,3 +151,14 @@ def test_the_natural_set_passes_its_checks_and_its_built_files_are_current(capsy
         built = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         assert built == [natural.chat_record(r) for r in records if r["split"] == split], path
     assert sum(r["split"] == "train" for r in records) >= 800 and sum(r["split"] == "dev" for r in records) >= 200
+
+
+def test_natural_sample_is_a_seeded_subset_of_the_training_file(tmp_path):
+    from finetune.extraction.natural import OUTPUTS, sample
+
+    train = set(OUTPUTS["train"].read_text(encoding="utf-8").splitlines())
+    first, again, other = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    sample(400, 0, first), sample(400, 0, again), sample(400, 1, other)
+    rows = first.read_text(encoding="utf-8").splitlines()
+    assert len(rows) == len(set(rows)) == 400 and set(rows) <= train
+    assert first.read_text() == again.read_text() != other.read_text()
