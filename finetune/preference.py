@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
 import time
 import types
@@ -35,7 +34,7 @@ import torch
 
 from finetune.callbacks import ThroughputCallback
 from finetune.config import TextGenerationFinetuningConfig
-from finetune.hardware import compute_summary, configure_threads, limit_kernel_caches
+from finetune.hardware import compute_summary
 from finetune.records import PAIR, Record, preference_label
 
 if TYPE_CHECKING:
@@ -218,27 +217,19 @@ def finetune_preference(config: TextGenerationFinetuningConfig,
     from finetune.chat_template import ensure_chat_template
     from finetune.dataset import load_records
     from finetune.metadata import run_fingerprint, write_metadata
-    from finetune.models import load_tokenizer, resolve_model_path
     from finetune.records import DataError
     from finetune.train import (
         FinetuneResult,
-        _device,
-        _precision,
         check_batch,
         load_base_model,
         resume_point,
+        run_setup,
         save_outputs,
         use_bar_progress,
     )
 
-    limit_kernel_caches()
     fa, data_args, args = config.finetune_args, config.data_args, config.training_args
-    device = _device(fa)
-    precision = _precision(config, device)
-    threads = configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device == "cpu" else None
-    model_path = resolve_model_path(config.model_args.model_name_or_path, config.model_args.allow_download)
-    tokenizer = load_tokenizer(config.model_args.tokenizer_name or model_path, config.model_args.allow_download,
-                               config.model_args.trust_remote_code)
+    device, precision, threads, model_path, tokenizer = run_setup(config)
     train_records, eval_records, data_hash = load_records(data_args, fa.task, need_eval=args.do_eval)
     train_rows, eval_rows = preference_rows(train_records), preference_rows(eval_records)
     if fa.task == "kto":

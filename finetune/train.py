@@ -322,6 +322,18 @@ def save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path) 
     return adapter_dir, merged_dir
 
 
+def run_setup(config: TextGenerationFinetuningConfig) -> tuple:
+    """What every fine-tune (SFT or preference) starts with: (device, precision, threads, model path, tokenizer)."""
+    limit_kernel_caches()
+    device = _device(config.finetune_args)
+    precision = _precision(config, device)
+    threads = configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device == "cpu" else None
+    model_path = resolve_model_path(config.model_args.model_name_or_path, config.model_args.allow_download)
+    tokenizer = load_tokenizer(config.model_args.tokenizer_name or model_path, config.model_args.allow_download,
+                               config.model_args.trust_remote_code)
+    return device, precision, threads, model_path, tokenizer
+
+
 def finetune_model(config: TextGenerationFinetuningConfig | None = None,
                    callbacks: Sequence[TrainerCallback | type[TrainerCallback]] = ()) -> FinetuneResult:
     """Fine-tune a causal LM as `config` says; return where the adapter and merged model were written.
@@ -334,14 +346,8 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
         from finetune.preference import finetune_preference
 
         return finetune_preference(config, callbacks)
-    limit_kernel_caches()
     fa, data_args = config.finetune_args, config.data_args
-    device = _device(fa)
-    precision = _precision(config, device)
-    threads = configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if device == "cpu" else None
-    model_path = resolve_model_path(config.model_args.model_name_or_path, config.model_args.allow_download)
-    tokenizer = load_tokenizer(config.model_args.tokenizer_name or model_path, config.model_args.allow_download,
-                               config.model_args.trust_remote_code)
+    device, precision, threads, model_path, tokenizer = run_setup(config)
     if data_args.special_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": data_args.special_tokens})
 
