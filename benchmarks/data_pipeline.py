@@ -9,7 +9,7 @@ Each size runs the full pipeline (every redaction, the default filters, exact + 
 splits, messages export) in a fresh subprocess with `--workers` worker processes (default: one per core), so its
 peak RSS is its own; the table gives the parent's peak RSS and the peak of all its processes together, and the
 seconds of each stage as the pipeline measured them. The input is generated from a seed: multi-turn conversations
-of about 2.5 KB with some PII, 2% exact and 2% near duplicates and 0.1% broken lines; it goes under the temp dir
+of about 1.8 KB with some PII, 2% exact and 2% near duplicates and 0.1% broken lines; it goes under the temp dir
 and is deleted after each size. The claims to check: peak RSS stays flat while the input grows 10x, and
 1 GB takes at most 2 minutes on 2 cores.
 
