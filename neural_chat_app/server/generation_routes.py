@@ -344,6 +344,14 @@ async def _respond(turn: Turn, req) -> JSONResponse | StreamingResponse:
     return JSONResponse(body, headers=headers)
 
 
+def with_default_system_prompt(request: Request, messages: list[dict]) -> list[dict]:
+    """The conversation with the server's `system_prompt` first, unless it opens with a system message of its own."""
+    system = get_state(request).settings.system_prompt
+    if system and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system}, *messages]
+    return messages
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request):
     from neural_chat_app.tools import forced_call_schema
@@ -352,9 +360,7 @@ async def chat_completions(request: Request):
     messages = [m.as_dict() for m in req.messages]
     if messages[-1]["role"] == "assistant":
         raise APIError(400, "The last message must come from the user (or system), not the assistant", None, "messages")
-    system = get_state(request).settings.system_prompt
-    if system and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system}, *messages]
+    messages = with_default_system_prompt(request, messages)
     forced = forced_call_schema(req.tool_dicts, req.tool_choice_value, req.parallel_tool_calls) if req.tools \
         else None
     if forced is not None:  # the call is decoded under its schema (tools.py)

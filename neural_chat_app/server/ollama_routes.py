@@ -35,7 +35,7 @@ from neural_chat_app.server.embedding_routes import (
     is_embedding_model,
 )
 from neural_chat_app.server.errors import APIError
-from neural_chat_app.server.generation_routes import Turn, _prepare
+from neural_chat_app.server.generation_routes import Turn, _prepare, with_default_system_prompt
 from neural_chat_app.server.models import DEFAULT_ALIASES
 from neural_chat_app.server.ollama_models import (
     chat_model_facts,
@@ -291,9 +291,7 @@ async def chat(request: Request):
     if messages[-1]["role"] == "assistant":
         raise APIError(400, "The last message must come from the user (or system, or tool): continuing an "
                             "assistant message is not supported", "invalid_value")
-    system = get_state(request).settings.system_prompt
-    if system and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system}, *messages]
+    messages = with_default_system_prompt(request, messages)
     turn = await _start(request, req, backend, messages, "chat", "chat", tools=req.tool_dicts)
     reply = _Reply(turn, model, True, req.tool_names, bool(req.logprobs))
     return await _respond(turn, reply, req.stream is not False, start, load_s)
