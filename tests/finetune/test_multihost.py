@@ -15,127 +15,24 @@ import contextlib
 import json
 import os
 import re
-import secrets
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+from tests.netns import Host, namespaced_hosts
+
 REPO = Path(__file__).resolve().parents[2]
-SUBNET = "10.77.0"  # private to the namespaces: the same addresses in two test runs never meet
-
-
-@dataclass
-class Host:
-    netns: str
-    iface: str
-    addr: str
-
-    def run(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *argv]
-
-
-class SetupFailed(Exception):
-    """A step of making the hosts failed; the message names the command and what it printed."""
-
-
-def _ip(*args: str) -> None:
-    cmd = ["ip", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        raise SetupFailed(f"step `{shlex.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()}")
-
-
-@contextlib.contextmanager
-def namespaced_hosts():
-    """Two hosts joined by a veth pair: namespaces and link get names unique to this run and are removed on the
-    way out, whatever happened. Skips (naming the failed step) where this machine cannot make them."""
-    if shutil.which("ip") is None:
-        pytest.skip("cannot make network namespaces: no `ip` command (iproute2) on PATH")
-    tag = secrets.token_hex(3)
-    hosts = [Host(f"ft-multihost-{tag}-{i}", f"mh{tag}v{i}", f"{SUBNET}.{i + 1}") for i in range(2)]
-    made: list[str] = []
-    try:
-        try:
-            for host in hosts:
-                _ip("netns", "add", host.netns)
-                made.append(host.netns)
-            _ip("link", "add", hosts[0].iface, "type", "veth", "peer", "name", hosts[1].iface)
-            for host in hosts:
-                _ip("link", "set", host.iface, "netns", host.netns)
-                _ip("-n", host.netns, "addr", "add", f"{host.addr}/24", "dev", host.iface)
-                _ip("-n", host.netns, "link", "set", "lo", "up")
-                _ip("-n", host.netns, "link", "set", host.iface, "up")
-        except SetupFailed as err:
-            who = "" if os.geteuid() == 0 else f" (running as uid {os.geteuid()}: needs root or CAP_NET_ADMIN)"
-            pytest.skip(f"cannot make two network-namespace hosts{who}: {err}")
-        yield hosts
-    finally:
-        for netns in made:
-            # what this test started there and left running (the namespace is this run's alone), then the
-            # namespace, and with it the veth end inside it and so the pair
-            pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, timeout=30)
-            for pid in pids.stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
-        for host in hosts:  # a pair made but not moved into the namespaces is still here
-            subprocess.run(["ip", "link", "del", host.iface], capture_output=True, timeout=30)
 
 
 @pytest.fixture
 def two_hosts():
-    with namespaced_hosts() as hosts:
+    with namespaced_hosts(2) as hosts:
         yield hosts
-
-
-# ---- making the hosts: the skip says which step failed, and nothing is left behind
-
-
-def test_no_ip_command_skips_with_the_reason(monkeypatch):
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(pytest.skip.Exception, match="no `ip` command"), namespaced_hosts():
-        pass
-
-
-def test_failed_step_skips_naming_it_and_removes_what_was_made(monkeypatch):
-    calls = []
-
-    def fake_run(cmd, **kw):
-        calls.append(cmd)
-        failed = cmd[:3] == ["ip", "link", "add"]
-        return subprocess.CompletedProcess(cmd, 2 if failed else 0, "", "RTNETLINK answers: Operation not permitted")
-
-    monkeypatch.setattr(shutil, "which", lambda name: "/usr/sbin/ip")
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    with pytest.raises(pytest.skip.Exception, match=r"step `ip link add mh\w+ type veth .*Operation not permitted"):
-        with namespaced_hosts():
-            pass
-    added = [c[3] for c in calls if c[:3] == ["ip", "netns", "add"]]
-    deleted = [c[3] for c in calls if c[:3] == ["ip", "netns", "del"]]
-    assert len(added) == 2 and deleted == added
-
-
-@pytest.mark.integration
-def test_namespaces_are_removed_when_the_test_fails():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to make network namespaces")
-    with pytest.raises(RuntimeError), namespaced_hosts() as hosts:
-        names = [h.netns for h in hosts]
-        routes = subprocess.run(["ip", "-n", names[0], "route"], capture_output=True, text=True).stdout
-        assert routes.split()[:1] == [f"{SUBNET}.0/24"] and "default" not in routes  # traffic only to the peer
-        raise RuntimeError("the test body failed")
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not any(name in listed for name in names)
-    links = subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
-    assert hosts[0].iface not in links and hosts[1].iface not in links
 
 
 # ---- training across the hosts
