@@ -2,7 +2,9 @@
 
 WAL mode with synchronous=FULL: a committed message survives a kill -9 of the server (and a power cut), and
 readers (the web page, `export-log`) never block the writer. The schema belongs to the data pipeline
-(finetune.data.chatlog_schema), which reads this file.
+(finetune.data.chatlog_schema), which reads this file. A regenerated or edited reply is a new row that takes the
+place of the one it replaces, which stays in the file as superseded (the schema module says how); a file of an
+older schema version is migrated in place when it is opened.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from finetune.data.chatlog_schema import SCHEMA, SCHEMA_VERSION
+from finetune.data.chatlog_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, messages_sql
 
 
 class ChatLog:
@@ -38,6 +40,7 @@ class ChatLog:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._lock:
+            self._migrate()
             self._db.executescript(SCHEMA)
             found = self._db.execute("SELECT version FROM schema_info").fetchone()
             if found is None:
@@ -45,8 +48,26 @@ class ChatLog:
             elif found["version"] != SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path} has conversation-log schema version {found['version']}, this code writes "
-                    f"{SCHEMA_VERSION}: use a new log file or migrate it"
+                    f"{SCHEMA_VERSION}: upgrade the package, or use a new log file"
                 )
+
+    def _migrate(self) -> None:
+        """Bring an older file to SCHEMA_VERSION in place, one version per transaction (a kill leaves a file of
+        one version or the next, never half of one)."""
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_info'").fetchone() is None:
+            return  # a new file
+        while True:
+            found = self._db.execute("SELECT version FROM schema_info").fetchone()
+            if found is None or found["version"] not in MIGRATIONS:
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[found["version"]]:
+                    self._db.execute(statement)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def has_session(self, session_id: str) -> bool:
         with self._lock:
@@ -68,15 +89,87 @@ class ChatLog:
         latency_ms: float | None = None,
         tokens: int | None = None,
         metadata: dict | None = None,
+        replaces: int | None = None,
+        edited: bool = False,
     ) -> int:
+        """Commit one message; return its id. `replaces`: an assistant reply of this session that this one
+        (regenerated, or `edited` by the user) takes the place of; every reply of that turn becomes superseded."""
         content = self._redact(content)
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO messages (session_id, role, content, created_at, model, latency_ms, tokens, metadata) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (session_id, role, content, time.time(), model, latency_ms, tokens, json.dumps(metadata or {})),
-            )
-            return int(cursor.lastrowid)
+            if replaces is None:
+                cursor = self._db.execute(
+                    "INSERT INTO messages (session_id, role, content, created_at, model, latency_ms, tokens, metadata, "
+                    "edited) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (session_id, role, content, time.time(), model, latency_ms, tokens, json.dumps(metadata or {}),
+                     int(edited)),
+                )
+                return int(cursor.lastrowid)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                turn = self._turn(session_id, replaces)
+                cursor = self._db.execute(
+                    "INSERT INTO messages (session_id, role, content, created_at, model, latency_ms, tokens, metadata, "
+                    "edited, alternative_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (session_id, role, content, time.time(), model, latency_ms, tokens, json.dumps(metadata or {}),
+                     int(edited), turn),
+                )
+                new = int(cursor.lastrowid)
+                self._keep(turn, new)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return new
+
+    def _turn(self, session_id: str | None, message_id: int) -> int:
+        """The first reply of the turn of assistant reply `message_id` (of `session_id`, when given)."""
+        row = self._db.execute("SELECT session_id, role, COALESCE(alternative_of, id) AS turn FROM messages "
+                               "WHERE id = ?", (message_id,)).fetchone()
+        if row is None or row["role"] != "assistant" or session_id not in (None, row["session_id"]):
+            raise LookupError(f"No assistant reply with id {message_id}"
+                              + (f" in conversation {session_id!r}" if session_id else ""))
+        return int(row["turn"])
+
+    def _keep(self, turn: int, kept: int) -> None:
+        self._db.execute("UPDATE messages SET superseded_by = CASE WHEN id = ? THEN NULL ELSE ? END "
+                         "WHERE id = ? OR alternative_of = ?", (kept, kept, turn, turn))
+
+    def edit_reply(self, message_id: int, content: str) -> int:
+        """The user's own text in place of assistant reply `message_id`: logged as the kept reply, the original
+        stays as superseded. Returns the new reply's id; LookupError if there is no such reply."""
+        with self._lock:
+            row = self._db.execute("SELECT session_id, model FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise LookupError(f"No assistant reply with id {message_id}")
+        return self.add_message(row["session_id"], "assistant", content, row["model"],
+                                metadata={"endpoint": "edit"}, replaces=message_id, edited=True)
+
+    def keep_reply(self, message_id: int) -> list[int]:
+        """Make reply `message_id` the kept one of its turn (the page flips between a turn's replies); return the
+        ids of the turn's replies. LookupError if there is no such reply."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                turn = self._turn(None, message_id)
+                self._keep(turn, message_id)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            rows = self._db.execute("SELECT id FROM messages WHERE id = ? OR alternative_of = ? ORDER BY id",
+                                    (turn, turn)).fetchall()
+        return [r["id"] for r in rows]
+
+    def replaceable(self, session_id: str, message_id: int) -> str | None:
+        """Why reply `message_id` cannot be regenerated now (None: it can): it must be the conversation's last
+        kept message and come from the assistant."""
+        messages = self.messages(session_id)
+        if not any(m["id"] == message_id and m["role"] == "assistant" for m in messages):
+            return f"No kept assistant reply with id {message_id} in conversation {session_id!r}"
+        if messages[-1]["id"] != message_id:
+            return (f"Reply {message_id} is not the last message of conversation {session_id!r}: only the last "
+                    "reply can be regenerated")
+        return None
 
     def _redact(self, text: str) -> str:
         if not self.redact_kinds:
@@ -108,13 +201,20 @@ class ChatLog:
         return [dict(r) for r in rows]
 
     def messages(self, session_id: str) -> list[dict]:
+        """The conversation as the model sees it: the kept messages in order. A reply whose turn has several
+        (regenerated or edited) lists their ids, oldest first, in `alternatives`."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, role, content, created_at, model, latency_ms, tokens, feedback, metadata "
-                "FROM messages WHERE session_id = ? ORDER BY id",
-                (session_id,),
-            ).fetchall()
-        return [{**dict(r), "metadata": json.loads(r["metadata"])} for r in rows]
+            rows = self._db.execute(messages_sql(self._db, kept_only=False), (session_id,)).fetchall()
+        turns: dict[int, list[int]] = {}
+        for r in rows:
+            turns.setdefault(r["alternative_of"] or r["id"], []).append(r["id"])
+        kept = []
+        for r in rows:
+            if r["superseded_by"] is None:
+                turn = turns[r["alternative_of"] or r["id"]]
+                kept.append({**dict(r), "metadata": json.loads(r["metadata"]), "edited": bool(r["edited"]),
+                             "alternatives": sorted(turn) if len(turn) > 1 else []})
+        return kept
 
     def close(self) -> None:
         with self._lock:

@@ -7,13 +7,13 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from finetune.data.chatlog_schema import SCHEMA_VERSION
+from finetune.data.chatlog_schema import SCHEMA_VERSION, messages_sql
 from finetune.data.records import ROLES, Conversation, Reject, SourceError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _BAD_BYTES = re.compile("[\udc80-\udcff]")  # what surrogateescape made of bytes that were not UTF-8
-_MESSAGES = "SELECT role, content, model, feedback FROM messages WHERE session_id = ? ORDER BY id"
+_COLUMNS = ("role", "content", "model", "feedback")  # of the kept messages: a reply the user replaced is not trained on
 
 
 def read_chatlog(path: Path) -> Iterator[Conversation | Reject]:
@@ -49,7 +49,7 @@ def _check_schema(con: sqlite3.Connection, path: Path) -> None:
 
 def _session(con: sqlite3.Connection, path: Path, session_id: str, title, model, created_at) -> Conversation | Reject:
     origin = f"{path}#session={session_id}"
-    rows = con.execute(_MESSAGES, (session_id,)).fetchall()
+    rows = con.execute(messages_sql(con, columns=_COLUMNS), (session_id,)).fetchall()
     raw = {"session_id": session_id, "title": title, "model": model,
            "messages": [{"role": r[0], "content": r[1]} for r in rows]}
     if not rows:

@@ -2,9 +2,21 @@
 
 One row per message, committed before the reply is returned; WAL mode so a killed server loses nothing
 that was committed. `feedback` is +1 (thumbs up), -1 (thumbs down) or NULL. `metadata` is a JSON object.
+
+Version 2 keeps every reply the user replaced. A regenerated reply, or a reply the user edited (`edited` = 1,
+the user's own text), is a new row whose `alternative_of` is the turn's first reply; the replies of one turn
+are that first reply and every row pointing to it. Exactly one of them is kept (`superseded_by` NULL): the
+conversation the model sees and the page shows is the kept rows, in turn order (`CONVERSATION_ORDER`). The
+others name the reply kept in their place, which makes (kept, superseded) the (chosen, rejected) pair of DPO.
+A version-1 file is migrated in place by the writer (`MIGRATIONS`); readers take either version
+(`messages_sql`).
 """
 
-SCHEMA_VERSION = 1
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -14,17 +26,52 @@ CREATE TABLE IF NOT EXISTS sessions (
     model       TEXT
 );
 CREATE TABLE IF NOT EXISTS messages (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    session_id  TEXT NOT NULL REFERENCES sessions(id),
-    role        TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
-    content     TEXT NOT NULL,
-    created_at  REAL NOT NULL,
-    model       TEXT,
-    latency_ms  REAL,
-    tokens      INTEGER,
-    feedback    INTEGER CHECK (feedback IN (-1, 1)),
-    metadata    TEXT NOT NULL DEFAULT '{}'
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id      TEXT NOT NULL REFERENCES sessions(id),
+    role            TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+    content         TEXT NOT NULL,
+    created_at      REAL NOT NULL,
+    model           TEXT,
+    latency_ms      REAL,
+    tokens          INTEGER,
+    feedback        INTEGER CHECK (feedback IN (-1, 1)),
+    metadata        TEXT NOT NULL DEFAULT '{}',
+    alternative_of  INTEGER REFERENCES messages(id),
+    superseded_by   INTEGER REFERENCES messages(id),
+    edited          INTEGER NOT NULL DEFAULT 0 CHECK (edited IN (0, 1))
 );
 CREATE INDEX IF NOT EXISTS messages_by_session ON messages(session_id, id);
+CREATE INDEX IF NOT EXISTS messages_by_turn ON messages(alternative_of);
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
 """
+
+# version -> the statements that take a file of that version to the next one (run in one transaction).
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "ALTER TABLE messages ADD COLUMN alternative_of INTEGER REFERENCES messages(id)",
+        "ALTER TABLE messages ADD COLUMN superseded_by INTEGER REFERENCES messages(id)",
+        "ALTER TABLE messages ADD COLUMN edited INTEGER NOT NULL DEFAULT 0 CHECK (edited IN (0, 1))",
+        "CREATE INDEX IF NOT EXISTS messages_by_turn ON messages(alternative_of)",
+        "UPDATE schema_info SET version = 2",
+    ],
+}
+
+# A turn's replies share its first reply's place, whatever their ids: an edit made later stays in that place.
+CONVERSATION_ORDER = "COALESCE(alternative_of, id), id"
+MESSAGE_COLUMNS = ("id", "session_id", "role", "content", "created_at", "model", "latency_ms", "tokens", "feedback",
+                   "metadata", "alternative_of", "superseded_by", "edited")
+_ADDED_IN_V2 = {"alternative_of": "NULL", "superseded_by": "NULL", "edited": "0"}
+
+
+def messages_sql(con: sqlite3.Connection, kept_only: bool = True,
+                 columns: tuple[str, ...] = MESSAGE_COLUMNS) -> str:
+    """The SELECT of one session's messages (its one parameter: the session id), in conversation order, from a log
+    of either version: `columns` (of MESSAGE_COLUMNS), with a version-1 file's replies all kept. `kept_only`: the
+    conversation as the model sees it; else every reply, superseded ones included."""
+    present = {row[1] for row in con.execute("PRAGMA table_info(messages)")}
+    columns = ", ".join(c if c in present or c not in _ADDED_IN_V2 else f"{_ADDED_IN_V2[c]} AS {c}"
+                        for c in columns)
+    if "superseded_by" not in present:
+        return f"SELECT {columns} FROM messages WHERE session_id = ? ORDER BY id"
+    kept = " AND superseded_by IS NULL" if kept_only else ""
+    return f"SELECT {columns} FROM messages WHERE session_id = ?{kept} ORDER BY {CONVERSATION_ORDER}"

@@ -186,3 +186,71 @@ def test_top_p_zero_is_greedy_not_an_error(make_server):
     server = make_server()
     body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "top_p": 0, "temperature": 1}
     assert httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+
+
+# The version-1 schema, as a server before regenerate/edit wrote it (kept here: the file a user already has).
+V1_SCHEMA = """
+CREATE TABLE sessions (id TEXT PRIMARY KEY, created_at REAL NOT NULL, title TEXT, model TEXT);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL REFERENCES sessions(id),
+    role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')), content TEXT NOT NULL,
+    created_at REAL NOT NULL, model TEXT, latency_ms REAL, tokens INTEGER, feedback INTEGER CHECK (feedback IN (-1, 1)),
+    metadata TEXT NOT NULL DEFAULT '{}');
+CREATE INDEX messages_by_session ON messages(session_id, id);
+CREATE TABLE schema_info (version INTEGER NOT NULL);
+INSERT INTO schema_info VALUES (1);
+INSERT INTO sessions VALUES ('old', 1.0, 'hi', 'tiny');
+INSERT INTO messages (session_id, role, content, created_at, feedback) VALUES ('old', 'user', 'hi', 1.0, NULL);
+INSERT INTO messages (session_id, role, content, created_at, feedback) VALUES ('old', 'assistant', 'hello', 2.0, 1);
+"""
+
+
+def test_a_version_1_log_is_migrated_in_place_and_keeps_working(tmp_path):
+    from finetune.data.chatlog import read_chatlog
+    from finetune.data.chatlog_schema import SCHEMA_VERSION
+
+    path = tmp_path / "v1.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(V1_SCHEMA)
+    con.close()
+    # The pipeline reads a version-1 file as it is (read-only, never migrating it)...
+    assert [c.messages for c in read_chatlog(path)] == [[{"role": "user", "content": "hi"},
+                                                        {"role": "assistant", "content": "hello"}]]
+    log = ChatLog(path)  # ...the writer migrates it
+    assert sqlite3.connect(path).execute("SELECT version FROM schema_info").fetchone()[0] == SCHEMA_VERSION == 2
+    old = log.messages("old")
+    assert [(m["content"], m["feedback"], m["alternatives"]) for m in old] == [("hi", None, []), ("hello", 1, [])]
+    new = log.add_message("old", "assistant", "hello again", "tiny", replaces=old[1]["id"])
+    assert [m["content"] for m in log.messages("old")] == ["hi", "hello again"]
+    log.close()
+    ChatLog(path).close()  # opening a migrated file again changes nothing
+    assert [c.messages[-1]["content"] for c in read_chatlog(path)] == ["hello again"]
+    assert new > old[1]["id"]
+
+
+def test_regenerate_edit_and_flip_keep_one_reply_per_turn(tmp_path):
+    log = ChatLog(tmp_path / "log.sqlite")
+    log.ensure_session("s", "tiny", "q")
+    log.add_message("s", "user", "question")
+    first = log.add_message("s", "assistant", "answer one", "tiny")
+    assert log.replaceable("s", first) is None
+    second = log.add_message("s", "assistant", "answer two", "tiny", replaces=first)  # regenerated
+    shown = log.messages("s")
+    assert [m["content"] for m in shown] == ["question", "answer two"]
+    assert shown[1]["alternatives"] == [first, second]
+    assert "No kept assistant reply" in log.replaceable("s", first)  # superseded: not regenerated again
+    edited = log.edit_reply(second, "the user's answer")
+    shown = log.messages("s")
+    assert [m["content"] for m in shown] == ["question", "the user's answer"] and shown[1]["edited"]
+    assert shown[1]["alternatives"] == [first, second, edited]
+    assert log.keep_reply(first) == [first, second, edited]  # the page flips back to the first
+    assert [m["content"] for m in log.messages("s")] == ["question", "answer one"]
+    log.add_message("s", "user", "next")
+    assert "not the last message" in log.replaceable("s", first)
+    with pytest.raises(LookupError, match="No assistant reply"):
+        log.edit_reply(first + 1000, "x")
+    with pytest.raises(LookupError, match="No assistant reply"):
+        log.add_message("other", "assistant", "x", replaces=first)  # a reply of another conversation
+    rows = sqlite3.connect(tmp_path / "log.sqlite").execute(
+        "SELECT id, superseded_by, edited FROM messages WHERE role = 'assistant' ORDER BY id").fetchall()
+    assert rows == [(first, None, 0), (second, first, 0), (edited, first, 1)]
