@@ -4,6 +4,7 @@ python -m neural_chat_app ask "How long is the warranty?" --model runs/demo_auro
 python -m neural_chat_app improve --config configs/improve.yaml [finetune.learning_rate=1e-4 ...]
 python -m neural_chat_app serve --config configs/server.yaml [--port 8001] [limits.max_queue=32 ...]
 python -m neural_chat_app export-log --db ~/.cache/neuralchat-xeon/chatlog.sqlite --output chats.jsonl
+python -m neural_chat_app export-log --db ~/.cache/neuralchat-xeon/chatlog.sqlite --format dpo --output pairs.jsonl
 python -m neural_chat_app models
 python -m neural_chat_app export-openvino <hf-folder> <out-folder> --weight-format int8
 """
@@ -77,14 +78,21 @@ def _serve(args) -> int:
 
 
 def _export_log(args) -> int:
-    from neural_chat_app.export_log import export_jsonl
+    from neural_chat_app.export_log import export_jsonl, export_preferences
 
     db = args.db
     if db is None:
         from neural_chat_app.server import load_settings
 
         db = load_settings(args.config).chat_log.path
-    print(json.dumps(export_jsonl(db, args.output, min_feedback=args.min_feedback), indent=2))
+    if args.format != "messages":
+        if args.min_feedback is not None or args.cut_disliked:
+            raise ValueError(f"export-log --format {args.format}: --min-feedback and --cut-disliked apply to "
+                             "--format messages only (the preference rows carry the ratings themselves)")
+        print(json.dumps(export_preferences(db, args.output, args.format), indent=2))
+        return 0
+    counts = export_jsonl(db, args.output, min_feedback=args.min_feedback, cut_disliked=args.cut_disliked)
+    print(json.dumps(counts, indent=2))
     return 0
 
 
@@ -152,12 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", help="uvicorn's log level")
     serve.set_defaults(run=_serve)
 
-    export = sub.add_parser("export-log", help="conversation log -> JSONL messages for the data pipeline")
+    export = sub.add_parser("export-log", help="conversation log -> JSONL messages (SFT) or preference rows "
+                                               "(KTO, DPO) for the data pipeline and finetune")
     where = export.add_mutually_exclusive_group()
     where.add_argument("--db", help="the SQLite log file")
     where.add_argument("--config", help="read the log path from a server YAML")
     export.add_argument("--output", required=True, help="JSONL file to write")
+    export.add_argument("--format", default="messages", choices=["messages", "kto", "dpo"],
+                        help="messages: one conversation a line (kept replies); kto: each rated reply with its "
+                             "prompt and a true/false label; dpo: prompt, chosen (the reply kept) and rejected (a "
+                             "reply regenerated or edited away), in TRL's conversational format")
     export.add_argument("--min-feedback", type=int, choices=[-1, 1], help="keep conversations rated at least this")
+    export.add_argument("--cut-disliked", action="store_true",
+                        help="end each conversation before its first thumbs-down reply (never an SFT target)")
     export.set_defaults(run=_export_log)
 
     models = sub.add_parser("models", help="list the models this host can serve")

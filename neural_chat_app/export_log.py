@@ -1,15 +1,34 @@
-"""Export the conversation log to the JSONL `messages` format the data pipeline ingests.
+"""Export the conversation log: JSONL `messages` for SFT (the data pipeline ingests it), or preference rows for
+TRL's DPO and KTO trainers (`finetune_model(task="dpo"/"kto")` reads them as they are).
 
-One line per conversation: {"messages": [{"role", "content"}, ...], "metadata": {"feedback": ..., ...}}.
-`feedback` is the conversation's verdict: -1 if any reply got a thumbs down, 1 if some got a thumbs up and
-none down, None if nobody rated it; `turn_feedback` keeps the rating of each assistant reply in order.
+messages: one line per conversation: {"messages": [{"role", "content"}, ...], "metadata": {"feedback": ..., ...}},
+the kept replies only (a regenerated-away or edited-away reply is not part of the conversation). `feedback` is the
+conversation's verdict: -1 if any reply got a thumbs down, 1 if some got a thumbs up and none down, None if nobody
+rated it; `turn_feedback` keeps the rating of each kept assistant reply in order. `cut_disliked` (what the improve
+loop asks for) ends each conversation before its first thumbs-down reply, so a disliked reply is never an SFT
+target, and keeps what came before it.
+
+kto: one line per rated reply, kept or not: {"prompt": [messages before the reply], "completion": [{"role":
+"assistant", "content": reply}], "label": true for a thumbs up, false for a thumbs down}.
+
+dpo: one line per replaced reply: {"prompt": [...], "chosen": [the reply kept in its turn], "rejected": [the
+regenerated-away or edited-away reply]}. A pair is left out when the ratings contradict it (chosen rated down or
+rejected rated up) or when both replies are the same text.
+
+Every prompt is the conversation as the model saw it before that turn: the kept messages, system prompt included.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
+
+from finetune.data.chatlog_schema import messages_sql
+
+FORMATS = ("messages", "kto", "dpo")
 
 
 def _verdict(ratings: list[int | None]) -> int | None:
@@ -18,49 +37,131 @@ def _verdict(ratings: list[int | None]) -> int | None:
     return 1 if 1 in ratings else None
 
 
-def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | None = None,
-                 since: float | None = None) -> dict:
-    """Write one JSON line per conversation that has an assistant reply; return counts for the caller.
-
-    `since` (a Unix time) keeps only conversations with a message logged after it, e.g. since the last
-    improvement run."""
+def _sessions(db_path: str | Path, since: float | None) -> Iterator[tuple[sqlite3.Row, list[sqlite3.Row], int]]:
+    """(session, every message in conversation order, superseded ones too) of each session with a message logged
+    after `since`; the last item counts the sessions left out by `since`, once, at the end (session None)."""
     db_path = Path(db_path).expanduser()
     if not db_path.is_file():
         raise FileNotFoundError(f"No conversation log at {db_path}")
-    # Read-only: exporting while the server writes is safe in WAL mode.
+    # Read-only: exporting while the server writes is safe in WAL mode; a version-1 file is read as it is.
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
-    written = skipped = 0
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    skipped = 0
     try:
-        sessions = db.execute("SELECT id, created_at, model FROM sessions ORDER BY created_at").fetchall()
-        with open(out_path, "w", encoding="utf-8") as out:
-            for session in sessions:
-                rows = db.execute(
-                    "SELECT role, content, model, feedback, created_at FROM messages WHERE session_id = ? ORDER BY id",
-                    (session["id"],),
-                ).fetchall()
-                if since is not None and not any(r["created_at"] > since for r in rows):
-                    skipped += 1
-                    continue
-                ratings = [r["feedback"] for r in rows if r["role"] == "assistant"]
-                verdict = _verdict(ratings)
-                if not ratings or (min_feedback is not None and (verdict is None or verdict < min_feedback)):
-                    skipped += 1
-                    continue
-                record = {
-                    "messages": [{"role": r["role"], "content": r["content"]} for r in rows],
-                    "metadata": {
-                        "feedback": verdict,
-                        "turn_feedback": ratings,
-                        "session_id": session["id"],
-                        "model": next((r["model"] for r in rows if r["model"]), session["model"]),
-                        "created_at": session["created_at"],
-                    },
-                }
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                written += 1
+        query = messages_sql(db, kept_only=False)
+        for session in db.execute("SELECT id, created_at, model FROM sessions ORDER BY created_at").fetchall():
+            rows = db.execute(query, (session["id"],)).fetchall()
+            if since is not None and not any(r["created_at"] > since for r in rows):
+                skipped += 1
+                continue
+            yield session, rows, 0
+        yield None, [], skipped
     finally:
         db.close()
-    return {"conversations_written": written, "conversations_skipped": skipped, "output": str(out_path)}
+
+
+def _message(row: sqlite3.Row) -> dict:
+    return {"role": row["role"], "content": row["content"]}
+
+
+def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | None = None,
+                 since: float | None = None, cut_disliked: bool = False) -> dict:
+    """Write one JSON line per conversation that has an assistant reply; return counts for the caller.
+
+    `since` (a Unix time) keeps only conversations with a message logged after it, e.g. since the last
+    improvement run. `cut_disliked`: end each conversation before its first thumbs-down reply (module docstring)."""
+    written = skipped = cut = 0
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as out:
+        for session, rows, left_out in _sessions(db_path, since):
+            if session is None:
+                skipped += left_out
+                continue
+            rows = [r for r in rows if r["superseded_by"] is None]
+            ratings = [r["feedback"] for r in rows if r["role"] == "assistant"]
+            verdict = _verdict(ratings)
+            if cut_disliked and -1 in ratings:
+                first_bad = next(i for i, r in enumerate(rows) if r["role"] == "assistant" and r["feedback"] == -1)
+                # back to the user turn that asked for it: the conversation up to the last liked-or-unrated reply
+                while first_bad and rows[first_bad - 1]["role"] != "assistant":
+                    first_bad -= 1
+                rows, cut = rows[:first_bad], cut + 1
+                ratings = [r["feedback"] for r in rows if r["role"] == "assistant"]
+                verdict = _verdict(ratings)
+            if not ratings or (min_feedback is not None and (verdict is None or verdict < min_feedback)):
+                skipped += 1
+                continue
+            record = {
+                "messages": [_message(r) for r in rows],
+                "metadata": {
+                    "feedback": verdict,
+                    "turn_feedback": ratings,
+                    "session_id": session["id"],
+                    "model": next((r["model"] for r in rows if r["model"]), session["model"]),
+                    "created_at": session["created_at"],
+                },
+            }
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            written += 1
+    counts = {"conversations_written": written, "conversations_skipped": skipped, "output": str(out_path)}
+    if cut_disliked:
+        counts["conversations_cut_at_a_disliked_reply"] = cut
+    return counts
+
+
+def preference_rows(rows: list[sqlite3.Row], kind: Literal["kto", "dpo"]) -> tuple[list[dict], int]:
+    """The KTO or DPO rows of one conversation's messages (all of them, in conversation order), and how many
+    candidate pairs were left out (contradicting ratings, same text)."""
+    turns: dict[int, list[sqlite3.Row]] = {}
+    for r in rows:
+        turns.setdefault(r["alternative_of"] or r["id"], []).append(r)
+    out, left_out, context = [], 0, []
+    for r in rows:
+        replies = turns[r["alternative_of"] or r["id"]]
+        if r is replies[0]:  # each turn once, at its place; the context grows by the turn's kept message
+            kept = next((x for x in replies if x["superseded_by"] is None), None)
+            if r["role"] == "assistant" and context:
+                if kind == "kto":
+                    out += [{"prompt": list(context), "completion": [_message(x)], "label": x["feedback"] == 1}
+                            for x in replies if x["feedback"] is not None]
+                elif kept is not None:
+                    for x in replies:
+                        if x is kept:
+                            continue
+                        if kept["feedback"] == -1 or x["feedback"] == 1 or x["content"] == kept["content"] \
+                                or not x["content"].strip() or not kept["content"].strip():
+                            left_out += 1
+                            continue
+                        out.append({"prompt": list(context), "chosen": [_message(kept)],
+                                    "rejected": [_message(x)]})
+            if kept is not None:
+                context.append(_message(kept))
+    return out, left_out
+
+
+def export_preferences(db_path: str | Path, out_path: str | Path, kind: Literal["kto", "dpo"],
+                       since: float | None = None) -> dict:
+    """Write the log's KTO or DPO rows (module docstring), one JSON line each; return counts for the caller."""
+    if kind not in ("kto", "dpo"):
+        raise ValueError(f"export kind must be 'kto' or 'dpo', got {kind!r}")
+    written = conversations = skipped = left_out = 0
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as out:
+        for session, rows, left in _sessions(db_path, since):
+            if session is None:
+                skipped += left
+                continue
+            found, dropped = preference_rows(rows, kind)
+            left_out += dropped
+            conversations += bool(found)
+            for row in found:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            written += len(found)
+    noun = "pairs" if kind == "dpo" else "rated_replies"
+    counts = {f"{noun}_written": written, "conversations_with_them": conversations,
+              "conversations_skipped": skipped, "output": str(out_path)}
+    if kind == "dpo":
+        counts["pairs_left_out"] = left_out  # contradicting ratings or the same text twice
+    return counts

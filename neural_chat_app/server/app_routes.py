@@ -9,7 +9,7 @@ from fastapi.responses import PlainTextResponse
 from neural_chat_app.registry import find_model
 from neural_chat_app.server.embedding_routes import EMBEDDING_MODEL_ID, embedding_model_listing
 from neural_chat_app.server.errors import APIError
-from neural_chat_app.server.schemas import FeedbackRequest, SwitchRequest
+from neural_chat_app.server.schemas import EditRequest, FeedbackRequest, SwitchRequest
 from neural_chat_app.server.state import check_api_key, get_state, read_body
 
 router = APIRouter(dependencies=[Depends(check_api_key)])
@@ -84,6 +84,29 @@ async def feedback(request: Request, message_id: int):
     if not await anyio.to_thread.run_sync(log.set_feedback, message_id, req.feedback):
         raise APIError(404, f"No assistant message with id {message_id}", "message_not_found")
     return {"id": message_id, "feedback": req.feedback}
+
+
+@router.post("/api/messages/{message_id}/edit")
+async def edit(request: Request, message_id: int):
+    """The user's own text in place of a reply: logged as the kept reply, the original as superseded."""
+    log = _chatlog(request)
+    req = await read_body(request, EditRequest)
+    try:
+        new = await anyio.to_thread.run_sync(log.edit_reply, message_id, req.content)
+    except LookupError as err:
+        raise APIError(404, str(err), "message_not_found") from None
+    return {"id": new, "replaces": message_id}
+
+
+@router.post("/api/messages/{message_id}/keep")
+async def keep(request: Request, message_id: int):
+    """Make this reply the kept one of its turn (the page flips between a regenerated turn's replies)."""
+    log = _chatlog(request)
+    try:
+        alternatives = await anyio.to_thread.run_sync(log.keep_reply, message_id)
+    except LookupError as err:
+        raise APIError(404, str(err), "message_not_found") from None
+    return {"id": message_id, "alternatives": alternatives}
 
 
 @public.get("/health")

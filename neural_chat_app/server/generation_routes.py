@@ -52,9 +52,10 @@ class Turn:
     """One request's generations, where it is logged, and its cancellation."""
 
     def __init__(self, state: ServerState, backend, messages, choices: list[Choice], session: str | None, kind: str,
-                 log_metadata: dict | None = None):
+                 log_metadata: dict | None = None, replaces: int | None = None):
         self.state, self.backend, self.messages, self.choices = state, backend, messages, choices
         self.session, self.kind = session, kind
+        self.replaces = replaces  # the logged reply this one regenerates
         self.log_metadata = log_metadata or {}
         self.cancel = threading.Event()
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
@@ -167,6 +168,7 @@ class Turn:
                 round(r.total_s * 1000, 1),
                 r.completion_tokens,
                 metadata,
+                replaces=self.replaces,
             )
         )
 
@@ -227,7 +229,11 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
         logged = getattr(req, "store", None) is not False and (prompts is None or (
             len(prompts) == 1 and isinstance(prompts[0], str) and not echo))
         conversation = req.conversation_id or request.headers.get("x-conversation-id")
-        session = await _log_prompt(state, conversation, messages, backend.model_id, kind) if logged else None
+        replaces = getattr(req, "regenerate", None)
+        if replaces is not None:  # the prompt is logged already: only the new reply will be
+            session = await _check_regenerate(state, conversation, replaces)
+        else:
+            session = await _log_prompt(state, conversation, messages, backend.model_id, kind) if logged else None
     except BaseException:
         state.admission.cancel_reservation()
         raise
@@ -240,7 +246,7 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
         results.insert(0, {"tool_call_id": m.get("tool_call_id"), "content": m["content"]})
     if results:
         log_metadata["tool_results"] = results
-    turn = Turn(state, backend, model_messages, choices, session, kind, log_metadata)
+    turn = Turn(state, backend, model_messages, choices, session, kind, log_metadata, replaces)
     if prepared is not None:
         turn.refusal = prepared.refusal
         turn.links = prepared.links if state.plugins.retriever is not None else None
@@ -269,6 +275,19 @@ def _choices(req, config: GenerationConfig, prompt_list, echo: bool) -> list[Cho
             seeded = config if config.seed is None or i == 0 else replace(config, seed=config.seed + i)
             choices.append(Choice(len(choices), p, ids, seeded, echo=text if echo else None, generate=generate))
     return choices
+
+
+async def _check_regenerate(state: ServerState, session: str | None, message_id: int) -> str:
+    log = state.chatlog
+    if log is None:
+        raise APIError(404, "The conversation log is disabled on this server: there is no reply to regenerate",
+                       "chat_log_disabled", "regenerate")
+    if not session:
+        raise APIError(400, "regenerate needs the conversation_id of the reply it replaces", None, "conversation_id")
+    why = await anyio.to_thread.run_sync(log.replaceable, session, message_id)
+    if why is not None:
+        raise APIError(409, why, "not_regenerable", "regenerate")
+    return session
 
 
 async def _log_prompt(state: ServerState, session: str | None, messages, model_id: str, kind: str) -> str | None:

@@ -211,6 +211,9 @@ class _Sampling(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
+    # Extension: the id of the conversation's last reply, which this one replaces (the page's "regenerate"; the
+    # messages are the conversation before it). Both are logged, the old one as superseded.
+    regenerate: int | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -324,6 +327,10 @@ class CompletionRequest(_Sampling):
 
 class FeedbackRequest(BaseModel):
     feedback: Literal[1, -1] | None
+
+
+class EditRequest(BaseModel):
+    content: str = Field(min_length=1)
 
 
 class SwitchRequest(BaseModel):

@@ -254,3 +254,29 @@ def test_regenerate_edit_and_flip_keep_one_reply_per_turn(tmp_path):
     rows = sqlite3.connect(tmp_path / "log.sqlite").execute(
         "SELECT id, superseded_by, edited FROM messages WHERE role = 'assistant' ORDER BY id").fetchall()
     assert rows == [(first, None, 0), (second, first, 0), (edited, first, 1)]
+
+
+def test_server_regenerates_edits_and_flips_a_reply(make_server):
+    server = make_server()
+    url, turn = server.url, [{"role": "user", "content": "first"}]
+    first = httpx.post(url + "/v1/chat/completions", json={"messages": turn, "max_tokens": 3,
+                                                           "conversation_id": "c"}, timeout=60).json()
+    again = {"messages": turn, "max_tokens": 3, "conversation_id": "c", "regenerate": first["message_id"]}
+    second = httpx.post(url + "/v1/chat/completions", json=again, timeout=60).json()
+    history = httpx.get(url + "/api/conversations/c").json()["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant"]  # the prompt is not logged twice
+    assert history[1]["id"] == second["message_id"]
+    assert history[1]["alternatives"] == [first["message_id"], second["message_id"]]
+    # the replaced reply is superseded now: it cannot be regenerated again
+    assert httpx.post(url + "/v1/chat/completions", json=again, timeout=60).status_code == 409
+    edited = httpx.post(url + f"/api/messages/{second['message_id']}/edit", json={"content": "mine"}).json()
+    history = httpx.get(url + "/api/conversations/c").json()["messages"]
+    assert (history[1]["content"], history[1]["edited"], history[1]["id"]) == ("mine", True, edited["id"])
+    flipped = httpx.post(url + f"/api/messages/{first['message_id']}/keep").json()
+    assert flipped["alternatives"] == [first["message_id"], second["message_id"], edited["id"]]
+    assert httpx.get(url + "/api/conversations/c").json()["messages"][1]["id"] == first["message_id"]
+    assert httpx.post(url + "/api/messages/99999/keep").status_code == 404
+    assert httpx.post(url + "/api/messages/99999/edit", json={"content": "x"}).status_code == 404
+    assert httpx.post(url + f"/api/messages/{first['message_id']}/edit", json={"content": ""}).status_code == 400
+    no_conversation = {"messages": turn, "max_tokens": 3, "regenerate": first["message_id"]}
+    assert httpx.post(url + "/v1/chat/completions", json=no_conversation, timeout=60).status_code == 400

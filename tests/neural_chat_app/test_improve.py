@@ -111,8 +111,9 @@ def test_a_killed_loop_resumes_without_redoing_finished_steps(tmp_path, tiny_mod
     with pytest.raises(KeyboardInterrupt):
         improve.run_loop(config)
     state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert set(state["steps"]) == {"collect", "prepare", "finetune"}
+    assert set(state["steps"]) == {"collect", "prepare", "finetune", "preference"}
     assert state["steps"]["collect"]["conversations_written"] == 48  # thumbs-down conversations are left out
+    assert "Only 0 pairs for dpo" in state["steps"]["preference"]["skipped"]  # nobody regenerated or edited
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished step ran again")
@@ -121,10 +122,10 @@ def test_a_killed_loop_resumes_without_redoing_finished_steps(tmp_path, tiny_mod
         monkeypatch.setattr(improve, step, must_not_run)
     monkeypatch.setattr(improve, "_evaluate", real_evaluate)
     state = improve.run_loop(config)
-    assert set(state["steps"]) == {"collect", "prepare", "finetune", "evaluate", "promote"}
+    assert set(state["steps"]) == {"collect", "prepare", "finetune", "preference", "evaluate", "promote"}
     evaluated = state["steps"]["evaluate"]
     assert evaluated["metric"] == "perplexity" and evaluated["candidate"] > 0
-    assert Path(evaluated["report"]).is_file()
+    assert Path(evaluated["sft"]["report"]).is_file() and evaluated["preference"] is None
     promoted = improve.promoted(tmp_path / "models")
     assert (promoted is not None) == evaluated["better"] == state["steps"]["promote"]["promoted"]
 
