@@ -1,28 +1,31 @@
-"""The conversation log: one SQLite row per message, committed before the reply completes.
+"""The conversation log: one row per message, committed before the reply completes, in an SQLite file (the
+default) or a PostgreSQL database that replicas behind a balancer share (`chat_log.url`; finetune.data.chatlog_db
+holds what differs between the two).
 
-WAL mode with synchronous=FULL: a committed message survives a kill -9 of the server (and a power cut), and
-readers (the web page, `export-log`) never block the writer. The schema belongs to the data pipeline
-(finetune.data.chatlog_schema), which reads this file. A regenerated or edited reply is a new row that takes the
-place of the one it replaces, which stays in the file as superseded (the schema module says how); a file of an
-older schema version is migrated in place when it is opened.
+SQLite in WAL mode with synchronous=FULL, or PostgreSQL's commit: a committed message survives a kill -9 of the
+server (and a power cut), and readers (the web page, `export-log`) never block the writer. The schema belongs to
+the data pipeline (finetune.data.chatlog_schema), which reads this log. A regenerated or edited reply is a new
+row that takes the place of the one it replaces, which stays in the log as superseded (the schema module says
+how); a log of an older schema version is migrated in place when it is opened.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
+from finetune.data.chatlog_db import connect, describe, is_postgres
 from finetune.data.chatlog_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, messages_sql
 
 
 class ChatLog:
-    """A thread-safe handle on one log file. Every write is its own committed transaction."""
+    """A thread-safe handle on one log: an SQLite file path or a postgresql:// URL. Every write is its own committed
+    transaction."""
 
     def __init__(self, path: str | Path, redact: list[str] | tuple = (), phone_region: str = "US"):
-        self.path = Path(path).expanduser()
+        self.path = path if is_postgres(path) else Path(path).expanduser()
         # PII kinds (email, url, ip, card, phone) replaced by placeholders before anything is stored.
         self.redact_kinds = list(redact)
         self.phone_region = phone_region
@@ -32,42 +35,32 @@ class ChatLog:
             unknown = set(self.redact_kinds) - set(ORDER)
             if unknown:
                 raise ValueError(f"chat_log.redact: unknown kinds {sorted(unknown)}; known: {list(ORDER)}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        with self._lock:
+        self._db = connect(self.path)
+        # one writer at a time: replicas sharing a PostgreSQL log start together
+        with self._lock, self._db.write_transaction():
             self._migrate()
-            self._db.executescript(SCHEMA)
+            self._db.create(SCHEMA)
             found = self._db.execute("SELECT version FROM schema_info").fetchone()
             if found is None:
                 self._db.execute("INSERT INTO schema_info (version) VALUES (?)", (SCHEMA_VERSION,))
             elif found["version"] != SCHEMA_VERSION:
                 raise RuntimeError(
-                    f"{self.path} has conversation-log schema version {found['version']}, this code writes "
-                    f"{SCHEMA_VERSION}: upgrade the package, or use a new log file"
+                    f"{describe(self.path)} has conversation-log schema version {found['version']}, this code writes "
+                    f"{SCHEMA_VERSION}: upgrade the package, or use a new log"
                 )
 
     def _migrate(self) -> None:
-        """Bring an older file to SCHEMA_VERSION in place, one version per transaction (a kill leaves a file of
-        one version or the next, never half of one)."""
-        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_info'").fetchone() is None:
-            return  # a new file
+        """Bring an older log to SCHEMA_VERSION in place, in the caller's transaction (a kill leaves a log of
+        the old version or the new one, never half of one)."""
+        if "schema_info" not in self._db.tables():
+            return  # a new log
         while True:
             found = self._db.execute("SELECT version FROM schema_info").fetchone()
             if found is None or found["version"] not in MIGRATIONS:
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[found["version"]]:
-                    self._db.execute(statement)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            for statement in MIGRATIONS[found["version"]]:
+                self._db.execute(statement)
 
     def has_session(self, session_id: str) -> bool:
         with self._lock:
@@ -76,7 +69,7 @@ class ChatLog:
     def ensure_session(self, session_id: str, model: str | None = None, title: str | None = None) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO sessions (id, created_at, title, model) VALUES (?, ?, ?, ?)",
+                "INSERT INTO sessions (id, created_at, title, model) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (session_id, time.time(), self._redact(title or "")[:80] or None, model),
             )
 
@@ -97,28 +90,21 @@ class ChatLog:
         content = self._redact(content)
         with self._lock:
             if replaces is None:
-                cursor = self._db.execute(
+                return self._db.insert(
                     "INSERT INTO messages (session_id, role, content, created_at, model, latency_ms, tokens, metadata, "
                     "edited) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (session_id, role, content, time.time(), model, latency_ms, tokens, json.dumps(metadata or {}),
                      int(edited)),
                 )
-                return int(cursor.lastrowid)
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._db.write_transaction():
                 turn = self._turn(session_id, replaces)
-                cursor = self._db.execute(
+                new = self._db.insert(
                     "INSERT INTO messages (session_id, role, content, created_at, model, latency_ms, tokens, metadata, "
                     "edited, alternative_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (session_id, role, content, time.time(), model, latency_ms, tokens, json.dumps(metadata or {}),
                      int(edited), turn),
                 )
-                new = int(cursor.lastrowid)
                 self._keep(turn, new)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             return new
 
     def _turn(self, session_id: str | None, message_id: int) -> int:
@@ -148,14 +134,9 @@ class ChatLog:
         """Make reply `message_id` the kept one of its turn (the page flips between a turn's replies); return the
         ids of the turn's replies. LookupError if there is no such reply."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._db.write_transaction():
                 turn = self._turn(None, message_id)
                 self._keep(turn, message_id)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             rows = self._db.execute("SELECT id FROM messages WHERE id = ? OR alternative_of = ? ORDER BY id",
                                     (turn, turn)).fetchall()
         return [r["id"] for r in rows]

@@ -27,3 +27,16 @@ def pytest_configure(config):
             raise ImportError(f"{modname} is missing and {SWITCH}=1: the install is incomplete ({err})") from err
 
     pytest.importorskip = importorskip
+
+
+# System programs scripts/test.sh installs with apt-get (as root): missing, they fail the test under the switch too.
+INSTALLED_BY_TEST_SH = {"nginx": "nginx", "pg_ctl": "postgresql"}
+
+
+def skip_missing_program(program: str, reason: str) -> None:
+    """A test that needs `program` (a key of INSTALLED_BY_TEST_SH) and cannot find it: skip with `reason`, or fail
+    under NEURALCHAT_REQUIRE_BACKENDS=1."""
+    if os.environ.get(SWITCH) == "1":
+        pytest.fail(f"{reason}, and {SWITCH}=1: the install is incomplete (scripts/test.sh installs Debian's "
+                    f"{INSTALLED_BY_TEST_SH[program]} as root)")
+    pytest.skip(reason)

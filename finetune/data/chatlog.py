@@ -1,12 +1,13 @@
-"""Read the chat app's SQLite conversation log (schema in `chatlog_schema.py`): one conversation per session."""
+"""Read the chat app's conversation log (schema in `chatlog_schema.py`): one conversation per session, from its
+SQLite file or its PostgreSQL database (a postgresql:// URL; `chatlog_db`)."""
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from finetune.data.chatlog_db import LogDB, connect, describe
 from finetune.data.chatlog_schema import SCHEMA_VERSION, messages_sql
 from finetune.data.records import ROLES, Conversation, Reject, SourceError
 
@@ -16,11 +17,14 @@ _BAD_BYTES = re.compile("[\udc80-\udcff]")  # what surrogateescape made of bytes
 _COLUMNS = ("role", "content", "model", "feedback")  # of the kept messages: a reply the user replaced is not trained on
 
 
-def read_chatlog(path: Path) -> Iterator[Conversation | Reject]:
+def read_chatlog(path: Path | str) -> Iterator[Conversation | Reject]:
     # Read-only, so reading a log that the server is writing (WAL mode) never blocks or changes it.
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    # Invalid UTF-8 in one message must reject that session, not stop the run: keep the bad bytes as surrogates.
-    con.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+    con = connect(path, read_only=True)
+    path = describe(path)  # the origin of each record: a URL without its password
+    if con.dialect == "sqlite":
+        # Invalid UTF-8 in one message must reject that session, not stop the run: keep the bad bytes as surrogates
+        # (PostgreSQL stores valid UTF-8 only).
+        con.connection.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
     try:
         _check_schema(con, path)
         sessions = con.execute("SELECT id, title, model, created_at FROM sessions ORDER BY created_at, id").fetchall()
@@ -34,11 +38,12 @@ def read_chatlog(path: Path) -> Iterator[Conversation | Reject]:
         con.close()
 
 
-def _check_schema(con: sqlite3.Connection, path: Path) -> None:
-    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+def _check_schema(con: LogDB, path: str) -> None:
+    tables = con.tables()
     missing = {"sessions", "messages"} - tables
     if missing:
-        raise SourceError(f"{path}: an SQLite file without the conversation-log tables {sorted(missing)}; "
+        kind = "an SQLite file" if con.dialect == "sqlite" else "a PostgreSQL database"
+        raise SourceError(f"{path}: {kind} without the conversation-log tables {sorted(missing)}; "
                          "only the chat app's log (finetune/data/chatlog_schema.py) can be ingested")
     if "schema_info" in tables:
         row = con.execute("SELECT max(version) FROM schema_info").fetchone()
@@ -47,7 +52,7 @@ def _check_schema(con: sqlite3.Connection, path: Path) -> None:
                              f"({SCHEMA_VERSION}); upgrade the package")
 
 
-def _session(con: sqlite3.Connection, path: Path, session_id: str, title, model, created_at) -> Conversation | Reject:
+def _session(con: LogDB, path: str, session_id: str, title, model, created_at) -> Conversation | Reject:
     origin = f"{path}#session={session_id}"
     rows = con.execute(messages_sql(con, columns=_COLUMNS), (session_id,)).fetchall()
     raw = {"session_id": session_id, "title": title, "model": model,

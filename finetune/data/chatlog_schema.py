@@ -1,4 +1,6 @@
-"""The SQLite schema of the conversation log: written by `neural_chat_app`, read by the data pipeline.
+"""The schema of the conversation log: written by `neural_chat_app`, read by the data pipeline.
+
+Written in SQLite's SQL; `chatlog_db` runs it on PostgreSQL too (the few differences are there).
 
 One row per message, committed before the reply is returned; WAL mode so a killed server loses nothing
 that was committed. `feedback` is +1 (thumbs up), -1 (thumbs down) or NULL. `metadata` is a JSON object.
@@ -15,6 +17,8 @@ A version-1 file is migrated in place by the writer (`MIGRATIONS`); readers take
 from __future__ import annotations
 
 import sqlite3
+
+from finetune.data.chatlog_db import LogDB
 
 SCHEMA_VERSION = 2
 
@@ -63,12 +67,15 @@ MESSAGE_COLUMNS = ("id", "session_id", "role", "content", "created_at", "model",
 _ADDED_IN_V2 = {"alternative_of": "NULL", "superseded_by": "NULL", "edited": "0"}
 
 
-def messages_sql(con: sqlite3.Connection, kept_only: bool = True,
+def messages_sql(db: LogDB | sqlite3.Connection, kept_only: bool = True,
                  columns: tuple[str, ...] = MESSAGE_COLUMNS) -> str:
     """The SELECT of one session's messages (its one parameter: the session id), in conversation order, from a log
     of either version: `columns` (of MESSAGE_COLUMNS), with a version-1 file's replies all kept. `kept_only`: the
     conversation as the model sees it; else every reply, superseded ones included."""
-    present = {row[1] for row in con.execute("PRAGMA table_info(messages)")}
+    if isinstance(db, LogDB):
+        present = db.columns("messages")
+    else:  # a plain sqlite3 connection
+        present = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
     columns = ", ".join(c if c in present or c not in _ADDED_IN_V2 else f"{_ADDED_IN_V2[c]} AS {c}"
                         for c in columns)
     if "superseded_by" not in present:

@@ -51,7 +51,7 @@ def create_app(settings: ServerSettings, backend=None, loader: Callable | None =
     admission = Admission(limits.max_concurrent or backend.max_concurrency, limits.max_queue)
     models = ModelManager.from_settings(backend, settings, loader)
     log = settings.chat_log
-    chatlog = ChatLog(log.path, log.redact, log.phone_region) if log.enabled else None
+    chatlog = ChatLog(log.target, log.redact, log.phone_region) if log.enabled else None
     plugins = build_plugin_pipeline(resolve_plugins(settings.plugins, use_global=False))
 
     @contextlib.asynccontextmanager

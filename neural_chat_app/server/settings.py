@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from finetune.config_binding import bind, check_choice, load_config
+from finetune.data.chatlog_db import describe, is_postgres
 from finetune.home import chat_log_path
 
 Backend = Literal["auto", "torch", "openvino"]
@@ -41,13 +42,26 @@ class Limits:
 @dataclass
 class ChatLogSettings:
     enabled: bool = True
-    """Write every conversation (and its feedback) to the SQLite log the improvement loop learns from."""
+    """Write every conversation (and its feedback) to the log the improvement loop learns from."""
     path: str = field(default_factory=lambda: str(chat_log_path()))
-    """The SQLite log file; default: chatlog.sqlite in NEURALCHAT_HOME."""
+    """The SQLite log file (when url is null); default: chatlog.sqlite in NEURALCHAT_HOME."""
+    url: str | None = None
+    """A PostgreSQL log shared by replicas behind a balancer, postgresql://user@host:5432/db (needs psycopg: the
+    `postgres` extra); the password from PGPASSWORD or ~/.pgpass rather than the URL. null: the SQLite file at path."""
     redact: list[str] = field(default_factory=list)
     """PII kinds to mask before storing: email, url, ip, card, phone (phone needs `phonenumbers`)."""
     phone_region: str = "US"
     """How phone numbers without a country code are read (ISO 3166 region, e.g. US, GB, DE)."""
+
+    def __post_init__(self):
+        if self.url is not None and not is_postgres(self.url):
+            raise ValueError(f"chat_log.url must be a postgresql:// (or postgres://) URL, got {describe(self.url)!r}; "
+                             "for an SQLite log set chat_log.path instead")
+
+    @property
+    def target(self) -> str:
+        """Where the log is: the PostgreSQL URL, else the SQLite path (what ChatLog and export-log take)."""
+        return self.url or self.path
 
 
 @dataclass
