@@ -84,7 +84,7 @@ def _export_log(args) -> int:
     if db is None:
         from neural_chat_app.server import load_settings
 
-        db = load_settings(args.config).chat_log.path
+        db = load_settings(args.config).chat_log.target
     if args.format != "messages":
         if args.min_feedback is not None or args.cut_disliked:
             raise ValueError(f"export-log --format {args.format}: --min-feedback and --cut-disliked apply to "
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-log", help="conversation log -> JSONL messages (SFT) or preference rows "
                                                "(KTO, DPO) for the data pipeline and finetune")
     where = export.add_mutually_exclusive_group()
-    where.add_argument("--db", help="the SQLite log file")
+    where.add_argument("--db", help="the SQLite log file, or the postgresql:// URL of a shared log")
     where.add_argument("--config", help="read the log path from a server YAML")
     export.add_argument("--output", required=True, help="JSONL file to write")
     export.add_argument("--format", default="messages", choices=["messages", "kto", "dpo"],

@@ -21,11 +21,11 @@ Every prompt is the conversation as the model saw it before that turn: the kept 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
+from finetune.data.chatlog_db import connect
 from finetune.data.chatlog_schema import messages_sql
 
 FORMATS = ("messages", "kto", "dpo")
@@ -37,15 +37,15 @@ def _verdict(ratings: list[int | None]) -> int | None:
     return 1 if 1 in ratings else None
 
 
-def _sessions(db_path: str | Path, since: float | None) -> Iterator[tuple[sqlite3.Row, list[sqlite3.Row], int]]:
+Row = Sequence  # a row read by position and by column name: sqlite3's, or chatlog_db.Row from PostgreSQL
+
+
+def _sessions(db_path: str | Path, since: float | None) -> Iterator[tuple[Row, list[Row], int]]:
     """(session, every message in conversation order, superseded ones too) of each session with a message logged
-    after `since`; the last item counts the sessions left out by `since`, once, at the end (session None)."""
-    db_path = Path(db_path).expanduser()
-    if not db_path.is_file():
-        raise FileNotFoundError(f"No conversation log at {db_path}")
+    after `since`; the last item counts the sessions left out by `since`, once, at the end (session None).
+    `db_path`: the SQLite file, or the postgresql:// URL of the log (chat_log.url)."""
     # Read-only: exporting while the server writes is safe in WAL mode; a version-1 file is read as it is.
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
+    db = connect(db_path, read_only=True)
     skipped = 0
     try:
         query = messages_sql(db, kept_only=False)
@@ -60,7 +60,7 @@ def _sessions(db_path: str | Path, since: float | None) -> Iterator[tuple[sqlite
         db.close()
 
 
-def _message(row: sqlite3.Row) -> dict:
+def _message(row: Row) -> dict:
     return {"role": row["role"], "content": row["content"]}
 
 
@@ -110,10 +110,10 @@ def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | 
     return counts
 
 
-def preference_rows(rows: list[sqlite3.Row], kind: Literal["kto", "dpo"]) -> tuple[list[dict], int]:
+def preference_rows(rows: list[Row], kind: Literal["kto", "dpo"]) -> tuple[list[dict], int]:
     """The KTO or DPO rows of one conversation's messages (all of them, in conversation order), and how many
     candidate pairs were left out (contradicting ratings, same text)."""
-    turns: dict[int, list[sqlite3.Row]] = {}
+    turns: dict[int, list[Row]] = {}
     for r in rows:
         turns.setdefault(r["alternative_of"] or r["id"], []).append(r)
     out, left_out, context = [], 0, []

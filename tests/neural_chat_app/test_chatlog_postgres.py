@@ -7,6 +7,7 @@ Run: PYTHONPATH=. pytest -q -m "" tests/neural_chat_app/test_chatlog_postgres.py
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 import threading
@@ -154,3 +155,29 @@ def test_settings_take_a_postgres_url_and_refuse_another():
     assert ChatLogSettings(path="/x/log.sqlite").target == "/x/log.sqlite"
     with pytest.raises(ValueError, match=r"chat_log.url must be a postgresql://.*'mysql://u:\*\*\*@db/x'"):
         ChatLogSettings(url="mysql://u:pw@db/x")
+
+
+@pytest.mark.integration
+def test_export_and_the_improve_loop_read_a_postgres_log(pg_url, tmp_path):
+    from neural_chat_app.export_log import export_jsonl, export_preferences
+
+    def export(target, name: str) -> list[list[dict]]:
+        _scenario(target)
+        outputs = []
+        for kind in ("messages", "dpo", "kto"):
+            out = tmp_path / f"{name}-{kind}.jsonl"
+            if kind == "messages":
+                counts = export_jsonl(target, out, since=0)  # what improve calls, with the loop's last run time
+            else:
+                counts = export_preferences(target, out, kind)
+            lines = [json.loads(line) for line in out.read_text().splitlines()]
+            for line in lines:
+                line.get("metadata", {}).pop("created_at", None)
+            outputs.append([{k: v for k, v in counts.items() if k != "output"}, lines])
+        return outputs
+
+    from_postgres = export(pg_url, "pg")
+    assert from_postgres == export(tmp_path / "log.sqlite", "sqlite")
+    # one conversation; its kept reply is rated down, so both DPO pairs are left out; two rated replies for KTO
+    assert from_postgres[0][0]["conversations_written"] == 1 and from_postgres[1][0]["pairs_left_out"] == 2
+    assert from_postgres[2][0]["rated_replies_written"] == 2
