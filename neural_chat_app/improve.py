@@ -209,7 +209,7 @@ def _prepare(config: LoopConfig, collected: dict, out: Path, tokenizer: str) -> 
     if "skipped" in sft and (preference is None or "skipped" in preference):
         reasons = [sft["skipped"]] + ([preference["skipped"]] if preference else [])
         raise ValueError("Nothing to train on: " + "; ".join(reasons))
-    return {**sft, "preference": preference}
+    return {"sft": sft, "preference": preference}
 
 
 def _prepare_sft(config: LoopConfig, collected: dict, out: Path, tokenizer: str) -> dict:
@@ -280,7 +280,8 @@ def _evaluate(config: LoopConfig, prepared: dict, base: str, candidate: str, out
     from finetune.evaluate.report import REPORT_FILE
 
     result: dict[str, Any] = {"sft": None, "preference": None}
-    split = "skipped" not in prepared and (prepared["splits"].get("test") or prepared["splits"].get("validation"))
+    sft = prepared["sft"]
+    split = "skipped" not in sft and (sft["splits"].get("test") or sft["splits"].get("validation"))
     if split:
         results = evaluate_models([base, candidate], EvalConfig(
             task=config.task, data=split, max_examples=config.eval_examples, max_new_tokens=64,
@@ -368,7 +369,10 @@ def run_loop(config: LoopConfig) -> dict:
     since = current.get("promoted_at") if current else None
     collected = state.done("collect") or state.finish("collect", _collect(config, run_dir / "collect", since))
     prepared = state.done("prepare") or state.finish("prepare", _prepare(config, collected, run_dir / "data", base))
-    tuned = state.done("finetune") or state.finish("finetune", _finetune(config, prepared, base, run_dir / "model"))
+    if "sft" not in prepared:  # a state.json written before preference tuning: its SFT splits only
+        prepared = {"sft": prepared, "preference": None}
+    tuned = state.done("finetune") or state.finish("finetune", _finetune(config, prepared["sft"], base,
+                                                                         run_dir / "model"))
     candidate = tuned.get("output_dir", base)
     # preference tuning starts from the SFT model, its reference too (the module docstring)
     preferred = state.done("preference") or state.finish("preference", _finetune(
@@ -394,6 +398,10 @@ def _write_report(run_dir: Path, data: dict) -> None:
         result = steps[step]
         if result.get("skipped"):
             summary = f"skipped: {result['skipped']}"
+        elif step == "prepare":
+            parts = {part: result[part] or {} for part in ("sft", "preference")}
+            summary = "; ".join(f"{part}: {r.get('skipped') or r.get('counts') or ('prepared' if r else 'off')}"
+                                for part, r in parts.items())
         elif step == "collect":
             pref = {k: v for k, v in (result.get("preference") or {}).items() if k != "output"}
             summary = f"{result.get('conversations_written')} conversations for SFT; preference export {pref}"

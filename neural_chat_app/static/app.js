@@ -1,5 +1,7 @@
 // The chat page: plain JavaScript, no build step. Talks to the server's OpenAI-compatible API
 // (/v1/chat/completions with SSE streaming) and to /api/* for the logged conversations and feedback.
+// The last reply can be regenerated and any reply edited; the log keeps the replaced reply as superseded (the
+// preference data of the improve loop), and the page flips between a turn's replies ("< 2/3 >").
 // Replies are Markdown: marked (to HTML), highlight.js (code blocks) and DOMPurify (sanitizing), vendored in
 // static/vendor/. A reply is untrusted text (a retrieved document can steer the model): every piece of HTML made
 // from it goes through DOMPurify, and everything else the page shows (user messages, sources) is set as text.
@@ -105,7 +107,10 @@ function renderMessage(message) {
   meta.className = "meta";
   box.appendChild(meta);
   $("messages").appendChild(box);
-  if (message.role === "assistant" && message.id) addFeedback(box, message.id, message.feedback);
+  if (message.role === "assistant" && message.id) {
+    addFeedback(box, message.id, message.feedback);
+    addReplyTools(box, message);
+  }
   $("messages").scrollTop = $("messages").scrollHeight;
   return box;
 }
@@ -157,6 +162,76 @@ function addFeedback(box, messageId, current) {
     group.appendChild(button);
   }
   meta.appendChild(group);
+}
+
+// Regenerate (the last reply), edit (any reply), and flip between the replies of a turn that has several.
+function addReplyTools(box, message) {
+  if (!state.logEnabled) return; // without the log there is no reply to replace
+  const tools = document.createElement("span");
+  tools.className = "reply-tools";
+  const tool = (className, label, title, onClick) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = className;
+    button.textContent = label;
+    button.title = title;
+    button.addEventListener("click", onClick);
+    tools.appendChild(button);
+    return button;
+  };
+  const alternatives = message.alternatives || [];
+  if (alternatives.length > 1) {
+    const at = alternatives.indexOf(message.id);
+    const flip = (to) => async () => {
+      const response = await api(`/api/messages/${alternatives[to]}/keep`, { method: "POST" });
+      if (!response.ok) return showError(await errorText(response));
+      await openConversation(state.conversationId);
+    };
+    tool("previous", "\u2039", "Previous reply", flip(at - 1)).disabled = at <= 0;
+    const position = document.createElement("span");
+    position.className = "position";
+    position.textContent = `${at + 1}/${alternatives.length}`;
+    tools.appendChild(position);
+    tool("next", "\u203A", "Next reply", flip(at + 1)).disabled = at >= alternatives.length - 1;
+  }
+  tool("regenerate", "\u21BB Regenerate", "Generate this reply again (the log keeps both)", () => {
+    if (state.controller) return;
+    box.remove();
+    state.history.pop(); // the reply being replaced: the model sees the conversation before it
+    send(null, message.id);
+  });
+  tool("edit", "\u270E Edit", "Write the reply you wanted (logged as the kept reply)", () => editReply(box, message));
+  box.querySelector(".meta").appendChild(tools);
+}
+
+function editReply(box, message) {
+  if (box.querySelector(".edit-box")) return;
+  const text = box.querySelector(".text");
+  const form = document.createElement("div");
+  form.className = "edit-box";
+  const area = document.createElement("textarea");
+  area.rows = 4;
+  area.value = message.content;
+  const save = document.createElement("button");
+  save.type = "button";
+  save.className = "save";
+  save.textContent = "Save";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.textContent = "Cancel";
+  cancel.addEventListener("click", () => { form.remove(); text.hidden = false; });
+  save.addEventListener("click", async () => {
+    const content = area.value.trim();
+    if (!content) return;
+    const response = await api(`/api/messages/${message.id}/edit`,
+      { method: "POST", body: JSON.stringify({ content }) });
+    if (!response.ok) return showError(await errorText(response));
+    await openConversation(state.conversationId);
+  });
+  form.append(area, save, cancel);
+  text.hidden = true;
+  box.insertBefore(form, text);
+  area.focus();
 }
 
 // ---- Settings of a conversation: system prompt and sampling, kept in localStorage by conversation id
@@ -240,6 +315,8 @@ async function openConversation(id) {
   // The system prompt belongs to the settings panel, not the history: each request sends the panel's.
   // A logged conversation this browser has no settings for keeps the system prompt it was logged with.
   if (!saved && messages.length && messages[0].role === "system") $("system-prompt").value = messages[0].content;
+  $("messages").innerHTML = "";
+  state.history = [];
   for (const message of messages) {
     if (message.role === "system") continue;
     renderMessage(message);
@@ -285,27 +362,30 @@ async function readEvents(response, onEvent) {
   }
 }
 
-async function send(text) {
+// Send `text` as the user's next message; or, with `regenerate` (the id of the last reply, already taken off the
+// page and the history), ask for that reply again.
+async function send(text, regenerate = null) {
   showError("");
   if (!state.conversationId) setConversation(newId());
-  const userMessage = { role: "user", content: text };
-  renderMessage(userMessage);
+  const userMessage = regenerate ? null : { role: "user", content: text };
+  if (userMessage) renderMessage(userMessage);
   const box = renderMessage({ role: "assistant", content: "" });
   box.dataset.state = "streaming";
   const view = streamingView(box.querySelector(".text"));
   saveSettings();
   const { system, ...sampling } = requestSettings();
-  const messages = [...system, ...state.history, userMessage];
+  const messages = [...system, ...state.history, ...(userMessage ? [userMessage] : [])];
   state.controller = new AbortController();
   setStreaming(true);
   let reply = "";
   let outcome = "done";
+  let messageId = null;
   try {
     const response = await api("/v1/chat/completions", {
       method: "POST",
       signal: state.controller.signal,
       body: JSON.stringify({ model: $("model").value || undefined, messages, stream: true, ...sampling,
-                             conversation_id: state.conversationId }),
+                             conversation_id: state.conversationId, regenerate: regenerate || undefined }),
     });
     if (!response.ok) throw new Error(await errorText(response));
     await readEvents(response, (event) => {
@@ -316,19 +396,26 @@ async function send(text) {
         view.update(reply);
       }
       if (event.sources) renderSources(box, event.sources);
-      if (event.message_id) addFeedback(box, event.message_id, null);
+      if (event.message_id) messageId = event.message_id;
     });
   } catch (err) {
     outcome = err.name === "AbortError" ? "stopped" : "error";
     if (err.name !== "AbortError") showError(err.message);
   } finally {
     view.finish(reply);
-    box.dataset.state = outcome;
-    state.history.push(userMessage, { role: "assistant", content: reply });
+    if (messageId) {
+      addFeedback(box, messageId, null);
+      addReplyTools(box, { id: messageId, content: reply, alternatives: [] });
+    }
+    if (userMessage) state.history.push(userMessage);
+    state.history.push({ role: "assistant", content: reply });
     state.controller = null;
     setStreaming(false);
+    box.dataset.state = outcome;
     loadConversations();
   }
+  // A regenerated turn has several replies now: show them as the log keeps them (with the "< n/m >" flip).
+  if (regenerate && messageId && outcome === "done") await openConversation(state.conversationId);
 }
 
 $("composer").addEventListener("submit", (event) => {

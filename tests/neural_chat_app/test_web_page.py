@@ -1,5 +1,7 @@
 """The web chat page in a real headless Chromium (Debian's, driven by Playwright): send, stream, reload, history;
-Markdown replies (highlighted, sanitized), the settings of a conversation, and the retrieval plugin's sources.
+Markdown replies (highlighted, sanitized), the settings of a conversation, the retrieval plugin's sources; and
+feedback, regenerate, edit and flip on the page, whose log the improve loop turns into a DPO-tuned candidate that
+the gate promotes or rejects.
 
 Needs: apt-get install -y chromium; pip install playwright (never `playwright install`: the system browser is used).
 Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q tests/neural_chat_app/test_web_page.py
@@ -7,8 +9,10 @@ Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q tests/neural_chat_app/test_web_pag
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sqlite3
 import time
 
 import httpx
@@ -258,3 +262,102 @@ def test_retrieval_sources_are_listed_under_the_reply(make_server, tiny_backend,
     assert '77 cores. <img src=x onerror="window.__pwned = 1">' in passage.inner_text()  # shown as text
     assert page.locator(".sources img").count() == 0 and page.evaluate("window.__pwned") is None
     assert page.locator(".message.assistant .text strong").inner_text() == "77 cores"
+
+
+class NumberedBackend(FixedTextBackend):
+    """A different reply each time ("Reply number 3."): a regenerated reply is not the one it replaces."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, "")
+        self.count = 0
+
+    def stream(self, prompt_ids, config, result, cancel):
+        self.count += 1
+        self.text = f"Reply number {self.count}."
+        yield from super().stream(prompt_ids, config, result, cancel)
+
+
+def _ask(page, question: str) -> None:
+    page.click("#new-chat")
+    page.fill("#input", question)
+    page.click("#send")
+    wait_for_reply(page)
+
+
+def _regenerate(page, replies: int) -> None:
+    page.locator(".message.assistant").last.locator(".regenerate").click()
+    page.wait_for_selector(f".message.assistant .position:text-is('{replies}/{replies}')")
+
+
+def _edit(page, text: str, replies: int) -> None:
+    reply = page.locator(".message.assistant").last
+    reply.locator(".edit").click()
+    reply.locator(".edit-box textarea").fill(text)
+    reply.locator(".edit-box .save").click()
+    page.wait_for_selector(f".message.assistant .position:text-is('{replies}/{replies}')")
+    assert page.locator(".message.assistant .text").last.inner_text() == text
+
+
+def _rate(page, value: int) -> None:
+    page.locator(f".message.assistant .feedback button[data-feedback='{value}']").last.click()
+    page.wait_for_selector(f".message.assistant .feedback button[data-feedback='{value}'].chosen")
+
+
+def test_feedback_regenerate_and_edit_on_the_page_feed_a_gated_dpo_candidate(make_server, tiny_backend, page,
+                                                                             tiny_model_dir, tmp_path):
+    """Issue 23's "done when": thumbs, regenerate and edit on the page; `improve` on that log DPO-tunes a candidate,
+    scores it on the held-out pairs and promotes or rejects it by the gate, with the numbers recorded."""
+    server = make_server(backend=NumberedBackend(tiny_backend.tokenizer))
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    for n in range(3):  # regenerate, then write the reply wanted, and like it: two pairs each
+        _ask(page, f"Where is shop {n}?")
+        _regenerate(page, 2)
+        _edit(page, f"Shop {n} is on Main Street {n}.", 3)
+        _rate(page, 1)
+    _ask(page, "Which bike for hills?")  # regenerate, flip back to the first reply, like it: one pair
+    first = page.locator(".message.assistant .text").last.inner_text()
+    _regenerate(page, 2)
+    page.locator(".message.assistant .previous").last.click()
+    page.wait_for_selector(".message.assistant .position:text-is('1/2')")
+    assert page.locator(".message.assistant .text").last.inner_text() == first
+    _rate(page, 1)
+    _ask(page, "Tell me a joke")  # a disliked reply: a KTO example, never an SFT target
+    _rate(page, -1)
+
+    db = server.state.chatlog.path
+    rows = sqlite3.connect(db).execute("SELECT COUNT(*), SUM(superseded_by IS NOT NULL), SUM(edited) FROM messages "
+                                       "WHERE role = 'assistant'").fetchone()
+    assert rows == (3 * 3 + 2 + 1, 3 * 2 + 1, 3)
+
+    from neural_chat_app.__main__ import main
+
+    config = tmp_path / "improve.yaml"
+    config.write_text(json.dumps({  # YAML is a superset of JSON
+        "run_dir": str(tmp_path / "run"), "chat_log": str(db), "base_model": str(tiny_model_dir),
+        "models_dir": str(tmp_path / "models"), "min_conversations": 100,  # too few liked chats: DPO alone
+        "preference": "dpo", "min_pairs": 5, "preference_heldout": 0.4, "quantize": None,
+        "preference_finetune": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 0.01,
+                                "lora_all_linear": True, "save_steps": 2, "max_seq_length": 128,
+                                "disable_tqdm": True},
+    }))
+    assert main(["improve", "--config", str(config)]) == 0
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    steps = state["steps"]
+    assert steps["collect"]["preference"]["pairs_written"] == 7
+    assert "min_conversations=100" in steps["finetune"]["skipped"]
+    assert steps["preference"]["base"] == str(tiny_model_dir)
+    candidate = steps["preference"]["output_dir"]
+    pref = steps["evaluate"]["preference"]
+    assert pref["task"] == "dpo" and pref["candidate"]["examples"] == pref["current"]["examples"] == 3
+    assert pref["current"]["reward_accuracy"] == 0 and pref["current"]["reward_margin"] == 0  # the reference
+    rules = steps["evaluate"]["rules"]
+    assert [r["rule"].split()[0] for r in rules] == ["reward_accuracy", "reward_margin"]
+    assert rules[0]["value"] == pref["candidate"]["reward_accuracy"]
+    assert steps["promote"]["promoted"] == steps["evaluate"]["better"] == all(r["holds"] for r in rules)
+    promoted = (tmp_path / "models" / "promoted.json")
+    assert promoted.is_file() == steps["promote"]["promoted"]
+    if promoted.is_file():
+        assert json.loads(promoted.read_text())["model"] == candidate
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Gate" in report and "| candidate |" in report
