@@ -12,6 +12,7 @@ the output is byte for byte the same for any number of workers.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -27,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from finetune.data.clean import clean_conversation
+from finetune.data.clean import clean_conversation, clean_preference
 from finetune.data.config import DataPipelineConfig
-from finetune.data.dedup import DedupKeys, KeyMaker
-from finetune.data.export import render_lines
+from finetune.data.dedup import DedupKeys, KeyMaker, prompt_key
+from finetune.data.export import preference_layout, render_lines, render_preference
 from finetune.data.filters import build_filters, count_tokens_batch, first_failure, length_bounds
-from finetune.data.records import Conversation, Reject
+from finetune.data.records import Conversation, Preference, Reject
 from finetune.data.sources import read_jsonl_range, read_source, sniff
 from finetune.data.split import SPLITS, GroupSplitter
 from finetune.data.timing import StageClock
@@ -79,6 +80,11 @@ class ChunkResult:
     groups: np.ndarray | None
     """split.group_by: each candidate's split (an index into SPLITS), a function of its group key alone."""
     seconds: dict[str, float]
+    layouts: list[tuple[str, bool]] | None = None
+    """Preference export: each candidate's rows (dpo or kto) and whether it was read from plain strings; the parent
+    keeps one layout per run."""
+    prompts: np.ndarray | None = None
+    """Preference export: uint64 hash of each candidate's prompt, its group in the splits."""
 
 
 def plan_chunks(files: list[Path], read_seconds: list[float]) -> Iterator[Chunk]:
@@ -128,13 +134,15 @@ class ChunkWorker:
         clock = self.clock
         clock.restart()
         formats, redactions = Counter(), Counter()
-        entries: list[Reject | tuple[Conversation, Any]] = []
+        entries: list[Reject | tuple[Conversation | Preference, Any]] = []
         records = 0
         for item, where in self._read(chunk):
             records += 1
             clock.lap("read")
-            if isinstance(item, Conversation):
+            if not isinstance(item, Reject):
                 formats[item.format] += 1
+                item = self._kind(item)
+            if not isinstance(item, Reject):
                 item = self._clean_and_filter(item, redactions, clock)
             entries.append(item if isinstance(item, Reject) else (item, where))
         if self.tokenizer is not None:
@@ -152,8 +160,27 @@ class ChunkWorker:
         keys = self.keys.keys(candidates, clock) if self.keys is not None else None
         staging, offsets, groups = self._stage(chunk.index, candidates, clock)
         lengths = [c.n_tokens if c.n_tokens is not None else _words(c) for c in candidates]
+        task = self.cfg.export.preference_task
+        layouts = prompts = None
+        if self.cfg.preference:
+            layouts = [(preference_layout(c, task), c.plain) for c in candidates]
+            prompts = np.array([_prompt_hash(c) for c in candidates], dtype=np.uint64)
         return ChunkResult(records, formats, redactions, order, rejects, keys, [c.origin for c in candidates],
-                           lengths, where, staging, offsets, groups, clock.take())
+                           lengths, where, staging, offsets, groups, clock.take(), layouts,
+                           prompts)
+
+    def _kind(self, item: Conversation | Preference) -> Conversation | Preference | Reject:
+        """A split file holds chat data or preference data, as export.format_type says, never both."""
+        if isinstance(item, Preference) == self.cfg.preference:
+            return item
+        fmt = self.cfg.export.format_type
+        if self.cfg.preference:
+            detail = (f"a chat record ({item.format}), but export.format_type=preference writes preference data: "
+                      "prepare chat and preference records in separate runs")
+        else:
+            detail = (f"a preference record ({item.format}), but export.format_type={fmt} writes chat data: set "
+                      "export.format_type=preference, or prepare chat and preference records in separate runs")
+        return Reject("ingest", "wrong_kind", detail, item.origin, item.raw)
 
     def _read(self, chunk: Chunk) -> Iterator[tuple[Conversation | Reject, Any]]:
         if chunk.items is not None:
@@ -162,20 +189,24 @@ class ChunkWorker:
             for item, at, size in read_jsonl_range(chunk.path, chunk.offset, chunk.length, chunk.first_line):
                 yield item, (at, size)
 
-    def _clean_and_filter(self, conv: Conversation, redactions: Counter, clock: StageClock) -> Conversation | Reject:
-        cleaned = clean_conversation(conv, self.cfg.clean, redactions, clock)
+    def _clean_and_filter(self, item: Conversation | Preference, redactions: Counter,
+                          clock: StageClock) -> Conversation | Preference | Reject:
+        if isinstance(item, Preference):
+            cleaned = clean_preference(item, self.cfg.clean, redactions, clock)
+        else:
+            cleaned = clean_conversation(item, self.cfg.clean, redactions, clock)
         if isinstance(cleaned, Reject):
             return cleaned
-        verdict = first_failure(cleaned, self.filters)
+        verdict = _first_failure(cleaned, self.filters)
         clock.lap("filters")
         if verdict is not None:
-            return Reject("filter", verdict[0], verdict[1], conv.origin, conv.raw)
+            return Reject("filter", verdict[0], verdict[1], item.origin, item.raw)
         return cleaned
 
     def _token_filter(self, entries: list, clock: StageClock) -> None:
         """The token-length filter, last as in `build_filters`, on every conversation of the chunk at once."""
         at = [i for i, e in enumerate(entries) if not isinstance(e, Reject)]
-        counts = count_tokens_batch([entries[i][0] for i in at], self.tokenizer)
+        counts = _token_counts([entries[i][0] for i in at], self.tokenizer)
         f = self.cfg.filter
         for i, n in zip(at, counts):
             conv = entries[i][0]
@@ -185,9 +216,10 @@ class ChunkWorker:
                 entries[i] = Reject("filter", verdict[0], verdict[1], conv.origin, conv.raw)
         clock.lap("tokens")
 
-    def _stage(self, index: int, convs: list[Conversation], clock: StageClock):
+    def _stage(self, index: int, convs: list[Conversation] | list[Preference], clock: StageClock):
         e = self.cfg.export
-        parts = [render_lines(c.messages, c.metadata, c.origin, e.format_type, e.multi_turn, e.keep_metadata)
+        parts = [render_preference(c, e.preference_task, e.keep_metadata) if isinstance(c, Preference) else
+                 render_lines(c.messages, c.metadata, c.origin, e.format_type, e.multi_turn, e.keep_metadata)
                  for c in convs]
         offsets = np.zeros(len(parts) + 1, dtype=np.int64)
         np.cumsum([len(p) for p in parts], out=offsets[1:])
@@ -204,8 +236,52 @@ class ChunkWorker:
         return str(path), offsets, groups
 
 
-def _words(conv: Conversation) -> int:
-    return sum(len(m["content"].split()) for m in conv.messages)
+
+def _prompt_hash(pref: Preference) -> int:
+    """A preference record's split group. By prompt: held-out reward accuracy must come from prompts the model
+    was not tuned on, so the pairs of one prompt land in one split."""
+    digest = hashlib.blake2b(prompt_key(pref).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _first_failure(item: Conversation | Preference, filters) -> tuple[str, str] | None:
+    """A preference record passes when prompt + each reply does: each is one sequence the trainer sees."""
+    if isinstance(item, Conversation):
+        return first_failure(item, filters)
+    for key, view in zip(item.replies, item.views()):
+        verdict = first_failure(view, filters)
+        if verdict is not None:
+            return verdict[0], f"prompt + {key}: {verdict[1]}"
+    return None
+
+
+def _token_counts(items: list[Conversation] | list[Preference], tokenizer) -> list[int]:
+    """Tokens of each conversation, or of a preference record's longest prompt + reply: through the chat template
+    for conversations and conversational records, the texts joined as they are for plain ones (TRL does so)."""
+    convs, plain, conv_owner, plain_owner = [], [], [], []
+    for k, item in enumerate(items):
+        if isinstance(item, Conversation):
+            convs.append(item)
+            conv_owner.append(k)
+        elif item.plain:
+            plain += [item.prompt[0]["content"] + reply[0]["content"] for reply in item.replies.values()]
+            plain_owner += [k] * len(item.replies)
+        else:
+            views = item.views()
+            convs += views
+            conv_owner += [k] * len(views)
+    counts = [0] * len(items)
+    for k, n in zip(conv_owner, count_tokens_batch(convs, tokenizer)):
+        counts[k] = max(counts[k], n)
+    for k, ids in zip(plain_owner, tokenizer(plain)["input_ids"] if plain else []):
+        counts[k] = max(counts[k], len(ids))
+    return counts
+
+
+def _words(item: Conversation | Preference) -> int:
+    if isinstance(item, Preference):
+        return max(_words(view) for view in item.views())
+    return sum(len(m["content"].split()) for m in item.messages)
 
 
 def split_ratios(cfg: DataPipelineConfig) -> dict[str, float]:

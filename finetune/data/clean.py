@@ -1,4 +1,4 @@
-"""The clean stage: normalize and redact every message of a conversation."""
+"""The clean stage: normalize and redact every message of a conversation, or every text of a preference record."""
 
 from __future__ import annotations
 
@@ -6,21 +6,26 @@ from collections import Counter
 
 from finetune.data.config import CleanConfig
 from finetune.data.normalize import normalize_text
-from finetune.data.records import Conversation, Reject
+from finetune.data.records import Conversation, Preference, Reject
 from finetune.data.redact import redact
 from finetune.data.timing import StageClock
+
+
+def clean_text(text: str, cfg: CleanConfig, redactions: Counter, clock: StageClock | None = None) -> str:
+    text = normalize_text(text) if cfg.normalize else text
+    if clock is not None:
+        clock.lap("normalize")
+    text = redact(text, cfg.redact, cfg.phone_region, redactions)
+    if clock is not None:
+        clock.lap("redact")
+    return text
 
 
 def clean_conversation(conv: Conversation, cfg: CleanConfig, redactions: Counter,
                        clock: StageClock | None = None) -> Conversation | Reject:
     messages = []
     for i, m in enumerate(conv.messages):
-        text = normalize_text(m["content"]) if cfg.normalize else m["content"]
-        if clock is not None:
-            clock.lap("normalize")
-        text = redact(text, cfg.redact, cfg.phone_region, redactions)
-        if clock is not None:
-            clock.lap("redact")
+        text = clean_text(m["content"], cfg, redactions, clock)
         if not text.strip():
             # An empty turn teaches nothing and breaks role alternation; say which one it was.
             return Reject("clean", "empty_message", f"message {i} ({m['role']}) is empty after cleaning",
@@ -28,3 +33,31 @@ def clean_conversation(conv: Conversation, cfg: CleanConfig, redactions: Counter
         messages.append({"role": m["role"], "content": text})
     conv.messages = messages
     return conv
+
+
+def clean_preference(pref: Preference, cfg: CleanConfig, redactions: Counter,
+                     clock: StageClock | None = None) -> Preference | Reject:
+    """Every text, prompt and replies alike: personal data in a rejected reply is still personal data."""
+    cleaned: dict[str, list[dict[str, str]]] = {"prompt": []}
+    for part, i, m in pref.texts():
+        text = clean_text(m["content"], cfg, redactions, clock)
+        if not text.strip():
+            return Reject("clean", "empty_message", f"{part} message {i} ({m['role']}) is empty after cleaning",
+                          pref.origin, pref.raw)
+        if pref.plain:
+            text = _keep_join(m["content"], text, part)
+        cleaned.setdefault(part, []).append({"role": m["role"], "content": text})
+    pref.prompt = cleaned.pop("prompt")
+    pref.replies = cleaned
+    if pref.label is None and cleaned["chosen"] == cleaned["rejected"]:
+        return Reject("clean", "same_replies", "chosen and rejected are the same reply after cleaning",
+                      pref.origin, pref.raw)
+    return pref
+
+
+def _keep_join(original: str, text: str, part: str) -> str:
+    """TRL joins a plain prompt and reply as they are: the space between them (at the end of the prompt or the
+    start of the reply, as in 'Answer:' + ' Paris') is part of the text, so normalization must not strip it."""
+    if part == "prompt":
+        return text + original[len(original.rstrip()):]
+    return original[: len(original) - len(original.lstrip())] + text

@@ -113,14 +113,32 @@ class DedupConfig:
 class ExportConfig:
     output_dir: str = "data/prepared"
     """Folder for the splits, stats.json, token_lengths.png and rejects.jsonl."""
-    format_type: Literal["messages", "chatml", "alpaca", "instruction"] = "messages"
-    """messages JSONL (the chat task), ChatML text JSONL, Alpaca JSON, or instruction/context/response JSONL."""
+    format_type: Literal["messages", "chatml", "alpaca", "instruction", "preference"] = "messages"
+    """messages JSONL (the chat task), ChatML text JSONL, Alpaca JSON, instruction/context/response JSONL, or
+    preference: TRL's prompt/chosen/rejected and prompt/completion/label JSONL (tasks dpo and kto)."""
     multi_turn: Literal["conversation", "per_turn"] = "conversation"
     """One example per conversation, or one per assistant turn (with the turns before it as context)."""
     keep_metadata: bool = True
     """Write each conversation's metadata (plus its origin, file:line) next to messages."""
     min_conversations: int = 100
     """Warn 'Training data too small' below this many kept conversations."""
+    preference_task: Literal["auto", "dpo", "kto"] = "auto"
+    """format_type preference: dpo writes prompt/chosen/rejected pairs (KTO records are rejected); kto writes
+    prompt/completion/label, a pair as two examples (chosen true, rejected false); auto: the first record kept
+    decides, and records of the other kind are rejected."""
+    preference_style: Literal["auto", "conversational", "plain"] = "auto"
+    """format_type preference: lists of messages or plain strings (TRL reads a file as one or the other); auto:
+    the style of the first record kept. Records of the other style are rejected."""
+
+    def __post_init__(self):
+        if self.format_type == "preference" and self.multi_turn != "conversation":
+            raise ConfigError("export.multi_turn=per_turn cannot apply to export.format_type=preference: a "
+                              "preference record is one example (its prompt may hold earlier turns); set "
+                              "multi_turn: conversation")
+        for name in ("preference_task", "preference_style"):
+            if getattr(self, name) != "auto" and self.format_type != "preference":
+                raise ConfigError(f"export.{name}={getattr(self, name)} needs export.format_type=preference (it is "
+                                  f"{self.format_type})")
 
 
 @dataclass
@@ -134,7 +152,8 @@ class SplitConfig:
     seed: int = 42
     """Seeds the split assignment and the MinHash permutations: same seed, same output."""
     group_by: str | None = None
-    """A metadata key (e.g. tree_id) whose conversations must share a split; None: each conversation alone."""
+    """A metadata key (e.g. tree_id) whose conversations must share a split; None: each conversation alone.
+    Preference data is always grouped by prompt instead."""
 
     def __post_init__(self):
         ratios = (self.train_ratio, self.validation_ratio, self.test_ratio)
@@ -166,6 +185,14 @@ class DataPipelineConfig:
     def __post_init__(self):
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be >= 1 (or null for one per core), got {self.workers}")
+        if self.export.format_type == "preference" and self.split.group_by is not None:
+            raise ConfigError(f"split.group_by={self.split.group_by!r} cannot apply to export.format_type="
+                              "preference: preference records are always grouped by prompt, so held-out pairs "
+                              "never share a prompt with training; remove split.group_by")
+
+    @property
+    def preference(self) -> bool:
+        return self.export.format_type == "preference"
 
     @property
     def worker_count(self) -> int:

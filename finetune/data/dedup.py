@@ -24,13 +24,57 @@ import numpy as np
 
 from finetune.data.config import DedupConfig
 from finetune.data.minhash import MinHasher, shingle_words
-from finetune.data.records import Conversation
+from finetune.data.records import Conversation, Preference
 from finetune.data.timing import StageClock
 
+# Preference records (a prompt and its replies) are compared as whole examples. Exact: the key covers the prompt
+# and every reply under its role (and KTO's label), so two pairs that share a prompt but not their replies both
+# stay. Near: one MinHash signature over the whole record would be dominated by a long shared prompt (a 200-word
+# question with two 5-word answers looks 95% alike to another pair on that question), so each part gets its own
+# share of the permutations (permutation j is taken from part j mod the number of parts): the signatures' agreement
+# then estimates the mean of the parts' Jaccard similarities, and a near duplicate needs its replies to be near
+# duplicates too, not only its prompt.
 
-def exact_key(conv: Conversation) -> bytes:
-    text = "\x1e".join(f"{m['role']}\x1f{' '.join(m['content'].casefold().split())}" for m in conv.messages)
+
+def _normalized(messages: list[dict[str, str]]) -> str:
+    return "\x1e".join(f"{m['role']}\x1f{' '.join(m['content'].casefold().split())}" for m in messages)
+
+
+def exact_key(item: Conversation | Preference) -> bytes:
+    if isinstance(item, Preference):
+        text = "\x1d".join(f"{part}\x1c{_normalized(messages)}" for part, messages in _parts(item))
+    else:
+        text = _normalized(item.messages)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def prompt_key(pref: Preference) -> str:
+    """What groups preference records in the splits: the prompt, case and spacing aside."""
+    return _normalized(pref.prompt)
+
+
+def _parts(pref: Preference) -> list[tuple[str, list[dict[str, str]]]]:
+    label = "" if pref.label is None else f"={pref.label}"  # a good and a bad verdict on one reply differ
+    return [("prompt", pref.prompt), *((f"{k}{label}", v) for k, v in pref.replies.items())]
+
+
+def preference_signatures(hasher: MinHasher, prefs: list[Preference]) -> np.ndarray:
+    """uint32[n, num_perm]: each record's parts hashed separately, permutation j from part j mod its parts."""
+    parts = [[_tagged(name, messages) for name, messages in _parts(p)] for p in prefs]
+    flat = hasher.signatures([words for record in parts for words in record])
+    cols = np.arange(flat.shape[1])
+    out = np.empty((len(prefs), flat.shape[1]), dtype=np.uint32)
+    at = 0
+    for r, record in enumerate(parts):
+        out[r] = flat[at + cols % len(record), cols]
+        at += len(record)
+    return out
+
+
+def _tagged(name: str, messages: list[dict[str, str]]) -> list[str]:
+    words = shingle_words(messages)
+    # KTO's label goes into the words, so a reply judged good and the same reply judged bad are not near-alike.
+    return [w + name[-5:] for w in words] if "=" in name else words
 
 
 def lsh_parameters(cfg: DedupConfig, seed: int) -> tuple[np.ndarray, int, int]:
@@ -52,6 +96,13 @@ class DedupKeys:
     """uint32[n, num_perm]"""
     bands: list[list[int]] | None
 
+    def take(self, indices: list[int]) -> DedupKeys:
+        """The keys of the conversations at `indices` only."""
+        return DedupKeys([self.origins[i] for i in indices],
+                         None if self.exact is None else [self.exact[i] for i in indices],
+                         None if self.signatures is None else self.signatures[np.asarray(indices, dtype=np.int64)],
+                         None if self.bands is None else [self.bands[i] for i in indices])
+
 
 class KeyMaker:
     """Computes `DedupKeys`; runs in the worker processes."""
@@ -60,7 +111,7 @@ class KeyMaker:
         self.cfg = cfg
         self.hasher = MinHasher(*lsh) if cfg.near else None
 
-    def keys(self, convs: list[Conversation], clock: StageClock | None = None) -> DedupKeys:
+    def keys(self, convs: list[Conversation] | list[Preference], clock: StageClock | None = None) -> DedupKeys:
         clock = clock or StageClock()
         exact = None
         if self.cfg.exact:
@@ -68,7 +119,10 @@ class KeyMaker:
             clock.lap("exact_dedup")
         sigs = bands = None
         if self.hasher is not None:
-            sigs = self.hasher.signatures([shingle_words(c.messages) for c in convs])
+            if convs and isinstance(convs[0], Preference):  # a run holds one kind (chunks.ChunkWorker._kind)
+                sigs = preference_signatures(self.hasher, convs)
+            else:
+                sigs = self.hasher.signatures([shingle_words(c.messages) for c in convs])
             bands = [self.hasher.band_keys(s) for s in sigs]
             clock.lap("near_dedup")
         return DedupKeys([c.origin for c in convs], exact, sigs, bands)

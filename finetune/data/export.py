@@ -3,7 +3,10 @@
 `messages` JSONL is what `finetune_model`'s chat task reads; `chatml` is `{"text": ...}` JSONL for the
 completion task; `alpaca` is a JSON array of instruction/input/output; `instruction` is instruction/context/
 response JSONL. Alpaca and instruction have no turns, so the turns before the answered question become
-the input/context.
+the input/context. `preference` is TRL's own layout, which `finetune_model(task="dpo"/"kto")`, `python -m
+finetune.evaluate --task dpo|kto` and TRL's trainers read unchanged: `{"prompt", "chosen", "rejected"}` or
+`{"prompt", "completion", "label"}`, lists of messages or plain strings as the input was (an implicit prompt is
+written out explicitly, as TRL's `extract_prompt` would make it).
 
 The workers render each conversation's examples to bytes (`render_lines`, one JSON document and a newline per
 example); the parent only routes those bytes to a split's file (`SplitWriter.write_rendered`).
@@ -16,7 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-EXTENSIONS = {"messages": "jsonl", "chatml": "jsonl", "alpaca": "json", "instruction": "jsonl"}
+from finetune.data.records import Preference
+from finetune.records import PAIR
+
+EXTENSIONS = {"messages": "jsonl", "chatml": "jsonl", "alpaca": "json", "instruction": "jsonl", "preference": "jsonl"}
 
 
 def examples(messages: list[dict[str, str]], multi_turn: str) -> Iterator[tuple[int, list[dict[str, str]]]]:
@@ -75,6 +81,30 @@ def render_lines(messages: list[dict[str, str]], metadata: dict[str, Any], origi
         meta = example_metadata(metadata, origin, turn, multi_turn) if keep_metadata else None
         out.append(_encode(render(prefix, meta, fmt)) + b"\n")
     return b"".join(out)
+
+
+def preference_layout(pref: Preference, task: str) -> str:
+    """dpo or kto: the rows a record is written as. `task` is export.preference_task; with kto a pair is written
+    as two unpaired examples, with auto each record as it was read."""
+    return "kto" if task == "kto" or pref.label is not None else "dpo"
+
+
+def render_preference(pref: Preference, task: str, keep_metadata: bool) -> bytes:
+    """A preference record as the lines of its split file (two for a pair written as KTO examples)."""
+    def text(messages: list[dict[str, str]]):
+        return messages[0]["content"] if pref.plain else messages  # plain: one message each (formats._plain_parts)
+
+    prompt = text(pref.prompt)
+    if preference_layout(pref, task) == "dpo":
+        rows = [{"prompt": prompt, "chosen": text(pref.replies["chosen"]), "rejected": text(pref.replies["rejected"])}]
+    elif pref.label is None:  # a pair as KTO examples, as finetune.preference.kto_rows unpairs one
+        rows = [{"prompt": prompt, "completion": text(pref.replies[k]), "label": k == "chosen"} for k in PAIR]
+    else:
+        rows = [{"prompt": prompt, "completion": text(pref.replies["completion"]), "label": pref.label}]
+    if keep_metadata:
+        meta = {**pref.metadata, "origin": pref.metadata.get("origin", pref.origin)}
+        rows = [{**row, "metadata": meta} for row in rows]
+    return b"".join(_encode(row) + b"\n" for row in rows)
 
 
 class SplitWriter:

@@ -1,7 +1,9 @@
-"""Detect a record's format from its keys and convert it to a `Conversation`.
+"""Detect a record's format from its keys and convert it to a `Conversation` (or a `Preference`).
 
 One JSON object per record; the format is read from the record itself, so one file (or one folder) can mix
-OpenAI/ChatML `messages`, ShareGPT `conversations`, Alpaca `instruction`/`input`/`output` and `prompt`/`response`.
+OpenAI/ChatML `messages`, ShareGPT `conversations`, Alpaca `instruction`/`input`/`output` and `prompt`/`response`,
+and, for preference data, TRL's `prompt`/`chosen`/`rejected` (DPO; plain strings or lists of messages, the prompt
+optional: then it is the turns chosen and rejected share) and `prompt`/`completion`/`label` (KTO).
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from finetune.data.records import ROLES, Conversation, Reject
+from finetune.data.records import ROLES, Conversation, Preference, Reject
 from finetune.errors import UserError
+from finetune.records import PAIR, preference_label
 
 # ShareGPT dumps name the speakers after the product that produced them; all of these mean one of our roles.
 SHAREGPT_ROLES = {
@@ -34,7 +37,10 @@ FORMAT_KEYS = {
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"),
     "prompt_response": ("prompt", "response"),
+    "dpo": PAIR,
+    "kto": ("prompt", "completion", "label"),
 }
+PREFERENCE_FORMATS = ("dpo", "kto")
 
 
 class FormatError(UserError):
@@ -51,7 +57,7 @@ def detect_format(record: dict[str, Any]) -> str | None:
     return None
 
 
-def to_conversation(record: Any, origin: str) -> Conversation | Reject:
+def to_conversation(record: Any, origin: str) -> Conversation | Preference | Reject:
     """Convert one parsed record; anything malformed becomes a `Reject` naming the field at fault."""
     if not isinstance(record, dict):
         return Reject("ingest", "not_an_object", f"a record must be a JSON object, got {type(record).__name__}",
@@ -62,6 +68,8 @@ def to_conversation(record: Any, origin: str) -> Conversation | Reject:
         return Reject("ingest", "unknown_format",
                       f"no known format in keys {sorted(record)[:8]}; expected one of: {known}", origin, record)
     try:
+        if fmt in PREFERENCE_FORMATS:
+            return _to_preference(record, origin, fmt)
         messages = _CONVERTERS[fmt](record)
         metadata = _metadata(record, FORMAT_KEYS[fmt] + _EXTRA_KEYS[fmt])
     except FormatError as e:
@@ -161,3 +169,82 @@ _EXTRA_KEYS: dict[str, tuple[str, ...]] = {
     "alpaca": ("input", "system"),
     "prompt_response": ("system",),
 }
+
+
+# --- preference records ----------------------------------------------------------------------------------------
+
+def _to_preference(record: dict[str, Any], origin: str, fmt: str) -> Preference:
+    """TRL's preference rows, checked as finetune.records checks them for training (the same label reading), so
+    what the pipeline keeps `finetune_model(task="dpo"/"kto")` accepts."""
+    reply_keys = PAIR if fmt == "dpo" else ("completion",)
+    label = None
+    if fmt == "kto":
+        label = preference_label(record["label"])
+        if label is None:
+            raise FormatError("bad_label", f"label must be true (a good reply) or false (a bad one), "
+                                           f"got {record['label']!r}")
+    parts = [k for k in ("prompt", *reply_keys) if k in record]
+    plain = all(isinstance(record[k], str) for k in parts)
+    if plain:
+        prompt, replies = _plain_parts(record, reply_keys)
+    elif all(isinstance(record[k], list) for k in parts):
+        prompt, replies = _conversational_parts(record, reply_keys)
+    else:
+        raise FormatError("wrong_type", f"{', '.join(parts)} must all be strings or all be lists of "
+                                        "{role, content} messages")
+    for key, messages in replies.items():
+        if not messages or not any(m["content"].strip() for m in messages):
+            raise FormatError("empty_reply", f"{key} is empty: there is no reply to learn from")
+    if fmt == "dpo" and replies["chosen"] == replies["rejected"]:
+        raise FormatError("same_replies", "chosen and rejected are the same reply, so there is nothing to prefer: "
+                                          "drop the record or write the worse reply into rejected")
+    consumed = FORMAT_KEYS[fmt] + ("prompt",)
+    return Preference(prompt=prompt, replies=replies, label=label, plain=plain,
+                      metadata=_metadata(record, consumed), origin=origin,
+                      format=fmt if "prompt" in record else "dpo_implicit", raw=record)
+
+
+def _plain_parts(record: dict[str, Any], reply_keys: tuple[str, ...]):
+    texts = {k: _text(record[k], k) for k in reply_keys}
+    if "prompt" in record:
+        prompt = _text(record["prompt"], "prompt")
+    else:  # TRL's extract_prompt on text: the shared beginning, a space before the replies going to them
+        a, b = texts["chosen"], texts["rejected"]
+        shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        if shared and a[shared - 1] == " ":
+            shared -= 1
+        if shared == 0:
+            raise FormatError("no_prompt", "chosen and rejected share no beginning, so the prompt cannot be found: "
+                                           "add a 'prompt'")
+        prompt, texts = a[:shared], {k: v[shared:] for k, v in texts.items()}
+    return [{"role": "user", "content": prompt}], {k: [{"role": "assistant", "content": v}] for k, v in texts.items()}
+
+
+def _messages(value: list, where: str) -> list[dict[str, str]]:
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise FormatError("missing_field", f"{where}[{i}] needs both role and content")
+        out.append(_message(m["role"], m["content"], f"{where}[{i}]"))
+    return out
+
+
+def _conversational_parts(record: dict[str, Any], reply_keys: tuple[str, ...]):
+    replies = {k: _messages(record[k], k) for k in reply_keys}
+    if "prompt" in record:
+        prompt = _messages(record["prompt"], "prompt")
+    else:  # the implicit prompt: the turns both conversations share
+        a, b = replies["chosen"], replies["rejected"]
+        shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        if shared == 0:
+            raise FormatError("no_prompt", "chosen and rejected share no first turn, so the prompt cannot be "
+                                           "found: add a 'prompt' (the conversation before the replies)")
+        prompt, replies = a[:shared], {k: v[shared:] for k, v in replies.items()}
+    if prompt and prompt[-1]["role"] == "assistant":
+        raise FormatError("prompt_ends_with_assistant", "the prompt ends on an assistant turn, so the replies "
+                                                        "answer nobody: end the prompt with the user's turn")
+    for key, messages in replies.items():
+        if messages and messages[0]["role"] != "assistant":
+            raise FormatError("reply_role", f"{key} must start with the assistant's reply, not a "
+                                            f"{messages[0]['role']} message")
+    return prompt, replies

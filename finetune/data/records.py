@@ -1,4 +1,4 @@
-"""The two things that flow through the pipeline: a `Conversation` that is still in, or a `Reject` that is out."""
+"""What flows through the pipeline: a `Conversation` or a `Preference` that is still in, or a `Reject` that is out."""
 
 from __future__ import annotations
 
@@ -32,11 +32,44 @@ class Conversation:
 
 
 @dataclass
+class Preference:
+    """One preference example (TRL's DPO pair or KTO unpaired reply) in a shape every stage understands: the prompt
+    as messages, and each reply as messages under its role, so plain and conversational records are one type."""
+
+    prompt: list[dict[str, str]]
+    """The conversation before the replies (a plain-text prompt is one user message); may end on a user turn only."""
+    replies: dict[str, list[dict[str, str]]]
+    """`{"chosen": [...], "rejected": [...]}` for a pair, `{"completion": [...]}` for KTO; each starts with an
+    assistant message (a plain-text reply is one)."""
+    label: bool | None
+    """KTO's label (True: a good reply); None for a pair."""
+    plain: bool
+    """Read from plain strings: written back as strings (TRL reads a file as all text or all conversations)."""
+    metadata: dict[str, Any]
+    origin: str
+    format: str = ""
+    """dpo, dpo_implicit (no prompt: the shared first turns of chosen and rejected) or kto."""
+    raw: Any = None
+    n_tokens: int | None = None
+    """The longest prompt + reply, set by the token-length filter."""
+
+    def views(self) -> list[Conversation]:
+        """Prompt + each reply as a `Conversation`: what the filters check, as each is one sequence TRL trains on."""
+        return [Conversation(self.prompt + reply, self.metadata, self.origin, self.format, self.raw)
+                for reply in self.replies.values()]
+
+    def texts(self) -> list[tuple[str, int, dict[str, str]]]:
+        """`(part, index, message)` for every message: the prompt's, then each reply's."""
+        parts = [("prompt", self.prompt), *self.replies.items()]
+        return [(part, i, m) for part, messages in parts for i, m in enumerate(messages)]
+
+
+@dataclass
 class Reject:
     """A record that left the pipeline, with the stage and reason a user needs to find and fix it."""
 
     stage: str
-    """ingest, clean, filter or dedup."""
+    """ingest, clean, filter, dedup or export."""
     code: str
     """A short stable reason, the key of the counts in stats.json, e.g. `min_turns`."""
     detail: str

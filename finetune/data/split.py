@@ -5,7 +5,8 @@ sequential random sampling (Knuth's Algorithm S): each conversation draws its sp
 `remaining_in_split / remaining_overall`, so every assignment of the exact counts is equally likely and
 nothing but the counters is held in memory. With `group_by`, a group's split comes from a seeded hash of its
 key, so all its conversations land together wherever they are in the input; counts then follow the ratios
-only on average.
+only on average. Preference records are grouped by prompt with exact counts of prompts (`FirstSeenGroupSplitter`:
+the number of prompts is known after the first pass), so even a few dozen prompts give a non-empty test split.
 """
 
 from __future__ import annotations
@@ -40,6 +41,21 @@ class ExactSplitter:
                 return split
             r -= left
         raise RuntimeError("more conversations than counted: the staging file changed during the run")
+
+
+class FirstSeenGroupSplitter:
+    """Exact counts of groups, drawn as ExactSplitter draws conversations, each group when first seen; its later
+    members follow it. Holds each group's key and split (a few dozen bytes per group) for the second pass."""
+
+    def __init__(self, n_groups: int, ratios: dict[str, float], seed: int):
+        self.exact = ExactSplitter(n_groups, ratios, seed)
+        self.seen: dict[Any, str] = {}
+
+    def assign(self, key: Any) -> str:
+        split = self.seen.get(key)
+        if split is None:
+            split = self.seen[key] = self.exact.assign()
+        return split
 
 
 class GroupSplitter:

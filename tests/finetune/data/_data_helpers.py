@@ -123,3 +123,65 @@ def _odd_line(rng, i: int) -> bytes:
 def write_tricky(path: Path, n: int, seed: int = 0) -> Path:
     path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(tricky_lines(n, seed)))
     return path
+
+
+def pair(prompt, chosen, rejected, **extra) -> dict:
+    """A conversational DPO pair: `prompt` a user question (or a list of messages), the replies assistant texts."""
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], **extra}
+
+
+def preference_lines(n: int, seed: int = 0) -> list[bytes]:
+    """n lines of preference data that exercise every path: several pairs per prompt (long shared prompts too),
+    exact and near duplicates, PII in prompts and in rejected replies, implicit prompts, and every reject a
+    preference record can get (same replies, empty reply, bad label, a prompt ending on the assistant, a chat
+    record, a KTO example and a plain-text pair in a conversational DPO export)."""
+    import random
+
+    rng = random.Random(seed)
+    prompts = [f"Question {k}: {' '.join(rng.choice(_WORDS) for _ in range(rng.choice((6, 60))))}?"
+               for k in range(max(4, n // 4))]
+    kept: list[dict] = []
+    lines: list[bytes] = []
+
+    def sentence(k: int) -> str:
+        return " ".join(rng.choice(_WORDS) for _ in range(k))
+
+    for i in range(n):
+        roll = rng.random()
+        if kept and roll < 0.05:
+            record = json.loads(json.dumps(rng.choice(kept[-40:])))  # exact duplicate (case aside)
+            record["chosen"][0]["content"] = record["chosen"][0]["content"].upper()
+        elif kept and roll < 0.10:
+            record = json.loads(json.dumps(rng.choice(kept[-40:])))  # near duplicate: one more word in a reply
+            record["rejected"][0]["content"] += " " + rng.choice(_WORDS)
+        elif roll < 0.16:
+            record = rng.choice([
+                pair("same?", "same reply", "same reply"),
+                pair("empty?", "", "something"),
+                {"prompt": "is it good?", "completion": "yes", "label": "perhaps"},
+                pair([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "a b", "c d"),
+                {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+                {"prompt": [{"role": "user", "content": f"kto {i}"}],
+                 "completion": [{"role": "assistant", "content": sentence(12)}], "label": True},
+                {"prompt": f"plain {i}: {sentence(5)}?\nA:", "chosen": " " + sentence(9), "rejected": " no"},
+            ])
+        else:
+            rejected = sentence(rng.randint(20, 40))
+            if rng.random() < 0.3:
+                rejected += " " + rng.choice(_PII).format(i=i, a=i % 250, p=i % 9999)
+            record = pair(rng.choice(prompts), sentence(rng.randint(20, 40)), rejected, metadata={"id": i})
+            if rng.random() < 0.15:  # the implicit-prompt form: both conversations start with the prompt
+                record = {"chosen": record["prompt"] + record["chosen"],
+                          "rejected": record["prompt"] + record["rejected"], "metadata": {"id": i}}
+            else:
+                kept.append(record)
+        lines.append(json.dumps(record, ensure_ascii=rng.random() < 0.5).encode())
+    return lines
+
+
+def write_preferences(path: Path, n: int, seed: int = 0) -> Path:
+    path.write_bytes(b"\n".join(preference_lines(n, seed)) + b"\n")
+    return path
