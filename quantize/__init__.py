@@ -1,7 +1,9 @@
 """Quantize and export models for CPU serving: Neural Compressor (RTN/GPTQ/AWQ/AutoRound), OpenVINO (NNCF),
-GGUF (llama.cpp / Ollama). Every artifact records its scheme and its measured quality (quantization.json).
+GGUF (llama.cpp / Ollama), and ONNX for transformers.js in the browser (web). Every artifact records its scheme
+and its measured quality (quantization.json).
 
-Heavy libraries (neural-compressor, optimum-intel, openvino, gguf) load only inside the functions that use them.
+Heavy libraries (neural-compressor, optimum-intel, openvino, gguf, onnx, onnxruntime) load only inside the
+functions that use them.
 """
 
 import finetune  # noqa: F401  first, so a mismatched torchvision is hidden (finetune/torchvision_guard.py)

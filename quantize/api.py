@@ -58,7 +58,7 @@ def calibration_blocks(texts: list[str], tokenizer, cfg: QuantizeConfig) -> list
 
 def _versions(backend: str) -> dict:
     names = {"inc": ["neural_compressor", "auto-round"], "openvino": ["openvino", "nncf", "optimum-intel"],
-             "gguf": ["gguf"]}[backend]
+             "gguf": ["gguf"], "web": ["onnx", "onnxscript", "onnxruntime"]}[backend]
     out = {}
     for name in ["torch", "transformers", *names]:
         try:
@@ -77,6 +77,10 @@ def _run_backend(source: Path, cfg: QuantizeConfig, out: Path, blocks: list, tok
         from quantize.openvino import quantize_openvino
 
         quantize_openvino(source, cfg, out, [tokenizer.decode(b[0]) for b in blocks])
+    elif cfg.backend == "web":
+        from quantize.web import write_web
+
+        write_web(source, cfg, out)
     else:
         from quantize.gguf_export import write_gguf
 
@@ -93,6 +97,10 @@ def _check_backend_installed(cfg: QuantizeConfig) -> None:
         from quantize.openvino import import_exporters
 
         import_exporters()
+    elif cfg.backend == "web":
+        from quantize.web import import_onnx
+
+        import_onnx()
     else:
         from quantize.gguf_export import import_gguf
 
@@ -136,7 +144,7 @@ def measure(source: Path, artifact: Path, cfg: QuantizeConfig, tokenizer, eval_t
     result = quality.evaluate(runner, reference, windows, prompts, cfg.eval_new_tokens)
     speed = quality.measure_speed(runner, tokenizer)
     runtime = {"inc": "torch eager (Neural Compressor weight-only modules)", "openvino": "optimum-intel OpenVINO",
-               "gguf": "transformers (GGUF dequantized to fp32)"}[cfg.backend]
+               "gguf": "transformers (GGUF dequantized to fp32)", "web": "onnxruntime (CPU, Python)"}[cfg.backend]
     return {"quality": result, "speed": {**speed, "runtime": runtime},
             "source_speed": {**source_speed, "runtime": "transformers fp32"}}
 

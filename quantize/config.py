@@ -14,13 +14,14 @@ from typing import Any, Literal
 
 from finetune.config_binding import bind, check_choice, load_config
 
-Backend = Literal["inc", "openvino", "gguf"]
+Backend = Literal["inc", "openvino", "gguf", "web"]
 
 # The schemes each backend runs. A scheme is the algorithm; `bits`, `group_size` and `sym` complete it.
 SCHEMES: dict[str, tuple[str, ...]] = {
     "inc": ("rtn", "gptq", "awq", "autoround"),
     "openvino": ("rtn", "awq", "scale_estimation", "awq_se", "gptq", "gptq_se"),
     "gguf": ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k"),
+    "web": ("rtn",),
 }
 # Schemes that need calibration text.
 CALIBRATED = {"gptq", "awq", "autoround", "scale_estimation", "awq_se", "gptq_se"}
@@ -51,10 +52,11 @@ class QuantizeConfig:
     output_dir: str = "quantized"
     """Parent folder: the artifact goes into `<output_dir>/<model>-<scheme...>-<backend>/`."""
     backend: Backend = "openvino"
-    """inc (Neural Compressor, eager PyTorch), openvino (NNCF + the fast runtime), gguf (llama.cpp/Ollama)."""
+    """inc (Neural Compressor, eager PyTorch), openvino (NNCF + the fast runtime), gguf (llama.cpp/Ollama),
+    web (ONNX for transformers.js in the browser, with the extraction page)."""
     scheme: str = "rtn"
     """The algorithm. inc: rtn gptq awq autoround; openvino: rtn awq scale_estimation awq_se gptq gptq_se;
-    gguf: f16 bf16 q8_0 q4_0 q4_1 q4_k_m q5_k_m q6_k."""
+    gguf: f16 bf16 q8_0 q4_0 q4_1 q4_k_m q5_k_m q6_k; web: rtn."""
     bits: int | None = None
     """4 or 8 (inc/openvino: default 4; gguf: follows the scheme and may be left out)."""
     group_size: int | None = None
@@ -110,11 +112,25 @@ class QuantizeConfig:
             if isinstance(self.bits, bool) or self.bits not in (4, 8):
                 raise ValueError(f"QuantizeConfig.bits must be 4 or 8, got {self.bits!r}")
             if self.group_size is None:
-                self.group_size = -1 if (self.backend == "openvino" and self.bits == 8) else 64
+                self.group_size = -1 if (self.backend in ("openvino", "web") and self.bits == 8) else 64
             if self.backend == "openvino" and self.bits == 8 and (self.scheme != "rtn" or self.group_size != -1):
                 raise ValueError(
                     "QuantizeConfig: OpenVINO INT8 weight compression is data-free and per channel: use scheme='rtn' "
                     f"and group_size=-1 (got scheme={self.scheme!r}, group_size={self.group_size})"
+                )
+            if self.backend == "web" and self.bits == 8:
+                if self.group_size != -1:
+                    raise ValueError(
+                        "QuantizeConfig: web INT8 is onnxruntime's dynamic quantization, per output channel: use "
+                        f"group_size=-1 (got {self.group_size})"
+                    )
+                self.sym = True  # its int8 weights are symmetric (MatMulInteger with zero points of 0)
+            if self.backend == "web" and self.bits == 4 and (
+                not isinstance(self.group_size, int) or self.group_size < 16 or self.group_size & (self.group_size - 1)
+            ):
+                raise ValueError(
+                    f"QuantizeConfig.group_size={self.group_size!r}: onnxruntime's MatMulNBits needs a power of two of "
+                    "at least 16 (e.g. 32 or 64) for backend='web', bits=4"
                 )
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
             raise TypeError(f"QuantizeConfig.group_size must be an integer, got {self.group_size!r}")
@@ -139,10 +155,11 @@ class QuantizeConfig:
                 f"QuantizeConfig.calibration_file is required: scheme {self.scheme!r} ({self.backend}) calibrates "
                 "on local text (messages JSONL, JSONL with 'text', or a .txt file); data-free: scheme='rtn'"
             )
-        if self.task_data and self.backend == "inc":
+        if self.task_data and self.backend in ("inc", "web"):
             raise NotImplementedError(
-                "QuantizeConfig.task_data with backend='inc': finetune.evaluate loads Hugging Face, OpenVINO and GGUF "
-                "models, not Neural Compressor's quantized_weight.pt; score an openvino or gguf artifact instead"
+                f"QuantizeConfig.task_data with backend={self.backend!r}: finetune.evaluate loads Hugging Face, "
+                "OpenVINO and GGUF models, not Neural Compressor's quantized_weight.pt or ONNX; score an openvino or "
+                "gguf artifact instead (a web artifact's extraction score: python -m quantize.web_page score)"
             )
         for name in ("calibration_file", "eval_file", "task_data"):
             value = getattr(self, name)
@@ -186,7 +203,7 @@ class QuantizeConfig:
 
     @property
     def suffix(self) -> str:
-        return {"inc": "inc", "openvino": "ov", "gguf": "gguf"}[self.backend]
+        return {"inc": "inc", "openvino": "ov", "gguf": "gguf", "web": "web"}[self.backend]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -27,6 +27,9 @@ def load_quantized(path: str | Path):
 
         model, tokenizer = load_gguf(path)
         return model, tokenizer, meta
+    if backend == "web":
+        raise ValueError(f"{path} is a web (ONNX) artifact: open its page/ in a browser, or run it in Python with "
+                         "quantize.web.load_web(path)")
     raise ValueError(
         f"{path} is a {backend} artifact: load it with the OpenVINO runtime (PipelineConfig(backend='openvino'))"
     )

@@ -43,7 +43,7 @@ class Runner:
     """A loaded model behind one interface: logits for token ids, and greedy generation."""
 
     model: object
-    kind: str  # "torch" | "openvino"
+    kind: str  # "torch" | "openvino" | "onnx"
 
     def logits(self, ids):
         import torch
@@ -80,6 +80,10 @@ def load_runner(path: str | Path, backend: str | None, threads: int | None = Non
         from quantize.gguf_export import load_gguf
 
         return Runner(load_gguf(path)[0], "torch")
+    if backend == "web":
+        from quantize.web import load_web
+
+        return Runner(load_web(path, threads), "onnx")
     if backend == "openvino":
         from quantize.openvino import import_exporters
 

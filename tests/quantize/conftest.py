@@ -54,3 +54,14 @@ def artifact(tiny_model_dir, artifacts_dir, quick):
         return path if (path / "quantization.json").is_file() else quantize_model(cfg)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def web_artifacts(tiny_model_dir, tmp_path_factory):
+    """backend='web' artifacts of the tiny llama at 4 bits (what the browser test loads) and 8 bits, made once."""
+    from quantize import quantize_model
+
+    out = tmp_path_factory.mktemp("web")
+    quick = {"num_eval_prompts": 2, "eval_new_tokens": 6}
+    return {bits: quantize_model(model=str(tiny_model_dir), output_dir=str(out), backend="web", bits=bits,
+                                 group_size=None if bits == 8 else 32, **quick) for bits in (4, 8)}

@@ -1,0 +1,241 @@
+"""`backend: web`: a model as the folder transformers.js loads in a browser, quantized to 8 or 4 bits.
+
+    <artifact>/config.json, generation_config.json, tokenizer.json, tokenizer_config.json
+    <artifact>/onnx/model_quantized.onnx (bits 8) or onnx/model_q4.onnx (bits 4)   transformers.js's dtype names
+    <artifact>/vocab_texts.json    each token id's text, for the page's schema-constrained decoding
+    <artifact>/page/               the extraction page, served by any static host from the artifact folder
+
+The decoder is exported with torch.onnx (the dynamo exporter: optimum-onnx 0.1 and onnxruntime-genai's builder do
+not support transformers 5) around a wrapper whose inputs and outputs carry the names transformers.js feeds:
+input_ids, attention_mask, position_ids, past_key_values.{i}.key/value -> logits, present.{i}.key/value.
+8 bits: onnxruntime's dynamic quantization (int8 weights per output channel, activations quantized at run time,
+MatMulInteger). 4 bits: onnxruntime's MatMulNBits quantizer (round to nearest, blocks of `group_size`).
+The embedding table stays fp32 in both (a Gather; the tied output projection is a MatMul and is quantized).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+from finetune.extras import install_hint
+from quantize.config import QuantizeConfig
+
+logger = logging.getLogger(__name__)
+
+OPSET = 18
+ONNX_FILE = {8: "model_quantized.onnx", 4: "model_q4.onnx"}  # transformers.js: dtype q8 and q4
+DTYPE = {8: "q8", 4: "q4"}
+VOCAB_TEXTS_FILE = "vocab_texts.json"
+
+
+def import_onnx():
+    """(onnx, onnxruntime), or an ImportError that says what to install."""
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401  torch.onnx's exporter needs it
+    except ImportError as err:
+        raise ImportError(f"backend='web' needs onnx, onnxscript and onnxruntime ({err}). Install them with: "
+                          f"{install_hint('onnx', 'onnxscript', 'onnxruntime')}") from err
+    return onnx, onnxruntime
+
+
+def onnx_file(folder: Path) -> Path:
+    """The quantized decoder of a web artifact folder."""
+    files = [folder / "onnx" / name for name in ONNX_FILE.values() if (folder / "onnx" / name).is_file()]
+    if not files:
+        raise FileNotFoundError(f"{folder} has no onnx/{' or onnx/'.join(ONNX_FILE.values())}: not a web artifact")
+    return files[0]
+
+
+def _kv_shape(config) -> tuple[int, int, int]:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return text.num_hidden_layers, getattr(text, "num_key_value_heads", None) or heads, head_dim
+
+
+def export_decoder(source: Path, path: Path) -> None:
+    """The fp32 decoder with its KV cache as one ONNX file, inputs and outputs named as transformers.js expects."""
+    import torch
+    from transformers import DynamicCache
+
+    from finetune.models import load_model
+
+    model = load_model(str(source), dtype=torch.float32).eval()
+    config = model.config
+    layers, kv_heads, head_dim = _kv_shape(config)
+
+    class Decoder(torch.nn.Module):
+        """Flat tensors in and out: the cache is rebuilt from past_key_values.* and returned as present.*."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, past):
+            cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(layers)],
+                                 config=config)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=cache, use_cache=True)
+            present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+            return (out.logits, *present)
+
+    # batch 2 and a past of 3: with a batch of 1 the exporter would fix the batch dimension to 1.
+    batch, past_len, seq = 2, 3, 2
+    past = tuple(torch.zeros(batch, kv_heads, past_len, head_dim) for _ in range(2 * layers))
+    args = (torch.zeros(batch, seq, dtype=torch.long), torch.ones(batch, past_len + seq, dtype=torch.long),
+            torch.arange(past_len, past_len + seq).repeat(batch, 1), past)
+    dim = torch.export.Dim
+    b, s, p = dim("batch_size"), dim("sequence_length"), dim("past_sequence_length")
+    total = dim("total_sequence_length")
+    names = [f"{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    with torch.no_grad():
+        program = torch.onnx.export(
+            Decoder(), args, dynamo=True, opset_version=OPSET, verbose=False,
+            input_names=["input_ids", "attention_mask", "position_ids", *(f"past_key_values.{n}" for n in names)],
+            output_names=["logits", *(f"present.{n}" for n in names)],
+            dynamic_shapes=({0: b, 1: s}, {0: b, 1: total}, {0: b, 1: s}, tuple({0: b, 2: p} for _ in names)),
+        )
+    program.save(str(path), external_data=False)
+
+
+def quantize_decoder(fp32: Path, out: Path, cfg: QuantizeConfig) -> None:
+    """8 bits: dynamic int8 (per channel); 4 bits: MatMulNBits in blocks of cfg.group_size."""
+    onnx, _ = import_onnx()
+    if cfg.bits == 8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(fp32, out, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+                         extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True})
+        return
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(fp32))
+    # The default algorithm: onnxruntime's own min/max round to nearest per block (its RTN config runs a copy of
+    # Neural Compressor's packer, which fails on blocks narrower than the rows here).
+    quantizer = MatMulNBitsQuantizer(model, block_size=cfg.group_size, is_symmetric=cfg.sym, bits=4)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+
+
+def write_web(source: Path, cfg: QuantizeConfig, out: Path) -> Path:
+    """Export, quantize and write the transformers.js folder (and the page) for the model at `source`."""
+    import_onnx()
+    from transformers import AutoTokenizer, GenerationConfig
+
+    (out / "onnx").mkdir(parents=True, exist_ok=True)
+    path = out / "onnx" / ONNX_FILE[cfg.bits]
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        export_decoder(source, fp32)
+        quantize_decoder(fp32, path, cfg)
+    config = json.loads((source / "config.json").read_text())
+    config.pop("quantization_config", None)
+    config["transformers.js_config"] = {"dtype": DTYPE[cfg.bits], "use_external_data_format": False}
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    try:
+        generation = GenerationConfig.from_pretrained(source)
+    except OSError:
+        generation = GenerationConfig(bos_token_id=config.get("bos_token_id"), eos_token_id=config.get("eos_token_id"))
+    generation.save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.save_pretrained(out)
+    _inline_chat_template(out, tokenizer)
+    write_vocab_texts(tokenizer, out / VOCAB_TEXTS_FILE)
+    from quantize.web_page import write_page
+
+    write_page(out / "page")
+    return path
+
+
+def _inline_chat_template(out: Path, tokenizer) -> None:
+    """transformers.js reads the chat template from tokenizer_config.json; transformers 5 writes it beside it."""
+    file = out / "tokenizer_config.json"
+    data = json.loads(file.read_text())
+    if tokenizer.chat_template and not data.get("chat_template"):
+        data["chat_template"] = tokenizer.chat_template
+        file.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_vocab_texts(tokenizer, file: Path) -> None:
+    """Each token id's decoded text (null for special tokens and for pieces of a multi-byte character, which the
+    constrained page never emits): the alphabet of the schema automaton, the same in Python and in the page."""
+    special = set(tokenizer.all_special_ids)
+    texts = []
+    for i in range(len(tokenizer)):
+        text = None if i in special else tokenizer.decode([i])
+        texts.append(None if text is None or "\ufffd" in text or not text else text)
+    file.write_text(json.dumps(texts, ensure_ascii=False))
+
+
+class OnnxDecoder:
+    """An exported decoder in onnxruntime, with the two calls quality.Runner makes on a transformers model:
+    `model(input_ids=, attention_mask=)` -> .logits and `model.generate(...)` (greedy, KV cache)."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None):
+        _, ort = import_onnx()
+        folder = Path(folder)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_file(folder)), options, providers=["CPUExecutionProvider"])
+        self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        shape = next(i.shape for i in self.session.get_inputs() if i.name.startswith("past_key_values."))
+        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        self.eos = set(_ids(json.loads((folder / "generation_config.json").read_text()).get("eos_token_id")))
+
+    def step(self, ids, past: list | None, start: int):
+        """Logits [1, len(ids), vocab] and the new cache, for token ids `ids` after `start` cached positions."""
+        import numpy as np
+
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        feeds = {"input_ids": ids, "attention_mask": np.ones((1, start + ids.shape[1]), dtype=np.int64),
+                 "position_ids": np.arange(start, start + ids.shape[1], dtype=np.int64)[None]}
+        if past is None:
+            past = [np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)] * len(self.past_names)
+        feeds.update(zip(self.past_names, past))
+        logits, *present = self.session.run(None, feeds)
+        return logits, present
+
+    def __call__(self, input_ids, attention_mask=None):
+        import torch
+
+        logits, _ = self.step(input_ids[0].tolist(), None, 0)
+        return SimpleNamespace(logits=torch.from_numpy(logits))
+
+    def greedy(self, prompt: list[int], new_tokens: int, allowed=None, stop_at_eos: bool = False) -> list[int]:
+        """Greedy tokens after `prompt`; `allowed(generated)` -> a boolean mask over the vocabulary, or None."""
+        import numpy as np
+
+        logits, past = self.step(prompt, None, 0)
+        out: list[int] = []
+        for _ in range(new_tokens):
+            row = logits[0, -1]
+            if allowed is not None:
+                row = np.where(allowed(out), row, -np.inf)
+            token = int(row.argmax())
+            out.append(token)
+            if stop_at_eos and token in self.eos:
+                break
+            logits, past = self.step([token], past, len(prompt) + len(out) - 1)
+        return out
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 16, **_):
+        import torch
+
+        prompt = input_ids[0].tolist()
+        return torch.tensor([prompt + self.greedy(prompt, max_new_tokens)])
+
+
+def _ids(value) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
+def load_web(folder: str | Path, threads: int | None = None) -> OnnxDecoder:
+    return OnnxDecoder(folder, threads)
+

@@ -1,0 +1,92 @@
+"""backend='web': the tiny llama as a transformers.js folder at 4 and 8 bits, measured with onnxruntime.
+
+Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q -m "" tests/quantize/test_web_export.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantize import QuantizeConfig
+
+
+def test_web_config_checks_its_fields(tmp_path):
+    assert QuantizeConfig(backend="web").tag == "int4-rtn-g64-asym"
+    eight = QuantizeConfig(backend="web", bits=8)
+    assert (eight.group_size, eight.sym, eight.suffix) == (-1, True, "web")  # dynamic int8 is per channel, symmetric
+    with pytest.raises(ValueError, match="per output channel"):
+        QuantizeConfig(backend="web", bits=8, group_size=64)
+    with pytest.raises(ValueError, match="power of two"):
+        QuantizeConfig(backend="web", bits=4, group_size=48)
+    with pytest.raises(ValueError, match="valid schemes are"):
+        QuantizeConfig(backend="web", scheme="awq")
+    data = tmp_path / "held.jsonl"
+    data.write_text("{}\n")
+    with pytest.raises(NotImplementedError, match="quantize.web_page score"):
+        QuantizeConfig(backend="web", task_data=str(data), task="extraction")
+
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("bits", [4, 8])
+def test_export_writes_the_folder_transformers_js_loads(web_artifacts, bits):
+    import onnx
+
+    folder = web_artifacts[bits]
+    name = {4: "model_q4.onnx", 8: "model_quantized.onnx"}[bits]
+    for file in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", f"onnx/{name}",
+                 "vocab_texts.json", "page/index.html"):
+        assert (folder / file).is_file(), file
+    assert not list((folder / "onnx").glob("*.data")), "one file: the browser fetches no external data"
+    graph = onnx.load(str(folder / "onnx" / name), load_external_data=False).graph
+    inputs, outputs = [i.name for i in graph.input], [o.name for o in graph.output]
+    assert inputs == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key",
+                      "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value"]
+    assert outputs == ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
+    ops = {n.op_type for n in graph.node}
+    assert ("MatMulNBits" if bits == 4 else "MatMulInteger") in ops
+    config = json.loads((folder / "config.json").read_text())
+    assert config["transformers.js_config"]["dtype"] == {4: "q4", 8: "q8"}[bits]
+    assert "chat_template" in json.loads((folder / "tokenizer_config.json").read_text())
+
+    meta = json.loads((folder / "quantization.json").read_text())
+    quality = meta["quality"]
+    assert meta["backend"] == "web" and meta["versions"]["onnxruntime"]
+    assert abs(quality["perplexity_delta_pct"]) < (5 if bits == 4 else 1)
+    assert quality["token_agreement"] >= 0.5
+    assert meta["speed"]["runtime"].startswith("onnxruntime")
+    assert meta["weight_bytes"] == (folder / "onnx" / name).stat().st_size
+
+
+@pytest.mark.integration
+def test_cached_decoding_equals_full_recomputation(web_artifacts):
+    """The KV cache the export wires (present.* fed back as past_key_values.*) gives the logits of a full pass."""
+    import numpy as np
+
+    from quantize.web import load_web
+
+    decoder = load_web(web_artifacts[4])
+    prompt = [5, 17, 42, 99, 7]
+    tokens = decoder.greedy(prompt, 6)
+    full, _ = decoder.step(prompt + tokens, None, 0)
+    assert tokens == [int(t) for t in full[0, len(prompt) - 1 : -1].argmax(-1)]
+    cached, past = decoder.step(prompt, None, 0)
+    step, _ = decoder.step(tokens[:1], past, len(prompt))
+    np.testing.assert_allclose(step[0, -1], full[0, len(prompt)], atol=1e-4)
+
+
+@pytest.mark.integration
+def test_vocab_texts_decode_like_the_tokenizer(web_artifacts):
+    from transformers import AutoTokenizer
+
+    folder = web_artifacts[4]
+    texts = json.loads((folder / "vocab_texts.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert len(texts) == len(tokenizer)
+    assert texts[tokenizer.eos_token_id] is None  # special tokens are not text
+    ids = tokenizer('{"attributes": [], "sentiment": "MIXED"}').input_ids
+    assert "".join(texts[i] for i in ids) == '{"attributes": [], "sentiment": "MIXED"}'
