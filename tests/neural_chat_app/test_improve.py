@@ -160,3 +160,35 @@ def test_loop_end_to_end_on_the_embedded_model(tmp_path, monkeypatch):
     # a second run finds everything done
     again = improve.run_loop(config)
     assert again["steps"]["quantize"]["finished"] == steps["quantize"]["finished"]
+
+
+def test_sft_data_never_holds_a_disliked_reply_even_with_min_feedback_null(tmp_path):
+    config = improve.LoopConfig(chat_log=str(_log(tmp_path / "chat.sqlite", 20)), min_feedback=None)
+    collected = improve._collect(config, tmp_path / "collect", None)
+    records = [json.loads(line) for line in Path(collected["input"]).read_text().splitlines()]
+    # every fifth conversation's only reply got a thumbs down: nothing of it is left to train on
+    assert collected["conversations_written"] == len(records) == 16
+    assert collected["conversations_cut_at_a_disliked_reply"] == 4
+    assert all(-1 not in r["metadata"]["turn_feedback"] for r in records)
+
+
+@pytest.mark.integration
+def test_kto_alone_when_the_thumbs_are_enough_and_the_liked_chats_are_not(tmp_path, tiny_model_dir):
+    log = ChatLog(tmp_path / "chat.sqlite")
+    for i in range(10):  # one rated reply each, up and down in turn
+        log.ensure_session(f"s{i}")
+        log.add_message(f"s{i}", "user", f"Question {i}?")
+        log.set_feedback(log.add_message(f"s{i}", "assistant", f"Answer {i}."), 1 if i % 2 else -1)
+    log.close()
+    config = improve.LoopConfig(
+        run_dir=str(tmp_path / "run"), chat_log=str(tmp_path / "chat.sqlite"), base_model=str(tiny_model_dir),
+        models_dir=str(tmp_path / "models"), min_conversations=100, preference="kto", min_rated_replies=8,
+        preference_heldout=0.4, quantize=None,
+        preference_finetune={"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 0.01,
+                             "save_steps": 2, "max_seq_length": 64, "disable_tqdm": True})
+    steps = improve.run_loop(config)["steps"]
+    assert steps["collect"]["preference"]["rated_replies_written"] == 10
+    assert "skipped" in steps["finetune"] and steps["preference"]["base"] == str(tiny_model_dir)
+    pref = steps["evaluate"]["preference"]
+    assert pref["task"] == "kto" and pref["candidate"]["examples"] == 4
+    assert steps["promote"]["promoted"] == all(r["holds"] for r in steps["evaluate"]["rules"])
