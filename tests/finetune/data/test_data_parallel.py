@@ -12,7 +12,7 @@ import pytest
 from finetune.data import DataPipelineConfig, prepare_dataset
 from finetune.data import chunks as chunks_module
 from finetune.data.timing import STAGES
-from tests.finetune.data._data_helpers import make_chatlog, read_jsonl, write_tricky
+from tests.finetune.data._data_helpers import make_chatlog, read_jsonl, write_preferences, write_tricky
 
 OUTPUTS = ("train", "validation", "test")
 
@@ -65,6 +65,24 @@ def test_one_two_and_three_workers_write_the_same_bytes(mixed_input, tmp_path, s
         many = run([mixed_input], tmp_path / f"w{workers}", workers, **json.loads(json.dumps(sections)))
         assert outputs(many) == expected, f"{workers} workers wrote other bytes than 1"
         assert many.stats == one.stats and many.timings["workers"] == workers and one.timings["workers"] == 0
+
+
+@pytest.mark.parametrize("export", [{}, {"preference_task": "kto", "keep_metadata": False}], ids=["dpo", "kto"])
+def test_preference_data_is_the_same_bytes_for_one_two_and_three_workers(tmp_path, small_chunks, export):
+    """Preference records: the parent's layout check (the first record's kind and style decide), dedup on whole
+    examples across chunks and the split by prompt must not depend on how the chunks were shared out."""
+    src = write_preferences(tmp_path / "prefs.jsonl", 1500, seed=2)
+    sections = {"export": {"format_type": "preference", **export}}
+    one = run([src], tmp_path / "w1", 1, **json.loads(json.dumps(sections)))
+    expected = outputs(one)
+    rejected = one.stats["rejected_by_reason"]
+    assert one.stats["records_read"] == 1500 and one.stats["accounting_ok"]
+    assert rejected["dedup.exact"] > 20 and rejected["dedup.near"] > 20 and rejected["export.mixed_style"] > 5
+    assert sum(one.stats["redactions"].values()) > 50
+    for workers in (2, 3):
+        many = run([src], tmp_path / f"w{workers}", workers, **json.loads(json.dumps(sections)))
+        assert outputs(many) == expected, f"{workers} workers wrote other bytes than 1"
+        assert many.stats == one.stats and many.timings["workers"] == workers
 
 
 def test_duplicates_are_found_across_chunk_boundaries(tmp_path, small_chunks):
