@@ -97,7 +97,7 @@ class LoopConfig:
     min_rated_replies: int = 40
     """kto: fewer rated replies than this: no preference tuning this run."""
     preference_heldout: float = 0.2
-    """Share of the preference examples held out for the gate (at least one)."""
+    """Share of the preference prompts held out for the gate (the data pipeline's test split, grouped by prompt)."""
     preference_finetune: TextGenerationFinetuningConfig = field(default_factory=dict, metadata=RAW_MAPPING)
     """Fine-tuning fields of the preference run (beta, learning_rate, max_steps, lora_rank, ...), flat as in a
     `python -m finetune` YAML; its task is `preference`, its model the SFT model (or the base without SFT)."""
@@ -205,7 +205,7 @@ def _collect(config: LoopConfig, out: Path, since: float | None) -> dict:
 def _prepare(config: LoopConfig, collected: dict, out: Path, tokenizer: str) -> dict:
     """The SFT splits and the preference splits, each with why it was skipped when there is too little."""
     sft = _prepare_sft(config, collected, out, tokenizer)
-    preference = _prepare_preference(config, collected, out / "preference")
+    preference = _prepare_preference(config, collected, out.parent / "preference_data", tokenizer)
     if "skipped" in sft and (preference is None or "skipped" in preference):
         reasons = [sft["skipped"]] + ([preference["skipped"]] if preference else [])
         raise ValueError("Nothing to train on: " + "; ".join(reasons))
@@ -217,14 +217,20 @@ def _prepare_sft(config: LoopConfig, collected: dict, out: Path, tokenizer: str)
 
     if collected.get("conversations_written") == 0:
         return {"skipped": f"Only 0 conversations passed the filters (min_conversations={config.min_conversations})"}
+    from finetune.data import NoConversationsError
+
     filters = list(config.metadata_filters)
-    result = prepare_dataset({
-        "ingest": {"paths": [collected["input"]]},
-        "filter": {"metadata": filters, "tokenizer": tokenizer},
-        "export": {"output_dir": str(out), "format_type": "messages", "min_conversations": 1},
-        "split": {"train_ratio": 0.8, "validation_ratio": 0.1, "test_ratio": 0.1, "seed": config.seed},
-    })
-    kept = result.stats.get("records_written", result.stats.get("kept"))
+    try:
+        result = prepare_dataset({
+            "ingest": {"paths": [collected["input"]]},
+            "filter": {"metadata": filters, "tokenizer": tokenizer},
+            "export": {"output_dir": str(out), "format_type": "messages", "min_conversations": 1},
+            "split": {"train_ratio": 0.8, "validation_ratio": 0.1, "test_ratio": 0.1, "seed": config.seed},
+        })
+    except NoConversationsError:
+        kept = 0
+    else:
+        kept = result.stats.get("records_written", result.stats.get("kept"))
     if kept is not None and kept < config.min_conversations:
         return {"skipped": f"Only {kept} conversations passed the filters (min_conversations="
                            f"{config.min_conversations}): collect more or relax min_feedback / metadata_filters. "
@@ -232,29 +238,43 @@ def _prepare_sft(config: LoopConfig, collected: dict, out: Path, tokenizer: str)
     return {"splits": {k: str(v) for k, v in result.splits.items()}, "stats": str(out / "stats.json")}
 
 
-def _prepare_preference(config: LoopConfig, collected: dict, out: Path) -> dict | None:
-    """Held-out and training splits of the exported preference rows (seeded), or why there are too few."""
+def _prepare_preference(config: LoopConfig, collected: dict, out: Path, tokenizer: str) -> dict | None:
+    """The exported preference rows through the data pipeline, as the SFT conversations go (cleaning, dedup,
+    rejects; splits grouped by prompt, so a held-out pair never shares its prompt with training), or why there are
+    too few."""
     exported = collected.get("preference")
     if not config.preference or exported is None:
         return None
-    import random
+    from finetune.data import NoConversationsError, prepare_dataset
 
-    rows = [json.loads(line) for line in Path(exported["output"]).read_text(encoding="utf-8").splitlines() if line]
     kind = config.preference
-    needed, noun = (config.min_pairs, "pairs") if kind == "dpo" else (config.min_rated_replies, "rated replies")
-    if len(rows) < needed or len(rows) < 2:
-        setting = "min_pairs" if kind == "dpo" else "min_rated_replies"
-        return {"skipped": f"Only {len(rows)} {noun} for {kind} in the log ({setting}={needed}): regenerate, edit "
-                           f"and rate more replies, or lower {setting}"}
-    random.Random(config.seed).shuffle(rows)
-    heldout = max(1, round(len(rows) * config.preference_heldout))
-    out.mkdir(parents=True, exist_ok=True)
-    splits = {"train": rows[heldout:], "test": rows[:heldout]}
-    for name, part in splits.items():
-        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in part)
-    return {"task": kind, "splits": {name: str(out / f"{name}.jsonl") for name in splits},
-            "counts": {name: len(part) for name, part in splits.items()}}
+    needed, setting = (config.min_pairs, "min_pairs") if kind == "dpo" else (config.min_rated_replies,
+                                                                            "min_rated_replies")
+    noun = "pairs" if kind == "dpo" else "rated replies"
+    found = exported["pairs_written" if kind == "dpo" else "rated_replies_written"]
+    if found >= needed:
+        try:
+            result = prepare_dataset({
+                "ingest": {"paths": [exported["output"]]},
+                "filter": {"tokenizer": tokenizer},
+                "export": {"output_dir": str(out), "format_type": "preference", "preference_task": kind,
+                           "preference_style": "conversational", "min_conversations": 1},
+                "split": {"train_ratio": 1 - config.preference_heldout, "validation_ratio": 0.0,
+                          "test_ratio": config.preference_heldout, "seed": config.seed},
+            })
+        except NoConversationsError:
+            found = 0
+        else:
+            counts = {name: part["examples"] for name, part in result.stats["splits"].items()}
+            found = result.stats.get("records_written", found)
+            if found >= needed and counts.get("train") and counts.get("test"):
+                return {"task": kind, "splits": {k: str(v) for k, v in result.splits.items()}, "counts": counts,
+                        "stats": str(out / "stats.json")}
+            if found >= needed:
+                return {"skipped": f"{found} {noun} for {kind}, but too few distinct prompts to hold some out "
+                                   f"(splits: {counts}): raise preference_heldout or collect more"}
+    return {"skipped": f"Only {found} {noun} for {kind} passed the data pipeline ({setting}={needed}): "
+                       f"regenerate, edit and rate more replies, or lower {setting}"}
 
 
 def _finetune(config: LoopConfig, prepared: dict, base: str, out: Path,
@@ -415,14 +435,18 @@ def _write_report(run_dir: Path, data: dict) -> None:
     evaluated = steps.get("evaluate")
     if evaluated:
         lines += ["", "## Gate", "", "| rule | value | holds |", "|---|---|---|"]
-        lines += [f"| {r['rule']} | {r['value']} | {r['holds']} |" for r in evaluated["rules"]]
+        lines += [f"| {r['rule']} | {_num(r['value'])} | {r['holds']} |" for r in evaluated["rules"]]
         if evaluated.get("sft"):
             sft = evaluated["sft"]
-            lines += ["", f"{sft['metric']}: current {sft['current']}, candidate {sft['candidate']}"]
+            lines += ["", f"{sft['metric']}: current {_num(sft['current'])}, candidate {_num(sft['candidate'])}"]
         if evaluated.get("preference"):
             pref = evaluated["preference"]
             lines += ["", f"Held-out {pref['task']} examples: {pref['candidate']['examples']}", "",
                       "| model | reward_accuracy | reward_margin | preference_accuracy |", "|---|---|---|---|"]
-            lines += [f"| {label} | {pref[label]['reward_accuracy']} | {pref[label]['reward_margin']} | "
-                      f"{pref[label].get('preference_accuracy')} |" for label in ("current", "candidate")]
+            lines += [f"| {label} | {_num(pref[label]['reward_accuracy'])} | {_num(pref[label]['reward_margin'])} | "
+                      f"{_num(pref[label].get('preference_accuracy'))} |" for label in ("current", "candidate")]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _num(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
