@@ -75,7 +75,9 @@ pid {folder}/nginx.pid;
 error_log {folder}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log {folder}/access.log;
+    # which replicas served each request (tried in order), by the client's X-Request-Id
+    log_format neuralchat 'status=$status request_id=$http_x_request_id time=$request_time upstream=$upstream_addr';
+    access_log {folder}/access.log neuralchat;
     client_body_temp_path {folder}/client_body;
     proxy_temp_path {folder}/proxy;
     fastcgi_temp_path {folder}/fastcgi;

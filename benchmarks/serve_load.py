@@ -17,12 +17,19 @@ With --adapters N (torch backend) the command makes N LoRA adapters of the model
 fine-tunes' default targets and rank 8; speed and memory do not depend on what they learned), starts a server with 0,
 1, 4 and N of them in turn (resident memory, RSS, of each after one request), and on the last one compares 8 streams
 on one adapter with 8 streams spread over 4; saved as serve_adapters-*.json, beside the levels on the base.
+With --replicas 1,2,3 the command starts that many servers on loopback ports behind nginx (the balancer config of
+deploy/nginx, which the compose deployment uses; benchmarks/cluster.py) and measures one level of --streams streams
+through the balancer for each count; each replica gets its share of the cores as OpenMP threads (cores // N, at
+least 1: two processes of 2 threads on 2 cores fall below 1 tok/s), so replicas beyond the core count cannot add
+throughput, and the table prints that limit beside the measured speedup. --postgres also starts a private PostgreSQL
+cluster that all replicas log to (chat_log.url), as in production. Saved as serve_replicas-*.json.
 Results are saved as JSON under benchmarks/results/ and the table is printed from that JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -240,22 +247,21 @@ def _free_port() -> int:
 
 def start_server(args, overrides: list[str] = ()) -> tuple[subprocess.Popen, str]:
     """A server on a free loopback port, as `args` say; `overrides` are its `key=value` settings."""
-    import httpx
+    proc, url, log = launch_server(args, overrides)
+    wait_ready(proc, url, log)
+    return proc, url
 
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "neural_chat_app",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-log",
-        "--log-level",
-        "warning",
-    ]
+
+def launch_server(args, overrides: list[str] = (), host: str = "127.0.0.1", port: int | None = None,
+                  wrap: list[str] = (), chat_log_url: str | None = None, env: dict | None = None
+                  ) -> tuple[subprocess.Popen, str, str]:
+    """Start a server as `args` say (config, model, backend) on host:port (default: a free loopback port), its
+    command prefixed by `wrap` (e.g. `ip netns exec NS`), without a conversation log unless `chat_log_url` names
+    one; returns (process, url, its output file) at once: wait_ready waits for it."""
+    port = port or _free_port()
+    cmd = [*wrap, sys.executable, "-m", "neural_chat_app", "serve", "--host", host, "--port", str(port),
+           "--log-level", "warning"]
+    cmd += [f"chat_log.url={chat_log_url}"] if chat_log_url else ["--no-log"]
     if args.config:
         cmd += ["--config", args.config]
     if args.model:
@@ -263,26 +269,104 @@ def start_server(args, overrides: list[str] = ()) -> tuple[subprocess.Popen, str
     if args.backend:
         cmd += ["--backend", args.backend]
     cmd += list(overrides)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     log = tempfile.NamedTemporaryFile("w", prefix="serve_load-", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
+    # its own session: a server started in a network namespace is ended with what `ip netns exec` started
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://{host}:{port}", log.name
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: str, timeout: float = 600) -> None:
+    """Until the server at `url` answers /health; RuntimeError naming its output file if it exits or times out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see {log.name}")
+            raise RuntimeError(f"server exited with {proc.returncode}; see {log}:\n"
+                               f"{Path(log).read_text(errors='replace')[-2000:]}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             time.sleep(0.5)
     proc.kill()
-    raise RuntimeError(f"server did not start in 600 s; see {log.name}")
+    raise RuntimeError(f"server did not start in {timeout:.0f} s; see {log}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=60)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def measure_replicas(args, counts: list[int], streams: int) -> dict:
+    """For each count N: N servers behind nginx, `streams` streams through it (module docstring); returns the
+    report's "replicas" section."""
+    import httpx
+
+    from benchmarks import cluster
+
+    cores = _cores()
+    deadline = time.monotonic() + args.time_limit
+    rows: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        log_url = stack.enter_context(cluster.postgres()) if args.postgres else None
+        for n in counts:
+            if time.monotonic() > deadline:
+                break
+            threads = args.threads or max(1, cores // n)
+            launched = []
+            try:
+                for _ in range(n):
+                    launched.append(launch_server(args, chat_log_url=log_url, env={"OMP_NUM_THREADS": str(threads)}))
+                for proc, url, log in launched:
+                    wait_ready(proc, url, log)
+                health = httpx.get(launched[0][1] + "/health", timeout=10).json()
+                model = health["model"]
+                upstreams = [urlparse(url).netloc for _, url, _ in launched]
+                with tempfile.TemporaryDirectory(prefix="serve-nginx-") as folder, \
+                        cluster.nginx(upstreams, Path(folder)) as balancer:
+                    level = run_level(balancer, model, streams, args.requests or 2 * streams, args.max_tokens,
+                                      deadline, args.turns)
+            finally:
+                for proc, _, _ in launched:
+                    stop_server(proc)
+            rows.append({"replicas": n, "threads_per_replica": threads, **level})
+            print(f"{n} replicas: {level['tokens_per_s']} tokens/s ({level['errors']} errors)", flush=True)
+    add_scaling(rows, cores)
+    return {"cores": cores, "streams": streams, "postgres_log": bool(log_url), "levels": rows,
+            "model": rows and health["model"], "backend": rows and health["backend"],
+            "weight_bytes": rows and health.get("weight_bytes")}
+
+
+def add_scaling(rows: list[dict], cores: int) -> None:
+    """Each count's speedup over 1 replica (None without a 1-replica row) and its limit: the most N replicas can
+    give over one is N, but never more than the cores they share."""
+    base = next((r["tokens_per_s"] for r in rows if r["replicas"] == 1), None)
+    for row in rows:
+        row["scaling_limit"] = min(row["replicas"], cores)
+        row["speedup"] = round(row["tokens_per_s"] / base, 2) if base else None
+
+
+def render_replicas(section: dict) -> str:
+    lines = [f"Replicas behind nginx (deploy/nginx), {section['streams']} streams, {section['cores']} cores"
+             + (", every conversation logged to one PostgreSQL" if section.get("postgres_log") else ""),
+             "| replicas | threads each | requests | errors | tokens/s | speedup over 1 | limit (cores) | "
+             "p50 latency (s) | p99 latency (s) | p50 TTFT (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in section["levels"]:
+        lines.append(f"| {r['replicas']} | {r['threads_per_replica']} | {r['requests']} | {r['errors']} | "
+                     f"{r['tokens_per_s']} | {r['speedup'] if r['speedup'] is not None else '-'} | "
+                     f"{r['scaling_limit']} | {r['latency_p50_s']} | {r['latency_p99_s']} | {r['ttft_p50_s']} |")
+        for message in r.get("error_examples", []):
+            lines.append(f"{r['replicas']} replicas, failed: {message}")
+    return "\n".join(lines)
 
 
 def random_lora_adapters(base: str | Path, out_dir: Path, count: int, rank: int = 8, std: float = 0.02,
@@ -371,6 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--time-limit", type=float, default=900, help="seconds for the whole run")
     parser.add_argument("--output-dir", default=str(RESULTS))
+    parser.add_argument("--replicas", default="", metavar="N,N",
+                        help="replica counts to measure behind nginx, e.g. 1,2,3 (starts its own servers and nginx)")
+    parser.add_argument("--streams", type=int, default=6, help="--replicas: streams of each count's level")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="--replicas: OpenMP threads of each replica (default: cores // N, at least 1); on a "
+                             "machine that other work shares, 1 avoids threads that wait on each other")
+    parser.add_argument("--postgres", action="store_true",
+                        help="--replicas: the replicas log every conversation to a private PostgreSQL cluster")
     parser.add_argument("--adapters", type=int, default=0, metavar="N",
                         help="also measure N (4-16) random LoRA adapters on the model: server RSS with 0, 1, 4 and N "
                              "loaded, tokens/s of 8 streams on one adapter and over 4 (starts its own servers)")
@@ -383,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
                      "max_tokens <= 1024")
     if args.adapters and (args.url or not 4 <= args.adapters <= 16):
         parser.error("--adapters takes 4-16 and starts its own servers (no --url)")
+    replicas = [int(n) for n in args.replicas.split(",") if n.strip()]
+    if replicas:
+        if args.url or args.adapters or any(n < 1 or n > 8 for n in replicas) or not 1 <= args.streams <= 32:
+            parser.error("--replicas takes counts of 1-8 and --streams 1-32, and starts its own servers (no --url, "
+                         "no --adapters)")
+        return _main_replicas(args, replicas)
     from benchmarks.machine import memory_read_gbps
 
     bandwidth = memory_read_gbps()  # before the server starts: its engine would compete for the memory bus
@@ -445,6 +543,34 @@ def main(argv: list[str] | None = None) -> int:
     out = out_dir / f"{prefix}-{report['backend']}-{report['model']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2))
     print(render_table(json.loads(out.read_text())))
+    print(f"saved {out}")
+    return 0
+
+
+def _main_replicas(args, counts: list[int]) -> int:
+    from benchmarks.cluster import MissingBinary
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    load = _load_average()
+    try:
+        section = measure_replicas(args, counts, args.streams)
+    except MissingBinary as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = {"benchmark": "serve_replicas", "created_at": started, "model": section.pop("model"),
+              "backend": section.pop("backend"), "weight_bytes": section.pop("weight_bytes"),
+              "max_tokens": args.max_tokens, "temperature": 0, "turns": args.turns, "prompts": PROMPTS,
+              "hardware": _hardware(), "load_average_1m": load, "replicas": section,
+              "load_average_1m_end": _load_average()}
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"serve_replicas-{report['backend']}-{report['model']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=2))
+    saved = json.loads(out.read_text())
+    print(f"model={saved['model']} backend={saved['backend']} max_tokens={saved['max_tokens']} "
+          f"cpu={saved['hardware'].get('cpu_model', '?')} "
+          f"load_average_1m={saved['load_average_1m']}->{saved['load_average_1m_end']}")
+    print(render_replicas(saved["replicas"]))
     print(f"saved {out}")
     return 0
 
