@@ -12,7 +12,6 @@ the output is byte for byte the same for any number of workers.
 from __future__ import annotations
 
 import collections
-import hashlib
 import itertools
 import json
 import multiprocessing
@@ -30,12 +29,12 @@ import numpy as np
 
 from finetune.data.clean import clean_conversation, clean_preference
 from finetune.data.config import DataPipelineConfig
-from finetune.data.dedup import DedupKeys, KeyMaker, prompt_key
+from finetune.data.dedup import DedupKeys, KeyMaker
 from finetune.data.export import preference_layout, render_lines, render_preference
-from finetune.data.filters import build_filters, count_tokens_batch, first_failure, length_bounds
+from finetune.data.filters import build_filters, count_record_tokens, first_failure, length_bounds
 from finetune.data.records import Conversation, Preference, Reject
 from finetune.data.sources import read_jsonl_range, read_source, sniff
-from finetune.data.split import SPLITS, GroupSplitter
+from finetune.data.split import SPLITS, GroupSplitter, prompt_group
 from finetune.data.timing import StageClock
 
 CHUNK_BYTES = 4 << 20
@@ -164,7 +163,7 @@ class ChunkWorker:
         layouts = prompts = None
         if self.cfg.preference:
             layouts = [(preference_layout(c, task), c.plain) for c in candidates]
-            prompts = np.array([_prompt_hash(c) for c in candidates], dtype=np.uint64)
+            prompts = np.array([prompt_group(c) for c in candidates], dtype=np.uint64)
         return ChunkResult(records, formats, redactions, order, rejects, keys, [c.origin for c in candidates],
                            lengths, where, staging, offsets, groups, clock.take(), layouts,
                            prompts)
@@ -197,7 +196,7 @@ class ChunkWorker:
             cleaned = clean_conversation(item, self.cfg.clean, redactions, clock)
         if isinstance(cleaned, Reject):
             return cleaned
-        verdict = _first_failure(cleaned, self.filters)
+        verdict = first_failure(cleaned, self.filters)
         clock.lap("filters")
         if verdict is not None:
             return Reject("filter", verdict[0], verdict[1], item.origin, item.raw)
@@ -206,7 +205,7 @@ class ChunkWorker:
     def _token_filter(self, entries: list, clock: StageClock) -> None:
         """The token-length filter, last as in `build_filters`, on every conversation of the chunk at once."""
         at = [i for i, e in enumerate(entries) if not isinstance(e, Reject)]
-        counts = _token_counts([entries[i][0] for i in at], self.tokenizer)
+        counts = count_record_tokens([entries[i][0] for i in at], self.tokenizer)
         f = self.cfg.filter
         for i, n in zip(at, counts):
             conv = entries[i][0]
@@ -235,47 +234,6 @@ class ChunkWorker:
             clock.lap("split")
         return str(path), offsets, groups
 
-
-
-def _prompt_hash(pref: Preference) -> int:
-    """A preference record's split group. By prompt: held-out reward accuracy must come from prompts the model
-    was not tuned on, so the pairs of one prompt land in one split."""
-    digest = hashlib.blake2b(prompt_key(pref).encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
-def _first_failure(item: Conversation | Preference, filters) -> tuple[str, str] | None:
-    """A preference record passes when prompt + each reply does: each is one sequence the trainer sees."""
-    if isinstance(item, Conversation):
-        return first_failure(item, filters)
-    for key, view in zip(item.replies, item.views()):
-        verdict = first_failure(view, filters)
-        if verdict is not None:
-            return verdict[0], f"prompt + {key}: {verdict[1]}"
-    return None
-
-
-def _token_counts(items: list[Conversation] | list[Preference], tokenizer) -> list[int]:
-    """Tokens of each conversation, or of a preference record's longest prompt + reply: through the chat template
-    for conversations and conversational records, the texts joined as they are for plain ones (TRL does so)."""
-    convs, plain, conv_owner, plain_owner = [], [], [], []
-    for k, item in enumerate(items):
-        if isinstance(item, Conversation):
-            convs.append(item)
-            conv_owner.append(k)
-        elif item.plain:
-            plain += [item.prompt[0]["content"] + reply[0]["content"] for reply in item.replies.values()]
-            plain_owner += [k] * len(item.replies)
-        else:
-            views = item.views()
-            convs += views
-            conv_owner += [k] * len(views)
-    counts = [0] * len(items)
-    for k, n in zip(conv_owner, count_tokens_batch(convs, tokenizer)):
-        counts[k] = max(counts[k], n)
-    for k, ids in zip(plain_owner, tokenizer(plain)["input_ids"] if plain else []):
-        counts[k] = max(counts[k], len(ids))
-    return counts
 
 
 def _words(item: Conversation | Preference) -> int:

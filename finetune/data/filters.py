@@ -12,7 +12,7 @@ from typing import Any
 
 from finetune.chat_template import render_chat
 from finetune.data.config import PREDICATE, FilterConfig
-from finetune.data.records import Conversation
+from finetune.data.records import Conversation, Preference
 from finetune.extras import require
 
 Verdict = tuple[str, str] | None
@@ -42,9 +42,16 @@ def build_filters(cfg: FilterConfig, tokenizer: Any = None) -> list[tuple[str, F
     return filters
 
 
-def first_failure(conv: Conversation, filters: list[tuple[str, Filter]]) -> Verdict:
+def first_failure(item: Conversation | Preference, filters: list[tuple[str, Filter]]) -> Verdict:
+    """A preference record passes when prompt + each reply does: each is one sequence the trainer sees."""
+    if isinstance(item, Preference):
+        for key, view in zip(item.replies, item.views()):
+            verdict = first_failure(view, filters)
+            if verdict is not None:
+                return verdict[0], f"prompt + {key}: {verdict[1]}"
+        return None
     for _, fn in filters:
-        verdict = fn(conv)
+        verdict = fn(item)
         if verdict is not None:
             return verdict
     return None
@@ -191,3 +198,26 @@ def count_tokens_batch(convs: list[Conversation], tokenizer: Any) -> list[int]:
 def token_bounds(conv: Conversation, tokenizer: Any, low: int | None, high: int | None) -> Verdict:
     conv.n_tokens = count_tokens(conv, tokenizer)
     return length_bounds(conv.n_tokens, low, high, "tokens")
+
+
+def count_record_tokens(items: list[Conversation] | list[Preference], tokenizer: Any) -> list[int]:
+    """Tokens of each conversation, or of a preference record's longest prompt + reply: through the chat template
+    for conversations and conversational records, the texts joined as they are for plain ones (TRL does so)."""
+    convs, plain, conv_owner, plain_owner = [], [], [], []
+    for k, item in enumerate(items):
+        if isinstance(item, Conversation):
+            convs.append(item)
+            conv_owner.append(k)
+        elif item.plain:
+            plain += [item.prompt[0]["content"] + reply[0]["content"] for reply in item.replies.values()]
+            plain_owner += [k] * len(item.replies)
+        else:
+            views = item.views()
+            convs += views
+            conv_owner += [k] * len(views)
+    counts = [0] * len(items)
+    for k, n in zip(conv_owner, count_tokens_batch(convs, tokenizer)):
+        counts[k] = max(counts[k], n)
+    for k, ids in zip(plain_owner, tokenizer(plain)["input_ids"] if plain else []):
+        counts[k] = max(counts[k], len(ids))
+    return counts

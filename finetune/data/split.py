@@ -16,6 +16,9 @@ import json
 import random
 from typing import Any
 
+from finetune.data.dedup import prompt_key
+from finetune.data.records import Preference
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -70,3 +73,11 @@ class GroupSplitter:
                 return split
             u -= ratio
         return next(s for s in reversed(SPLITS) if self.ratios.get(s))  # float rounding at the top end
+
+
+def prompt_group(pref: Preference) -> int:
+    """A preference record's split group, a 64-bit hash of its prompt (case and spacing aside). By prompt:
+    held-out reward accuracy must come from prompts the model was not tuned on, so one prompt's pairs land in one
+    split."""
+    digest = hashlib.blake2b(prompt_key(pref).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")

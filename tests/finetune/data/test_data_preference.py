@@ -259,8 +259,7 @@ def test_prepared_files_train_and_evaluate_unchanged(task, plain, tiny_model_dir
 
 def test_token_lengths_are_those_of_the_longest_prompt_and_reply(tiny_model_dir, tmp_path):
     """Conversational records through the chat template, plain ones as TRL joins them (prompt + reply)."""
-    from finetune.data.chunks import _token_counts
-    from finetune.data.filters import count_tokens
+    from finetune.data.filters import count_record_tokens, count_tokens
     from finetune.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
@@ -268,7 +267,7 @@ def test_token_lengths_are_those_of_the_longest_prompt_and_reply(tiny_model_dir,
     plain = to_conversation({"prompt": "Q: how?\nA:", "chosen": " well " * 9, "rejected": " ok"}, "a:2")
     longest_conv = max(count_tokens(view, tokenizer) for view in conv.views())
     longest_plain = len(tokenizer("Q: how?\nA:" + " well " * 9)["input_ids"])
-    assert _token_counts([conv, plain], tokenizer) == [longest_conv, longest_plain]
+    assert count_record_tokens([conv, plain], tokenizer) == [longest_conv, longest_plain]
     assert longest_conv > count_tokens(conv.views()[0], tokenizer)  # the rejected reply is the longer one
 
     src = write_jsonl(tmp_path / "in.jsonl", [conv.raw, pair("Who are you?", "A model.", "No.")])
