@@ -95,6 +95,21 @@ def nginx_binary() -> str:
     return found
 
 
+def check_nginx_site(site_text: str, folder: Path) -> Path:
+    """Write `site_text` (an http-context config) and a main nginx.conf including it into `folder`; return the main
+    file once `nginx -t` accepts it (RuntimeError with nginx's words if not)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    site = folder / "neuralchat.conf"
+    site.write_text(site_text)
+    main = folder / "nginx.conf"
+    main.write_text(_nginx_main(folder, site))
+    checked = subprocess.run([nginx_binary(), "-t", "-p", str(folder), "-c", str(main)], capture_output=True,
+                             text=True)
+    if checked.returncode != 0:
+        raise RuntimeError(f"nginx -t refused {main}:\n{checked.stderr}")
+    return main
+
+
 @contextlib.contextmanager
 def nginx(upstreams: list[str], folder: Path, listen_host: str = "127.0.0.1", port: int | None = None
           ) -> Iterator[str]:
@@ -104,14 +119,8 @@ def nginx(upstreams: list[str], folder: Path, listen_host: str = "127.0.0.1", po
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port(listen_host)
-    site = folder / "neuralchat.conf"
-    site.write_text(render_nginx_site(upstreams, f"{listen_host}:{port}"))
-    main = folder / "nginx.conf"
-    main.write_text(_nginx_main(folder, site))
+    main = check_nginx_site(render_nginx_site(upstreams, f"{listen_host}:{port}"), folder)
     log = folder / "error.log"
-    checked = subprocess.run([binary, "-t", "-p", str(folder), "-c", str(main)], capture_output=True, text=True)
-    if checked.returncode != 0:
-        raise RuntimeError(f"nginx -t refused {main}:\n{checked.stderr}")
     proc = subprocess.Popen([binary, "-p", str(folder), "-c", str(main), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=log.open("a"))
     try:

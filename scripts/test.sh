@@ -14,6 +14,20 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "chromium is missing: install it (e.g. sudo apt-get install chromium) or set NEURALCHAT_SKIP_BROWSER=1" >&2
   fi
 fi
+# The replicas test (tests/test_replicas.py) runs Debian's nginx in front of the servers and starts its own
+# PostgreSQL cluster for their shared conversation log.
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing ${missing[*]} for the replicas test =="
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "${missing[*]} missing: install them (e.g. sudo apt-get install ${missing[*]}); the replicas and" \
+         "PostgreSQL log tests fail without them here (NEURALCHAT_REQUIRE_BACKENDS=1)" >&2
+  fi
+fi
 # The embedded-model tests write up to about 2 GB at a time (tmp_path, deleted as each test passes; Gemma 3 270M's
 # merged fp32 model is 1.1 GB) and the embedded models' conversions (SmolLM2 0.5 GB, Gemma 3 1.3 GB with its joined
 # GGUF) are cached once. Say so up front rather than fail later with ENOSPC.
