@@ -52,7 +52,8 @@ def test_compose_runs_the_tested_nginx_template_with_every_variable_set(tmp_path
 
         skip_missing_program("nginx", str(err))
     # `chat` resolves only inside the compose network; port 80 needs root: the rest is checked as written
-    site = site.replace("server chat:8000", "server 127.0.0.1:8000").replace("listen 80;", f"listen 127.0.0.1:{cluster.free_port()};")
+    site = site.replace("server chat:8000", "server 127.0.0.1:8000")
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{cluster.free_port()};")
     cluster.check_nginx_site(site, tmp_path)
 
 
