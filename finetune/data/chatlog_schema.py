@@ -16,8 +16,6 @@ A version-1 file is migrated in place by the writer (`MIGRATIONS`); readers take
 
 from __future__ import annotations
 
-import sqlite3
-
 from finetune.data.chatlog_db import LogDB
 
 SCHEMA_VERSION = 2
@@ -67,15 +65,11 @@ MESSAGE_COLUMNS = ("id", "session_id", "role", "content", "created_at", "model",
 _ADDED_IN_V2 = {"alternative_of": "NULL", "superseded_by": "NULL", "edited": "0"}
 
 
-def messages_sql(db: LogDB | sqlite3.Connection, kept_only: bool = True,
-                 columns: tuple[str, ...] = MESSAGE_COLUMNS) -> str:
+def messages_sql(db: LogDB, kept_only: bool = True, columns: tuple[str, ...] = MESSAGE_COLUMNS) -> str:
     """The SELECT of one session's messages (its one parameter: the session id), in conversation order, from a log
     of either version: `columns` (of MESSAGE_COLUMNS), with a version-1 file's replies all kept. `kept_only`: the
     conversation as the model sees it; else every reply, superseded ones included."""
-    if isinstance(db, LogDB):
-        present = db.columns("messages")
-    else:  # a plain sqlite3 connection
-        present = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+    present = db.columns("messages")
     columns = ", ".join(c if c in present or c not in _ADDED_IN_V2 else f"{_ADDED_IN_V2[c]} AS {c}"
                         for c in columns)
     if "superseded_by" not in present:
