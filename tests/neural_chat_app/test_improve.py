@@ -17,14 +17,19 @@ DEMO = Path(__file__).resolve().parents[2] / "examples" / "data" / "aurora_suppo
 
 
 def _log(path: Path, n: int, feedback: int = 1) -> Path:
-    """A conversation log as the server writes it, from the demo conversations, each rated `feedback`."""
+    """A conversation log as the server writes it, from the demo conversations, each rated `feedback`; in every
+    third the user regenerated a first, unhelpful reply (a DPO pair)."""
     log = ChatLog(path)
     rows = [json.loads(line) for line in DEMO.read_text().splitlines()][:n]
     for i, row in enumerate(rows):
         session = f"s{i}"
         log.ensure_session(session, model="smollm2-135m-instruct")
         for m in row["messages"]:
-            message_id = log.add_message(session, m["role"], m["content"], "smollm2-135m-instruct")
+            replaced = None
+            if m["role"] == "assistant" and i % 3 == 0:
+                replaced = log.add_message(session, "assistant", f"I cannot help with that ({i}).", "smollm2")
+            message_id = log.add_message(session, m["role"], m["content"], "smollm2-135m-instruct",
+                                         replaces=replaced)
         log.set_feedback(message_id, feedback if i % 5 else -1)  # every fifth conversation got a thumbs down
     log.close()
     return path
@@ -33,9 +38,11 @@ def _log(path: Path, n: int, feedback: int = 1) -> Path:
 def _config(tmp_path, model, finetune=None, **kw) -> improve.LoopConfig:
     values = dict(
         run_dir=str(tmp_path / "run"), chat_log=str(_log(tmp_path / "chat.sqlite", 60)), base_model=str(model),
-        models_dir=str(tmp_path / "models"), min_conversations=10, eval_examples=4,
+        models_dir=str(tmp_path / "models"), min_conversations=10, eval_examples=4, min_pairs=5,
         finetune={"max_steps": 12, "per_device_train_batch_size": 4, "learning_rate": 0.003, "lora_all_linear": True,
-                  "save_steps": 4, "disable_tqdm": True, "max_seq_length": 256, **(finetune or {})})
+                  "save_steps": 4, "disable_tqdm": True, "max_seq_length": 256, **(finetune or {})},
+        preference_finetune={"max_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 0.003,
+                             "lora_all_linear": True, "save_steps": 2, "disable_tqdm": True, "max_seq_length": 256})
     return improve.LoopConfig(**{**values, **kw})
 
 
@@ -94,8 +101,9 @@ def test_the_finetune_step_runs_the_typed_config_without_a_yaml_file(tmp_path, m
 
 
 def test_too_few_conversations_stops_with_counts(tmp_path, tiny_model_dir):
-    config = _config(tmp_path, tiny_model_dir, min_conversations=1000)
-    with pytest.raises(ValueError, match="conversations passed the filters.*min_conversations=1000"):
+    config = _config(tmp_path, tiny_model_dir, min_conversations=1000, min_pairs=1000)
+    with pytest.raises(ValueError, match="conversations passed the filters.*min_conversations=1000.*"
+                                         "Only 16 pairs for dpo.*min_pairs=1000"):
         improve.run_loop(config)
 
 
@@ -113,7 +121,9 @@ def test_a_killed_loop_resumes_without_redoing_finished_steps(tmp_path, tiny_mod
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert set(state["steps"]) == {"collect", "prepare", "finetune", "preference"}
     assert state["steps"]["collect"]["conversations_written"] == 48  # thumbs-down conversations are left out
-    assert "Only 0 pairs for dpo" in state["steps"]["preference"]["skipped"]  # nobody regenerated or edited
+    # DPO starts from the SFT model: the pairs of the regenerated replies whose kept reply was not disliked
+    assert state["steps"]["collect"]["preference"]["pairs_written"] == 16
+    assert state["steps"]["preference"]["base"] == state["steps"]["finetune"]["output_dir"]
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished step ran again")
@@ -125,7 +135,10 @@ def test_a_killed_loop_resumes_without_redoing_finished_steps(tmp_path, tiny_mod
     assert set(state["steps"]) == {"collect", "prepare", "finetune", "preference", "evaluate", "promote"}
     evaluated = state["steps"]["evaluate"]
     assert evaluated["metric"] == "perplexity" and evaluated["candidate"] > 0
-    assert Path(evaluated["sft"]["report"]).is_file() and evaluated["preference"] is None
+    assert Path(evaluated["sft"]["report"]).is_file() and Path(evaluated["preference"]["report"]).is_file()
+    # the gate: the SFT metric and the held-out pairs, both models' numbers kept
+    assert [r["rule"].split()[0] for r in evaluated["rules"]] == ["perplexity", "reward_accuracy", "reward_margin"]
+    assert evaluated["preference"]["current"]["reward_accuracy"] == 0  # the reference of the rewards
     promoted = improve.promoted(tmp_path / "models")
     assert (promoted is not None) == evaluated["better"] == state["steps"]["promote"]["promoted"]
 
