@@ -48,7 +48,7 @@ def _cluster(tiny_model_dir, tmp_path: Path):
     import httpx
 
     from benchmarks import cluster
-    from benchmarks.serve_load import launch_server, stop_server, wait_ready
+    from benchmarks.serve_load import launch_server, wait_ready
 
     for program, find in (("nginx", cluster.nginx_binary), ("pg_ctl", cluster.postgres_bin)):
         try:
@@ -64,7 +64,7 @@ def _cluster(tiny_model_dir, tmp_path: Path):
         port = log_url.rsplit(":", 1)[1].split("/")[0]
         args = argparse.Namespace(config=None, model=str(tiny_model_dir), backend=None)
         procs = []
-        stack.callback(lambda: [stop_server(p) for p in procs if p.poll() is None])
+        stack.callback(_kill_all, procs)  # SIGKILL: a stopped (SIGSTOP) replica would never act on a SIGTERM
         launched = []
         for host in hosts:
             replica_log = f"postgresql://postgres@{host.peer}:{port}/postgres"  # reached over the host's own link
@@ -78,6 +78,13 @@ def _cluster(tiny_model_dir, tmp_path: Path):
         folder = tmp_path / "nginx"
         balancer = stack.enter_context(cluster.nginx([f"{h.addr}:{PORT}" for h in hosts], folder))
         yield balancer, hosts, procs, log_url, folder / "access.log"
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:  # each server runs in a session of its own (launch_server)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _chat(balancer: str, tag: str) -> dict:
@@ -172,6 +179,8 @@ def test_killed_replica_fails_only_its_requests_and_loses_no_committed_message(t
             rows = con.execute("SELECT session_id, role, content FROM messages ORDER BY id").fetchall()
 
     tried = _upstreams(access_log)
+    print(json.dumps({"requests": len(results), "failed": [{k: r.get(k) for k in ("tag", "status", "error", "body")}
+                                                           for r in results if not r["done"]]}, indent=1))
     victim_addr = f"{victim.addr}:{PORT}"
     failed = [r for r in results if not r["done"]]
     assert failed, "no request was in flight on the killed replica"

@@ -69,15 +69,9 @@ class LogDB:
     def __init__(self, target: str | Path, read_only: bool = False):
         self.dialect: Literal["sqlite", "postgresql"] = "postgresql" if is_postgres(target) else "sqlite"
         self.name = describe(target)
+        self._target, self._read_only = target, read_only
         if self.dialect == "postgresql":
-            psycopg = _psycopg()
-            try:
-                self._con = psycopg.connect(
-                    str(target), autocommit=True, row_factory=_row_factory, connect_timeout=10,
-                    **({"options": "-c default_transaction_read_only=on"} if read_only else {}),
-                )
-            except psycopg.OperationalError as err:
-                raise ConnectionError(f"cannot reach the conversation log {self.name}: {err}".strip()) from err
+            self._con = self._pg_connect()
         elif read_only:  # exporting while the server writes is safe in WAL mode
             self._con = sqlite3.connect(f"file:{Path(target).expanduser()}?mode=ro", uri=True)
             self._con.row_factory = sqlite3.Row
@@ -89,6 +83,24 @@ class LogDB:
             self._con.execute("PRAGMA synchronous=FULL")
             self._con.execute("PRAGMA foreign_keys=ON")
 
+    def _pg_connect(self):
+        psycopg = _psycopg()
+        try:
+            return psycopg.connect(
+                str(self._target), autocommit=True, row_factory=_row_factory, connect_timeout=10,
+                **({"options": "-c default_transaction_read_only=on"} if self._read_only else {}),
+            )
+        except psycopg.OperationalError as err:
+            raise ConnectionError(f"cannot reach the conversation log {self.name}: {err}".strip()) from err
+
+    def _live(self):
+        """The connection; a PostgreSQL one that broke (the database restarted, a failover) is made again. The
+        statement that found it broken has failed (its request got an error): it is not replayed, since it may
+        have been committed before the connection broke."""
+        if self.dialect == "postgresql" and (self._con.closed or self._con.broken):
+            self._con = self._pg_connect()
+        return self._con
+
     @property
     def connection(self):
         """The driver's connection (sqlite3 or psycopg), for what this class does not cover."""
@@ -98,7 +110,7 @@ class LogDB:
         return query.replace("?", "%s") if self.dialect == "postgresql" else query
 
     def execute(self, query: str, params: Sequence = ()):
-        return self._con.execute(self.sql(query), tuple(params))
+        return self._live().execute(self.sql(query), tuple(params))
 
     def insert(self, query: str, params: Sequence = ()) -> int:
         """Run an INSERT into a table with an `id` column; return the new row's id."""
@@ -121,7 +133,7 @@ class LogDB:
         if self.dialect == "sqlite":
             self._con.execute("BEGIN IMMEDIATE")
         else:
-            self._con.execute("BEGIN")
+            self._live().execute("BEGIN")
             self._con.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
         try:
             yield

@@ -181,3 +181,20 @@ def test_export_and_the_improve_loop_read_a_postgres_log(pg_url, tmp_path):
     # one conversation; its kept reply is rated down, so both DPO pairs are left out; two rated replies for KTO
     assert from_postgres[0][0]["conversations_written"] == 1 and from_postgres[1][0]["pairs_left_out"] == 2
     assert from_postgres[2][0]["rated_replies_written"] == 2
+
+
+@pytest.mark.integration
+def test_a_broken_connection_fails_one_write_and_the_next_reconnects(pg_url):
+    import psycopg
+
+    log = ChatLog(pg_url)
+    log.ensure_session("s", "m", "t")
+    pid = log._db.connection.info.backend_pid
+    with psycopg.connect(pg_url, autocommit=True) as admin:  # what a database restart does to the connection
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(psycopg.OperationalError):
+        log.add_message("s", "user", "lost: the request that met the broken connection gets an error")
+    kept = log.add_message("s", "user", "kept")
+    assert [(m["id"], m["content"]) for m in log.messages("s")] == [(kept, "kept")]
+    assert log._db.connection.info.backend_pid != pid
+    log.close()
