@@ -209,15 +209,16 @@ class OnnxDecoder:
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
     def greedy(self, prompt: list[int], new_tokens: int, allowed=None, stop_at_eos: bool = False) -> list[int]:
-        """Greedy tokens after `prompt`; `allowed(generated)` -> a boolean mask over the vocabulary, or None."""
+        """Greedy tokens after `prompt`; `allowed(generated)` -> a boolean mask over the vocabulary (None: any)."""
         import numpy as np
 
         logits, past = self.step(prompt, None, 0)
         out: list[int] = []
         for _ in range(new_tokens):
             row = logits[0, -1]
-            if allowed is not None:
-                row = np.where(allowed(out), row, -np.inf)
+            mask = allowed(out) if allowed is not None else None
+            if mask is not None:
+                row = np.where(mask, row, -np.inf)
             token = int(row.argmax())
             out.append(token)
             if stop_at_eos and token in self.eos:

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# The extraction page's JavaScript runtime from the npm registry (quick once done; quantize/page/vendor/).
+scripts/vendor_web.sh || echo "note: could not vendor transformers.js: the browser page of backend 'web' cannot run" >&2
 stamp=".venv/.installed-$(cat setup.cfg constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then exit 0; fi
 echo "== installing dependencies into .venv (once) =="

@@ -1,0 +1,78 @@
+"""The extraction page in a real headless Chromium (Debian's, driven by Playwright), offline but for a local server:
+the 4-bit web artifact of the tiny llama extracts from 10 held-out examples with the browser's greedy tokens equal to
+onnxruntime's in Python (same prompt, same schema constraint), the same extraction metrics, and schema-valid JSON.
+
+Needs: apt-get install -y chromium; scripts/vendor_web.sh (scripts/setup.sh runs it). Never `playwright install`.
+Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q -m "" tests/quantize/test_web_page.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SKIP = bool(os.environ.get("NEURALCHAT_SKIP_BROWSER")) and CHROMIUM is None
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(SKIP, reason="NEURALCHAT_SKIP_BROWSER is set and no chromium is installed"),
+]
+pytest.importorskip("onnxruntime")
+MAX_NEW_TOKENS = 48  # the tiny model's constrained replies; keeps the browser run to seconds
+
+
+@pytest.fixture(scope="module")
+def examples():
+    from quantize.web_page import held_out
+
+    return held_out(max_examples=10)
+
+
+def test_browser_tokens_and_scores_equal_python(web_artifacts, examples):
+    from quantize.web_page import PythonExtractor, run_browser, score, user_text, vendor_ready
+
+    assert CHROMIUM, "the browser test needs a system chromium (apt-get install -y chromium); scripts/test.sh does it"
+    assert vendor_ready(), "transformers.js is not vendored: run scripts/vendor_web.sh (scripts/setup.sh runs it)"
+    artifact = web_artifacts[4]
+    texts = [user_text(e) for e in examples]
+    python = PythonExtractor(artifact, threads=1)
+    expected = [python.extract(t, max_new_tokens=MAX_NEW_TOKENS) for t in texts]
+    browser, info = run_browser(artifact, texts, max_new_tokens=MAX_NEW_TOKENS)
+
+    assert info["blocked_requests"] == []  # everything came from the local server
+    assert "q4 on wasm" in info["status"]
+    for got, want in zip(browser, expected):
+        assert got["prompt_ids"] == want["prompt_ids"]  # the chat template renders the same in both
+        assert got["tokens"] == want["tokens"]
+        assert got["constrained"] and want["constrained"]
+    ours, theirs = score([r["text"] for r in browser], examples), score([r["text"] for r in expected], examples)
+    for key in ("json_validity", "schema_validity", "attribute_f1", "aspect_f1", "aspect_sentiment_accuracy",
+                "overall_sentiment_accuracy"):
+        assert abs((ours[key] or 0) - (theirs[key] or 0)) <= 1, key
+    finished = [r for r in browser if len(r["tokens"]) < MAX_NEW_TOKENS]  # the rest hit the token limit mid-JSON
+    assert finished and all(r["json"] is not None for r in finished)
+
+
+def test_the_page_renders_a_table_and_says_when_unconstrained(web_artifacts, examples):
+    from quantize.web_page import browser_page, serve_folder, user_text
+
+    artifact = web_artifacts[4]
+    with serve_folder(artifact.parent) as base, browser_page(
+            f"{base}/{artifact.name}/page/?max_new_tokens={MAX_NEW_TOKENS}") as (page, blocked):
+        page.wait_for_function("document.body.dataset.state === 'ready'")
+        page.fill("#input", user_text(examples[0]))
+        page.click("#run")
+        page.wait_for_function("document.body.dataset.state === 'ready' && document.querySelector('#raw').textContent")
+        assert page.inner_text("#mode") == "constrained to the extraction schema"
+        raw = page.inner_text("#raw")
+        if page.inner_text("#validity") == "valid JSON":
+            assert page.locator("#table tbody tr").count() >= 1  # at least the overall sentiment
+            assert page.locator("#table tbody tr").last.locator("td").first.inner_text() == "overall"
+        page.uncheck("#constrained")
+        page.click("#run")
+        page.wait_for_function(f"document.querySelector('#raw').textContent !== {raw!r}"
+                               " && document.body.dataset.state === 'ready'")
+        assert page.inner_text("#mode").startswith("UNCONSTRAINED")
+        assert blocked == []
