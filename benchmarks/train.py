@@ -6,6 +6,16 @@
     python -m benchmarks.train --sweep lora_rank=8,16,64 --sweep seq_len=128,256,512,1024 --sweep batch=1,4,8 \
         --sweep method=lora,full --sweep threads=1,2 --sweep processes=1,2     # one setting at a time, `ours`
     python -m benchmarks train --task dpo                      # DPO: TRL's DPOTrainer defaults vs ours
+    python -m benchmarks train --shape llama-3.2-1b            # a real architecture and size, random weights
+    python -m benchmarks train --shape llama-3.1-8b --steps 2 --seq-len 128
+
+--shape NAME (benchmarks.shapes: qwen2.5-0.5b, llama-3.2-1b, qwen2.5-1.5b, llama-3.2-3b, llama-3.1-8b) builds that
+architecture at its real size with random weights, directly in each side's dtype, and runs plain Trainer + PEFT in
+the machine's training precision (plain-bf16; plain-fp32 on a CPU without bf16 instructions) beside ours, each in its
+own process. Small defaults (2 timed steps after 1, batch 2, sequences up to 256 tokens); no held-out loss (the
+weights are random). A side whose estimated peak (finetune.memory) exceeds the available memory is not started and
+its row says so; ours turns on gradient checkpointing by itself when it needs it (--gradient-checkpointing auto).
+The shape limit is measured at the run's own token count per step.
 
 Variants (same model, data, LoRA settings, batch, steps and seed; each in its own process so that peak RSS is
 its own):
@@ -70,6 +80,7 @@ from benchmarks.machine import (
     publish,
     train_precision,
 )
+from benchmarks.shapes import SHAPE_DEFAULTS, SHAPES, prepare_shape, shape_estimates, shape_side_skip
 
 VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-glibc", "ours-fp32", "ours-qlora")
 DEFAULT_VARIANTS = "plain-fp32,plain-bf16,ours"
@@ -149,7 +160,12 @@ def _plain_trainer(model_path, tokenizer, train, out, args, bf16: bool, callback
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    from finetune.models import RANDOM_WEIGHTS_FILE, load_model
+
+    if (Path(model_path) / RANDOM_WEIGHTS_FILE).is_file():  # a --shape: built, not read (fp32, as from_pretrained)
+        model = load_model(model_path, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     training_args = TrainingArguments(
@@ -202,7 +218,8 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
             DataArguments(train_file=str(train_file), max_seq_length=args.seq_len),
             Args(output_dir=str(out / "run"), do_train=True, max_steps=args.warmup + args.steps,
                  per_device_train_batch_size=args.batch, learning_rate=2e-4, save_strategy="no",
-                 report_to="none", logging_steps=1, disable_tqdm=True, seed=0),
+                 report_to="none", logging_steps=1, disable_tqdm=True, seed=0,
+                 gradient_checkpointing=args.gradient_checkpointing == "on"),
             FinetuningArguments(task="chat", lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
                                 lora_dropout=0.0, lora_all_linear=True, save_merged_model=False,
                                 full_finetune=args.full,
@@ -211,6 +228,7 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
         if rank == 0:
             (out / "adapter").symlink_to(out / "run" / ("merged" if args.full else "adapter"))
     peak_rss = peak_rss_mb()
+    random_weights = is_shape(model_path)
     timed = meter.batches[args.warmup: args.warmup + args.steps]
     seconds = meter.times[-1] - meter.times[args.warmup]
     start_j, end_j = meter.joules[args.warmup], meter.joules[-1]
@@ -229,15 +247,27 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
         "useful_tokens_per_s": sum(u for _, u in timed) / seconds,
         "peak_rss_mb": round(peak_rss),
         "tokens_per_joule": sum(u for _, u in timed) / joules if joules else None,
+        "seconds_per_step": round(seconds / len(timed), 3),
+        "gradient_checkpointing": args.gradient_checkpointing == "on" and not variant.startswith("plain"),
         "eval_loss": (_held_out_loss(model_path, tokenizer, out / "adapter", rows[: args.eval_examples], args)
-                      if rank == 0 else None),
+                      if rank == 0 and not random_weights else None),
         "parameters": parameter_count(model_path),
     }
+
+
+def is_shape(model_path: str) -> bool:
+    from finetune.models import RANDOM_WEIGHTS_FILE
+
+    return (Path(model_path) / RANDOM_WEIGHTS_FILE).is_file()
 
 
 def parameter_count(model_path: str) -> int:
     from safetensors import safe_open
 
+    if is_shape(model_path):  # no weights on disk: the architecture's own count
+        from finetune.memory import count_parameters, model_config
+
+        return count_parameters(model_config(model_path))
     total = 0
     for f in Path(model_path).glob("*.safetensors"):
         with safe_open(f, "pt") as st:
@@ -495,9 +525,11 @@ def _machine(args) -> dict:
 
     precision = train_precision(args.device)
     peak, sizes = matmul_peaks(device=args.device)
-    shapes = (model_shape_gflops(resolve_model_path(args.model), precision=precision) if args.device == "cpu"
-              else None)
-    return {"device": args.device, "model": args.model, "seq_len": args.seq_len, "batch": args.batch,
+    tokens = args.batch * args.seq_len if getattr(args, "shape", None) else 1024  # a shape: its own step's tokens
+    shapes = (model_shape_gflops(resolve_model_path(args.model), precision=precision, tokens=tokens)
+              if args.device == "cpu" else None)
+    return {"device": args.device, "model": getattr(args, "shape", None) or args.model, "seq_len": args.seq_len,
+            "batch": args.batch,
             "steps": args.steps, "warmup": args.warmup, "lora_rank": args.lora_rank, "examples": args.examples,
             "train_precision": precision, "matmul_gflops": peak, "matmul_size": sizes,
             "model_shape_gflops": shapes, "machine": machine_info()}
@@ -525,25 +557,43 @@ def _write_chats(folder: str, n: int) -> Path:
 
 def run(args) -> dict:
     variants = _variants(args)
-    payload = {"benchmark": "train", **_machine(args)}
+    payload = {"benchmark": "train", **_machine(args), "shape": getattr(args, "shape", None),
+               "gradient_checkpointing": args.gradient_checkpointing}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         data = _write_chats(tmp, args.examples)
         for variant in variants:
             print(f"-- {variant}", flush=True)
+            skip = shape_side_skip(variant, args) if args.shape else None
+            if skip:
+                print(f"   not started: {skip}", flush=True)
+                results.append({"variant": variant, "skipped": skip})
+                continue
             results.append(_run_variant(variant, args, data, Path(tmp) / variant))
-    limits = _limits(_peak(payload), results[0]["parameters"])
+    if args.shape:
+        payload["load_average_after"] = list(os.getloadavg())  # the machine is shared: how busy it was
+        payload["memory_estimate"] = shape_estimates(args)
+    ran = [r for r in results if "skipped" not in r]
+    params = ran[0]["parameters"] if ran else parameter_count(args.model)
+    for r in results:
+        r.setdefault("parameters", params)
+    results, skipped = ran, [r for r in results if "skipped" in r]
+    limits = _limits(_peak(payload), params)
     shapes = payload["model_shape_gflops"]
-    shape_limit = _limits(shapes, results[0]["parameters"])["lora"] if shapes else None
+    shape_limit = _limits(shapes, params)["lora"] if shapes else None
     base = next((r for r in results if r["variant"] == "plain-fp32"), None)
+    plain = next((r for r in results if r["variant"].startswith("plain")), None)
     for r in results:
         r["fraction_of_limit"] = r["useful_tokens_per_s"] / limits["lora"]
         r["fraction_of_model_shape_limit"] = r["useful_tokens_per_s"] / shape_limit if shape_limit else None
         if base:
             r["speedup_vs_plain_fp32"] = r["useful_tokens_per_s"] / base["useful_tokens_per_s"]
-            r["eval_loss_vs_plain_fp32"] = r["eval_loss"] / base["eval_loss"] - 1
+            if r["eval_loss"] is not None:
+                r["eval_loss_vs_plain_fp32"] = r["eval_loss"] / base["eval_loss"] - 1
+        if plain:
+            r["speedup_vs_plain"] = r["useful_tokens_per_s"] / plain["useful_tokens_per_s"]
     return {**payload, "limit_tokens_per_s": limits["lora"], "model_shape_limit_tokens_per_s": shape_limit,
-            "results": results}
+            "results": results + skipped}
 
 
 def parse_sweep(text: str) -> tuple[str, list]:
@@ -618,7 +668,8 @@ def render_sweeps(payload: dict) -> str:
 def _passthrough(args) -> list[str]:
     return ["--device", args.device, "--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--lora-rank", str(args.lora_rank),
-            "--eval-examples", str(args.eval_examples), *(["--full"] if args.full else [])]
+            "--eval-examples", str(args.eval_examples), *(["--full"] if args.full else []),
+            "--gradient-checkpointing", args.gradient_checkpointing]
 
 
 def _shape_gflops_text(payload: dict) -> str:
@@ -639,6 +690,10 @@ def render(payload: dict) -> str:
             + (f" | {precision} at the model's shapes {shape_gflops(payload):.0f} GFLOPS -> shape limit "
                f"{shape_limit:.0f} tok/s" if shape_limit else ""))
     rows = [{**r, "fraction": limit_fraction(r)} for r in payload["results"]]
+    if payload.get("shape"):
+        from benchmarks.shapes import render_shape
+
+        return render_shape(payload, head, rows)
     columns = [("variant", "variant"), ("allocator", "malloc"), ("useful_tokens_per_s", "useful tok/s"),
                ("tokens_per_s", "all tok/s"),
                ("speedup_vs_plain_fp32", "x plain-fp32"), ("fraction", f"of {precision} limit"),
@@ -665,9 +720,15 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. --sweep seq_len=128,256,512,1024 --sweep threads=1,2 --sweep processes=1,2")
     p.add_argument("--task", default="chat", choices=["chat", "dpo"],
                    help="chat: SFT on multi-turn chats; dpo: preference tuning on the shipped Aurora pairs")
+    p.add_argument("--shape", choices=sorted(SHAPES),
+                   help="a real architecture and size with random weights (benchmarks.shapes), ours vs plain")
+    p.add_argument("--gradient-checkpointing", default="auto", choices=["auto", "on", "off"],
+                   help="ours: auto turns it on when the memory estimate needs it (--shape)")
     p.add_argument("--worker", choices=VARIANTS + DPO_VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    if p.parse_known_args(argv)[0].shape:  # small defaults: a step of an 8B model takes minutes on 2 cores
+        p.set_defaults(**SHAPE_DEFAULTS)
     args = p.parse_args(argv)
     if args.worker:
         worker = _run_dpo_worker if args.task == "dpo" else _run_worker
@@ -689,8 +750,11 @@ def main(argv: list[str] | None = None) -> int:
         name = "train-sweep" if args.device == "cpu" else f"train-sweep-{args.device}"
         publish(name, payload, render_sweeps(payload))
         return 0
+    if args.shape:
+        prepare_shape(args)
     payload = run(args)
-    publish("train" if args.device == "cpu" else f"train-{args.device}", payload, render(payload))
+    name = f"train-{args.shape}" if args.shape else "train"
+    publish(name if args.device == "cpu" else f"{name}-{args.device}", payload, render(payload))
     return 0
 
 

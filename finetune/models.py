@@ -22,6 +22,10 @@ from finetune.run_folder import run_weights
 
 logger = logging.getLogger(__name__)
 
+# A model folder holding this file beside its config.json has no weights: load_model builds the architecture randomly
+# initialized (benchmarks.shapes: real shapes measured without downloading their weights).
+RANDOM_WEIGHTS_FILE = "random_weights.json"
+
 # Bumped whenever convert_gguf writes something different, so stale caches are converted again.
 CONVERTER_VERSION = 4  # 4: SentencePiece vocabularies get merges from their scores (finetune/gguf_tokenizer.py)
 
@@ -209,7 +213,41 @@ def load_model(
     if "attn_implementation" not in kwargs and soft_caps_attention(path):
         # transformers' SDPA path drops Gemma 2's attention soft-cap without a word: its eager attention keeps it
         kwargs["attn_implementation"] = "eager"
+    if (Path(path) / RANDOM_WEIGHTS_FILE).is_file():
+        return _random_model(Path(path), dtype, **kwargs)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+
+
+def _random_model(path: Path, dtype: torch.dtype, **kwargs):
+    """The architecture of `path`'s config.json with random weights, allocated directly in `dtype` (no fp32 copy
+    first). The values come from one seeded pool of N(0, 0.02) tiled over every matrix (norms at 1): transformers'
+    own initialisation draws every value and takes minutes for 8B parameters, and the values do not change speed or
+    memory. Quantizing happens while loading, so with a quantization_config the weights are written once, into
+    the folder, and loaded from there."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    if "quantization_config" in kwargs:
+        written = path / "random-weights"
+        if not (written / "config.json").is_file():
+            _random_model(path, dtype).save_pretrained(written)
+        return AutoModelForCausalLM.from_pretrained(written, dtype=dtype, **kwargs)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
+    seed = json.loads((path / RANDOM_WEIGHTS_FILE).read_text() or "{}").get("seed", 0)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    model.tie_weights()  # no_init_weights also skips the tying that init_weights does
+    pool = (torch.randn(1 << 20, generator=torch.Generator().manual_seed(seed)) * 0.02).to(dtype)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1:  # norm weights at 1, biases at 0
+                param.fill_(1.0 if "norm" in name else 0.0)
+                continue
+            flat = param.view(-1)
+            for start in range(0, flat.numel(), pool.numel()):
+                end = min(start + pool.numel(), flat.numel())
+                flat[start:end] = pool[: end - start]
+    return model
 
 
 def soft_caps_attention(path: str | Path) -> bool:

@@ -1,0 +1,284 @@
+"""How much memory a fine-tune will need, estimated from the model's config before any weight is loaded.
+
+finetune_model checks the estimate against the memory this machine has available and stops with the figures
+and what to change rather than be killed by the kernel halfway through loading; `python -m finetune doctor
+--model M` prints the same estimate. Every part is bytes per parameter or per token, from what the recipe keeps:
+
+- frozen weights: bf16 (2 bytes) for LoRA in every precision (on a CPU without bf16 instructions they are stored
+  in bf16 and computed in fp32, layer by layer: finetune.lean_ops.compute_frozen_in); fp32 master weights, their
+  gradients and AdamW's two moments (16 bytes) for a full fine-tune; NF4 (about 0.53 bytes) for QLoRA's layers;
+- adapters: fp32 weights, gradients and AdamW's two moments, 16 bytes per LoRA parameter;
+- activations: what autograd keeps per token of the batch and layer: with finetune.lean_ops, the layer input,
+  q, k, v, the attention output, the MLP input, gate and up (4 x hidden + 2 x KV width + 2 x intermediate values,
+  in the compute precision); with gradient checkpointing only the layer input, plus one layer recomputed;
+- the output head: one chunk of 256 fp32 logits rows with the chunked head loss (and an fp32 copy of the head
+  when its weights are stored in bf16 but computed in fp32); every position's logits in bf16 and fp32 copies
+  without it;
+- the process itself (Python, torch, transformers, tokenizer, oneDNN's kernels) and allocator slack.
+
+Calibration (benchmarks/train.py --shape, 2 shared cores, bf16, tcmalloc): see CALIBRATION below.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GIB = 2**30
+HEAD_CHUNK = 256  # finetune.lean_ops.HEAD_CHUNK, repeated to keep this module free of torch at import
+# Measured: a LoRA run of a 2-layer hidden-64 model peaks at about 0.9 GiB on tcmalloc (the interpreter, torch,
+# transformers, PEFT, datasets and the tokenizer) whatever its size.
+PROCESS_GIB = 0.9
+SLACK = 0.10  # allocator fragmentation and transient copies, as a fraction of what the run allocates
+MEMORY_ENV = "NEURALCHAT_MEMORY_GIB"  # how much memory a run may use, in GiB, in place of what the machine has
+CALIBRATION: dict[str, str] = {}  # filled in from measured runs: shape -> "estimate vs measured"
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """The run settings that decide its memory. batch: examples per device step; seq_len: tokens per example (the
+    padding-free batch holds at most batch x seq_len tokens); lora_targets: "all-linear" or module names (None: the
+    family's default)."""
+
+    precision: str = "bf16"  # compute precision: "bf16", "fp16" or "fp32"
+    batch: int = 1
+    seq_len: int = 512
+    lora_rank: int = 8
+    lora_targets: str | list[str] | None = "all-linear"
+    lora_dropout: float = 0.0
+    full_finetune: bool = False
+    qlora: bool = False
+    gradient_checkpointing: bool = False
+    chunked_head: bool = True  # padding-free batches with finetune.lean_ops' head loss
+    lean_ops: bool = True
+    frozen_bytes: float = 2.0  # per frozen weight: bf16 in our recipe; 4 for a plain fp32 load (what Trainer does)
+
+    def __post_init__(self):
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"MemorySettings.precision must be bf16, fp16 or fp32, got {self.precision!r}")
+        for name in ("batch", "seq_len", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MemorySettings.{name} must be at least 1, got {getattr(self, name)}")
+        if self.qlora and self.full_finetune:
+            raise ValueError("MemorySettings: qlora and full_finetune exclude each other")
+
+
+@dataclass
+class MemoryEstimate:
+    """Peak resident memory of a run, in GiB, by part."""
+
+    parts: dict[str, float] = field(default_factory=dict)
+    parameters: int = 0
+    trainable: int = 0
+    settings: MemorySettings | None = None
+
+    @property
+    def total_gib(self) -> float:
+        return sum(self.parts.values())
+
+    def render(self) -> str:
+        parts = ", ".join(f"{name} {gib:.2f}" for name, gib in self.parts.items())
+        return (f"{self.total_gib:.1f} GiB ({parts}; {self.parameters / 1e9:.2f} B parameters, "
+                f"{self.trainable / 1e6:.1f} M trainable)")
+
+
+class InsufficientMemoryError(MemoryError):
+    """The run's estimated peak exceeds the memory available to it (raised before the model is loaded)."""
+
+
+def model_config(model_path: str | Path, trust_remote_code: bool = False):
+    """The transformers config of a model folder (its config.json): nothing else is read."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+
+
+def _meta_model(config):
+    """The model built on the meta device: exact parameter shapes for any architecture, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def count_parameters(config) -> int:
+    """Parameters of the model `config` describes (tied weights once)."""
+    return sum(p.numel() for p in _meta_model(config).parameters())
+
+
+def _target_names(model, targets) -> set[str] | None:
+    """The linear-layer names LoRA adapts (None: every linear but the output head, PEFT's "all-linear")."""
+    if targets == "all-linear":
+        return None
+    if targets is None:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+        from finetune.families import DEFAULT_LORA_TARGETS
+
+        model_type = model.config.model_type
+        targets = (DEFAULT_LORA_TARGETS.get(model_type)
+                   or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type) or ["q_proj", "v_proj"])
+    return set(targets)
+
+
+def _dims(config) -> tuple[int, int, int, int, int, int]:
+    """(hidden, KV width, intermediate, layers, vocabulary, heads) of a decoder config (a multimodal one's text
+    part)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden, heads = text.hidden_size, text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv = (getattr(text, "num_key_value_heads", None) or heads) * head_dim
+    inter = getattr(text, "intermediate_size", None) or 4 * hidden
+    return hidden, kv, inter, text.num_hidden_layers, text.vocab_size, heads
+
+
+def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
+    """Peak resident memory of a fine-tune of the model `config` describes (a transformers config, or a model
+    folder) with `settings`, on a CPU (on a GPU: the device's memory plus the same process on the host)."""
+    import torch
+
+    if isinstance(config, (str, Path)):
+        config = model_config(config)
+    s = settings
+    model = _meta_model(config)
+    head = model.get_output_embeddings()
+    head_params = head.weight.numel() if head is not None else 0
+    params = sum(p.numel() for p in model.parameters())
+    targets = _target_names(model, s.lora_targets)
+    lora = linear_params = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            continue
+        linear_params += module.weight.numel()
+        if targets is None or name.rsplit(".", 1)[-1] in targets:
+            lora += s.lora_rank * (module.in_features + module.out_features)
+    compute = 4 if s.precision == "fp32" else 2
+    hidden, kv, inter, layers, vocab, heads = _dims(config)
+    tokens = s.batch * s.seq_len
+    parts: dict[str, float] = {}
+
+    if s.full_finetune:
+        trainable = params
+        parts["weights"] = params * 4 / GIB  # fp32 master weights
+        parts["gradients + AdamW"] = params * 12 / GIB
+        if compute == 2:
+            parts["weights"] += params * 2 / GIB  # autocast keeps a bf16 copy of each trained weight per step
+    else:
+        trainable = lora
+        frozen = params
+        if s.frozen_bytes > compute:  # autocast's copy of the widest layer's weight, transient
+            parts["autocast copies"] = max(m.weight.numel() for m in model.modules()
+                                           if isinstance(m, torch.nn.Linear)) * compute / GIB
+        if s.qlora:  # NF4 layers (0.5 byte + blockwise scales), embeddings and head in the compute precision
+            parts["weights"] = (linear_params * 0.53 + (params - linear_params) * compute) / GIB
+        else:
+            parts["weights"] = frozen * s.frozen_bytes / GIB  # bf16 (fp16 on a GPU in fp16)
+        parts["adapters + AdamW"] = lora * 16 / GIB
+
+    # Values autograd keeps per token and layer (see the module docstring), in the compute precision.
+    kept = 4 * hidden + 2 * kv + 2 * inter
+    if not s.lean_ops:  # the norm outputs, the MLP product and the attention output's layout copy besides
+        kept += 3 * hidden + inter
+    if not s.full_finetune and s.lora_dropout > 0:  # each adapter's dropped-out input and its mask
+        kept += (4 * hidden + 2 * hidden + inter) * (compute + 1) / compute
+    per_layer = tokens * kept * compute
+    working = tokens * (2 * inter + 4 * hidden) * 4  # one layer's gradients in flight (fp32 where they meet)
+    if s.gradient_checkpointing:
+        parts["activations"] = (layers * tokens * hidden * compute + per_layer + working) / GIB
+    else:
+        parts["activations"] = (layers * per_layer + working) / GIB
+
+    if s.chunked_head:
+        head_bytes = min(tokens, HEAD_CHUNK) * vocab * (4 + 2) + tokens * hidden * 4
+        if compute > s.frozen_bytes and not s.full_finetune:  # bf16-stored head computed in fp32: one fp32 copy
+            head_bytes += head_params * 4
+    else:  # every position's logits: bf16, fp32 copy, log-probabilities, their gradient
+        head_bytes = tokens * vocab * (compute + 4 + 4 + 4)
+    parts["head"] = head_bytes / GIB
+    parts["process"] = PROCESS_GIB
+    parts["slack"] = SLACK * sum(v for k, v in parts.items() if k != "process")
+    return MemoryEstimate({k: round(v, 3) for k, v in parts.items()}, params, trainable, s)
+
+
+def available_gib() -> tuple[float | None, str]:
+    """(GiB this run may use, where the figure comes from): NEURALCHAT_MEMORY_GIB when set, else the machine's
+    available memory (MemAvailable), within a cgroup's limit."""
+    from finetune.hardware import memory_gib
+
+    if os.environ.get(MEMORY_ENV):
+        try:
+            return float(os.environ[MEMORY_ENV]), f"{MEMORY_ENV}={os.environ[MEMORY_ENV]}"
+        except ValueError as err:
+            raise ValueError(f"{MEMORY_ENV}={os.environ[MEMORY_ENV]!r} is not a number of GiB") from err
+    mem = memory_gib()
+    figures = [v for v in (mem["available"], mem["cgroup_limit"]) if v is not None]
+    if not figures:
+        return None, "unknown"
+    return min(figures), "available memory (MemAvailable" + (", cgroup limit)" if mem["cgroup_limit"] else ")")
+
+
+def _alternatives(config, s: MemorySettings, limit: float) -> list[str]:
+    """Changes that would fit, each alone, as the settings a user sets."""
+    from dataclasses import replace
+
+    options = []
+    if not s.gradient_checkpointing:
+        options.append(("gradient_checkpointing=True", replace(s, gradient_checkpointing=True)))
+    if s.batch > 1:
+        options.append(("per_device_train_batch_size=1 (raise gradient_accumulation_steps to keep the batch)",
+                        replace(s, batch=1)))
+    if s.seq_len > 256:
+        options.append((f"max_seq_length={s.seq_len // 2}", replace(s, seq_len=s.seq_len // 2)))
+    if not s.qlora and not s.full_finetune:
+        options.append(("qlora=True (4-bit base weights; slow on a CPU)", replace(s, qlora=True)))
+    if s.full_finetune:
+        options.append(("LoRA in place of full_finetune", replace(s, full_finetune=False)))
+    cheapest = replace(s, gradient_checkpointing=True, batch=1, qlora=not s.full_finetune, full_finetune=False)
+    lines = []
+    for what, changed in options:
+        total = estimate_memory(config, changed).total_gib
+        lines.append(f"  {what}: {total:.1f} GiB" + (" (fits)" if total <= limit else ""))
+    total = estimate_memory(config, cheapest).total_gib
+    lines.append(f"  all of these together: {total:.1f} GiB" + (" (fits)" if total <= limit else
+                                                                 " (does not fit: a smaller model is needed)"))
+    return lines
+
+
+def check_memory(config, settings: MemorySettings, limit_gib: float | None = None,
+                 where: str = "") -> MemoryEstimate:
+    """The estimate; raises InsufficientMemoryError naming the estimate, the memory available and what would fit
+    when the estimate exceeds `limit_gib` (None: available_gib())."""
+    if isinstance(config, (str, Path)):
+        config = model_config(config)
+    estimate = estimate_memory(config, settings)
+    source = "passed in"
+    if limit_gib is None:
+        limit_gib, source = available_gib()
+    problem = fit_problem(config, estimate, limit_gib, source, where)
+    if problem:
+        raise InsufficientMemoryError(problem.replace("{stops}", "stopped before loading the model"))
+    return estimate
+
+
+def fit_problem(config, estimate: MemoryEstimate, limit_gib: float | None, source: str, where: str = "") -> str | None:
+    """None when `estimate` fits in `limit_gib`; else what it needs, what there is and what would fit ("{stops}"
+    stands for what the caller does about it)."""
+    if limit_gib is None or estimate.total_gib <= limit_gib:
+        return None
+    return (f"This fine-tune{' of ' + where if where else ''} would need about {estimate.render()} at its peak, "
+            f"and {limit_gib:.1f} GiB is available ({source}); {{stops}}. Change one of:\n"
+            + "\n".join(_alternatives(config, estimate.settings, limit_gib))
+            + f"\n(set {MEMORY_ENV} to run anyway with a figure of your own)")
+
+
+def settings_from_config(config, precision: str) -> MemorySettings:
+    """MemorySettings of a TextGenerationFinetuningConfig run in `precision`."""
+    fa, args, data = config.finetune_args, config.training_args, config.data_args
+    targets = "all-linear" if fa.lora_all_linear else fa.lora_target_modules
+    return MemorySettings(
+        precision=precision, batch=args.per_device_train_batch_size, seq_len=data.max_seq_length,
+        lora_rank=fa.lora_rank, lora_targets=targets, lora_dropout=fa.lora_dropout, full_finetune=fa.full_finetune,
+        qlora=fa.qlora, gradient_checkpointing=bool(args.gradient_checkpointing),
+        chunked_head=not data.pad_to_max_length)
