@@ -13,7 +13,7 @@ kto: one line per rated reply, kept or not: {"prompt": [messages before the repl
 
 dpo: one line per replaced reply: {"prompt": [...], "chosen": [the reply kept in its turn], "rejected": [the
 regenerated-away or edited-away reply]}. A pair is left out when the ratings contradict it (chosen rated down or
-rejected rated up) or when both replies are the same text.
+rejected rated up), when both replies are the same text, or when either was cut off (stopped mid-stream).
 
 Every prompt is the conversation as the model saw it before that turn: the kept messages, system prompt included.
 """
@@ -40,22 +40,20 @@ def _verdict(ratings: list[int | None]) -> int | None:
 Row = Sequence  # a row read by position and by column name: sqlite3's, or chatlog_db.Row from PostgreSQL
 
 
-def _sessions(db_path: str | Path, since: float | None) -> Iterator[tuple[Row, list[Row], int]]:
+def _sessions(db_path: str | Path, since: float | None, counts: dict) -> Iterator[tuple[Row, list[Row]]]:
     """(session, every message in conversation order, superseded ones too) of each session with a message logged
-    after `since`; the last item counts the sessions left out by `since`, once, at the end (session None).
+    after `since`; the others are counted in counts["conversations_skipped"].
     `db_path`: the SQLite file, or the postgresql:// URL of the log (chat_log.url)."""
     # Read-only: exporting while the server writes is safe in WAL mode; a version-1 file is read as it is.
     db = connect(db_path, read_only=True)
-    skipped = 0
     try:
         query = messages_sql(db, kept_only=False)
         for session in db.execute("SELECT id, created_at, model FROM sessions ORDER BY created_at").fetchall():
             rows = db.execute(query, (session["id"],)).fetchall()
             if since is not None and not any(r["created_at"] > since for r in rows):
-                skipped += 1
+                counts["conversations_skipped"] += 1
                 continue
-            yield session, rows, 0
-        yield None, [], skipped
+            yield session, rows
     finally:
         db.close()
 
@@ -70,14 +68,12 @@ def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | 
 
     `since` (a Unix time) keeps only conversations with a message logged after it, e.g. since the last
     improvement run. `cut_disliked`: end each conversation before its first thumbs-down reply (module docstring)."""
-    written = skipped = cut = 0
+    counts = {"conversations_written": 0, "conversations_skipped": 0, "output": str(out_path)}
+    cut = 0
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "w", encoding="utf-8") as out:
-        for session, rows, left_out in _sessions(db_path, since):
-            if session is None:
-                skipped += left_out
-                continue
+        for session, rows in _sessions(db_path, since, counts):
             rows = [r for r in rows if r["superseded_by"] is None]
             ratings = [r["feedback"] for r in rows if r["role"] == "assistant"]
             verdict = _verdict(ratings)
@@ -90,7 +86,7 @@ def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | 
                 ratings = [r["feedback"] for r in rows if r["role"] == "assistant"]
                 verdict = _verdict(ratings)
             if not ratings or (min_feedback is not None and (verdict is None or verdict < min_feedback)):
-                skipped += 1
+                counts["conversations_skipped"] += 1
                 continue
             record = {
                 "messages": [_message(r) for r in rows],
@@ -103,11 +99,17 @@ def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | 
                 },
             }
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            written += 1
-    counts = {"conversations_written": written, "conversations_skipped": skipped, "output": str(out_path)}
+            counts["conversations_written"] += 1
     if cut_disliked:
         counts["conversations_cut_at_a_disliked_reply"] = cut
     return counts
+
+
+def _unfinished(row: Row) -> bool:
+    """An empty reply, or one the user stopped (or the client left) mid-stream: no side of a pair."""
+    metadata = row["metadata"] or "{}"
+    metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+    return not row["content"].strip() or bool(metadata.get("interrupted"))
 
 
 def preference_rows(rows: list[Row], kind: Literal["kto", "dpo"]) -> tuple[list[dict], int]:
@@ -130,7 +132,7 @@ def preference_rows(rows: list[Row], kind: Literal["kto", "dpo"]) -> tuple[list[
                         if x is kept:
                             continue
                         if kept["feedback"] == -1 or x["feedback"] == 1 or x["content"] == kept["content"] \
-                                or not x["content"].strip() or not kept["content"].strip():
+                                or _unfinished(kept) or _unfinished(x):
                             left_out += 1
                             continue
                         out.append({"prompt": list(context), "chosen": [_message(kept)],
@@ -145,14 +147,12 @@ def export_preferences(db_path: str | Path, out_path: str | Path, kind: Literal[
     """Write the log's KTO or DPO rows (module docstring), one JSON line each; return counts for the caller."""
     if kind not in ("kto", "dpo"):
         raise ValueError(f"export kind must be 'kto' or 'dpo', got {kind!r}")
-    written = conversations = skipped = left_out = 0
+    written = conversations = left_out = 0
+    skipped = {"conversations_skipped": 0}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "w", encoding="utf-8") as out:
-        for session, rows, left in _sessions(db_path, since):
-            if session is None:
-                skipped += left
-                continue
+        for _, rows in _sessions(db_path, since, skipped):
             found, dropped = preference_rows(rows, kind)
             left_out += dropped
             conversations += bool(found)
@@ -160,8 +160,8 @@ def export_preferences(db_path: str | Path, out_path: str | Path, kind: Literal[
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             written += len(found)
     noun = "pairs" if kind == "dpo" else "rated_replies"
-    counts = {f"{noun}_written": written, "conversations_with_them": conversations,
-              "conversations_skipped": skipped, "output": str(out_path)}
+    counts = {f"{noun}_written": written, "conversations_with_them": conversations, **skipped,
+              "output": str(out_path)}
     if kind == "dpo":
-        counts["pairs_left_out"] = left_out  # contradicting ratings or the same text twice
+        counts["pairs_left_out"] = left_out  # contradicting ratings, the same text twice, or a cut-off reply
     return counts

@@ -65,6 +65,17 @@ def test_dpo_rows_pair_the_kept_reply_with_each_replaced_one(log_file, tmp_path)
     assert counts["pairs_written"] == 1 and counts["pairs_left_out"] == 2  # the liked one, and "One year." twice
 
 
+def test_a_reply_cut_off_mid_stream_is_no_side_of_a_pair(tmp_path):
+    log = ChatLog(tmp_path / "log.sqlite")
+    log.ensure_session("s")
+    log.add_message("s", "user", "Explain gears.")
+    first = log.add_message("s", "assistant", "Gears trade speed for force.")
+    log.add_message("s", "assistant", "Gears are", metadata={"interrupted": True}, replaces=first)  # stopped
+    log.close()
+    counts = export_preferences(tmp_path / "log.sqlite", tmp_path / "dpo.jsonl", "dpo")
+    assert (counts["pairs_written"], counts["pairs_left_out"]) == (0, 1)
+
+
 def test_kto_rows_are_every_rated_reply_with_the_prompt_before_its_turn(log_file, tmp_path):
     path, _ = log_file
     counts = export_preferences(path, tmp_path / "kto.jsonl", "kto")
