@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from finetune.config_binding import FLAG_DEST, add_config_flags, config_overrides, fields_help
 
@@ -48,9 +49,11 @@ def _ask(args) -> int:
 def _improve(args) -> int:
     from neural_chat_app.improve import LoopConfig, run_loop
 
-    state = run_loop(LoopConfig.from_yaml(args.config, args.overrides))
+    config = LoopConfig.from_yaml(args.config, args.overrides)
+    state = run_loop(config)
     for step, result in state["steps"].items():
         print(f"{step}: {json.dumps(result, default=str)}")
+    print(f"report: {Path(config.run_dir) / 'report.md'}")
     return 0
 
 

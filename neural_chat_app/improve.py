@@ -63,7 +63,8 @@ class LoopConfig:
     data_dir: str | None = None
     """Or a folder (or file) of conversation logs in any format the data pipeline reads."""
     min_feedback: int | None = 1
-    """chat_log only: keep conversations rated at least this (1: thumbs up only; None: every conversation)."""
+    """chat_log only, SFT: keep conversations rated at least this (1: thumbs up only; None: every conversation).
+    Whatever it is, a conversation ends before its first thumbs-down reply: a disliked reply is never a target."""
     metadata_filters: list[str] = field(default_factory=list)
     """Data pipeline metadata predicates, e.g. 'metadata.model == "smollm2-135m-instruct"'."""
     min_conversations: int = 20
@@ -93,9 +94,9 @@ class LoopConfig:
     """Preference tuning on the feedback: dpo (pairs of kept vs regenerated/edited-away replies), kto (thumbs up
     and down, unpaired), or null for SFT only."""
     min_pairs: int = 20
-    """dpo: fewer pairs than this (before the held-out split): no preference tuning this run."""
+    """dpo: fewer pairs than this (kept by the data pipeline, held-out ones included): no preference tuning."""
     min_rated_replies: int = 40
-    """kto: fewer rated replies than this: no preference tuning this run."""
+    """kto: fewer rated replies than this (kept by the data pipeline): no preference tuning this run."""
     preference_heldout: float = 0.2
     """Share of the preference prompts held out for the gate (the data pipeline's test split, grouped by prompt)."""
     preference_finetune: TextGenerationFinetuningConfig = field(default_factory=dict, metadata=RAW_MAPPING)
