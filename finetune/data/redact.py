@@ -8,6 +8,7 @@ runs can look like phone numbers).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections import Counter
@@ -101,10 +102,73 @@ def _phone(text: str, region: str) -> tuple[str, int]:
     digits = _ascii_digits(text)
     if (digits < 7) if digits is not None else not _SEVEN_DIGITS.search(text):
         return text, 0
-    matches = list(phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID))
+    matches = list(_matcher_class()(text, region, leniency=phonenumbers.Leniency.VALID))
     for m in reversed(matches):  # from the end, so earlier offsets stay valid
         text = text[: m.start] + PLACEHOLDERS["phone"] + text[m.end :]
     return text, len(matches)
+
+
+@functools.cache
+def _matcher_class() -> type:
+    """libphonenumber's matcher with one shortcut, made here so that `phonenumbers` is imported only when used.
+
+    Most candidates the matcher finds are not phone numbers (order and case numbers like "123456-0"), and it
+    spends most of its time proving that: `is_valid_number` tries each region of the country code in turn (25
+    for +1), each with its own patterns. A valid number's national part always matches the general pattern
+    (and one of the lengths) of some region of its country code (`_number_type_helper` checks that first), so
+    one combined pattern per country code rules most candidates out; the others take the matcher's own path.
+    The shortcut only returns "no match" where that path would, so the matches are the same (a test compares).
+    """
+    import phonenumbers
+    from phonenumbers.phonenumbermatcher import PhoneNumberMatcher
+
+    class Matcher(PhoneNumberMatcher):
+        def _parse_and_verify(self, candidate, offset):
+            if self.leniency == phonenumbers.Leniency.VALID:
+                try:
+                    number = phonenumbers.parse(candidate, self.preferred_region, keep_raw_input=True)
+                except phonenumbers.NumberParseException:
+                    return None  # the matcher's own parse raises the same, and it returns None then
+                nsn = phonenumbers.national_significant_number(number)
+                if not _may_be_valid(number.country_code, nsn):
+                    return None
+            return super()._parse_and_verify(candidate, offset)
+
+    return Matcher
+
+
+@functools.cache
+def _general_patterns(country_code: int) -> tuple[frozenset[int] | None, re.Pattern | None]:
+    """(every region's possible lengths, or None when a region lists none; one pattern matching any region's
+    general national number pattern, or None when a region has no metadata) for a country calling code."""
+    import phonenumbers
+
+    lengths: set[int] | None = set()
+    patterns = []
+    for region in phonenumbers.region_codes_for_country_code(country_code):
+        meta = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+        if meta is None or meta.general_desc is None or not meta.general_desc.national_number_pattern:
+            return None, None
+        if lengths is not None and meta.general_desc.possible_length:
+            lengths.update(meta.general_desc.possible_length)
+        else:
+            lengths = None
+        patterns.append(f"(?:{meta.general_desc.national_number_pattern})")
+    if not patterns:
+        return None, None
+    return (None if lengths is None else frozenset(lengths)), re.compile("|".join(patterns))
+
+
+def _may_be_valid(country_code: int, nsn: str) -> bool:
+    """False only when no region of `country_code` can call `nsn` valid. re.fullmatch accepts whatever
+    libphonenumber's own full match accepts (it backtracks into alternatives too), so this never rejects a valid
+    number."""
+    lengths, pattern = _general_patterns(country_code)
+    if pattern is None:
+        return True
+    if lengths is not None and len(nsn) not in lengths:
+        return False
+    return pattern.fullmatch(nsn) is not None
 
 
 def _ascii_digits(text: str) -> int | None:

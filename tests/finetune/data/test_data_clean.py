@@ -147,6 +147,31 @@ def test_redaction_shortcuts_change_nothing():
         assert (redact(t, ALL, "US", counts), counts) == _reference_redact(t), t
 
 
+def test_phone_shortcut_changes_nothing():
+    """The matcher's shortcut (no region's general pattern fits: not valid) finds what libphonenumber finds, for
+    candidates that are numbers, nearly numbers and not numbers, in regions whose codes span 1 to 25 regions."""
+    import random
+
+    import phonenumbers
+
+    from finetune.data.redact import _matcher_class
+
+    rng = random.Random(5)
+    found = 0
+    pieces = ["Case 123456-0", "3123456", "555-2671", "415 555 2671", "+1 415-555-2671", "011 44 20 7946 0958",
+              "+44 20 7946 0958", "020 7946 0958", "07700 900123", "+49 30 901820", "030 901820", "1-800-555-0199",
+              "+683 4002", "4002", "(268) 464-1234", "+800 1234 5678", "12/03/2026", "10:30", "ext. 12", "x 7",
+              "#12", "٠٧٧٠٠ ٩٠٠١٢٣", "1234567890123", "0049 30 901820", "+1", "99", "order 98765432"]
+    for region in ("US", "GB", "DE", "NU", "FR"):
+        for _ in range(150):
+            t = "".join(rng.choice(pieces) + rng.choice([" ", ", ", ". ", "a", "\n"]) for _ in range(rng.randint(1, 6)))
+            ours = [(m.start, m.end) for m in _matcher_class()(t, region, leniency=phonenumbers.Leniency.VALID)]
+            theirs = phonenumbers.PhoneNumberMatcher(t, region, leniency=phonenumbers.Leniency.VALID)
+            assert ours == [(m.start, m.end) for m in theirs], (region, t)
+            found += len(ours)
+    assert found > 200  # the texts hold real numbers, not only lookalikes
+
+
 def test_normalize_shortcuts_change_nothing():
     import random
     import re
