@@ -41,6 +41,8 @@ def describe_folder(path: Path) -> ModelEntry | None:
     if is_openvino_folder(path):
         return ModelEntry(path.name, str(path), "openvino", "openvino",
                           _read_json(path / OPENVINO_EXPORT_FILE) or summary)
+    if quantized.get("backend") == "web":
+        return None  # ONNX for the browser: served to the page at /extract (server/extract_routes.py), not chat
     if quantized.get("backend") in ("inc", "gguf"):
         return ModelEntry(path.name, str(path), "quantized", "torch", summary)
     if is_run_folder(path):

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from neural_chat_app.chatlog import ChatLog
 from neural_chat_app.config import PipelineConfig
 from neural_chat_app.plugins import build_plugin_pipeline, resolve_plugins
-from neural_chat_app.server import app_routes, embedding_routes, generation_routes, ollama_routes
+from neural_chat_app.server import app_routes, embedding_routes, extract_routes, generation_routes, ollama_routes
 from neural_chat_app.server.admission import Admission
 from neural_chat_app.server.errors import APIError, error_response
 from neural_chat_app.server.metrics import Metrics
@@ -70,6 +70,7 @@ def create_app(settings: ServerSettings, backend=None, loader: Callable | None =
     app.include_router(ollama_routes.router)  # Ollama's API; its errors are {"error": msg}
     app.include_router(app_routes.router)
     app.include_router(app_routes.public)
+    app.include_router(extract_routes.router)  # the browser extraction page of web artifacts
     _install_error_handlers(app)
 
     app.add_middleware(CountRequests, metrics=app.state.server.metrics)

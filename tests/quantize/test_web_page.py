@@ -76,3 +76,38 @@ def test_the_page_renders_a_table_and_says_when_unconstrained(web_artifacts, exa
                                " && document.body.dataset.state === 'ready'")
         assert page.inner_text("#mode").startswith("UNCONSTRAINED")
         assert blocked == []
+
+
+class _NoChat:
+    """The chat backend the server needs to start; the extraction page never calls it."""
+
+    kind = "fake"
+    max_concurrency = 1
+    model_id = "none"
+    tokenizer = None
+
+    def close(self):
+        pass
+
+
+def test_the_server_serves_the_page_at_extract(web_artifacts, examples):
+    import httpx
+
+    from neural_chat_app.server import create_app, load_settings
+    from quantize.web_page import browser_extract, browser_page, user_text
+    from tests.neural_chat_app.conftest import RunningServer
+
+    artifact = web_artifacts[4]
+    settings = load_settings(None, model_dirs=[str(artifact.parent)], chat_log={"enabled": False})
+    with RunningServer(create_app(settings, backend=_NoChat())) as server:
+        index = httpx.get(server.url + "/extract", follow_redirects=True)
+        assert index.status_code == 200 and str(index.url).endswith(f"/extract/{artifact.name}/page/")
+        assert index.headers["cross-origin-embedder-policy"] == "require-corp"  # threads need isolation
+        assert httpx.get(f"{server.url}/extract/{artifact.name}/onnx/model_q4.onnx").status_code == 200
+        assert httpx.get(f"{server.url}/extract/{artifact.name}/..%2f..%2fetc/passwd").status_code == 404
+        assert httpx.get(f"{server.url}/extract/elsewhere/config.json").status_code == 404
+        with browser_page(f"{server.url}/extract/{artifact.name}/page/?device=wasm&max_new_tokens=8") as (
+                page, blocked):
+            [result] = browser_extract(page, [user_text(examples[0])])
+            assert result["constrained"] and len(result["tokens"]) >= 1 and blocked == []
+            assert page.evaluate("self.crossOriginIsolated")
