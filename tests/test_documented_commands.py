@@ -99,7 +99,7 @@ def _parses(argv: list[str], monkeypatch=None) -> None:
         from finetune.evaluate.__main__ import build_parser
 
         build_parser().parse_args(args)
-    elif module == "finetune.extraction.natural":
+    elif module in ("finetune.extraction.natural", "quantize.web_page"):
         _parses_in_main(module, args, monkeypatch)
     elif module == "finetune.extraction.generate":
         from finetune.extraction.generate import build_parser
