@@ -5,8 +5,9 @@ shared, as an NFS folder is).
 Two shapes:
 - `namespaced_hosts(2)`: two hosts joined to each other by one veth pair on one /24 (training ranks talk peer to peer);
 - `namespaced_hosts(n, star=True)`: n hosts, each joined to this (the root) namespace by its own pair and /24, host
-  i at `{subnet}.{i + 1}.2` and the root's end at `.1` (`Host.peer`): replicas behind a balancer and a database that
-  run in the root namespace.
+  i at `10.B.{i + 1}.2` and the root's end at `.1` (`Host.peer`): replicas behind a balancer and a database that
+  run in the root namespace. B is drawn per run among the 10.B.0.0/16 that no root interface uses: the root's
+  addresses are shared with every other run on the machine (two test processes, or two checkouts, at once).
 
 Needs root (or CAP_NET_ADMIN) and iproute2's `ip`; elsewhere it skips and names the step that failed. Everything it
 made (the namespaces, the links, what runs in the namespaces) is removed on the way out, whatever happened.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 import pytest
 
 SUBNET = "10.77.0"  # private to the namespaces: the same addresses in two test runs never meet
-STAR_SUBNET = "10.78"  # host i's link is 10.78.<i + 1>.0/24
 
 
 @dataclass
@@ -58,6 +59,14 @@ def _up(host: Host) -> None:
     _ip("-n", host.netns, "link", "set", host.iface, "up")
 
 
+def _unused_slash16() -> str:
+    """`10.B` for a B in 100-249 that no address of the root namespace starts with (drawn at random)."""
+    listed = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, timeout=30).stdout
+    used = set(re.findall(r"inet 10\.(\d+)\.", listed))
+    free = [b for b in range(100, 250) if str(b) not in used]
+    return f"10.{secrets.choice(free)}"
+
+
 @contextlib.contextmanager
 def namespaced_hosts(count: int = 2, star: bool = False, prefix: str = "ft-multihost"):
     """`count` hosts (see the module docstring); names are unique to this run."""
@@ -67,7 +76,8 @@ def namespaced_hosts(count: int = 2, star: bool = False, prefix: str = "ft-multi
         raise ValueError(f"a veth pair joins two hosts; for {count}, use star=True")
     tag = secrets.token_hex(3)
     if star:
-        hosts = [Host(f"{prefix}-{tag}-{i}", f"mh{tag}v{i}", f"{STAR_SUBNET}.{i + 1}.2", f"{STAR_SUBNET}.{i + 1}.1")
+        base = _unused_slash16()
+        hosts = [Host(f"{prefix}-{tag}-{i}", f"mh{tag}v{i}", f"{base}.{i + 1}.2", f"{base}.{i + 1}.1")
                  for i in range(count)]
         root_ends = [f"mh{tag}r{i}" for i in range(count)]
     else:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.netns import STAR_SUBNET, SUBNET, namespaced_hosts
+from tests.netns import SUBNET, namespaced_hosts
 
 
 def test_no_ip_command_skips_with_the_reason(monkeypatch):
@@ -62,7 +62,8 @@ def test_star_hosts_reach_the_root_namespace_and_not_each_other():
     probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()"
     with socket.create_server(("0.0.0.0", 0)) as listener, namespaced_hosts(3, star=True, prefix="netns-test") as hosts:
         port = str(listener.getsockname()[1])
-        assert [h.addr for h in hosts] == [f"{STAR_SUBNET}.{i}.2" for i in (1, 2, 3)]
+        base = hosts[0].peer.rsplit(".", 2)[0]  # 10.B, a /16 no root interface used before
+        assert [(h.addr, h.peer) for h in hosts] == [(f"{base}.{i}.2", f"{base}.{i}.1") for i in (1, 2, 3)]
         for host in hosts:  # each reaches the root namespace at its link's root end
             reached = subprocess.run(host.run([sys.executable, "-c", probe, host.peer, port]), capture_output=True)
             assert reached.returncode == 0, reached.stderr
