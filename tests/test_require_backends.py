@@ -48,3 +48,17 @@ def test_the_switch_turns_a_missing_backend_into_a_failure(tmp_path):
 def test_without_the_switch_a_missing_backend_skips(tmp_path):
     out = _run(tmp_path, None)
     assert " failed" not in out and "skipped" in out and "could not import 'no_such_backend_for_this_test'" in out
+
+
+@pytest.mark.parametrize("switch", ["1", None])
+def test_a_missing_program_that_test_sh_installs_fails_only_under_the_switch(monkeypatch, switch):
+    from tests.require_backends import SWITCH, skip_missing_program
+
+    if switch:
+        monkeypatch.setenv(SWITCH, switch)
+    else:
+        monkeypatch.delenv(SWITCH, raising=False)
+    expected = pytest.fail.Exception if switch else pytest.skip.Exception
+    with pytest.raises(expected, match="nginx is not installed") as caught:
+        skip_missing_program("nginx", "nginx is not installed")
+    assert ("scripts/test.sh installs Debian's nginx" in str(caught.value)) == bool(switch)
