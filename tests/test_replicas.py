@@ -3,7 +3,8 @@ network namespace with its own address, tests/netns.py); nginx and PostgreSQL ru
 a balancer and a database host would. nginx runs deploy/nginx/neuralchat.conf.template, the compose deployment's
 config (benchmarks/cluster.py fills it in).
 
-Under load, one replica is frozen (SIGSTOP: the requests it holds stay in flight) and then killed (SIGKILL):
+One replica is frozen (SIGSTOP: the requests it holds stay in flight) in the middle of a long streamed reply, load
+goes on through the balancer, and then that replica is killed (SIGKILL):
 - only the requests that replica held fail, each with a clear error: nginx's 502 with the OpenAI-style JSON body of
   the template, or a stream cut before `data: [DONE]`; nginx does not retry a POST it already sent on another replica
   (which would log the prompt twice), and no request started after the kill fails: the dead replica's refused
@@ -39,6 +40,7 @@ PORT = 8000
 REPLICAS = 3
 CLIENTS = 6
 MAX_TOKENS = 12
+LONG_TOKENS = 1000  # the reply cut mid-stream: long enough to be streaming still when its replica is frozen
 
 
 @contextlib.contextmanager
@@ -87,12 +89,12 @@ def _kill_all(procs: list[subprocess.Popen]) -> None:
         proc.wait()
 
 
-def _chat(balancer: str, tag: str) -> dict:
-    """One streamed chat request through the balancer: what the client saw."""
+def _chat(balancer: str, tag: str, max_tokens: int = MAX_TOKENS, streaming: threading.Event | None = None) -> dict:
+    """One streamed chat request through the balancer: what the client saw. `streaming` is set at its first token."""
     import httpx
 
     body = {"model": "default", "messages": [{"role": "user", "content": f"({tag}) tell me about lighthouses"}],
-            "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True}
+            "max_tokens": max_tokens, "temperature": 0, "stream": True}
     seen = {"tag": tag, "started": time.monotonic(), "reply": "", "done": False}
     try:
         with httpx.stream("POST", balancer + "/v1/chat/completions", json=body, timeout=60,
@@ -110,7 +112,9 @@ def _chat(balancer: str, tag: str) -> dict:
                     event = json.loads(line[6:])
                     choices = event.get("choices") or []
                     parts.append((choices[0].get("delta") or {}).get("content") or "" if choices else "")
-            seen["reply"] = "".join(parts)
+                    seen["reply"] = "".join(parts)
+                    if streaming is not None and seen["reply"]:
+                        streaming.set()
     except httpx.HTTPError as err:  # the stream was cut: the replica died after its first byte
         seen["error"] = f"{type(err).__name__}: {err}"
     return seen
@@ -159,14 +163,21 @@ def test_killed_replica_fails_only_its_requests_and_loses_no_committed_message(t
                 assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s; results so far: {results[-5:]}"
                 time.sleep(0.05)
 
-        threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(CLIENTS)]
-        for t in threads:
-            t.start()
+        # A long reply first, alone on the cluster: the replica streaming it is the victim, frozen (SIGSTOP) in the
+        # middle of that reply; the requests nginx sends it from now on stay in flight there too.
+        streaming, long = threading.Event(), {}
+        threads = [threading.Thread(target=lambda: long.update(_chat(balancer, "long", LONG_TOKENS, streaming)),
+                                    daemon=True)]
+        threads[0].start()
         try:
+            wait_until(streaming.is_set, "the long reply's first token")
+            (victim_index,) = [i for i, h in enumerate(hosts) if _established(h) > 0]
+            victim, victim_proc = hosts[victim_index], procs[victim_index]
+            os.killpg(victim_proc.pid, signal.SIGSTOP)
+            threads += [threading.Thread(target=client, args=(c,), daemon=True) for c in range(CLIENTS)]
+            for t in threads[1:]:
+                t.start()
             wait_until(lambda: succeeded() >= 2 * REPLICAS, "requests completing through the balancer")
-            victim, victim_proc = hosts[1], procs[1]
-            os.killpg(victim_proc.pid, signal.SIGSTOP)  # the requests it holds stay in flight
-            wait_until(lambda: _established(victim) > 0, "a request in flight on the frozen replica")
             os.killpg(victim_proc.pid, signal.SIGKILL)
             victim_proc.wait()
             killed_at = time.monotonic()
@@ -178,6 +189,9 @@ def test_killed_replica_fails_only_its_requests_and_loses_no_committed_message(t
         with psycopg.connect(log_url) as con:
             rows = con.execute("SELECT session_id, role, content FROM messages ORDER BY id").fetchall()
 
+    # the long reply was cut where its replica died: its client saw a broken stream, after part of the reply
+    assert long["status"] == 200 and long["reply"] and not long["done"] and "error" in long, long
+    results.append(long)
     tried = _upstreams(access_log)
     print(json.dumps({"requests": len(results), "failed": [{k: r.get(k) for k in ("tag", "status", "error", "body")}
                                                            for r in results if not r["done"]]}, indent=1))
