@@ -138,7 +138,8 @@ class LogDB:
         try:
             yield
         except BaseException:
-            self._con.execute("ROLLBACK")
+            with contextlib.suppress(Exception):  # a broken connection cannot roll back: the error to raise is above
+                self._con.execute("ROLLBACK")
             raise
         self._con.execute("COMMIT")
 
