@@ -115,7 +115,7 @@ def packages() -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
     return required, optional
 
 
-def diagnose(run_probe: bool = True) -> Report:
+def diagnose(run_probe: bool = True, model: str | None = None, settings=None) -> Report:
     report = Report()
     cpu = read_cpu()
     nodes = numa_nodes()
@@ -154,8 +154,34 @@ def diagnose(run_probe: bool = True) -> Report:
         _advise_torch(report, cpu, torch_facts)
     _advise_threads(report, cpu, nodes)
     _advise_memory(report, mem)
+    if model is not None:
+        _advise_model_memory(report, model, settings)
     _advise_allocator(report)
     return report
+
+
+def _advise_model_memory(report: Report, model: str, settings) -> None:
+    """finetune_model's own memory estimate for `model` with `settings` (finetune.memory), against what is
+    available: the same figures, and the same advice, as the run would stop with."""
+    from finetune.memory import available_gib, estimate_memory, fit_problem, model_config
+    from finetune.models import resolve_model_path
+
+    try:
+        config = model_config(resolve_model_path(model))
+    except (OSError, ValueError) as err:
+        report.add("warn", f"no memory estimate for {model}: {err}")
+        return
+    estimate = estimate_memory(config, settings)
+    available, source = available_gib()
+    report.facts["memory_estimate"] = {"model": model, "total_gib": round(estimate.total_gib, 2),
+                                       "parts_gib": estimate.parts, "available_gib": available,
+                                       "settings": asdict(settings)}
+    problem = fit_problem(config, estimate, available, source, where=model)
+    if problem:
+        report.add("warn", problem.replace("{stops}", "finetune_model would stop before loading it"))
+        return
+    report.add("ok", f"fine-tuning {model} needs about {estimate.render()}; {available or 0:.1f} GiB available "
+                     f"({source})")
 
 
 def _report_model_packages(report: Report) -> None:
@@ -304,6 +330,10 @@ def render(report: Report) -> str:
             f"capability {torch_facts.get('cpu_capability', '?')}, CUDA {torch_facts.get('cuda', '?')}"
         )
         lines.append(f"bf16 kernels   {', '.join(torch_facts.get('kernels', [])) or torch_facts.get('error', '-')}")
+    estimate = f.get("memory_estimate")
+    if estimate:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in estimate["parts_gib"].items())
+        lines.append(f"fine-tune      {estimate['model']}: about {estimate['total_gib']:.1f} GiB at its peak ({parts})")
     lines.append("threads        " + " ".join(f"{k}={v}" for k, v in f["threads"].items() if v) or "(none set)")
     lines.append("packages       " + ", ".join(f"{k} {v}" for k, v in f["packages"].items() if v))
     lines.append("")
@@ -318,8 +348,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m finetune doctor", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print the facts and findings as JSON")
     p.add_argument("--no-probe", action="store_true", help="skip the bf16 matmul run in a child process")
+    run = p.add_argument_group("memory estimate of a fine-tune (finetune_model's own, before loading)")
+    run.add_argument("--model", help="a model folder, hub id in the cache, or embedded name: estimate its run")
+    run.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="default: this CPU's")
+    run.add_argument("--batch", type=int, default=1, help="per_device_train_batch_size")
+    run.add_argument("--seq-len", type=int, default=512, help="max_seq_length")
+    run.add_argument("--lora-rank", type=int, default=8)
+    run.add_argument("--gradient-checkpointing", action="store_true")
+    run.add_argument("--qlora", action="store_true")
+    run.add_argument("--full", action="store_true", help="full fine-tuning")
     args = p.parse_args(argv)
-    report = diagnose(run_probe=not args.no_probe)
+    settings = None
+    if args.model:
+        from finetune.hardware import cpu_precision, onednn_isa_limit
+        from finetune.memory import MemorySettings
+
+        precision = args.precision or cpu_precision(read_cpu().flags, onednn_isa_limit())[0]
+        settings = MemorySettings(precision=precision, batch=args.batch, seq_len=args.seq_len,
+                                  lora_rank=args.lora_rank, lora_targets=None, qlora=args.qlora,
+                                  full_finetune=args.full, gradient_checkpointing=args.gradient_checkpointing)
+    report = diagnose(run_probe=not args.no_probe, model=args.model, settings=settings)
     if args.json:
         out = {"ok": report.ok, **report.facts, "findings": [asdict(x) for x in report.findings]}
         print(json.dumps(out, indent=2, default=sorted))

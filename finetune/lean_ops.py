@@ -185,7 +185,7 @@ def _compute_dtype(tensor: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     device = tensor.device.type
     if torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
-    return weight.dtype
+    return torch.promote_types(tensor.dtype, weight.dtype)  # fp32 for a bf16-stored head of an fp32 run
 
 
 class _HeadLoss(torch.autograd.Function):
@@ -296,3 +296,58 @@ def use_lean_ops(model, head_in_loss: bool = False, rebuild: bool = True
                 model.forward = own_forward
 
     return head, undo
+
+
+# --- frozen weights stored in bf16, computed in fp32 ------------------------------------------------------------
+# A CPU without bf16 instructions computes in fp32, where an 8B model's weights alone are 32 GB. LoRA leaves them
+# frozen, so they can stay in bf16 (16 GB) and be widened to fp32 one layer at a time, for that layer's matmul only.
+
+class _WidenedLinear(torch.autograd.Function):
+    """F.linear in `dtype` over a frozen weight stored narrower: the wide copy lives for one matmul and the
+    backward widens the stored weight again (autograd would otherwise keep every layer's wide copy)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dtype):
+        ctx.save_for_backward(weight)
+        ctx.dtype = dtype
+        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        grad_x = grad.to(ctx.dtype) @ weight.to(ctx.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None
+
+
+def _widened_forward(self, x):
+    return _WidenedLinear.apply(x, self.weight, self.bias, self._compute_dtype)
+
+
+def _widen_output(module, args, output):
+    return output.to(module._compute_dtype)
+
+
+def compute_frozen_in(model, dtype: torch.dtype = torch.float32) -> Callable[[], None]:
+    """Make every frozen Linear of `model` whose weights are stored narrower than `dtype` compute in `dtype`, and
+    the input embeddings hand `dtype` to the first layer (norms then follow their fp32 input). Trainable layers
+    (LoRA adapters) are left alone. Returns the undo."""
+    switched, hooks = [], []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (type(module) is torch.nn.Linear and not weight.requires_grad and weight.dtype != dtype
+                and weight.dtype.is_floating_point):
+            module._compute_dtype = dtype
+            module.forward = types.MethodType(_widened_forward, module)
+            switched.append(module)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and embeddings.weight.dtype != dtype:
+        embeddings._compute_dtype = dtype
+        hooks.append(embeddings.register_forward_hook(_widen_output))
+
+    def undo() -> None:
+        for module in switched:
+            del module.forward
+        for hook in hooks:
+            hook.remove()
+
+    return undo

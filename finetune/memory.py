@@ -16,7 +16,10 @@ and what to change rather than be killed by the kernel halfway through loading; 
   without it;
 - the process itself (Python, torch, transformers, tokenizer, oneDNN's kernels) and allocator slack.
 
-Calibration (benchmarks/train.py --shape, 2 shared cores, bf16, tcmalloc): see CALIBRATION below.
+Calibrated (PROCESS_GIB, ACTIVATION_FACTOR, HEAD_COPIES, SLACK) against measured peaks on an AMD EPYC with
+AVX512-BF16, bf16, tcmalloc, LoRA r=16 on every linear: a 4-layer hidden-512 model at 256 and 4096 tokens per step
+(measured 0.82 / 1.37 GiB, estimated 0.90 / 1.45), qwen2.5-0.5b at 64 tokens (2.27 / 2.44) and llama-3.2-1b at 2 x 256
+(5.38 / 5.48), so it errs high by 2-10%; the plain recipe's estimate (benchmarks.shapes) errs high by 15-20%.
 """
 
 from __future__ import annotations
@@ -27,12 +30,19 @@ from pathlib import Path
 
 GIB = 2**30
 HEAD_CHUNK = 256  # finetune.lean_ops.HEAD_CHUNK, repeated to keep this module free of torch at import
-# Measured: a LoRA run of a 2-layer hidden-64 model peaks at about 0.9 GiB on tcmalloc (the interpreter, torch,
-# transformers, PEFT, datasets and the tokenizer) whatever its size.
-PROCESS_GIB = 0.9
-SLACK = 0.10  # allocator fragmentation and transient copies, as a fraction of what the run allocates
+# Calibrated on measured peaks (see CALIBRATION): the interpreter, torch, transformers, PEFT, datasets and the
+# tokenizer on tcmalloc, what a run of a model with next to no weights peaks at.
+PROCESS_GIB = 0.65
+# Autograd keeps about 2.2x the values counted below per token (measured: a 4-layer hidden-512 model at 256 and 4096
+# tokens per step, 0.14 MB per token against 0.065 counted); the rest is not itemised here (the attention kernel's
+# own buffers, gradients meeting in the backward).
+ACTIVATION_FACTOR = 2.2
+# And about twice the output head's weight beyond the weights themselves (measured at 0.5B and 1B: 0.42 and 1.1
+# GiB; oneDNN's reordered copies of the largest matrix for its forward and backward matmuls, and a tied head built
+# untied first by the shape benchmark's random initialisation).
+HEAD_COPIES = 2
+SLACK = 0.05  # allocator fragmentation, as a fraction of what the run allocates (calibrated with the above)
 MEMORY_ENV = "NEURALCHAT_MEMORY_GIB"  # how much memory a run may use, in GiB, in place of what the machine has
-CALIBRATION: dict[str, str] = {}  # filled in from measured runs: shape -> "estimate vs measured"
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,10 @@ def _meta_model(config):
     import torch
     from transformers import AutoModelForCausalLM
 
+    # A config that names its own code (auto_map) was read with trust_remote_code already (model_config): the
+    # model's classes come from the same code.
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=bool(getattr(config, "auto_map", None)))
 
 
 def count_parameters(config) -> int:
@@ -168,9 +180,8 @@ def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
     else:
         trainable = lora
         frozen = params
-        if s.frozen_bytes > compute:  # autocast's copy of the widest layer's weight, transient
-            parts["autocast copies"] = max(m.weight.numel() for m in model.modules()
-                                           if isinstance(m, torch.nn.Linear)) * compute / GIB
+        if s.frozen_bytes > compute:  # autocast's bf16 copy of each fp32 weight, kept for the backward
+            parts["autocast copies"] = (linear_params + head_params) * compute / GIB
         if s.qlora:  # NF4 layers (0.5 byte + blockwise scales), embeddings and head in the compute precision
             parts["weights"] = (linear_params * 0.53 + (params - linear_params) * compute) / GIB
         else:
@@ -186,9 +197,9 @@ def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
     per_layer = tokens * kept * compute
     working = tokens * (2 * inter + 4 * hidden) * 4  # one layer's gradients in flight (fp32 where they meet)
     if s.gradient_checkpointing:
-        parts["activations"] = (layers * tokens * hidden * compute + per_layer + working) / GIB
+        parts["activations"] = ACTIVATION_FACTOR * (layers * tokens * hidden * compute + per_layer + working) / GIB
     else:
-        parts["activations"] = (layers * per_layer + working) / GIB
+        parts["activations"] = ACTIVATION_FACTOR * (layers * per_layer + working) / GIB
 
     if s.chunked_head:
         head_bytes = min(tokens, HEAD_CHUNK) * vocab * (4 + 2) + tokens * hidden * 4
@@ -196,7 +207,8 @@ def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
             head_bytes += head_params * 4
     else:  # every position's logits: bf16, fp32 copy, log-probabilities, their gradient
         head_bytes = tokens * vocab * (compute + 4 + 4 + 4)
-    parts["head"] = head_bytes / GIB
+    stored = 4 if s.full_finetune else s.frozen_bytes
+    parts["head"] = (head_bytes + HEAD_COPIES * head_params * stored) / GIB
     parts["process"] = PROCESS_GIB
     parts["slack"] = SLACK * sum(v for k, v in parts.items() if k != "process")
     return MemoryEstimate({k: round(v, 3) for k, v in parts.items()}, params, trainable, s)

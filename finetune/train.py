@@ -38,7 +38,8 @@ from finetune.hardware import (
     limit_kernel_caches,
     resolve_precision,
 )
-from finetune.lean_ops import use_lean_ops
+from finetune.lean_ops import compute_frozen_in, use_lean_ops
+from finetune.memory import check_memory, model_config, settings_from_config
 from finetune.metadata import check_output_dir, run_fingerprint, write_metadata
 from finetune.models import load_model, load_tokenizer, resolve_model_path
 from finetune.packed_attention import use_packed_attention
@@ -122,6 +123,8 @@ def _load_model_for_training(model_path: str, config: TextGenerationFinetuningCo
             model, use_gradient_checkpointing=config.training_args.gradient_checkpointing)
     model = get_peft_model(model, lora_config(model, fa))
     adapters_under_autocast(model, precision)
+    if stores_frozen_narrower(config, device, precision):
+        compute_frozen_in(model, torch.float32)
     if config.training_args.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
@@ -142,7 +145,7 @@ def load_base_model(model_path: str, config: TextGenerationFinetuningConfig, dev
             bnb_4bit_use_double_quant=fa.double_quant, bnb_4bit_compute_dtype=compute)
         kwargs["device_map"] = {"": device if device == "cpu" else torch.cuda.current_device()}
         dtype = compute
-    elif fa.full_finetune or precision == "fp32":
+    elif fa.full_finetune or (precision == "fp32" and not stores_frozen_narrower(config, device, precision)):
         dtype = torch.float32
     else:
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
@@ -150,6 +153,25 @@ def load_base_model(model_path: str, config: TextGenerationFinetuningConfig, dev
     if _grows_vocabulary(config, tokenizer, model):
         model.resize_token_embeddings(len(tokenizer))
     return model
+
+
+def stores_frozen_narrower(config: TextGenerationFinetuningConfig, device: str, precision: str) -> bool:
+    """Whether a run computing in fp32 keeps its frozen weights in bf16 (half the memory: an 8B model's weights
+    are 16 GB, not 32) and widens each to fp32 for its own matmul only: LoRA (not QLoRA) on a CPU."""
+    fa = config.finetune_args
+    return precision == "fp32" and device == "cpu" and not (fa.full_finetune or fa.qlora)
+
+
+def check_run_memory(config: TextGenerationFinetuningConfig, model_path: str, device: str, precision: str):
+    """The run's memory estimate from the model's config.json alone; stops the run (InsufficientMemoryError,
+    with the figures and what to change) before the model is loaded when it would not fit. On a CPU only:
+    a GPU run's weights live in the device's memory."""
+    if device != "cpu":
+        return None
+    model = model_config(model_path, config.model_args.trust_remote_code)
+    estimate = check_memory(model, settings_from_config(config, precision), where=model_path)
+    logger.info("Memory estimate: %s", estimate.render())
+    return estimate
 
 
 def lora_config(model, fa: FinetuningArguments):
@@ -352,6 +374,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
         tokenizer.add_special_tokens({"additional_special_tokens": data_args.special_tokens})
 
     args = config.training_args
+    check_run_memory(config, model_path, device, precision)
     data = build_datasets(tokenizer, data_args, fa.task, fa.train_on_inputs, need_eval=args.do_eval)
     check_batch(config, len(data.train))
     output_dir = Path(args.output_dir)
