@@ -110,3 +110,25 @@ def test_ovms_config_points_at_its_graph_and_the_graph_at_the_export():
     assert f'models_path: "{entry["base_path"]}"' in graph
     assert f'-v "$EXPORT:{entry["base_path"]}:ro"' in graph and f'"model": "{entry["name"]}"' in graph
     assert 'calculator: "HttpLLMCalculator"' in graph and graph.count("{") == graph.count("}")
+
+
+@pytest.mark.integration
+def test_balancer_answers_its_own_errors_in_json(tmp_path):
+    """No replica up (502) and a body over the balancer's limit (413): OpenAI-style JSON bodies, not nginx's HTML."""
+    import httpx
+
+    from benchmarks import cluster
+
+    try:
+        cluster.nginx_binary()
+    except cluster.MissingBinary as err:
+        from tests.require_backends import skip_missing_program
+
+        skip_missing_program("nginx", str(err))
+    nobody = f"127.0.0.1:{cluster.free_port()}"  # nothing listens there: every connection is refused
+    with cluster.nginx([nobody], tmp_path) as url:
+        down = httpx.post(url + "/v1/chat/completions", json={"messages": []}, timeout=30)
+        big = httpx.post(url + "/v1/chat/completions", content=b"x" * (3 << 20), timeout=30)
+    assert down.status_code == 502 and down.headers["content-type"] == "application/json"
+    assert down.json()["error"]["code"] == "upstream_unavailable"
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
