@@ -159,8 +159,10 @@ def test_loop_end_to_end_on_the_embedded_model(tmp_path, monkeypatch):
     # (tests/quantize/test_embedded_integration.py)
     quantize = {"backend": "openvino", "scheme": "rtn", "bits": 8, "evaluate": False}
     # the demo config's rate: its held-out loss falls from the first steps (configs/demo_aurora.yaml)
+    # SFT only: SFT then DPO runs on the tiny model (test_a_killed_loop_resumes_without_redoing_finished_steps)
     config = _config(tmp_path, DEFAULT_MODEL, min_improvement=-1e9, quantize=quantize,  # promote whatever the score
-                     eval_examples=2, finetune={"learning_rate": 2e-3, "max_steps": 6, "save_steps": 3})
+                     eval_examples=2, finetune={"learning_rate": 2e-3, "max_steps": 6, "save_steps": 3},
+                     preference=None)
     config.models_dir = None
     state = improve.run_loop(config)
     steps = state["steps"]
