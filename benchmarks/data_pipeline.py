@@ -107,6 +107,8 @@ def _measure(input_path: str, output_dir: str, workers: int | None, max_tokens: 
     start = time.perf_counter()
     result = finetune.data.prepare_dataset(cfg)
     seconds = time.perf_counter() - start
+    own, workers_usage = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + workers_usage.ru_utime + workers_usage.ru_stime  # since this child began
     stats = result.stats
     return {
         "seconds": round(seconds, 2),
@@ -123,6 +125,9 @@ def _measure(input_path: str, output_dir: str, workers: int | None, max_tokens: 
         "duplicates_removed": stats["duplicates_removed"],
         "redactions": stats["redactions"],
         "stage_seconds": {k: round(v, 2) for k, v in result.timings["stages"].items()},
+        "stage_cpu_seconds": {k: round(v, 2) for k, v in result.timings["cpu"].items()},
+        "cpu_seconds": round(cpu, 1),
+        "mb_per_cpu_s": round(os.path.getsize(input_path) / (1 << 20) / cpu, 2),
     }
 
 
@@ -321,27 +326,39 @@ def render(report: dict) -> str:
         d = r["duplicates_removed"]
         rows.append([f"{r['input_bytes'] / (1 << 20):.0f} MB", str(r.get("workers", 1)), str(r["records_read"]),
                      f"{r['seconds']:.1f}", f"{r['records_per_s']:.0f}", f"{r['mb_per_s']:.2f}",
-                     f"{r['peak_rss_mb']:.0f}", _num(r.get("tree_peak_rss_mb")), f"{r['rss_after_import_mb']:.0f}",
+                     _num(r.get("mb_per_cpu_s"), ".2f"), f"{r['peak_rss_mb']:.0f}",
+                     _num(r.get("worker_peak_rss_mb")), _num(r.get("tree_peak_rss_mb")),
+                     f"{r['rss_after_import_mb']:.0f}",
                      str(r["records_written"]), str(r["records_rejected"]), f"{d['exact']}/{d['near']}",
                      "ok" if r["accounting_ok"] else "MISMATCH", _load(r)])
-    lines = [head, *_table(["input", "workers", "records", "seconds", "records/s", "MB/s", "peak RSS MB",
-                            "all processes MB", "RSS after import MB", "written", "rejected", "dups exact/near",
+    lines = [head, *_table(["input", "workers", "records", "seconds", "records/s", "MB/s", "MB per CPU s",
+                            "peak RSS MB", "worker peak RSS MB", "all processes MB", "RSS after import MB", "written",
+                            "rejected", "dups exact/near",
                             "accounting", "load avg"], rows)]
     if len(runs) >= 2:
         growth = runs[-1]["peak_rss_mb"] - runs[0]["peak_rss_mb"]
         ratio = runs[-1]["input_bytes"] / runs[0]["input_bytes"]
-        lines.append(f"input x{ratio:.1f} -> peak RSS {growth:+.0f} MB")
+        line = f"input x{ratio:.1f} -> peak RSS {growth:+.0f} MB"
+        if runs[0].get("worker_peak_rss_mb") and runs[-1].get("worker_peak_rss_mb"):
+            line += f" (parent), {runs[-1]['worker_peak_rss_mb'] - runs[0]['worker_peak_rss_mb']:+.0f} MB (a worker)"
+        lines.append(line)
     staged = [r for r in runs if r.get("stage_seconds")]
     if staged:
-        stages = list(staged[0]["stage_seconds"])
-        cols = ["stage"] + [f"{r['input_bytes'] / (1 << 20):.0f} MB s" for r in staged] + ["share"]
-        last = staged[-1]["stage_seconds"]
+        # CPU seconds where the run has them (a shared machine stretches wall time, not CPU time), else wall
+        key = "stage_cpu_seconds" if all(r.get("stage_cpu_seconds") for r in staged) else "stage_seconds"
+        stages = list(staged[0][key])
+        cols = ["stage"] + [f"{r['input_bytes'] / (1 << 20):.0f} MB {'CPU ' if 'cpu' in key else ''}s"
+                            for r in staged] + ["share"]
+        last = staged[-1][key]
         total = sum(last.values()) or 1
-        rows = [[s] + [f"{r['stage_seconds'].get(s, 0):.2f}" for r in staged] + [f"{last.get(s, 0) / total:.0%}"]
+        rows = [[s] + [f"{r[key].get(s, 0):.2f}" for r in staged] + [f"{last.get(s, 0) / total:.0%}"]
                 for s in stages]
-        rows.append(["sum"] + [f"{sum(r['stage_seconds'].values()):.2f}" for r in staged] + ["100%"])
+        rows.append(["sum"] + [f"{sum(r[key].values()):.2f}" for r in staged] + ["100%"])
+        if "cpu" in key:
+            rows.append(["CPU of all processes"] + [_num(r.get("cpu_seconds")) for r in staged] + [""])
         rows.append(["wall"] + [f"{r['seconds']:.2f}" for r in staged] + [""])
-        lines += ["", "seconds per stage, summed over the worker processes and the parent:", *_table(cols, rows)]
+        what = "CPU seconds" if "cpu" in key else "seconds"
+        lines += ["", f"{what} per stage, summed over the worker processes and the parent:", *_table(cols, rows)]
     compared = [r for r in runs if r.get("datatrove")]
     if compared:
         rows = []
@@ -362,8 +379,8 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _num(x) -> str:
-    return "-" if x is None else f"{x:.0f}"
+def _num(x, fmt: str = ".0f") -> str:
+    return "-" if x is None else format(x, fmt)
 
 
 def _load(r: dict) -> str:

@@ -78,7 +78,8 @@ class ChunkResult:
     """Candidate c's examples are bytes [offsets[c], offsets[c + 1]) of the staging file."""
     groups: np.ndarray | None
     """split.group_by: each candidate's split (an index into SPLITS), a function of its group key alone."""
-    seconds: dict[str, float]
+    seconds: tuple[dict[str, float], dict[str, float]]
+    """Wall and CPU seconds per stage in the worker (`StageClock.take`)."""
     layouts: list[tuple[str, bool]] | None = None
     """Preference export: each candidate's rows (dpo or kto) and whether it was read from plain strings; the parent
     keeps one layout per run."""

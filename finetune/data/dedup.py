@@ -94,14 +94,15 @@ class DedupKeys:
     exact: list[bytes] | None
     signatures: np.ndarray | None
     """uint32[n, num_perm]"""
-    bands: list[list[int]] | None
+    bands: np.ndarray | None
+    """int64[n, bands]: the LSH band keys"""
 
     def take(self, indices: list[int]) -> DedupKeys:
         """The keys of the conversations at `indices` only."""
         return DedupKeys([self.origins[i] for i in indices],
                          None if self.exact is None else [self.exact[i] for i in indices],
                          None if self.signatures is None else self.signatures[np.asarray(indices, dtype=np.int64)],
-                         None if self.bands is None else [self.bands[i] for i in indices])
+                         None if self.bands is None else self.bands[np.asarray(indices, dtype=np.int64)])
 
 
 class KeyMaker:
@@ -123,7 +124,7 @@ class KeyMaker:
                 sigs = preference_signatures(self.hasher, convs)
             else:
                 sigs = self.hasher.signatures([shingle_words(c.messages) for c in convs])
-            bands = [self.hasher.band_keys(s) for s in sigs]
+            bands = self.hasher.band_keys(sigs)
             clock.lap("near_dedup")
         return DedupKeys([c.origin for c in convs], exact, sigs, bands)
 
@@ -211,20 +212,21 @@ class DedupIndex:
         kept: list[int] = []
         local_exact: dict[bytes, int] = {}
         local_bands: dict[int, list[int]] = {}
+        bands = keys.bands.tolist() if keys.bands is not None else None  # Python ints: cheap dict keys
         for i in range(n):
             verdict = None
             if keys.exact is not None:
                 verdict = self._exact_match(keys, i, exact_hits.get(i, ()), local_exact)
                 clock.lap("exact_dedup")
             if verdict is None and keys.bands is not None:
-                verdict = self._near_match(keys, i, band_hits.get(i, ()), local_bands)
+                verdict = self._near_match(keys, i, bands[i], band_hits.get(i, ()), local_bands)
                 clock.lap("near_dedup")
             verdicts.append(verdict)
             if verdict is None:
                 if keys.exact is not None:
                     local_exact[keys.exact[i]] = i
-                if keys.bands is not None:
-                    for k in keys.bands[i]:
+                if bands is not None:
+                    for k in bands[i]:
                         local_bands.setdefault(k, []).append(i)
                 kept.append(i)
         self._remember(keys, kept)
@@ -236,12 +238,12 @@ class DedupIndex:
     def _global_hits(self, runs: _FingerprintRuns, values, n: int) -> dict[int, list[int]]:
         if not self.kept or not n:
             return {}
-        if isinstance(values[0], bytes):
+        if isinstance(values, list):  # the exact keys, 16 bytes each
             fps = np.frombuffer(b"".join(v[:4] for v in values), dtype="<u4")
             per = 1
         else:
-            per = len(values[0])
-            fps = (np.array(values, dtype=np.int64).reshape(-1).view(np.uint64) >> np.uint64(32)).astype(np.uint32)
+            per = values.shape[1]
+            fps = (values.reshape(-1).view(np.uint64) >> np.uint64(32)).astype(np.uint32)
         where, ids = runs.lookup(fps)
         hits: dict[int, list[int]] = {}
         for q, gid in zip((where // per).tolist(), ids.tolist()):
@@ -259,19 +261,19 @@ class DedupIndex:
             return "exact", f"same normalized text as {keys.origins[j]}"
         return None
 
-    def _near_match(self, keys: DedupKeys, i: int, global_ids, local: dict[int, list[int]]):
-        sig, band_keys = keys.signatures[i], set(keys.bands[i])
+    def _near_match(self, keys: DedupKeys, i: int, bands: list[int], global_ids, local: dict[int, list[int]]):
+        sig, band_keys = keys.signatures[i], set(bands)
         # LSH only proposes candidates; the signatures' agreement estimates the Jaccard similarity. Earlier
         # conversations first, as the first kept one is named.
         for gid in sorted(set(global_ids)):
             record = self._read(gid)
             other = record["sig"]
-            if band_keys.isdisjoint(self.maker.hasher.band_keys(other)):
+            if band_keys.isdisjoint(self.maker.hasher.band_keys(other).tolist()):
                 continue  # only the 32-bit fingerprint matched
             found = self._similar(sig, other)
             if found is not None:
                 return "near", f"{found} with {self._origin(record)}"
-        for j in sorted({j for k in keys.bands[i] for j in local.get(k, ())}):
+        for j in sorted({j for k in bands for j in local.get(k, ())}):
             found = self._similar(sig, keys.signatures[j])
             if found is not None:
                 return "near", f"{found} with {keys.origins[j]}"
@@ -303,7 +305,7 @@ class DedupIndex:
             self._exact.add(np.frombuffer(exact, dtype="<u4").reshape(-1, 4)[:, 0].copy(), ids)
         if keys.signatures is not None:
             records["sig"] = keys.signatures[kept]
-            bands = np.array([keys.bands[i] for i in kept], dtype=np.int64)
+            bands = np.ascontiguousarray(keys.bands[kept])
             fps = (bands.view(np.uint64) >> np.uint64(32)).astype(np.uint32)
             self._bands.add(fps.reshape(-1), np.repeat(ids, bands.shape[1]))
         self._records.write(records.tobytes())

@@ -12,7 +12,6 @@ Python. The permutation parameters come from the parent, which draws them with d
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 import zlib
 
@@ -80,6 +79,19 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
+_MUL = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd: multiplying by it is a bijection mod 2^64
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer (a bijection): every input bit reaches every output bit."""
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint64(33))
+        h = h * np.uint64(0xFF51AFD7ED558CCD)
+        h = h ^ (h >> np.uint64(33))
+        h = h * np.uint64(0xC4CEB9FE1A85EC53)
+        return h ^ (h >> np.uint64(33))
+
+
 class MinHasher:
     """Signatures and LSH band keys of conversations, for one set of permutations (`a`, `b`: uint32, `num_perm`)."""
 
@@ -87,7 +99,8 @@ class MinHasher:
         self.a = np.ascontiguousarray(permutations[0], dtype=np.uint32)
         self.b = np.ascontiguousarray(permutations[1], dtype=np.uint32)
         self.bands, self.rows = bands, rows
-        self._persons = [band.to_bytes(2, "little") for band in range(bands)]
+        with np.errstate(over="ignore"):
+            self._band_seeds = _fmix64(np.arange(1, bands + 1, dtype=np.uint64) * _MUL)
         self._tables = _shift_tables()
         self._index: dict[str, int] = {}
         self._crc = np.zeros(1024, dtype=np.uint32)  # crc32(word)
@@ -118,14 +131,14 @@ class MinHasher:
             two = _shift(self._tables, self._crc_space[idx[:-2]], np.minimum(n[1:-1] + 1, _MAX_SHIFT - 1)) \
                 ^ self._crc_space[idx[1:-1]]
             h = _fmix32(_shift(self._tables, two, np.minimum(n[2:], _MAX_SHIFT - 1)) ^ self._crc[idx[2:]])[valid]
-        long_word = np.add.reduceat(n >= _MAX_SHIFT - 1, ends - sizes) if len(batch) else []
-        start = 0
-        for i, count, too_long in zip(batch, sizes - (SHINGLE - 1), long_word):
-            crcs = h[start : start + count]
+        long_word = np.add.reduceat(n >= _MAX_SHIFT - 1, ends - sizes) if len(batch) else np.zeros(0, bool)
+        counts = sizes - (SHINGLE - 1)
+        if len(batch):
+            out[batch] = self._permuted_mins(h, counts)
+        for i, too_long in zip(batch, long_word):
             if too_long:  # its shingles were cut short by the tables: hash them directly
                 crcs = _fmix32(np.array([zlib.crc32(s) for s in shingles(word_lists[i])], dtype=np.uint32))
-            out[i] = self._permuted_min(crcs)
-            start += count
+                out[i] = self._permuted_min(crcs)
         for i, words in enumerate(word_lists):
             if len(words) < SHINGLE:
                 out[i] = self.signature(words)
@@ -136,12 +149,40 @@ class MinHasher:
         phv += self.b
         return phv.min(axis=0)
 
-    def band_keys(self, sig: np.ndarray) -> list[int]:
-        """One signed 64-bit key per band: blake2b of the band's rows, personalized by the band number."""
-        data, step = sig.astype(np.uint32, copy=False).tobytes(), 4 * self.rows
-        return [int.from_bytes(hashlib.blake2b(data[band * step : (band + 1) * step], digest_size=8,
-                                               person=person).digest(), "little", signed=True)
-                for band, person in enumerate(self._persons)]
+    def _permuted_mins(self, h: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """uint32[len(counts), num_perm]: `_permuted_min` of each run of `counts` hashes in `h`, a block of
+        whole runs (~8 MB of permuted values) at a time: a few numpy calls per block, not per conversation."""
+        out = np.empty((len(counts), len(self.a)), dtype=np.uint32)
+        ends = np.cumsum(counts)
+        block = max(1, (2 << 20) // len(self.a))  # hashes per block
+        first = 0
+        while first < len(counts):
+            start = ends[first] - counts[first]
+            last = max(first + 1, int(np.searchsorted(ends, start + block, "right")))
+            # (permutation, hash): each conversation's hashes are contiguous in a row, where reduceat is fast
+            phv = np.multiply.outer(self.a, h[start : ends[last - 1]])
+            phv += self.b[:, None]
+            out[first:last] = np.minimum.reduceat(phv, ends[first:last] - counts[first:last] - start, axis=1).T
+            first = last
+        return out
+
+    def band_keys(self, sigs: np.ndarray) -> np.ndarray:
+        """int64[n, bands]: one key per band of each signature (uint32[n, num_perm]; one signature: int64[bands]).
+
+        A 64-bit hash of the band's rows, seeded by the band number, computed for every band of every signature
+        at once: equal rows give equal keys, and different rows collide with odds of about 2^-64 (the keys only
+        propose candidates; a duplicate is the signatures' agreement)."""
+        one = sigs.ndim == 1
+        rows = np.atleast_2d(sigs).astype(np.uint64)[:, : self.bands * self.rows]
+        rows = rows.reshape(len(rows), self.bands, self.rows)
+        h = np.broadcast_to(self._band_seeds, rows.shape[:2]).copy()
+        with np.errstate(over="ignore"):
+            for j in range(self.rows):
+                h ^= rows[:, :, j]
+                h *= _MUL
+                h ^= h >> np.uint64(29)
+            keys = _fmix64(h).view(np.int64)
+        return keys[0] if one else keys
 
     def _shingle_crcs(self, words: list[str]) -> np.ndarray:
         if len(words) < SHINGLE:

@@ -57,8 +57,9 @@ class PrepareResult:
     stats: dict[str, Any]
     rejects: Path
     timings: dict[str, Any] = field(default_factory=dict)
-    """Seconds per stage (summed over the worker processes and this one), the wall time, and the worker processes
-    that ran (0: the records were processed in this one, as with workers=1 or an input of one chunk)."""
+    """Seconds per stage (summed over the worker processes and this one): `stages` wall time, `cpu` CPU time; the
+    wall time of the whole run, and the worker processes that ran (0: the records were processed in this one, as
+    with workers=1 or an input of one chunk)."""
 
 
 def _require_backends(cfg: DataPipelineConfig) -> None:
@@ -112,7 +113,8 @@ def prepare_dataset(config: DataPipelineConfig | dict | str | Path) -> PrepareRe
     clock.lap("plot")
     stats.write(out / "stats.json")
     clock.lap("write")
-    timings = {"stages": clock.seconds, "wall": perf_counter() - clock.started, "workers": used["workers"]}
+    timings = {"stages": clock.seconds, "cpu": clock.cpu, "wall": perf_counter() - clock.started,
+               "workers": used["workers"]}
     return PrepareResult(output_dir=out, splits=split_files, stats=stats.to_dict(), rejects=rejects_path,
                          timings=timings)
 
@@ -175,7 +177,7 @@ def _first_pass(cfg: DataPipelineConfig, files: list[Path], stats: Stats, work: 
             if result.prompts is not None:
                 prompts.update(result.prompts[kept].tolist())
             plans.append(_save_plan(work, chunk.index, result, kept))
-            clock.add(result.seconds)
+            clock.add(*result.seconds)
             clock.lap("write")
     finally:
         if dedup is not None:

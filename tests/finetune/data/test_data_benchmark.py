@@ -43,6 +43,13 @@ def test_render_reports_rss_growth_stages_and_the_datatrove_ratio():
     cells = lambda name: next(line for line in table.splitlines() if f" {name} |" in line).split()  # noqa: E731
     assert cells("near_dedup") == ["|", "near_dedup", "|", "1.50", "|", "3.00", "|", "75%", "|"]
     assert ["2.00x", "|", "2.50x"] == cells("ours / datatrove")[7:10]
+    # with CPU seconds the stage table shows those (a shared machine stretches wall time only)
+    cpu = {"stage_cpu_seconds": {"read": 0.25, "near_dedup": 0.75}, "cpu_seconds": 1.2, "worker_peak_rss_mb": 90.0}
+    table = render({"machine": {"cpu_model": "cpu", "usable_cores": 2, "ram_gb": 8, "python": "3.11"},
+                    "runs": [{**run, **cpu}, {**big, **cpu, "worker_peak_rss_mb": 95.0}]})
+    assert "CPU seconds per stage" in table and "100 MB CPU s" in table
+    assert cells("near_dedup") == ["|", "near_dedup", "|", "0.75", "|", "0.75", "|", "75%", "|"]
+    assert "peak RSS +5 MB (parent), +5 MB (a worker)" in table
 
 
 def test_compare_datatrove_without_datatrove_says_how_to_install(monkeypatch, capsys):

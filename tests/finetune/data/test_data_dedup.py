@@ -190,3 +190,28 @@ def test_a_batch_of_signatures_is_each_signature():
     expected = np.array([hasher.signature(w) for w in lists])
     assert np.array_equal(hasher.signatures(lists), expected)
     assert hasher.signatures([]).shape == (0, 128)
+
+
+def test_band_keys_are_equal_exactly_when_the_rows_are():
+    """The LSH keys decide which pairs are compared: equal band rows must give equal keys, different rows (and the
+    same rows in another band) different ones, for a batch as for one signature."""
+    import numpy as np
+
+    from finetune.data.dedup import lsh_parameters
+    from finetune.data.minhash import MinHasher
+
+    hasher = MinHasher(*lsh_parameters(DedupConfig(), 5))  # 8 bands of 16 rows
+    rng = np.random.default_rng(3)
+    sigs = rng.integers(0, 2**32, size=(300, 128), dtype=np.uint32)
+    sigs[100:200, :16] = sigs[:100, :16]  # band 0 shared with an earlier signature
+    sigs[200:300, 16:32] = sigs[200:300, 32:48]  # bands 1 and 2: the same rows in two bands
+    sigs[250:, 127] = sigs[250:, 127] ^ 1  # one bit apart from otherwise equal rows (band 7)
+    keys = hasher.band_keys(sigs)
+    assert keys.shape == (300, 8) and keys.dtype == np.int64
+    assert np.array_equal(hasher.band_keys(sigs[7]), keys[7])
+    rows = sigs.reshape(300, 8, 16)
+    for band in range(8):
+        same_rows = {tuple(r) for r in rows[:, band]}
+        assert len(set(keys[:, band].tolist())) == len(same_rows)
+    assert np.array_equal(keys[100:200, 0], keys[:100, 0])
+    assert not np.intersect1d(keys[200:, 1], keys[200:, 2]).size

@@ -111,6 +111,9 @@ def test_every_stage_is_timed(tmp_path, small_chunks):
     busy = ("read", "normalize", "redact", "filters", "exact_dedup", "near_dedup", "write")
     assert all(seconds[s] > 0 for s in busy)
     assert seconds["tokens"] == 0 and result.timings["wall"] > 0
+    cpu = result.timings["cpu"]  # CPU seconds over the same laps: the workers' own and this process's
+    assert list(cpu)[: len(STAGES)] == list(STAGES) and cpu["tokens"] == 0
+    assert sum(cpu[s] for s in busy) > 0 and all(cpu[s] >= 0 for s in STAGES)
 
 
 def test_workers_default_to_the_cores_and_refuse_zero():
