@@ -10,7 +10,9 @@ not support transformers 5) around a wrapper whose inputs and outputs carry the 
 input_ids, attention_mask, position_ids, past_key_values.{i}.key/value -> logits, present.{i}.key/value.
 8 bits: onnxruntime's dynamic quantization (int8 weights per output channel, activations quantized at run time,
 MatMulInteger). 4 bits: onnxruntime's MatMulNBits quantizer (round to nearest, blocks of `group_size`).
-The embedding table stays fp32 in both (a Gather; the tied output projection is a MatMul and is quantized).
+The embedding table stays fp32 in both (a Gather), and so does a tied output projection (its MatMul reads the
+embedding through a Transpose, not a constant). The quantized file must stay under protobuf's 2 GB: models up to
+about 1.5B parameters at 8 bits.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def export_decoder(source: Path, path: Path) -> None:
             output_names=["logits", *(f"present.{n}" for n in names)],
             dynamic_shapes=({0: b, 1: s}, {0: b, 1: total}, {0: b, 1: s}, tuple({0: b, 2: p} for _ in names)),
         )
-    program.save(str(path), external_data=False)
+    # Protobuf caps one file at 2 GB: a larger fp32 graph keeps its weights beside it (this file is temporary).
+    program.save(str(path), external_data=sum(p.numel() for p in model.parameters()) * 4 > 1_800_000_000)
 
 
 def quantize_decoder(fp32: Path, out: Path, cfg: QuantizeConfig) -> None:

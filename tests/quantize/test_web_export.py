@@ -90,3 +90,13 @@ def test_vocab_texts_decode_like_the_tokenizer(web_artifacts):
     assert texts[tokenizer.eos_token_id] is None  # special tokens are not text
     ids = tokenizer('{"attributes": [], "sentiment": "MIXED"}').input_ids
     assert "".join(texts[i] for i in ids) == '{"attributes": [], "sentiment": "MIXED"}'
+
+
+@pytest.mark.integration
+def test_score_command_prints_the_python_path_metrics(web_artifacts, capsys):
+    from quantize.web_page import main
+
+    assert main(["score", str(web_artifacts[4]), "--max-examples", "2", "--max-new-tokens", "12"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["where"] == "score" and printed["examples"] == 2 and printed["constrained"]
+    assert printed["json_validity"] is not None and "schema_validity" in printed
