@@ -5,9 +5,9 @@ process (the exact key, the MinHash signature, its LSH band keys); `DedupIndex` 
 duplicates in input order, so the result does not depend on how the input was cut into chunks.
 
 The signatures and the LSH band parameters (b, r) are datasketch's (see minhash.py). Its `MinHashLSH` keeps every
-band key in Python dicts, gigabytes of RSS for a million conversations; here memory holds 8 bytes per band key
-and per exact key (a 32-bit fingerprint beside a 32-bit id, in sorted numpy runs, ~72 bytes per kept
-conversation), and the signatures, full keys and origins of kept conversations go to a scratch file. A candidate
+band key in Python dicts, gigabytes of RSS for a million conversations; here each band key and exact key is 8
+bytes (a 32-bit fingerprint beside a 32-bit id, in sorted numpy runs; the oldest go to files past a fixed amount,
+so memory stays flat), and the signatures, full keys and origins of kept conversations go to a scratch file. A candidate
 found by fingerprint is confirmed with its full keys from that file, so the decisions are those of full 64-bit band
 keys and 128-bit exact keys. Lookups stay sub-quadratic: each conversation queries its own b band keys, and only
 the candidates found there are compared.
@@ -16,6 +16,7 @@ the candidates found there are compared.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,12 +132,21 @@ class KeyMaker:
 
 class _FingerprintRuns:
     """uint32 fingerprint -> uint32 ids: sorted runs of `fp << 32 | id`, plus a Bloom bitmap that answers "not
-    there" for almost every key without a search."""
+    there" for almost every key without a search.
+
+    Memory stays flat however long the input: the runs in memory hold at most `MEMORY_CAP` entries; past that
+    they are merged into one sorted file (`spill`), of which memory keeps every 512th key (a fence per 4 KB
+    page). A lookup finds the page of each query from the fences and reads only those pages, through a read-only
+    memory map whose pages are handed back (MADV_DONTNEED) after each batch, so they never pile up in RSS."""
 
     RUN_CAP = 1 << 19  # entries; runs stop merging here, so a merge never copies more than 8 MB
+    MEMORY_CAP = 1 << 19  # entries in memory (4 MB) before they go to a file
+    PAGE = 512  # entries per page of a file run (4 KB)
 
-    def __init__(self, bloom_bits: int):
+    def __init__(self, bloom_bits: int, spill: Path | None = None):
         self.runs: list[np.ndarray] = []
+        self.files: list[_FileRun] = []
+        self.spill = spill
         self.bits = bloom_bits
         self.bloom = np.zeros(1 << (bloom_bits - 3), dtype=np.uint8)
 
@@ -152,12 +162,21 @@ class _FingerprintRuns:
             self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")  # merges two runs
         slot = self._slots(fps)
         np.bitwise_or.at(self.bloom, slot >> 3, (1 << (slot & 7)).astype(np.uint8))
+        if self.spill is not None and sum(map(len, self.runs)) > self.MEMORY_CAP:
+            merged = np.sort(np.concatenate(self.runs))
+            self.runs = []
+            self.files.append(_FileRun(self.spill.with_name(f"{self.spill.name}-{len(self.files)}.bin"), merged,
+                                       self.PAGE))
+
+    def entries(self) -> np.ndarray:
+        """Every stored `fp << 32 | id` (tests)."""
+        return np.concatenate([*self.runs, *(f.keys for f in self.files), np.empty(0, np.uint64)])
 
     def lookup(self, fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query positions, ids) of every stored entry whose fingerprint equals a query's."""
         slot = self._slots(fps)
         maybe = np.flatnonzero((self.bloom[slot >> 3] >> (slot & 7)) & 1)
-        if not len(maybe) or not self.runs:
+        if not len(maybe) or not (self.runs or self.files):
             return np.empty(0, np.int64), np.empty(0, np.uint64)
         low = fps[maybe].astype(np.uint64) << np.uint64(32)
         high = low | np.uint64(0xFFFFFFFF)
@@ -169,11 +188,61 @@ class _FingerprintRuns:
             for q in hit:  # hits are rare: real duplicates, or a fingerprint that collides
                 where.extend([maybe[q]] * int(count[q]))
                 found.extend(run[start[q] : start[q] + count[q]] & np.uint64(0xFFFFFFFF))
+        for file in self.files:
+            q, entries = file.lookup(low, high)
+            where.extend(maybe[q].tolist())
+            found.extend(entries & np.uint64(0xFFFFFFFF))
         return np.asarray(where, dtype=np.int64), np.asarray(found, dtype=np.uint64)
+
+    def close(self) -> None:
+        for file in self.files:
+            file.close()
+        self.files = []
 
     def _slots(self, fps: np.ndarray) -> np.ndarray:
         mixed = fps.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # the low bits of fps may be structured
         return (mixed >> np.uint64(64 - self.bits)).astype(np.int64)
+
+
+class _FileRun:
+    """One sorted run of uint64 keys in a file, searched through a memory map and the keys at each page's start."""
+
+    def __init__(self, path: Path, keys: np.ndarray, page: int):
+        keys.tofile(path)
+        self.page, self.n = page, len(keys)
+        self.fences = keys[::page].copy()
+        self._file = open(path, "rb")
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self.keys = np.frombuffer(self._map, dtype=np.uint64)
+
+    def lookup(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query indices, keys) of the keys in [low[q], high[q]]."""
+        first = np.maximum(np.searchsorted(self.fences, low, "left") - 1, 0)  # the page where low's keys may start
+        last = np.searchsorted(self.fences, high, "right") - 1  # ... and where high's may end
+        where, found = [], []
+        one = np.flatnonzero(first == last)
+        if len(one):  # the usual case: every key of the fingerprint on one page, all queries at once
+            cols = first[one, None] * self.page + np.arange(self.page)
+            pages = self.keys[np.minimum(cols, self.n - 1)]
+            inside = (pages >= low[one, None]) & (pages <= high[one, None]) & (cols < self.n)
+            rows, at = np.nonzero(inside)
+            where.append(one[rows])
+            found.append(pages[rows, at])
+        for q in np.flatnonzero(first != last):  # a fingerprint whose keys span pages
+            span = self.keys[first[q] * self.page : (last[q] + 1) * self.page]
+            hits = span[(span >= low[q]) & (span <= high[q])]
+            where.append(np.full(len(hits), q))
+            found.append(hits)
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)  # the pages read stay in the page cache, not in this RSS
+        if not where:
+            return np.empty(0, np.int64), np.empty(0, np.uint64)
+        return np.concatenate(where).astype(np.int64), np.concatenate(found)
+
+    def close(self) -> None:
+        del self.keys
+        self._map.close()
+        self._file.close()
 
 
 class DedupIndex:
@@ -181,8 +250,9 @@ class DedupIndex:
     conversation, `(code, detail)` when it duplicates one kept before (earlier in the batch or in an earlier
     batch), else None, and remembers the ones it keeps."""
 
-    def __init__(self, cfg: DedupConfig, work: Path, lsh: tuple[np.ndarray, int, int] | None,
-                 expected_keys: int = 1 << 20):
+    BLOOM_BITS = 26  # 8 MB per bitmap whatever the input, so memory is flat; about 1 in 15 misses at 1 GB of chats
+
+    def __init__(self, cfg: DedupConfig, work: Path, lsh: tuple[np.ndarray, int, int] | None):
         self.cfg = cfg
         self.maker = KeyMaker(cfg, lsh)  # to confirm a candidate's band keys from its stored signature
         self.kept = 0
@@ -190,14 +260,15 @@ class DedupIndex:
         num_perm = len(lsh[0][0]) if cfg.near else 1
         self._record = np.dtype([("key", "V16"), ("origin_at", "<i8"), ("origin_len", "<i4"),
                                  ("sig", "<u4", (num_perm,))])
-        bits = int(min(26, max(20, np.ceil(np.log2(max(expected_keys, 1) * 16)))))  # ~16 bits per key
-        self._exact = _FingerprintRuns(bits)
-        self._bands = _FingerprintRuns(bits)
+        self._exact = _FingerprintRuns(self.BLOOM_BITS, work / "dedup-exact")
+        self._bands = _FingerprintRuns(self.BLOOM_BITS, work / "dedup-bands")
         self._records = open(work / "dedup-kept.bin", "w+b", buffering=0)
         self._origins = open(work / "dedup-origins.bin", "w+b", buffering=0)
         self._origins_size = 0
 
     def close(self) -> None:
+        self._exact.close()
+        self._bands.close()
         self._records.close()
         self._origins.close()
 

@@ -5,8 +5,9 @@ and key for dedup, each writing the examples of its conversations to a staging f
 chunks back in input order, decides duplicates (dedup.py), writes rejects.jsonl and counts every record. The
 second knows how many were kept, so it can cut exact, seeded split sizes, and copies the staged examples to the
 split files. The output is byte for byte the same whatever `workers` is. Memory holds a few chunks and the dedup
-index's fingerprints (~72 bytes per kept conversation), whatever the size of the input; preference data adds a
-hash and a split per distinct prompt (splits are exact counts of prompts).
+index's fixed part (its Bloom bitmaps and at most 4 MB of fingerprints each; the rest is in files), whatever the
+size of the input; preference data adds a hash and a split per distinct prompt (splits are exact counts of
+prompts).
 Preference records (export.format_type: preference) take the same path as conversations; only the parent's
 `LayoutCheck` (one kind of row and one style per file) and the split by prompt are theirs.
 rejects.jsonl keeps each rejected record as it was read, personal data included: keep it as private as the logs.
@@ -156,8 +157,7 @@ def _first_pass(cfg: DataPipelineConfig, files: list[Path], stats: Stats, work: 
     dedup = lsh = None
     if cfg.dedup.exact or cfg.dedup.near:
         lsh = lsh_parameters(cfg.dedup, cfg.split.seed) if cfg.dedup.near else None
-        size = sum(f.stat().st_size for f in files)
-        dedup = DedupIndex(cfg.dedup, work, lsh, expected_keys=size // 1000 * (lsh[1] if lsh else 1))
+        dedup = DedupIndex(cfg.dedup, work, lsh)
     clock.lap("setup")
     plans: list[Path] = []
     read_seconds = [0.0]

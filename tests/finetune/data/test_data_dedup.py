@@ -143,7 +143,7 @@ def test_a_fingerprint_collision_is_no_duplicate(tmp_path, monkeypatch):
 
     def every_entry(self, fps):  # as if every fingerprint collided with every stored one
         where, ids = original(self, fps)
-        stored = [int(r) & 0xFFFFFFFF for run in self.runs for r in run]
+        stored = [int(r) & 0xFFFFFFFF for r in self.entries()]
         extra_where = np.repeat(np.arange(len(fps)), len(stored))
         extra_ids = np.tile(np.array(stored, dtype=np.uint64), len(fps))
         return np.concatenate([where, extra_where]), np.concatenate([ids, extra_ids])
@@ -215,3 +215,21 @@ def test_band_keys_are_equal_exactly_when_the_rows_are():
         assert len(set(keys[:, band].tolist())) == len(same_rows)
     assert np.array_equal(keys[100:200, 0], keys[:100, 0])
     assert not np.intersect1d(keys[200:, 1], keys[200:, 2]).size
+
+
+def test_keys_spilled_to_files_decide_as_in_memory(tmp_path, monkeypatch):
+    """Past MEMORY_CAP entries the fingerprints go to files searched page by page: same verdicts as in memory."""
+    from finetune.data import dedup as dedup_module
+
+    rng = random.Random(12)
+    base = [text(rng) for _ in range(150)]
+    convs = [conv(rng.choice(base) + (" more" * rng.randint(0, 2)), f"a:{i}") for i in range(400)]
+    in_memory = Deduplicator(DedupConfig(), _dir(tmp_path, "memory"), seed=4)
+    expected = [in_memory.check(c) for c in convs]
+    monkeypatch.setattr(dedup_module._FingerprintRuns, "MEMORY_CAP", 40)
+    monkeypatch.setattr(dedup_module._FingerprintRuns, "PAGE", 4)  # many fingerprints span pages
+    spilled = Deduplicator(DedupConfig(), _dir(tmp_path, "files"), seed=4)
+    assert [spilled.check(c) for c in convs] == expected
+    assert len(spilled.index._bands.files) > 10 and len(spilled.index._exact.files) >= 2
+    assert 100 < sum(v is None for v in expected) <= 150 and any(v and v[0] == "near" for v in expected)
+    spilled.close()
