@@ -220,14 +220,17 @@ class _FileRun:
         first = np.maximum(np.searchsorted(self.fences, low, "left") - 1, 0)  # the page where low's keys may start
         last = np.searchsorted(self.fences, high, "right") - 1  # ... and where high's may end
         where, found = [], []
-        one = np.flatnonzero(first == last)
-        if len(one):  # the usual case: every key of the fingerprint on one page, all queries at once
+        single = np.flatnonzero(first == last)
+        # The usual case: every key of the fingerprint on one page; 256 queries at a time (a few MB of pages
+        # and comparisons at once, not a copy of every page a chunk's queries touch).
+        for at in range(0, len(single), 256):
+            one = single[at : at + 256]
             cols = first[one, None] * self.page + np.arange(self.page)
             pages = self.keys[np.minimum(cols, self.n - 1)]
             inside = (pages >= low[one, None]) & (pages <= high[one, None]) & (cols < self.n)
-            rows, at = np.nonzero(inside)
+            rows, col = np.nonzero(inside)
             where.append(one[rows])
-            found.append(pages[rows, at])
+            found.append(pages[rows, col])
         for q in np.flatnonzero(first != last):  # a fingerprint whose keys span pages
             span = self.keys[first[q] * self.page : (last[q] + 1) * self.page]
             hits = span[(span >= low[q]) & (span <= high[q])]
