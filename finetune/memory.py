@@ -19,7 +19,9 @@ and what to change rather than be killed by the kernel halfway through loading; 
 Calibrated (PROCESS_GIB, ACTIVATION_FACTOR, HEAD_COPIES, SLACK) against measured peaks on an AMD EPYC with
 AVX512-BF16, bf16, tcmalloc, LoRA r=16 on every linear: a 4-layer hidden-512 model at 256 and 4096 tokens per step
 (measured 0.82 / 1.37 GiB, estimated 0.90 / 1.45), qwen2.5-0.5b at 64 tokens (2.27 / 2.44) and llama-3.2-1b at 2 x 256
-(5.38 / 5.48), so it errs high by 2-10%; the plain recipe's estimate (benchmarks.shapes) errs high by 15-20%.
+(5.38 / 5.48). Checked after calibration at batch 1 x 128 tokens: qwen2.5-0.5b 2.34 / 2.60, qwen2.5-1.5b 5.67 /
+5.39, llama-3.1-8b 19.9 / 20.0 GiB: within -5% to +11%. The plain recipe's estimate (benchmarks.shapes) errs high by
+15-30%.
 """
 
 from __future__ import annotations
