@@ -291,8 +291,12 @@ def settings_from_config(config, precision: str) -> MemorySettings:
     """MemorySettings of a TextGenerationFinetuningConfig run in `precision`."""
     fa, args, data = config.finetune_args, config.training_args, config.data_args
     targets = "all-linear" if fa.lora_all_linear else fa.lora_target_modules
+    # DPO trains on each pair's chosen and rejected reply in one forward, KTO on each completion beside a
+    # mismatched one for its KL term: two sequences with activations per example. The reference pass runs
+    # without gradients (the adapter switched off), so it keeps no activations.
+    sequences = 2 if fa.task in ("dpo", "kto") else 1
     return MemorySettings(
-        precision=precision, batch=args.per_device_train_batch_size, seq_len=data.max_seq_length,
+        precision=precision, batch=args.per_device_train_batch_size * sequences, seq_len=data.max_seq_length,
         lora_rank=fa.lora_rank, lora_targets=targets, lora_dropout=fa.lora_dropout, full_finetune=fa.full_finetune,
         qlora=fa.qlora, gradient_checkpointing=bool(args.gradient_checkpointing),
         chunked_head=not data.pad_to_max_length)

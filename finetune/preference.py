@@ -221,6 +221,7 @@ def finetune_preference(config: TextGenerationFinetuningConfig,
     from finetune.train import (
         FinetuneResult,
         check_batch,
+        check_run_memory,
         load_base_model,
         resume_point,
         run_setup,
@@ -230,6 +231,7 @@ def finetune_preference(config: TextGenerationFinetuningConfig,
 
     fa, data_args, args = config.finetune_args, config.data_args, config.training_args
     device, precision, threads, model_path, tokenizer = run_setup(config)
+    check_run_memory(config, model_path, device, precision)
     train_records, eval_records, data_hash = load_records(data_args, fa.task, need_eval=args.do_eval)
     train_rows, eval_rows = preference_rows(train_records), preference_rows(eval_records)
     if fa.task == "kto":

@@ -100,6 +100,45 @@ def test_a_run_that_cannot_fit_stops_before_loading_with_the_numbers(tmp_path, m
     assert not (tmp_path / "out" / "adapter").exists()
 
 
+def test_a_preference_run_that_cannot_fit_stops_before_loading(tmp_path, monkeypatch):
+    """DPO holds two sequences (chosen and rejected) per pair: the same batch that fits SFT may not fit DPO."""
+    from finetune import (
+        DataArguments,
+        FinetuningArguments,
+        ModelArguments,
+        TextGenerationFinetuningConfig,
+        TrainingArguments,
+        finetune_model,
+    )
+    from finetune import train as train_module
+    from finetune.memory import estimate_memory, model_config, settings_from_config
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the estimate said it cannot fit")
+
+    monkeypatch.setattr(train_module, "load_model", must_not_load)
+    folder = _shape_folder(tmp_path / "qwen2.5-0.5b", "qwen2.5-0.5b")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No."}
+                                                   for i in range(4)])
+
+    def config(task):
+        return TextGenerationFinetuningConfig(
+            ModelArguments(model_name_or_path=str(folder)),
+            DataArguments(train_file=str(pairs), max_seq_length=1024),
+            TrainingArguments(output_dir=str(tmp_path / task), do_train=True, max_steps=1,
+                              per_device_train_batch_size=4, report_to="none"),
+            FinetuningArguments(task=task, device="cpu"))
+
+    shape = model_config(str(folder))
+    sft = estimate_memory(shape, settings_from_config(config("chat"), "bf16")).total_gib
+    dpo = estimate_memory(shape, settings_from_config(config("dpo"), "bf16")).total_gib
+    assert dpo > sft * 1.2  # the second sequence's activations and logits
+    monkeypatch.setenv(MEMORY_ENV, f"{(sft + dpo) / 2:.2f}")  # room for SFT, not for DPO
+    with pytest.raises(InsufficientMemoryError, match="stopped before loading the model"):
+        finetune_model(config("dpo"))
+    assert not (tmp_path / "dpo" / "adapter").exists()
+
+
 def test_the_doctor_shows_the_same_estimate(tmp_path, monkeypatch, capsys):
     from finetune import doctor
 
