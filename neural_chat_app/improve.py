@@ -59,7 +59,8 @@ class LoopConfig:
     run_dir: str = "runs/improve"
     """Where every step's output, report and state.json go."""
     chat_log: str | None = None
-    """The server's SQLite conversation log; conversations logged since the last promoted run are used."""
+    """The server's conversation log, a SQLite file or a postgresql:// URL (the server's chat_log.url); the
+    conversations logged since the last promoted run are used."""
     data_dir: str | None = None
     """Or a folder (or file) of conversation logs in any format the data pipeline reads."""
     min_feedback: int | None = 1
@@ -109,7 +110,8 @@ class LoopConfig:
 
     def __post_init__(self):
         if (self.chat_log is None) == (self.data_dir is None):
-            raise ValueError("LoopConfig: set exactly one of chat_log (the server's SQLite log) or data_dir")
+            raise ValueError("LoopConfig: set exactly one of chat_log (the server's conversation log: a SQLite file "
+                             "or a postgresql:// URL) or data_dir")
         if self.min_feedback not in (None, -1, 1):
             raise ValueError(f"LoopConfig.min_feedback must be 1, -1 or null, got {self.min_feedback!r}")
         for name in ("min_pairs", "min_rated_replies", "min_conversations"):
