@@ -10,9 +10,9 @@ not support transformers 5) around a wrapper whose inputs and outputs carry the 
 input_ids, attention_mask, position_ids, past_key_values.{i}.key/value -> logits, present.{i}.key/value.
 8 bits: onnxruntime's dynamic quantization (int8 weights per output channel, activations quantized at run time,
 MatMulInteger). 4 bits: onnxruntime's MatMulNBits quantizer (round to nearest, blocks of `group_size`).
-The embedding table stays fp32 in both (a Gather), and so does a tied output projection (its MatMul reads the
-embedding through a Transpose, not a constant). The quantized file must stay under protobuf's 2 GB: models up to
-about 1.5B parameters at 8 bits.
+The embedding table stays fp32 in both (a Gather); a tied output projection is exported as its own constant and
+quantized (shared, it would be read through a Transpose at every step, in fp32). The quantized file must stay
+under protobuf's 2 GB: models up to about 1.5B parameters at 8 bits.
 """
 
 from __future__ import annotations
@@ -70,6 +70,11 @@ def export_decoder(source: Path, path: Path) -> None:
 
     model = load_model(str(source), dtype=torch.float32).eval()
     config = model.config
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is model.get_input_embeddings().weight:
+        # Untied in the graph: a tied output projection reads the embedding through a Transpose at every step and
+        # stays fp32; its own constant is folded and quantized like every other MatMul.
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
     layers, kv_heads, head_dim = _kv_shape(config)
 
     class Decoder(torch.nn.Module):
