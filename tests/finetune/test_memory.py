@@ -14,12 +14,23 @@ import sys
 import pytest
 import torch
 
+from finetune import (
+    DataArguments,
+    FinetuningArguments,
+    ModelArguments,
+    TextGenerationFinetuningConfig,
+    TrainingArguments,
+    finetune_model,
+)
+from finetune import train as train_module
 from finetune.memory import (
     MEMORY_ENV,
     InsufficientMemoryError,
     MemorySettings,
     count_parameters,
     estimate_memory,
+    model_config,
+    settings_from_config,
 )
 from tests.conftest import build_tiny_llama, build_tiny_tokenizer
 from tests.finetune.conftest import write_jsonl
@@ -66,21 +77,18 @@ def test_settings_validate_themselves():
         MemorySettings(seq_len=0)
 
 
-def test_a_run_that_cannot_fit_stops_before_loading_with_the_numbers(tmp_path, monkeypatch, chat_file):
-    from finetune import (
-        DataArguments,
-        FinetuningArguments,
-        ModelArguments,
-        TextGenerationFinetuningConfig,
-        TrainingArguments,
-        finetune_model,
-    )
-    from finetune import train as train_module
+@pytest.fixture
+def model_must_not_load(monkeypatch):
+    """Any attempt to load weights fails the test: the estimate must stop the run first."""
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded although the estimate said it cannot fit")
 
     monkeypatch.setattr(train_module, "load_model", must_not_load)
+
+
+def test_a_run_that_cannot_fit_stops_before_loading_with_the_numbers(tmp_path, monkeypatch, chat_file,
+                                                                    model_must_not_load):
     monkeypatch.setenv(MEMORY_ENV, "8")
     folder = _shape_folder(tmp_path / "llama-3.1-8b")
     config = TextGenerationFinetuningConfig(
@@ -100,23 +108,9 @@ def test_a_run_that_cannot_fit_stops_before_loading_with_the_numbers(tmp_path, m
     assert not (tmp_path / "out" / "adapter").exists()
 
 
-def test_a_preference_run_that_cannot_fit_stops_before_loading(tmp_path, monkeypatch):
+def test_a_preference_run_that_cannot_fit_stops_before_loading(tmp_path, monkeypatch, model_must_not_load):
     """DPO holds two sequences (chosen and rejected) per pair: the same batch that fits SFT may not fit DPO."""
-    from finetune import (
-        DataArguments,
-        FinetuningArguments,
-        ModelArguments,
-        TextGenerationFinetuningConfig,
-        TrainingArguments,
-        finetune_model,
-    )
-    from finetune import train as train_module
-    from finetune.memory import estimate_memory, model_config, settings_from_config
 
-    def must_not_load(*args, **kwargs):
-        raise AssertionError("the model was loaded although the estimate said it cannot fit")
-
-    monkeypatch.setattr(train_module, "load_model", must_not_load)
     folder = _shape_folder(tmp_path / "qwen2.5-0.5b", "qwen2.5-0.5b")
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No."}
                                                    for i in range(4)])
@@ -230,15 +224,6 @@ def test_fp32_path_keeps_frozen_weights_in_bf16_and_computes_in_fp32():
 
 def test_finetune_in_fp32_stores_frozen_weights_in_bf16(tiny_model_dir, chat_file, tmp_path, monkeypatch):
     """The fp32 path as a CPU without bf16 instructions takes it (forced with precision="fp32")."""
-    from finetune import (
-        DataArguments,
-        FinetuningArguments,
-        ModelArguments,
-        TextGenerationFinetuningConfig,
-        TrainingArguments,
-        finetune_model,
-    )
-    from finetune import train as train_module
 
     seen = {}
     original = train_module._trainer
