@@ -25,12 +25,9 @@ _URL_TAIL = ".,;:!?)]}'\""
 _IPV4 = re.compile(r"\d(?<![\d.]\d)\d{0,2}(?:\.\d{1,3}){3}(?![\d.]*\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 _CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
-# The shortest valid phone numbers anywhere (country code included) have 7 digits; fewer cannot be one, so
-# text like "case 12" skips libphonenumber's matcher, the slowest step of cleaning.
 _DIGIT = re.compile(r"\d")
 _NEEDS_DIGITS = {"ip", "card", "phone"}
-_SEVEN_DIGITS = re.compile(r"\d(?:\D*\d){6}")
-_FEWEST_DIGITS = {"card": 13, "phone": 7}
+_FEWEST_DIGITS = {"card": 13}  # phone: _fewest_phone_digits(region)
 # Cheap substring tests that rule a kind out before its regex scans the text.
 _MAY_CONTAIN = {
     "email": lambda t: "@" in t,
@@ -99,13 +96,43 @@ def _card(text: str) -> tuple[str, int]:
 def _phone(text: str, region: str) -> tuple[str, int]:
     import phonenumbers
 
+    fewest = _fewest_phone_digits(region)
     digits = _ascii_digits(text)
-    if (digits < 7) if digits is not None else not _SEVEN_DIGITS.search(text):
+    if (digits < fewest) if digits is not None else not _digits_at_least(fewest).search(text):
         return text, 0
     matches = list(_matcher_class()(text, region, leniency=phonenumbers.Leniency.VALID))
     for m in reversed(matches):  # from the end, so earlier offsets stay valid
         text = text[: m.start] + PLACEHOLDERS["phone"] + text[m.end :]
     return text, len(matches)
+
+
+@functools.cache
+def _fewest_phone_digits(region: str) -> int:
+    """The fewest digits a valid phone number can have in text read for `region`, from libphonenumber's metadata.
+
+    A text with fewer digits skips the matcher, the slowest step of cleaning ("case 12"). The bound is the least
+    of the region's own shortest number (4 digits in Niue or Austria, 10 in the US) and the shortest number written
+    with a country code anywhere (6 digits: +43, +49 or +98 and 4 more). Possible lengths bound valid ones.
+    """
+    import phonenumbers
+
+    def shortest(metadata) -> int | None:
+        lengths = [n for n in (metadata.general_desc.possible_length if metadata else ()) if n > 0]
+        return min(lengths) if lengths else None
+
+    international = min(
+        len(str(code)) + n
+        for code, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items()
+        for r in regions
+        if (n := shortest(phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, r))) is not None
+    )
+    national = shortest(phonenumbers.PhoneMetadata.metadata_for_region(region.upper()))
+    return min(international, national) if national is not None else international
+
+
+@functools.cache
+def _digits_at_least(n: int) -> re.Pattern:
+    return re.compile(r"\d(?:\D*\d){" + str(n - 1) + "}")
 
 
 @functools.cache
@@ -182,13 +209,15 @@ def _ascii_digits(text: str) -> int | None:
 def redact(text: str, kinds: list[str], region: str, counts: Counter) -> str:
     """Return `text` with each enabled kind replaced; add the number of replacements per kind to `counts`."""
     # Placeholders hold no digits, so the count taken here bounds every later text: a kind whose least number
-    # of digits is not there is skipped without its regex scanning the text (13 for a card, 7 for a phone).
+    # of digits is not there is skipped without its regex scanning the text (13 for a card; a phone's depends on the
+    # region, _fewest_phone_digits).
     digits = _ascii_digits(text)
     has_digits = digits > 0 if digits is not None else _DIGIT.search(text) is not None
     for kind in ORDER:
         if kind not in kinds or not _MAY_CONTAIN[kind](text) or (kind in _NEEDS_DIGITS and not has_digits):
             continue
-        if digits is not None and digits < _FEWEST_DIGITS.get(kind, 0):
+        fewest = _fewest_phone_digits(region) if kind == "phone" else _FEWEST_DIGITS.get(kind, 0)
+        if digits is not None and digits < fewest:
             continue
         if kind == "email":
             text, n = _sub(_EMAIL, text, PLACEHOLDERS["email"])

@@ -71,6 +71,7 @@ def test_only_enabled_kinds_are_redacted():
 def test_phone_region_reads_national_numbers():
     assert redact("ring 030 901820", ["phone"], "DE", Counter()) == "ring <PHONE>"
     assert redact("ring 030 901820", ["phone"], "US", Counter()) == "ring 030 901820"
+    assert redact("call 4002 tonight", ["phone"], "NU", Counter()) == "call <PHONE> tonight"  # Niue: 4 digits
 
 
 def test_luhn():
@@ -140,11 +141,17 @@ def test_redaction_shortcuts_change_nothing():
     pieces = ["10.0.0.7", "192.168.1.254", "1.2.3", "999.1.1.1", "1.2.3.4.5", "fe80::1ff:fe23:4567:890a", "::1",
               "a:b:c", "4111 1111 1111 1111", "5500-0000-0000-0004", "+1 415-555-2671", "(415) 555-2671",
               "ann@example.org", "https://x.org/a?b=1.", "www.python.org", "12345678", "v1.2", ".5.6.7.8",
-              "٣٤٥", "1.2.3.4", "x", "word", " ", ". ", ":", "-", "7", "42"]
-    for _ in range(400):
-        t = "".join(rng.choice(pieces) + rng.choice(["", " ", ".", ":", "\n"]) for _ in range(rng.randint(0, 12)))
-        counts = Counter()
-        assert (redact(t, ALL, "US", counts), counts) == _reference_redact(t), t
+              "٣٤٥", "1.2.3.4", "x", "word", " ", ". ", ":", "-", "7", "42", "4002", "+683 4002", "+43 1 234"]
+    # Niue's numbers have 4 digits, and "+43 1 234" is 6 with Austria's code: the phone shortcut's digit bound
+    # follows the region (it once said 7 everywhere and left "call 4002" unredacted in Niue).
+    phones = Counter()
+    for region in ("US", "NU", "AT"):
+        for _ in range(200):
+            t = "".join(rng.choice(pieces) + rng.choice(["", " ", ".", ":", "\n"]) for _ in range(rng.randint(0, 12)))
+            counts = Counter()
+            assert (redact(t, ALL, region, counts), counts) == _reference_redact(t, region), (region, t)
+            phones[region] += counts["phone"]
+    assert phones["NU"] > 0, phones
 
 
 def test_phone_shortcut_changes_nothing():
