@@ -87,8 +87,24 @@ def model_must_not_load(monkeypatch):
     monkeypatch.setattr(train_module, "load_model", must_not_load)
 
 
+def _simulate_a_bf16_cpu(monkeypatch):
+    """The figures a test checks are bf16's: on a CPU without bf16 instructions (or with ONEDNN_MAX_CPU_ISA below
+    them) a run computes in fp32 and needs more, so such a test runs on a simulated AMX CPU whatever this one is."""
+    import dataclasses
+
+    from finetune import hardware
+
+    simulated = dataclasses.replace(hardware.detect_hardware(), amx_bf16=True, avx512_bf16=True,
+                                    onednn_isa_limit=None)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: simulated)
+    monkeypatch.setattr(train_module, "detect_hardware", lambda: simulated)
+
+
 def test_a_run_that_cannot_fit_stops_before_loading_with_the_numbers(tmp_path, monkeypatch, chat_file,
                                                                     model_must_not_load):
+    _simulate_a_bf16_cpu(monkeypatch)
     monkeypatch.setenv(MEMORY_ENV, "8")
     folder = _shape_folder(tmp_path / "llama-3.1-8b")
     config = TextGenerationFinetuningConfig(
