@@ -232,6 +232,13 @@ def _advise_cpu(report: Report, cpu: CPU) -> None:
         better = ("unset ONEDNN_MAX_CPU_ISA to train in bf16" if cpu.bf16 else
                   "a CPU with AMX (4th-gen Xeon, Sapphire Rapids, or newer) trains several times faster in bf16")
         report.add("info", f"training and serving run in fp32: {why}; {better}")
+    isa = onednn_isa_limit()
+    if isa and dist_version("openvino"):
+        # Measured 2026-12-04 with ONEDNN_MAX_CPU_ISA=AVX2 on an AVX512-BF16 EPYC: every INT8/INT4 OpenVINO export
+        # failed in its FullyConnectedCompressed nodes (OpenVINO picks kernels by the CPU's own flags).
+        report.add("warn", f"ONEDNN_MAX_CPU_ISA={isa} also caps OpenVINO's CPU plugin: on a CPU above that instruction "
+                           "set its INT8/INT4 layers fail ('could not create a primitive descriptor'); unset it in "
+                           "the shell that serves or quantizes OpenVINO models")
     if "amx_int8" not in cpu.flags and "avx512_vnni" not in cpu.flags and "avx_vnni" not in cpu.flags:
         report.add("info", "no VNNI / AMX-INT8: INT8 inference will not be faster than bf16 here")
 
