@@ -7,7 +7,10 @@
 
 The decoder is exported with torch.onnx (the dynamo exporter: optimum-onnx 0.1 and onnxruntime-genai's builder do
 not support transformers 5) around a wrapper whose inputs and outputs carry the names transformers.js feeds:
-input_ids, attention_mask, position_ids, past_key_values.{i}.key/value -> logits, present.{i}.key/value.
+input_ids, attention_mask, position_ids, past_key_values.{i}.key/value, num_logits_to_keep -> logits,
+present.{i}.key/value. num_logits_to_keep (transformers.js feeds 1 while generating, 0 in a plain forward) keeps the
+output projection to the last positions: without it the prompt's forward projects every prompt position onto the
+vocabulary and the page keeps one row.
 8 bits: onnxruntime's dynamic quantization (int8 weights per output channel, activations quantized at run time,
 MatMulInteger). 4 bits: onnxruntime's MatMulNBits quantizer (round to nearest, blocks of `group_size`).
 The embedding table stays fp32 in both (a Gather); a tied output projection is exported as its own constant and
@@ -110,6 +113,34 @@ def export_decoder(source: Path, path: Path) -> None:
         )
     # Protobuf caps one file at 2 GB: a larger fp32 graph keeps its weights beside it (this file is temporary).
     program.save(str(path), external_data=sum(p.numel() for p in model.parameters()) * 4 > 1_800_000_000)
+    add_logits_to_keep(path)
+
+
+def add_logits_to_keep(path: Path) -> None:
+    """Give the exported decoder the input num_logits_to_keep (int64 scalar, 0: every position): the output
+    projection's input is sliced to the last n positions. torch.export cannot take a slice length from a tensor, so
+    the Slice goes into the ONNX graph in front of the MatMul that writes `logits`."""
+    onnx, _ = import_onnx()
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path), load_external_data=False)  # the weights, if external, stay where they are
+    graph = model.graph
+    index, head = next((i, n) for i, n in enumerate(graph.node) if "logits" in n.output)
+    if head.op_type != "MatMul":
+        raise NotImplementedError(f"the exported decoder's logits come from {head.op_type}, not a MatMul: "
+                                  "num_logits_to_keep cannot be added in front of it")
+    graph.input.append(helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, []))
+    big = helper.make_tensor("logits_slice_end", TensorProto.INT64, [1], [2**63 - 1])
+    axis = helper.make_tensor("logits_slice_axis", TensorProto.INT64, [1], [1])
+    graph.initializer.extend([big, axis, helper.make_tensor("logits_slice_dim", TensorProto.INT64, [1], [0])])
+    nodes = [helper.make_node("Neg", ["num_logits_to_keep"], ["logits_keep_neg"]),
+             helper.make_node("Unsqueeze", ["logits_keep_neg", "logits_slice_dim"], ["logits_slice_start"]),
+             helper.make_node("Slice", [head.input[0], "logits_slice_start", "logits_slice_end", "logits_slice_axis"],
+                              ["logits_hidden_kept"])]
+    head.input[0] = "logits_hidden_kept"
+    for offset, node in enumerate(nodes):
+        graph.node.insert(index + offset, node)
+    onnx.save(model, str(path))
 
 
 def quantize_decoder(fp32: Path, out: Path, cfg: QuantizeConfig) -> None:
@@ -196,9 +227,11 @@ class OnnxDecoder:
         shape = next(i.shape for i in self.session.get_inputs() if i.name.startswith("past_key_values."))
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.eos = set(_ids(json.loads((folder / "generation_config.json").read_text()).get("eos_token_id")))
+        self.keeps_logits = any(i.name == "num_logits_to_keep" for i in self.session.get_inputs())
 
-    def step(self, ids, past: list | None, start: int):
-        """Logits [1, len(ids), vocab] and the new cache, for token ids `ids` after `start` cached positions."""
+    def step(self, ids, past: list | None, start: int, keep: int = 0):
+        """Logits [1, len(ids), vocab] (the last `keep` positions only, where the export has num_logits_to_keep)
+        and the new cache, for token ids `ids` after `start` cached positions."""
         import numpy as np
 
         ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
@@ -207,6 +240,8 @@ class OnnxDecoder:
         if past is None:
             past = [np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)] * len(self.past_names)
         feeds.update(zip(self.past_names, past))
+        if self.keeps_logits:
+            feeds["num_logits_to_keep"] = np.array(keep, dtype=np.int64)
         logits, *present = self.session.run(None, feeds)
         return logits, present
 
@@ -216,13 +251,19 @@ class OnnxDecoder:
         logits, _ = self.step(input_ids[0].tolist(), None, 0)
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
-    def greedy(self, prompt: list[int], new_tokens: int, allowed=None, stop_at_eos: bool = False) -> list[int]:
-        """Greedy tokens after `prompt`; `allowed(generated)` -> a boolean mask over the vocabulary (None: any)."""
+    def greedy(self, prompt: list[int], new_tokens: int, allowed=None, stop_at_eos: bool = False,
+               clock: list | None = None) -> list[int]:
+        """Greedy tokens after `prompt`; `allowed(generated)` -> a boolean mask over the vocabulary (None: any).
+        `clock`: gets time.perf_counter() as each token's logits arrive (where the page times its tokens)."""
+        import time
+
         import numpy as np
 
-        logits, past = self.step(prompt, None, 0)
+        logits, past = self.step(prompt, None, 0, keep=1)
         out: list[int] = []
         for _ in range(new_tokens):
+            if clock is not None:
+                clock.append(time.perf_counter())
             row = logits[0, -1]
             mask = allowed(out) if allowed is not None else None
             if mask is not None:
@@ -231,7 +272,7 @@ class OnnxDecoder:
             out.append(token)
             if stop_at_eos and token in self.eos:
                 break
-            logits, past = self.step([token], past, len(prompt) + len(out) - 1)
+            logits, past = self.step([token], past, len(prompt) + len(out) - 1, keep=1)
         return out
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 16, **_):

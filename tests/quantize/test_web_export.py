@@ -31,6 +31,32 @@ def test_web_config_checks_its_fields(tmp_path):
 pytest.importorskip("onnxruntime")
 
 
+def test_num_logits_to_keep_slices_the_output_projection(tmp_path):
+    """0 keeps every position (perplexity), n the last n (what transformers.js feeds while generating: 1)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantize.web import add_logits_to_keep
+
+    weight = np.arange(12, dtype=np.float32).reshape(4, 3)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "x"], ["hidden"]), helper.make_node("MatMul", ["hidden", "w"], ["logits"])],
+        "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, None, 3])],
+        [numpy_helper.from_array(weight, "w")])
+    path = tmp_path / "head.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    add_logits_to_keep(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 5, 4)).astype(np.float32)
+    full = (x * x) @ weight
+    for keep, rows in ((0, full), (1, full[:, -1:]), (2, full[:, -2:]), (9, full)):
+        [got] = session.run(None, {"x": x, "num_logits_to_keep": np.array(keep, dtype=np.int64)})
+        np.testing.assert_allclose(got, rows, rtol=1e-6)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("bits", [4, 8])
 def test_export_writes_the_folder_transformers_js_loads(web_artifacts, bits):
@@ -45,7 +71,8 @@ def test_export_writes_the_folder_transformers_js_loads(web_artifacts, bits):
     graph = onnx.load(str(folder / "onnx" / name), load_external_data=False).graph
     inputs, outputs = [i.name for i in graph.input], [o.name for o in graph.output]
     assert inputs == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key",
-                      "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value"]
+                      "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value",
+                      "num_logits_to_keep"]
     assert outputs == ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
     ops = {n.op_type for n in graph.node}
     assert ("MatMulNBits" if bits == 4 else "MatMulInteger") in ops
@@ -77,6 +104,9 @@ def test_cached_decoding_equals_full_recomputation(web_artifacts):
     cached, past = decoder.step(prompt, None, 0)
     step, _ = decoder.step(tokens[:1], past, len(prompt))
     np.testing.assert_allclose(step[0, -1], full[0, len(prompt)], atol=1e-4)
+    last, _ = decoder.step(prompt, None, 0, keep=1)  # what greedy decoding and transformers.js ask for
+    assert last.shape[1] == 1 and cached.shape[1] == len(prompt)
+    np.testing.assert_allclose(last[0, -1], cached[0, -1], atol=1e-5)
 
 
 @pytest.mark.integration
