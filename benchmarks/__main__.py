@@ -7,6 +7,7 @@
     serve      a bounded load test of the chat server on loopback: tokens/s and latency at 1-8 streams
     quantize   quantization quality: size, perplexity, token agreement of each scheme
     extraction the extraction specialist: base vs fine-tuned, with and without constrained decoding
+    web        a web artifact's page in Chromium: download size, cold/warm first answer, tokens/s beside Python
     report     benchmarks/results/REPORT.md and the README's headline table, from the saved results
 """
 
@@ -23,6 +24,7 @@ COMMANDS = {
     "serve": "benchmarks.serve_load",
     "quantize": "benchmarks.quantize_quality",
     "extraction": "benchmarks.extraction_quality",
+    "web": "benchmarks.web",
     "report": "benchmarks.report",
 }
 

@@ -18,9 +18,11 @@ import argparse
 import functools
 import json
 import logging
+import os
 import shutil
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 PAGE_DIR = Path(__file__).resolve().parent / "page"
 VENDOR_DIR = PAGE_DIR / "vendor"
-VENDOR_FILES = ("transformers.min.js", "ort-wasm-simd-threaded.asyncify.wasm", "ort-wasm-simd-threaded.asyncify.mjs")
+VENDOR_FILES = ("transformers.min.js", "ort-wasm-simd-threaded.asyncify.wasm", "ort-wasm-simd-threaded.asyncify.mjs",
+                "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs")
 PAGE_DATA_FILE = "extraction.json"
 HELDOUT = "examples/data/extraction_heldout.jsonl"
 MAX_NEW_TOKENS = 160
@@ -119,10 +122,13 @@ class PythonExtractor:
                 return None
             return automaton.mask(state, self.vocab_size)
 
+        started, clock = time.perf_counter(), []
         prompt = self.prompt_ids(text)
-        tokens = self.decoder.greedy(prompt, max_new_tokens, allowed if constrained else None, stop_at_eos=True)
+        tokens = self.decoder.greedy(prompt, max_new_tokens, allowed if constrained else None, stop_at_eos=True,
+                                     clock=clock)
+        ended = time.perf_counter()  # before detokenizing, as in the page
         return {"prompt_ids": prompt, "tokens": tokens, "constrained": constrained and not failed,
-                "text": self.tokenizer.decode(tokens, skip_special_tokens=True)}
+                "text": self.tokenizer.decode(tokens, skip_special_tokens=True), **timing(started, clock, ended)}
 
     @functools.cached_property
     def vocab_size(self) -> int:
@@ -130,6 +136,13 @@ class PythonExtractor:
 
         logits, _ = self.decoder.step([0], None, 0)
         return int(np.shape(logits)[-1])
+
+
+def timing(started: float, clock: list[float], ended: float) -> dict:
+    """The page's timing figures (extract.js) from seconds: the whole call, its first token, and the decoding rate
+    after it (one forward per token between the first token's logits and the end)."""
+    return {"ms": (ended - started) * 1000, "first_token_ms": (clock[0] - started) * 1000 if clock else None,
+            "tokens_per_s": (len(clock) - 1) / (ended - clock[0]) if len(clock) > 1 else None}
 
 
 def score(replies: list[str], examples: list) -> dict:
@@ -143,6 +156,8 @@ def score(replies: list[str], examples: list) -> dict:
 # ---- the browser path ------------------------------------------------------------------------------------------
 
 class _IsolatedHandler(SimpleHTTPRequestHandler):
+    served: list | None = None
+
     def end_headers(self):
         for name, value in ISOLATION_HEADERS.items():
             self.send_header(name, value)
@@ -151,11 +166,20 @@ class _IsolatedHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args):  # quiet: the browser fetches a dozen files
         pass
 
+    def copyfile(self, source, outputfile):
+        super().copyfile(source, outputfile)
+        if self.served is not None:  # a file's body went out: what the browser downloaded (not a 304)
+            path = Path(self.translate_path(self.path)).resolve()
+            path = path / "index.html" if path.is_dir() else path  # a folder's URL sends its index.html
+            self.served.append((path.relative_to(Path(self.directory).resolve()).as_posix(),
+                                os.fstat(source.fileno()).st_size))
+
 
 @contextmanager
-def serve_folder(folder: str | Path, port: int = 0):
-    """Serve `folder` on 127.0.0.1 with the cross-origin isolation headers; yields the base URL."""
-    handler = functools.partial(_IsolatedHandler, directory=str(folder))
+def serve_folder(folder: str | Path, port: int = 0, served: list | None = None):
+    """Serve `folder` on 127.0.0.1 with the cross-origin isolation headers; yields the base URL. `served` gets
+    (path relative to `folder`, bytes) of each file sent in full."""
+    handler = functools.partial(type("Handler", (_IsolatedHandler,), {"served": served}), directory=str(folder))
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

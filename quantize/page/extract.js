@@ -18,12 +18,19 @@ const MODEL_NAME = segments.pop();
 env.localModelPath = `/${segments.map((s) => s + "/").join("")}`;
 env.allowRemoteModels = false; // the model comes from this origin, never from a hub
 env.allowLocalModels = true;
-env.backends.onnx.wasm.wasmPaths = {
-  mjs: new URL("vendor/ort-wasm-simd-threaded.asyncify.mjs", location.href).href,
-  wasm: new URL("vendor/ort-wasm-simd-threaded.asyncify.wasm", location.href).href,
-};
 // Threads need SharedArrayBuffer, which browsers give only to cross-origin isolated pages (COOP/COEP headers).
-env.backends.onnx.wasm.numThreads = self.crossOriginIsolated ? navigator.hardwareConcurrency || 1 : 1;
+env.backends.onnx.wasm.numThreads = Number(params.get("threads")) ||
+  (self.crossOriginIsolated ? navigator.hardwareConcurrency || 1 : 1);
+
+function useWasmBuild(device) {
+  // onnxruntime-web's plain build on WASM, its asyncify build (which WebGPU needs) otherwise; ?wasm= overrides.
+  const build = params.get("wasm") || (device === "wasm" ? "plain" : "asyncify");
+  const stem = build === "plain" ? "ort-wasm-simd-threaded" : `ort-wasm-simd-threaded.${build}`;
+  env.backends.onnx.wasm.wasmPaths = {
+    mjs: new URL(`vendor/${stem}.mjs`, location.href).href, wasm: new URL(`vendor/${stem}.wasm`, location.href).href,
+  };
+  return build;
+}
 
 async function json(url) {
   const response = await fetch(url);
@@ -44,11 +51,21 @@ class ConstrainedLogits extends LogitsProcessor {
   // Called once per new token with the whole sequence so far; masks every token the schema does not allow next.
   constructor(constraint, promptLength, timings) {
     super();
-    Object.assign(this, { constraint, promptLength, timings, state: constraint?.start(), fed: 0, failed: false });
+    Object.assign(this, { constraint, promptLength, timings, state: constraint?.start(), fed: 0, failed: false,
+      ms: 0 });
   }
 
   _call(inputIds, logits) {
-    this.timings.push(performance.now());
+    const started = performance.now();
+    this.timings.push(started);
+    try {
+      return this.mask(inputIds, logits);
+    } finally {
+      this.ms += performance.now() - started;
+    }
+  }
+
+  mask(inputIds, logits) {
     if (!this.constraint || this.failed) return logits;
     const generated = inputIds[0].slice(this.promptLength).map(Number);
     for (; this.fed < generated.length; this.fed++) this.state = this.constraint.advance(this.state, generated[this.fed]);
@@ -70,9 +87,11 @@ async function load() {
   ]);
   const dtype = params.get("dtype") || config["transformers.js_config"]?.dtype || "q4";
   const device = await pickDevice();
+  const wasmBuild = useWasmBuild(device);
   if (!MODEL_NAME) throw new Error("serve the folder that holds the artifact, not the artifact itself, as the root");
   const tokenizer = await AutoTokenizer.from_pretrained(MODEL_NAME);
   const model = await AutoModelForCausalLM.from_pretrained(MODEL_NAME, { dtype, device });
+  const forwards = timeForwards(model);
   const eos = [generation.eos_token_id].flat().filter((x) => x !== undefined && x !== null);
   let constraint = null, constraintError = null;
   try {
@@ -81,14 +100,33 @@ async function load() {
     constraintError = String(err);
   }
   return {
-    tokenizer, model, constraint, constraintError, systemPrompt: page.system_prompt, dtype, device,
-    maxNewTokens: Number(params.get("max_new_tokens")) || page.max_new_tokens,
+    tokenizer, model, forwards, constraint, constraintError, systemPrompt: page.system_prompt, dtype, device,
+    wasmBuild, maxNewTokens: Number(params.get("max_new_tokens")) || page.max_new_tokens,
     threads: env.backends.onnx.wasm.numThreads, isolated: self.crossOriginIsolated, loadMs: performance.now() - started,
   };
 }
 
+function timeForwards(model) {
+  // Each run of the decoder session: its milliseconds and how many tokens it was fed (1 after the prompt when the
+  // KV cache is reused; the whole sequence when not), so extract() can split its time.
+  const session = model.sessions.model ?? Object.values(model.sessions)[0];
+  const log = [];
+  const run = session.run.bind(session);
+  session.run = async (feeds, ...rest) => {
+    const started = performance.now();
+    try {
+      return await run(feeds, ...rest);
+    } finally {
+      log.push({ ms: performance.now() - started, tokens: feeds.input_ids?.dims?.[1] ?? null });
+    }
+  };
+  return log;
+}
+
 async function extract(text, { constrained = true, maxNewTokens = null } = {}) {
   const s = await ready;
+  const started = performance.now();
+  s.forwards.length = 0;
   maxNewTokens = maxNewTokens || s.maxNewTokens;
   const messages = [{ role: "system", content: s.systemPrompt }, { role: "user", content: text }];
   const prompt = s.tokenizer.apply_chat_template(messages, { add_generation_prompt: true, tokenize: false });
@@ -96,7 +134,7 @@ async function extract(text, { constrained = true, maxNewTokens = null } = {}) {
   const promptIds = Array.from(inputs.input_ids.data, Number);
   const timings = [];
   const processor = new ConstrainedLogits(constrained ? s.constraint : null, promptIds.length, timings);
-  const started = performance.now();
+  const generating = performance.now();
   const output = await s.model.generate({
     ...inputs, max_new_tokens: maxNewTokens, do_sample: false, repetition_penalty: 1.0, no_repeat_ngram_size: 0,
     logits_processor: [processor],
@@ -104,18 +142,34 @@ async function extract(text, { constrained = true, maxNewTokens = null } = {}) {
   const ended = performance.now();
   const tokens = Array.from(output.data, Number).slice(promptIds.length);
   const reply = s.tokenizer.decode(tokens, { skip_special_tokens: true });
+  const detokenizeMs = performance.now() - ended;
   let parsed = null;
   try { parsed = JSON.parse(reply); } catch (_) { /* shown as invalid */ }
+  const [prefill, ...steps] = s.forwards;
+  const forwardMs = steps.reduce((sum, f) => sum + f.ms, 0);
   return {
     prompt_ids: promptIds, tokens, text: reply, json: parsed,
     constrained: constrained && !!s.constraint && !processor.failed,
     ms: ended - started, first_token_ms: timings.length ? timings[0] - started : null,
     tokens_per_s: timings.length > 1 ? (timings.length - 1) / ((ended - timings[0]) / 1000) : null,
+    // Where the time went: the prompt's forward, the one-token forwards after it, our schema mask, transformers.js's
+    // own work per token (logits slice, sampling, cache bookkeeping) and the chat template + tokenizer.
+    split_ms: {
+      prompt: generating - started, prefill: prefill?.ms ?? null, forward: forwardMs, constraint: processor.ms,
+      generate_other: ended - generating - (prefill?.ms ?? 0) - forwardMs - processor.ms, detokenize: detokenizeMs,
+    },
+    forward_tokens: s.forwards.map((f) => f.tokens),
   };
 }
 
 const ready = load();
-window.extractor = { ready, extract };
+// What the page runs on, for the browser test and `python -m benchmarks web`.
+const info = async () => {
+  const s = await ready;
+  return { dtype: s.dtype, device: s.device, threads: s.threads, isolated: s.isolated, wasmBuild: s.wasmBuild,
+    loadMs: s.loadMs, constrained: !!s.constraint };
+};
+window.extractor = { ready, extract, info };
 
 // ---- the UI ----------------------------------------------------------------------------------------------------
 const $ = (id) => document.getElementById(id);
@@ -141,7 +195,8 @@ function render(result) {
 
 ready.then((s) => {
   $("status").textContent = `model loaded in ${(s.loadMs / 1000).toFixed(1)} s: ${s.dtype} on ${s.device}` +
-    (s.device === "wasm" ? `, ${s.threads} thread(s)${s.isolated ? "" : " (not cross-origin isolated: one thread)"}` : "");
+    (s.device === "wasm" ? `, ${s.threads} thread(s)${s.isolated ? "" : " (not cross-origin isolated: one thread)"}` +
+      `, ${s.wasmBuild} build` : "");
   if (!s.constraint) {
     $("constrained").checked = false;
     $("constrained").disabled = true;
