@@ -145,12 +145,13 @@ def timing(started: float, clock: list[float], ended: float) -> dict:
             "tokens_per_s": (len(clock) - 1) / (ended - clock[0]) if len(clock) > 1 else None}
 
 
-def score(replies: list[str], examples: list) -> dict:
-    """finetune.evaluate's extraction metrics (schema validity included) of `replies`."""
+def score(replies: list[str], examples: list, matching: str = "exact") -> dict:
+    """finetune.evaluate's extraction metrics (schema validity included) of `replies`; matching "lenient" for the
+    natural set, as finetune.evaluate scores it (finetune/extraction/matching.py)."""
     from finetune.evaluate.metrics import extraction_metrics
     from finetune.extraction import load_schema
 
-    return extraction_metrics(replies, [e.reference for e in examples], load_schema())
+    return extraction_metrics(replies, [e.reference for e in examples], load_schema(), matching=matching)
 
 
 # ---- the browser path ------------------------------------------------------------------------------------------
@@ -264,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-examples", type=int, default=10)
     parser.add_argument("--unconstrained", action="store_true", help="decode without the schema constraint")
     parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    parser.add_argument("--matching", choices=["exact", "lenient"], default="exact",
+                        help="how a predicted phrase names the gold one: lenient for the natural set")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     examples = held_out(args.data, args.max_examples)
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results, info = run_browser(args.artifact, texts, not args.unconstrained, args.max_new_tokens)
         print(info["status"])
-    metrics = score([r["text"] for r in results], examples)
+    metrics = score([r["text"] for r in results], examples, args.matching)
     keys = ("json_validity", "schema_validity", "attribute_f1", "aspect_f1", "aspect_sentiment_accuracy",
             "overall_sentiment_accuracy")
     print(json.dumps({"where": args.where, "examples": len(examples), "constrained": not args.unconstrained,

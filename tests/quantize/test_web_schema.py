@@ -88,3 +88,16 @@ def test_the_page_allows_the_same_tokens_as_python(vocab):
     got = json.loads(done.stdout)
     assert got == expected
     assert got[-1] == [eos] and len(got[3]) > 100  # complete: EOS only; inside a string: most of the vocabulary
+
+
+def test_web_page_scores_with_the_matching_the_natural_set_uses():
+    """`python -m quantize.web_page score --matching lenient` scores as finetune.evaluate does on the natural set."""
+    from types import SimpleNamespace
+
+    from quantize.web_page import score
+
+    gold = {"attributes": [{"type": "BEHAVIOR", "value": "cycle to work"}], "aspects": [], "sentiment": "NEUTRAL"}
+    reply = {**gold, "attributes": [{"type": "BEHAVIOR", "value": "cycling to work"}]}
+    examples = [SimpleNamespace(reference=json.dumps(gold))]
+    assert score([json.dumps(reply)], examples)["attribute_f1"] == 0
+    assert score([json.dumps(reply)], examples, "lenient")["attribute_f1"] == 100
