@@ -101,28 +101,14 @@ def _first_answer(page, navigate, text: str, constrained: bool) -> dict:
 
 def run_browser(artifact: Path, texts: list[str], constrained: bool, max_new_tokens: int, query: str = "") -> dict:
     """Cold load, warm reload, then every text on the warm page; with what the server sent for each load."""
-    from playwright import sync_api
-
-    from quantize.web_page import CHROMIUM_ARGS, chromium_path, serve_folder
+    from quantize.web_page import browser_page, serve_folder
 
     served: list[tuple[str, int]] = []
-    with serve_folder(artifact.parent, served=served) as base, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context()  # a fresh profile: empty HTTP cache and Cache Storage
-            page = context.new_page()
-            page.set_default_timeout(PAGE_TIMEOUT_S * 1000)
-            blocked: list[str] = []
-
-            def offline(route):  # everything but the local server is refused
-                if route.request.url.startswith((base, "blob:", "data:")):
-                    return route.continue_()
-                blocked.append(route.request.url)
-                return route.abort()
-
-            page.route("**/*", offline)
-            url = f"{base}/{artifact.name}/page/?device=wasm&max_new_tokens={max_new_tokens}" + (
-                f"&{query}" if query else "")
+    with serve_folder(artifact.parent, served=served) as base:
+        url = f"{base}/{artifact.name}/page/?device=wasm&max_new_tokens={max_new_tokens}" + (
+            f"&{query}" if query else "")
+        # browser_page opens a fresh profile (empty HTTP cache and Cache Storage) and refuses every other origin
+        with browser_page(url, PAGE_TIMEOUT_S, navigate=False) as (page, blocked):
             cold = _first_answer(page, lambda: page.goto(url), texts[0], constrained)
             cold["download"] = download_sizes(served)
             served.clear()
@@ -131,9 +117,7 @@ def run_browser(artifact: Path, texts: list[str], constrained: bool, max_new_tok
             info = page.evaluate("window.extractor.info()")
             results = [page.evaluate(_EXTRACT_JS, [t, constrained]) for t in texts]
             return {"cold": cold, "warm": warm, "page": info, "results": results, "blocked_requests": blocked,
-                    "chromium": browser.version}
-        finally:
-            browser.close()
+                    "chromium": page.context.browser.version}
 
 
 def run_python(artifact: Path, texts: list[str], constrained: bool, max_new_tokens: int, threads: int) -> dict:

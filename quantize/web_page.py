@@ -203,8 +203,9 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def browser_page(url: str, timeout_s: float = 300):
-    """A headless Chromium page on `url` with every request outside that origin aborted (offline but for it)."""
+def browser_page(url: str, timeout_s: float = 300, navigate: bool = True):
+    """A headless Chromium page on `url` with every request outside that origin aborted (offline but for it); with
+    navigate=False the caller opens `url` itself (the benchmark times the navigation)."""
     from playwright import sync_api
 
     origin = url.split("/", 3)[:3]
@@ -223,7 +224,8 @@ def browser_page(url: str, timeout_s: float = 300):
                     r.abort()
 
             page.route("**/*", route)
-            page.goto(url)
+            if navigate:
+                page.goto(url)
             yield page, blocked
         finally:
             browser.close()
