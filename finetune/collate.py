@@ -56,14 +56,16 @@ class PaddingFreeCollator:
         return batch
 
 
-def kept_positions_loss(outputs, labels: torch.Tensor, num_items_in_batch=None, head=None) -> torch.Tensor:
+def kept_positions_loss(outputs, labels: torch.Tensor, num_items_in_batch=None, head=None,
+                        head_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Token-summed cross-entropy over the kept positions, divided by the label count of the whole
     accumulated batch (as transformers does), so gradient accumulation matches one large batch.
 
     With `head` (the output Linear that finetune.lean_ops.use_lean_ops switched to a pass-through),
-    outputs.logits holds the last hidden states and the head is applied chunk by chunk inside the loss."""
+    outputs.logits holds the last hidden states and the head is applied chunk by chunk inside the loss, its matmuls
+    in `head_dtype` (the run's autocast dtype: the Trainer calls this outside autocast)."""
     if head is not None:
-        loss = head_loss(outputs.logits, head.weight, labels)
+        loss = head_loss(outputs.logits, head.weight, labels, dtype=head_dtype)
     else:
         logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
         loss = F.cross_entropy(logits, labels.to(logits.device), reduction="sum")

@@ -214,7 +214,8 @@ def _trainer(model, tokenizer, config, training_args, data, callbacks, per_examp
 
     packed = not config.data_args.pad_to_max_length
     collator_kwargs = {"data_collator": PaddingFreeCollator(boundaries=per_example_attention),
-                       "compute_loss_func": functools.partial(kept_positions_loss, head=head)}
+                       "compute_loss_func": functools.partial(kept_positions_loss, head=head,
+                                                              head_dtype=autocast_dtype(training_args))}
     if not packed:
         from transformers import DataCollatorForSeq2Seq
 
@@ -227,6 +228,11 @@ def _trainer(model, tokenizer, config, training_args, data, callbacks, per_examp
                       processing_class=tokenizer, callbacks=callbacks, **collator_kwargs)
     use_bar_progress(trainer)
     return trainer
+
+
+def autocast_dtype(training_args) -> torch.dtype | None:
+    """The dtype the Trainer's autocast computes in (None: no autocast, the weights' own)."""
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
 
 
 def check_batch(config: TextGenerationFinetuningConfig, n_train: int) -> None:

@@ -230,3 +230,44 @@ def test_special_tokens_grow_the_vocabulary_and_survive_the_merge(tiny_model_dir
     assert len(extra) > base_vocab
     plain = finetune_model(tiny_config(wider, data, tmp_path / "plain", task="chat", max_steps=1))
     assert AutoModelForCausalLM.from_pretrained(plain.merged_dir).config.vocab_size == base_vocab
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_output_head_computes_in_the_runs_precision(precision, tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    """The Trainer calls the loss (where our head runs) outside autocast, with fp32 hidden states: a bf16 run must
+    still run the head's matmuls in bf16, and never widen the frozen head to fp32 (a 1 GB copy per step and fp32
+    matmuls at 1B); an fp32 run computes it in fp32. Checked on every op the training steps dispatch."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import TrainerCallback
+
+    from tests.finetune.test_memory import _simulate_a_bf16_cpu
+
+    _simulate_a_bf16_cpu(monkeypatch)  # bf16 is chosen on any CPU here: what is checked is where it is used
+    vocab = AutoTokenizer.from_pretrained(tiny_model_dir).__len__()
+    head_matmuls, widened = [], []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) and any(
+                    vocab in t.shape for t in tensors):
+                head_matmuls.append({t.dtype for t in tensors if vocab in t.shape})
+            if func is torch.ops.aten._to_copy.default and tensors[0].shape[0] == vocab and tensors[0].dim() == 2:
+                widened.append(kwargs.get("dtype"))
+            return func(*args, **(kwargs or {}))
+
+    class During(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.mode = Watch()
+            self.mode.__enter__()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.mode.__exit__(None, None, None)
+
+    config = tiny_config(tiny_model_dir, chat_file, tmp_path / "out", task="chat", max_steps=2, precision=precision)
+    finetune_model(config, callbacks=[During()])
+    want = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert head_matmuls and all(dtypes == {want} for dtypes in head_matmuls), head_matmuls
+    if precision == "bf16":
+        assert torch.float32 not in widened, widened
