@@ -179,6 +179,39 @@ def test_phone_shortcut_changes_nothing():
     assert found > 200  # the texts hold real numbers, not only lookalikes
 
 
+def test_candidate_shortcut_changes_nothing():
+    """The matcher skips a candidate (and its inner matches) whose digits cannot hold a valid national number of
+    the region's country code without parsing it; the matches stay libphonenumber's: numbers split by spaces,
+    dots, slashes and hyphens, an international prefix inside the digits, regions with a national prefix transform
+    rule (no shortcut), and a matcher with few tries (the shortcut spends fewer)."""
+    import random
+
+    import phonenumbers
+
+    from finetune.data.redact import _cannot_be_valid, _matcher_class, _national_floor
+
+    us = _national_floor("US")
+    assert _cannot_be_valid("512345-0", *us) and not _cannot_be_valid("415-555-2671", *us)
+    assert not _cannot_be_valid("5011234-0", *us)  # "011", the US international prefix: parsed as it was
+    assert _national_floor("BR") is None  # a national prefix transform rule may add digits
+    rng = random.Random(6)
+    found = 0
+    pieces = ["Case 512345-0", "5011234-0", "1 415 555 2671", "415.555.2671", "415/555/2671", "415 555 2671",
+              "(415) 555 2671 (754) 223 3321", "12345 - 332-445-1234", "3324451234 8002341234", "0 11 44 20 7946 0958",
+              "020 7946 0958", "07700 900123", "030 901820", "(11) 91234-5678", "090-1234-5678", "011 15 2345-6789",
+              "2012-01-02 08:00", "12/03/2026", "211-227 (2003)", "1234567", "4002", "+683 4002", "x 12", "1x2x3x4"]
+    for region in ("US", "GB", "DE", "NU", "BR", "JP", "AR", "IN"):
+        for _ in range(150):
+            t = "".join(rng.choice(pieces) + rng.choice([" ", ", ", ". ", "a", "-", "\n"])
+                        for _ in range(rng.randint(1, 6)))
+            for tries in (65535, 3):
+                ours = [(m.start, m.end) for m in _matcher_class()(t, region, phonenumbers.Leniency.VALID, tries)]
+                theirs = phonenumbers.PhoneNumberMatcher(t, region, phonenumbers.Leniency.VALID, tries)
+                assert ours == [(m.start, m.end) for m in theirs], (region, tries, t)
+                found += len(ours)
+    assert found > 200
+
+
 def test_normalize_shortcuts_change_nothing():
     import random
     import re
