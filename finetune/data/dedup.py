@@ -124,7 +124,7 @@ class KeyMaker:
             if convs and isinstance(convs[0], Preference):  # a run holds one kind (chunks.ChunkWorker._kind)
                 sigs = preference_signatures(self.hasher, convs)
             else:
-                sigs = self.hasher.signatures([shingle_words(c.messages) for c in convs])
+                sigs = self.hasher.conversation_signatures([c.messages for c in convs])
             bands = self.hasher.band_keys(sigs)
             clock.lap("near_dedup")
         return DedupKeys([c.origin for c in convs], exact, sigs, bands)

@@ -12,6 +12,7 @@ Python. The permutation parameters come from the parent, which draws them with d
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import zlib
 
@@ -21,6 +22,11 @@ SHINGLE = 3  # word 3-grams: short enough to catch rephrasings, long enough that
 _WORDS = re.compile(r"\w+")
 # ASCII text: every character that \w does not match becomes a space, then str.split() gives re.findall(r"\w+").
 _ASCII_NON_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not re.fullmatch(r"\w", c)})
+# The same for a batch's words as bytes (UTF-8): ASCII word characters lower-cased, the rest of ASCII a space, except
+# _SEP, which stays to mark where one conversation's words end; bytes of other characters stay as they are.
+_SEP = "\x01"
+_BATCH_TABLE = bytes(ord(c.lower()) if re.fullmatch(r"\w", c) else ord(_SEP) if c == _SEP else 32
+                     for c in map(chr, range(128))) + bytes(range(128, 256))
 _POLY = 0xEDB88320  # crc32's polynomial, bit-reversed as zlib uses it
 _MAX_SHIFT = 256  # shift tables cover parts up to this many bytes; a longer word is hashed the slow way
 _VOCAB_LIMIT = 500_000  # distinct words remembered per process before the cache starts over (memory bound)
@@ -33,6 +39,22 @@ def shingle_words(messages: list[dict[str, str]]) -> list[str]:
     if text.isascii():
         return text.translate(_ASCII_NON_WORD).lower().split()
     return _WORDS.findall(text.casefold())
+
+
+def batch_words(message_lists: list[list[dict[str, str]]]) -> list[str] | None:
+    """`shingle_words` of every item of `message_lists` in one list, each item's words followed by `_SEP` (a word
+    that no text has): one translation to lower-case words and one split for the whole batch instead of a string
+    and a split per conversation. None when a text holds `_SEP` itself (then take each on its own)."""
+    parts = []
+    for messages in message_lists:
+        text = " ".join(m["content"] for m in messages if m["role"] != "system")
+        parts.append(text if text.isascii() else " ".join(_WORDS.findall(text.casefold())))
+    parts.append("")
+    joined = f" {_SEP} ".join(parts)
+    if joined.count(_SEP) != len(message_lists):
+        return None
+    # Other text is words joined by spaces already: its UTF-8 bytes >= 128 stay, and so does the split.
+    return joined.encode("utf-8", "surrogatepass").translate(_BATCH_TABLE).decode("utf-8", "surrogatepass").split()
 
 
 def shingles(words: list[str]) -> list[bytes]:
@@ -114,15 +136,38 @@ class MinHasher:
     def signatures(self, word_lists: list[list[str]]) -> np.ndarray:
         """uint32[n, num_perm]: `signature` of each word list, the shingle hashes of all of them computed at once
         (a few dozen numpy calls per batch instead of per conversation)."""
-        out = np.empty((len(word_lists), len(self.a)), dtype=np.uint32)
-        batch = [i for i, words in enumerate(word_lists) if len(words) >= SHINGLE]
-        flat = [w for i in batch for w in word_lists[i]]
-        idx = self._word_indexes(flat)
+        flat = list(itertools.chain.from_iterable(word_lists))
+        sizes = np.fromiter(map(len, word_lists), dtype=np.int64, count=len(word_lists))
+        return self._signatures(self._word_indexes(flat), sizes, word_lists.__getitem__)
+
+    def conversation_signatures(self, message_lists: list[list[dict[str, str]]]) -> np.ndarray:
+        """`signatures([shingle_words(m) for m in message_lists])`, the words of the whole batch found at once
+        (`batch_words`)."""
+        if not message_lists:
+            return np.empty((0, len(self.a)), dtype=np.uint32)
+        words = batch_words(message_lists)
+        if words is None:
+            return self.signatures([shingle_words(m) for m in message_lists])
+        idx = self._word_indexes(words)
+        ends = np.flatnonzero(idx == self._index[_SEP])
+        keep = np.ones(len(idx), dtype=bool)
+        keep[ends] = False
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        return self._signatures(idx[keep], ends - starts, lambda i: words[starts[i] : ends[i]])
+
+    def _signatures(self, idx: np.ndarray, sizes: np.ndarray, words_of) -> np.ndarray:
+        """`signature` of each of `len(sizes)` word lists: `idx` holds the word indexes of all of them in order,
+        `sizes` how many each has, `words_of(i)` gives list i (for the few that take the slow path)."""
+        out = np.empty((len(sizes), len(self.a)), dtype=np.uint32)
+        long_enough = sizes >= SHINGLE
+        batch = np.flatnonzero(long_enough)
+        if len(batch) < len(sizes):
+            idx = idx[np.repeat(long_enough, sizes)]
+            sizes = sizes[batch]
         n = self._len[idx]
-        sizes = np.array([len(word_lists[i]) for i in batch], dtype=np.int64)
         ends = np.cumsum(sizes)
         # Shingle p of the concatenation starts at word p; it belongs to one list when p + 2 does too.
-        valid = np.ones(max(len(flat) - SHINGLE + 1, 0), dtype=bool)
+        valid = np.ones(max(len(idx) - SHINGLE + 1, 0), dtype=bool)
         for k in range(1, SHINGLE):
             cut = ends - k
             valid[cut[cut < len(valid)]] = False
@@ -135,13 +180,11 @@ class MinHasher:
         counts = sizes - (SHINGLE - 1)
         if len(batch):
             out[batch] = self._permuted_mins(h, counts)
-        for i, too_long in zip(batch, long_word):
-            if too_long:  # its shingles were cut short by the tables: hash them directly
-                crcs = _fmix32(np.array([zlib.crc32(s) for s in shingles(word_lists[i])], dtype=np.uint32))
-                out[i] = self._permuted_min(crcs)
-        for i, words in enumerate(word_lists):
-            if len(words) < SHINGLE:
-                out[i] = self.signature(words)
+        for i in batch[long_word > 0]:  # its shingles were cut short by the tables: hash them directly
+            crcs = _fmix32(np.array([zlib.crc32(s) for s in shingles(words_of(i))], dtype=np.uint32))
+            out[i] = self._permuted_min(crcs)
+        for i in np.flatnonzero(~long_enough):
+            out[i] = self.signature(words_of(i))
         return out
 
     def _permuted_min(self, h: np.ndarray) -> np.ndarray:
@@ -151,17 +194,24 @@ class MinHasher:
 
     def _permuted_mins(self, h: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """uint32[len(counts), num_perm]: `_permuted_min` of each run of `counts` hashes in `h`, a block of
-        whole runs (~8 MB of permuted values) at a time: a few numpy calls per block, not per conversation."""
+        whole runs (~8 MB of permuted values) at a time: a few numpy calls per block, not per conversation, into
+        one buffer (a fresh 8 MB array per block cost a third more)."""
         out = np.empty((len(counts), len(self.a)), dtype=np.uint32)
+        if not len(counts):
+            return out
         ends = np.cumsum(counts)
         block = max(1, (2 << 20) // len(self.a))  # hashes per block
+        buffer = np.empty(len(self.a) * (block + int(counts.max())), dtype=np.uint32)
+        a, b = self.a[:, None], self.b[:, None]
         first = 0
         while first < len(counts):
             start = ends[first] - counts[first]
             last = max(first + 1, int(np.searchsorted(ends, start + block, "right")))
             # (permutation, hash): each conversation's hashes are contiguous in a row, where reduceat is fast
-            phv = np.multiply.outer(self.a, h[start : ends[last - 1]])
-            phv += self.b[:, None]
+            run = h[start : ends[last - 1]]
+            phv = buffer[: len(a) * len(run)].reshape(len(a), len(run))
+            np.multiply(a, run, out=phv)
+            phv += b
             out[first:last] = np.minimum.reduceat(phv, ends[first:last] - counts[first:last] - start, axis=1).T
             first = last
         return out
@@ -197,19 +247,28 @@ class MinHasher:
         return _shift(self._tables, two, n[2:]) ^ self._crc[third]
 
     def _word_indexes(self, words: list[str]) -> np.ndarray:
+        """int64[len(words)]: each word's row in the crc tables, a new word added (one pass over the known ones)."""
         index = self._index
-        try:
-            return np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
-        except KeyError:
-            pass
-        if len(index) + len(words) > _VOCAB_LIMIT:
+        idx = np.fromiter(map(index.get, words, itertools.repeat(-1)), dtype=np.int64, count=len(words))
+        new = np.flatnonzero(idx < 0)
+        if not len(new):
+            return idx
+        if len(index) + len(new) > _VOCAB_LIMIT:
             index.clear()
-        for w in words:
-            if w not in index:
-                self._add_word(w)
-        return np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
+            return self._word_indexes(words) if len(words) <= _VOCAB_LIMIT else self._add_all(words)
+        for p in new.tolist():
+            w = words[p]
+            i = index.get(w)
+            idx[p] = self._add_word(w) if i is None else i
+        return idx
 
-    def _add_word(self, word: str) -> None:
+    def _add_all(self, words: list[str]) -> np.ndarray:
+        for w in words:
+            if w not in self._index:
+                self._add_word(w)
+        return np.fromiter(map(self._index.__getitem__, words), dtype=np.int64, count=len(words))
+
+    def _add_word(self, word: str) -> int:
         i = len(self._index)
         if i == len(self._crc):
             self._crc = np.resize(self._crc, 2 * i)
@@ -220,3 +279,4 @@ class MinHasher:
         self._crc_space[i] = zlib.crc32(data + b" ")
         self._len[i] = len(data)
         self._index[word] = i
+        return i

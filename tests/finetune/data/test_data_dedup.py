@@ -192,6 +192,38 @@ def test_a_batch_of_signatures_is_each_signature():
     assert hasher.signatures([]).shape == (0, 128)
 
 
+def test_a_batch_of_conversations_is_each_conversation():
+    """conversation_signatures finds the words of a whole batch at once: the signatures are those of each
+    conversation's shingle_words, with non-ASCII text, system prompts, short and empty conversations, long words,
+    a text holding the batch's word separator, and a vocabulary that starts over."""
+    import numpy as np
+
+    from finetune.data import minhash
+    from finetune.data.dedup import lsh_parameters
+    from finetune.data.minhash import MinHasher, shingle_words
+
+    rng = random.Random(17)
+    pieces = WORDS + ["É", "ñu", "Grüße", "ﬁx", "日本語", "o'k", "a-b", "ABC", "x" * 300, "\t", "\n", "3.14", "_"]
+
+    def message(role):
+        return {"role": role, "content": " ".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))}
+
+    batches = [[[message(rng.choice(["system", "user", "assistant"])) for _ in range(rng.randint(0, 4))]
+                for _ in range(rng.randint(0, 40))] for _ in range(30)]
+    batches.append([[{"role": "user", "content": f"one two three {minhash._SEP} four five"}], [message("user")]])
+    batches.append([])
+    hasher, reference = MinHasher(*lsh_parameters(DedupConfig(), 5)), MinHasher(*lsh_parameters(DedupConfig(), 5))
+    for limit in (500_000, 40):  # 40: the vocabulary starts over within a batch
+        minhash._VOCAB_LIMIT = limit
+        try:
+            for batch in batches:
+                expected = reference.signatures([shingle_words(m) for m in batch])
+                assert np.array_equal(hasher.conversation_signatures(batch), expected)
+                assert hasher.conversation_signatures(batch).shape == (len(batch), 128)
+        finally:
+            minhash._VOCAB_LIMIT = 500_000
+
+
 def test_band_keys_are_equal_exactly_when_the_rows_are():
     """The LSH keys decide which pairs are compared: equal band rows must give equal keys, different rows (and the
     same rows in another band) different ones, for a batch as for one signature."""
