@@ -16,12 +16,14 @@ and what to change rather than be killed by the kernel halfway through loading; 
   without it;
 - the process itself (Python, torch, transformers, tokenizer, oneDNN's kernels) and allocator slack.
 
-Calibrated (PROCESS_GIB, ACTIVATION_FACTOR, HEAD_COPIES, SLACK) against measured peaks on an AMD EPYC with
-AVX512-BF16, bf16, tcmalloc, LoRA r=16 on every linear: a 4-layer hidden-512 model at 256 and 4096 tokens per step
-(measured 0.82 / 1.37 GiB, estimated 0.90 / 1.45), qwen2.5-0.5b at 64 tokens (2.27 / 2.44) and llama-3.2-1b at 2 x 256
-(5.38 / 5.48). Checked after calibration at batch 1 x 128 tokens: qwen2.5-0.5b 2.34 / 2.60, qwen2.5-1.5b 5.67 /
-5.39, llama-3.1-8b 19.9 / 20.0 GiB: within -5% to +11%. The plain recipe's estimate (benchmarks.shapes) errs high by
-15-30%.
+Calibrated (PROCESS_GIB, ACTIVATION_FACTOR, SLACK) against measured peaks on an AMD EPYC with AVX512-BF16, bf16,
+tcmalloc, LoRA r=16 on every linear: a 4-layer hidden-512 model at 256 and 4096 tokens per step (measured 0.82 / 1.37
+GiB, estimated 0.90 / 1.45). Checked on the real shapes at batch 2 x 256 (1 thread, 2026-12-04; the steps held 410 of
+the 512 tokens the estimate assumes): qwen2.5-0.5b 2144 / 2825 MB, llama-3.2-1b 3673 / 4558, qwen2.5-1.5b 4573 /
+5950, llama-3.2-3b 7962 / 9762, llama-3.1-8b (checkpointing) 16884 / 18231: +8% to +32%, on the safe side. A term
+for "twice the head's weight" calibrated before then was the fp32 copy of the bf16 head that the loss made every
+step (finetune.lean_ops.head_loss now computes in the run's precision); it is gone with the copy. The plain recipe's
+estimate (benchmarks.shapes) errs high by 15-30%.
 """
 
 from __future__ import annotations
@@ -39,10 +41,6 @@ PROCESS_GIB = 0.65
 # tokens per step, 0.14 MB per token against 0.065 counted); the rest is not itemised here (the attention kernel's
 # own buffers, gradients meeting in the backward).
 ACTIVATION_FACTOR = 2.2
-# And about twice the output head's weight beyond the weights themselves (measured at 0.5B and 1B: 0.42 and 1.1
-# GiB; oneDNN's reordered copies of the largest matrix for its forward and backward matmuls, and a tied head built
-# untied first by the shape benchmark's random initialisation).
-HEAD_COPIES = 2
 SLACK = 0.05  # allocator fragmentation, as a fraction of what the run allocates (calibrated with the above)
 MEMORY_ENV = "NEURALCHAT_MEMORY_GIB"  # how much memory a run may use, in GiB, in place of what the machine has
 
@@ -209,8 +207,7 @@ def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
             head_bytes += head_params * 4
     else:  # every position's logits: bf16, fp32 copy, log-probabilities, their gradient
         head_bytes = tokens * vocab * (compute + 4 + 4 + 4)
-    stored = 4 if s.full_finetune else s.frozen_bytes
-    parts["head"] = (head_bytes + HEAD_COPIES * head_params * stored) / GIB
+    parts["head"] = head_bytes / GIB
     parts["process"] = PROCESS_GIB
     parts["slack"] = SLACK * sum(v for k, v in parts.items() if k != "process")
     return MemoryEstimate({k: round(v, 3) for k, v in parts.items()}, params, trainable, s)
