@@ -100,6 +100,8 @@ def _phone(text: str, region: str) -> tuple[str, int]:
     digits = _ascii_digits(text)
     if (digits < fewest) if digits is not None else not _digits_at_least(fewest).search(text):
         return text, 0
+    if _no_number_can_be_valid(text, region):
+        return text, 0
     matches = list(_matcher_class()(text, region, leniency=phonenumbers.Leniency.VALID))
     for m in reversed(matches):  # from the end, so earlier offsets stay valid
         text = text[: m.start] + PLACEHOLDERS["phone"] + text[m.end :]
@@ -204,18 +206,45 @@ def _national_floor(region: str) -> tuple[re.Pattern | None, frozenset[int], re.
 
 _NOT_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57)
 _PLAIN_NUMBER = re.compile(r"[0-9 ().\/-]*")  # digits and separators: no plus sign, letter or extension mark
+# ASCII characters a matcher candidate can hold between a digit (or its leading bracket) and the next digit: its
+# punctuation (x among it), an extension's mark and word (";ext=", "ext.", "#", "int" ...). A letter among them
+# between such ends is what this finds; where it finds none, no candidate holds a letter.
+_IN_NUMBER = r"[-A-Za-z ().\[\]/~;=:,\t#]"
+_LETTER_IN_NUMBER = re.compile(rf"[\d(\[]{_IN_NUMBER}*?[A-Za-z]{_IN_NUMBER}*?\d")
+_TEXT_DIGITS_CHECKED = 24  # more digits than this in a text: the matcher looks (runs to try grow quadratically)
 
 
 def _cannot_be_valid(candidate: str, idd: re.Pattern | None, lengths: frozenset[int], pattern: re.Pattern) -> bool:
     """True only when neither `candidate` nor any part of it can parse (for the matcher's region) to a valid
     number. It holds digits and separators only (no plus sign, no letter that may stand for a digit, no extension
-    mark), and its digits hold the region's international prefix nowhere, so the region's own country code applies
-    to it and to each inner match (whose digits are a run of these). Parsing then only drops leading digits (a
-    country code, a national prefix; no transform rule here): each national number it can give is a run of the
-    digits, and none of those with a valid length matches the country code's general pattern (`_may_be_valid`)."""
+    mark), so its digits and `_digits_cannot_be_valid` decide."""
     if _PLAIN_NUMBER.fullmatch(candidate) is None:
         return False
-    digits = candidate.encode("ascii").translate(None, _NOT_DIGITS).decode("ascii")
+    return _digits_cannot_be_valid(candidate.encode("ascii").translate(None, _NOT_DIGITS).decode("ascii"), idd,
+                                   lengths, pattern)
+
+
+def _no_number_can_be_valid(text: str, region: str) -> bool:
+    """True only when the matcher can find no valid number in `text`, decided from the text's digits alone: it is
+    ASCII without a plus sign, and no candidate the matcher could take holds a letter (`_LETTER_IN_NUMBER`), so
+    each candidate's digits, and its inner matches', are a run of the text's digits (parsing drops leading
+    digits, a country code or national prefix, and trailing ones, an extension), and `_digits_cannot_be_valid`
+    rules them all out. Most texts with a case or order number skip the matcher, whose candidate search was
+    most of redact's time."""
+    floor = _national_floor(region.upper())
+    if floor is None or not text.isascii() or "+" in text or _LETTER_IN_NUMBER.search(text) is not None:
+        return False
+    digits = text.encode("ascii").translate(None, _NOT_DIGITS)
+    return len(digits) <= _TEXT_DIGITS_CHECKED and _digits_cannot_be_valid(digits.decode("ascii"), *floor)
+
+
+def _digits_cannot_be_valid(digits: str, idd: re.Pattern | None, lengths: frozenset[int],
+                            pattern: re.Pattern) -> bool:
+    """True when no run of `digits` can be the national number of a valid number of the region's own country code:
+    the region's international prefix is nowhere in them (so no run of them starts one, and the region's code
+    applies: no plus sign), and no run of a valid length matches the code's general pattern (`_may_be_valid`).
+    Parsing only drops digits at the ends (a country code, a national prefix, an extension; no transform rule
+    here), so each national number a candidate of these digits can give is such a run."""
     if idd is not None and idd.search(digits) is not None:
         return False
     n = len(digits)

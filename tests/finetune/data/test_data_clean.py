@@ -212,6 +212,47 @@ def test_candidate_shortcut_changes_nothing():
     assert found > 200
 
 
+def test_text_shortcut_changes_nothing(monkeypatch):
+    """A text whose digits cannot hold a valid number skips the matcher (`_no_number_can_be_valid`); the phones
+    redacted stay libphonenumber's, with digits split by the matcher's punctuation, x among it (three letters
+    make a vanity number whose letters count as digits), extensions, brackets, a plus sign and several numbers."""
+    import random
+
+    import phonenumbers
+
+    from finetune.data import redact as redact_module
+
+    def reference(t, region):
+        for m in reversed(list(phonenumbers.PhoneNumberMatcher(t, region, leniency=phonenumbers.Leniency.VALID))):
+            t = t[: m.start] + "<PHONE>" + t[m.end :]
+        return t
+
+    skipped = []
+    decide = redact_module._no_number_can_be_valid
+    monkeypatch.setattr(redact_module, "_no_number_can_be_valid", lambda t, r: skipped.append(decide(t, r))
+                        or skipped[-1])
+    assert decide("Is this Case 512345-0?", "US") and not decide("Call 415 555 2671", "US")
+    assert not decide("415xxx2671", "US")  # x for 9: a letter in a candidate, which parsing may read as a digit
+    assert redact("Niue: +683 4002", ["phone"], "US", Counter()) == "Niue: <PHONE>"  # not the US code's digits
+    rng = random.Random(7)
+    seps = ["x", "X", "xx", " x ", "-x-", "ext", "ext. ", "#", ";ext=", "int", " ", "-", "(", ")", "[", "]", ".", "/",
+            "~", ",", "\t", " - ", "", "+", "+1 "]
+    words = ["call ", "a ", "Case ", " or ", "tel ", ". ", "? "]
+    found = 0
+    for region in ("US", "GB", "DE", "NU", "AT", "IN"):
+        for _ in range(400):
+            parts = []
+            for _ in range(rng.randint(1, 10)):
+                r = rng.random()
+                parts.append("".join(rng.choice("0123456789") for _ in range(rng.randint(1, 5))) if r < 0.45 else
+                             rng.choice(seps) if r < 0.85 else rng.choice(words))
+            t = "".join(parts)
+            counts = Counter()
+            assert redact(t, ["phone"], region, counts) == reference(t, region), (region, t)
+            found += counts["phone"]
+    assert found > 20 and sum(skipped) > 200, (found, sum(skipped))
+
+
 def test_normalize_shortcuts_change_nothing():
     import random
     import re
