@@ -38,7 +38,14 @@ from finetune.data.timing import StageClock
 
 
 def _normalized(messages: list[dict[str, str]]) -> str:
-    return "\x1e".join(f"{m['role']}\x1f{' '.join(m['content'].casefold().split())}" for m in messages)
+    return "\x1e".join(f"{m['role']}\x1f{_squeezed(m['content'].casefold())}" for m in messages)
+
+
+def _squeezed(text: str) -> str:
+    """`" ".join(text.split())`: every run of whitespace one space, none at the ends. Printable text holds no
+    whitespace but the plain space (the others are control or separator characters), so without two spaces in a
+    row only its ends change: no list of words built."""
+    return text.strip() if text.isprintable() and "  " not in text else " ".join(text.split())
 
 
 def exact_key(item: Conversation | Preference) -> bytes:

@@ -122,6 +122,19 @@ def test_signatures_are_datasketchs_bit_for_bit():
         assert np.array_equal(hasher.signature(words), _datasketch_signature(words)), t
 
 
+def test_squeezed_is_split_and_join():
+    """The exact key's whitespace folding skips the split for printable text without double spaces; it equals
+    " ".join(text.split()) for every kind of whitespace, control characters and lone surrogates included."""
+    from finetune.data.dedup import _squeezed
+
+    rng = random.Random(18)
+    spaces = [c for c in map(chr, range(0x3001)) if c.isspace()]
+    alphabet = ["a", "B", "é", " ", "  ", "\u200b", "\x00", "\ud800", "語", *spaces]
+    for _ in range(20000):
+        t = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert _squeezed(t) == " ".join(t.split()), repr(t)
+
+
 def test_ascii_words_are_the_regexs():
     import re
 
