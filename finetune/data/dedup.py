@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,19 +295,24 @@ class DedupIndex:
         local_exact: dict[bytes, int] = {}
         local_bands: dict[int, list[int]] = {}
         bands = keys.bands.tolist() if keys.bands is not None else None  # Python ints: cheap dict keys
+        # A conversation with no candidate, none found before this batch and no key it shares with another in the
+        # batch, is nobody's duplicate here and nobody's original: it is kept without being matched, and its keys
+        # stay out of the batch's dicts (no other conversation looks them up). Most conversations are such.
+        exact_shared = _shared_exact(keys.exact) if keys.exact is not None else None
+        band_shared = _shared_rows(keys.bands).tolist() if keys.bands is not None else None
         for i in range(n):
             verdict = None
-            if keys.exact is not None:
+            if keys.exact is not None and (i in exact_hits or keys.exact[i] in exact_shared):
                 verdict = self._exact_match(keys, i, exact_hits.get(i, ()), local_exact)
                 clock.lap("exact_dedup")
-            if verdict is None and keys.bands is not None:
+            if verdict is None and bands is not None and (band_shared[i] or i in band_hits):
                 verdict = self._near_match(keys, i, bands[i], band_hits.get(i, ()), local_bands)
                 clock.lap("near_dedup")
             verdicts.append(verdict)
             if verdict is None:
-                if keys.exact is not None:
+                if keys.exact is not None and keys.exact[i] in exact_shared:
                     local_exact[keys.exact[i]] = i
-                if bands is not None:
+                if bands is not None and band_shared[i]:
                     for k in bands[i]:
                         local_bands.setdefault(k, []).append(i)
                 kept.append(i)
@@ -399,6 +405,25 @@ class DedupIndex:
     def _origin(self, record: np.void) -> str:
         data = os.pread(self._origins.fileno(), int(record["origin_len"]), int(record["origin_at"]))
         return data.decode("utf-8", "surrogatepass")
+
+
+def _shared_exact(exact: list[bytes]) -> set[bytes]:
+    """The exact keys that more than one conversation of the batch has."""
+    return {key for key, count in Counter(exact).items() if count > 1}
+
+
+def _shared_rows(bands: np.ndarray) -> np.ndarray:
+    """bool[n]: which rows of `bands` (int64[n, bands]) hold a key that occurs more than once in the whole array."""
+    if not bands.size:
+        return np.zeros(len(bands), dtype=bool)
+    flat = bands.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    repeated = np.zeros(len(flat), dtype=bool)
+    same = ordered[1:] == ordered[:-1]
+    repeated[order[1:][same]] = True
+    repeated[order[:-1][same]] = True
+    return repeated.reshape(bands.shape).any(axis=1)
 
 
 class Deduplicator:

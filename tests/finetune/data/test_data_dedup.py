@@ -122,6 +122,21 @@ def test_signatures_are_datasketchs_bit_for_bit():
         assert np.array_equal(hasher.signature(words), _datasketch_signature(words)), t
 
 
+def test_shared_rows_are_the_rows_with_a_repeated_key():
+    """decide matches only the conversations that share a key within the batch (or have a candidate from before)."""
+    import numpy as np
+
+    from finetune.data.dedup import _shared_exact, _shared_rows
+
+    rng = np.random.default_rng(19)
+    for _ in range(50):
+        bands = rng.integers(0, 40, size=(int(rng.integers(0, 12)), 3))
+        flat = bands.reshape(-1).tolist()
+        expected = [any(flat.count(k) > 1 for k in row) for row in bands.tolist()]
+        assert _shared_rows(bands).tolist() == expected
+    assert _shared_exact([b"a", b"b", b"a", b"c", b"c", b"c"]) == {b"a", b"c"}
+
+
 def test_squeezed_is_split_and_join():
     """The exact key's whitespace folding skips the split for printable text without double spaces; it equals
     " ".join(text.split()) for every kind of whitespace, control characters and lone surrogates included."""
