@@ -207,10 +207,16 @@ def _national_floor(region: str) -> tuple[re.Pattern | None, frozenset[int], re.
 _NOT_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57)
 _PLAIN_NUMBER = re.compile(r"[0-9 ().\/-]*")  # digits and separators: no plus sign, letter or extension mark
 # ASCII characters a matcher candidate can hold between a digit (or its leading bracket) and the next digit: its
-# punctuation (x among it), an extension's mark and word (";ext=", "ext.", "#", "int" ...). A letter among them
-# between such ends is what this finds; where it finds none, no candidate holds a letter.
+# punctuation (x among it), an extension's mark and word (";ext=", "ext.", "#", "int" ...); _NOT_LETTER without the
+# letters. A candidate holding a letter has its first one after a digit and only _NOT_LETTER characters, or at most
+# 10 characters after its leading bracket, and a digit after it with only _IN_NUMBER characters between: where this
+# finds none of those, no candidate holds a letter. Each run is read once ((?=(x*))\1 takes all of x* and never
+# gives any back, as a possessive x*+ would), so the search stays linear in the text.
 _IN_NUMBER = r"[-A-Za-z ().\[\]/~;=:,\t#]"
-_LETTER_IN_NUMBER = re.compile(rf"[\d(\[]{_IN_NUMBER}*?[A-Za-z]{_IN_NUMBER}*?\d")
+_NOT_LETTER = r"[- ().\[\]/~;=:,\t#]"
+# One character class first, so the regex engine skips ahead to a digit or bracket in a C loop (ASCII text only).
+_LETTER_IN_NUMBER = re.compile(rf"[0-9(\[](?:(?<=[0-9])(?=({_NOT_LETTER}*))\1[A-Za-z](?=({_IN_NUMBER}*))\2[0-9]"
+                               rf"|(?<=[(\[]){_NOT_LETTER}{{0,10}}[A-Za-z]{_IN_NUMBER}{{0,10}}[0-9])")
 _TEXT_DIGITS_CHECKED = 24  # more digits than this in a text: the matcher looks (runs to try grow quadratically)
 
 
