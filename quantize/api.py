@@ -223,6 +223,7 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
             "sym": cfg.sym,
             "ratio": cfg.ratio,
             "all_layers": cfg.all_layers,
+            "head_bits": cfg.head_bits,
             "source_model": str(source),
             "source_weight_bytes": artifacts.weight_bytes(source),
             "calibration": calibration,

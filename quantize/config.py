@@ -21,7 +21,7 @@ SCHEMES: dict[str, tuple[str, ...]] = {
     "inc": ("rtn", "gptq", "awq", "autoround"),
     "openvino": ("rtn", "awq", "scale_estimation", "awq_se", "gptq", "gptq_se"),
     "gguf": ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k_m", "q5_k_m", "q6_k"),
-    "web": ("rtn",),
+    "web": ("rtn", "hqq"),
 }
 # Schemes that need calibration text.
 CALIBRATED = {"gptq", "awq", "autoround", "scale_estimation", "awq_se", "gptq_se"}
@@ -56,7 +56,7 @@ class QuantizeConfig:
     web (ONNX for transformers.js in the browser, with the extraction page)."""
     scheme: str = "rtn"
     """The algorithm. inc: rtn gptq awq autoround; openvino: rtn awq scale_estimation awq_se gptq gptq_se;
-    gguf: f16 bf16 q8_0 q4_0 q4_1 q4_k_m q5_k_m q6_k; web: rtn."""
+    gguf: f16 bf16 q8_0 q4_0 q4_1 q4_k_m q5_k_m q6_k; web: rtn hqq (4 bits: onnxruntime's data-free HQQ)."""
     bits: int | None = None
     """4 or 8 (inc/openvino: default 4; gguf: follows the scheme and may be left out)."""
     group_size: int | None = None
@@ -67,6 +67,9 @@ class QuantizeConfig:
     """OpenVINO INT4 only: share of the layers in INT4; NNCF keeps the most sensitive rest in INT8."""
     all_layers: bool = False
     """OpenVINO INT4 only: also quantize the embedding / output layer to INT4 (default: they stay INT8)."""
+    head_bits: int | None = None
+    """Web INT4 only: the output projection's bits, 8 (MatMulNBits bits=8, blocks of group_size, round to nearest)
+    or 32 (left fp32); None: 4 like every other MatMul."""
     calibration_file: str | None = None
     """Local calibration data: `messages` JSONL, JSONL with a "text" field, or a plain text file."""
     num_calibration_samples: int = 128
@@ -136,6 +139,7 @@ class QuantizeConfig:
             raise TypeError(f"QuantizeConfig.group_size must be an integer, got {self.group_size!r}")
         if self.group_size != -1 and self.group_size < 1:
             raise ValueError(f"QuantizeConfig.group_size must be -1 (per channel) or positive, got {self.group_size}")
+        self._check_web_head()
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"QuantizeConfig.ratio must be in (0, 1], got {self.ratio!r}")
         if (self.ratio < 1.0 or self.all_layers) and not (self.backend == "openvino" and self.bits == 4):
@@ -165,6 +169,27 @@ class QuantizeConfig:
             value = getattr(self, name)
             if value is not None and not Path(value).expanduser().is_file():
                 raise FileNotFoundError(f"QuantizeConfig.{name}: no such file {value!r}")
+
+    def _check_web_head(self) -> None:
+        if self.backend == "web" and self.scheme == "hqq" and self.bits != 4:
+            raise ValueError(
+                "QuantizeConfig: scheme='hqq' (backend='web') quantizes to 4 bits; web INT8 is onnxruntime's dynamic "
+                "quantization: use scheme='rtn' (and head_bits=null) with bits=8"
+            )
+        if self.backend == "web" and self.scheme == "hqq" and self.sym:
+            raise ValueError("QuantizeConfig.sym=True contradicts scheme 'hqq' (backend='web'): onnxruntime's HQQ "
+                             "fits an fp32 zero point per block (asymmetric); set sym=False")
+        if self.head_bits is None:
+            return
+        if isinstance(self.head_bits, bool) or self.head_bits not in (4, 8, 32):
+            raise ValueError(f"QuantizeConfig.head_bits must be 4, 8 or 32 (fp32), got {self.head_bits!r}")
+        if not (self.backend == "web" and self.bits == 4):
+            raise ValueError(
+                "QuantizeConfig.head_bits applies to backend='web' with bits=4 only (the output projection of a "
+                f"MatMulNBits export); got backend={self.backend!r}, bits={self.bits}"
+            )
+        if self.head_bits == 4:
+            self.head_bits = None  # the same as leaving it out: one artifact name for one recipe
 
     def _check_gguf(self) -> None:
         expected = GGUF_BITS[self.scheme]
@@ -199,6 +224,8 @@ class QuantizeConfig:
             parts.append(f"r{round(self.ratio * 100)}")
         if self.all_layers:
             parts.append("all")
+        if self.head_bits is not None:
+            parts.append(f"head{self.head_bits}")
         return "-".join(parts)
 
     @property

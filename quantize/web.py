@@ -12,7 +12,8 @@ present.{i}.key/value. num_logits_to_keep (transformers.js feeds 1 while generat
 output projection to the last positions: without it the prompt's forward projects every prompt position onto the
 vocabulary and the page keeps one row.
 8 bits: onnxruntime's dynamic quantization (int8 weights per output channel, activations quantized at run time,
-MatMulInteger). 4 bits: onnxruntime's MatMulNBits quantizer (round to nearest, blocks of `group_size`).
+MatMulInteger). 4 bits: onnxruntime's MatMulNBits quantizer (round to nearest or HQQ, blocks of `group_size`;
+the output projection optionally at 8 bits or fp32: `head_bits`).
 The embedding table stays fp32 in both (a Gather); a tied output projection is exported as its own constant and
 quantized (shared, it would be read through a Transpose at every step, in fp32). The quantized file must stay
 under protobuf's 2 GB: models up to about 1.5B parameters at 8 bits.
@@ -144,7 +145,8 @@ def add_logits_to_keep(path: Path) -> None:
 
 
 def quantize_decoder(fp32: Path, out: Path, cfg: QuantizeConfig) -> None:
-    """8 bits: dynamic int8 (per channel); 4 bits: MatMulNBits in blocks of cfg.group_size."""
+    """8 bits: dynamic int8 (per channel); 4 bits: MatMulNBits in blocks of cfg.group_size, by round to nearest
+    (scheme rtn) or HQQ (scheme hqq), with the output projection at cfg.head_bits (8: MatMulNBits bits=8, 32: fp32)."""
     onnx, _ = import_onnx()
     if cfg.bits == 8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -152,13 +154,24 @@ def quantize_decoder(fp32: Path, out: Path, cfg: QuantizeConfig) -> None:
         quantize_dynamic(fp32, out, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
                          extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True})
         return
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     model = onnx.load(str(fp32))
-    # The default algorithm: onnxruntime's own min/max round to nearest per block (its RTN config runs a copy of
-    # Neural Compressor's packer, which fails on blocks narrower than the rows here).
-    quantizer = MatMulNBitsQuantizer(model, block_size=cfg.group_size, is_symmetric=cfg.sym, bits=4)
+    head = next(n for n in model.graph.node if "logits" in n.output)  # the MatMul add_logits_to_keep found
+    head.name = head.name or "logits_projection"
+    exclude = [head.name] if cfg.head_bits else []
+    # rtn: onnxruntime's own min/max round to nearest per block (its RTN config runs a copy of Neural Compressor's
+    # packer, which fails on blocks narrower than the rows here). hqq: data-free half-quadratic fit of each block's
+    # scale and (fp32) zero point.
+    algo = HQQWeightOnlyQuantConfig(block_size=cfg.group_size, bits=4) if cfg.scheme == "hqq" else None
+    quantizer = MatMulNBitsQuantizer(model, block_size=cfg.group_size, is_symmetric=cfg.sym, bits=4,
+                                     nodes_to_exclude=exclude, algo_config=algo)
     quantizer.process()
+    model = quantizer.model.model
+    if cfg.head_bits == 8:
+        # Every other constant MatMul is a MatMulNBits now: this pass meets the output projection alone.
+        quantizer = MatMulNBitsQuantizer(model, block_size=cfg.group_size, is_symmetric=cfg.sym, bits=8)
+        quantizer.process()
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 

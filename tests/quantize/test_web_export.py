@@ -22,6 +22,18 @@ def test_web_config_checks_its_fields(tmp_path):
         QuantizeConfig(backend="web", bits=4, group_size=48)
     with pytest.raises(ValueError, match="valid schemes are"):
         QuantizeConfig(backend="web", scheme="awq")
+    assert QuantizeConfig(backend="web", scheme="hqq", group_size=32, head_bits=8).tag == "int4-hqq-g32-asym-head8"
+    assert QuantizeConfig(backend="web", head_bits=4).head_bits is None  # 4 is every MatMul's: the plain recipe
+    with pytest.raises(ValueError, match="zero point per block"):
+        QuantizeConfig(backend="web", scheme="hqq", sym=True)
+    with pytest.raises(ValueError, match="use scheme='rtn'"):
+        QuantizeConfig(backend="web", scheme="hqq", bits=8)
+    with pytest.raises(ValueError, match="4, 8 or 32"):
+        QuantizeConfig(backend="web", head_bits=16)
+    with pytest.raises(ValueError, match="backend='web' with bits=4 only"):
+        QuantizeConfig(backend="web", bits=8, head_bits=32)
+    with pytest.raises(ValueError, match="backend='web' with bits=4 only"):
+        QuantizeConfig(backend="openvino", head_bits=8)
     data = tmp_path / "held.jsonl"
     data.write_text("{}\n")
     with pytest.raises(NotImplementedError, match="quantize.web_page score"):
@@ -57,6 +69,60 @@ def test_num_logits_to_keep_slices_the_output_projection(tmp_path):
         np.testing.assert_allclose(got, rows, rtol=1e-6)
 
 
+def _two_matmul_decoder(path):
+    """x -> MatMul (64 x 64) -> MatMul (64 x 96) -> logits, with num_logits_to_keep: the export's shape in small."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantize.web import add_logits_to_keep
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) / 8, name)
+               for name, shape in (("w_body", (64, 64)), ("w_head", (64, 96)))]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w_body"], ["hidden"], name="body"),
+         helper.make_node("MatMul", ["hidden", "w_head"], ["logits"], name="head")],
+        "decoder", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, None, 96])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    add_logits_to_keep(path)
+
+
+@pytest.mark.parametrize(("scheme", "head_bits"), [("rtn", None), ("rtn", 8), ("rtn", 32), ("hqq", None), ("hqq", 8)])
+def test_four_bit_recipes_write_the_nodes_the_web_runtime_has(tmp_path, scheme, head_bits):
+    """Every constant MatMul becomes a MatMulNBits at 4 bits (HQQ: fp32 zero points), the output projection at
+    head_bits (8: MatMulNBits bits=8; 32: the plain fp32 MatMul), and onnxruntime runs it close to the fp32 graph."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from quantize.web import quantize_decoder
+
+    fp32, out = tmp_path / "fp32.onnx", tmp_path / "q4.onnx"
+    _two_matmul_decoder(fp32)
+    quantize_decoder(fp32, out, QuantizeConfig(backend="web", scheme=scheme, group_size=16, head_bits=head_bits))
+    graph = onnx.load(str(out)).graph
+    body, head = (next(n for n in graph.node if n.name.startswith(name)) for name in ("body", "head"))
+    attrs = {a.name: a.i for a in body.attribute}
+    assert (body.op_type, attrs["bits"], attrs["block_size"]) == ("MatMulNBits", 4, 16)
+    zero_points = next(t for t in graph.initializer if t.name == body.input[3])
+    assert zero_points.data_type == (onnx.TensorProto.FLOAT if scheme == "hqq" else onnx.TensorProto.UINT8)
+    if head_bits == 32:
+        assert head.op_type == "MatMul" and any(t.name == "w_head" for t in graph.initializer)
+    else:
+        assert head.op_type == "MatMulNBits"
+        assert {a.name: a.i for a in head.attribute}["bits"] == (head_bits or 4)
+    assert {n.op_type for n in graph.node} <= {"MatMul", "MatMulNBits", "Neg", "Unsqueeze", "Slice"}
+
+    x = np.random.default_rng(1).standard_normal((1, 5, 64)).astype(np.float32)
+    feeds = {"x": x, "num_logits_to_keep": np.array(0, dtype=np.int64)}
+    [want] = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, feeds)
+    [got] = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert got.shape == want.shape == (1, 5, 96)
+    assert np.abs(got - want).mean() < 0.1 * np.abs(want).mean()
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("bits", [4, 8])
 def test_export_writes_the_folder_transformers_js_loads(web_artifacts, bits):
@@ -87,6 +153,34 @@ def test_export_writes_the_folder_transformers_js_loads(web_artifacts, bits):
     assert quality["token_agreement"] >= 0.5
     assert meta["speed"]["runtime"].startswith("onnxruntime")
     assert meta["weight_bytes"] == (folder / "onnx" / name).stat().st_size
+
+
+@pytest.mark.integration
+def test_hqq_with_an_eight_bit_head_exports_and_decodes(tiny_model_dir, tmp_path):
+    """The recipe of configs/quantize_web_extraction.yaml on the tiny llama: 4-bit HQQ blocks with fp32 zero
+    points, the output projection at 8 bits, one file onnxruntime loads and decodes with its cache."""
+    import onnx
+
+    from quantize import quantize_model
+    from quantize.web import load_web
+
+    folder = quantize_model(model=str(tiny_model_dir), output_dir=str(tmp_path), backend="web", scheme="hqq",
+                            group_size=32, head_bits=8, num_eval_prompts=2, eval_new_tokens=6)
+    assert folder.name.endswith("int4-hqq-g32-asym-head8-web")
+    graph = onnx.load(str(folder / "onnx" / "model_q4.onnx")).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    head = next(n for n in graph.node if "logits" in n.output)
+    assert head in nbits and {a.name: a.i for a in head.attribute}["bits"] == 8
+    assert {({a.name: a.i for a in n.attribute}["bits"]) for n in nbits if n is not head} == {4}
+    constants = {t.name for t in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in constants]
+    meta = json.loads((folder / "quantization.json").read_text())
+    assert (meta["scheme"], meta["head_bits"], meta["tag"]) == ("hqq", 8, "int4-hqq-g32-asym-head8")
+    assert meta["quality"]["perplexity"] > 0
+    decoder = load_web(folder)
+    tokens = decoder.greedy([5, 17, 42], 4)
+    full, _ = decoder.step([5, 17, 42] + tokens, None, 0)
+    assert tokens == [int(t) for t in full[0, 2:-1].argmax(-1)]
 
 
 @pytest.mark.integration
