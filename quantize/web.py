@@ -117,6 +117,15 @@ def export_decoder(source: Path, path: Path) -> None:
     add_logits_to_keep(path)
 
 
+def _output_projection(graph) -> tuple[int, object]:
+    """(position, node) of the MatMul that writes the decoder's `logits`: the output projection."""
+    index, head = next((i, n) for i, n in enumerate(graph.node) if "logits" in n.output)
+    if head.op_type != "MatMul":
+        raise NotImplementedError(f"the exported decoder's logits come from {head.op_type}, not a MatMul: "
+                                  "num_logits_to_keep cannot be added in front of it")
+    return index, head
+
+
 def add_logits_to_keep(path: Path) -> None:
     """Give the exported decoder the input num_logits_to_keep (int64 scalar, 0: every position): the output
     projection's input is sliced to the last n positions. torch.export cannot take a slice length from a tensor, so
@@ -126,10 +135,7 @@ def add_logits_to_keep(path: Path) -> None:
 
     model = onnx.load(str(path), load_external_data=False)  # the weights, if external, stay where they are
     graph = model.graph
-    index, head = next((i, n) for i, n in enumerate(graph.node) if "logits" in n.output)
-    if head.op_type != "MatMul":
-        raise NotImplementedError(f"the exported decoder's logits come from {head.op_type}, not a MatMul: "
-                                  "num_logits_to_keep cannot be added in front of it")
+    index, head = _output_projection(graph)
     graph.input.append(helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, []))
     big = helper.make_tensor("logits_slice_end", TensorProto.INT64, [1], [2**63 - 1])
     axis = helper.make_tensor("logits_slice_axis", TensorProto.INT64, [1], [1])
@@ -157,9 +163,11 @@ def quantize_decoder(fp32: Path, out: Path, cfg: QuantizeConfig) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     model = onnx.load(str(fp32))
-    head = next(n for n in model.graph.node if "logits" in n.output)  # the MatMul add_logits_to_keep found
-    head.name = head.name or "logits_projection"
-    exclude = [head.name] if cfg.head_bits else []
+    exclude = []
+    if cfg.head_bits:
+        _, head = _output_projection(model.graph)
+        head.name = head.name or "logits_projection"
+        exclude = [head.name]
     # rtn: onnxruntime's own min/max round to nearest per block (its RTN config runs a copy of Neural Compressor's
     # packer, which fails on blocks narrower than the rows here). hqq: data-free half-quadratic fit of each block's
     # scale and (fp32) zero point.
