@@ -200,13 +200,18 @@ class _HeadLoss(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        narrow, wide = _chunk_buffers(chunk, w, dtype)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start: start + chunk].to(dtype)
                 target = labels[start: start + chunk]
                 # One (chunk x vocabulary) fp32 buffer does all the work in place: logits, then exp(logits - max),
                 # then the softmax and its gradient; every other temporary is a vector.
-                probs = (h @ w.T).float()
+                rows = h.shape[0]
+                probs = wide[:rows]
+                torch.mm(h, w.T, out=narrow[:rows])
+                if narrow is not wide:
+                    probs.copy_(narrow[:rows])
                 valid = target != IGNORE_INDEX
                 safe = target.clamp(min=0).unsqueeze(1)
                 target_logit = probs.gather(1, safe).squeeze(1)
@@ -218,15 +223,13 @@ class _HeadLoss(torch.autograd.Function):
                     probs.div_(sums)
                     probs.scatter_add_(1, safe, -torch.ones_like(safe, dtype=probs.dtype))
                     probs.mul_(valid.unsqueeze(1))
-                    grad_logits = probs.to(dtype)
-                    del probs  # before the next chunk's logits exist
+                    grad_logits = narrow[:rows]
+                    if narrow is not wide:
+                        grad_logits.copy_(probs)
                     if want_hidden:
                         grad_hidden[start: start + chunk] = (grad_logits @ w).to(hidden.dtype)
                     if want_weight:
                         grad_weight.addmm_(grad_logits.T.float(), h.float())
-                    del grad_logits
-                else:
-                    del probs
         ctx.save_for_backward(*(t for t in (grad_hidden, grad_weight) if t is not None))
         ctx.want = (want_hidden, want_weight)
         ctx.weight_dtype = weight.dtype
@@ -238,6 +241,29 @@ class _HeadLoss(torch.autograd.Function):
         grad_hidden = next(saved).mul(grad_total) if ctx.want[0] else None
         grad_weight = next(saved).mul(grad_total).to(ctx.weight_dtype) if ctx.want[1] else None
         return grad_hidden, grad_weight, None, None, None
+
+
+# The head loss's two (chunk x vocabulary) buffers, kept from one step to the next: allocated fresh every step,
+# their pages are faulted in again each time (llama-3.2-1b shape, 128,256 words, 2 AMX cores: the fp32 copy of a
+# chunk's logits took 56 ms inside a training step against 8 ms into memory already touched).
+_head_buffers: dict = {}
+
+
+def _chunk_buffers(rows: int, weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits in `dtype`, fp32 work buffer), rows x vocabulary; one tensor for both when dtype is fp32. Always a
+    whole chunk of rows, so that batches of varying length reuse them; only the latest shape is kept."""
+    key = (rows, weight.shape[0], dtype, weight.device)
+    if _head_buffers.get("key") != key:
+        _head_buffers.clear()
+        wide = torch.empty(rows, weight.shape[0], dtype=torch.float32, device=weight.device)
+        narrow = wide if dtype == torch.float32 else torch.empty(rows, weight.shape[0], dtype=dtype,
+                                                                   device=weight.device)
+        _head_buffers.update(key=key, buffers=(narrow, wide))
+    return _head_buffers["buffers"]
+
+
+def release_head_buffers() -> None:
+    _head_buffers.clear()
 
 
 def head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = HEAD_CHUNK,
@@ -295,6 +321,7 @@ def use_lean_ops(model, head_in_loss: bool = False, rebuild: bool = True
         model.forward = _rebuilding_forward(model.forward, model)
 
     def undo() -> None:
+        release_head_buffers()
         for module in switched:
             del module.forward  # back to the class's forward
         if rebuild and switched:

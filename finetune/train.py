@@ -39,6 +39,7 @@ from finetune.hardware import (
     resolve_precision,
 )
 from finetune.lean_ops import compute_frozen_in, use_lean_ops
+from finetune.lora_ops import fuse_lora_forward
 from finetune.memory import check_memory, model_config, settings_from_config
 from finetune.metadata import check_output_dir, run_fingerprint, write_metadata
 from finetune.models import load_model, load_tokenizer, resolve_model_path
@@ -402,6 +403,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
     packed = not data_args.pad_to_max_length
     per_example_attention = packed and use_packed_attention(base)
     head, undo_lean_ops = use_lean_ops(base, head_in_loss=packed)  # the loss applies the head, chunk by chunk
+    undo_fused_lora = fuse_lora_forward(model)
     throughput = ThroughputCallback()
     trainer = _trainer(model, tokenizer, config, training_args, data, [throughput, *callbacks],
                        per_example_attention, head)
@@ -425,6 +427,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
         metrics["eval_perplexity"] = float(torch.exp(torch.tensor(metrics["eval_loss"])))
 
+    undo_fused_lora()
     undo_lean_ops()
     adapter_dir = merged_dir = None
     if args.do_train and trainer.is_world_process_zero():

@@ -95,6 +95,28 @@ def test_head_loss_equals_cross_entropy_of_the_full_logits(weight_trains):
     assert torch.allclose(loss, ref_loss, rtol=1e-5) and not loss.requires_grad
 
 
+def test_head_loss_reuses_its_chunk_buffers_across_batches_of_any_length():
+    from finetune import lean_ops
+
+    weight = torch.randn(50, 16)
+    pointers = set()
+    for rows in (37, 3, 21, 37):  # packed batches differ in length; 3 is fewer rows than one chunk
+        hidden = torch.randn(rows, 16, requires_grad=True)
+        labels = torch.randint(0, 50, (rows,))
+        loss, (grad,) = _grads(lambda h, labels=labels: head_loss(h, weight, labels, chunk=8), hidden)
+        ref_loss, (ref_grad,) = _grads(lambda h, labels=labels: F.cross_entropy(h @ weight.T, labels, reduction="sum"),
+                                       hidden)
+        assert torch.allclose(loss, ref_loss, rtol=1e-5) and torch.allclose(grad, ref_grad, atol=1e-5)
+        pointers.add(lean_ops._head_buffers["buffers"][1].data_ptr())
+    assert len(pointers) == 1  # one buffer for every step, not one per step
+    narrow, wide = lean_ops._head_buffers["buffers"]
+    assert narrow is wide and wide.shape == (8, 50)  # fp32: the logits are the work buffer
+    model = build_tiny_llama(build_tiny_tokenizer())
+    _, undo = use_lean_ops(model, head_in_loss=True)
+    undo()
+    assert not lean_ops._head_buffers  # switching back lets go of them
+
+
 def test_bf16_head_loss_under_autocast_is_close_to_the_fp32_loss():
     hidden = torch.randn(20, 16, dtype=torch.bfloat16, requires_grad=True)
     weight = torch.randn(50, 16, dtype=torch.bfloat16)
