@@ -133,3 +133,16 @@ def test_the_gpu_recipes_run_through_the_same_code_on_cpu(tiny_model_dir, tmp_pa
     assert not payload["errors"]
     (row,) = payload["results"]
     assert row["path"] == "hf-fp16" and row["decode_tokens_per_s"] > 0 and row["device"] == "cpu"
+
+
+@pytest.mark.parametrize("after", [50.0, 400.0])
+def test_the_faster_of_two_limit_measurements_counts(monkeypatch, after):
+    # A shared host can be busy while the limit is measured: a slow measurement would overstate every fraction.
+    payload = {"train_precision": "bf16", "matmul_gflops": {"bf16": 200.0, "fp32": 40.0}, "model_shape_gflops": 150.0}
+    monkeypatch.setattr(train, "_measure_limits",
+                        lambda args, precision: ({"bf16": after, "fp32": after / 5}, {}, after * 0.75))
+    train._remeasure_limits(payload, None)
+    assert payload["matmul_gflops"] == {"bf16": max(200.0, after), "fp32": max(40.0, after / 5)}
+    assert payload["model_shape_gflops"] == max(150.0, after * 0.75)
+    first, second = payload["limits_measured"]
+    assert first["model_shape_gflops"] == 150.0 and second["model_shape_gflops"] == after * 0.75
