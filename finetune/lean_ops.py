@@ -262,7 +262,7 @@ def _chunk_buffers(rows: int, weight: torch.Tensor, dtype: torch.dtype) -> tuple
     return _head_buffers["buffers"]
 
 
-def release_head_buffers() -> None:
+def _release_head_buffers() -> None:
     _head_buffers.clear()
 
 
@@ -321,7 +321,7 @@ def use_lean_ops(model, head_in_loss: bool = False, rebuild: bool = True
         model.forward = _rebuilding_forward(model.forward, model)
 
     def undo() -> None:
-        release_head_buffers()
+        _release_head_buffers()
         for module in switched:
             del module.forward  # back to the class's forward
         if rebuild and switched:

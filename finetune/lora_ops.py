@@ -23,27 +23,25 @@ from collections.abc import Callable
 import torch
 
 
-def _plain(layer) -> bool:
-    """Whether this call can be fused: PEFT would compute base(x) + B(A(x)) * scaling and nothing else."""
+def _plain(layer, x: torch.Tensor) -> bool:
+    """Whether this call can be fused: PEFT would compute base(x) + B(A(dropout(x))) * scaling and nothing else."""
     if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return False
     name = layer.active_adapters[0]
     if name not in layer.lora_A or getattr(layer, "use_dora", {}).get(name, False):
         return False
-    if name in getattr(layer, "lora_variant", {}):
+    if name in getattr(layer, "lora_variant", {}) or layer.lora_B[name].bias is not None:
         return False
-    return layer.lora_B[name].bias is None
+    # Outside autocast PEFT computes the update in the adapter's dtype (fp32 beside a bf16 base) and rounds the
+    # sum once: only the same-dtype case is fused there.
+    return torch.is_autocast_enabled(x.device.type) or x.dtype == layer.lora_A[name].weight.dtype
 
 
 def _fused_forward(self, x, *args, **kwargs):
-    if args or kwargs or not _plain(self):  # adapter_names=..., mixed batches and the rest: PEFT's own path
+    if args or kwargs or not _plain(self, x):  # adapter_names=..., mixed batches and the rest: PEFT's own path
         return type(self).forward(self, x, *args, **kwargs)
     name = self.active_adapters[0]
     lora_a, lora_b = self.lora_A[name], self.lora_B[name]
-    # Outside autocast PEFT computes the update in the adapter's dtype (fp32 beside a bf16 base) and rounds the
-    # sum once: only the same-dtype case is fused there.
-    if not torch.is_autocast_enabled(x.device.type) and x.dtype != lora_a.weight.dtype:
-        return type(self).forward(self, x)
     flat = x.reshape(-1, x.shape[-1])
     out = self.base_layer(flat)
     # base first, then dropout: the random draws come in PEFT's order, so a seed gives the same run
