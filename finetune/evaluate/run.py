@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import platform
 import time
@@ -14,6 +15,7 @@ from finetune.evaluate.data import EvalError, Example, examples_from_records, lo
 
 logger = logging.getLogger(__name__)
 
+OUTPUTS_FILE = "eval_outputs.jsonl"  # one line per reply: run, where, reference, output
 HEADLINE = {
     "extraction": ["json_validity", "schema_validity", "attribute_f1", "aspect_f1", "aspect_sentiment_accuracy",
                    "overall_sentiment_accuracy", "extraction_exact_match"],
@@ -143,6 +145,7 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
         _check_task(spec, config.task)
     references = [e.reference for e in examples]
     runs: list[RunResult] = []
+    replies: list[dict] = []  # every reply of every run, written beside the report (the report keeps five)
     count_tokens = None
     for i, spec in enumerate(specs):
         few_shot = config.base_few_shot if (i == 0 and config.base_few_shot is not None) else config.few_shot
@@ -172,6 +175,8 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
                     "extraction" else spec.label
                 runs.append(RunResult(run_label, spec.label, engine.kind, constrained, few_shot, metrics,
                                       round(seconds, 2), samples))
+                replies += [{"run": run_label, "where": e.where, "reference": e.reference, "output": o}
+                            for e, o in zip(examples, outputs)]
                 logger.info("%s: %s", run_label, _headline_text(metrics, config.task))
         finally:
             engine.close()
@@ -180,6 +185,8 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
     from finetune.evaluate.report import write_report
 
     write_report(results, out_dir, specs, plots=config.plots)
+    with open(out_dir / OUTPUTS_FILE, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in replies)
     results["output_dir"] = str(out_dir)
     return results
 

@@ -58,6 +58,11 @@ def test_compares_two_models_and_writes_report(tiny_model_dir, extraction_file, 
     assert "tuned (constrained)" in (out / "eval_report.md").read_text()
     saved = json.loads((out / "eval_results.json").read_text())
     assert saved["examples"] == 3
+    # every reply of every run is kept, not only the report's samples, so a score can be re-derived offline
+    replies = [json.loads(line) for line in (out / "eval_outputs.jsonl").read_text().splitlines()]
+    assert len(replies) == 4 * 3 and {r["run"] for r in replies} == set(runs)
+    assert [r["output"] for r in replies if r["run"] == "base (constrained)"][0] == \
+        runs["base (constrained)"]["samples"][0]["output"]
 
 
 def test_generation_task_metrics(tiny_model_dir, tmp_path):
