@@ -10,6 +10,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "eval_results.json"
 REPORT_FILE = "eval_report.md"
+OUTPUTS_FILE = "eval_outputs.jsonl"  # one line per reply: run, where, reference, output
 COLUMNS = [
     ("perplexity", "ppl"), ("json_validity", "JSON valid %"), ("schema_validity", "schema valid %"),
     ("attribute_f1", "attr F1"), ("aspect_f1", "aspect-sent F1"), ("aspect_sentiment_accuracy", "aspect acc"),
@@ -59,9 +60,13 @@ def _md_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: dict, out_dir: Path, specs, plots: bool = True) -> Path:
+def write_report(results: dict, out_dir: Path, specs, plots: bool = True, replies: list[dict] | None = None) -> Path:
+    """The results JSON, the markdown report and its plots, and (given `replies`) every reply as JSON lines."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
+    if replies is not None:
+        with open(out_dir / OUTPUTS_FILE, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in replies)
     images = []
     if plots:
         images = [p for p in (plot_losses(specs, out_dir / "loss_curves.png"),

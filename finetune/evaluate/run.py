@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import platform
 import time
@@ -15,7 +14,6 @@ from finetune.evaluate.data import EvalError, Example, examples_from_records, lo
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS_FILE = "eval_outputs.jsonl"  # one line per reply: run, where, reference, output
 HEADLINE = {
     "extraction": ["json_validity", "schema_validity", "attribute_f1", "aspect_f1", "aspect_sentiment_accuracy",
                    "overall_sentiment_accuracy", "extraction_exact_match"],
@@ -184,9 +182,7 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
     out_dir = Path(config.output_dir) if config.output_dir else _default_output(specs)
     from finetune.evaluate.report import write_report
 
-    write_report(results, out_dir, specs, plots=config.plots)
-    with open(out_dir / OUTPUTS_FILE, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in replies)
+    write_report(results, out_dir, specs, plots=config.plots, replies=replies)
     results["output_dir"] = str(out_dir)
     return results
 
