@@ -1,7 +1,10 @@
-"""The extraction page of one web artifact in Debian's Chromium (WASM), beside the same artifact in onnxruntime in
-Python on the same held-out examples.
+"""The extraction page of one web artifact in Debian's Chromium (WASM, or WebGPU with --device webgpu), beside the
+same artifact in onnxruntime in Python on the same held-out examples.
 
-    python -m benchmarks web ARTIFACT [--data FILE] [--max-examples 10] [--max-new-tokens 160]
+    python -m benchmarks web ARTIFACT [--data FILE] [--max-examples 10] [--max-new-tokens 160] [--device webgpu]
+
+On a machine without a GPU, Chromium's WebGPU adapter is SwiftShader (Vulkan on the CPU): its row checks the WebGPU
+path's tokens and scores, and its speed is SwiftShader's, not a GPU's.
 
 Measured: (1) the download, counted by the local server from what the browser requested (each file sent in full:
 the model, the tokenizer and config files, the runtime's JS and WASM, the page), per part and in total, against the
@@ -99,16 +102,17 @@ def _first_answer(page, navigate, text: str, constrained: bool) -> dict:
             "load_ms": page.evaluate("window.extractor.info()")["loadMs"], "tokens": len(result["tokens"])}
 
 
-def run_browser(artifact: Path, texts: list[str], constrained: bool, max_new_tokens: int, query: str = "") -> dict:
+def run_browser(artifact: Path, texts: list[str], constrained: bool, max_new_tokens: int, query: str = "",
+                device: str = "wasm") -> dict:
     """Cold load, warm reload, then every text on the warm page; with what the server sent for each load."""
     from quantize.web_page import browser_page, serve_folder
 
     served: list[tuple[str, int]] = []
     with serve_folder(artifact.parent, served=served) as base:
-        url = f"{base}/{artifact.name}/page/?device=wasm&max_new_tokens={max_new_tokens}" + (
+        url = f"{base}/{artifact.name}/page/?device={device}&max_new_tokens={max_new_tokens}" + (
             f"&{query}" if query else "")
         # browser_page opens a fresh profile (empty HTTP cache and Cache Storage) and refuses every other origin
-        with browser_page(url, PAGE_TIMEOUT_S, navigate=False) as (page, blocked):
+        with browser_page(url, PAGE_TIMEOUT_S, navigate=False, webgpu=device == "webgpu") as (page, blocked):
             cold = _first_answer(page, lambda: page.goto(url), texts[0], constrained)
             cold["download"] = download_sizes(served)
             served.clear()
@@ -143,13 +147,13 @@ def _versions(artifact: Path) -> dict:
 
 
 def measure(artifact: Path, data: str, max_examples: int, max_new_tokens: int, constrained: bool = True,
-            page_query: str = "") -> dict:
+            page_query: str = "", device: str = "wasm") -> dict:
     from quantize.web import onnx_file
     from quantize.web_page import held_out, score, user_text
 
     examples = held_out(data, max_examples)
     texts = [user_text(e) for e in examples]
-    browser = run_browser(artifact, texts, constrained, max_new_tokens, page_query)
+    browser = run_browser(artifact, texts, constrained, max_new_tokens, page_query, device)
     python = run_python(artifact, texts, constrained, max_new_tokens, browser["page"]["threads"])
     keys = ("json_validity", "schema_validity", "attribute_f1", "aspect_f1", "overall_sentiment_accuracy")
     sides = {}
@@ -233,9 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unconstrained", action="store_true", help="decode without the schema constraint")
     p.add_argument("--page-query", default="", help="more of the page's URL parameters, e.g. wasm=asyncify "
                    "(onnxruntime-web's other WASM build) or threads=1")
+    p.add_argument("--device", choices=["wasm", "webgpu"], default="wasm",
+                   help="the page's device; webgpu runs on SwiftShader (the CPU) where there is no GPU")
     args = p.parse_args(argv)
     payload = measure(Path(args.artifact).resolve(), args.data, args.max_examples, args.max_new_tokens,
-                      not args.unconstrained, args.page_query)
+                      not args.unconstrained, args.page_query, args.device)
     publish("web", payload, render(payload))
     return 0 if all(c["pass"] for c in payload["checks"]) else 1
 

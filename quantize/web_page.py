@@ -8,7 +8,7 @@ into <artifact>/page/; serve the folder that holds the artifact (with `serve_fol
 /<artifact name>/page/.
 
     python -m quantize.web_page score ARTIFACT [--data FILE] [--max-examples N]      # onnxruntime in Python
-    python -m quantize.web_page browser ARTIFACT [--data FILE] [--max-examples N]    # Debian's Chromium
+    python -m quantize.web_page browser ARTIFACT [--data FILE] [--max-examples N] [--device webgpu]  # Chromium
 Both print the extraction metrics (finetune.evaluate's) with the schema validity of the replies.
 """
 
@@ -191,8 +191,11 @@ def serve_folder(folder: str | Path, port: int = 0, served: list | None = None):
         server.server_close()
 
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+# Chromium on Linux offers WebGPU only behind this flag; on a machine without a GPU its adapter is SwiftShader (a
+# Vulkan implementation on the CPU), which runs the page's WebGPU path with the same WGSL kernels a GPU would.
+WEBGPU_ARGS = ["--enable-unsafe-webgpu"]
 
 
 def chromium_path() -> str:
@@ -203,14 +206,16 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def browser_page(url: str, timeout_s: float = 300, navigate: bool = True):
+def browser_page(url: str, timeout_s: float = 300, navigate: bool = True, webgpu: bool = False):
     """A headless Chromium page on `url` with every request outside that origin aborted (offline but for it); with
-    navigate=False the caller opens `url` itself (the benchmark times the navigation)."""
+    navigate=False the caller opens `url` itself (the benchmark times the navigation); webgpu=True offers the page
+    WebGPU (SwiftShader where there is no GPU)."""
     from playwright import sync_api
 
     origin = url.split("/", 3)[:3]
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        args = CHROMIUM_ARGS + (WEBGPU_ARGS if webgpu else ["--disable-gpu"])
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=args)
         try:
             page = browser.new_page()
             page.set_default_timeout(timeout_s * 1000)
@@ -241,17 +246,17 @@ def browser_extract(page, texts: list[str], constrained: bool = True) -> list[di
 
 
 def run_browser(artifact: str | Path, texts: list[str], constrained: bool = True,
-                max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[list[dict], dict]:
-    """The page of `artifact`, served locally, on each text: its results and what the page said about itself."""
+                max_new_tokens: int = MAX_NEW_TOKENS, device: str = "wasm") -> tuple[list[dict], dict]:
+    """The page of `artifact`, served locally, on each text (on `device`: wasm or webgpu): its results and what the
+    page said about itself."""
     artifact = Path(artifact)
     if not (artifact / "page" / "vendor" / VENDOR_FILES[0]).is_file():
         raise FileNotFoundError(f"{artifact}/page has no vendored transformers.js: run scripts/vendor_web.sh, then "
                                 "export again")
     # The folder above the artifact is the root: transformers.js names a local model by its folder.
     with serve_folder(artifact.parent) as base, browser_page(
-        f"{base}/{artifact.name}/page/?device=wasm&max_new_tokens={max_new_tokens}") as (
-        page, blocked,
-    ):
+        f"{base}/{artifact.name}/page/?device={device}&max_new_tokens={max_new_tokens}", webgpu=device == "webgpu",
+    ) as (page, blocked):
         results = browser_extract(page, texts, constrained)
         info = {"status": page.inner_text("#status"), "blocked_requests": list(blocked)}
     return results, info
@@ -269,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     parser.add_argument("--matching", choices=["exact", "lenient"], default="exact",
                         help="how a predicted phrase names the gold one: lenient for the natural set")
+    parser.add_argument("--device", choices=["wasm", "webgpu"], default="wasm",
+                        help="browser: the page's device (webgpu runs on SwiftShader, the CPU, where there is no GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     examples = held_out(args.data, args.max_examples)
@@ -277,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         extractor = PythonExtractor(args.artifact)
         results = [extractor.extract(t, not args.unconstrained, args.max_new_tokens) for t in texts]
     else:
-        results, info = run_browser(args.artifact, texts, not args.unconstrained, args.max_new_tokens)
+        results, info = run_browser(args.artifact, texts, not args.unconstrained, args.max_new_tokens, args.device)
         print(info["status"])
     metrics = score([r["text"] for r in results], examples, args.matching)
     keys = ("json_validity", "schema_validity", "attribute_f1", "aspect_f1", "aspect_sentiment_accuracy",

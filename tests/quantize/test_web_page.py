@@ -1,6 +1,7 @@
 """The extraction page in a real headless Chromium (Debian's, driven by Playwright), offline but for a local server:
 the 4-bit web artifact of the tiny llama extracts from 10 held-out examples with the browser's greedy tokens equal to
-onnxruntime's in Python (same prompt, same schema constraint), the same extraction metrics, and schema-valid JSON.
+onnxruntime's in Python (same prompt, same schema constraint), the same extraction metrics, and schema-valid JSON;
+on WebGPU (SwiftShader where there is no GPU) the same page gives the same tokens.
 
 Needs: apt-get install -y chromium; scripts/vendor_web.sh (scripts/setup.sh runs it). Never `playwright install`.
 Run: OMP_NUM_THREADS=1 PYTHONPATH=. pytest -q -m "" tests/quantize/test_web_page.py
@@ -111,3 +112,22 @@ def test_the_server_serves_the_page_at_extract(web_artifacts, examples):
             [result] = browser_extract(page, [user_text(examples[0])])
             assert result["constrained"] and len(result["tokens"]) >= 1 and blocked == []
             assert page.evaluate("self.crossOriginIsolated")
+
+
+def test_webgpu_tokens_equal_python(web_artifacts, examples):
+    """The page's WebGPU path (onnxruntime-web's asyncify build, its WGSL kernels, 4-bit MatMulNBits included) gives
+    onnxruntime-in-Python's greedy tokens. Without a GPU, Chromium's WebGPU adapter is SwiftShader on the CPU: the
+    same kernels a GPU runs, so this checks the path, not its speed."""
+    from quantize.web_page import PythonExtractor, run_browser, user_text
+
+    artifact = web_artifacts[4]
+    texts = [user_text(e) for e in examples[:3]]  # 3 of the 10: SwiftShader takes ~13 s an utterance here
+    python = PythonExtractor(artifact, threads=1)
+    expected = [python.extract(t, max_new_tokens=MAX_NEW_TOKENS) for t in texts]
+    browser, info = run_browser(artifact, texts, max_new_tokens=MAX_NEW_TOKENS, device="webgpu")
+
+    assert "q4 on webgpu" in info["status"], info["status"]  # the page took WebGPU, not a WASM fallback
+    assert info["blocked_requests"] == []
+    for got, want in zip(browser, expected):
+        assert got["prompt_ids"] == want["prompt_ids"]
+        assert got["constrained"] and got["tokens"] == want["tokens"]
