@@ -54,7 +54,9 @@ def _finetune_args(model_dir, data, out, batch: int, steps: int) -> list[str]:
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME")}
-    return env | {"PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    # LOGLEVEL=INFO: torchrun's agents log each rendezvous round and why they restart (a failed worker, or a node
+    # waiting); without it a failed restart leaves only the worker's error, not the sequence that led to it
+    return env | {"PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "LOGLEVEL": "INFO"}
 
 
 def _start_host(host: Host, rank: int, master: Host, finetune: list[str], log: Path, restarts: int = 0):
@@ -68,14 +70,19 @@ def _start_host(host: Host, rank: int, master: Host, finetune: list[str], log: P
         )
 
 
+def _tails(logs, chars: int = 6000) -> str:
+    """Every log's end: when one host fails, the cause is often in the other's (its worker or agent went first)."""
+    return "\n".join(f"---- {log.name}\n{log.read_text()[-chars:]}" for log in logs if log.is_file())
+
+
 def _wait(procs, logs, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     for proc, log in zip(procs, logs, strict=True):
         try:
             proc.wait(timeout=max(1, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            pytest.fail(f"{log.name} did not finish in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-        assert proc.returncode == 0, f"{log.name} exited {proc.returncode}:\n{log.read_text()[-4000:]}"
+            pytest.fail(f"{log.name} did not finish in {timeout:.0f} s:\n{_tails(logs)}")
+        assert proc.returncode == 0, f"{log.name} exited {proc.returncode}:\n{_tails(logs)}"
 
 
 @contextlib.contextmanager
@@ -140,11 +147,11 @@ def test_killed_host_restarts_both_from_the_checkpoint(two_hosts, tiny_model_dir
             procs.append(_start_host(host, i, two_hosts[0], finetune, logs[i], restarts=1))
         deadline = time.time() + 300
         while not _complete_checkpoints(out):
-            assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+            assert all(p.poll() is None for p in procs), _tails(logs)
             assert time.time() < deadline, "no checkpoint within 300 s"
             time.sleep(0.02)
         victim = _worker_pid(procs[1].pid)
-        assert victim is not None, f"no worker under host 1's agent:\n{logs[1].read_text()[-3000:]}"
+        assert victim is not None, f"no worker under host 1's agent:\n{_tails(logs)}"
         os.kill(victim, signal.SIGSTOP)  # host 0 now waits for it in the next allreduce: the run cannot finish
         saved = _complete_checkpoints(out)
         assert saved[-1] < steps, f"the run reached step {saved[-1]} before the kill; raise max_steps"
@@ -167,9 +174,9 @@ def test_killed_host_restarts_both_from_the_checkpoint(two_hosts, tiny_model_dir
 
     for log in logs:  # both hosts' workers started twice, and both resumed from a checkpoint
         text = log.read_text()
-        assert len(_starts(log)) == 2, text[-4000:]
+        assert len(_starts(log)) == 2, _tails(logs)
         resumed = re.findall(r"Resuming the interrupted run from \S*checkpoint-(\d+)", text)
-        assert len(resumed) == 1 and int(resumed[0]) >= saved[-1], text[-4000:]
+        assert len(resumed) == 1 and int(resumed[0]) >= saved[-1], _tails(logs)
     meta = json.loads((out / "training_metadata.json").read_text())
     assert meta["world_size"] == 2 and meta["metrics"]["train_steps"] == steps
     assert [h["step"] for h in meta["history"] if "loss" in h] == list(range(1, steps + 1))
