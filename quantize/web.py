@@ -107,7 +107,7 @@ def export_decoder(source: Path, path: Path) -> None:
     names = [f"{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     with torch.no_grad():
         program = torch.onnx.export(
-            Decoder(), args, dynamo=True, opset_version=OPSET, verbose=False,
+            Decoder().eval(), args, dynamo=True, opset_version=OPSET, verbose=False,
             input_names=["input_ids", "attention_mask", "position_ids", *(f"past_key_values.{n}" for n in names)],
             output_names=["logits", *(f"present.{n}" for n in names)],
             dynamic_shapes=({0: b, 1: s}, {0: b, 1: total}, {0: b, 1: s}, tuple({0: b, 2: p} for _ in names)),
