@@ -7,6 +7,7 @@ by the one config binder (finetune.config_binding): an unknown key is an error t
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,10 @@ class QuantizeConfig:
     head_bits: int | None = None
     """Web INT4 only: the output projection's bits, 8 (MatMulNBits bits=8, blocks of group_size, round to nearest)
     or 32 (left fp32); None: 4 like every other MatMul."""
+    eight_bit_modules: list[str] = dataclasses.field(default_factory=list)
+    """Web INT4 only: modules whose weights go to 8 bits instead (MatMulNBits bits=8, blocks of group_size), named
+    by the end of their path, e.g. [v_proj, down_proj] (every layer's), as llama.cpp's Q4_K_M keeps attention values
+    and MLP down projections at more bits."""
     calibration_file: str | None = None
     """Local calibration data: `messages` JSONL, JSONL with a "text" field, or a plain text file."""
     num_calibration_samples: int = 128
@@ -179,6 +184,7 @@ class QuantizeConfig:
         if self.backend == "web" and self.scheme == "hqq" and self.sym:
             raise ValueError("QuantizeConfig.sym=True contradicts scheme 'hqq' (backend='web'): onnxruntime's HQQ "
                              "fits an fp32 zero point per block (asymmetric); set sym=False")
+        self._check_eight_bit_modules()
         if self.head_bits is None:
             return
         if isinstance(self.head_bits, bool) or self.head_bits not in (4, 8, 32):
@@ -190,6 +196,17 @@ class QuantizeConfig:
             )
         if self.head_bits == 4:
             self.head_bits = None  # the same as leaving it out: one artifact name for one recipe
+
+    def _check_eight_bit_modules(self) -> None:
+        names = self.eight_bit_modules
+        if isinstance(names, str) or not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_.]+", n) for n in names):
+            raise ValueError("QuantizeConfig.eight_bit_modules must be a list of module names (letters, digits, _ and "
+                             f"., e.g. ['v_proj', 'down_proj']), got {names!r}")
+        if names and not (self.backend == "web" and self.bits == 4):
+            raise ValueError(
+                "QuantizeConfig.eight_bit_modules applies to backend='web' with bits=4 only (8-bit MatMulNBits beside "
+                f"4-bit ones); got backend={self.backend!r}, bits={self.bits}")
+        self.eight_bit_modules = list(dict.fromkeys(names))
 
     def _check_gguf(self) -> None:
         expected = GGUF_BITS[self.scheme]
@@ -226,6 +243,8 @@ class QuantizeConfig:
             parts.append("all")
         if self.head_bits is not None:
             parts.append(f"head{self.head_bits}")
+        if self.eight_bit_modules:
+            parts.append("8bit-" + "-".join(self.eight_bit_modules))
         return "-".join(parts)
 
     @property

@@ -13,7 +13,7 @@ output projection to the last positions: without it the prompt's forward project
 vocabulary and the page keeps one row.
 8 bits: onnxruntime's dynamic quantization (int8 weights per output channel, activations quantized at run time,
 MatMulInteger). 4 bits: onnxruntime's MatMulNBits quantizer (round to nearest or HQQ, blocks of `group_size`;
-the output projection optionally at 8 bits or fp32: `head_bits`).
+the output projection optionally at 8 bits or fp32: `head_bits`; named modules at 8 bits: `eight_bit_modules`).
 The embedding table stays fp32 in both (a Gather); a tied output projection is exported as its own constant and
 quantized (shared, it would be read through a Transpose at every step, in fp32). The quantized file must stay
 under protobuf's 2 GB: models up to about 1.5B parameters at 8 bits.
@@ -21,6 +21,7 @@ under protobuf's 2 GB: models up to about 1.5B parameters at 8 bits.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import tempfile
@@ -152,7 +153,8 @@ def add_logits_to_keep(path: Path) -> None:
 
 def quantize_decoder(fp32: Path, out: Path, cfg: QuantizeConfig) -> None:
     """8 bits: dynamic int8 (per channel); 4 bits: MatMulNBits in blocks of cfg.group_size, by round to nearest
-    (scheme rtn) or HQQ (scheme hqq), with the output projection at cfg.head_bits (8: MatMulNBits bits=8, 32: fp32)."""
+    (scheme rtn) or HQQ (scheme hqq), with the output projection at cfg.head_bits (8: MatMulNBits bits=8, 32: fp32)
+    and the modules named in cfg.eight_bit_modules at 8 bits (round to nearest)."""
     onnx, _ = import_onnx()
     if cfg.bits == 8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -163,24 +165,53 @@ def quantize_decoder(fp32: Path, out: Path, cfg: QuantizeConfig) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     model = onnx.load(str(fp32))
-    exclude = []
+    eight = module_matmuls(model.graph, cfg.eight_bit_modules)
+    head_name = None
     if cfg.head_bits:
         _, head = _output_projection(model.graph)
-        head.name = head.name or "logits_projection"
-        exclude = [head.name]
+        head.name = head_name = head.name or "logits_projection"
+    eight = [name for name in eight if name != head_name]  # the head's bits are head_bits'
+    if cfg.head_bits == 8:
+        eight.append(head_name)
     # rtn: onnxruntime's own min/max round to nearest per block (its RTN config runs a copy of Neural Compressor's
     # packer, which fails on blocks narrower than the rows here). hqq: data-free half-quadratic fit of each block's
     # scale and (fp32) zero point.
     algo = HQQWeightOnlyQuantConfig(block_size=cfg.group_size, bits=4) if cfg.scheme == "hqq" else None
     quantizer = MatMulNBitsQuantizer(model, block_size=cfg.group_size, is_symmetric=cfg.sym, bits=4,
-                                     nodes_to_exclude=exclude, algo_config=algo)
+                                     nodes_to_exclude=eight + ([head_name] if head_name else []), algo_config=algo)
     quantizer.process()
     model = quantizer.model.model
-    if cfg.head_bits == 8:
-        # Every other constant MatMul is a MatMulNBits now: this pass meets the output projection alone.
-        quantizer = MatMulNBitsQuantizer(model, block_size=cfg.group_size, is_symmetric=cfg.sym, bits=8)
+    if eight:
+        # The constant MatMuls left are `eight` and an fp32 head (onnxruntime's nodes_to_include adds to the op types
+        # quantized, it does not restrict them: the head is excluded by name).
+        quantizer = MatMulNBitsQuantizer(model, block_size=cfg.group_size, is_symmetric=cfg.sym, bits=8,
+                                         nodes_to_exclude=[head_name] if cfg.head_bits == 32 else [])
         quantizer.process()
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+
+
+def module_matmuls(graph, names: list[str]) -> list[str]:
+    """The MatMul nodes whose module path (torch.onnx's name scopes: [..., 'model.model.layers.0.mlp.down_proj',
+    'linear_6']) ends with one of `names`, e.g. 'down_proj' or 'layers.0.mlp.down_proj'. Every name must match."""
+    if not names:
+        return []
+    found: dict[str, list[str]] = {name: [] for name in names}
+    for index, node in enumerate(graph.node):
+        if node.op_type != "MatMul":
+            continue
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        module = ast.literal_eval(scopes)[-2] if scopes else ""
+        for name in names:
+            if module == name or module.endswith("." + name):
+                node.name = node.name or f"matmul_{index}"
+                found[name].append(node.name)
+    missing = [name for name, nodes in found.items() if not nodes]
+    if missing:
+        raise ValueError(f"QuantizeConfig.eight_bit_modules: no weight of the exported decoder belongs to a module "
+                         f"named {', '.join(map(repr, missing))} (module names end a path such as "
+                         "model.layers.0.mlp.down_proj: e.g. q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+                         "down_proj)")
+    return list(dict.fromkeys(n for nodes in found.values() for n in nodes))
 
 
 def write_web(source: Path, cfg: QuantizeConfig, out: Path) -> Path:

@@ -34,6 +34,12 @@ def test_web_config_checks_its_fields(tmp_path):
         QuantizeConfig(backend="web", bits=8, head_bits=32)
     with pytest.raises(ValueError, match="backend='web' with bits=4 only"):
         QuantizeConfig(backend="openvino", head_bits=8)
+    mixed = QuantizeConfig(backend="web", group_size=32, eight_bit_modules=["v_proj", "down_proj", "v_proj"])
+    assert (mixed.eight_bit_modules, mixed.tag) == (["v_proj", "down_proj"], "int4-rtn-g32-asym-8bit-v_proj-down_proj")
+    with pytest.raises(ValueError, match="eight_bit_modules applies to backend='web' with bits=4 only"):
+        QuantizeConfig(backend="web", bits=8, eight_bit_modules=["v_proj"])
+    with pytest.raises(ValueError, match="must be a list of module names"):
+        QuantizeConfig(backend="web", eight_bit_modules="v_proj")
     data = tmp_path / "held.jsonl"
     data.write_text("{}\n")
     with pytest.raises(NotImplementedError, match="quantize.web_page score"):
@@ -181,6 +187,44 @@ def test_hqq_with_an_eight_bit_head_exports_and_decodes(tiny_model_dir, tmp_path
     tokens = decoder.greedy([5, 17, 42], 4)
     full, _ = decoder.step([5, 17, 42] + tokens, None, 0)
     assert tokens == [int(t) for t in full[0, 2:-1].argmax(-1)]
+
+
+@pytest.mark.integration
+def test_named_modules_go_to_eight_bits(tiny_model_dir, tmp_path):
+    """eight_bit_modules picks weights by their module's name (torch.onnx's name scopes): every layer's v_proj and
+    down_proj at 8 bits, the rest at 4, the head at head_bits; a name that matches nothing is refused."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from quantize.web import export_decoder, quantize_decoder
+
+    fp32, out = tmp_path / "fp32.onnx", tmp_path / "q4.onnx"
+    export_decoder(tiny_model_dir, fp32)
+    cfg = QuantizeConfig(backend="web", group_size=16, head_bits=32, eight_bit_modules=["v_proj", "mlp.down_proj"])
+    quantize_decoder(fp32, out, cfg)
+    graph = onnx.load(str(out)).graph
+    bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
+    assert sorted(bits.values()) == [4] * 10 + [8] * 4  # 2 layers: q k o gate up at 4, v down at 8
+    source = {n.name: n for n in onnx.load(str(fp32)).graph.node}
+    for name, b in bits.items():
+        scopes = next(p.value for p in source[name.removesuffix("_Q4").removesuffix("_Q8")].metadata_props
+                      if p.key == "pkg.torch.onnx.name_scopes")
+        assert (b == 8) == ("v_proj" in scopes or "down_proj" in scopes), (name, scopes)
+    head = next(n for n in graph.node if "logits" in n.output)
+    assert head.op_type == "MatMul"  # head_bits=32 stays fp32 beside the 8-bit modules
+
+    feeds = {i.name: np.zeros([d.dim_value or 1 for d in i.type.tensor_type.shape.dim],
+                              dtype=np.float32 if i.type.tensor_type.elem_type == 1 else np.int64)
+             for i in graph.input}
+    feeds |= {"input_ids": np.array([[5, 17, 42]]), "attention_mask": np.ones((1, 4), dtype=np.int64),
+              "position_ids": np.array([[1, 2, 3]]), "num_logits_to_keep": np.array(0, dtype=np.int64)}
+    [want, *_] = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, feeds)
+    [got, *_] = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert np.abs(got - want).mean() < 0.1 * np.abs(want).mean()
+
+    with pytest.raises(ValueError, match="no weight of the exported decoder belongs to a module named 'wq'"):
+        quantize_decoder(fp32, tmp_path / "bad.onnx", QuantizeConfig(backend="web", eight_bit_modules=["wq"]))
 
 
 @pytest.mark.integration
