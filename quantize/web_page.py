@@ -276,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="how a predicted phrase names the gold one: lenient for the natural set")
     parser.add_argument("--device", choices=["wasm", "webgpu"], default="wasm",
                         help="browser: the page's device (webgpu runs on SwiftShader, the CPU, where there is no GPU)")
+    parser.add_argument("--out", default=None,
+                        help="also write the scores, the machine and every reply (with its record) to this JSON file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
     examples = held_out(args.data, args.max_examples)
     texts = [user_text(e) for e in examples]
     if args.where == "score":
@@ -289,8 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     metrics = score([r["text"] for r in results], examples, args.matching)
     keys = ("json_validity", "schema_validity", "attribute_f1", "aspect_f1", "aspect_sentiment_accuracy",
             "overall_sentiment_accuracy")
-    print(json.dumps({"where": args.where, "examples": len(examples), "constrained": not args.unconstrained,
-                      **{k: metrics.get(k) for k in keys}}, indent=2))
+    summary = {"where": args.where, "examples": len(examples), "constrained": not args.unconstrained,
+               **{k: metrics.get(k) for k in keys}}
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        from benchmarks.machine import machine_info
+
+        record = {**summary, "artifact": str(args.artifact), "data": args.data, "matching": args.matching,
+                  "device": args.device if args.where == "browser" else "onnxruntime", "metrics": metrics,
+                  "machine": machine_info(), "seconds": round(time.perf_counter() - started, 1),
+                  "replies": [{"where": e.where, "reference": e.reference, "output": r["text"]}
+                              for e, r in zip(examples, results)]}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return 0
 
 

@@ -261,10 +261,18 @@ def test_vocab_texts_decode_like_the_tokenizer(web_artifacts):
 
 
 @pytest.mark.integration
-def test_score_command_prints_the_python_path_metrics(web_artifacts, capsys):
+def test_score_command_prints_the_python_path_metrics(web_artifacts, capsys, tmp_path):
     from quantize.web_page import main
 
-    assert main(["score", str(web_artifacts[4]), "--max-examples", "2", "--max-new-tokens", "12"]) == 0
+    out = tmp_path / "scores" / "score.json"
+    assert main(["score", str(web_artifacts[4]), "--max-examples", "2", "--max-new-tokens", "12",
+                 "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["where"] == "score" and printed["examples"] == 2 and printed["constrained"]
     assert printed["json_validity"] is not None and "schema_validity" in printed
+    saved = json.loads(out.read_text())  # the same scores, with the machine and every reply beside its reference
+    assert {k: saved[k] for k in printed} == printed
+    assert saved["machine"]["hardware"] and saved["device"] == "onnxruntime" and saved["seconds"] > 0
+    assert [r["where"].rsplit("/", 1)[-1] for r in saved["replies"]] == ["extraction_heldout.jsonl:1",
+                                                                          "extraction_heldout.jsonl:2"]
+    assert all(r["reference"].startswith("{") and isinstance(r["output"], str) for r in saved["replies"])
