@@ -205,7 +205,7 @@ class QuantizeConfig:
         if names and not (self.backend == "web" and self.bits == 4):
             raise ValueError(
                 "QuantizeConfig.eight_bit_modules applies to backend='web' with bits=4 only (8-bit MatMulNBits beside "
-                f"4-bit ones); got backend={self.backend!r}, bits={self.bits}")
+                f"4-bit ones); got backend={self.backend!r}, bits={self.bits}: leave it empty (eight_bit_modules=[])")
         self.eight_bit_modules = list(dict.fromkeys(names))
 
     def _check_gguf(self) -> None:
