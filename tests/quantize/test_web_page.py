@@ -131,3 +131,30 @@ def test_webgpu_tokens_equal_python(web_artifacts, examples):
     for got, want in zip(browser, expected):
         assert got["prompt_ids"] == want["prompt_ids"]
         assert got["constrained"] and got["tokens"] == want["tokens"]
+
+
+@pytest.fixture(scope="module")
+def mixed_artifact(tiny_model_dir, tmp_path_factory):
+    """configs/quantize_web_extraction.yaml's recipe on the tiny llama: 4-bit blocks, v_proj and down_proj at 8."""
+    from quantize import quantize_model
+
+    return quantize_model(model=str(tiny_model_dir), output_dir=str(tmp_path_factory.mktemp("web-mixed")),
+                          backend="web", bits=4, group_size=32, eight_bit_modules=["v_proj", "down_proj"],
+                          num_eval_prompts=2, eval_new_tokens=6)
+
+
+@pytest.mark.parametrize("device", ["wasm", "webgpu"])
+def test_eight_bit_modules_give_python_tokens_in_the_browser(mixed_artifact, examples, device):
+    """8-bit MatMulNBits beside 4-bit ones: onnxruntime-web runs both on WASM and WebGPU with Python's tokens."""
+    from quantize.web_page import PythonExtractor, run_browser, user_text
+
+    texts = [user_text(e) for e in examples[:2]]
+    python = PythonExtractor(mixed_artifact, threads=1)
+    expected = [python.extract(t, max_new_tokens=24) for t in texts]
+    browser, info = run_browser(mixed_artifact, texts, max_new_tokens=24, device=device)
+
+    assert f"q4 on {device}" in info["status"], info["status"]
+    assert info["blocked_requests"] == []
+    for got, want in zip(browser, expected):
+        assert got["prompt_ids"] == want["prompt_ids"]
+        assert got["constrained"] and got["tokens"] == want["tokens"]
