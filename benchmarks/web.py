@@ -14,7 +14,9 @@ HTTP cache and transformers.js's model cache are full); (3) decoding on the warm
 as the page decodes by default: tokens/s, per-utterance latency (median, p90) and where the time goes (the model's
 forwards, our schema mask, transformers.js's own work per token), schema validity of the replies; (4) the same
 examples through quantize.web_page's PythonExtractor (onnxruntime, the same prompt and constraint; one warm-up call
-first, like the page's first answer): tokens/s, latency and whether its greedy tokens equal the browser's.
+first, like the page's first answer): tokens/s, latency and whether its greedy tokens equal the browser's; (5) the
+same examples through our serving pipeline (build_chatbot, what the chat server runs) on the artifact's source
+model, in the precision the machine serves in, with the schema as response_format (--server-model).
 Every request outside the local server is blocked: the page runs offline.
 """
 
@@ -133,6 +135,40 @@ def run_python(artifact: Path, texts: list[str], constrained: bool, max_new_toke
     return {"results": [extractor.extract(t, constrained, max_new_tokens) for t in texts], "threads": threads}
 
 
+def source_model(artifact: Path) -> str | None:
+    """The model the artifact was exported from (quantization.json's source_model), if it is still on disk."""
+    meta = artifact / "quantization.json"
+    source = json.loads(meta.read_text()).get("source_model") if meta.is_file() else None
+    return source if source and Path(source).exists() else None
+
+
+def run_server(model: str, texts: list[str], constrained: bool, max_new_tokens: int) -> dict:
+    """The same texts through our serving pipeline (build_chatbot, what the chat server and /v1/chat/completions
+    run) on the artifact's source model, in the precision the machine serves in, the schema as response_format:
+    per-utterance latency, time to the first streamed chunk, and the reply's tokens."""
+    from finetune.extraction import SYSTEM_PROMPT, load_schema
+    from finetune.models import load_tokenizer
+    from neural_chat_app import GenerationConfig, PipelineConfig, build_chatbot
+
+    bot = build_chatbot(PipelineConfig(model_name_or_path=model, system_prompt=SYSTEM_PROMPT))
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens)
+    schema = load_schema() if constrained else None
+    tokenizer = getattr(bot.backend, "tokenizer", None) or load_tokenizer(model)
+    bot.predict(texts[0], config, schema)  # warm-up, as the page's first answer is
+    results = []
+    for text in texts:
+        started, first, chunks = time.perf_counter(), None, []
+        stream, _ = bot.predict_stream(text, config, schema)
+        for chunk in stream:
+            first = first if first is not None else (time.perf_counter() - started) * 1000
+            chunks.append(chunk)
+        reply = "".join(chunks)
+        results.append({"text": reply, "tokens": tokenizer(reply, add_special_tokens=False).input_ids,
+                        "ms": (time.perf_counter() - started) * 1000, "first_token_ms": first,
+                        "constrained": constrained})  # response_format is enforced or refused, never dropped
+    return {"results": results, "model": model, "dtype": getattr(bot.backend, "dtype", None)}
+
+
 def _versions(artifact: Path) -> dict:
     import importlib.metadata
 
@@ -147,7 +183,7 @@ def _versions(artifact: Path) -> dict:
 
 
 def measure(artifact: Path, data: str, max_examples: int, max_new_tokens: int, constrained: bool = True,
-            page_query: str = "", device: str = "wasm") -> dict:
+            page_query: str = "", device: str = "wasm", server_model: str | None = None) -> dict:
     from quantize.web import onnx_file
     from quantize.web_page import held_out, score, user_text
 
@@ -155,9 +191,12 @@ def measure(artifact: Path, data: str, max_examples: int, max_new_tokens: int, c
     texts = [user_text(e) for e in examples]
     browser = run_browser(artifact, texts, constrained, max_new_tokens, page_query, device)
     python = run_python(artifact, texts, constrained, max_new_tokens, browser["page"]["threads"])
+    server = run_server(server_model, texts, constrained, max_new_tokens) if server_model else None
     keys = ("json_validity", "schema_validity", "attribute_f1", "aspect_f1", "overall_sentiment_accuracy")
     sides = {}
-    for name, side in (("browser", browser), ("python", python)):
+    for name, side in (("browser", browser), ("python", python), ("server", server)):
+        if side is None:
+            continue
         metrics = score([r["text"] for r in side["results"]], examples)
         sides[name] = {**decoding_summary(side["results"]), **{k: metrics.get(k) for k in keys},
                        "constrained": sum(bool(r["constrained"]) for r in side["results"])}
@@ -176,6 +215,7 @@ def measure(artifact: Path, data: str, max_examples: int, max_new_tokens: int, c
         "first_answer": {"cold": {k: v for k, v in browser["cold"].items() if k != "download"},
                          "warm": {k: v for k, v in browser["warm"].items() if k != "download"}},
         "page": browser["page"], "browser": sides["browser"], "python": sides["python"],
+        "server": ({**sides["server"], "model": server["model"], "dtype": server["dtype"]} if server else None),
         "python_threads": python["threads"], "browser_split": browser_split(browser["results"]),
         "tokens_equal": sum(same), "speed_ratio_python_over_browser": (
             sides["python"]["tokens_per_s"] / sides["browser"]["tokens_per_s"]
@@ -183,7 +223,8 @@ def measure(artifact: Path, data: str, max_examples: int, max_new_tokens: int, c
         "blocked_requests": browser["blocked_requests"],
         "checks": [{"check": "download (MB)", "value": round(total_mb, 1), "bar": f"< {DOWNLOAD_BAR_MB:.0f}",
                     "pass": total_mb < DOWNLOAD_BAR_MB}],
-        "utterances": {"browser": browser["results"], "python": python["results"]},
+        "utterances": {"browser": browser["results"], "python": python["results"],
+                       **({"server": server["results"]} if server else {})},
     }
 
 
@@ -207,6 +248,8 @@ def render(payload: dict) -> str:
                              [("load", "load"), ("s", "first answer (s from navigation)"),
                               ("model_s", "model loaded (s)"), ("MB", "downloaded (MB)")]), ""]
     rows = [{"where": name, **payload[name]} for name in ("browser", "python")]
+    if payload.get("server"):
+        rows.append({**payload["server"], "where": f"server ({payload['server']['dtype']}, source model)"})
     lines += [markdown_table(rows, [("where", "where"), ("tokens_per_s", "tokens/s"),
                                     ("latency_median_ms", "latency median (ms)"), ("latency_p90_ms", "p90 (ms)"),
                                     ("first_token_median_ms", "first token median (ms)"), ("tokens", "tokens"),
@@ -239,9 +282,14 @@ def main(argv: list[str] | None = None) -> int:
                    "(onnxruntime-web's other WASM build) or threads=1")
     p.add_argument("--device", choices=["wasm", "webgpu"], default="wasm",
                    help="the page's device; webgpu runs on SwiftShader (the CPU) where there is no GPU")
+    p.add_argument("--server-model", default=None,
+                   help="the model our serving pipeline runs beside the page (default: the artifact's source model, "
+                   "when it is on disk; '' for none)")
     args = p.parse_args(argv)
-    payload = measure(Path(args.artifact).resolve(), args.data, args.max_examples, args.max_new_tokens,
-                      not args.unconstrained, args.page_query, args.device)
+    artifact = Path(args.artifact).resolve()
+    server_model = source_model(artifact) if args.server_model is None else (args.server_model or None)
+    payload = measure(artifact, args.data, args.max_examples, args.max_new_tokens, not args.unconstrained,
+                      args.page_query, args.device, server_model)
     publish("web", payload, render(payload))
     return 0 if all(c["pass"] for c in payload["checks"]) else 1
 

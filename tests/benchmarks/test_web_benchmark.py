@@ -82,13 +82,16 @@ def test_the_web_benchmark_saves_every_figure(web_artifact, tmp_path, monkeypatc
     for load in ("cold", "warm"):
         first = saved["first_answer"][load]
         assert first["first_answer_ms"] > 0 and first["load_ms"] > 0 and first["tokens"] >= 1
-    for side in ("browser", "python"):
+    for side in ("browser", "python", "server"):
         figures = saved[side]
         assert figures["utterances"] == 2 and figures["tokens"] >= 2
         assert figures["tokens_per_s"] > 0 and figures["first_token_median_ms"] > 0
         assert figures["latency_p90_ms"] >= figures["latency_median_ms"] > 0
         assert figures["schema_validity"] is not None and figures["constrained"] == 2
     assert saved["tokens_equal"] == 2
+    # our serving pipeline on the artifact's source model (quantization.json's source_model), beside the page
+    assert saved["server"]["model"] == json.loads((web_artifact / "quantization.json").read_text())["source_model"]
+    assert saved["server"]["dtype"] in ("bfloat16", "float32") and len(saved["utterances"]["server"]) == 2
     browser, python = saved["utterances"]["browser"], saved["utterances"]["python"]
     assert [r["tokens"] for r in browser] == [r["tokens"] for r in python]
     split = saved["browser_split"]
@@ -98,4 +101,5 @@ def test_the_web_benchmark_saves_every_figure(web_artifact, tmp_path, monkeypatc
 
     printed = capsys.readouterr().out
     assert "PASS  download (MB)" in printed and "greedy tokens equal to Python's: 2 of 2" in printed
+    assert "| server (" in printed
     assert list(tmp_path.glob("web-2*.md"))
