@@ -71,10 +71,10 @@ class QuantizeConfig:
     head_bits: int | None = None
     """Web INT4 only: the output projection's bits, 8 (MatMulNBits bits=8, blocks of group_size, round to nearest)
     or 32 (left fp32); None: 4 like every other MatMul."""
-    eight_bit_modules: list[str] = dataclasses.field(default_factory=list)
+    eight_bit_modules: list[str] | None = dataclasses.field(default_factory=list)
     """Web INT4 only: modules whose weights go to 8 bits instead (MatMulNBits bits=8, blocks of group_size), named
     by the end of their path, e.g. [v_proj, down_proj] (every layer's), as llama.cpp's Q4_K_M keeps attention values
-    and MLP down projections at more bits."""
+    and MLP down projections at more bits. Empty or null: none."""
     calibration_file: str | None = None
     """Local calibration data: `messages` JSONL, JSONL with a "text" field, or a plain text file."""
     num_calibration_samples: int = 128
@@ -198,7 +198,7 @@ class QuantizeConfig:
             self.head_bits = None  # the same as leaving it out: one artifact name for one recipe
 
     def _check_eight_bit_modules(self) -> None:
-        names = self.eight_bit_modules
+        names = self.eight_bit_modules = [] if self.eight_bit_modules is None else self.eight_bit_modules
         if isinstance(names, str) or not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_.]+", n) for n in names):
             raise ValueError("QuantizeConfig.eight_bit_modules must be a list of module names (letters, digits, _ and "
                              f"., e.g. ['v_proj', 'down_proj']), got {names!r}")

@@ -296,11 +296,12 @@ def main(argv: list[str] | None = None) -> int:
                **{k: metrics.get(k) for k in keys}}
     print(json.dumps(summary, indent=2))
     if args.out:
-        from benchmarks.machine import machine_info
+        from finetune.hardware import detect_hardware
 
         record = {**summary, "artifact": str(args.artifact), "data": args.data, "matching": args.matching,
                   "device": args.device if args.where == "browser" else "onnxruntime", "metrics": metrics,
-                  "machine": machine_info(), "seconds": round(time.perf_counter() - started, 1),
+                  "machine": {"hardware": detect_hardware().as_dict(), "load_average_1min": os.getloadavg()[0]},
+                  "seconds": round(time.perf_counter() - started, 1),
                   "replies": [{"where": e.where, "reference": e.reference, "output": r["text"]}
                               for e, r in zip(examples, results)]}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
