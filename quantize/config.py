@@ -198,7 +198,7 @@ class QuantizeConfig:
             self.head_bits = None  # the same as leaving it out: one artifact name for one recipe
 
     def _check_eight_bit_modules(self) -> None:
-        names = self.eight_bit_modules = [] if self.eight_bit_modules is None else self.eight_bit_modules
+        names = self.eight_bit_modules or []  # null: none
         if isinstance(names, str) or not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_.]+", n) for n in names):
             raise ValueError("QuantizeConfig.eight_bit_modules must be a list of module names (letters, digits, _ and "
                              f"., e.g. ['v_proj', 'down_proj']), got {names!r}")

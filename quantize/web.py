@@ -170,15 +170,13 @@ def quantize_decoder(fp32: Path, out: Path, cfg: QuantizeConfig) -> None:
     if cfg.head_bits:
         _, head = _output_projection(model.graph)
         head.name = head_name = head.name or "logits_projection"
-    eight = [name for name in eight if name != head_name]  # the head's bits are head_bits'
-    if cfg.head_bits == 8:
-        eight.append(head_name)
+    eight = [name for name in eight if name != head_name] + ([head_name] if cfg.head_bits == 8 else [])
     # rtn: onnxruntime's own min/max round to nearest per block (its RTN config runs a copy of Neural Compressor's
     # packer, which fails on blocks narrower than the rows here). hqq: data-free half-quadratic fit of each block's
     # scale and (fp32) zero point.
     algo = HQQWeightOnlyQuantConfig(block_size=cfg.group_size, bits=4) if cfg.scheme == "hqq" else None
     quantizer = MatMulNBitsQuantizer(model, block_size=cfg.group_size, is_symmetric=cfg.sym, bits=4,
-                                     nodes_to_exclude=eight + ([head_name] if head_name else []), algo_config=algo)
+                                     nodes_to_exclude=list({*eight, head_name} - {None}), algo_config=algo)
     quantizer.process()
     model = quantizer.model.model
     if eight:
