@@ -47,7 +47,43 @@ SHAPES: dict[str, dict] = {
                      "tie_word_embeddings": False, "rope_theta": 500000.0,
                      "rope_scaling": {**_LLAMA3_ROPE, "factor": 8.0}, "max_position_embeddings": 131072,
                      "rms_norm_eps": 1e-5, "hidden_act": "silu"},
+    # The other families users bring, at the sizes they bring them. Qwen/Qwen3-0.6B (q/k norms, no bias)
+    "qwen3-0.6b": {"model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+                   "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+                   "tie_word_embeddings": True, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+                   "rms_norm_eps": 1e-6, "hidden_act": "silu"},
+    # google/gemma-3-1b-it (five sliding-window layers of 512 to one global; 262k vocabulary, tied)
+    "gemma-3-1b": {"model_type": "gemma3_text", "hidden_size": 1152, "intermediate_size": 6912,
+                   "num_hidden_layers": 26, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+                   "vocab_size": 262144, "tie_word_embeddings": True, "rope_theta": 1000000.0,
+                   "rope_local_base_freq": 10000.0, "sliding_window": 512, "sliding_window_pattern": 6,
+                   "query_pre_attn_scalar": 256, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+                   "hidden_activation": "gelu_pytorch_tanh"},
+    # google/gemma-2-2b (attention and head logits soft-capped: attention runs the model's eager path)
+    "gemma-2-2b": {"model_type": "gemma2", "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+                   "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "vocab_size": 256000,
+                   "tie_word_embeddings": True, "rope_theta": 10000.0, "sliding_window": 4096,
+                   "query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+                   "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "hidden_activation": "gelu_pytorch_tanh"},
+    # microsoft/Phi-3-mini-4k-instruct (fused qkv_proj and gate_up_proj; 32k vocabulary)
+    "phi-3-mini": {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
+                   "tie_word_embeddings": False, "rope_theta": 10000.0, "sliding_window": 2047,
+                   "max_position_embeddings": 4096, "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+                   "hidden_act": "silu"},
+    # Qwen/Qwen3-4B
+    "qwen3-4b": {"model_type": "qwen3", "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+                 "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+                 "tie_word_embeddings": True, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+                 "rms_norm_eps": 1e-6, "hidden_act": "silu"},
+    # mistralai/Mistral-7B-v0.3 (32k vocabulary, no sliding window)
+    "mistral-7b": {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 32768,
+                   "tie_word_embeddings": False, "rope_theta": 1000000.0, "sliding_window": None,
+                   "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "hidden_act": "silu"},
 }
+# Issue 21's size ladder, one family per step (what the GPU script runs); the other shapes add the families.
+SIZE_LADDER = ("qwen2.5-0.5b", "llama-3.2-1b", "qwen2.5-1.5b", "llama-3.2-3b", "llama-3.1-8b")
 
 
 def shape_config(name: str):
@@ -65,10 +101,31 @@ def write_shape_folder(name: str, folder: Path, tokenizer_from: str = "smollm2-1
     from finetune.models import RANDOM_WEIGHTS_FILE, load_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    shape_config(name).save_pretrained(folder)
+    config = shape_config(name)
+    config.save_pretrained(folder)
     load_tokenizer(tokenizer_from).save_pretrained(folder)
+    _fit_vocabulary(folder / "tokenizer.json", config.vocab_size)
     (folder / RANDOM_WEIGHTS_FILE).write_text(json.dumps({"shape": name, "seed": 0}))
     return folder
+
+
+def _fit_vocabulary(tokenizer_json: Path, size: int) -> None:
+    """Cut a byte-level BPE tokenizer to its first `size` ids, so that every id it gives lies inside a smaller
+    model's vocabulary (Mistral's 32,768, Phi-3's 32,064 against SmolLM2's 49,152). BPE ids follow the merge order,
+    so dropping the later tokens and every merge that makes or uses one leaves a working tokenizer (the 256 bytes
+    and the special tokens have the lowest ids); texts take a few more tokens, as they do with a 32k vocabulary."""
+    spec = json.loads(tokenizer_json.read_text())
+    model = spec["model"]
+    if len(model["vocab"]) <= size:
+        return
+    if model.get("type") != "BPE" or any(t["id"] >= size for t in spec.get("added_tokens", [])):
+        raise SystemExit(f"{tokenizer_json}: cannot cut this tokenizer to {size} ids (not BPE, or a special token "
+                         f"lies above); give write_shape_folder another tokenizer_from")
+    model["vocab"] = {token: i for token, i in model["vocab"].items() if i < size}
+    pairs = (m.split(" ") if isinstance(m, str) else m for m in model["merges"])
+    model["merges"] = [[a, b] for a, b in pairs
+                       if a in model["vocab"] and b in model["vocab"] and a + b in model["vocab"]]
+    tokenizer_json.write_text(json.dumps(spec, ensure_ascii=False))
 
 
 def shape_parameters(name_or_config) -> int:

@@ -9,10 +9,11 @@
     python -m benchmarks train --shape llama-3.2-1b            # a real architecture and size, random weights
     python -m benchmarks train --shape llama-3.1-8b --steps 2 --seq-len 128
 
---shape NAME (benchmarks.shapes: qwen2.5-0.5b, llama-3.2-1b, qwen2.5-1.5b, llama-3.2-3b, llama-3.1-8b) builds that
-architecture at its real size with random weights, directly in each side's dtype, and runs plain Trainer + PEFT in
-the machine's training precision (plain-bf16; plain-fp32 on a CPU without bf16 instructions) beside ours, each in its
-own process. Small defaults (2 timed steps after 1, batch 2, sequences up to 256 tokens); no held-out loss (the
+--shape NAME (benchmarks.shapes: the sizes qwen2.5-0.5b, llama-3.2-1b, qwen2.5-1.5b, llama-3.2-3b, llama-3.1-8b;
+the families qwen3-0.6b, gemma-3-1b, gemma-2-2b, phi-3-mini, qwen3-4b, mistral-7b) builds that architecture at its
+real size with random weights, directly in each side's dtype, and runs plain Trainer + PEFT in the machine's
+training precision (plain-bf16; plain-fp32 on a CPU without bf16 instructions) beside ours, each in its own process.
+Small defaults (2 timed steps after 1, batch 2, sequences up to 256 tokens); no held-out loss (the
 weights are random). A side whose estimated peak (finetune.memory) exceeds the available memory is not started and
 its row says so; ours turns on gradient checkpointing by itself when it needs it (--gradient-checkpointing auto).
 The shape limit is measured at the run's own token count per step.

@@ -9,8 +9,9 @@ and what to change rather than be killed by the kernel halfway through loading; 
   gradients and AdamW's two moments (16 bytes) for a full fine-tune; NF4 (about 0.53 bytes) for QLoRA's layers;
 - adapters: fp32 weights, gradients and AdamW's two moments, 16 bytes per LoRA parameter;
 - activations: what autograd keeps per token of the batch and layer: with finetune.lean_ops, the layer input,
-  q, k, v, the attention output, the MLP input, gate and up (4 x hidden + 2 x KV width + 2 x intermediate values,
-  in the compute precision); with gradient checkpointing only the layer input, plus one layer recomputed;
+  q, k, v, the attention output, the MLP input, gate and up (2 x hidden + 2 x query width + 2 x KV width + 2 x
+  intermediate values, in the compute precision; q and k once more where the model normalises them); with gradient
+  checkpointing only the layer input, plus one layer recomputed;
 - the output head: one chunk of 256 fp32 logits rows with the chunked head loss (and an fp32 copy of the head
   when its weights are stored in bf16 but computed in fp32); every position's logits in bf16 and fp32 copies
   without it;
@@ -23,7 +24,11 @@ the 512 tokens the estimate assumes): qwen2.5-0.5b 2144 / 2825 MB, llama-3.2-1b 
 5950, llama-3.2-3b 7962 / 9762, llama-3.1-8b (checkpointing) 16884 / 18231: +8% to +32%, on the safe side. A term
 for "twice the head's weight" calibrated before then was the fp32 copy of the bf16 head that the loss made every
 step (finetune.lean_ops.head_loss now computes in the run's precision); it is gone with the copy. The plain recipe's
-estimate (benchmarks.shapes) errs high by 15-30%.
+estimate (benchmarks.shapes) errs high by 15-30% on one thread.
+Again on 2 threads with five more families (2026-12-06, same EPYC, `benchmarks/results/train-*-20261206-0*.json`):
+ours +4% (gemma-2-2b) to +35% (qwen3-0.6b), plain +2% to +8%. Qwen3-0.6B's plain peak had exceeded the estimate
+(6973 MB against 6707) while q and the attention output were counted hidden-wide: its 16 heads x 128 are twice its
+hidden size, and its q/k norms keep normalised copies; both are counted now (7096).
 """
 
 from __future__ import annotations
@@ -136,14 +141,14 @@ def _target_names(model, targets) -> set[str] | None:
 
 
 def _dims(config) -> tuple[int, int, int, int, int, int]:
-    """(hidden, KV width, intermediate, layers, vocabulary, heads) of a decoder config (a multimodal one's text
-    part)."""
+    """(hidden, query width, KV width, intermediate, layers, vocabulary) of a decoder config (a multimodal one's
+    text part). The query width is heads x head_dim: twice the hidden size in Qwen3-0.6B, less in Gemma."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden, heads = text.hidden_size, text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     kv = (getattr(text, "num_key_value_heads", None) or heads) * head_dim
     inter = getattr(text, "intermediate_size", None) or 4 * hidden
-    return hidden, kv, inter, text.num_hidden_layers, text.vocab_size, heads
+    return hidden, heads * head_dim, kv, inter, text.num_hidden_layers, text.vocab_size
 
 
 def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
@@ -167,7 +172,8 @@ def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
         if targets is None or name.rsplit(".", 1)[-1] in targets:
             lora += s.lora_rank * (module.in_features + module.out_features)
     compute = 4 if s.precision == "fp32" else 2
-    hidden, kv, inter, layers, vocab, heads = _dims(config)
+    hidden, q, kv, inter, layers, vocab = _dims(config)
+    qk_norms = any(name.endswith(".q_norm") for name, _ in model.named_modules())  # Qwen 3, Gemma 3, OLMo 2
     tokens = s.batch * s.seq_len
     parts: dict[str, float] = {}
 
@@ -189,9 +195,11 @@ def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
         parts["adapters + AdamW"] = lora * 16 / GIB
 
     # Values autograd keeps per token and layer (see the module docstring), in the compute precision.
-    kept = 4 * hidden + 2 * kv + 2 * inter
+    kept = 2 * hidden + 2 * q + 2 * kv + 2 * inter  # q and the attention output are heads x head_dim wide
+    if qk_norms:  # the normalised q and k besides
+        kept += q + kv
     if not s.lean_ops:  # the norm outputs, the MLP product and the attention output's layout copy besides
-        kept += 3 * hidden + inter
+        kept += 2 * hidden + q + inter
     if not s.full_finetune and s.lora_dropout > 0:  # each adapter's dropped-out input and its mask
         kept += (4 * hidden + 2 * hidden + inter) * (compute + 1) / compute
     per_layer = tokens * kept * compute

@@ -17,12 +17,30 @@ from tests.conftest import build_tiny_tokenizer
 
 # The parameter counts the model cards publish (tied embeddings counted once).
 PUBLISHED = {"qwen2.5-0.5b": 494_032_768, "llama-3.2-1b": 1_235_814_400, "qwen2.5-1.5b": 1_543_714_304,
-             "llama-3.2-3b": 3_212_749_824, "llama-3.1-8b": 8_030_261_248}
+             "llama-3.2-3b": 3_212_749_824, "llama-3.1-8b": 8_030_261_248, "qwen3-0.6b": 596_049_920,
+             "gemma-3-1b": 999_885_952, "gemma-2-2b": 2_614_341_888, "phi-3-mini": 3_821_079_552,
+             "qwen3-4b": 4_022_468_096, "mistral-7b": 7_248_023_552}
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
+@pytest.mark.parametrize("name", sorted(shapes.SHAPES))
 def test_every_shape_has_its_published_parameter_count(name):
     assert shapes.shape_parameters(name) == PUBLISHED[name]
+
+
+def test_a_tokenizer_cut_to_a_smaller_vocabulary_still_round_trips(tmp_path):
+    """Mistral's and Phi-3's vocabularies are smaller than the borrowed tokenizer's: cut, every id fits."""
+    from transformers import PreTrainedTokenizerFast
+
+    build_tiny_tokenizer().save_pretrained(tmp_path)
+    text = "The quick brown fox jumps over the lazy dog, twice: 2 + 2 = 4. Überraschung!"
+    full = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    shapes._fit_vocabulary(tmp_path / "tokenizer.json", 300)
+    cut = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    ids = cut(text)["input_ids"]
+    assert len(cut) == 300 and max(ids) < 300
+    assert cut.decode(ids) == text
+    assert len(ids) > len(full(text)["input_ids"])  # fewer merges: more tokens for the same text
+    assert cut.convert_tokens_to_ids("<|im_end|>") == full.convert_tokens_to_ids("<|im_end|>")
 
 
 def test_unknown_shape_names_the_known_ones():

@@ -70,6 +70,27 @@ def test_estimate_of_the_8b_shape_by_part():
             > 5 * estimate_memory(config, long).parts["head"])
 
 
+def test_activations_count_the_query_width_and_the_qk_norms():
+    """Qwen3-0.6B's 16 heads x 128 make q and the attention output twice the hidden size (1024), and its q/k
+    norms keep normalised copies: counting either as hidden-wide underestimated its plain peak (6973 MB measured,
+    6707 estimated; 7096 now, benchmarks/results/train-qwen3-0.6b-20261206-030517.json)."""
+    from transformers import LlamaConfig
+
+    from benchmarks.shapes import shape_config
+
+    settings = MemorySettings(batch=2, seq_len=256)
+    wide = shape_config("qwen3-0.6b")
+    narrow = shape_config("qwen3-0.6b")
+    narrow.head_dim, narrow.num_key_value_heads = 64, 16  # q = hidden, the same KV width (8 x 128 = 16 x 64)
+    assert (estimate_memory(wide, settings).parts["activations"]
+            > 1.1 * estimate_memory(narrow, settings).parts["activations"])
+    same_without_norms = LlamaConfig(**{k: getattr(wide, k) for k in (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "head_dim", "vocab_size", "tie_word_embeddings")})
+    assert (estimate_memory(wide, settings).parts["activations"]
+            > estimate_memory(same_without_norms, settings).parts["activations"])
+
+
 def test_settings_validate_themselves():
     with pytest.raises(ValueError, match="precision"):
         MemorySettings(precision="fp8")
