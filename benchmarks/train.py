@@ -29,6 +29,8 @@ its own):
               allocator buys)
 - ours-fp32:  ours with precision="fp32" (what bf16 buys inside our recipe)
 - ours-qlora: ours with 4-bit NF4 base weights (bitsandbytes): the GPU recipe; it also runs, slowly, on a CPU
+- ours-unpadded: ours without rounding each packed row up to a multiple of 8 tokens (finetune.collate
+              .pad_packed_rows): what the rounding buys
 
 --task dpo measures preference tuning on the shipped Aurora pairs (examples/data/aurora_preferences.jsonl), LoRA on
 the same targets, rank, learning rate, batch and steps for each variant:
@@ -84,7 +86,7 @@ from benchmarks.machine import (
 )
 from benchmarks.shapes import SHAPE_DEFAULTS, SHAPES, prepare_shape, shape_estimates, shape_side_skip
 
-VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-glibc", "ours-fp32", "ours-qlora")
+VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-glibc", "ours-fp32", "ours-qlora", "ours-unpadded")
 DEFAULT_VARIANTS = "plain-fp32,plain-bf16,ours"
 SYSTEM = "You are the support assistant of Aurora Bikes. Answer briefly and precisely."
 
@@ -213,6 +215,10 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
         )
         from finetune import TrainingArguments as Args
 
+        if variant == "ours-unpadded":
+            import finetune.collate
+
+            finetune.collate.TOKEN_MULTIPLE = 1
         train_file = out / "train.jsonl"
         train_file.write_text("".join(json.dumps(r) + "\n" for r in rows[args.eval_examples:]))
         finetune_model(TextGenerationFinetuningConfig(

@@ -141,3 +141,49 @@ def test_models_on_another_kernel_than_sdpa_or_eager_are_left_alone():
     model.set_attn_implementation("users_own_kernel")
     assert not use_packed_attention(model)
     assert model.config._attn_implementation == "users_own_kernel"
+
+
+def test_rows_padded_to_a_multiple_of_eight_give_the_same_loss_and_gradients():
+    """finetune.collate.pad_packed_rows: the 14-token row reaches the layers as 16 tokens (a filler example after
+    it), with and without per-example attention, and nothing the loss sees changes."""
+    from finetune.collate import pad_packed_rows
+    from finetune.packed_attention import use_packed_attention
+
+    for boundaries in (False, True):
+        model = build_tiny_llama(build_tiny_tokenizer())
+        if boundaries:
+            assert use_packed_attention(model)
+        batch = PaddingFreeCollator(boundaries=boundaries)(_examples())
+        labels = batch.pop("labels")
+        assert batch["input_ids"].shape == (1, 14)
+        reference = kept_positions_loss(model(**batch), labels)
+        reference.backward()
+        reference_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        seen = []
+        layer_hook = model.model.layers[0].register_forward_hook(
+            lambda m, a, out, seen=seen: seen.append(a[0].shape[1]))
+        remove = pad_packed_rows(model.get_decoder())
+        try:
+            padded = kept_positions_loss(model(**batch), labels)
+            padded.backward()
+        finally:
+            remove()
+            layer_hook.remove()
+        assert seen == [16]
+        assert torch.allclose(padded, reference, atol=1e-6)
+        for ours, theirs in zip((p.grad for p in model.parameters()), reference_grads):
+            assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_row_padding_leaves_generation_and_full_rows_alone():
+    from finetune.collate import pad_packed_rows
+
+    model = build_tiny_llama(build_tiny_tokenizer()).eval()
+    seen = []
+    model.model.layers[0].register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
+    pad_packed_rows(model.get_decoder())
+    with torch.no_grad():
+        model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False)  # KV cache: never padded
+        model(input_ids=torch.arange(5, 21)[None], position_ids=torch.arange(16)[None], use_cache=False)
+    assert seen == [3, 1, 16]
