@@ -41,6 +41,7 @@ the same targets, rank, learning rate, batch and steps for each variant:
 - ours:    finetune_model(task="dpo"): TRL's DPOTrainer inside our recipe (bf16 frozen weights, padding-free
            forward with one attention call per sequence, the head only over reply tokens, lean ops), on tcmalloc
 - ours-padded: ours with TRL's padded forward (what the padding-free forward buys)
+- ours-unpadded: ours without rounding each row up to a multiple of 8 tokens (what the rounding buys)
 Useful tokens are the non-padding tokens of the trained chosen and rejected sequences; the limit counts 6 x
 parameters FLOPs per useful token (the policy's forward and backward through the frozen weights, and the
 reference's forward). The held-out reward accuracy and margin are measured the same way for every variant, in fp32,
@@ -315,7 +316,7 @@ def _held_out_loss(model_path, tokenizer, adapter_dir: Path, rows: list[dict], a
 
 # --- preference tuning (--task dpo) ---------------------------------------------------------------------------
 
-DPO_VARIANTS = ("trl", "trl-nogc", "ours", "ours-padded")
+DPO_VARIANTS = ("trl", "trl-nogc", "ours", "ours-padded", "ours-unpadded")
 DPO_DATA = REPO / "examples" / "data" / "aurora_preferences.jsonl"
 DPO_HELD_OUT = REPO / "examples" / "data" / "aurora_preferences_heldout.jsonl"
 DPO_LR = 5e-4
@@ -366,6 +367,10 @@ def _run_dpo_worker(variant: str, model: str, data_path: Path, out: Path, args) 
 
         if variant == "ours-padded":  # TRL's own padded forward inside our recipe
             preference.use_padding_free_forward = lambda model, outputs: None
+        if variant == "ours-unpadded":  # rows not rounded up to a multiple of 8 tokens
+            import finetune.collate
+
+            finetune.collate.TOKEN_MULTIPLE = 1
         finetune_model(TextGenerationFinetuningConfig(
             ModelArguments(model_name_or_path=model_path),
             DataArguments(train_file=str(data_path), max_seq_length=args.seq_len, max_train_samples=args.examples),

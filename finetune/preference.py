@@ -168,7 +168,8 @@ def _padding_free(model, input_ids, attention_mask, labels, per_example: bool, s
         bounds = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=input_ids.device)
         bounds[1:] = lengths.cumsum(0)
         backbone_kwargs["cu_seq_lens_q"] = bounds
-    hidden = model.base_model(**backbone_kwargs).last_hidden_state[0]
+    # [:T]: a bf16 run's row reaches the layers rounded up to a multiple of 8 tokens (finetune.collate.pad_packed_rows)
+    hidden = model.base_model(**backbone_kwargs).last_hidden_state[0, : flat_targets.shape[0]]
     head = model.get_output_embeddings()
     per_token = ChunkedLogProbFunction.apply(hidden[keep], head.weight, head.bias, flat_targets[keep], 1.0,
                                              VOCAB_CHUNK, softcap, 1.0, outputs)
@@ -188,6 +189,7 @@ def build_trainer(config: TextGenerationFinetuningConfig, model, tokenizer, args
     from datasets import Dataset
     from trl import DPOTrainer, KTOTrainer
 
+    from finetune.collate import pad_packed_rows
     from finetune.lean_ops import use_lean_ops
     from finetune.train import adapters_under_autocast, lora_config
 
@@ -206,6 +208,8 @@ def build_trainer(config: TextGenerationFinetuningConfig, model, tokenizer, args
         if undo is not None:
             undos.append(undo)
             undos.append(use_lean_ops(base.base_model)[1])
+            if precision != "fp32":  # as finetune_model's SFT rows: see finetune.collate.TOKEN_MULTIPLE
+                undos.append(pad_packed_rows(base.base_model))
     return trainer, lambda: [undo() for undo in reversed(undos)]
 
 

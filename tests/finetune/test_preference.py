@@ -204,6 +204,7 @@ def _trl_trainer(tiny_model_dir, task, tmp_path):
 @pytest.mark.parametrize("task", ["dpo", "kto"])
 def test_the_padding_free_forward_gives_trls_loss_and_gradients(tiny_model_dir, tmp_path, task, monkeypatch):
     import finetune.preference as preference
+    from finetune.collate import pad_packed_rows
     from finetune.preference import OUTPUTS, use_padding_free_forward
 
     original, calls = preference._padding_free, []
@@ -222,8 +223,20 @@ def test_the_padding_free_forward_gives_trls_loss_and_gradients(tiny_model_dir, 
     trl_loss, trl_grads = loss_and_grads()
     undo = use_padding_free_forward(trainer.model.get_base_model(), OUTPUTS[task])
     assert undo is not None
+    decoder = trainer.model.get_base_model().base_model
+    rows = []
+    layer_hook = decoder.layers[0].register_forward_hook(lambda m, a, out: rows.append(a[0].shape[1]))
     ours_loss, ours_grads = loss_and_grads()
     assert len(calls) >= 2  # the policy's and the reference's forwards took the padding-free path
+    unpadded, rows[:] = list(rows), []
+    remove = pad_packed_rows(decoder, multiple=8)  # what a bf16 run adds: rows rounded up to 8 tokens
+    padded_loss, padded_grads = loss_and_grads()
+    remove()
+    layer_hook.remove()
+    assert any(n % 8 for n in unpadded) and rows == [n + -n % 8 for n in unpadded]
+    assert torch.allclose(padded_loss, ours_loss, atol=1e-6)
+    for name, grad in padded_grads.items():
+        assert torch.allclose(grad, ours_grads[name], atol=1e-6), name
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     with torch.no_grad():
         ours = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
