@@ -66,27 +66,27 @@ TOKEN_MULTIPLE = 8
 
 
 def pad_packed_rows(decoder, multiple: int | None = None):
-    """Pad every packed training row the decoder (the transformers model's inner `model`) receives to a multiple of
-    `multiple` tokens, as a filler example of its own (position ids from 0, its own cu_seq_lens_q boundary): the
+    """Pad every packed training row with example boundaries (`cu_seq_lens_q`: a model on finetune.packed_attention)
+    the decoder (the transformers model's inner `model`) receives to a multiple of `multiple` tokens, as a filler
+    example of its own (position ids from 0, its own boundary): the
     real tokens' outputs, the kept positions and the loss are unchanged, and the Trainer's token count (taken
     before the forward) holds only real tokens. `multiple` defaults to TOKEN_MULTIPLE (1: no padding). Returns the
     function that removes the hook."""
     multiple = multiple or TOKEN_MULTIPLE
 
     def pad(module, args, kwargs):
-        ids, positions = kwargs.get("input_ids"), kwargs.get("position_ids")
-        if (args or ids is None or positions is None or ids.shape[0] != 1 or kwargs.get("use_cache") is not False
-                or kwargs.get("past_key_values") is not None):
-            return None  # not a packed training row (generation, a padded batch)
+        ids, positions, bounds = kwargs.get("input_ids"), kwargs.get("position_ids"), kwargs.get("cu_seq_lens_q")
+        if args or ids is None or positions is None or bounds is None or ids.shape[0] != 1:
+            # Only the rows our collator and preference forward build (their example boundaries go along): not
+            # generation, whose logits come from the row's last position.
+            return None
         filler = -ids.shape[1] % multiple
         if filler == 0:
             return None
         kwargs["input_ids"] = torch.cat([ids, ids.new_zeros(1, filler)], dim=1)
         kwargs["position_ids"] = torch.cat([positions, torch.arange(filler, dtype=positions.dtype,
                                                                     device=positions.device)[None]], dim=1)
-        bounds = kwargs.get("cu_seq_lens_q")
-        if bounds is not None:
-            kwargs["cu_seq_lens_q"] = torch.cat([bounds, bounds[-1:] + filler])
+        kwargs["cu_seq_lens_q"] = torch.cat([bounds, bounds[-1:] + filler])
         return args, kwargs
 
     return decoder.register_forward_pre_hook(pad, with_kwargs=True).remove

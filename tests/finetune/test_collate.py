@@ -145,15 +145,14 @@ def test_models_on_another_kernel_than_sdpa_or_eager_are_left_alone():
 
 def test_rows_padded_to_a_multiple_of_eight_give_the_same_loss_and_gradients():
     """finetune.collate.pad_packed_rows: the 14-token row reaches the layers as 16 tokens (a filler example after
-    it), with and without per-example attention, and nothing the loss sees changes."""
+    it), in fp32 and bf16, and nothing the loss sees changes."""
     from finetune.collate import pad_packed_rows
     from finetune.packed_attention import use_packed_attention
 
-    for boundaries in (False, True):
-        model = build_tiny_llama(build_tiny_tokenizer())
-        if boundaries:
-            assert use_packed_attention(model)
-        batch = PaddingFreeCollator(boundaries=boundaries)(_examples())
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.bfloat16, 0)):
+        model = build_tiny_llama(build_tiny_tokenizer()).to(dtype)
+        assert use_packed_attention(model)
+        batch = PaddingFreeCollator(boundaries=True)(_examples())
         labels = batch.pop("labels")
         assert batch["input_ids"].shape == (1, 14)
         reference = kept_positions_loss(model(**batch), labels)
@@ -171,12 +170,12 @@ def test_rows_padded_to_a_multiple_of_eight_give_the_same_loss_and_gradients():
             remove()
             layer_hook.remove()
         assert seen == [16]
-        assert torch.allclose(padded, reference, atol=1e-6)
+        assert torch.allclose(padded, reference, atol=tolerance)
         for ours, theirs in zip((p.grad for p in model.parameters()), reference_grads):
-            assert torch.allclose(ours, theirs, atol=1e-6)
+            assert torch.allclose(ours, theirs, atol=tolerance)
 
 
-def test_row_padding_leaves_generation_and_full_rows_alone():
+def test_row_padding_leaves_generation_and_rows_without_boundaries_alone():
     from finetune.collate import pad_packed_rows
 
     model = build_tiny_llama(build_tiny_tokenizer()).eval()
@@ -184,6 +183,8 @@ def test_row_padding_leaves_generation_and_full_rows_alone():
     model.model.layers[0].register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
     pad_packed_rows(model.get_decoder())
     with torch.no_grad():
-        model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False)  # KV cache: never padded
-        model(input_ids=torch.arange(5, 21)[None], position_ids=torch.arange(16)[None], use_cache=False)
-    assert seen == [3, 1, 16]
+        first = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False)
+        again = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False, use_cache=False)
+        model(input_ids=torch.arange(5, 19)[None], position_ids=torch.arange(14)[None], use_cache=False)
+    assert seen == [3, 1, 3, 4, 14]  # with and without a KV cache, and a row without boundaries: as given
+    assert torch.equal(first, again)
