@@ -181,6 +181,14 @@ def _plain_trainer(model_path, tokenizer, train, out, args, bf16: bool, callback
     return Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator, callbacks=callbacks)
 
 
+def _switch_row_padding(variant: str) -> None:
+    """ours-unpadded: rows not rounded up to a multiple of 8 tokens (finetune.collate.pad_packed_rows)."""
+    if variant == "ours-unpadded":
+        import finetune.collate
+
+        finetune.collate.TOKEN_MULTIPLE = 1
+
+
 def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> dict:
     import torch
 
@@ -216,10 +224,7 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
         )
         from finetune import TrainingArguments as Args
 
-        if variant == "ours-unpadded":
-            import finetune.collate
-
-            finetune.collate.TOKEN_MULTIPLE = 1
+        _switch_row_padding(variant)
         train_file = out / "train.jsonl"
         train_file.write_text("".join(json.dumps(r) + "\n" for r in rows[args.eval_examples:]))
         finetune_model(TextGenerationFinetuningConfig(
@@ -367,10 +372,7 @@ def _run_dpo_worker(variant: str, model: str, data_path: Path, out: Path, args) 
 
         if variant == "ours-padded":  # TRL's own padded forward inside our recipe
             preference.use_padding_free_forward = lambda model, outputs: None
-        if variant == "ours-unpadded":  # rows not rounded up to a multiple of 8 tokens
-            import finetune.collate
-
-            finetune.collate.TOKEN_MULTIPLE = 1
+        _switch_row_padding(variant)
         finetune_model(TextGenerationFinetuningConfig(
             ModelArguments(model_name_or_path=model_path),
             DataArguments(train_file=str(data_path), max_seq_length=args.seq_len, max_train_samples=args.examples),

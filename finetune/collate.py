@@ -58,21 +58,23 @@ class PaddingFreeCollator:
 
 # oneDNN's bf16 GEMMs run far slower at some ragged token counts: on 2 Zen 4 cores, x[T, 2048] @ W[2048, 8192] ran
 # at 433 GFLOPS forward and 397 backward (grad-input) with T = 408, and at 324 and 236 with T = 407 (413 and 415
-# slow too, 401, 403 and 409 not; every multiple of 8 from 400 to 512 fast; fp32 shows no such dip). A packed row
-# of a bf16 or fp16 run is padded to the next multiple of 8 with a separate filler example that nothing attends to
-# and no loss reads: 7 steps of the Llama-3.2-1B shape took 28.1-29.6 s instead of 31.9-32.0 (2 Zen 4 cores), the
-# ragged 407- and 413-token steps 17-31% less.
+# slow too, 401, 403 and 409 not; every multiple of 8 from 400 to 512 fast; fp32 shows no such dip, AVX-512 or
+# AVX2). A packed row of a bf16 or fp16 run is padded to the next multiple of 8 with a separate filler example that
+# nothing attends to and no loss reads: 7 steps of the Llama-3.2-1B shape took 28.1-29.6 s instead of 31.9-32.0
+# (2 Zen 4 cores), the ragged 407- and 413-token steps 17-31% less.
 TOKEN_MULTIPLE = 8
 
 
-def pad_packed_rows(decoder, multiple: int | None = None):
-    """Pad every packed training row with example boundaries (`cu_seq_lens_q`: a model on finetune.packed_attention)
-    the decoder (the transformers model's inner `model`) receives to a multiple of `multiple` tokens, as a filler
-    example of its own (position ids from 0, its own boundary): the
-    real tokens' outputs, the kept positions and the loss are unchanged, and the Trainer's token count (taken
-    before the forward) holds only real tokens. `multiple` defaults to TOKEN_MULTIPLE (1: no padding). Returns the
-    function that removes the hook."""
+def pad_packed_rows(decoder, precision: str, multiple: int | None = None):
+    """Pad every packed row with example boundaries (`cu_seq_lens_q`: a model on finetune.packed_attention) that
+    the decoder (the transformers model's inner `model`) receives in a bf16 or fp16 run to a multiple of `multiple`
+    tokens (default TOKEN_MULTIPLE; 1: no padding), as a filler example of its own (position ids from 0, its own
+    boundary). The real tokens' outputs, the kept positions and the loss are unchanged, and the Trainer's token
+    count (taken before the forward) holds only real tokens. fp32 runs are left as they are (no dip to avoid).
+    Returns the function that removes the hook."""
     multiple = multiple or TOKEN_MULTIPLE
+    if precision == "fp32" or multiple == 1:
+        return lambda: None
 
     def pad(module, args, kwargs):
         ids, positions, bounds = kwargs.get("input_ids"), kwargs.get("position_ids"), kwargs.get("cu_seq_lens_q")

@@ -201,7 +201,7 @@ def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
     if not s.lean_ops:  # the norm outputs, the MLP product and the attention output's layout copy besides
         kept += 2 * hidden + q + inter
     if not s.full_finetune and s.lora_dropout > 0:  # each adapter's dropped-out input and its mask
-        kept += (4 * hidden + 2 * hidden + inter) * (compute + 1) / compute
+        kept += (5 * hidden + q + inter) * (compute + 1) / compute  # inputs of q, k, v, gate, up; o; down
     per_layer = tokens * kept * compute
     working = tokens * (2 * inter + 4 * hidden) * 4  # one layer's gradients in flight (fp32 where they meet)
     if s.gradient_checkpointing:

@@ -208,8 +208,7 @@ def build_trainer(config: TextGenerationFinetuningConfig, model, tokenizer, args
         if undo is not None:
             undos.append(undo)
             undos.append(use_lean_ops(base.base_model)[1])
-            if precision != "fp32":  # as finetune_model's SFT rows: see finetune.collate.TOKEN_MULTIPLE
-                undos.append(pad_packed_rows(base.base_model))
+            undos.append(pad_packed_rows(base.base_model, precision))
     return trainer, lambda: [undo() for undo in reversed(undos)]
 
 

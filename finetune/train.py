@@ -403,8 +403,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
     packed = not data_args.pad_to_max_length
     per_example_attention = packed and use_packed_attention(base)
     head, undo_lean_ops = use_lean_ops(base, head_in_loss=packed)  # the loss applies the head, chunk by chunk
-    # bf16/fp16 GEMMs only: fp32 ran as fast at 407 tokens as at 408 (Zen 4, AVX-512 and AVX2 alike)
-    undo_row_padding = pad_packed_rows(base.get_decoder()) if packed and precision != "fp32" else (lambda: None)
+    undo_row_padding = pad_packed_rows(base.get_decoder(), precision)
     undo_fused_lora = fuse_lora_forward(model)
     throughput = ThroughputCallback()
     trainer = _trainer(model, tokenizer, config, training_args, data, [throughput, *callbacks],

@@ -162,7 +162,7 @@ def test_rows_padded_to_a_multiple_of_eight_give_the_same_loss_and_gradients():
         seen = []
         layer_hook = model.model.layers[0].register_forward_hook(
             lambda m, a, out, seen=seen: seen.append(a[0].shape[1]))
-        remove = pad_packed_rows(model.get_decoder())
+        remove = pad_packed_rows(model.get_decoder(), "bf16")  # the run's precision decides, not the tensors'
         try:
             padded = kept_positions_loss(model(**batch), labels)
             padded.backward()
@@ -181,10 +181,25 @@ def test_row_padding_leaves_generation_and_rows_without_boundaries_alone():
     model = build_tiny_llama(build_tiny_tokenizer()).eval()
     seen = []
     model.model.layers[0].register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
-    pad_packed_rows(model.get_decoder())
+    pad_packed_rows(model.get_decoder(), "bf16")
     with torch.no_grad():
         first = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False)
         again = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False, use_cache=False)
         model(input_ids=torch.arange(5, 19)[None], position_ids=torch.arange(14)[None], use_cache=False)
     assert seen == [3, 1, 3, 4, 14]  # with and without a KV cache, and a row without boundaries: as given
     assert torch.equal(first, again)
+
+
+def test_fp32_runs_keep_their_rows_as_they_are():
+    """fp32 GEMMs showed no dip at ragged token counts: an fp32 run gets no filler."""
+    from finetune.collate import pad_packed_rows
+
+    model = build_tiny_llama(build_tiny_tokenizer())
+    seen = []
+    model.model.layers[0].register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
+    pad_packed_rows(model.get_decoder(), "fp32")
+    batch = PaddingFreeCollator(boundaries=True)(_examples())
+    batch.pop("labels")
+    with torch.no_grad():
+        model(**batch)
+    assert seen == [14]

@@ -229,7 +229,7 @@ def test_the_padding_free_forward_gives_trls_loss_and_gradients(tiny_model_dir, 
     ours_loss, ours_grads = loss_and_grads()
     assert len(calls) >= 2  # the policy's and the reference's forwards took the padding-free path
     unpadded, rows[:] = list(rows), []
-    remove = pad_packed_rows(decoder, multiple=8)  # what a bf16 run adds: rows rounded up to 8 tokens
+    remove = pad_packed_rows(decoder, "bf16", multiple=8)  # what a bf16 run adds: rows rounded up to 8 tokens
     padded_loss, padded_grads = loss_and_grads()
     remove()
     layer_hook.remove()
