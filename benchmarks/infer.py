@@ -3,8 +3,11 @@
     python -m benchmarks.infer                                   # all paths, batch 1 and 8, prompts 64 and 512
     python -m benchmarks.infer --paths hf-bf16,ov-int4 --batches 1 --prompts 64
     python -m benchmarks.infer --model path/to/tiny --paths hf-fp32,hf-bf16 --new-tokens 8   # what the test runs
+    python -m benchmarks infer --shape llama-3.2-1b          # a real size (benchmarks.shapes): plain vs ours
 
-Paths: hf-fp32, hf-bf16 (transformers generate), ov-bf16 / ov-int8 / ov-int4 (openvino-genai LLMPipeline on an
+Paths: hf-fp32, hf-bf16 (transformers generate), ours (the model as neural_chat_app serves it with
+MixedPrecisionConfig: bf16 where the CPU has bf16 matmuls, else fp32, its linear weights reordered for oneDNN,
+neural_chat_app/prepacked.py; the same generate), ov-bf16 / ov-int8 / ov-int4 (openvino-genai LLMPipeline on an
 OpenVINO export; the CPU plugin computes in bf16 on AMX, so the "bf16" IR keeps fp32 weights; ov-int4 is the
 README's INT4 recipe, configs/quantize_int4_awq_ov.yaml, with its perplexity cost in the table), inc-int4 (Neural
 Compressor weight-only RTN INT4, eager PyTorch), llamacpp (llama-cpp-python on the model's GGUF file: the outside
@@ -12,6 +15,9 @@ reference, benchmarks/llamacpp.py: batch 1 through create_completion, larger bat
 multi-sequence decoding; install it with the portable flags of the README, its default build dies with SIGILL here).
 With --device cuda the hf-* paths (hf-fp16 is meant for GPUs) run on the GPU, synchronized before each clock
 reading, and write the same schema for `python -m benchmarks report`.
+--shape NAME runs a real architecture at its real size with random weights (speed does not depend on their
+values): plain transformers generate in the machine's precision beside ours, batch 1, 32 new tokens by default.
+The other paths read weights from disk, which a shape has none of.
 Each path runs in its own process (its own peak RSS); every request generates exactly --new-tokens tokens; each
 setting runs once untimed (the first call at a new shape pays for its set-up), then --repeats times, and the median
 run is reported.
@@ -43,7 +49,7 @@ from benchmarks.machine import (
     publish,
 )
 
-PATHS = ("hf-fp32", "hf-bf16", "hf-fp16", "ov-bf16", "ov-int8", "ov-int4", "inc-int4", "llamacpp")
+PATHS = ("hf-fp32", "hf-bf16", "hf-fp16", "ours", "ov-bf16", "ov-int8", "ov-int4", "inc-int4", "llamacpp")
 _WEIGHT_BYTES = {"hf-fp32": 4.0, "hf-bf16": 2.0, "hf-fp16": 2.0, "ov-bf16": 2.0, "ov-int8": 1.03, "ov-int4": 0.56,
                  "inc-int4": 0.56, "llamacpp": 0.63}  # bytes per weight read per token (Q4_1: 5 bits + scales)
 _TEXT = ("Intel Xeon processors with Advanced Matrix Extensions run bfloat16 matrix multiplications in tiles, "
@@ -80,8 +86,27 @@ def _hf_runner(model_path: str, dtype_name: str, tokenizer, device: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype_name)).eval().to(device)
-    return _generate_with(model, tokenizer, device)
+    from finetune.models import RANDOM_WEIGHTS_FILE, load_model
+
+    dtype = getattr(torch, dtype_name)
+    if (Path(model_path) / RANDOM_WEIGHTS_FILE).is_file():  # a --shape: built in that dtype, not read
+        model = load_model(model_path, dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    return _generate_with(model.eval().to(device), tokenizer, device)
+
+
+def _ours_runner(model_path: str, tokenizer, device: str):
+    """The model as build_chatbot(PipelineConfig(optimization_config=MixedPrecisionConfig())) loads it, timed in
+    the same generate as the hf-* paths; its weight bytes (the reordered ones included) for the bandwidth limit."""
+    from neural_chat_app import MixedPrecisionConfig, PipelineConfig
+    from neural_chat_app.loading import compute_line, load_backend
+
+    backend = load_backend(PipelineConfig(model_name_or_path=model_path, device=device,
+                                          optimization_config=MixedPrecisionConfig()))
+    loaded = {"weight_bytes": backend.weight_bytes, "dtype": backend.dtype, "compute": compute_line(backend)}
+    run = _generate_with(backend.model, tokenizer, device)
+    return lambda prompts, new_tokens: {**run(prompts, new_tokens), **loaded}
 
 
 INT4_RECIPE = REPO / "configs" / "quantize_int4_awq_ov.yaml"
@@ -205,6 +230,8 @@ def _runner(path: str, model: str, threads: int, device: str):
     if path.startswith("hf-"):
         dtype = {"hf-fp32": "float32", "hf-bf16": "bfloat16", "hf-fp16": "float16"}[path]
         return _hf_runner(model_path, dtype, tokenizer, device), tokenizer
+    if path == "ours":
+        return _ours_runner(model_path, tokenizer, device), tokenizer
     if device != "cpu":
         raise ValueError(f"{path} is a CPU path; on {device} run the hf-* paths")
     if path.startswith("ov-"):
@@ -280,17 +307,20 @@ def run(args) -> dict:
     for row in rows:
         # Every decode step reads the weights once for all sequences of the batch. Weights only: the KV cache read
         # beside them (small at batch 1, not at batch 8 with long prompts) puts the real ceiling lower still.
-        limit = row["batch"] * bandwidth * 1e9 / (params * _WEIGHT_BYTES[row["path"]])
+        weights = row.get("weight_bytes") or params * _WEIGHT_BYTES[row["path"]]  # ours: what it loaded
+        limit = row["batch"] * bandwidth * 1e9 / weights
         row["decode_limit_tokens_per_s"] = limit
         if "decode_tokens_per_s" in row:
             row["fraction_of_decode_limit"] = row["decode_tokens_per_s"] / limit
-    return {"benchmark": "infer", "device": args.device, "model": args.model, "new_tokens": args.new_tokens,
+    return {"benchmark": "infer", "device": args.device, "model": args.shape or args.model,
+            "shape": args.shape, "new_tokens": args.new_tokens,
             "parameters": params, "memory_read_gbps": bandwidth, "machine": info, "results": rows, "errors": errors}
 
 
 def _passthrough(args) -> list[str]:
-    return ["--device", args.device, "--model", args.model, "--new-tokens", str(args.new_tokens), "--batches",
-            ",".join(map(str, args.batches)), "--prompts", ",".join(map(str, args.prompts)),
+    return ["--device", args.device, "--model", args.model, "--paths", ",".join(args.paths),
+            "--new-tokens", str(args.new_tokens), "--batches", ",".join(map(str, args.batches)),
+            "--prompts", ",".join(map(str, args.prompts)),
             "--repeats", str(args.repeats)]
 
 
@@ -304,6 +334,8 @@ def render(payload: dict) -> str:
                ("p99_token_ms", "p99 ms/token"), ("fraction_of_decode_limit", "of bandwidth limit"),
                ("peak_rss_mb", "peak RSS MB"), ("perplexity_vs_source_pct", "perplexity vs source %")]
     table = markdown_table(payload["results"], columns)
+    computes = {r["path"]: r["compute"] for r in payload["results"] if r.get("compute")}
+    table += "".join(f"\n\n{path}: {line}" for path, line in computes.items())
     if payload["errors"]:
         table += "\n\nnot measured: " + "; ".join(f"{k}: {v}" for k, v in payload["errors"].items())
     return head + "\n" + table
@@ -316,25 +348,48 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.infer", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--paths", default=",".join(p for p in PATHS if p != "hf-fp16"))
+    p.add_argument("--shape", help="a real architecture and size with random weights (benchmarks.shapes)")
+    p.add_argument("--paths", help="default: every path but hf-fp16; with --shape, plain in the machine's "
+                   "precision and ours")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batches", type=_ints, default=[1, 8])
+    p.add_argument("--batches", type=_ints, help="default 1,8; with --shape 1")
     p.add_argument("--prompts", type=_ints, default=[64, 512])
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, help="default 128; with --shape 32")
     p.add_argument("--repeats", type=int, default=3, help="runs per setting; the median run is reported")
     p.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    _defaults(args)
     if args.worker:
         args.out.write_text(json.dumps(run_path(args.worker, args)))
         return 0
-    args.paths = args.paths.split(",")
+    payload = run(args)
+    name = "infer" + (f"-{args.shape}" if args.shape else "") + ("" if args.device == "cpu" else f"-{args.device}")
+    publish(name, payload, render(payload))
+    return 0
+
+
+def _defaults(args) -> None:
+    """Fill what the command line left open; with --shape, point --model at the shape's folder."""
+    from benchmarks.machine import train_precision
+
+    if args.shape:
+        from benchmarks.shapes import shape_folder
+
+        args.model = str(shape_folder(args.shape))
+        plain = "hf-bf16" if args.device == "cuda" or train_precision(args.device) == "bf16" else "hf-fp32"
+        args.paths = args.paths or f"{plain},ours"
+    args.paths = args.paths if isinstance(args.paths, list) else (
+        args.paths or ",".join(x for x in PATHS if x != "hf-fp16")).split(",")
+    args.batches = args.batches or ([1] if args.shape else [1, 8])
+    args.new_tokens = args.new_tokens or (32 if args.shape else 128)
     unknown = [x for x in args.paths if x not in PATHS]
     if unknown:
         raise SystemExit(f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}")
-    payload = run(args)
-    publish("infer" if args.device == "cpu" else f"infer-{args.device}", payload, render(payload))
-    return 0
+    on_disk = [x for x in args.paths if x not in ("hf-fp32", "hf-bf16", "hf-fp16", "ours")]
+    if args.shape and on_disk:
+        raise SystemExit(f"--shape runs the hf-* and ours paths only: {', '.join(on_disk)} read the model's weights "
+                         f"from disk, and a shape has none (export a real model and pass --model)")
 
 
 if __name__ == "__main__":

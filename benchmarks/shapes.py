@@ -2,6 +2,7 @@
 weights' values, so a randomly initialized model of the published shape measures what the real one would.
 
     python -m benchmarks train --shape llama-3.2-1b           # ours vs plain Trainer + PEFT at that shape
+    python -m benchmarks infer --shape llama-3.2-1b           # ours vs plain transformers generate at that shape
 
 SHAPES holds each model's published config.json values (hidden size, layers, heads, KV heads, intermediate size,
 vocabulary, tied embeddings, rope settings), copied from the Hugging Face repositories named beside them.
@@ -109,6 +110,14 @@ def write_shape_folder(name: str, folder: Path, tokenizer_from: str = "smollm2-1
     return folder
 
 
+def shape_folder(name: str) -> Path:
+    """Shape `name`'s model folder under the cache home, written on first use: what the benchmarks load."""
+    from finetune.home import cache_home
+
+    shape_config(name)  # an unknown name stops here, before anything is written
+    return write_shape_folder(name, cache_home() / "shapes" / name)
+
+
 def _fit_vocabulary(tokenizer_json: Path, size: int) -> None:
     """Cut a byte-level BPE tokenizer to its first `size` ids, so that every id it gives lies inside a smaller
     model's vocabulary (Mistral's 32,768, Phi-3's 32,064 against SmolLM2's 49,152). BPE ids follow the merge order,
@@ -146,9 +155,8 @@ def prepare_shape(args) -> None:
     the machine's training precision, ours; on a GPU also QLoRA) and, with --gradient-checkpointing auto, turn
     checkpointing on for ours when the memory estimate needs it."""
     from benchmarks.machine import train_precision
-    from finetune.home import cache_home
 
-    args.model = str(write_shape_folder(args.shape, cache_home() / "shapes" / args.shape))
+    args.model = str(shape_folder(args.shape))
     if args.variants == "plain-fp32,plain-bf16,ours":  # benchmarks.train's DEFAULT_VARIANTS
         plain = "plain-bf16" if train_precision(args.device) == "bf16" else "plain-fp32"
         args.variants = f"{plain},ours" + (",ours-qlora" if args.device == "cuda" else "")

@@ -8,6 +8,7 @@ as a Backend of its own.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -18,7 +19,10 @@ import torch
 
 from finetune.models import eos_token_ids
 from neural_chat_app.config import GenerationConfig
+from neural_chat_app.prepacked import unpack_linears, weight_bytes
 from neural_chat_app.streaming import Detokenizer, StreamResult
+
+logger = logging.getLogger(__name__)
 
 
 class _CancelCriteria:
@@ -62,7 +66,7 @@ class TorchBackend:
         self.eos_token_ids = eos_token_ids(model.generation_config, tokenizer)
         self._schema_constraint = None  # compiled response_format grammars, made on first use
         # what one decode step reads (tied weights once): the benchmarks' bandwidth limit
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        self.weight_bytes = weight_bytes(model)
         # the folder of the plain weights served, which LoRA adapters trained on them can attach to; None when the
         # weights are not a plain base (an adapter merged in, quantized)
         self.base_path = base_path
@@ -114,6 +118,8 @@ class TorchBackend:
         if name in self.adapters or name == self.model_id:
             raise ValueError(f"the name {name!r} is taken on {self.model_id!r}")
         check_shapes(self.model, folder)
+        if unpack_linears(self.model):  # PEFT wraps nn.Linear layers only
+            logger.info("Linear weights back in PyTorch's layout for LoRA adapters on %s", self.model_id)
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(str(folder), adapter_name=name, low_cpu_mem_usage=True)
         else:

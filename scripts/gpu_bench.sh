@@ -2,7 +2,8 @@
 # The GPU rows of the benchmark tables, on one CUDA host, in one go (budget 9 minutes; each command gets what is
 # left of it): the five real model shapes of `benchmarks train --shape` with plain Trainer + PEFT in bf16, ours and
 # ours-qlora (NF4 weights + paged 8-bit AdamW, bitsandbytes), then the inference benchmark's GPU paths (transformers
-# bf16 and fp16 generate), then the report with these files beside the CPU's results.
+# bf16 and fp16 generate, on the embedded model and at the 1B and 8B shapes), then the report with these files
+# beside the CPU's results.
 #
 #   scripts/setup.sh && scripts/gpu_bench.sh          # on the GPU host; GPU_BENCH_SECONDS=540 sets the budget
 #
@@ -27,6 +28,10 @@ for shape in qwen2.5-0.5b llama-3.2-1b qwen2.5-1.5b llama-3.2-3b llama-3.1-8b; d
   run train --device cuda --shape "$shape" --steps 6 --warmup 2
 done
 run infer --device cuda --paths hf-bf16,hf-fp16
+# generate at two real sizes (benchmarks/results/infer-<shape>-cuda-*.json, beside the CPU's infer-<shape>-*)
+for shape in llama-3.2-1b llama-3.1-8b; do
+  run infer --device cuda --shape "$shape" --paths hf-bf16,hf-fp16
+done
 shopt -s nullglob
 files=(benchmarks/results/train-*-cuda-latest.json benchmarks/results/infer-cuda-latest.json)
 if (( ${#files[@]} )); then "$PY" -m benchmarks report --gpu "${files[@]}"; else echo "-- no GPU result was written"; fi

@@ -45,6 +45,32 @@ def test_infer_writes_one_row_per_path_batch_and_prompt(tiny_model_dir, tmp_path
     assert "| ov-int8 | 1 |" in capsys.readouterr().out
 
 
+def test_infer_at_a_shape_runs_plain_beside_ours_on_random_weights(tmp_path, monkeypatch, capsys):
+    """--shape: the shape's folder is written (no weights), plain generate in the machine's precision beside ours
+    (the served model, its linear weights reordered for oneDNN), each against the bytes it reads per step."""
+    from benchmarks import shapes
+
+    tiny = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 49152, "tie_word_embeddings": True}
+    monkeypatch.setitem(shapes.SHAPES, "tiny-llama", tiny)
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(machine, "RESULTS", tmp_path)
+    monkeypatch.setattr(infer, "memory_read_gbps", lambda: 10.0)
+    assert infer.main(["--shape", "tiny-llama", "--prompts", "16", "--new-tokens", "6", "--repeats", "1"]) == 0
+    payload = json.loads((tmp_path / "infer-tiny-llama-latest.json").read_text())
+    plain = "hf-bf16" if machine.train_precision() == "bf16" else "hf-fp32"
+    assert payload["model"] == payload["shape"] == "tiny-llama" and not payload["errors"]
+    assert [(r["path"], r["batch"]) for r in payload["results"]] == [(plain, 1), ("ours", 1)]
+    ours = payload["results"][1]
+    assert ours["dtype"] == {"hf-bf16": "bfloat16", "hf-fp32": "float32"}[plain]
+    assert ours["decode_limit_tokens_per_s"] == pytest.approx(10e9 / ours["weight_bytes"])
+    assert ours["weight_bytes"] == payload["parameters"] * (2 if plain == "hf-bf16" else 4)  # tied head once
+    assert "linear layers reordered for oneDNN" in ours["compute"]
+    assert f"ours: {ours['compute']}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="ov-int8 read the model's weights from disk"):
+        infer.main(["--shape", "tiny-llama", "--paths", "ours,ov-int8"])
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_roofline_measures_the_training_precision_and_computes_limits(precision, tiny_model_dir, tmp_path,
                                                                        monkeypatch):

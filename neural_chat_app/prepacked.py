@@ -1,0 +1,98 @@
+"""Serving weights reordered once for oneDNN: each nn.Linear of a CPU model becomes a PrepackedLinear.
+
+`F.linear` hands oneDNN a plain row-major weight and leaves it to reorder or stream it in a layout its kernels do
+not prefer, on every call. Reordering once at load time into the layout oneDNN's inner-product kernel reads (what
+torch.compile's freezing pass and the archived Intel Extension for PyTorch do) makes decoding, where every step
+reads every weight once, run closer to the memory bandwidth. Measured on the 2-core AMD EPYC Zen 4 (AVX512-BF16),
+one decode step of the llama-3.2-1b shape in bf16: 172 ms -> 127 ms, identical tokens and logits; a [8192 x 2048]
+weight at batch 1 went from 17.8 to 23.6 GB/s in bf16 and from 15.3 to 32.6 GB/s in fp32 (2.0x with AVX2 only,
+where a 407-token prefill of that weight was 14% slower: replies are decode-bound, so fp32 is reordered too).
+Ragged prefills gain as well: 407 tokens took 2.92 s before, 2.46 s after (408 tokens: 2.30 s, 2.25 s).
+
+A weight shared with another module (a head tied to the embeddings) stays as it is: reordering it would need a
+second copy. PEFT wraps nn.Linear layers only, so attaching a LoRA adapter first turns them back
+(`unpack_linears`, exact: the reorder is a change of layout, not of values).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class PrepackedLinear(torch.nn.Module):
+    """nn.Linear's forward on a weight held in oneDNN's own layout (an opaque mkldnn tensor of the same bytes)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # batch 1: the decode step is the call that reads the whole weight for one row
+        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
+        self.register_buffer("packed_weight", packed, persistent=False)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
+
+    def unpacked(self) -> torch.nn.Linear:
+        """The nn.Linear this came from, with the same values."""
+        weight = self.packed_weight.to_dense()
+        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta",
+                                 dtype=weight.dtype)
+        linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+        linear.bias = self.bias
+        return linear
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def why_not_prepacked(model) -> str | None:
+    """Why `model`'s linear layers cannot be reordered for oneDNN here; None when they can."""
+    try:
+        param = next(model.parameters())
+    except StopIteration:
+        return "the model has no parameters"
+    if param.device.type != "cpu":
+        return f"the model is on {param.device.type}, not the CPU"
+    if param.dtype not in (torch.bfloat16, torch.float32):
+        return f"its weights are {param.dtype}; oneDNN's linear takes bf16 or fp32"
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch build has no oneDNN (mkldnn)"
+    if param.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "oneDNN has no bf16 linear on this CPU (it needs AVX512-BF16, AMX or AVX-NE-CONVERT)"
+    return None
+
+
+def prepack_linears(model) -> int:
+    """Replace each plain nn.Linear of `model` (weights not shared with another module) by a PrepackedLinear;
+    returns how many. The caller checks `why_not_prepacked` first."""
+    counts: dict[int, int] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            counts[id(param)] = counts.get(id(param), 0) + 1
+    # names, not modules: a list of the modules would keep every replaced weight alive until the end (2x memory)
+    names = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear and counts[id(m.weight)] == 1]
+    for name in names:
+        _replace(model, name, lambda linear: PrepackedLinear(linear))
+    return len(names)
+
+
+def unpack_linears(model) -> int:
+    """Turn every PrepackedLinear of `model` back into an nn.Linear with the same values; returns how many."""
+    names = [name for name, m in model.named_modules() if isinstance(m, PrepackedLinear)]
+    for name in names:
+        _replace(model, name, lambda packed: packed.unpacked())
+    return len(names)
+
+
+def _replace(model, name: str, make) -> None:
+    parent_name, _, child_name = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    setattr(parent, child_name, make(getattr(parent, child_name)))
+
+
+def weight_bytes(model) -> int:
+    """The bytes one decode step reads: parameters (tied ones once) and the reordered weights."""
+    packed = sum(m.packed_weight.numel() * m.packed_weight.element_size() for m in model.modules()
+                 if isinstance(m, PrepackedLinear))
+    return packed + sum(p.numel() * p.element_size() for p in model.parameters())

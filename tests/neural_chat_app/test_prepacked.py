@@ -1,0 +1,99 @@
+"""Linear weights reordered for oneDNN at load time: same outputs, same tokens, the tied head left alone, and the
+layers turned back exactly when LoRA adapters attach."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neural_chat_app.prepacked import (
+    PrepackedLinear,
+    prepack_linears,
+    unpack_linears,
+    weight_bytes,
+    why_not_prepacked,
+)
+from tests.families import build_family_model, family_tokenizer
+
+BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    not BF16, reason="this CPU has no oneDNN bf16 linear (no AVX512-BF16, AMX or AVX-NE-CONVERT)"))]
+
+
+def _model(family: str, dtype):
+    return build_family_model(family, family_tokenizer(family)).to(dtype).eval()
+
+
+def _greedy(model, ids, n=12):
+    with torch.inference_mode():
+        return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                              min_new_tokens=n, do_sample=False, pad_token_id=0)[0].tolist()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+def test_same_logits_and_tokens_with_the_weights_reordered(family, dtype):
+    """Llama (tied head), Qwen2 (q/k/v biases), Phi-3 (fused projections, untied head)."""
+    model = _model(family, dtype)
+    ids = torch.randint(5, model.config.vocab_size, (1, 37), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits.float()
+    tokens_before = _greedy(model, ids)
+    bytes_before = weight_bytes(model)
+    linears = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+
+    assert why_not_prepacked(model) is None
+    replaced = prepack_linears(model)
+
+    tied = model.config.tie_word_embeddings
+    assert replaced == len(linears) - (1 if tied else 0)
+    assert type(model.get_output_embeddings()) is (torch.nn.Linear if tied else PrepackedLinear)
+    if tied:
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert weight_bytes(model) == bytes_before  # the reorder moves bytes, it adds none
+    with torch.inference_mode():
+        after = model(input_ids=ids).logits.float()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(after, before, atol=tolerance, rtol=tolerance)
+    assert _greedy(model, ids) == tokens_before
+
+
+def test_unpacking_restores_every_weight_exactly():
+    model = _model("mistral", torch.float32)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    count = prepack_linears(model)
+    assert count > 0 and not any(type(m) is torch.nn.Linear for m in model.model.layers.modules())
+    assert unpack_linears(model) == count
+    assert not any(isinstance(m, PrepackedLinear) for m in model.modules())
+    restored = model.state_dict()
+    assert restored.keys() == original.keys()
+    for key, value in original.items():
+        assert torch.equal(restored[key], value), key
+
+
+def test_what_cannot_be_reordered_says_why():
+    model = _model("llama", torch.float16)
+    assert "float16" in why_not_prepacked(model)
+    assert why_not_prepacked(torch.nn.Module()) == "the model has no parameters"
+
+
+def test_the_served_model_is_reordered_and_says_so(tiny_model_dir):
+    from neural_chat_app import PipelineConfig
+    from neural_chat_app.loading import compute_line, load_backend
+
+    backend = load_backend(PipelineConfig(model_name_or_path=str(tiny_model_dir)))
+    packed = sum(isinstance(m, PrepackedLinear) for m in backend.model.modules())
+    assert packed == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers; the tied head stays
+    assert f"{packed} linear layers reordered for oneDNN" in compute_line(backend)
+    reference = _greedy_reference(tiny_model_dir)
+    ids = torch.tensor([reference[0]])
+    assert _greedy(backend.model, ids, n=len(reference[1])) == reference[0] + reference[1]
+
+
+def _greedy_reference(folder):
+    """Greedy tokens of the plain transformers model, loaded as the backend loads it (fp32 by default)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompt = list(range(5, 30))
+    return prompt, _greedy(model, torch.tensor([prompt]), n=10)[len(prompt):]
