@@ -116,13 +116,16 @@ def load_torch(source: ModelSource, config: PipelineConfig, max_concurrency: int
 
 def _prepack(model) -> None:
     """Reorder the linear weights for oneDNN where it can (neural_chat_app/prepacked.py), saying why not where not."""
-    from neural_chat_app.prepacked import prepack_linears, why_not_prepacked
+    from finetune.memory import available_gib
+    from neural_chat_app.prepacked import prepack_linears, tied_head_copy, why_not_prepacked
 
     why = why_not_prepacked(model)
     if why is not None:
         logger.info("Linear weights kept in PyTorch's layout: %s", why)
         return
-    logger.info("%d linear layers reordered for oneDNN (faster decoding)", prepack_linears(model))
+    copy, head = tied_head_copy(model, available_gib()[0])
+    logger.info("%d linear layers reordered for oneDNN (faster decoding); %s",
+                prepack_linears(model, copy_tied_head=copy), head)
 
 
 def load_openvino(source: ModelSource, config: PipelineConfig, max_concurrency: int = 8):

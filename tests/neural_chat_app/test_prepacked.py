@@ -9,6 +9,7 @@ import torch
 from neural_chat_app.prepacked import (
     PrepackedLinear,
     prepack_linears,
+    tied_head_copy,
     unpack_linears,
     weight_bytes,
     why_not_prepacked,
@@ -58,6 +59,41 @@ def test_same_logits_and_tokens_with_the_weights_reordered(family, dtype):
     assert _greedy(model, ids) == tokens_before
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_tied_head_is_reordered_as_a_copy_and_tied_again_when_unpacked(dtype):
+    model = _model("qwen3", dtype)
+    embeddings = model.get_input_embeddings().weight
+    assert model.lm_head.weight is embeddings
+    ids = torch.randint(5, model.config.vocab_size, (1, 21), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits.float()
+    tokens_before = _greedy(model, ids)
+    bytes_before = weight_bytes(model)
+
+    prepack_linears(model, copy_tied_head=True)
+    assert isinstance(model.lm_head, PrepackedLinear) and model.lm_head.copied
+    assert model.get_input_embeddings().weight is embeddings  # the table stays for the lookups
+    assert weight_bytes(model) == bytes_before  # the copy stands in for the table a step reads once
+    with torch.inference_mode():
+        after = model(input_ids=ids).logits.float()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(after, before, atol=tolerance, rtol=tolerance)
+    assert _greedy(model, ids) == tokens_before
+
+    unpack_linears(model)
+    assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight is embeddings
+
+
+def test_the_tied_head_is_copied_only_where_memory_allows():
+    model = _model("llama", torch.float32)
+    size_mb = model.lm_head.weight.numel() * 4 / 2**20
+    assert tied_head_copy(model, 64.0)[0]
+    copy, why = tied_head_copy(model, size_mb * 7 / 1024)  # the copy would be more than an eighth
+    assert not copy and f"({size_mb:.0f} MB) would take more than an eighth" in why
+    assert not tied_head_copy(model, None)[0]
+    assert tied_head_copy(_model("mistral", torch.float32), 64.0) == (False, "no tied head")
+
+
 def test_unpacking_restores_every_weight_exactly():
     model = _model("mistral", torch.float32)
     original = {k: v.clone() for k, v in model.state_dict().items()}
@@ -83,7 +119,8 @@ def test_the_served_model_is_reordered_and_says_so(tiny_model_dir):
 
     backend = load_backend(PipelineConfig(model_name_or_path=str(tiny_model_dir)))
     packed = sum(isinstance(m, PrepackedLinear) for m in backend.model.modules())
-    assert packed == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers; the tied head stays
+    assert packed == 2 * 7 + 1  # q, k, v, o, gate, up, down in each of 2 layers, and the tied head's copy
+    assert backend.model.lm_head.copied  # the tiny model's head is far below an eighth of the memory here
     assert f"{packed} linear layers reordered for oneDNN" in compute_line(backend)
     reference = _greedy_reference(tiny_model_dir)
     ids = torch.tensor([reference[0]])

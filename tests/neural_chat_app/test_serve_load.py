@@ -55,12 +55,14 @@ def test_each_level_is_reported_beside_its_bandwidth_limit(make_server, tmp_path
 
     server = make_server(chat_log={"enabled": False, "path": str(tmp_path / "x.db")})
     backend = server.state.models.active
-    # parameters (tied ones once), and the linear weights that loading reordered for oneDNN (buffers now)
+    # parameters (tied ones once), and the linear weights that loading reordered for oneDNN (buffers now; a copy of
+    # the tied head stands in for the embedding table, counted once)
     from neural_chat_app.prepacked import PrepackedLinear
 
     width = backend.model.get_input_embeddings().weight.element_size()
     weights = sum(p.numel() * p.element_size() for p in backend.model.parameters()) + sum(
-        m.in_features * m.out_features * width for m in backend.model.modules() if isinstance(m, PrepackedLinear))
+        m.in_features * m.out_features * width for m in backend.model.modules()
+        if isinstance(m, PrepackedLinear) and not m.copied)
     assert httpx.get(server.url + "/health").json()["weight_bytes"] == weights  # the tiny model's, tied ones once
     monkeypatch.setattr(machine, "memory_read_gbps", lambda: 0.01)  # 10 MB/s: the tiny model's limit in the tens
     assert serve_load.main(["--url", server.url, "--concurrency", "1,2", "--max-tokens", "4",
