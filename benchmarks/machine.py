@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from finetune.memory import peak_rss_mb  # noqa: F401  (the benchmarks' peak RSS: one definition)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -197,21 +199,6 @@ def energy_joules(device: str = "cpu") -> float | None:
         return sum(int(Path(f).read_text()) for f in files) / 1e6 if files else None
     except (OSError, ValueError):
         return None
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM starts afresh at exec, unlike getrusage's ru_maxrss, which a
-    child started by subprocess inherits from its parent."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def save_json(name: str, payload: dict) -> Path:

@@ -102,6 +102,32 @@ class InsufficientMemoryError(MemoryError):
     """The run's estimated peak exceeds the memory available to it (raised before the model is loaded)."""
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started or since reset_peak_rss(). VmHWM starts afresh at
+    exec, unlike getrusage's ru_maxrss, which a child started by subprocess inherits from its parent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident memory afresh from what it holds now (Linux: clear_refs 5), so that
+    each phase of a run gets its own peak; False where the kernel does not allow it (the peak then carries over)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def model_config(model_path: str | Path, trust_remote_code: bool = False):
     """The transformers config of a model folder (its config.json): nothing else is read."""
     from transformers import AutoConfig

@@ -228,10 +228,7 @@ def _random_model(path: Path, dtype: torch.dtype, **kwargs):
     from transformers.initialization import no_init_weights
 
     if "quantization_config" in kwargs:
-        written = path / "random-weights"
-        if not (written / "config.json").is_file():
-            _random_model(path, dtype).save_pretrained(written)
-        return AutoModelForCausalLM.from_pretrained(written, dtype=dtype, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(random_weights_folder(path, dtype), dtype=dtype, **kwargs)
     config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
     seed = json.loads((path / RANDOM_WEIGHTS_FILE).read_text() or "{}").get("seed", 0)
     with no_init_weights():
@@ -248,6 +245,19 @@ def _random_model(path: Path, dtype: torch.dtype, **kwargs):
                 end = min(start + pool.numel(), flat.numel())
                 flat[start:end] = pool[: end - start]
     return model
+
+
+def random_weights_folder(path: Path, dtype: torch.dtype) -> Path:
+    """The random model of `path` (a folder with the RANDOM_WEIGHTS_FILE marker) written once as an ordinary model
+    folder, weights in `dtype` and the tokenizer beside them, at `path`/random-weights: for the code that reads
+    weights from disk (quantizing loaders, exporters)."""
+    written = Path(path) / "random-weights"
+    if not (written / "config.json").is_file():
+        staging = written.with_name(written.name + ".partial")
+        _random_model(Path(path), dtype).save_pretrained(staging)
+        load_tokenizer(str(path)).save_pretrained(staging)
+        staging.rename(written)  # a killed write leaves only the .partial folder, written again next time
+    return written
 
 
 def soft_caps_attention(path: str | Path) -> bool:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from finetune.config_binding import add_config_flags, config_overrides, load_config
+from finetune.memory import InsufficientMemoryError
 from quantize.artifacts import QUANTIZATION_METADATA_FILE
 from quantize.config import QuantizeConfig
 
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         from quantize.api import quantize_model
 
         output = quantize_model(config)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, NotImplementedError) as err:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, NotImplementedError,
+            InsufficientMemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(output)

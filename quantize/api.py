@@ -17,6 +17,7 @@ from finetune.run_folder import TRAINING_METADATA_FILE, run_folder_of, training_
 from quantize import artifacts
 from quantize.calibration import default_eval_texts, read_texts, texts_sha256
 from quantize.config import QuantizeConfig
+from quantize.memory import check_quantize_memory, phase_peak
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -107,7 +108,8 @@ def _check_backend_installed(cfg: QuantizeConfig) -> None:
         import_gguf()
 
 
-def _source_reference(source: Path, tokenizer, windows, prompts, cfg: QuantizeConfig, eval_texts) -> tuple:
+def _source_reference(source: Path, tokenizer, windows, prompts, cfg: QuantizeConfig, eval_texts,
+                      peaks: dict, dtype: str) -> tuple:
     """The source's perplexity, greedy tokens and speed, cached per source weights and evaluation settings
     (several artifacts of one model share them)."""
     import hashlib
@@ -120,33 +122,41 @@ def _source_reference(source: Path, tokenizer, windows, prompts, cfg: QuantizeCo
 
     stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(source.glob("*.safetensors"))]
     key = json.dumps([str(source), stamp, texts_sha256(eval_texts), cfg.num_eval_prompts, cfg.eval_new_tokens,
-                      torch.get_num_threads()])
+                      torch.get_num_threads(), dtype])
     file = cache_home() / "quantize_reference" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if file.is_file():
         cached = json.loads(file.read_text())
         return cached["reference"], cached["speed"]
-    runner = quality.load_runner(source, None)
-    reference = quality.reference_outputs(runner, windows, prompts, cfg.eval_new_tokens)
-    speed = quality.measure_speed(runner, tokenizer)
+    with phase_peak(peaks, "reference"):
+        runner = quality.load_runner(source, None, dtype=dtype)
+        reference = quality.reference_outputs(runner, windows, prompts, cfg.eval_new_tokens)
+        speed = quality.measure_speed(runner, tokenizer)
+        del runner
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(json.dumps({"reference": reference, "speed": speed}))
     return reference, speed
 
 
-def measure(source: Path, artifact: Path, cfg: QuantizeConfig, tokenizer, eval_texts: list[str]) -> dict:
-    """quality (vs the source), speed of the artifact and of the source, on the same token ids."""
+def measure(source: Path, artifact: Path, cfg: QuantizeConfig, tokenizer, eval_texts: list[str],
+            peaks: dict | None = None, reference_dtype: str = "fp32") -> dict:
+    """quality (vs the source, run in `reference_dtype`), speed of the artifact and of the source, on the same token
+    ids; each loaded model's peak memory into `peaks` (GiB by phase: reference, when not cached, and artifact)."""
+    peaks = {} if peaks is None else peaks
     from quantize import quality
 
     windows = quality.eval_ids(tokenizer, eval_texts)
     prompts = quality.prompt_ids(tokenizer, cfg.num_eval_prompts)
-    reference, source_speed = _source_reference(source, tokenizer, windows, prompts, cfg, eval_texts)
-    runner = quality.load_runner(artifact, cfg.backend)
-    result = quality.evaluate(runner, reference, windows, prompts, cfg.eval_new_tokens)
-    speed = quality.measure_speed(runner, tokenizer)
+    reference, source_speed = _source_reference(source, tokenizer, windows, prompts, cfg, eval_texts, peaks,
+                                                reference_dtype)
+    with phase_peak(peaks, "artifact"):
+        runner = quality.load_runner(artifact, cfg.backend)
+        result = quality.evaluate(runner, reference, windows, prompts, cfg.eval_new_tokens)
+        speed = quality.measure_speed(runner, tokenizer)
+        del runner
     runtime = {"inc": "torch eager (Neural Compressor weight-only modules)", "openvino": "optimum-intel OpenVINO",
                "gguf": "transformers (GGUF dequantized to fp32)", "web": "onnxruntime (CPU, Python)"}[cfg.backend]
     return {"quality": result, "speed": {**speed, "runtime": runtime},
-            "source_speed": {**source_speed, "runtime": "transformers fp32"}}
+            "source_speed": {**source_speed, "runtime": f"transformers {reference_dtype}"}}
 
 
 def _run_training_metadata(source: Path) -> Path | None:
@@ -191,6 +201,8 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
     source = artifacts.resolve_source(cfg.model, cfg.allow_download)
     _check_backend_installed(cfg)
     check_group_size(source, cfg)
+    estimate = check_quantize_memory(source, cfg)
+    logger.info("Memory: about %s", estimate.render())
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -211,7 +223,9 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
     output = Path(cfg.output_dir).expanduser() / name
     logger.info("Quantizing %s -> %s (%s %s)", source, output, cfg.backend, cfg.tag)
     with artifacts.staging(output) as tmp:
-        _run_backend(source, cfg, tmp, blocks, tokenizer)
+        peaks: dict = {}
+        with phase_peak(peaks, "export"):
+            _run_backend(source, cfg, tmp, blocks, tokenizer)
         seconds = round(time.perf_counter() - start, 1)
         meta = {
             "format_version": FORMAT_VERSION,
@@ -236,7 +250,9 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
             "config": cfg.to_dict(),
         }
         if cfg.evaluate:
-            meta.update(measure(source, tmp, cfg, tokenizer, eval_texts))
+            meta.update(measure(source, tmp, cfg, tokenizer, eval_texts, peaks, estimate.reference_dtype))
+        meta["memory"] = {"estimate_gib": estimate.phases, "peak_gib": peaks,
+                          "reference_dtype": estimate.reference_dtype}
         if cfg.task_data:
             meta["task_metric"] = task_metric(source, tmp, cfg)
         training = _run_training_metadata(source)
@@ -260,7 +276,8 @@ def remeasure(path: str | Path) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(source)
     eval_texts = read_texts(cfg.eval_file, tokenizer) if cfg.eval_file else default_eval_texts()
-    meta.update(measure(source, path, cfg, tokenizer, eval_texts))
+    reference_dtype = (meta.get("memory") or {}).get("reference_dtype") or "fp32"
+    meta.update(measure(source, path, cfg, tokenizer, eval_texts, reference_dtype=reference_dtype))
     meta["measured_at"] = time.time()
     artifacts.write_metadata(path, meta)
     return meta

@@ -63,15 +63,17 @@ class Runner:
         return out[0, ids.shape[1]:].tolist()
 
 
-def load_runner(path: str | Path, backend: str | None, threads: int | None = None) -> Runner:
-    """Load a source folder (backend None) or an artifact folder of `backend` for evaluation."""
+def load_runner(path: str | Path, backend: str | None, threads: int | None = None, dtype: str = "fp32") -> Runner:
+    """Load a source folder (backend None, in `dtype`: fp32 or bf16) or an artifact folder of `backend` for
+    evaluation."""
     import torch
 
     path = Path(path)
     if backend is None:
         from finetune.models import load_model
 
-        return Runner(load_model(str(path), dtype=torch.float32).eval(), "torch")
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        return Runner(load_model(str(path), dtype=torch_dtype).eval(), "torch")
     if backend == "inc":
         from quantize.inc import load_inc
 

@@ -1,0 +1,95 @@
+"""Quantizing at real sizes: `python -m benchmarks quantize --shape llama-3.1-8b [--only ov-int4-rtn,...]`.
+
+Each run quantizes the shape's random weights (benchmarks.shapes; written once to disk in bf16, as real
+checkpoints are stored) with quantize_model as a user runs it, evaluation included, and reports what size decides:
+the time, the artifact's weight bytes, each phase's peak memory beside quantize.memory's estimate, and the
+decode speed of the artifact and of the source. A run whose estimate exceeds the available memory is stopped
+before loading by quantize_model itself, and its row says so. Perplexity and token agreement are left out: on
+random weights they say nothing (the embedded model's quality table is `python -m benchmarks quantize`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+# name -> QuantizeConfig fields: what a user quantizes a 1-8B model to on a CPU (every run here is data-free)
+SHAPE_RUNS: dict[str, dict] = {
+    "ov-int8": {"backend": "openvino", "bits": 8},
+    "ov-int4-rtn": {"backend": "openvino", "bits": 4, "group_size": 128},
+    "inc-int4-rtn": {"backend": "inc", "bits": 4, "group_size": 128},
+    "gguf-q8_0": {"backend": "gguf", "scheme": "q8_0"},
+}
+PHASES = ("export", "reference", "artifact")
+
+
+def run_shape(shape: str, only: list[str] | None, out: Path) -> dict:
+    """Quantize shape `shape` with each of SHAPE_RUNS (or `only`); one row per run."""
+    import torch
+
+    from benchmarks.machine import machine_info
+    from benchmarks.shapes import shape_folder
+    from finetune.memory import InsufficientMemoryError, available_gib
+    from finetune.models import random_weights_folder
+    from quantize import QuantizeConfig, quantize_model, read_metadata
+    from quantize.memory import estimate_quantize_memory
+
+    unknown = sorted(set(only or ()) - set(SHAPE_RUNS))
+    if unknown:
+        raise SystemExit(f"unknown run(s) {unknown}; choose from {', '.join(SHAPE_RUNS)}")
+    start = time.perf_counter()
+    source = random_weights_folder(shape_folder(shape), torch.bfloat16)
+    rows = [{"run": "write the bf16 checkpoint", "seconds": round(time.perf_counter() - start, 1)}]
+    for name, fields in SHAPE_RUNS.items():
+        if only and name not in only:
+            continue
+        # Two prompts and 8 greedy tokens: the evaluation phases load what a default run loads, at a fraction of
+        # the minutes an 8B model's default evaluation takes on 2 cores.
+        cfg = QuantizeConfig(model=str(source), output_dir=str(out), name=f"{shape}-{name}", num_eval_prompts=2,
+                             eval_new_tokens=8, **fields)
+        estimate = estimate_quantize_memory(source, cfg)
+        row = {"run": name, "estimate_gib": estimate.phases, "available_gib": round(available_gib()[0] or 0, 1)}
+        began = time.perf_counter()
+        try:
+            meta = read_metadata(quantize_model(cfg))
+        except InsufficientMemoryError as err:
+            rows.append({**row, "not_started": str(err).splitlines()[0]})
+            print(f"{name}: not started: {str(err).splitlines()[0]}", flush=True)
+            continue
+        row.update(seconds=round(time.perf_counter() - began, 1), quantize_seconds=meta["quantize_seconds"],
+                   weight_mb=round(meta["weight_bytes"] / 1e6), peak_gib=meta["memory"]["peak_gib"],
+                   reference_dtype=meta["memory"].get("reference_dtype"),
+                   decode_tok_s=meta["speed"]["decode_tokens_per_s"],
+                   first_token_ms=meta["speed"]["first_token_ms"],
+                   source_decode_tok_s=meta["source_speed"]["decode_tokens_per_s"],
+                   runtime=meta["speed"]["runtime"])
+        rows.append(row)
+        print(f"{name}: {row['weight_mb']} MB in {row['seconds']} s, peak {row['peak_gib']} GiB "
+              f"(estimate {estimate.phases}), {row['decode_tok_s']} tok/s", flush=True)
+    return {"benchmark": "quantize", "shape": shape, "source": str(source), "rows": rows, "machine": machine_info()}
+
+
+def render_shape(payload: dict) -> str:
+    from benchmarks.machine import cpu_label
+
+    head = (f"Quantizing the {payload['shape']} shape (random weights, bf16 on disk) on {cpu_label(payload['machine'])}"
+            f", {payload['machine'].get('threads', '?')} threads")
+    lines = ["| run | seconds | weight MB | peak GiB export / reference / artifact | estimate GiB | "
+             "decode tok/s (source) | first token ms |", "|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        if "not_started" in r:
+            lines.append(f"| {r['run']} | not started: {r['not_started']} | | | | | |")
+            continue
+        if "peak_gib" not in r:
+            lines.append(f"| {r['run']} | {r['seconds']} | | | | | |")
+            continue
+        peaks = " / ".join(_gib(r["peak_gib"].get(p)) for p in PHASES)
+        est = " / ".join(_gib(r["estimate_gib"].get(p)) for p in PHASES)
+        source = f"{r['source_decode_tok_s']} ({r['reference_dtype']})"
+        lines.append(f"| {r['run']} | {r['seconds']} | {r['weight_mb']} | {peaks} | {est} | {r['decode_tok_s']} vs "
+                     f"{source} | {r['first_token_ms']} |")
+    return head + "\n\n" + "\n".join(lines)
+
+
+def _gib(value) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -1,0 +1,49 @@
+"""`python -m benchmarks quantize --shape NAME`: a real shape's random weights quantized as a user quantizes a model,
+with each phase's peak memory beside the estimate, or a row that says why the run was not started."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import quantize_shape, shapes
+from finetune.memory import MEMORY_ENV
+from tests.benchmarks.test_shapes import _tiny_shape
+
+
+@pytest.fixture
+def tiny_shape(tmp_path, monkeypatch):
+    folder = _tiny_shape(tmp_path / "shape")
+    monkeypatch.setattr(shapes, "shape_folder", lambda name: folder)
+    return folder
+
+
+def test_a_shape_is_written_once_in_bf16_and_quantized_with_its_memory_measured(tiny_shape, tmp_path):
+    pytest.importorskip("optimum.intel")
+    from safetensors import safe_open
+
+    payload = quantize_shape.run_shape("tiny", ["ov-int8"], tmp_path / "out")
+    written = tiny_shape / "random-weights"
+    assert payload["source"] == str(written) and (written / "tokenizer.json").is_file()
+    with safe_open(str(written / "model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype.is_floating_point
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}  # as real checkpoints are
+    row = payload["rows"][1]
+    assert row["run"] == "ov-int8" and row["weight_mb"] >= 0 and row["decode_tok_s"] > 0
+    assert set(row["peak_gib"]) >= {"export", "reference", "artifact"} and row["reference_dtype"] == "fp32"
+    assert set(row["estimate_gib"]) == {"export", "reference", "artifact"}
+    table = quantize_shape.render_shape(payload)
+    assert "| ov-int8 |" in table and "(fp32)" in table
+
+
+def test_a_run_that_cannot_fit_gets_a_row_that_says_so(tiny_shape, tmp_path, monkeypatch):
+    monkeypatch.setenv(MEMORY_ENV, "0.5")
+    payload = quantize_shape.run_shape("tiny", ["ov-int8"], tmp_path / "out")
+    row = payload["rows"][1]
+    assert "stopped before loading the model" in row["not_started"] and "0.5 GiB is available" in row["not_started"]
+    assert "| ov-int8 | not started: " in quantize_shape.render_shape(payload)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_unknown_runs_are_named(tiny_shape, tmp_path):
+    with pytest.raises(SystemExit, match="ov-int4-rtn"):
+        quantize_shape.run_shape("tiny", ["ov-int3"], tmp_path)

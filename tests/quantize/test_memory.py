@@ -1,0 +1,95 @@
+"""quantize.memory: the estimate from config.json, the stop before loading, the reference's precision, and the
+peaks each phase records."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune.memory import MEMORY_ENV, InsufficientMemoryError
+from quantize import QuantizeConfig, quantize_model, read_metadata
+from quantize.memory import estimate_quantize_memory, phase_peak
+
+
+@pytest.fixture(scope="module")
+def shape_8b(tmp_path_factory):
+    """Llama-3.1-8B's config.json and nothing else: no weights, so any attempt to load them fails."""
+    from benchmarks.shapes import shape_config
+
+    folder = tmp_path_factory.mktemp("llama-3.1-8b")
+    shape_config("llama-3.1-8b").save_pretrained(folder)
+    return folder
+
+
+def test_the_estimate_reads_the_config_and_orders_the_backends(shape_8b):
+    inc = estimate_quantize_memory(shape_8b, QuantizeConfig(backend="inc", bits=4, evaluate=False), 1000)
+    ov = estimate_quantize_memory(shape_8b, QuantizeConfig(backend="openvino", bits=4, evaluate=False), 1000)
+    gguf = estimate_quantize_memory(shape_8b, QuantizeConfig(backend="gguf", scheme="q8_0", evaluate=False), 1000)
+    assert inc.parameters == 8_030_261_248
+    assert set(inc.phases) == {"export"} and inc.reference_dtype is None
+    # fp32 weights for INC's packing (32 GB at 8B), bf16 compressed in place for NNCF, a tensor at a time for GGUF
+    assert inc.total_gib > 8_030_261_248 * 4 / 2**30 > ov.total_gib > 8_030_261_248 * 2 / 2**30 > gguf.total_gib
+
+
+def test_the_reference_runs_in_fp32_where_it_fits_and_in_bf16_where_only_that_fits(shape_8b):
+    cfg = QuantizeConfig(backend="openvino", bits=4)
+    roomy = estimate_quantize_memory(shape_8b, cfg, 1000)
+    assert roomy.reference_dtype == "fp32" and set(roomy.phases) == {"export", "reference", "artifact"}
+    tight = estimate_quantize_memory(shape_8b, cfg, roomy.total_gib - 1)
+    assert tight.reference_dtype == "bf16"
+    assert tight.phases["reference"] < roomy.phases["reference"] - 14  # 2 bytes fewer for each of 8B parameters
+
+
+def test_a_run_that_cannot_fit_stops_before_loading_with_the_numbers(shape_8b, tmp_path, monkeypatch):
+    monkeypatch.setenv(MEMORY_ENV, "22")
+    with pytest.raises(InsufficientMemoryError) as err:
+        quantize_model(model=str(shape_8b), backend="inc", bits=4, output_dir=str(tmp_path))
+    text = str(err.value)
+    assert "stopped before loading the model" in text and "22.0 GiB is available" in text
+    assert "8.03 B parameters" in text and "export" in text
+    assert "backend='openvino', bits=4" in text and "(fits)" in text  # what to change, with its own estimate
+    assert not list(tmp_path.iterdir())  # nothing staged, nothing written
+
+
+def test_the_command_line_prints_the_stop_and_exits_2(shape_8b, tmp_path, monkeypatch, capsys):
+    from quantize.__main__ import main
+
+    monkeypatch.setenv(MEMORY_ENV, "22")
+    assert main(["--model", str(shape_8b), "--backend", "inc", "--bits", "4", "--output_dir", str(tmp_path)]) == 2
+    assert "stopped before loading the model" in capsys.readouterr().err
+
+
+def test_phase_peak_records_what_the_phase_allocated():
+    import numpy as np
+
+    peaks: dict = {}
+    with phase_peak(peaks, "big"):
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
+        del block
+    with phase_peak(peaks, "small"):
+        pass
+    assert peaks["big"] > peaks["small"] + 0.05  # the second phase starts afresh, not from the first's peak
+
+
+def test_a_run_records_its_estimate_and_each_phase_peak(tiny_model_dir, tmp_path, quick, monkeypatch):
+    pytest.importorskip("optimum.intel")
+    import quantize.api as api
+
+    path = quantize_model(model=str(tiny_model_dir), backend="openvino", bits=8, output_dir=str(tmp_path), **quick)
+    memory = read_metadata(path)["memory"]
+    assert memory["reference_dtype"] == "fp32" and read_metadata(path)["source_speed"]["runtime"] == \
+        "transformers fp32"
+    assert set(memory["estimate_gib"]) == {"export", "reference", "artifact"}
+    assert all(memory["peak_gib"][phase] > 0.1 for phase in ("export", "artifact"))
+
+    # Where only a bf16 reference fits, the source is measured in bf16 and quantization.json says so.
+    def bf16_estimate(source, cfg):
+        estimate = api_estimate(source, cfg, 1000)
+        return type(estimate)(estimate.phases, estimate.parameters, "bf16")
+
+    api_estimate = estimate_quantize_memory
+    monkeypatch.setattr(api, "check_quantize_memory", bf16_estimate)
+    path = quantize_model(model=str(tiny_model_dir), backend="openvino", bits=8, output_dir=str(tmp_path),
+                          name="bf16-reference", **quick)
+    meta = read_metadata(path)
+    assert meta["memory"]["reference_dtype"] == "bf16" and meta["source_speed"]["runtime"] == "transformers bf16"
+    assert meta["memory"]["peak_gib"]["reference"] > 0.1  # measured afresh, not the fp32 reference's cache
