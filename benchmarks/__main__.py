@@ -5,7 +5,8 @@
     infer      inference: transformers, OpenVINO bf16/INT8/INT4, INC INT4, llama.cpp; latency, tokens/s, RSS
     data       the data pipeline at 100 MB and 1 GB: records/s and peak RSS
     serve      a bounded load test of the chat server on loopback: tokens/s and latency at 1-8 streams
-    quantize   quantization quality: size, perplexity, token agreement of each scheme
+    quantize   quantization quality: size, perplexity, token agreement of each scheme; --shape NAME: at a real
+               size, time, memory by phase beside the estimate, decode speed
     extraction the extraction specialist: base vs fine-tuned, with and without constrained decoding
     web        a web artifact's page in Chromium: download size, cold/warm first answer, tokens/s beside Python
     report     benchmarks/results/REPORT.md and the README's headline table, from the saved results

@@ -57,14 +57,14 @@ def run_shape(shape: str, only: list[str] | None, out: Path) -> dict:
             print(f"{name}: not started: {str(err).splitlines()[0]}", flush=True)
             continue
         row.update(seconds=round(time.perf_counter() - began, 1), quantize_seconds=meta["quantize_seconds"],
-                   weight_mb=round(meta["weight_bytes"] / 1e6), peak_gib=meta["memory"]["peak_gib"],
+                   weight_bytes=meta["weight_bytes"], peak_gib=meta["memory"]["peak_gib"],
                    reference_dtype=meta["memory"].get("reference_dtype"),
                    decode_tok_s=meta["speed"]["decode_tokens_per_s"],
                    first_token_ms=meta["speed"]["first_token_ms"],
                    source_decode_tok_s=meta["source_speed"]["decode_tokens_per_s"],
                    runtime=meta["speed"]["runtime"])
         rows.append(row)
-        print(f"{name}: {row['weight_mb']} MB in {row['seconds']} s, peak {row['peak_gib']} GiB "
+        print(f"{name}: {row['weight_bytes'] / 1e6:.0f} MB in {row['seconds']} s, peak {row['peak_gib']} GiB "
               f"(estimate {estimate.phases}), {row['decode_tok_s']} tok/s", flush=True)
     return {"benchmark": "quantize", "shape": shape, "source": str(source), "rows": rows, "machine": machine_info()}
 
@@ -86,8 +86,8 @@ def render_shape(payload: dict) -> str:
         peaks = " / ".join(_gib(r["peak_gib"].get(p)) for p in PHASES)
         est = " / ".join(_gib(r["estimate_gib"].get(p)) for p in PHASES)
         source = f"{r['source_decode_tok_s']} ({r['reference_dtype']})"
-        lines.append(f"| {r['run']} | {r['seconds']} | {r['weight_mb']} | {peaks} | {est} | {r['decode_tok_s']} vs "
-                     f"{source} | {r['first_token_ms']} |")
+        lines.append(f"| {r['run']} | {r['seconds']} | {r['weight_bytes'] / 1e6:.0f} | {peaks} | {est} | "
+                     f"{r['decode_tok_s']} vs {source} | {r['first_token_ms']} |")
     return head + "\n\n" + "\n".join(lines)
 
 
