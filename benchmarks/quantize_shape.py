@@ -53,8 +53,10 @@ def run_shape(shape: str, only: list[str] | None, out: Path) -> dict:
         try:
             meta = read_metadata(quantize_model(cfg))
         except InsufficientMemoryError as err:
-            rows.append({**row, "not_started": str(err).splitlines()[0]})
-            print(f"{name}: not started: {str(err).splitlines()[0]}", flush=True)
+            lines = str(err).splitlines()
+            fits = [line.strip().removesuffix(" (fits)") for line in lines if line.endswith("(fits)")]
+            rows.append({**row, "not_started": lines[0], "would_fit": fits})
+            print(f"{name}: not started: {lines[0]}", flush=True)
             continue
         row.update(seconds=round(time.perf_counter() - began, 1), quantize_seconds=meta["quantize_seconds"],
                    weight_bytes=meta["weight_bytes"], peak_gib=meta["memory"]["peak_gib"],
@@ -78,7 +80,10 @@ def render_shape(payload: dict) -> str:
              "decode tok/s (source) | first token ms |", "|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         if "not_started" in r:
-            lines.append(f"| {r['run']} | not started: {r['not_started']} | | | | | |")
+            est = " / ".join(_gib(r["estimate_gib"].get(p)) for p in PHASES)
+            fits = "; ".join(r.get("would_fit") or []) or "nothing listed"
+            lines.append(f"| {r['run']} | not started: estimated {max(r['estimate_gib'].values()):.1f} GiB > "
+                         f"{r['available_gib']} GiB available; would fit: {fits} | | | {est} | | |")
             continue
         if "peak_gib" not in r:
             lines.append(f"| {r['run']} | {r['seconds']} | | | | | |")
