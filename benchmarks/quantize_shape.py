@@ -47,18 +47,19 @@ def run_shape(shape: str, only: list[str] | None, out: Path) -> dict:
         # the minutes an 8B model's default evaluation takes on 2 cores.
         cfg = QuantizeConfig(model=str(source), output_dir=str(out), name=f"{shape}-{name}", num_eval_prompts=2,
                              eval_new_tokens=8, **fields)
-        estimate = estimate_quantize_memory(source, cfg)
-        row = {"run": name, "estimate_gib": estimate.phases, "available_gib": round(available_gib()[0] or 0, 1)}
+        row = {"run": name, "available_gib": round(available_gib()[0] or 0, 1)}
         began = time.perf_counter()
         try:
             meta = read_metadata(quantize_model(cfg))
         except InsufficientMemoryError as err:
             lines = str(err).splitlines()
             fits = [line.strip().removesuffix(" (fits)") for line in lines if line.endswith("(fits)")]
-            rows.append({**row, "not_started": lines[0], "would_fit": fits})
+            rows.append({**row, "estimate_gib": estimate_quantize_memory(source, cfg).phases, "not_started": lines[0],
+                         "would_fit": fits})
             print(f"{name}: not started: {lines[0]}", flush=True)
             continue
-        row.update(seconds=round(time.perf_counter() - began, 1), quantize_seconds=meta["quantize_seconds"],
+        row.update(estimate_gib=meta["memory"]["estimate_gib"],  # the estimate quantize_model ran under
+                   seconds=round(time.perf_counter() - began, 1), quantize_seconds=meta["quantize_seconds"],
                    weight_bytes=meta["weight_bytes"], peak_gib=meta["memory"]["peak_gib"],
                    reference_dtype=meta["memory"].get("reference_dtype"),
                    decode_tok_s=meta["speed"]["decode_tokens_per_s"],
@@ -67,7 +68,7 @@ def run_shape(shape: str, only: list[str] | None, out: Path) -> dict:
                    runtime=meta["speed"]["runtime"])
         rows.append(row)
         print(f"{name}: {row['weight_bytes'] / 1e6:.0f} MB in {row['seconds']} s, peak {row['peak_gib']} GiB "
-              f"(estimate {estimate.phases}), {row['decode_tok_s']} tok/s", flush=True)
+              f"(estimate {row['estimate_gib']}), {row['decode_tok_s']} tok/s", flush=True)
     return {"benchmark": "quantize", "shape": shape, "source": str(source), "rows": rows, "machine": machine_info()}
 
 

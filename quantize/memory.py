@@ -24,6 +24,7 @@ there.
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -139,19 +140,13 @@ def check_quantize_memory(source, cfg) -> QuantizeMemoryEstimate:
                            {"backend": "gguf", "scheme": "q4_k_m", "bits": None, "group_size": None})):
         if all(getattr(cfg, k) == v for k, v in changes.items()):
             continue
-        other = estimate_quantize_memory(source, _replace(cfg, **changes), limit)
+        other = copy.copy(cfg)  # not dataclasses.replace: only the fields the estimate reads change
+        for key, value in changes.items():
+            setattr(other, key, value)
+        other = estimate_quantize_memory(source, other, limit)
         lines.append(f"  {what}: {other.total_gib:.1f} GiB" + (" (fits)" if other.total_gib <= limit else ""))
     raise InsufficientMemoryError(
         f"Quantizing {source} ({cfg.backend} {cfg.tag}) would need about {estimate.render()} at its peak, and "
         f"{limit:.1f} GiB is available ({where}); stopped before loading the model. Change one of:\n"
         + "\n".join(lines) + f"\n(set {MEMORY_ENV} to run anyway with a figure of your own)")
 
-
-def _replace(cfg, **changes):
-    """cfg with `changes`, skipping QuantizeConfig's validation of combinations that only the estimate reads."""
-    import copy
-
-    other = copy.copy(cfg)
-    for key, value in changes.items():
-        object.__setattr__(other, key, value)
-    return other
