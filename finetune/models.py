@@ -1,7 +1,7 @@
 """Load a causal LM and its tokenizer from a Hugging Face folder, a GGUF file, or an embedded model's name.
 
-GGUF files are dequantized once and cached as a safetensors folder (about 15 s the first time, 0.2 s after),
-so every later load is a plain `from_pretrained` of a folder.
+GGUF files are dequantized once, a tensor at a time, and cached as a safetensors folder (about 15 s the first time
+for SmolLM2-135M, 0.2 s after), so every later load is a plain `from_pretrained` of a folder.
 """
 
 from __future__ import annotations
@@ -121,8 +121,22 @@ def _hub_snapshot(repo_id: str, allow_download: bool) -> str:
                                 f"{how}") from err
 
 
+# Folders we write (a GGUF converted, a merged fine-tune) hold fp32 up to this many parameters: exact, and small.
+# Larger ones are bf16, as Llama 3.x, Qwen 2.5 and Gemma publish theirs: half the disk and the memory (16 GB rather
+# than 32 for an 8B model), the precision training and serving load on a bf16 machine anyway, one rounding of at most
+# 2^-8 of a weight (below a GGUF's own quantization step; a merge adds each LoRA delta, computed in fp32, to the
+# bf16 weight).
+FP32_STORAGE_MAX_PARAMETERS = 2_000_000_000
+
+
+def storage_dtype(parameters: int) -> torch.dtype:
+    """The dtype of a model folder we write for a model of `parameters`."""
+    return torch.float32 if parameters <= FP32_STORAGE_MAX_PARAMETERS else torch.bfloat16
+
+
 def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None = None) -> Path:
-    """Dequantize a GGUF file into a safetensors folder at `target`, once; return `target`."""
+    """Dequantize a GGUF file into a safetensors folder at `target`, once, a tensor at a time
+    (finetune.gguf_weights); return `target`."""
     if _is_current(target):
         return target
     from filelock import FileLock  # ships with huggingface_hub, which transformers requires
@@ -131,30 +145,36 @@ def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None =
     with FileLock(str(target) + ".lock"):  # two ranks of one DDP run may arrive here together
         if _is_current(target):
             return target
-        from transformers import AutoModelForCausalLM
+        from transformers import GenerationConfig
 
         from finetune.gguf_tokenizer import gguf_tokenizer
+        from finetune.gguf_weights import open_gguf, write_safetensors
 
         logger.info("Converting %s to a safetensors folder at %s (once)", gguf_path, target)
-        kwargs = {"gguf_file": gguf_path.name}
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+        gguf = open_gguf(gguf_path)
+        dtype = storage_dtype(gguf.parameters)
+        _check_disk(gguf_path, target.parent, gguf.parameters * dtype.itemsize)
         fixes = {} if embedded is None else {"eos": embedded.eos_token, "pad": embedded.pad_token,
                                               "add_bos": embedded.add_bos_token,
                                               "chat_template": embedded.chat_template}
-        tokenizer = gguf_tokenizer(gguf_path, model.get_input_embeddings().num_embeddings, **fixes)
-        _make_serializable(model)
+        tokenizer = gguf_tokenizer(gguf_path, gguf.config.vocab_size, **fixes)
         stops = [tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids(t) for t in
                                             (embedded.also_stop_at if embedded else ())]
-        model.config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp-"))
         try:
-            model.save_pretrained(tmp)
+            write_safetensors(gguf, tmp, dtype)
+            config = type(gguf.config).from_pretrained(tmp)
+            config.eos_token_id = tokenizer.eos_token_id
+            config.save_pretrained(tmp)
+            generation = GenerationConfig.from_pretrained(tmp)
+            generation.eos_token_id = stops if len(stops) > 1 else stops[0]
+            generation.pad_token_id = tokenizer.pad_token_id
+            generation.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (tmp / "source.json").write_text(
                 json.dumps({"gguf_file": str(gguf_path), "embedded": embedded.name if embedded else None,
-                            "converter_version": CONVERTER_VERSION}, indent=2)
+                            "converter_version": CONVERTER_VERSION, "dtype": str(dtype).removeprefix("torch.")},
+                           indent=2)
             )
             if target.exists():
                 shutil.rmtree(target)
@@ -164,21 +184,23 @@ def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None =
     return target
 
 
+def _check_disk(gguf_path: Path, folder: Path, needed: int) -> None:
+    """OSError before converting when the folder's disk cannot hold the converted weights (and 1 GiB to spare)."""
+    free = shutil.disk_usage(folder).free
+    if free < needed + 2**30:
+        raise OSError(
+            f"Converting {gguf_path} needs about {needed / 1e9:.1f} GB of disk at {folder} for its dequantized "
+            f"weights, and {free / 1e9:.1f} GB is free there. Free some space, or point NEURALCHAT_HOME at a disk "
+            f"with room.")
+
+
 def _is_current(target: Path) -> bool:
     try:
         source = json.loads((target / "source.json").read_text())
     except (OSError, ValueError):
         return False
-    return source.get("converter_version") == CONVERTER_VERSION and (target / "model.safetensors").is_file()
-
-
-def _make_serializable(model: torch.nn.Module) -> None:
-    """A model loaded from GGUF is dequantized already; drop the marker that makes save_pretrained refuse."""
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    if hasattr(model, "is_quantized"):
-        model.is_quantized = False
+    weights = (target / "model.safetensors").is_file() or (target / "model.safetensors.index.json").is_file()
+    return source.get("converter_version") == CONVERTER_VERSION and weights
 
 
 def eos_token_ids(generation_config, tokenizer) -> list[int]:

@@ -22,6 +22,7 @@ What DPOTrainer's defaults spend on a CPU, and what is done instead:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import random
 import time
@@ -228,7 +229,8 @@ def finetune_preference(config: TextGenerationFinetuningConfig,
         load_base_model,
         resume_point,
         run_setup,
-        save_outputs,
+        save_adapter,
+        save_merged,
         use_bar_progress,
     )
 
@@ -279,10 +281,15 @@ def finetune_preference(config: TextGenerationFinetuningConfig,
     undo()
     adapter_dir = merged_dir = None
     if args.do_train and trainer.is_world_process_zero():
-        adapter_dir, merged_dir = save_outputs(trainer, tokenizer, model_path, config, output_dir)
+        adapter_dir, merged_dir = save_adapter(trainer, tokenizer, config, output_dir)
         counts = {"train_examples": len(trainer.train_dataset), "eval_examples": len(eval_rows),
                   "dropped_by_truncation": len(train_rows) - len(trainer.train_dataset), "sha256": data_hash}
-        write_metadata(output_dir, config, fingerprint, metrics, trainer.state.log_history, counts, device,
+        log_history = trainer.state.log_history
+        del trainer, model, undo  # the trained model goes before the merge loads the base again
+        gc.collect()
+        if adapter_dir is not None:
+            merged_dir = save_merged(model_path, adapter_dir, tokenizer, config, output_dir)
+        write_metadata(output_dir, config, fingerprint, metrics, log_history, counts, device,
                        precision, threads, model_path)
         if args.do_eval and eval_rows and fa.generation_eval:
             from finetune.evaluate import evaluate_after_training

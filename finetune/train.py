@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from finetune.lean_ops import compute_frozen_in, use_lean_ops
 from finetune.lora_ops import fuse_lora_forward
 from finetune.memory import check_memory, model_config, settings_from_config
 from finetune.metadata import check_output_dir, run_fingerprint, write_metadata
-from finetune.models import load_model, load_tokenizer, resolve_model_path
+from finetune.models import load_model, load_tokenizer, resolve_model_path, storage_dtype
 from finetune.packed_attention import use_packed_attention
 from finetune.run_folder import ADAPTER_DIR, MERGED_DIR, TRAINING_METADATA_FILE
 
@@ -327,28 +328,59 @@ def use_bar_progress(trainer) -> None:
         trainer.add_callback(BarProgressCallback)
 
 
-def save_outputs(trainer, tokenizer, model_path: str, config, output_dir: Path) -> tuple[Path | None, Path | None]:
-    """Write the adapter and a merged fp32 model that loads with plain transformers (rank 0 only)."""
-    fa = config.finetune_args
-    merged_dir = output_dir / MERGED_DIR if fa.save_merged_model or fa.full_finetune else None
-    if fa.full_finetune:
+def save_adapter(trainer, tokenizer, config, output_dir: Path) -> tuple[Path | None, Path | None]:
+    """(adapter folder, merged folder) written from the trained model (rank 0 only): the adapter of a LoRA run, the
+    whole model of a full fine-tune (its merged folder). The merge of an adapter waits for save_merged, once the
+    trained model is gone."""
+    if config.finetune_args.full_finetune:
+        merged_dir = output_dir / MERGED_DIR
         trainer.save_model(str(merged_dir))
         tokenizer.save_pretrained(merged_dir)
         return None, merged_dir
     adapter_dir = output_dir / ADAPTER_DIR
     trainer.model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
-    if merged_dir is not None:
-        from peft import PeftModel
+    return adapter_dir, None
 
-        # Merge into fp32 base weights: adding a small LoRA delta to a bf16 weight would round most of it away.
-        base = load_model(model_path, dtype=torch.float32, trust_remote_code=config.model_args.trust_remote_code)
-        if _grows_vocabulary(config, tokenizer, base):  # the adapter holds the resized embeddings
-            base.resize_token_embeddings(len(tokenizer))
-        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-        merged.save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
-    return adapter_dir, merged_dir
+
+def merge_dtype(parameters: int) -> torch.dtype:
+    """fp32 up to FP32_STORAGE_MAX_PARAMETERS and where it fits in memory, else bf16: the merge loads the base in
+    this dtype, adds the adapter's delta (computed in fp32 either way) and writes the folder in it."""
+    from finetune.memory import GIB, available_gib
+
+    dtype = storage_dtype(parameters)
+    limit = available_gib()[0]
+    if dtype == torch.float32 and limit is not None and parameters * 4 / GIB + 1 > limit:
+        logger.warning("The merged model is written in bf16: fp32 (%.1f GiB) does not fit the %.1f GiB available",
+                       parameters * 4 / GIB, limit)
+        return torch.bfloat16
+    return dtype
+
+
+def save_merged(model_path: str, adapter_dir: Path, tokenizer, config, output_dir: Path) -> Path | None:
+    """The adapter merged into its base (FinetuningArguments.save_merged_model) as a model folder that loads with
+    plain transformers. Call it once the trained model is released: it loads the base again (the trained one holds
+    the run's modifications), 16 GB for an 8B model in bf16 beside which a second copy would not fit 24 GB."""
+    if not config.finetune_args.save_merged_model:
+        return None
+    from peft import PeftModel
+
+    from finetune.memory import count_parameters
+
+    trust = config.model_args.trust_remote_code
+    dtype = merge_dtype(count_parameters(model_config(model_path, trust)))
+    # In bf16 (a model above 2B parameters, stored in bf16 as published) PEFT computes each delta in fp32 on a CPU
+    # and adds it to the weight in bf16: a delta below half a bf16 step of its weight is lost, as it would be when a
+    # fp32 merge is loaded in bf16. Smaller models keep the fp32 merge.
+    base = load_model(model_path, dtype=dtype, trust_remote_code=trust)
+    if _grows_vocabulary(config, tokenizer, base):  # the adapter holds the resized embeddings
+        base.resize_token_embeddings(len(tokenizer))
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged_dir = output_dir / MERGED_DIR
+    merged.save_pretrained(merged_dir)
+    tokenizer.save_pretrained(merged_dir)
+    logger.info("Merged the adapter into %s (%s)", merged_dir, str(dtype).removeprefix("torch."))
+    return merged_dir
 
 
 def run_setup(config: TextGenerationFinetuningConfig) -> tuple:
@@ -433,8 +465,14 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
     undo_row_padding()
     adapter_dir = merged_dir = None
     if args.do_train and trainer.is_world_process_zero():
-        adapter_dir, merged_dir = save_outputs(trainer, tokenizer, model_path, config, output_dir)
-        write_metadata(output_dir, config, fingerprint, metrics, trainer.state.log_history,
+        adapter_dir, merged_dir = save_adapter(trainer, tokenizer, config, output_dir)
+        log_history = trainer.state.log_history
+        # Release the trained model (and what refers to it) before the merge loads the base again.
+        del trainer, model, base, head, undo_fused_lora, undo_lean_ops, undo_row_padding
+        gc.collect()
+        if adapter_dir is not None:
+            merged_dir = save_merged(model_path, adapter_dir, tokenizer, config, output_dir)
+        write_metadata(output_dir, config, fingerprint, metrics, log_history,
                        {**data.counts, "sha256": data.data_hash}, device,
                        precision, threads, model_path)
         if args.do_eval and data.eval and fa.generation_eval:

@@ -139,8 +139,9 @@ def _source_reference(source: Path, tokenizer, windows, prompts, cfg: QuantizeCo
 
 def measure(source: Path, artifact: Path, cfg: QuantizeConfig, tokenizer, eval_texts: list[str],
             peaks: dict | None = None, reference_dtype: str = "fp32") -> dict:
-    """quality (vs the source, run in `reference_dtype`), speed of the artifact and of the source, on the same token
-    ids; each loaded model's peak memory into `peaks` (GiB by phase: reference, when not cached, and artifact)."""
+    """quality (vs the source, run in `reference_dtype`, as a GGUF artifact is dequantized), speed of the artifact
+    and of the source, on the same token ids; each loaded model's peak memory into `peaks` (GiB by phase:
+    reference, when not cached, and artifact)."""
     peaks = {} if peaks is None else peaks
     from quantize import quality
 
@@ -149,12 +150,13 @@ def measure(source: Path, artifact: Path, cfg: QuantizeConfig, tokenizer, eval_t
     reference, source_speed = _source_reference(source, tokenizer, windows, prompts, cfg, eval_texts, peaks,
                                                 reference_dtype)
     with phase_peak(peaks, "artifact"):
-        runner = quality.load_runner(artifact, cfg.backend)
+        runner = quality.load_runner(artifact, cfg.backend, dtype=reference_dtype)
         result = quality.evaluate(runner, reference, windows, prompts, cfg.eval_new_tokens)
         speed = quality.measure_speed(runner, tokenizer)
         del runner
     runtime = {"inc": "torch eager (Neural Compressor weight-only modules)", "openvino": "optimum-intel OpenVINO",
-               "gguf": "transformers (GGUF dequantized to fp32)", "web": "onnxruntime (CPU, Python)"}[cfg.backend]
+               "gguf": f"transformers (GGUF dequantized to {reference_dtype})",
+               "web": "onnxruntime (CPU, Python)"}[cfg.backend]
     return {"quality": result, "speed": {**speed, "runtime": runtime},
             "source_speed": {**source_speed, "runtime": f"transformers {reference_dtype}"}}
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from finetune.extras import install_hint
 from quantize.config import QuantizeConfig
+from quantize.memory import child_peak
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +100,13 @@ def gguf_file_name(cfg: QuantizeConfig) -> str:
 
 # The converter imports transformers, which imports a torchvision built for CUDA where pip installed one beside the
 # CPU torch and then fails ("Could not import module 'LlamaConfig'"): it runs behind our guard.
+# Its own peak memory comes back on its last line of stderr, for the export phase's peak (quantize.memory).
+_PEAK_LINE = "converter peak resident MB: "
 _RUN_HIDING_TORCHVISION = ("import os, runpy, sys; import finetune  # hides a mismatched torchvision\n"
+                           "from finetune.memory import peak_rss_mb\n"
                            "sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(sys.argv[0]))\n"
-                           "runpy.run_path(sys.argv[0], run_name='__main__')")
+                           "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+                           f"finally:\n    print('\\n{_PEAK_LINE}%.0f' % peak_rss_mb(), file=sys.stderr)")
 
 
 def convert(source: Path, out_file: Path, outtype: str = "f16") -> Path:
@@ -110,8 +115,11 @@ def convert(source: Path, out_file: Path, outtype: str = "f16") -> Path:
                str(source), "--outfile", str(out_file), "--outtype", outtype]
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the converter's own gguf-py, not PyPI's
     done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    if lines and lines[-1].startswith(_PEAK_LINE):
+        child_peak(float(lines.pop()[len(_PEAK_LINE):]) / 1024)
     if done.returncode or not out_file.is_file():
-        reason = next((line for line in reversed(done.stderr.strip().splitlines()) if line.strip()), "no output")
+        reason = lines[-1] if lines else "no output"
         hint = (" It recognizes the tokenizers of the published model families; a tokenizer of your own has no GGUF "
                 "pre-tokenizer." if "pre-tokenizer" in reason else "")
         raise RuntimeError(f"llama.cpp's converter could not convert {source}: {reason}.{hint}")
@@ -190,17 +198,21 @@ def write_gguf(source: Path, cfg: QuantizeConfig, out: Path) -> Path:
     return path
 
 
-def load_gguf(folder: str | Path):
-    """The model and tokenizer of a GGUF artifact folder, dequantized to float by transformers (`gguf_file=`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_gguf(folder: str | Path, dtype: str = "fp32"):
+    """The model (dequantized to `dtype`, fp32 or bf16, a tensor at a time: finetune.gguf_weights) and tokenizer of
+    a GGUF artifact folder."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from finetune.gguf_weights import load_model
 
     folder = Path(folder)
     files = sorted(folder.glob("*.gguf"))
     if not files:
         raise FileNotFoundError(f"no .gguf file in {folder}")
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=files[0].name)
+    model = load_model(files[0], {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
     if (folder / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(folder)
     else:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=files[0].name)
-    return model.float().eval(), tokenizer
+    return model, tokenizer

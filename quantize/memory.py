@@ -8,12 +8,13 @@ run's peak is its largest phase. Each phase is bytes per parameter of what it ho
   numpy, which has no bf16: a bf16 model fails in `pack_tensor_with_numpy`), so the source loads in fp32, and the
   packed copy and one layer's temporaries come on top;
 - export, openvino: optimum-intel loads the source in its stored dtype (bf16) and NNCF compresses it in place;
-- export, gguf: llama.cpp's converter reads the safetensors lazily, a tensor at a time;
+- export, gguf: llama.cpp's converter reads the safetensors lazily, a tensor at a time, in a process of its own
+  whose peak counts on top of ours (3.5 GiB of its own at 8B);
 - export, web: torch.onnx traces the model in fp32 and the graph holds a second copy of the weights;
 - reference: the source in fp32 (4 bytes) when the run fits with it, else in bf16 (2 bytes), the precision it is
   stored in; quantization.json says which (`reference_dtype`);
-- artifact: INC's skeleton in fp32 with the packed weights beside it; GGUF dequantized to fp32; OpenVINO and ONNX
-  at about their weight bytes.
+- artifact: INC's skeleton in fp32 with the packed weights beside it; GGUF dequantized, a tensor at a time
+  (finetune.gguf_weights), to the reference's dtype; OpenVINO and ONNX at about their weight bytes.
 
 Fitted on each phase's own peak (quantization.json `memory.peak_gib`, VmHWM reset between phases) at two sizes
 (CALIBRATION), and checked at larger ones with `python -m benchmarks quantize --shape NAME` (random weights of a
@@ -39,16 +40,27 @@ from finetune.memory import (
     reset_peak_rss,
 )
 
+_CHILD_PEAKS: list[float] = []  # GiB: the own peaks of the child processes the current phase ran
+
+
+def child_peak(gib: float) -> None:
+    """Report a child process's own peak (llama.cpp's converter runs in one) to the phase that started it."""
+    _CHILD_PEAKS.append(gib)
+
 
 @contextmanager
 def phase_peak(peaks: dict, name: str):
     """Record in peaks[name] the peak resident memory (GiB) of the code inside, started afresh from what the process
-    holds on entry (where the kernel allows it; else the peak carries over from before, an upper bound)."""
+    holds on entry (where the kernel allows it; else the peak carries over from before, an upper bound). A child
+    process that reported its own peak (child_peak) counts on top of what this process held on entry."""
     fresh = reset_peak_rss()
+    entry = peak_rss_mb() / 1024 if fresh else 0.0
+    _CHILD_PEAKS.clear()
     try:
         yield
     finally:
-        peaks[name] = round(peak_rss_mb() / 1024, 2)
+        peaks[name] = round(max([peak_rss_mb() / 1024] + [entry + gib for gib in _CHILD_PEAKS]), 2)
+        _CHILD_PEAKS.clear()
         if not fresh:
             peaks.setdefault("carried_over", True)
 
@@ -56,11 +68,11 @@ def phase_peak(peaks: dict, name: str):
 # (GiB, bytes per parameter) of each phase's peak: the process as it enters the phase (torch, transformers, the
 # backend's libraries, and what the phases before it left behind) and what it holds per parameter. Fitted on the
 # peaks in CALIBRATION, rounded up.
-EXPORT = {"inc": (0.5, 6.2), "openvino": (1.2, 2.3), "gguf": (0.6, 0.2), "web": (1.2, 16.0)}
+EXPORT = {"inc": (0.5, 6.2), "openvino": (1.2, 2.3), "gguf": (1.2, 0.4), "web": (1.2, 16.0)}
 REFERENCE_FP32 = {"inc": (0.9, 7.2), "web": (1.6, 6.2), "default": (0.8, 6.2)}  # + the bf16 file while converting
 REFERENCE_BF16 = {"inc": (0.9, 3.4), "web": (1.6, 2.4), "default": (0.8, 2.4)}  # the bf16 file mapped as it is
-ARTIFACT = {"inc": (1.2, 6.7), "gguf": (0.7, 5.4), "web": (1.3, 6.0),  # INC's fp32 skeleton; GGUF dequantized
-            "openvino-4": (1.1, 1.4), "openvino-8": (1.1, 2.3)}
+ARTIFACT = {"inc": (1.2, 6.7), "web": (1.3, 6.0), "openvino-4": (1.1, 1.4), "openvino-8": (1.1, 2.3),
+            "gguf-fp32": (0.7, 4.1), "gguf-bf16": (0.9, 2.1)}  # INC's fp32 skeleton; GGUF dequantized
 CALIBRATION = """Peak resident memory (VmHWM, reset between phases) of quantize_model with evaluation, 2 cores of the
 AMD EPYC Zen 4, 2026-12-06, in GiB: SmolLM2-135M (134.5 M parameters) / the Llama-3.2-1B shape (1,235.8 M) / the
 Llama-3.2-3B shape (3,212.7 M) / the Llama-3.1-8B shape (8,030.3 M); shapes as random bf16 weights on disk,
@@ -68,7 +80,9 @@ Llama-3.2-3B shape (3,212.7 M) / the Llama-3.1-8B shape (8,030.3 M); shapes as r
   inc int4 rtn:  export 1.09 / 7.44 / 18.49 / -, reference (fp32) 1.72 / 9.03 / c, artifact 2.02 / 8.80 / 18.26
   openvino int4: export 1.39 / - / 8.65 / 17.72, reference 1.44 / - / c / 15.21 (bf16), artifact 1.22 / - / 5.13 / 9.35
   openvino int8: export 1.39 / - / 9.70, reference 1.46 / - / 18.81, artifact 1.33 / - / 7.82
-  gguf q8_0:     export 0.55 / 0.55 / 1.04, reference 1.15 / 7.44 / c, artifact 1.33 / 6.86 / 14.40
+  gguf q8_0:     export (llama.cpp's converter process included) 1.19 / - / - / 4.02, reference 1.15 / 7.44 / c,
+                 artifact (a tensor at a time, finetune.gguf_weights) in fp32 1.20 / - / 12.88, in bf16 1.16 / - / 7.11
+                 / 16.34
   web int4:      export 3.18, reference 2.33, artifact 1.94 (one size: the browser holds small models only)
   the 1B shape's bf16 reference (openvino int8, the limit set to 5 GiB): 3.41
 The 1B shape's OpenVINO rows are left out: they were measured while every layer's matrices held equal values, which
@@ -106,7 +120,8 @@ def _phases(parameters: int, cfg, reference: str | None) -> dict[str, float]:
         fits = REFERENCE_FP32 if reference == "fp32" else REFERENCE_BF16
         phases["reference"] = gib(fits.get(cfg.backend, fits["default"]))
         bits = 8 if (cfg.bits or 8) > 4 else 4
-        phases["artifact"] = gib(ARTIFACT[f"openvino-{bits}" if cfg.backend == "openvino" else cfg.backend])
+        artifact = {"openvino": f"openvino-{bits}", "gguf": f"gguf-{reference}"}.get(cfg.backend, cfg.backend)
+        phases["artifact"] = gib(ARTIFACT[artifact])
     return phases
 
 

@@ -64,8 +64,8 @@ class Runner:
 
 
 def load_runner(path: str | Path, backend: str | None, threads: int | None = None, dtype: str = "fp32") -> Runner:
-    """Load a source folder (backend None, in `dtype`: fp32 or bf16) or an artifact folder of `backend` for
-    evaluation."""
+    """Load a source folder (backend None) or an artifact folder of `backend` for evaluation; the source and a GGUF
+    artifact (dequantized) in `dtype`, fp32 or bf16."""
     import torch
 
     path = Path(path)
@@ -81,7 +81,7 @@ def load_runner(path: str | Path, backend: str | None, threads: int | None = Non
     if backend == "gguf":
         from quantize.gguf_export import load_gguf
 
-        return Runner(load_gguf(path)[0], "torch")
+        return Runner(load_gguf(path, dtype)[0], "torch")
     if backend == "web":
         from quantize.web import load_web
 

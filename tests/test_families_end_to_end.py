@@ -120,7 +120,8 @@ OLLAMA_FORMAT = {"llama": "llama3", "qwen2": "chatml", "qwen3": "chatml", "mistr
 @pytest.mark.parametrize("family", NAMES)
 def test_family_exports_to_gguf_through_llama_cpp_s_converter(family, tmp_path):
     """llama.cpp's own converter writes the family's GGUF; transformers reads it back to the same next tokens as
-    the source model, and the Ollama Modelfile speaks the family's chat format with its end-of-turn stop."""
+    the source model, our tensor-at-a-time reader to transformers' weights, and the Ollama Modelfile speaks the
+    family's chat format with its end-of-turn stop."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -134,6 +135,11 @@ def test_family_exports_to_gguf_through_llama_cpp_s_converter(family, tmp_path):
     source = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager").eval()
     exported = AutoModelForCausalLM.from_pretrained(path, gguf_file="model-f16.gguf",
                                                     attn_implementation="eager").float().eval()
+    # Our own reading of GGUF files (a tensor at a time: finetune.gguf_weights) gives transformers' weights.
+    from finetune.gguf_weights import load_model
+
+    ours = load_model(path / "model-f16.gguf", torch.float32).state_dict()
+    assert all(torch.equal(ours[name], weight) for name, weight in exported.state_dict().items())
     ids = torch.tensor([[5, 6, 7, 8, 9, 10] * 4])
     with torch.no_grad():
         want, got = source(ids).logits, exported(ids).logits

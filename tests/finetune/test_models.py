@@ -164,6 +164,42 @@ def test_a_gguf_file_path_loads(tmp_path, monkeypatch):
     assert "Paris" in tokenizer.decode(out[0, chat["input_ids"].shape[1]:])
 
 
+@pytest.mark.integration
+def test_a_large_gguf_converts_to_bf16_shards_a_tensor_at_a_time(tmp_path, monkeypatch):
+    """Above FP32_STORAGE_MAX_PARAMETERS (here: any model) the folder is bf16, in shards: an 8B GGUF becomes
+    16 GB on disk, never a whole fp32 copy in memory."""
+    from safetensors.torch import load_file
+
+    from finetune import gguf_weights
+
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path))
+    monkeypatch.setattr(models, "FP32_STORAGE_MAX_PARAMETERS", 1000)
+    monkeypatch.setattr(gguf_weights, "SHARD_BYTES", 100 * 2**20)
+    gguf = models.embedded_gguf_path(models.EMBEDDED_MODELS[models.DEFAULT_MODEL])
+    path = Path(models.resolve_model_path(str(gguf)))
+    assert json.loads((path / "source.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((path / "config.json").read_text())["dtype"] == "bfloat16"
+    shards = sorted(path.glob("model-*.safetensors"))
+    assert len(shards) >= 2 and (path / "model.safetensors.index.json").is_file()
+    weights = {name: t for shard in shards for name, t in load_file(shard).items()}
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    exact = gguf_weights.load_model(gguf, torch.float32).state_dict()
+    assert all(torch.equal(weights[name], exact[name].to(torch.bfloat16)) for name in weights)
+    assert models.resolve_model_path(str(gguf)) == str(path)  # converted once
+
+
+def test_a_gguf_that_the_disk_cannot_hold_is_refused_before_converting(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path))
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=200 * 10**6))
+    gguf = models.embedded_gguf_path(models.EMBEDDED_MODELS[models.DEFAULT_MODEL])
+    with pytest.raises(OSError, match=r"needs about 0\.5 GB of disk .* 0\.2 GB is free there.*NEURALCHAT_HOME"):
+        models.resolve_model_path(str(gguf))
+    assert not [p for p in (tmp_path / "gguf").iterdir() if not p.name.endswith(".lock")]
+
+
 CUSTOM_CODE = '''from transformers import LlamaConfig, LlamaForCausalLM
 
 

@@ -62,6 +62,70 @@ def test_merged_model_matches_base_plus_adapter(tiny_model_dir, alpaca_file, tmp
     assert not torch.allclose(untouched, got, atol=1e-4)  # training changed the model
 
 
+def test_the_trained_model_is_gone_before_the_merge_loads_the_base(tiny_model_dir, alpaca_file, tmp_path,
+                                                                    monkeypatch):
+    """At 8B the trained model holds 16 GB: a base loaded beside it for the merge would not fit 24 GB."""
+    import gc
+    import weakref
+
+    from transformers import TrainerCallback
+
+    import finetune.train as train
+
+    trained = []
+
+    class KeepAWeakReference(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            trained.append(weakref.ref(model))
+
+    alive_at_merge = []
+    real_save_merged = train.save_merged
+
+    def save_merged(*args, **kwargs):
+        gc.collect()
+        alive_at_merge.append(trained[0]() is not None)
+        return real_save_merged(*args, **kwargs)
+
+    monkeypatch.setattr(train, "save_merged", save_merged)
+    result = finetune_model(tiny_config(tiny_model_dir, alpaca_file, tmp_path / "out", max_steps=2),
+                            callbacks=[KeepAWeakReference()])
+    assert alive_at_merge == [False] and result.merged_dir.is_dir()
+
+
+def test_a_large_model_merges_into_bf16_with_the_delta_in_fp32(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):
+    """Above FP32_STORAGE_MAX_PARAMETERS (here: any model) the merged folder is bf16, as published checkpoints of
+    that size are, and the merge needs the model's size in bf16, not in fp32 (32 GB at 8B)."""
+    from peft import PeftModel
+
+    import finetune.models as models
+
+    monkeypatch.setattr(models, "FP32_STORAGE_MAX_PARAMETERS", 1000)
+    result = finetune_model(tiny_config(tiny_model_dir, alpaca_file, tmp_path / "out", max_steps=6))
+    assert json.loads((result.merged_dir / "config.json").read_text())["dtype"] == "bfloat16"
+    merged = AutoModelForCausalLM.from_pretrained(result.merged_dir).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    exact = PeftModel.from_pretrained(base, result.adapter_dir).merge_and_unload().state_dict()
+    untouched = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert merged[name].dtype == torch.bfloat16
+    # within three bf16 roundings (2^-8 each) of the exact merge: the tiny base's fp32 weight loaded in bf16, PEFT's
+    # fp32 delta, their sum; and not the base: the delta survived
+    delta = exact[name] - untouched[name]
+    error = (merged[name].float() - exact[name]).abs()
+    assert (error <= 2**-7 * (untouched[name].abs() + delta.abs()) + 1e-7).all()
+    assert not torch.equal(merged[name], untouched[name].to(torch.bfloat16))
+
+
+def test_the_merge_falls_back_to_bf16_where_fp32_does_not_fit(monkeypatch):
+    import finetune.memory as memory
+    from finetune.train import merge_dtype
+
+    monkeypatch.setattr(memory, "available_gib", lambda: (4.0, "test"))
+    assert merge_dtype(100_000_000) == torch.float32  # 0.4 GiB
+    assert merge_dtype(1_500_000_000) == torch.bfloat16  # 5.6 GiB in fp32 > 4
+    assert merge_dtype(8_000_000_000) == torch.bfloat16  # above FP32_STORAGE_MAX_PARAMETERS whatever the memory
+
+
 def test_full_finetune_writes_the_whole_model(tiny_model_dir, alpaca_file, tmp_path):
     out = tmp_path / "out"
     result = finetune_model(tiny_config(tiny_model_dir, alpaca_file, out, full_finetune=True, learning_rate=1e-3))

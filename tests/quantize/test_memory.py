@@ -7,7 +7,7 @@ import pytest
 
 from finetune.memory import MEMORY_ENV, InsufficientMemoryError
 from quantize import QuantizeConfig, quantize_model, read_metadata
-from quantize.memory import estimate_quantize_memory, phase_peak
+from quantize.memory import child_peak, estimate_quantize_memory, phase_peak
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,14 @@ def test_the_reference_runs_in_fp32_where_it_fits_and_in_bf16_where_only_that_fi
     tight = estimate_quantize_memory(shape_8b, cfg, roomy.total_gib - 1)
     assert tight.reference_dtype == "bf16"
     assert tight.phases["reference"] < roomy.phases["reference"] - 14  # 2 bytes fewer for each of 8B parameters
+
+
+def test_an_8b_gguf_keeps_its_evaluation_dequantized_to_bf16(shape_8b):
+    """transformers' own GGUF loading held a full fp32 copy beside the model (41 GiB at 8B); a tensor at a time in
+    the reference's bf16, the evaluation fits 22 GiB."""
+    estimate = estimate_quantize_memory(shape_8b, QuantizeConfig(backend="gguf", scheme="q8_0"), 22)
+    assert estimate.reference_dtype == "bf16" and estimate.total_gib <= 22
+    assert estimate.phases["artifact"] < 8_030_261_248 * 2.5 / 2**30
 
 
 def test_a_run_that_cannot_fit_stops_before_loading_with_the_numbers(shape_8b, tmp_path, monkeypatch):
@@ -71,6 +79,15 @@ def test_phase_peak_records_what_the_phase_allocated():
     assert peaks["big"] > peaks["small"] + 0.08  # the second phase starts afresh, not from the first's peak
 
 
+def test_a_child_process_s_peak_counts_on_top_of_what_the_phase_started_with():
+    peaks: dict = {}
+    with phase_peak(peaks, "export"):
+        child_peak(50.0)  # llama.cpp's converter, say, reporting its own VmHWM
+    with phase_peak(peaks, "after"):
+        pass
+    assert peaks["export"] > 50.0 and peaks["after"] < 50.0  # on top of this process; not carried to the next phase
+
+
 def test_a_run_records_its_estimate_and_each_phase_peak(tiny_model_dir, tmp_path, quick, monkeypatch):
     pytest.importorskip("optimum.intel")
     import quantize.api as api
@@ -94,3 +111,26 @@ def test_a_run_records_its_estimate_and_each_phase_peak(tiny_model_dir, tmp_path
     meta = read_metadata(path)
     assert meta["memory"]["reference_dtype"] == "bf16" and meta["source_speed"]["runtime"] == "transformers bf16"
     assert meta["memory"]["peak_gib"]["reference"] > 0.1  # measured afresh, not the fp32 reference's cache
+
+
+def test_a_gguf_artifact_is_evaluated_in_the_reference_s_precision(tiny_real_vocab_dir, tmp_path, quick,
+                                                                   monkeypatch):
+    import quantize.api as api
+    from quantize import gguf_export
+
+    def bf16_estimate(source, cfg):
+        estimate = api_estimate(source, cfg, 1000)
+        return type(estimate)(estimate.phases, estimate.parameters, "bf16")
+
+    api_estimate = estimate_quantize_memory
+    monkeypatch.setattr(api, "check_quantize_memory", bf16_estimate)
+    reported = []
+    monkeypatch.setattr(gguf_export, "child_peak", lambda gib: (reported.append(gib), child_peak(gib)))
+    meta = read_metadata(quantize_model(model=str(tiny_real_vocab_dir), backend="gguf", scheme="q8_0",
+                                        output_dir=str(tmp_path), **quick))
+    # llama.cpp's converter ran in its own process and its peak (a Python with torch: over 0.2 GiB) came back
+    assert len(reported) == 1 and reported[0] > 0.2
+    assert meta["memory"]["peak_gib"]["export"] >= reported[0]
+    assert meta["speed"]["runtime"] == "transformers (GGUF dequantized to bf16)"
+    assert meta["source_speed"]["runtime"] == "transformers bf16"
+    assert abs(meta["quality"]["perplexity_delta_pct"]) < 2  # q8_0 against the same model, both in bf16
