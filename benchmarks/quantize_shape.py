@@ -10,6 +10,7 @@ random weights they say nothing (the embedded model's quality table is `python -
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,8 +24,9 @@ SHAPE_RUNS: dict[str, dict] = {
 PHASES = ("export", "reference", "artifact")
 
 
-def run_shape(shape: str, only: list[str] | None, out: Path) -> dict:
-    """Quantize shape `shape` with each of SHAPE_RUNS (or `only`); one row per run."""
+def run_shape(shape: str, only: list[str] | None, out: Path, as_model: bool = False) -> dict:
+    """Quantize shape `shape` with each of SHAPE_RUNS (or `only`); one row per run. `as_model`: each GGUF is then
+    named as a model (gguf_as_model_rows)."""
     import torch
 
     from benchmarks.machine import machine_info
@@ -69,7 +71,64 @@ def run_shape(shape: str, only: list[str] | None, out: Path) -> dict:
         rows.append(row)
         print(f"{name}: {row['weight_bytes'] / 1e6:.0f} MB in {row['seconds']} s, peak {row['peak_gib']} GiB "
               f"(estimate {row['estimate_gib']}), {row['decode_tok_s']} tok/s", flush=True)
+        if as_model and name.startswith("gguf"):
+            rows += gguf_as_model_rows(next(Path(out, cfg.name).glob("*.gguf")))
     return {"benchmark": "quantize", "shape": shape, "source": str(source), "rows": rows, "machine": machine_info()}
+
+
+def gguf_as_model_rows(gguf_file: Path, steps: int = 2) -> list[dict]:
+    """The GGUF named as a model, as an Ollama user brings one: converted to a model folder (finetune.gguf_weights),
+    then `steps` LoRA steps of finetune_model on the demo data and the merge, each with its time and peak memory."""
+    import json
+
+    from transformers import TrainerCallback
+
+    from finetune import (
+        DataArguments,
+        FinetuningArguments,
+        ModelArguments,
+        TextGenerationFinetuningConfig,
+        TrainingArguments,
+        finetune_model,
+    )
+    from finetune.memory import peak_rss_mb, reset_peak_rss
+    from finetune.models import resolve_model_path
+    from quantize.memory import phase_peak
+
+    peaks: dict = {}
+    began = time.perf_counter()
+    with phase_peak(peaks, "convert"):
+        folder = Path(resolve_model_path(str(gguf_file)))
+    converted = {"run": "the .gguf named as a model: converted", "seconds": round(time.perf_counter() - began, 1),
+                 "peak_gib": peaks["convert"], "gguf_bytes": gguf_file.stat().st_size,
+                 "weight_bytes": sum(f.stat().st_size for f in folder.glob("*.safetensors")),
+                 "dtype": json.loads((folder / "source.json").read_text())["dtype"]}
+
+    class TrainingPeak(TrainerCallback):  # the training's peak, then the merge's afresh
+        def on_train_end(self, args, state, control, **kwargs):
+            peaks["train"] = round(peak_rss_mb() / 1024, 2)
+            peaks["train_seconds"] = round(time.perf_counter() - began, 1)
+            reset_peak_rss()
+
+    data = Path(__file__).resolve().parents[1] / "examples" / "data" / "aurora_support.jsonl"
+    with tempfile.TemporaryDirectory(dir=folder.parent) as run:
+        config = TextGenerationFinetuningConfig(
+            ModelArguments(model_name_or_path=str(gguf_file)),
+            DataArguments(train_file=str(data), max_seq_length=256),
+            TrainingArguments(output_dir=run, do_train=True, max_steps=steps, per_device_train_batch_size=2,
+                              gradient_checkpointing=True, logging_steps=1, save_steps=10_000, report_to="none",
+                              disable_tqdm=True),
+            FinetuningArguments(task="chat"))
+        reset_peak_rss()
+        began = time.perf_counter()
+        result = finetune_model(config, callbacks=[TrainingPeak()])
+        merged = json.loads((result.merged_dir / "config.json").read_text())["dtype"]
+        merged_bytes = sum(f.stat().st_size for f in result.merged_dir.glob("*.safetensors"))
+    return [converted,
+            {"run": f"fine-tune it: {steps} LoRA steps, batch 2, checkpointing", "seconds": peaks["train_seconds"],
+             "peak_gib": peaks["train"], "tokens_per_s": round(result.metrics["train_tokens_per_s"], 2)},
+            {"run": "merge the adapter", "seconds": round(time.perf_counter() - began - peaks["train_seconds"], 1),
+             "peak_gib": round(peak_rss_mb() / 1024, 2), "dtype": merged, "weight_bytes": merged_bytes}]
 
 
 def render_shape(payload: dict) -> str:
@@ -88,6 +147,11 @@ def render_shape(payload: dict) -> str:
             continue
         if "peak_gib" not in r:
             lines.append(f"| {r['run']} | {r['seconds']} | | | | | |")
+            continue
+        if not isinstance(r["peak_gib"], dict):  # the GGUF named as a model: one phase per row
+            size = f"{r['weight_bytes'] / 1e6:.0f} ({r['dtype']})" if "weight_bytes" in r else ""
+            speed = f"{r['tokens_per_s']} tokens/s trained" if "tokens_per_s" in r else ""
+            lines.append(f"| {r['run']} | {r['seconds']} | {size} | {r['peak_gib']:.1f} | | {speed} | |")
             continue
         peaks = " / ".join(_gib(r["peak_gib"].get(p)) for p in PHASES)
         est = " / ".join(_gib(r["estimate_gib"].get(p)) for p in PHASES)

@@ -198,9 +198,9 @@ def write_gguf(source: Path, cfg: QuantizeConfig, out: Path) -> Path:
     return path
 
 
-def load_gguf(folder: str | Path, dtype: str = "fp32"):
-    """The model (dequantized to `dtype`, fp32 or bf16, a tensor at a time: finetune.gguf_weights) and tokenizer of
-    a GGUF artifact folder."""
+def load_gguf(folder: str | Path, dtype=None):
+    """The model (dequantized to `dtype`, a torch dtype, fp32 by default, a tensor at a time: finetune.gguf_weights)
+    and tokenizer of a GGUF artifact folder."""
     import torch
     from transformers import AutoTokenizer
 
@@ -210,7 +210,7 @@ def load_gguf(folder: str | Path, dtype: str = "fp32"):
     files = sorted(folder.glob("*.gguf"))
     if not files:
         raise FileNotFoundError(f"no .gguf file in {folder}")
-    model = load_model(files[0], {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    model = load_model(files[0], dtype or torch.float32)
     if (folder / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(folder)
     else:

@@ -82,7 +82,8 @@ Llama-3.2-3B shape (3,212.7 M) / the Llama-3.1-8B shape (8,030.3 M); shapes as r
   openvino int8: export 1.39 / - / 9.70, reference 1.46 / - / 18.81, artifact 1.33 / - / 7.82
   gguf q8_0:     export (llama.cpp's converter process included) 1.19 / - / - / 4.02, reference 1.15 / 7.44 / c,
                  artifact (a tensor at a time, finetune.gguf_weights) in fp32 1.20 / - / 12.88, in bf16 1.16 / - / 7.11
-                 / 16.34
+                 / 16.34 (the 3B artifact's two: quantize.api.measure run again on the benchmark's artifact in each
+                 dtype)
   web int4:      export 3.18, reference 2.33, artifact 1.94 (one size: the browser holds small models only)
   the 1B shape's bf16 reference (openvino int8, the limit set to 5 GiB): 3.41
 The 1B shape's OpenVINO rows are left out: they were measured while every layer's matrices held equal values, which

@@ -69,10 +69,10 @@ def load_runner(path: str | Path, backend: str | None, threads: int | None = Non
     import torch
 
     path = Path(path)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     if backend is None:
         from finetune.models import load_model
 
-        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
         return Runner(load_model(str(path), dtype=torch_dtype).eval(), "torch")
     if backend == "inc":
         from quantize.inc import load_inc
@@ -81,7 +81,7 @@ def load_runner(path: str | Path, backend: str | None, threads: int | None = Non
     if backend == "gguf":
         from quantize.gguf_export import load_gguf
 
-        return Runner(load_gguf(path, dtype)[0], "torch")
+        return Runner(load_gguf(path, torch_dtype)[0], "torch")
     if backend == "web":
         from quantize.web import load_web
 

@@ -53,3 +53,21 @@ def test_a_run_that_cannot_fit_gets_a_row_that_says_so(tiny_shape, tmp_path, mon
 def test_unknown_runs_are_named(tiny_shape, tmp_path):
     with pytest.raises(SystemExit, match="ov-int4-rtn"):
         quantize_shape.run_shape("tiny", ["ov-int3"], tmp_path)
+
+
+@pytest.mark.integration
+def test_a_gguf_named_as_a_model_is_converted_tuned_and_merged_with_each_peak(tiny_real_vocab_dir, tmp_path,
+                                                                             monkeypatch):
+    from quantize import quantize_model
+
+    artifact = quantize_model(model=str(tiny_real_vocab_dir), backend="gguf", scheme="q8_0",
+                              output_dir=str(tmp_path / "q"), evaluate=False)
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))  # the conversion lands here, not in the cache
+    rows = quantize_shape.gguf_as_model_rows(artifact / "model-q8_0.gguf")
+    converted, tuned, merged = rows
+    assert converted["dtype"] == "float32" and converted["weight_bytes"] > converted["gguf_bytes"]
+    assert (tmp_path / "home" / "gguf").is_dir()
+    assert all(row["peak_gib"] > 0.1 and row["seconds"] > 0 for row in rows)
+    assert tuned["tokens_per_s"] > 0 and merged["dtype"] == "float32" and merged["weight_bytes"] > 0
+    table = quantize_shape.render_shape({"shape": "tiny", "rows": rows, "machine": {}})
+    assert "| merge the adapter |" in table and "(float32)" in table
