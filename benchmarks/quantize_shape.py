@@ -83,14 +83,7 @@ def gguf_as_model_rows(gguf_file: Path, steps: int = 2) -> list[dict]:
 
     from transformers import TrainerCallback
 
-    from finetune import (
-        DataArguments,
-        FinetuningArguments,
-        ModelArguments,
-        TextGenerationFinetuningConfig,
-        TrainingArguments,
-        finetune_model,
-    )
+    import finetune as ft
     from finetune.memory import peak_rss_mb, reset_peak_rss
     from finetune.models import resolve_model_path
     from quantize.memory import phase_peak
@@ -112,16 +105,16 @@ def gguf_as_model_rows(gguf_file: Path, steps: int = 2) -> list[dict]:
 
     data = Path(__file__).resolve().parents[1] / "examples" / "data" / "aurora_support.jsonl"
     with tempfile.TemporaryDirectory(dir=folder.parent) as run:
-        config = TextGenerationFinetuningConfig(
-            ModelArguments(model_name_or_path=str(gguf_file)),
-            DataArguments(train_file=str(data), max_seq_length=256),
-            TrainingArguments(output_dir=run, do_train=True, max_steps=steps, per_device_train_batch_size=2,
-                              gradient_checkpointing=True, logging_steps=1, save_steps=10_000, report_to="none",
-                              disable_tqdm=True),
-            FinetuningArguments(task="chat"))
+        config = ft.TextGenerationFinetuningConfig(
+            ft.ModelArguments(model_name_or_path=str(gguf_file)),
+            ft.DataArguments(train_file=str(data), max_seq_length=256),
+            ft.TrainingArguments(output_dir=run, do_train=True, max_steps=steps, per_device_train_batch_size=2,
+                                 gradient_checkpointing=True, logging_steps=1, save_steps=10_000, report_to="none",
+                                 disable_tqdm=True),
+            ft.FinetuningArguments(task="chat"))
         reset_peak_rss()
         began = time.perf_counter()
-        result = finetune_model(config, callbacks=[TrainingPeak()])
+        result = ft.finetune_model(config, callbacks=[TrainingPeak()])
         merged = json.loads((result.merged_dir / "config.json").read_text())["dtype"]
         merged_bytes = sum(f.stat().st_size for f in result.merged_dir.glob("*.safetensors"))
     return [converted,
