@@ -9,10 +9,10 @@ into it, so one full-size tensor exists instead of three and autograd's backward
 gradients (scaled) without another full-size product.
 
 Only the plain case is fused: one active adapter (with dropout or without: NeuralChat's default is 0.05), a plain
-`torch.nn.Linear` base (an instance forward it has, e.g. `finetune.lean_ops.compute_frozen_in`'s, is kept: the base
-is called as a module), not merged, adapters enabled, no DoRA or other LoRA variant, no bias on lora_B, and autocast
-on or the input already in the adapter's dtype. Anything else runs PEFT's own forward, checked on every call, so a
-later `merge_adapter()` or `disable_adapter()` still behaves as PEFT documents.
+`torch.nn.Linear` base (an instance forward it has, e.g. `finetune.frozen_weights.compute_frozen_in`'s, is kept:
+the base is called as a module), not merged, adapters enabled, no DoRA or other LoRA variant, no bias on lora_B,
+and autocast on or the input already in the adapter's dtype. Anything else runs PEFT's own forward, checked on
+every call, so a later `merge_adapter()` or `disable_adapter()` still behaves as PEFT documents.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and what to change rather than be killed by the kernel halfway through loading; 
 --model M` prints the same estimate. Every part is bytes per parameter or per token, from what the recipe keeps:
 
 - frozen weights: bf16 (2 bytes) for LoRA in every precision (on a CPU without bf16 instructions they are stored
-  in bf16 and computed in fp32, layer by layer: finetune.lean_ops.compute_frozen_in); fp32 master weights, their
+  in bf16 and computed in fp32, layer by layer: finetune.frozen_weights.compute_frozen_in); fp32 master weights, their
   gradients and AdamW's two moments (16 bytes) for a full fine-tune; NF4 (about 0.53 bytes) for QLoRA's layers;
 - adapters: fp32 weights, gradients and AdamW's two moments, 16 bytes per LoRA parameter;
 - activations: what autograd keeps per token of the batch and layer: with finetune.lean_ops, the layer input,

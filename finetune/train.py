@@ -31,6 +31,7 @@ from finetune.collate import PaddingFreeCollator, kept_positions_loss, pad_packe
 from finetune.config import PREFERENCE_TASKS, FinetuningArguments, TextGenerationFinetuningConfig
 from finetune.dataset import build_datasets
 from finetune.families import lora_targets
+from finetune.frozen_weights import compute_frozen_in
 from finetune.hardware import (
     compute_summary,
     configure_threads,
@@ -39,7 +40,7 @@ from finetune.hardware import (
     limit_kernel_caches,
     resolve_precision,
 )
-from finetune.lean_ops import compute_frozen_in, use_lean_ops
+from finetune.lean_ops import use_lean_ops
 from finetune.lora_ops import fuse_lora_forward
 from finetune.memory import check_memory, model_config, settings_from_config
 from finetune.metadata import check_output_dir, run_fingerprint, write_metadata

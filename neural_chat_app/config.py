@@ -102,7 +102,9 @@ class GenerationConfig:
 
 @dataclass
 class MixedPrecisionConfig:
-    """bf16 inference: native on CPUs with AMX or AVX512-BF16; elsewhere it falls back to fp32 with a warning."""
+    """bf16 inference: native on CPUs with AMX or AVX512-BF16; elsewhere it computes in fp32 with a warning, its
+    weights in fp32 where they fit and in bf16, widened a layer at a time, where they do not
+    (neural_chat_app.memory)."""
 
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 

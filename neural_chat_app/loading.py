@@ -92,6 +92,9 @@ def openvino_cache_dir(source: Path) -> Path:
 
 
 def load_torch(source: ModelSource, config: PipelineConfig, max_concurrency: int = 1):
+    import torch
+
+    from finetune.frozen_weights import compute_frozen_in
     from finetune.models import load_model, load_tokenizer
     from neural_chat_app.torch_backend import TorchBackend
 
@@ -99,12 +102,19 @@ def load_torch(source: ModelSource, config: PipelineConfig, max_concurrency: int
     kwargs = {"trust_remote_code": config.loading_config.trust_remote_code}
     if type(config.optimization_config).__name__ == "BitsAndBytesConfig":
         kwargs["quantization_config"] = config.optimization_config
-    model = load_model(str(source.path), dtype=torch_dtype(config, device), **kwargs)
+    dtype = torch_dtype(config, device)
+    plan = None
+    if device == "cpu" and "quantization_config" not in kwargs:  # stops here, before loading, when it cannot fit
+        plan = _plan(source, config, dtype, max_concurrency)
+        dtype = torch.bfloat16 if plan.storage == "bf16" else torch.float32
+    model = load_model(str(source.path), dtype=dtype, **kwargs)
     if source.peft_path is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(source.peft_path)).merge_and_unload()
-    if "quantization_config" not in kwargs:
+    if plan is not None and plan.narrow:
+        compute_frozen_in(model.requires_grad_(False), torch.float32, narrow_rows=True)
+    elif "quantization_config" not in kwargs:
         model = model.to(device)
         _prepack(model)
     tokenizer = load_tokenizer(config.tokenizer_name_or_path or str(source.path),
@@ -112,6 +122,21 @@ def load_torch(source: ModelSource, config: PipelineConfig, max_concurrency: int
     plain = source.peft_path is None and "quantization_config" not in kwargs  # LoRA adapters of it can attach
     return TorchBackend(model, tokenizer, source.model_id, max_concurrency=max_concurrency,
                         base_path=source.path if plain else None)
+
+
+def _plan(source: ModelSource, config: PipelineConfig, dtype, max_concurrency: int):
+    """How the weights are held (neural_chat_app.memory): in the compute precision when they fit, else bf16
+    weights computed in fp32 where MixedPrecisionConfig asked for bf16 on a CPU without bf16 matmuls."""
+    import torch
+
+    from neural_chat_app.memory import plan_serving
+
+    opt = config.optimization_config
+    asks_bf16 = isinstance(opt, MixedPrecisionConfig) and opt.dtype == "bfloat16"
+    plan = plan_serving(source.path, "bf16" if dtype == torch.bfloat16 else "fp32", max_concurrency,
+                        narrow_allowed=asks_bf16, trust_remote_code=config.loading_config.trust_remote_code)
+    (logger.warning if plan.narrow else logger.info)("Memory for %s: %s", source.model_id, plan.reason)
+    return plan
 
 
 def _prepack(model) -> None:
@@ -174,11 +199,17 @@ def compute_line(backend) -> str:
     model = getattr(backend, "model", None)
     if model is None:
         return compute_summary("cpu")
+    import torch
+
     from neural_chat_app.prepacked import PrepackedLinear
 
     names = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
     line = compute_summary(model.device.type, names.get(backend.dtype, backend.dtype))
     packed = sum(isinstance(m, PrepackedLinear) for m in model.modules())
+    narrow = sum(hasattr(m, "_compute_dtype") for m in model.modules() if isinstance(m, torch.nn.Linear))
+    if narrow:  # finetune.frozen_weights: bf16 weights where fp32 ones do not fit
+        line += (f"; {narrow} linear layers keep bf16 weights, widened to fp32 for prompts, decode steps on the "
+                 f"bf16 weights with fp32 sums")
     return line + (f"; {packed} linear layers reordered for oneDNN" if packed else "")
 
 

@@ -76,7 +76,10 @@ class TorchBackend:
 
     @property
     def dtype(self) -> str:
-        return str(self.model.dtype).removeprefix("torch.")
+        """What the model computes in: its weights' dtype, or fp32 where bf16 weights are widened
+        (finetune.frozen_weights)."""
+        embeddings = self.model.get_input_embeddings()
+        return str(getattr(embeddings, "_compute_dtype", self.model.dtype)).removeprefix("torch.")
 
     def _generate_kwargs(self, config: GenerationConfig) -> dict:
         # generate()'s own processors are neutral: logits.logits_chain applies them, in a known order

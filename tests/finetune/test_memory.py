@@ -230,7 +230,7 @@ def test_estimate_is_within_25_percent_of_a_measured_run(tmp_path):
 def test_fp32_path_keeps_frozen_weights_in_bf16_and_computes_in_fp32():
     """compute_frozen_in over bf16 weights gives the loss and gradients of an fp32 model holding the same (bf16)
     values, and autograd keeps no fp32 copy of a weight."""
-    from finetune.lean_ops import compute_frozen_in
+    from finetune.frozen_weights import compute_frozen_in
 
     tokenizer = build_tiny_tokenizer()
     narrow = build_tiny_llama(tokenizer).requires_grad_(False)

@@ -1,0 +1,162 @@
+"""Serving's memory estimate: checked before loading, bf16 weights computed in fp32 where fp32 ones do not fit on a
+CPU without bf16 matmuls, and a refusal with the figures and what would fit where nothing does."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+import torch
+
+from finetune.memory import MEMORY_ENV, InsufficientMemoryError, model_config
+from neural_chat_app.memory import _shapes, plan_serving, serving_estimate
+from tests.conftest import build_tiny_tokenizer
+
+
+def _config_only(path, name="llama-3.1-8b"):
+    """A published shape's config.json and a tokenizer: no weights, so a load would fail on the missing files."""
+    from benchmarks.shapes import shape_config
+
+    shape_config(name).save_pretrained(path)
+    build_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def _simulate_cpu(monkeypatch, bf16: bool):
+    from finetune import hardware
+
+    simulated = dataclasses.replace(hardware.detect_hardware(), amx_bf16=bf16, avx512_bf16=bf16,
+                                    onednn_isa_limit=None)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: simulated)
+
+
+@pytest.mark.parametrize("name, storage, compute, measured_gib", [
+    ("qwen2.5-0.5b", "bf16", "bf16", 1.73), ("llama-3.2-1b", "bf16", "bf16", 3.38),
+    ("gemma-3-1b", "bf16", "bf16", 3.02), ("llama-3.2-3b", "bf16", "bf16", 7.42),
+    ("llama-3.1-8b", "bf16", "bf16", 16.45), ("llama-3.2-1b", "fp32", "fp32", 6.23),
+    ("llama-3.2-1b", "bf16", "fp32", 3.06), ("llama-3.1-8b", "bf16", "fp32", 16.10)])
+def test_the_estimate_covers_the_measured_serving_peaks(name, storage, compute, measured_gib):
+    """The peaks of `python -m benchmarks infer --shape NAME` (ours, prompts up to 512 tokens, benchmarks/REPORT.md;
+    fp32 compute measured with oneDNN capped at AVX2): the estimate, which reserves 4,096 tokens of cache, is above
+    each and within 15%."""
+    from benchmarks.shapes import shape_config
+
+    estimate = serving_estimate(_shapes(shape_config(name)), storage, compute, 1, 22.0)
+    assert measured_gib < estimate.total_gib < measured_gib * 1.15, estimate.parts
+
+
+def test_8b_in_24_gb_bf16_fits_and_fp32_keeps_bf16_weights(tmp_path):
+    folder = _config_only(tmp_path / "8b")
+    bf16 = plan_serving(folder, "bf16", limit_gib=22.0)
+    assert (bf16.storage, bf16.compute, bf16.narrow) == ("bf16", "bf16", False)
+    assert 14.9 < bf16.estimate.parts["weights"] < 15.0  # GiB: 8.03 B parameters x 2 bytes
+
+    fp32 = plan_serving(folder, "fp32", limit_gib=22.0)
+    assert (fp32.storage, fp32.compute, fp32.narrow) == ("bf16", "fp32", True)
+    assert fp32.estimate.total_gib <= 22.0
+    assert "fp32 weights would need 3" in fp32.reason and "22.0 GiB available (passed in)" in fp32.reason
+
+    with pytest.raises(InsufficientMemoryError) as refused:
+        plan_serving(folder, "fp32", narrow_allowed=False, limit_gib=22.0)
+    message = str(refused.value)
+    assert "in fp32 would need about 3" in message and "stopped before loading the model" in message
+    assert "bf16 weights computed in fp32 (what MixedPrecisionConfig() does when fp32 does not fit): 1" in message
+    assert "(fits)" in message.splitlines()[1]
+
+
+def test_a_model_that_fits_nowhere_is_refused_with_what_would_fit(tmp_path):
+    folder = _config_only(tmp_path / "8b")
+    with pytest.raises(InsufficientMemoryError) as refused:
+        plan_serving(folder, "bf16", max_concurrency=2, limit_gib=12.0)
+    message = str(refused.value)
+    assert "8.03 B parameters" in message and "12.0 GiB is available (passed in)" in message
+    lines = {line.split(":")[0].strip(): line for line in message.splitlines()[1:]}
+    assert "(fits)" not in lines["one request at a time (max_concurrency=1)"]
+    assert "(fits)" in lines["WeightOnlyQuantConfig(weight_dtype='int4') with backend='openvino'"]
+    assert "(fits)" not in lines["WeightOnlyQuantConfig(weight_dtype='int8') with backend='openvino'"]
+    assert MEMORY_ENV in message
+
+
+def test_build_chatbot_stops_before_loading(tmp_path, monkeypatch):
+    from neural_chat_app import PipelineConfig, build_chatbot
+
+    _simulate_cpu(monkeypatch, bf16=True)
+    monkeypatch.setenv(MEMORY_ENV, "12")
+    folder = _config_only(tmp_path / "8b")
+    with pytest.raises(InsufficientMemoryError, match=rf"{MEMORY_ENV}=12\); stopped before loading the model"):
+        build_chatbot(PipelineConfig(model_name_or_path=str(folder)))
+
+
+def test_a_cpu_without_bf16_serves_bf16_weights_where_fp32_ones_do_not_fit(tiny_model_dir, monkeypatch):
+    """MixedPrecisionConfig (the default) on a CPU without bf16 matmuls: fp32 where it fits; with the memory set
+    between the two estimates, bf16 weights computed in fp32, said so, and the chatbot answers as the fp32 one."""
+    from neural_chat_app import MixedPrecisionConfig, PipelineConfig, build_chatbot
+    from neural_chat_app.loading import compute_line
+    from neural_chat_app.prepacked import PrepackedLinear
+
+    _simulate_cpu(monkeypatch, bf16=False)
+    shapes = _shapes(model_config(tiny_model_dir))
+    fp32 = serving_estimate(shapes, "fp32", "fp32", 1, None).total_gib
+    narrow = serving_estimate(shapes, "bf16", "fp32", 1, None).total_gib
+    assert narrow < fp32
+    config = PipelineConfig(model_name_or_path=str(tiny_model_dir), optimization_config=MixedPrecisionConfig())
+
+    monkeypatch.setenv(MEMORY_ENV, f"{fp32 + 0.01:.4f}")
+    wide = build_chatbot(config)
+    assert wide.backend.dtype == "float32"
+    assert any(isinstance(m, PrepackedLinear) for m in wide.backend.model.modules())
+
+    monkeypatch.setenv(MEMORY_ENV, f"{(fp32 + narrow) / 2:.4f}")
+    bot = build_chatbot(config)
+    model = bot.backend.model
+    assert bot.backend.dtype == "float32"
+    assert {p.dtype for p in model.parameters() if p.ndim == 2} == {torch.bfloat16}
+    assert not any(isinstance(m, PrepackedLinear) for m in model.modules())
+    assert "keep bf16 weights, widened to fp32" in compute_line(bot.backend)
+    ids = torch.randint(5, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = wide.backend.model(input_ids=ids).logits
+        # fp32 of the same (bf16-rounded) values: the prompt's logits within bf16 rounding of the fp32 weights'
+        torch.testing.assert_close(model(input_ids=ids).logits, reference, atol=0.05, rtol=0.05)
+    assert isinstance(bot.predict("Hello"), str)
+    wide.close()
+    bot.close()
+
+
+def test_a_lora_adapter_attaches_to_bf16_weights_computed_in_fp32(tiny_model_dir, tmp_path, monkeypatch):
+    """An adapter attached at serve time wraps the widening layers: a prompt's logits with it selected are those of
+    the fp32 model holding the same bf16 values with the adapter merged in (PEFT loads an adapter in its base
+    layer's dtype, so its values are rounded to bf16 as on any bf16 base, then computed in fp32)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    from benchmarks.serve_load import random_lora_adapters
+    from finetune.models import load_model
+    from neural_chat_app import PipelineConfig
+    from neural_chat_app.loading import load_backend
+
+    _simulate_cpu(monkeypatch, bf16=False)
+    (adapter,) = random_lora_adapters(tiny_model_dir, tmp_path, 1, rank=4, std=0.3, seed=1)
+    shapes = _shapes(model_config(tiny_model_dir))
+    fp32 = serving_estimate(shapes, "fp32", "fp32", 1, None).total_gib
+    narrow = serving_estimate(shapes, "bf16", "fp32", 1, None).total_gib
+    monkeypatch.setenv(MEMORY_ENV, f"{(fp32 + narrow) / 2:.4f}")
+    backend = load_backend(PipelineConfig(model_name_or_path=str(tiny_model_dir)))
+    backend.add_adapter("a", adapter)
+
+    rounded = tmp_path / "rounded"  # the adapter as PEFT holds it on a bf16 base
+    shutil.copytree(adapter, rounded)
+    weights = load_file(rounded / "adapter_model.safetensors")
+    save_file({k: v.bfloat16().float() for k, v in weights.items()}, rounded / "adapter_model.safetensors")
+    reference = load_model(str(tiny_model_dir), dtype=torch.bfloat16).float()
+    reference = PeftModel.from_pretrained(reference, str(rounded)).merge_and_unload().eval()
+    ids = torch.randint(5, reference.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), backend._selected("a"):
+        served = backend.model(input_ids=ids).logits
+    with torch.inference_mode():
+        expected = reference(input_ids=ids).logits
+    torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-4)
+    backend.close()
