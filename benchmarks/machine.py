@@ -122,7 +122,8 @@ def fastest_call(fn, seconds: float, windows: int = 4, sync=lambda: None) -> flo
 
 def model_linear_shapes(config) -> list[tuple[int, int, int]]:
     """(in_features, out_features, uses per training step) of every linear of a decoder-only model's config:
-    the attention and MLP projections of each layer, and the lm_head once."""
+    the attention and MLP projections of each layer, and the lm_head once (a multimodal model's language model)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     layers, shapes = config.num_hidden_layers, {}

@@ -82,6 +82,18 @@ SHAPES: dict[str, dict] = {
                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 32768,
                    "tie_word_embeddings": False, "rope_theta": 1000000.0, "sliding_window": None,
                    "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "hidden_act": "silu"},
+    # google/gemma-3-4b-it: one multimodal checkpoint (a SigLIP vision tower of 0.4B beside the language model);
+    # fine-tuned on chats it trains its language model's LoRA only
+    "gemma-3-4b": {"model_type": "gemma3", "mm_tokens_per_image": 256, "boi_token_index": 255999,
+                   "eoi_token_index": 256000, "image_token_index": 262144,
+                   "text_config": {"model_type": "gemma3_text", "hidden_size": 2560, "intermediate_size": 10240,
+                                   "num_hidden_layers": 34, "num_attention_heads": 8, "num_key_value_heads": 4,
+                                   "head_dim": 256, "vocab_size": 262208, "sliding_window": 1024,
+                                   "query_pre_attn_scalar": 256,
+                                   "rope_scaling": {"factor": 8.0, "rope_type": "linear"}},
+                   "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 896,
+                                     "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 27,
+                                     "patch_size": 14, "vision_use_head": False}},
 }
 # Issue 21's size ladder, one family per step (what the GPU script runs); the other shapes add the families.
 SIZE_LADDER = ("qwen2.5-0.5b", "llama-3.2-1b", "qwen2.5-1.5b", "llama-3.2-3b", "llama-3.1-8b")
@@ -105,7 +117,7 @@ def write_shape_folder(name: str, folder: Path, tokenizer_from: str = "smollm2-1
     config = shape_config(name)
     config.save_pretrained(folder)
     load_tokenizer(tokenizer_from).save_pretrained(folder)
-    _fit_vocabulary(folder / "tokenizer.json", config.vocab_size)
+    _fit_vocabulary(folder / "tokenizer.json", config.get_text_config().vocab_size)
     (folder / RANDOM_WEIGHTS_FILE).write_text(json.dumps({"shape": name, "seed": 0}))
     return folder
 

@@ -48,6 +48,58 @@ def lora_targets(model, requested: list[str] | None) -> list[str] | None:
     return targets
 
 
+def text_decoder_prefix(model) -> str | None:
+    """The module path of a multimodal model's language model ("model.language_model" in Gemma 3 4B and up, whose
+    checkpoints load as Gemma3ForConditionalGeneration); None for a text-only model. LoRA on chats adapts that
+    part only: the vision tower's linear layers share names with it (q_proj, v_proj) but see no image here."""
+    config = model.config
+    if getattr(config, "text_config", None) is None or not hasattr(model, "get_decoder"):
+        return None
+    decoder = model.get_decoder()
+    return next((name for name, module in model.named_modules() if module is decoder and name), None)
+
+
+def chats_are_text(model) -> None:
+    """A multimodal model whose training forward requires token_type_ids (Gemma 3 marks image tokens 1 and raises
+    without them) gets zeros in calls without them: every token of a chat is text."""
+    import inspect
+
+    import torch
+
+    if text_decoder_prefix(model) is None or "token_type_ids" not in inspect.signature(model.forward).parameters:
+        return
+
+    def add_token_types(module, args, kwargs):
+        if module.training and kwargs.get("token_type_ids") is None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            shape = ids.shape if ids is not None else kwargs["inputs_embeds"].shape[:2]
+            kwargs["token_type_ids"] = torch.zeros(shape, dtype=torch.long, device=model.device)
+        return args, kwargs
+
+    model.register_forward_pre_hook(add_token_types, with_kwargs=True)
+
+
+def text_lora_targets(model, names: list[str] | None) -> str | list[str] | None:
+    """LoRA's target_modules for `names` (None: the family's default, as lora_targets gives it) that reach only the
+    language model of a multimodal model, as one regular expression; `names` as they are for a text-only one.
+    `names` "all-linear" stands for every linear layer of the language model."""
+    import re
+
+    prefix = text_decoder_prefix(model)
+    if prefix is None:
+        return names
+    decoder = model.get_submodule(prefix)
+    if names == "all-linear":
+        names = sorted(_linear_names(decoder))
+    elif names is None:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+        text_type = model.config.get_text_config().model_type
+        names = (DEFAULT_LORA_TARGETS.get(text_type)
+                 or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(text_type) or ["q_proj", "v_proj"])
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, names))})"
+
+
 def _linear_names(model) -> set[str]:
     import torch
 

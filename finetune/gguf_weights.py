@@ -15,7 +15,7 @@ import copy
 import json
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,15 +136,26 @@ def write_safetensors(gguf: GGUFWeights, target: str | Path, dtype: torch.dtype,
                       shard_bytes: int | None = None) -> None:
     """Write the GGUF file's weights as a safetensors model folder (config.json, generation_config.json and the
     shards, with an index when there are several) in `dtype`, holding at most one shard in memory."""
-    from safetensors.torch import save_file
     from transformers import GenerationConfig
+
+    target = Path(target)
+    config = copy.deepcopy(gguf.config)
+    config.dtype = dtype
+    config.architectures = [gguf.model_class().__name__]
+    save_sharded(gguf.tensors(dtype), target, shard_bytes)
+    config.save_pretrained(target)
+    GenerationConfig.from_model_config(config).save_pretrained(target)
+
+
+def save_sharded(tensors: Iterable[tuple[str, torch.Tensor]], target: str | Path,
+                 shard_bytes: int | None = None) -> None:
+    """Save (name, tensor) pairs as safetensors shards of at most `shard_bytes` in `target` (model.safetensors, or
+    numbered shards with an index), holding one shard in memory."""
+    from safetensors.torch import save_file
 
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     shard_bytes = shard_bytes or SHARD_BYTES
-    config = copy.deepcopy(gguf.config)
-    config.dtype = dtype
-    config.architectures = [gguf.model_class().__name__]
     shards: list[list[str]] = []  # the tensor names of each shard written, in order
     current: dict[str, torch.Tensor] = {}
     size = total = 0
@@ -156,7 +167,7 @@ def write_safetensors(gguf: GGUFWeights, target: str | Path, dtype: torch.dtype,
             shards.append(list(current))
         current, size = {}, 0
 
-    for name, value in gguf.tensors(dtype):
+    for name, value in tensors:
         nbytes = value.numel() * value.element_size()
         if current and size + nbytes > shard_bytes:
             flush()
@@ -174,8 +185,6 @@ def write_safetensors(gguf: GGUFWeights, target: str | Path, dtype: torch.dtype,
             weight_map.update(dict.fromkeys(names, final))
         (target / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    config.save_pretrained(target)
-    GenerationConfig.from_model_config(config).save_pretrained(target)
 
 
 def load_model(gguf: GGUFWeights | str | Path, dtype: torch.dtype):

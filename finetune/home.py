@@ -18,6 +18,9 @@ A setting that names a path (chat_log.path, persist_directory, ...) wins over th
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -33,3 +36,18 @@ def chat_log_path() -> Path:
 def retrieval_index_dir(key: str) -> Path:
     """The retrieval plugin's index for the input paths hashed to `key`, unless persist_directory says otherwise."""
     return cache_home() / "retrieval" / key
+
+
+@contextmanager
+def staging(output_dir: Path):
+    """A temporary sibling folder that becomes `output_dir` only when the block finishes without error: a killed
+    write never leaves a half-written folder that looks complete."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=output_dir.name + ".tmp-"))
+    try:
+        yield tmp
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        tmp.rename(output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -11,12 +11,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from finetune.home import cache_home
+from finetune.home import cache_home, staging
 from finetune.model_packages import DEFAULT_MODEL, EMBEDDED_MODELS, EmbeddedModel, embedded_gguf_path
 from finetune.run_folder import run_weights
 
@@ -160,8 +159,7 @@ def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None =
         tokenizer = gguf_tokenizer(gguf_path, gguf.config.vocab_size, **fixes)
         stops = [tokenizer.eos_token_id] + [tokenizer.convert_tokens_to_ids(t) for t in
                                             (embedded.also_stop_at if embedded else ())]
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp-"))
-        try:
+        with staging(target) as tmp:
             write_safetensors(gguf, tmp, dtype)
             config = type(gguf.config).from_pretrained(tmp)
             config.eos_token_id = tokenizer.eos_token_id
@@ -176,11 +174,6 @@ def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None =
                             "converter_version": CONVERTER_VERSION, "dtype": str(dtype).removeprefix("torch.")},
                            indent=2)
             )
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

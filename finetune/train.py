@@ -30,7 +30,7 @@ from finetune.callbacks import BarProgressCallback, ThroughputCallback
 from finetune.collate import PaddingFreeCollator, kept_positions_loss, pad_packed_rows
 from finetune.config import PREFERENCE_TASKS, FinetuningArguments, TextGenerationFinetuningConfig
 from finetune.dataset import build_datasets
-from finetune.families import lora_targets
+from finetune.families import chats_are_text, lora_targets, text_lora_targets
 from finetune.frozen_weights import compute_frozen_in
 from finetune.hardware import (
     compute_summary,
@@ -153,6 +153,7 @@ def load_base_model(model_path: str, config: TextGenerationFinetuningConfig, dev
     else:
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     model = load_model(model_path, dtype=dtype, **kwargs)
+    chats_are_text(model)
     if _grows_vocabulary(config, tokenizer, model):
         model.resize_token_embeddings(len(tokenizer))
     return model
@@ -185,6 +186,7 @@ def lora_config(model, fa: FinetuningArguments):
         targets = "all-linear"
     else:  # the family's default (PEFT's where it has one: q_proj, v_proj for llama), fused names mapped
         targets = lora_targets(model, fa.lora_target_modules)
+    targets = text_lora_targets(model, targets)  # a multimodal model's language model only
     return LoraConfig(r=fa.lora_rank, lora_alpha=fa.lora_alpha, lora_dropout=fa.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
 

@@ -104,7 +104,7 @@ class TorchBackend:
         if self._schema_constraint is None:
             from finetune.evaluate.constrained import SchemaConstraint
 
-            self._schema_constraint = SchemaConstraint(self.tokenizer, self.model.config.vocab_size,
+            self._schema_constraint = SchemaConstraint(self.tokenizer, self.model.config.get_text_config().vocab_size,
                                                        self.eos_token_ids)
         return self._schema_constraint.processor(schema)  # a fresh one per call: it keeps state
 
@@ -176,8 +176,8 @@ class TorchBackend:
         if recorder is not None:
             result.tokens = []
         # before the thread: a bad schema or logit_bias raises here
-        chain = logits_chain(config, len(prompt_ids), self.model.config.vocab_size, self._schema_processor(config),
-                             recorder)
+        vocab = self.model.config.get_text_config().vocab_size  # a multimodal model's: its language model's
+        chain = logits_chain(config, len(prompt_ids), vocab, self._schema_processor(config), recorder)
         streamer = _TokenStreamer()
         outcome: dict = {}
         if config.seed is not None:

@@ -13,6 +13,7 @@ import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from finetune.language_model import language_model_folder
 from finetune.run_folder import TRAINING_METADATA_FILE, run_folder_of, training_metadata_file
 from quantize import artifacts
 from quantize.calibration import default_eval_texts, read_texts, texts_sha256
@@ -200,7 +201,10 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
     """
     cfg = dataclasses.replace(config, **overrides) if config is not None else QuantizeConfig(**overrides)
     start = time.perf_counter()
-    source = artifacts.resolve_source(cfg.model, cfg.allow_download)
+    given = artifacts.resolve_source(cfg.model, cfg.allow_download)
+    source = language_model_folder(given)  # a multimodal checkpoint's language model: its exports serve text
+    if source != given:
+        logger.warning("%s is multimodal: quantizing its language model (%s), without the vision tower", given, source)
     _check_backend_installed(cfg)
     check_group_size(source, cfg)
     estimate = check_quantize_memory(source, cfg)
@@ -221,7 +225,7 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
             "tokens": sum(int(b.shape[1]) for b in blocks),
         }
     eval_texts = read_texts(cfg.eval_file, tokenizer) if cfg.eval_file else default_eval_texts()
-    name = cfg.name or artifacts.artifact_name(source, cfg.tag, cfg.suffix)
+    name = cfg.name or artifacts.artifact_name(given, cfg.tag, cfg.suffix)
     output = Path(cfg.output_dir).expanduser() / name
     logger.info("Quantizing %s -> %s (%s %s)", source, output, cfg.backend, cfg.tag)
     with artifacts.staging(output) as tmp:
@@ -241,6 +245,7 @@ def quantize_model(config: QuantizeConfig | None = None, **overrides) -> Path:
             "all_layers": cfg.all_layers,
             "head_bits": cfg.head_bits,
             "source_model": str(source),
+            **({"multimodal_source": str(given)} if source != given else {}),
             "source_weight_bytes": artifacts.weight_bytes(source),
             "calibration": calibration,
             "eval": {"file": cfg.eval_file, "sha256": texts_sha256(eval_texts)},

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
+from finetune.home import staging  # noqa: F401 (quantize's exporters write through it)
 from finetune.run_folder import run_name, run_weights
 
 QUANTIZATION_METADATA_FILE = "quantization.json"
@@ -95,20 +93,6 @@ def read_metadata(path: str | Path) -> dict:
 
 def write_metadata(path: Path, metadata: dict) -> None:
     (path / QUANTIZATION_METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
-
-
-@contextmanager
-def staging(output_dir: Path):
-    """A temporary sibling folder that becomes `output_dir` only when the block finishes without error."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=output_dir.name + ".tmp-"))
-    try:
-        yield tmp
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        tmp.rename(output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def list_artifacts(folder: str | Path) -> list[Path]:

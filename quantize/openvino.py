@@ -146,6 +146,9 @@ def export_openvino(model_dir: str | Path, output_dir: str | Path, weight_format
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    from finetune.language_model import language_model_folder
+
+    model_dir = language_model_folder(model_dir)  # a multimodal model's language model: optimum exports that for text
     _, OVWeightQuantizationConfig, _ = import_exporters()
     start = time.perf_counter()
     with staging(output_dir) as tmp:

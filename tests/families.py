@@ -76,13 +76,49 @@ def family_config(family: str, tokenizer, **overrides):
     return getattr(transformers, name)(**{**shape, **extra, **overrides})
 
 
+def gemma3_multimodal_config(tokenizer, **text_overrides):
+    """Gemma 3 as published from 4B up (Gemma3ForConditionalGeneration): the tiny gemma3_text language model above
+    beside a one-layer SigLIP vision tower. The image token lies past the vocabulary, so no text id is one."""
+    import transformers
+
+    text = family_config("gemma3_text", tokenizer, **text_overrides)
+    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=28, patch_size=14)
+    return transformers.Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
+                                     boi_token_index=tokenizer.bos_token_id, eoi_token_index=tokenizer.eos_token_id,
+                                     image_token_index=len(tokenizer))
+
+
 def build_family_model(family: str, tokenizer, seed: int = 0, attn_implementation: str | None = None, **overrides):
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = family_config(family, tokenizer, **overrides)
+    if family == "gemma3":  # multimodal: AutoModelForCausalLM builds Gemma3ForConditionalGeneration
+        config = gemma3_multimodal_config(tokenizer, **overrides)
+    else:
+        config = family_config(family, tokenizer, **overrides)
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).float()
+
+
+def packed_loss(model, examples: list[list[int]], labels: list[list[int]]):
+    """(our training loss of `examples` in one padding-free row, the head the loss applied): packed attention and
+    lean ops on, as finetune_model trains; switched back after."""
+    import torch
+
+    from finetune.collate import PaddingFreeCollator, kept_positions_loss
+    from finetune.lean_ops import use_lean_ops
+    from finetune.packed_attention import use_packed_attention
+
+    batch = PaddingFreeCollator(boundaries=True)([{"input_ids": i, "labels": lab} for i, lab in zip(examples, labels)])
+    kept = batch.pop("labels")
+    assert use_packed_attention(model)
+    head, undo = use_lean_ops(model, head_in_loss=True)
+    try:
+        with torch.no_grad():
+            return kept_positions_loss(model(**batch), kept, head=head), head
+    finally:
+        undo()
 
 
 def save_family(family: str, path: Path) -> Path:

@@ -109,7 +109,8 @@ class TorchEngine:
         if self._schema_constraint is None:
             from finetune.evaluate.constrained import SchemaConstraint
 
-            self._schema_constraint = SchemaConstraint(self.tokenizer, self.model.config.vocab_size, self.eos)
+            vocab = self.model.config.get_text_config().vocab_size  # a multimodal model's: its language model's
+            self._schema_constraint = SchemaConstraint(self.tokenizer, vocab, self.eos)
         return self._schema_constraint
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int,

@@ -57,7 +57,7 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.model.config.get_text_config().hidden_size)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         torch = self._torch

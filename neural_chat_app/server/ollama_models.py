@@ -109,6 +109,8 @@ def model_facts(entry_id: str, entry: ModelEntry | None, folder: Path | None, ba
         template = read_json(folder / "tokenizer_config.json").get("chat_template")
         if template is None and (folder / "chat_template.jinja").is_file():
             template = (folder / "chat_template.jinja").read_text()
+    if isinstance(config.get("text_config"), dict):  # multimodal (Gemma 3 4B up): the sizes are its language model's
+        config = {**config["text_config"], **{k: v for k, v in config.items() if k != "text_config"}}
     meta = entry.metadata if entry else {}
     quantization = meta.get("tag") or (f"INT{meta['bits']}" if meta.get("bits") else None)
     quantization = quantization or meta.get("weight_format") or dtype or ""

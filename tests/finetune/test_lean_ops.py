@@ -15,6 +15,7 @@ from finetune.lean_ops import head_loss, rms_norm, silu_mul, use_lean_ops
 from finetune.packed_attention import use_packed_attention
 from tests.conftest import build_tiny_llama, build_tiny_tokenizer
 from tests.families import NAMES as FAMILY_NAMES
+from tests.families import packed_loss
 
 
 def _reference_rms_norm(x, weight, eps):  # transformers' LlamaRMSNorm.forward
@@ -185,7 +186,6 @@ def test_norm_outputs_mlp_products_and_attention_outputs_are_rebuilt_in_the_back
     padding-free batches with one attention call per example."""
     from peft import LoraConfig, get_peft_model
 
-    from finetune.packed_attention import use_packed_attention
 
     torch.manual_seed(0)
     model = build_tiny_llama(build_tiny_tokenizer()).to(torch.bfloat16)
@@ -295,14 +295,6 @@ def test_training_loss_equals_transformers_own_for_every_family(family):
     mask = pad([[1] * len(r) for r in examples], 0)
     with torch.no_grad():
         expected = reference(input_ids=pad(examples, 0), attention_mask=mask, labels=pad(labels, IGNORE_INDEX)).loss
-    batch = PaddingFreeCollator(boundaries=True)([{"input_ids": i, "labels": lab} for i, lab in zip(examples, labels)])
-    kept = batch.pop("labels")
-    assert use_packed_attention(model)
-    head, undo = use_lean_ops(model, head_in_loss=True)
-    try:
-        with torch.no_grad():
-            ours = kept_positions_loss(model(**batch), kept, head=head)
-    finally:
-        undo()
+    ours, head = packed_loss(model, examples, labels)
     assert (head is None) == (family in ("gemma2", "granite"))  # a transformed head is left alone
     assert abs(float(ours) - float(expected)) < 1e-3, (float(ours), float(expected))

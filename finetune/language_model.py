@@ -1,0 +1,111 @@
+"""The language model of a multimodal checkpoint, as a text-only model folder.
+
+Gemma 3 from 4B up is published as one multimodal checkpoint (Gemma3ForConditionalGeneration: a SigLIP vision
+tower, a projector and the Gemma 3 language model). It fine-tunes on chats and serves as it is (finetune.families:
+LoRA on its language model only). The exporters do not take it: optimum-intel exports gemma3 for the
+image-text-to-text task only, and llama.cpp's converter cannot map transformers 5's tensor names for it. A chat model's
+export serves text, so they get its language model: `language_model_folder` writes it once into the cache as the
+text-only class transformers has for it (Gemma3ForCausalLM), a tensor at a time, with the tokenizer and chat
+template beside it. The vision tower is left out of such exports.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from finetune.home import cache_home, staging
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1  # bumped when the folder written changes, so that stale copies are written again
+# Where a multimodal checkpoint keeps its language model, tried in this order: transformers 5.5 saves Gemma 3 as
+# "model.language_model.model.*", its modules are "model.language_model.*", and the published checkpoints (saved by
+# transformers 4) hold "language_model.model.*" and "language_model.lm_head.*".
+_PREFIXES = {"model.language_model.model.": "model.", "model.language_model.lm_head.": "lm_head.",
+             "model.language_model.": "model.", "language_model.model.": "model.",
+             "language_model.lm_head.": "lm_head.", "lm_head.": "lm_head."}
+_WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "config.json", "*.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def text_only(config) -> bool:
+    """Whether `config` (a transformers config) describes a text-only model."""
+    return config.get_text_config() is config if hasattr(config, "get_text_config") else True
+
+
+def language_model_folder(folder: str | Path) -> Path:
+    """`folder` itself for a text-only model; for a multimodal one, its language model as a text-only folder in the
+    cache (written once, then reused while `folder`'s files are unchanged)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    folder = Path(folder).resolve()
+    config = AutoConfig.from_pretrained(folder)
+    if text_only(config):
+        return folder
+    text = copy.deepcopy(config.get_text_config())
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(text.model_type)
+    if causal is None or causal == MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type):
+        raise NotImplementedError(
+            f"{folder} is a multimodal {config.model_type} model whose language model ({text.model_type}) has no "
+            f"text-only class in transformers, so its text part cannot be exported alone")
+    fingerprint = _fingerprint(folder)
+    target = cache_home() / "text-models" / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
+    if _is_current(target, fingerprint):
+        return target
+    from filelock import FileLock  # ships with huggingface_hub, which transformers requires
+
+    from finetune.gguf_weights import save_sharded
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if _is_current(target, fingerprint):
+            return target
+        logger.info("Writing the language model of %s (%s) as %s at %s (once)", folder, config.model_type, causal,
+                    target)
+        with staging(target) as tmp:
+            save_sharded(_language_model_tensors(folder), tmp)
+            text.architectures = [causal]
+            text.save_pretrained(tmp)
+            for path in folder.iterdir():  # tokenizer, chat template, generation config
+                if path.is_file() and not any(path.match(pattern) for pattern in _WEIGHT_FILES):
+                    shutil.copy2(path, tmp / path.name)
+            (tmp / "source.json").write_text(json.dumps(
+                {"multimodal_source": str(folder), "version": VERSION, "fingerprint": fingerprint}, indent=2))
+    return target
+
+
+def _language_model_tensors(folder: Path) -> Iterator[tuple[str, object]]:
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder} has no .safetensors weights: the language model is read from those")
+    found = False
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
+                if prefix is not None:
+                    found = True
+                    yield _PREFIXES[prefix] + key[len(prefix):], weights.get_tensor(key)
+    if not found:
+        raise ValueError(f"{folder}'s weights hold no language model under {sorted(_PREFIXES)}")
+
+
+def _fingerprint(folder: Path) -> list:
+    return sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in folder.iterdir() if p.is_file())
+
+
+def _is_current(target: Path, fingerprint: list) -> bool:
+    try:
+        source = json.loads((target / "source.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return source.get("version") == VERSION and source.get("fingerprint") == fingerprint

@@ -1,0 +1,174 @@
+"""Gemma 3 as published from 4B up: one multimodal checkpoint (Gemma3ForConditionalGeneration), fine-tuned on chats
+with LoRA on its language model only, to transformers' own loss, then served, and exported as its language model
+(OpenVINO, GGUF) with the same logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from finetune.formatting import IGNORE_INDEX
+from tests.families import CONVERSATION, build_family_model, family_tokenizer, packed_loss
+
+
+def _tokenizer():
+    return family_tokenizer("gemma3_text")
+
+
+def _save(path, tokenizer=None, **text_overrides):
+    from transformers import GenerationConfig
+
+    tokenizer = tokenizer or _tokenizer()
+    model = build_family_model("gemma3", tokenizer, **text_overrides)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                               eos_token_id=model.config.get_text_config().eos_token_id)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("all_linear", [False, True])
+def test_lora_adapts_the_language_model_only(all_linear):
+    from peft import get_peft_model
+
+    from finetune import FinetuningArguments
+    from finetune.train import lora_config
+
+    model = build_family_model("gemma3", _tokenizer())
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    peft = get_peft_model(model, lora_config(model, FinetuningArguments(lora_all_linear=all_linear)))
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in peft.named_parameters() if ".lora_A." in name}
+    assert adapted and all(".language_model." in name for name in adapted)
+    leaves = {name.rsplit(".", 1)[-1] for name in adapted}
+    want = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} if all_linear else {
+        "q_proj", "v_proj"}
+    assert leaves == want
+    vision = [n for n, m in model.named_modules() if ".vision_tower." in n and isinstance(m, torch.nn.Linear)]
+    assert vision  # the tower has q_proj/v_proj of its own, which LoRA leaves alone
+
+
+def test_training_loss_equals_transformers_own():
+    """Two examples in one padding-free row, the model in training mode (where Gemma 3 requires token_type_ids,
+    which finetune.families.chats_are_text supplies), our packed attention and lean ops on: the loss equals
+    transformers' own on the padded batch with eager attention."""
+    from finetune.families import chats_are_text
+
+    tokenizer = _tokenizer()
+    reference = build_family_model("gemma3", tokenizer, attn_implementation="eager")
+    model = build_family_model("gemma3", tokenizer)
+    assert model.training
+    examples = [list(range(5, 29)), list(range(40, 60))]
+    labels = [[IGNORE_INDEX] * 6 + ids[6:] for ids in examples]
+    width = max(map(len, examples))
+    pad = lambda rows, value: torch.tensor([r + [value] * (width - len(r)) for r in rows])  # noqa: E731
+    ids = pad(examples, 0)
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=pad([[1] * len(r) for r in examples], 0),
+                             labels=pad(labels, IGNORE_INDEX), token_type_ids=torch.zeros_like(ids)).loss
+    with pytest.raises(ValueError, match="token_type_ids"):  # what a chat batch met before
+        model(input_ids=ids)
+    chats_are_text(model)
+    ours, head = packed_loss(model, examples, labels)
+    assert head is not None
+    assert abs(float(ours) - float(expected)) < 1e-4, (float(ours), float(expected))
+
+
+@pytest.mark.parametrize("layout", ["transformers 5", "published"])
+def test_the_language_model_folder_gives_the_same_logits(tmp_path, monkeypatch, layout):
+    """Written once and reused; from the tensor names transformers 5 saves and from those of the published
+    checkpoints (language_model.model.*, vision_tower.*), which transformers 5 still loads."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from finetune.language_model import language_model_folder
+
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
+    folder = _save(tmp_path / "mm")
+    if layout == "published":
+        weights = load_file(folder / "model.safetensors")
+        renamed = {}
+        for key, value in weights.items():
+            for new, old in (("language_model.model.", "model.language_model.model."),
+                             ("vision_tower.", "model.vision_tower."),
+                             ("multi_modal_projector.", "model.multi_modal_projector.")):
+                if key.startswith(old):
+                    key = new + key[len(old):]
+            renamed[key] = value
+        assert any(k.startswith("language_model.model.") for k in renamed)
+        save_file(renamed, folder / "model.safetensors", metadata={"format": "pt"})
+    full = AutoModelForCausalLM.from_pretrained(folder).eval()
+    text_folder = language_model_folder(folder)
+    assert text_folder != folder and json.loads((text_folder / "config.json").read_text())["architectures"] == [
+        "Gemma3ForCausalLM"]
+    text, info = AutoModelForCausalLM.from_pretrained(text_folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert (text_folder / "tokenizer.json").is_file() and (text_folder / "chat_template.jinja").is_file()
+    ids = torch.randint(5, 300, (1, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(full(input_ids=ids).logits, text.eval()(input_ids=ids).logits)
+    written = (text_folder / "model.safetensors").stat().st_mtime_ns
+    assert language_model_folder(folder) == text_folder
+    assert (text_folder / "model.safetensors").stat().st_mtime_ns == written  # reused, not written again
+    assert language_model_folder(text_folder) == text_folder  # a text-only model is its own
+
+
+@pytest.mark.integration
+def test_fine_tunes_merges_serves_and_exports_its_language_model(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from finetune import finetune_model
+    from neural_chat_app import GenerationConfig, PipelineConfig, WeightOnlyQuantConfig, build_chatbot
+    from quantize import QuantizeConfig, quantize_model
+    from tests.families import gguf_family_tokenizer
+    from tests.finetune.conftest import tiny_config, write_jsonl
+    from tests.test_families_end_to_end import _server_answers
+
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
+    # a vocabulary llama.cpp's converter knows; the GGUF loader's defaults for Gemma 3 (tests/families.py)
+    base = tmp_path / "base"
+    tokenizer = gguf_family_tokenizer("gemma3_text", base)
+    _save(base, tokenizer, head_dim=256, query_pre_attn_scalar=256, num_hidden_layers=6, layer_types=None)
+    rows = [{"messages": [dict(m) for m in CONVERSATION]} for _ in range(12)]
+    result = finetune_model(tiny_config(base, write_jsonl(tmp_path / "chat.jsonl", rows), tmp_path / "run",
+                                       task="chat", max_steps=2, lora_all_linear=True, save_steps=100))
+    assert result.metrics["train_loss"] == result.metrics["train_loss"]  # not NaN
+    targets = json.loads((result.adapter_dir / "adapter_config.json").read_text())["target_modules"]
+    assert "language_model" in targets
+
+    source = AutoModelForCausalLM.from_pretrained(base).eval()
+    merged = AutoModelForCausalLM.from_pretrained(result.merged_dir).eval()
+    assert type(merged).__name__ == "Gemma3ForConditionalGeneration"
+    tower = {k: v for k, v in source.state_dict().items() if "vision_tower" in k}
+    assert tower and all(torch.equal(merged.state_dict()[k], v) for k, v in tower.items())  # untouched
+
+    greedy = GenerationConfig(do_sample=False, max_new_tokens=6)
+    bot = build_chatbot(PipelineConfig(model_name_or_path=str(result.merged_dir), backend="torch"))
+    try:
+        assert isinstance(bot.predict("What is 2 and 2?", greedy), str)
+    finally:
+        bot.close()
+    _server_answers(result.merged_dir, tmp_path)
+
+    quick = {"num_eval_prompts": 2, "eval_new_tokens": 8, "calibration_seq_len": 32, "num_calibration_samples": 4}
+    artifact = quantize_model(QuantizeConfig(model=str(result.merged_dir), output_dir=str(tmp_path / "q"),
+                                             backend="openvino", bits=8, **quick))
+    meta = json.loads((artifact / "quantization.json").read_text())
+    assert meta["multimodal_source"] == str(result.merged_dir.resolve())
+    assert meta["quality"]["token_agreement"] >= 0.5, meta["quality"]
+    ov_bot = build_chatbot(PipelineConfig(model_name_or_path=str(artifact),
+                                          optimization_config=WeightOnlyQuantConfig(weight_dtype="int8")))
+    try:
+        assert isinstance(ov_bot.predict("What is 2 and 2?", greedy), str)
+    finally:
+        ov_bot.close()
+
+    gguf = quantize_model(QuantizeConfig(model=str(result.merged_dir), output_dir=str(tmp_path / "q"),
+                                         backend="gguf", scheme="f16", evaluate=False))
+    exported = AutoModelForCausalLM.from_pretrained(gguf, gguf_file="model-f16.gguf").float().eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10] * 4])
+    with torch.no_grad():
+        want, got = merged(input_ids=ids).logits, exported(input_ids=ids).logits
+    assert (want - got).abs().max() < 0.05, float((want - got).abs().max())
+    assert 'PARAMETER stop "<end_of_turn>"' in (gguf / "Modelfile").read_text()  # Gemma's chat format
