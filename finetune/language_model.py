@@ -91,12 +91,18 @@ def _language_model_tensors(folder: Path) -> Iterator[tuple[str, object]]:
     for file in files:
         with safe_open(str(file), framework="pt") as weights:
             for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
-                if prefix is not None:
+                name = language_model_key(key)
+                if name is not None:
                     found = True
-                    yield _PREFIXES[prefix] + key[len(prefix):], weights.get_tensor(key)
+                    yield name, weights.get_tensor(key)
     if not found:
         raise ValueError(f"{folder}'s weights hold no language model under {sorted(_PREFIXES)}")
+
+
+def language_model_key(key: str) -> str | None:
+    """The text-only model's name for a multimodal checkpoint's tensor `key`; None for the vision tower's."""
+    prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
+    return None if prefix is None else _PREFIXES[prefix] + key[len(prefix):]
 
 
 def _fingerprint(folder: Path) -> list:

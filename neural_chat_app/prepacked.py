@@ -135,7 +135,15 @@ def _replace(model, name: str, make) -> None:
 
 def weight_bytes(model) -> int:
     """The bytes one decode step reads, counted as for the plain model: parameters (tied ones once) and the reordered
-    weights (a tied head's copy stands in for the shared table, which a step reads one row of)."""
-    packed = sum(m.packed_weight.numel() * m.packed_weight.element_size() for m in model.modules()
+    weights (a tied head's copy stands in for the shared table, which a step reads one row of). A multimodal model's
+    step reads its language model and head only, not its vision tower."""
+    from finetune.families import text_decoder_prefix
+
+    parts = [model]
+    if text_decoder_prefix(model) is not None:
+        parts = [model.get_decoder(), model.get_output_embeddings()]
+    modules = {id(m): m for part in parts for m in part.modules()}.values()
+    packed = sum(m.packed_weight.numel() * m.packed_weight.element_size() for m in modules
                  if isinstance(m, PrepackedLinear) and not m.copied)
-    return packed + sum(p.numel() * p.element_size() for p in model.parameters())
+    params = {id(p): p for m in modules for p in m.parameters(recurse=False)}.values()
+    return packed + sum(p.numel() * p.element_size() for p in params)

@@ -82,7 +82,9 @@ def test_the_language_model_folder_gives_the_same_logits(tmp_path, monkeypatch, 
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
+    from benchmarks.train import parameter_count
     from finetune.language_model import language_model_folder
+    from neural_chat_app.prepacked import weight_bytes
 
     monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
     folder = _save(tmp_path / "mm")
@@ -108,6 +110,9 @@ def test_the_language_model_folder_gives_the_same_logits(tmp_path, monkeypatch, 
     ids = torch.randint(5, 300, (1, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(full(input_ids=ids).logits, text.eval()(input_ids=ids).logits)
+    # what a decode step reads, the benchmarks' bandwidth limit: the language model, not the vision tower
+    assert weight_bytes(full) == weight_bytes(text) < sum(p.numel() * p.element_size() for p in full.parameters())
+    assert parameter_count(str(folder)) == parameter_count(str(text_folder))
     written = (text_folder / "model.safetensors").stat().st_mtime_ns
     assert language_model_folder(folder) == text_folder
     assert (text_folder / "model.safetensors").stat().st_mtime_ns == written  # reused, not written again
