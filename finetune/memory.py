@@ -166,7 +166,7 @@ def _target_names(model, targets) -> set[str] | None:
     return set(targets)
 
 
-def _dims(config) -> tuple[int, int, int, int, int, int]:
+def decoder_dims(config) -> tuple[int, int, int, int, int, int]:
     """(hidden, query width, KV width, intermediate, layers, vocabulary) of a decoder config (a multimodal one's
     text part). The query width is heads x head_dim: twice the hidden size in Qwen3-0.6B, less in Gemma."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -198,7 +198,7 @@ def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
         if targets is None or name.rsplit(".", 1)[-1] in targets:
             lora += s.lora_rank * (module.in_features + module.out_features)
     compute = 4 if s.precision == "fp32" else 2
-    hidden, q, kv, inter, layers, vocab = _dims(config)
+    hidden, q, kv, inter, layers, vocab = decoder_dims(config)
     qk_norms = any(name.endswith(".q_norm") for name, _ in model.named_modules())  # Qwen 3, Gemma 3, OLMo 2
     tokens = s.batch * s.seq_len
     parts: dict[str, float] = {}

@@ -47,9 +47,9 @@ class ServingPlan:
 
 
 def _shapes(config) -> dict:
-    from finetune.memory import _dims, count_parameters
+    from finetune.memory import count_parameters, decoder_dims
 
-    hidden, _, kv, inter, layers, vocab = _dims(config)
+    hidden, _, kv, inter, layers, vocab = decoder_dims(config)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return {"parameters": count_parameters(config), "hidden": hidden, "kv": kv, "inter": inter, "layers": layers,
             "vocab": vocab, "tied": bool(getattr(text, "tie_word_embeddings", False)
@@ -120,7 +120,7 @@ def _refusal(model_path, shapes: dict, estimate: MemoryEstimate, compute: str, m
         option("bf16 weights computed in fp32 (what MixedPrecisionConfig() does when fp32 does not fit)",
                bf16.total_gib)
     if max_concurrency > 1:
-        option("one request at a time (max_concurrency=1)",
+        option("one request at a time (the server's limits.max_concurrent=1)",
                serving_estimate(shapes, compute, compute, 1, limit_gib).total_gib)
     from quantize.memory import ARTIFACT, EXPORT  # an OpenVINO artifact evaluated is one served
 

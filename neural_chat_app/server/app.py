@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -36,15 +37,17 @@ def pipeline_config(settings: ServerSettings) -> PipelineConfig:
     return PipelineConfig(model_name_or_path=settings.model, backend=settings.backend, loading_config=loading)
 
 
-def default_loader(config: PipelineConfig):
+def default_loader(config: PipelineConfig, max_concurrency: int | None = None):
+    """The backend of `config`, running `max_concurrency` requests at once (limits.max_concurrent; None: the
+    backend's own): the memory estimate before loading counts a KV cache for each."""
     from neural_chat_app.loading import load_backend
 
-    return load_backend(config)
+    return load_backend(config, max_concurrency)
 
 
 def create_app(settings: ServerSettings, backend=None, loader: Callable | None = None) -> FastAPI:
     """The server app. `backend` (already loaded) and `loader` (PipelineConfig -> backend) are for tests."""
-    loader = loader or default_loader
+    loader = loader or functools.partial(default_loader, max_concurrency=settings.limits.max_concurrent)
     if backend is None:
         backend = loader(pipeline_config(settings))
     limits = settings.limits

@@ -75,7 +75,7 @@ def test_a_model_that_fits_nowhere_is_refused_with_what_would_fit(tmp_path):
     message = str(refused.value)
     assert "8.03 B parameters" in message and "12.0 GiB is available (passed in)" in message
     lines = {line.split(":")[0].strip(): line for line in message.splitlines()[1:]}
-    assert "(fits)" not in lines["one request at a time (max_concurrency=1)"]
+    assert "(fits)" not in lines["one request at a time (the server's limits.max_concurrent=1)"]
     assert "(fits)" in lines["WeightOnlyQuantConfig(weight_dtype='int4') with backend='openvino'"]
     assert "(fits)" not in lines["WeightOnlyQuantConfig(weight_dtype='int8') with backend='openvino'"]
     assert MEMORY_ENV in message
@@ -89,6 +89,25 @@ def test_build_chatbot_stops_before_loading(tmp_path, monkeypatch):
     folder = _config_only(tmp_path / "8b")
     with pytest.raises(InsufficientMemoryError, match=rf"{MEMORY_ENV}=12\); stopped before loading the model"):
         build_chatbot(PipelineConfig(model_name_or_path=str(folder)))
+
+
+def test_the_server_estimates_a_kv_cache_for_each_request_it_runs_at_once(tmp_path, monkeypatch):
+    """limits.max_concurrent requests generate at once on the torch backend, each with its own KV cache: the
+    estimate before loading counts them all, and the refusal says one at a time would fit."""
+    from neural_chat_app.server import create_app, load_settings
+
+    _simulate_cpu(monkeypatch, bf16=True)
+    folder = _config_only(tmp_path / "8b")
+    shapes = _shapes(model_config(folder))
+    one, two = (serving_estimate(shapes, "bf16", "bf16", n, None).total_gib for n in (1, 2))
+    monkeypatch.setenv(MEMORY_ENV, f"{(one + two) / 2:.4f}")
+    settings = load_settings(None, model=str(folder), backend="torch", limits={"max_concurrent": 2},
+                             chat_log={"enabled": False})
+    with pytest.raises(InsufficientMemoryError) as refused:
+        create_app(settings)
+    message = str(refused.value)
+    assert f"about {two:.1f} GiB" in message
+    assert "one request at a time (the server's limits.max_concurrent=1)" in message and "(fits)" in message
 
 
 def test_a_cpu_without_bf16_serves_bf16_weights_where_fp32_ones_do_not_fit(tiny_model_dir, monkeypatch):
