@@ -72,6 +72,15 @@ SHAPES: dict[str, dict] = {
                    "tie_word_embeddings": False, "rope_theta": 10000.0, "sliding_window": 2047,
                    "max_position_embeddings": 4096, "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
                    "hidden_act": "silu"},
+    # microsoft/Phi-4-mini-instruct (phi3 again: fused projections, but 3/4 of each head rotated, 8 KV heads, a tied
+    # 200k vocabulary). Its longrope factor lists have the published length (48, half the rotated dims) and
+    # placeholder values: the values change neither speed nor memory.
+    "phi-4-mini": {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+                   "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 200064,
+                   "tie_word_embeddings": True, "partial_rotary_factor": 0.75, "rope_theta": 10000.0,
+                   "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 48, "long_factor": [1.0] * 48},
+                   "sliding_window": 262144, "max_position_embeddings": 131072,
+                   "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "hidden_act": "silu"},
     # Qwen/Qwen3-4B
     "qwen3-4b": {"model_type": "qwen3", "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
                  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,

@@ -96,8 +96,29 @@ def load_runner(path: str | Path, backend: str | None, threads: int | None = Non
         ov_config = {**openvino_cpu_properties(), "CACHE_DIR": ""}
         if threads and threads > 1:
             ov_config["INFERENCE_NUM_THREADS"] = threads
-        return Runner(OVModelForCausalLM.from_pretrained(path, ov_config=ov_config), "openvino")
+        return Runner(_with_cache_position(OVModelForCausalLM.from_pretrained(path, ov_config=ov_config)), "openvino")
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def _with_cache_position(model):
+    """The OpenVINO model with `cache_position` handed to its generation step when transformers 5's generate passes
+    none. optimum-intel 2.2's Phi-3 model (longrope: Phi-3.5, Phi-4-mini) reads it to recompute the cache once a
+    sequence outgrows the original context, and fails on None at that point."""
+    import inspect
+
+    import torch
+
+    prepare = model.prepare_inputs_for_generation
+    if "cache_position" not in inspect.signature(prepare).parameters:
+        return model
+
+    def prepare_with_position(input_ids, past_key_values=None, cache_position=None, **kwargs):
+        if cache_position is None and past_key_values:
+            cache_position = torch.arange(model._get_past_length(past_key_values), input_ids.shape[1])
+        return prepare(input_ids, past_key_values=past_key_values, cache_position=cache_position, **kwargs)
+
+    model.prepare_inputs_for_generation = prepare_with_position
+    return model
 
 
 def eval_ids(tokenizer, texts: list[str]):

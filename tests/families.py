@@ -28,8 +28,15 @@ FAMILIES = {
                     ["<eos>", "<end_of_turn>"]),
     "phi3": ("phi3", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], None, "<|endoftext|>",
              ["<|end|>", "<|endoftext|>"]),
+    # Phi-4-mini: model_type phi3 again, but a partial rotary embedding, a tied head, longrope scaling, a GPT-2 style
+    # BPE vocabulary, and a template that writes the role markers from variables with no newline after them
+    "phi4mini": ("phi4mini", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], None, "<|endoftext|>",
+                 ["<|end|>", "<|endoftext|>"]),
 }
 NAMES = list(FAMILIES)
+# family -> the quantize.ollama.FORMATS entry its template renders as
+OLLAMA_FORMAT = {"llama": "llama3", "qwen2": "chatml", "qwen3": "chatml", "mistral": "mistral", "gemma2": "gemma",
+                 "gemma3_text": "gemma", "phi3": "phi3", "phi4mini": "phi4"}
 
 # A conversation with a system message and several turns, as users' logs hold them.
 CONVERSATION = [
@@ -71,6 +78,12 @@ def family_config(family: str, tokenizer, **overrides):
         "gemma3_text": ("Gemma3TextConfig", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=16,
                                                  layer_types=["sliding_attention", "full_attention"])),
         "phi3": ("Phi3Config", dict(tie_word_embeddings=False)),
+        # microsoft/Phi-4-mini-instruct's values at the tiny size: 3/4 of each head rotated (12 of 16 dims), so the
+        # longrope factors are 6 long, and 4x the original context as published (131072 over 4096 there)
+        "phi4mini": ("Phi3Config", dict(tie_word_embeddings=True, partial_rotary_factor=0.75, sliding_window=262144,
+                                        original_max_position_embeddings=64, rope_scaling={
+                                            "rope_type": "longrope", "short_factor": [1.0, 1.0, 1.1, 1.3, 1.7, 2.4],
+                                            "long_factor": [1.0, 1.2, 1.9, 3.5, 8.0, 17.0]})),
     }
     name, extra = specific[family]
     return getattr(transformers, name)(**{**shape, **extra, **overrides})
@@ -177,6 +190,9 @@ def gguf_family_tokenizer(family: str, folder: Path):
         tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
     tokenizer.save_pretrained(folder)
+    if family == "phi4mini":  # the class Phi-4-mini publishes: llama.cpp's Phi-3 converter reads it as GPT-2 BPE
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
     if family in SENTENCEPIECE:  # a fast tokenizer's save leaves the SentencePiece model out: the converter reads it
         (folder / "tokenizer.model").write_bytes(model.getvalue())
     return tokenizer

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from tests.families import CONVERSATION, NAMES, save_family
+from tests.families import CONVERSATION, NAMES, OLLAMA_FORMAT, save_family
 from tests.finetune.conftest import tiny_config, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -111,10 +111,6 @@ def _server_answers(model_dir, tmp_path) -> None:
     assert reply.choices[0].message.role == "assistant"
     assert isinstance(reply.choices[0].message.content, str)
     assert 0 < reply.usage.completion_tokens <= 5
-
-
-OLLAMA_FORMAT = {"llama": "llama3", "qwen2": "chatml", "qwen3": "chatml", "mistral": "mistral", "gemma2": "gemma",
-                 "gemma3_text": "gemma", "phi3": "phi3"}
 
 
 @pytest.mark.parametrize("family", NAMES)

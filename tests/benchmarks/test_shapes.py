@@ -20,8 +20,8 @@ PUBLISHED = {"qwen2.5-0.5b": 494_032_768, "llama-3.2-1b": 1_235_814_400, "qwen2.
              "llama-3.2-3b": 3_212_749_824, "llama-3.1-8b": 8_030_261_248, "qwen3-0.6b": 596_049_920,
              "gemma-3-1b": 999_885_952, "gemma-2-2b": 2_614_341_888, "phi-3-mini": 3_821_079_552,
              "qwen3-4b": 4_022_468_096, "mistral-7b": 7_248_023_552}
-# Where the card gives three digits only: Gemma 3 4B's "4.3B params", the vision tower included.
-PUBLISHED_TO_3_DIGITS = {"gemma-3-4b": 4.30e9}
+# Where the hub gives three digits only: Gemma 3 4B's "4.3B params", the vision tower included; Phi-4-mini's 3.84B.
+PUBLISHED_TO_3_DIGITS = {"gemma-3-4b": 4.30e9, "phi-4-mini": 3.84e9}
 
 
 @pytest.mark.parametrize("name", sorted(shapes.SHAPES))

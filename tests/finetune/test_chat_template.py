@@ -17,7 +17,8 @@ from tests.families import CONVERSATION, NAMES, family_tokenizer
 
 # What each family's model must learn to write after its generation prompt: the reply and its end-of-turn token.
 END_OF_TURN = {"llama": "<|eot_id|>", "qwen2": "<|im_end|>", "qwen3": "<|im_end|>", "mistral": "</s>",
-               "gemma2": "<end_of_turn>", "gemma3_text": "<end_of_turn>", "phi3": "<|end|>"}
+               "gemma2": "<end_of_turn>", "gemma3_text": "<end_of_turn>", "phi3": "<|end|>",
+               "phi4mini": "<|end|>"}
 
 
 def _learned_runs(tokenizer, example) -> list[str]:

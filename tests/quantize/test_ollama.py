@@ -8,23 +8,20 @@ from __future__ import annotations
 import pytest
 
 from quantize.ollama import FORMATS, chat_format, modelfile
-from tests.families import FAMILIES, NAMES, family_tokenizer
-
-EXPECTED = {"llama": "llama3", "qwen2": "chatml", "qwen3": "chatml", "mistral": "mistral", "gemma2": "gemma",
-            "gemma3_text": "gemma", "phi3": "phi3"}
+from tests.families import FAMILIES, NAMES, OLLAMA_FORMAT, family_tokenizer
 
 
 @pytest.mark.parametrize("family", NAMES)
 def test_each_published_template_is_recognized_and_its_end_of_turn_stops_generation(family):
     tokenizer = family_tokenizer(family)
-    assert chat_format(tokenizer.chat_template) == EXPECTED[family]
+    assert chat_format(tokenizer) == OLLAMA_FORMAT[family]
 
     class Generation:  # the family's generation_config.json: its end-of-turn tokens
         eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in FAMILIES[family][4]]
 
     text = modelfile("model-q8_0.gguf", tokenizer, Generation())
     assert text.startswith("FROM ./model-q8_0.gguf\n")
-    assert f'TEMPLATE """{FORMATS[EXPECTED[family]][1]}"""' in text
+    assert f'TEMPLATE """{FORMATS[OLLAMA_FORMAT[family]][1]}"""' in text
     for token in FAMILIES[family][4]:
         assert f'PARAMETER stop "{token}"' in text
 
