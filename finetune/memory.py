@@ -160,7 +160,7 @@ def _target_names(model, targets) -> set[str] | None:
 
         from finetune.families import DEFAULT_LORA_TARGETS
 
-        model_type = model.config.model_type
+        model_type = model.config.get_text_config().model_type  # a multimodal model's: its language model's
         targets = (DEFAULT_LORA_TARGETS.get(model_type)
                    or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type) or ["q_proj", "v_proj"])
     return set(targets)
@@ -182,6 +182,8 @@ def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
     folder) with `settings`, on a CPU (on a GPU: the device's memory plus the same process on the host)."""
     import torch
 
+    from finetune.families import text_decoder_prefix
+
     if isinstance(config, (str, Path)):
         config = model_config(config)
     s = settings
@@ -190,12 +192,15 @@ def estimate_memory(config, settings: MemorySettings) -> MemoryEstimate:
     head_params = head.weight.numel() if head is not None else 0
     params = sum(p.numel() for p in model.parameters())
     targets = _target_names(model, s.lora_targets)
+    # A multimodal model's LoRA adapts its language model only (finetune.families.text_lora_targets)
+    text = text_decoder_prefix(model)
     lora = linear_params = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or module is head:
             continue
         linear_params += module.weight.numel()
-        if targets is None or name.rsplit(".", 1)[-1] in targets:
+        adapted = text is None or name.startswith(f"{text}.")
+        if adapted and (targets is None or name.rsplit(".", 1)[-1] in targets):
             lora += s.lora_rank * (module.in_features + module.out_features)
     compute = 4 if s.precision == "fp32" else 2
     hidden, q, kv, inter, layers, vocab = decoder_dims(config)

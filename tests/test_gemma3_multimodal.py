@@ -34,11 +34,17 @@ def test_lora_adapts_the_language_model_only(all_linear):
     from peft import get_peft_model
 
     from finetune import FinetuningArguments
+    from finetune.memory import MemorySettings, estimate_memory
     from finetune.train import lora_config
 
     model = build_family_model("gemma3", _tokenizer())
     assert type(model).__name__ == "Gemma3ForConditionalGeneration"
-    peft = get_peft_model(model, lora_config(model, FinetuningArguments(lora_all_linear=all_linear)))
+    args = FinetuningArguments(lora_all_linear=all_linear)
+    estimate = estimate_memory(model.config, MemorySettings(lora_rank=args.lora_rank,
+                                                            lora_targets="all-linear" if all_linear else None))
+    peft = get_peft_model(model, lora_config(model, args))
+    # the memory estimate before loading counts the adapters PEFT makes, not the vision tower's namesakes
+    assert estimate.trainable == sum(p.numel() for p in peft.parameters() if p.requires_grad)
     adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in peft.named_parameters() if ".lora_A." in name}
     assert adapted and all(".language_model." in name for name in adapted)
     leaves = {name.rsplit(".", 1)[-1] for name in adapted}
