@@ -2,8 +2,9 @@
 
 Prints the CPU (model, AMX / AVX512-BF16 / VNNI), cores and NUMA nodes, memory, torch and whether its oneDNN
 picks AMX kernels for a bf16 matmul (one matmul run under ONEDNN_VERBOSE=1 in a child process), CUDA, the
-optional backends, the thread settings, and advice. Exit status 1 when the main job (fine-tuning the embedded
-model) cannot run here, else 0. `--json` prints the same as JSON.
+optional backends, the thread settings, and advice; with `--model M`, the memory estimates of fine-tuning M
+(finetune_model's) and of serving it (build_chatbot's), against the memory available. Exit status 1 when the main
+job (fine-tuning the embedded model) cannot run here, else 0. `--json` prints the same as JSON.
 
 It imports neither torch nor transformers itself, so it still runs, and says so, when they are missing.
 """
@@ -179,9 +180,36 @@ def _advise_model_memory(report: Report, model: str, settings) -> None:
     problem = fit_problem(config, estimate, available, source, where=model)
     if problem:
         report.add("warn", problem.replace("{stops}", "finetune_model would stop before loading it"))
-        return
-    report.add("ok", f"fine-tuning {model} needs about {estimate.render()}; {available or 0:.1f} GiB available "
-                     f"({source})")
+    else:
+        report.add("ok", f"fine-tuning {model} needs about {estimate.render()}; {available or 0:.1f} GiB available "
+                         f"({source})")
+    _advise_serving_memory(report, model, config, settings.precision, available, source)
+
+
+def _advise_serving_memory(report: Report, model: str, config, compute: str, available: float | None,
+                           source: str) -> None:
+    """build_chatbot's own estimate for serving `model` on this CPU (finetune.serving_memory), one request at a time,
+    and how it would hold the weights."""
+    from finetune.serving_memory import render_parts, serving_shapes, serving_storage
+
+    storage, same, narrow = serving_storage(serving_shapes(config), compute, 1, True, available)
+    chosen = narrow if storage is not None and storage != compute else same
+    report.facts["serving_estimate"] = {"model": model, "compute": compute, "weights": storage,
+                                        "total_gib": round(chosen.total_gib, 2), "parts_gib": chosen.parts,
+                                        "available_gib": available}
+    where = f"{available or 0:.1f} GiB available ({source})"
+    if storage == compute:
+        report.add("ok", f"serving {model} needs about {same.total_gib:.1f} GiB in {compute} ({render_parts(same)}); "
+                         f"{where}")
+    elif storage is not None:
+        report.add("info", f"serving {model}: fp32 weights would need {same.total_gib:.1f} GiB and {where}, so "
+                           f"build_chatbot keeps them in bf16, widened to fp32 a layer at a time "
+                           f"({narrow.total_gib:.1f} GiB)")
+    else:
+        least = narrow or same
+        report.add("warn", f"serving {model} in {compute} needs about {least.total_gib:.1f} GiB and {where}: "
+                           f"build_chatbot would stop before loading it; an OpenVINO INT8 or INT4 artifact "
+                           f"(python -m quantize) needs about a half or a quarter of the weights' memory")
 
 
 def _report_model_packages(report: Report) -> None:
@@ -341,6 +369,11 @@ def render(report: Report) -> str:
     if estimate:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in estimate["parts_gib"].items())
         lines.append(f"fine-tune      {estimate['model']}: about {estimate['total_gib']:.1f} GiB at its peak ({parts})")
+    serving = f.get("serving_estimate")
+    if serving:
+        held = f"{serving['weights']} weights, {serving['compute']} compute" if serving["weights"] else "does not fit"
+        lines.append(f"serve          {serving['model']}: about {serving['total_gib']:.1f} GiB, one request at a time "
+                     f"({held})")
     lines.append("threads        " + " ".join(f"{k}={v}" for k, v in f["threads"].items() if v) or "(none set)")
     lines.append("packages       " + ", ".join(f"{k} {v}" for k, v in f["packages"].items() if v))
     lines.append("")
@@ -355,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m finetune doctor", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print the facts and findings as JSON")
     p.add_argument("--no-probe", action="store_true", help="skip the bf16 matmul run in a child process")
-    run = p.add_argument_group("memory estimate of a fine-tune (finetune_model's own, before loading)")
+    run = p.add_argument_group("memory estimates of a fine-tune and of serving (finetune_model's and build_chatbot's)")
     run.add_argument("--model", help="a model folder, hub id in the cache, or embedded name: estimate its run")
     run.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="default: this CPU's")
     run.add_argument("--batch", type=int, default=1, help="per_device_train_batch_size")

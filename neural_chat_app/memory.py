@@ -1,20 +1,9 @@
-"""How much memory serving a model on the CPU will need, from its config.json, before any weight is loaded.
+"""How serving holds a model on the CPU, chosen from the memory estimate (finetune.serving_memory) before any
+weight is loaded, and the refusal, with what would fit, where nothing does.
 
-`load_torch` checks the estimate against the memory available and picks how the weights are held:
-- in the compute precision when they fit (bf16 where the CPU has bf16 matmuls, else fp32);
-- on a CPU without bf16 matmuls whose fp32 weights do not fit (an 8B model's are 32 GB), in bf16, computed in fp32
-  a layer at a time (finetune.frozen_weights, `narrow_rows`), at half the memory;
-- where neither fits, nothing is loaded: InsufficientMemoryError with the figures and what would fit.
-
-Parts: the weights; the head tied to the embeddings reordered as a copy (neural_chat_app.prepacked does when it
-costs at most an eighth of the memory available); the largest linear weight once more while it is reordered, or the
-fp32 widening buffer; a KV cache of KV_TOKENS tokens per request served at once; the process; allocator slack.
-Checked against the peaks of `python -m benchmarks infer --shape NAME` (ours, prompts up to 512 tokens, 2 cores of
-the AMD EPYC Zen 4), measured / estimated GiB: bf16 (2026-12-06) qwen2.5-0.5b 1.73 / 1.97, llama-3.2-1b 3.38 / 3.76,
-gemma-3-1b 3.02 / 3.33, qwen2.5-1.5b 3.91 / 4.29, llama-3.2-3b 7.42 / 8.20, llama-3.1-8b 16.45 / 17.88, gemma-3-4b
-(multimodal, 2026-12-07) 9.93 / 10.94; fp32 compute with oneDNN, ATen and MKL capped at AVX2 (2026-12-07):
-llama-3.2-1b fp32 weights 6.23 / 6.82, bf16 weights 3.06 / 3.43, llama-3.1-8b bf16 weights 16.10 / 17.66. +9% to
-+14%: the estimate reserves 4,096 tokens of cache where these runs held 544.
+`load_torch` asks `plan_serving`: weights in the compute precision when they fit; on a CPU without bf16 matmuls
+whose fp32 weights do not fit, bf16 weights computed in fp32 (finetune.frozen_weights); else InsufficientMemoryError
+with the figures and the alternatives (bf16 weights, one request at a time, OpenVINO INT4/INT8 artifacts).
 """
 
 from __future__ import annotations
@@ -22,12 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from finetune.memory import GIB, MEMORY_ENV, InsufficientMemoryError, MemoryEstimate, available_gib, model_config
-
-KV_TOKENS = 4096  # context reserved per request served at once; a longer one grows past the estimate
-PROCESS_GIB = 0.7  # interpreter, torch, transformers, tokenizer, the server: a model with next to no weights
-SLACK = 0.05  # of the weights: allocator fragmentation
-WIDEN_BUFFER_GIB = 0.25  # finetune.frozen_weights.WIDEN_BLOCK_BYTES, per request served at once
-BYTES = {"bf16": 2, "fp32": 4}
+from finetune.serving_memory import render_parts, serving_estimate, serving_shapes, serving_storage
 
 
 @dataclass(frozen=True)
@@ -46,61 +30,24 @@ class ServingPlan:
         return self.storage != self.compute
 
 
-def _shapes(config) -> dict:
-    from finetune.memory import count_parameters, decoder_dims
-
-    hidden, _, kv, inter, layers, vocab = decoder_dims(config)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return {"parameters": count_parameters(config), "hidden": hidden, "kv": kv, "inter": inter, "layers": layers,
-            "vocab": vocab, "tied": bool(getattr(text, "tie_word_embeddings", False)
-                                         or getattr(config, "tie_word_embeddings", False))}
-
-
-def serving_estimate(shapes: dict, storage: str, compute: str, max_concurrency: int,
-                     limit_gib: float | None) -> MemoryEstimate:
-    """Peak resident memory of serving a model of `shapes` (see _shapes) with weights in `storage`, computing in
-    `compute`, `max_concurrency` requests at once."""
-    size = BYTES[storage]
-    parts = {"weights": shapes["parameters"] * size / GIB}
-    head = shapes["vocab"] * shapes["hidden"] * size / GIB
-    # the largest linear weight: the head where it is not the embeddings, else an MLP projection
-    largest = max(shapes["inter"], shapes["vocab"] if not shapes["tied"] else 0) * shapes["hidden"] / GIB
-    if storage == compute:  # reordered for oneDNN: the largest weight twice while it is, a tied head as a copy
-        parts["reorder"] = largest * size
-        if shapes["tied"] and limit_gib is not None and head <= limit_gib / 8:
-            parts["tied head copy"] = head
-    else:  # each thread's fp32 copy of one weight, or of a block of one
-        parts["widening buffer"] = min(WIDEN_BUFFER_GIB, largest * BYTES[compute]) * max_concurrency
-    parts["kv cache"] = (shapes["layers"] * 2 * shapes["kv"] * KV_TOKENS * BYTES[compute] * max_concurrency / GIB)
-    parts["process"] = PROCESS_GIB
-    parts["slack"] = SLACK * parts["weights"]
-    return MemoryEstimate({k: round(v, 6) for k, v in parts.items()}, shapes["parameters"], 0)
-
-
 def plan_serving(model_path, compute: str, max_concurrency: int = 1, narrow_allowed: bool = True,
                  trust_remote_code: bool = False, limit_gib: float | None = None) -> ServingPlan:
     """How to hold the model in `model_path` to compute in `compute` (`narrow_allowed`: fp32 compute may keep
     bf16 weights where fp32 ones do not fit); raises InsufficientMemoryError, before anything is loaded, when no
     way fits in `limit_gib` (None: available_gib())."""
-    shapes = _shapes(model_config(model_path, trust_remote_code))
+    shapes = serving_shapes(model_config(model_path, trust_remote_code))
     source = "passed in"
     if limit_gib is None:
         limit_gib, source = available_gib()
-
-    def fits(estimate: MemoryEstimate) -> bool:
-        return limit_gib is None or estimate.total_gib <= limit_gib
-
-    same = serving_estimate(shapes, compute, compute, max_concurrency, limit_gib)
-    if fits(same):
+    storage, same, narrow = serving_storage(shapes, compute, max_concurrency, narrow_allowed, limit_gib)
+    if storage == compute:
         return ServingPlan(compute, compute, same, f"{compute} weights: {same.total_gib:.1f} GiB estimated, "
                                                    f"{_available(limit_gib, source)}")
-    if compute == "fp32" and narrow_allowed:
-        narrow = serving_estimate(shapes, "bf16", "fp32", max_concurrency, limit_gib)
-        if fits(narrow):
-            return ServingPlan("bf16", "fp32", narrow, (
-                f"fp32 weights would need {same.total_gib:.1f} GiB and {_available(limit_gib, source)}: weights kept "
-                f"in bf16 ({narrow.total_gib:.1f} GiB) and widened to fp32 a layer at a time; a decode step's "
-                f"matrix-vector products run on the bf16 weights with fp32 sums"))
+    if storage is not None:
+        return ServingPlan(storage, compute, narrow, (
+            f"fp32 weights would need {same.total_gib:.1f} GiB and {_available(limit_gib, source)}: weights kept "
+            f"in bf16 ({narrow.total_gib:.1f} GiB) and widened to fp32 a layer at a time; a decode step's "
+            f"matrix-vector products run on the bf16 weights with fp32 sums"))
     raise InsufficientMemoryError(_refusal(model_path, shapes, same, compute, max_concurrency, limit_gib, source))
 
 
@@ -132,9 +79,8 @@ def _refusal(model_path, shapes: dict, estimate: MemoryEstimate, compute: str, m
                base + parameters * per / GIB,
                f"; quantizing once needs {export:.1f} GiB, or serve an artifact quantized elsewhere "
                f"(python -m quantize)")
-    parts = ", ".join(f"{name} {gib:.2f}" for name, gib in estimate.parts.items())
     return (f"Serving {model_path} ({parameters / 1e9:.2f} B parameters) in {compute} would need about "
-            f"{estimate.total_gib:.1f} GiB at its peak ({parts}), "
+            f"{estimate.total_gib:.1f} GiB at its peak ({render_parts(estimate)}), "
             f"and {limit_gib:.1f} GiB is available ({source}); stopped before loading the model. Change one of:\n"
             + "\n".join(lines) + f"\n(set {MEMORY_ENV} to load anyway with a figure of your own)")
 

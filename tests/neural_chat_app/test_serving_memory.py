@@ -9,8 +9,9 @@ import shutil
 import pytest
 import torch
 
-from finetune.memory import MEMORY_ENV, InsufficientMemoryError, model_config
-from neural_chat_app.memory import _shapes, plan_serving, serving_estimate
+from finetune.memory import MEMORY_ENV, InsufficientMemoryError, MemorySettings, model_config
+from finetune.serving_memory import serving_estimate, serving_shapes
+from neural_chat_app.memory import plan_serving
 from tests.conftest import build_tiny_tokenizer
 
 
@@ -45,7 +46,7 @@ def test_the_estimate_covers_the_measured_serving_peaks(name, storage, compute, 
     each and within 15%."""
     from benchmarks.shapes import shape_config
 
-    estimate = serving_estimate(_shapes(shape_config(name)), storage, compute, 1, 22.0)
+    estimate = serving_estimate(serving_shapes(shape_config(name)), storage, compute, 1, 22.0)
     assert measured_gib < estimate.total_gib < measured_gib * 1.15, estimate.parts
 
 
@@ -98,7 +99,7 @@ def test_the_server_estimates_a_kv_cache_for_each_request_it_runs_at_once(tmp_pa
 
     _simulate_cpu(monkeypatch, bf16=True)
     folder = _config_only(tmp_path / "8b")
-    shapes = _shapes(model_config(folder))
+    shapes = serving_shapes(model_config(folder))
     one, two = (serving_estimate(shapes, "bf16", "bf16", n, None).total_gib for n in (1, 2))
     monkeypatch.setenv(MEMORY_ENV, f"{(one + two) / 2:.4f}")
     settings = load_settings(None, model=str(folder), backend="torch", limits={"max_concurrent": 2},
@@ -110,6 +111,32 @@ def test_the_server_estimates_a_kv_cache_for_each_request_it_runs_at_once(tmp_pa
     assert "one request at a time (the server's limits.max_concurrent=1)" in message and "(fits)" in message
 
 
+def test_the_doctor_gives_the_estimate_and_the_choice_build_chatbot_makes(tmp_path, monkeypatch):
+    """`python -m finetune doctor --model M` prints the serving estimate and how the weights would be held, the
+    figures plan_serving (what build_chatbot runs) uses."""
+    from finetune import doctor
+
+    folder = _config_only(tmp_path / "8b")
+    shapes = serving_shapes(model_config(folder))
+    fp32 = serving_estimate(shapes, "fp32", "fp32", 1, None).total_gib
+    narrow = serving_estimate(shapes, "bf16", "fp32", 1, None).total_gib
+    for limit, weights in ((fp32 + 1, "fp32"), ((fp32 + narrow) / 2, "bf16"), (narrow - 1, None)):
+        monkeypatch.setenv(MEMORY_ENV, f"{limit:.4f}")
+        report = doctor.diagnose(run_probe=False, model=str(folder),
+                                 settings=MemorySettings(precision="fp32", batch=1, seq_len=256, lora_targets=None))
+        facts = report.facts["serving_estimate"]
+        assert facts["weights"] == weights
+        text = doctor.render(report)
+        if weights is None:
+            with pytest.raises(InsufficientMemoryError):
+                plan_serving(folder, "fp32")
+            assert "build_chatbot would stop before loading it" in text
+            continue
+        plan = plan_serving(folder, "fp32")
+        assert plan.storage == weights and facts["total_gib"] == round(plan.estimate.total_gib, 2)
+        assert f"about {plan.estimate.total_gib:.1f} GiB, one request at a time ({weights} weights" in text
+
+
 def test_a_cpu_without_bf16_serves_bf16_weights_where_fp32_ones_do_not_fit(tiny_model_dir, monkeypatch):
     """MixedPrecisionConfig (the default) on a CPU without bf16 matmuls: fp32 where it fits; with the memory set
     between the two estimates, bf16 weights computed in fp32, said so, and the chatbot answers as the fp32 one."""
@@ -118,7 +145,7 @@ def test_a_cpu_without_bf16_serves_bf16_weights_where_fp32_ones_do_not_fit(tiny_
     from neural_chat_app.prepacked import PrepackedLinear
 
     _simulate_cpu(monkeypatch, bf16=False)
-    shapes = _shapes(model_config(tiny_model_dir))
+    shapes = serving_shapes(model_config(tiny_model_dir))
     fp32 = serving_estimate(shapes, "fp32", "fp32", 1, None).total_gib
     narrow = serving_estimate(shapes, "bf16", "fp32", 1, None).total_gib
     assert narrow < fp32
@@ -160,7 +187,7 @@ def test_a_lora_adapter_attaches_to_bf16_weights_computed_in_fp32(tiny_model_dir
 
     _simulate_cpu(monkeypatch, bf16=False)
     (adapter,) = random_lora_adapters(tiny_model_dir, tmp_path, 1, rank=4, std=0.3, seed=1)
-    shapes = _shapes(model_config(tiny_model_dir))
+    shapes = serving_shapes(model_config(tiny_model_dir))
     fp32 = serving_estimate(shapes, "fp32", "fp32", 1, None).total_gib
     narrow = serving_estimate(shapes, "bf16", "fp32", 1, None).total_gib
     monkeypatch.setenv(MEMORY_ENV, f"{(fp32 + narrow) / 2:.4f}")
