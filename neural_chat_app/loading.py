@@ -241,8 +241,12 @@ def _quantized_artifact(source: ModelSource, opt: WeightOnlyQuantConfig, backend
         raise NotImplementedError("WeightOnlyQuantConfig quantizes merged models: serve the fine-tune output folder")
     backend_name = "openvino" if backend == "openvino" else "inc"
     group = -1 if (backend_name == "openvino" and bits == 8) else opt.group_size
-    cfg = QuantizeConfig(model=str(source.path), output_dir=str(cache_home() / "quantized"), backend=backend_name,
-                         scheme="rtn", bits=bits, group_size=group, sym=opt.scheme == "sym", evaluate=False)
+    try:
+        cfg = QuantizeConfig(model=str(source.path), output_dir=str(cache_home() / "quantized"), backend=backend_name,
+                             scheme="rtn", bits=bits, group_size=group, sym=opt.scheme == "sym", evaluate=False)
+    except ValueError as err:  # say it in the terms the user wrote
+        raise ValueError(f"WeightOnlyQuantConfig(weight_dtype={opt.weight_dtype!r}, scheme={opt.scheme!r}) served "
+                         f"with backend {backend!r} quantizes through {backend_name}: {err}") from err
     folder = cache_home() / "quantized" / artifact_name(source.path, cfg.tag, cfg.suffix)
     if not (folder / QUANTIZATION_METADATA_FILE).is_file():
         logger.warning("Quantizing %s (%s) into %s once", source.path, cfg.tag, folder)

@@ -44,6 +44,19 @@ def test_ipex_and_pt2e_paths_are_refused_with_the_reason_and_the_alternative(sch
         QuantizeConfig(backend="inc", scheme=scheme, bits=8)
 
 
+def test_eight_bit_inc_and_web_weights_are_symmetric_and_asymmetric_ones_are_refused():
+    assert QuantizeConfig(backend="inc", bits=8).sym is True
+    assert QuantizeConfig(backend="web", bits=8).sym is True
+    assert QuantizeConfig(backend="inc", bits=4).sym is False
+    assert QuantizeConfig(backend="openvino", bits=8).sym is False
+    assert QuantizeConfig(backend="openvino", bits=8, sym=True).sym is True
+    with pytest.raises(ValueError, match=r"sym=False with backend='inc' and bits=8 is refused: Neural Compressor "
+                                         r"3.10 packs asymmetric 8-bit weights wrongly .*backend='openvino'"):
+        QuantizeConfig(backend="inc", bits=8, sym=False)
+    with pytest.raises(ValueError, match="backend='web' and bits=8 is refused: web INT8 is onnxruntime's dynamic"):
+        QuantizeConfig(backend="web", bits=8, sym=False)
+
+
 def test_backend_specific_rules():
     with pytest.raises(ValueError, match="per channel"):
         QuantizeConfig(backend="openvino", bits=8, group_size=64)

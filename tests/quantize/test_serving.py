@@ -62,6 +62,9 @@ def test_plain_model_is_quantized_once_into_the_cache(tiny_model_dir, tmp_path, 
     assert (made[0] / "quantization.json").stat().st_mtime_ns == stamp  # reused, not redone
     with pytest.raises(ValueError, match="calibrates on data: run quantize_model"):
         _bot(tiny_model_dir, backend="torch", weight_dtype="int4", group_size=32, algorithm="GPTQ")
+    with pytest.raises(ValueError, match=r"WeightOnlyQuantConfig\(weight_dtype='int8', scheme='asym'\) served with "
+                                         r"backend 'torch' quantizes through inc: .*packs asymmetric 8-bit weights"):
+        _bot(tiny_model_dir, backend="torch", weight_dtype="int8", group_size=32, scheme="asym")
 
 
 def test_registry_lists_quantized_artifacts(artifact, artifacts_dir):
