@@ -183,3 +183,27 @@ def test_fine_tunes_merges_serves_and_exports_its_language_model(tmp_path, monke
         want, got = merged(input_ids=ids).logits, exported(input_ids=ids).logits
     assert (want - got).abs().max() < 0.05, float((want - got).abs().max())
     assert 'PARAMETER stop "<end_of_turn>"' in (gguf / "Modelfile").read_text()  # Gemma's chat format
+
+
+@pytest.mark.integration
+def test_neural_compressor_quantizes_its_language_model(tmp_path, monkeypatch):
+    """backend='inc' gets the language model too: INT8 (symmetric) logits within rounding of the source's."""
+    pytest.importorskip("neural_compressor")
+    from transformers import AutoModelForCausalLM
+
+    from quantize import QuantizeConfig, quantize_model
+    from quantize.inc import load_inc
+
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
+    base = _save(tmp_path / "base")
+    artifact = quantize_model(QuantizeConfig(model=str(base), output_dir=str(tmp_path / "q"), backend="inc", bits=8,
+                                             evaluate=False))
+    assert json.loads((artifact / "quantization.json").read_text())["multimodal_source"] == str(base.resolve())
+    source = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    quantized = load_inc(artifact)
+    assert type(quantized).__name__ == "Gemma3ForCausalLM"
+    ids = torch.randint(5, 300, (1, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = source(input_ids=ids).logits, quantized(input_ids=ids).logits
+    spread = (want - want.mean(-1, keepdim=True)).norm()
+    assert float((got - want).norm() / spread) < 0.05
