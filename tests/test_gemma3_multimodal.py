@@ -207,3 +207,18 @@ def test_neural_compressor_quantizes_its_language_model(tmp_path, monkeypatch):
         want, got = source(input_ids=ids).logits, quantized(input_ids=ids).logits
     spread = (want - want.mean(-1, keepdim=True)).norm()
     assert float((got - want).norm() / spread) < 0.05
+
+
+@pytest.mark.integration
+def test_preference_tuning_adapts_its_language_model(tmp_path):
+    """DPO on the multimodal checkpoint: the preference forward gets the same text-only treatment as chats."""
+    from finetune import finetune_model
+    from tests.finetune.conftest import write_jsonl
+    from tests.finetune.test_preference import _config, _pairs
+
+    base = _save(tmp_path / "base")
+    result = finetune_model(_config(base, write_jsonl(tmp_path / "pairs.jsonl", _pairs()), tmp_path / "dpo", "dpo",
+                                    max_steps=3))
+    assert result.metrics["train_steps"] == 3 and result.metrics["eval_reward_margin"] > 0
+    targets = json.loads((result.adapter_dir / "adapter_config.json").read_text())["target_modules"]
+    assert "language_model" in targets
