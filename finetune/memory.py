@@ -140,10 +140,13 @@ def _meta_model(config):
     import torch
     from transformers import AutoModelForCausalLM
 
-    # A config that names its own code (auto_map) was read with trust_remote_code already (model_config): the
-    # model's classes come from the same code.
+    # A config read from a folder's own code (auto_map, with trust_remote_code: model_config) is of a class
+    # transformers loaded as a dynamic module: the model's classes come from the same code. A config whose auto_map
+    # names code for a family transformers has (Phi-3.5-mini and Phi-4-mini publish one) was read into the native
+    # class without that code, and its model is the native one too.
+    remote = type(config).__module__.startswith("transformers_modules")
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=bool(getattr(config, "auto_map", None)))
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=remote)
 
 
 def count_parameters(config) -> int:

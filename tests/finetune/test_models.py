@@ -245,3 +245,31 @@ def test_trust_remote_code_reaches_training_the_merge_and_serving(tmp_path, tiny
         assert isinstance(bot.predict("hi", GenerationConfig(max_new_tokens=3, do_sample=False)), str)
     finally:
         bot.close()
+
+
+@pytest.mark.integration
+def test_a_config_naming_code_for_a_family_transformers_has_runs_on_the_native_classes(tmp_path):
+    """Phi-3.5-mini's and Phi-4-mini's config.json carry an auto_map to modeling files of their own, which
+    transformers does not need (phi3 is native): without trust_remote_code the memory estimate, training and
+    serving use the native classes and never ask for that code."""
+    from finetune import finetune_model
+    from finetune.memory import count_parameters, model_config
+    from neural_chat_app import GenerationConfig, PipelineConfig, build_chatbot
+    from tests.families import CONVERSATION, save_family
+    from tests.finetune.conftest import tiny_config, write_jsonl
+
+    folder = save_family("phi4mini", tmp_path / "phi")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_phi3.Phi3Config",
+                          "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"}  # files the folder lacks
+    (folder / "config.json").write_text(json.dumps(config))
+    assert count_parameters(model_config(folder)) > 0
+    rows = [{"messages": [dict(m) for m in CONVERSATION]} for _ in range(8)]
+    result = finetune_model(tiny_config(folder, write_jsonl(tmp_path / "c.jsonl", rows), tmp_path / "out",
+                                        task="chat", max_steps=1, save_steps=100))
+    bot = build_chatbot(PipelineConfig(model_name_or_path=str(result.merged_dir), backend="torch"))
+    try:
+        assert type(bot.backend.model).__name__ == "Phi3ForCausalLM"
+        assert isinstance(bot.predict("hi", GenerationConfig(max_new_tokens=3, do_sample=False)), str)
+    finally:
+        bot.close()
