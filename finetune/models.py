@@ -50,6 +50,9 @@ def _unknown_model_error(name: str) -> FileNotFoundError:
 
 # What a causal LM needs from a hub repository: not its other weight formats (.bin, .pth, GGUF, ONNX copies).
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.py", "*.jinja"]
+# Weights transformers never reads, which some repositories ship beside their own: Mistral's consolidated.safetensors
+# for mistral-inference (14.5 GB more for Mistral-7B-Instruct-v0.3) and Meta's original/ checkpoint in Llama's.
+HUB_SKIPPED = ["consolidated*.safetensors", "original/*"]
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -114,7 +117,7 @@ def _hub_snapshot(repo_id: str, allow_download: bool) -> str:
         raise FileNotFoundError(f"{repo_id!r} is not a folder here, and as a hub model id it is not in the Hugging "
                                 f"Face cache: {how}")
     try:
-        return snapshot_download(repo_id, cache_dir=cache, allow_patterns=HUB_FILES)
+        return snapshot_download(repo_id, cache_dir=cache, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIPPED)
     except Exception as err:  # no network, unknown repo, gated model: one message that says what to do
         raise FileNotFoundError(f"Could not download the hub model {repo_id!r} ({type(err).__name__}: {err}); "
                                 f"{how}") from err

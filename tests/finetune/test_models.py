@@ -53,18 +53,40 @@ def test_a_hub_id_downloads_into_the_cache_when_allowed(tmp_path, monkeypatch, t
     def download(repo_id, **kw):  # the network, simulated: the files arrive in the cache, as the hub client puts them
         if kw.get("local_files_only"):
             return real(repo_id, **kw)
-        calls.append((repo_id, kw["cache_dir"], kw["allow_patterns"]))
+        calls.append((repo_id, kw["cache_dir"], kw["allow_patterns"], kw["ignore_patterns"]))
         return _hub_snapshot(tmp_path / "hf", repo_id, tiny_model_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
     path = models.resolve_model_path("org/tiny-chat", allow_download=True)
-    assert calls == [("org/tiny-chat", str(tmp_path / "hf" / "hub"), models.HUB_FILES)]
+    assert calls == [("org/tiny-chat", str(tmp_path / "hf" / "hub"), models.HUB_FILES, models.HUB_SKIPPED)]
     assert (Path(path) / "config.json").is_file()
     assert models.resolve_model_path("org/tiny-chat") == path  # cached now: no second download, no flag needed
     assert len(calls) == 1
 
 
 @pytest.mark.integration
+def test_a_download_takes_what_transformers_reads_and_not_the_second_copies_of_the_weights():
+    """The files of published repositories, filtered by the hub client's own matcher with our patterns."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    mistral = ["config.json", "generation_config.json", "model-00001-of-00003.safetensors",
+               "model.safetensors.index.json", "consolidated.safetensors", "params.json", "tokenizer.json",
+               "tokenizer.model", "tokenizer.model.v3", "tokenizer_config.json", "README.md"]
+    llama = ["config.json", "model.safetensors", "tokenizer.json", "original/consolidated.00.pth",
+             "original/params.json", "original/tokenizer.model", "LICENSE.txt"]
+    phi = ["config.json", "model-00001-of-00002.safetensors", "configuration_phi3.py", "modeling_phi3.py",
+           "tokenizer.json", "vocab.json", "merges.txt"]
+
+    def kept(files):
+        return set(filter_repo_objects(files, allow_patterns=models.HUB_FILES, ignore_patterns=models.HUB_SKIPPED))
+
+    assert kept(mistral) == {"config.json", "generation_config.json", "model-00001-of-00003.safetensors",
+                             "model.safetensors.index.json", "params.json", "tokenizer.json", "tokenizer.model",
+                             "tokenizer_config.json"}
+    assert kept(llama) == {"config.json", "model.safetensors", "tokenizer.json", "LICENSE.txt"}
+    assert kept(phi) == set(phi)
+
+
 def test_a_cached_hub_id_works_offline_everywhere_a_model_is_named(tmp_path, monkeypatch, tiny_model_dir):
     """finetune_model and build_chatbot take a hub id whose snapshot is in the Hugging Face cache, offline."""
     from finetune import finetune_model
