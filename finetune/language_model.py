@@ -84,7 +84,9 @@ def language_model_folder(folder: str | Path) -> Path:
 def _language_model_tensors(folder: Path) -> Iterator[tuple[str, object]]:
     from safetensors import safe_open
 
-    files = sorted(folder.glob("*.safetensors"))
+    from finetune.models import safetensors_files
+
+    files = safetensors_files(folder)
     if not files:
         raise FileNotFoundError(f"{folder} has no .safetensors weights: the language model is read from those")
     found = False

@@ -131,6 +131,17 @@ def _hub_snapshot(repo_id: str, allow_download: bool) -> str:
 FP32_STORAGE_MAX_PARAMETERS = 2_000_000_000
 
 
+def safetensors_files(folder: Path) -> list[Path]:
+    """The .safetensors files transformers loads from a model folder: those its index names, else every one but
+    a second copy of the weights beside them (Mistral's consolidated.safetensors, which `hf download` fetches)."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    files = sorted(folder.glob("*.safetensors"))
+    return [f for f in files if not f.name.startswith("consolidated")] or files
+
+
 def storage_dtype(parameters: int) -> torch.dtype:
     """The dtype of a model folder we write for a model of `parameters`."""
     return torch.float32 if parameters <= FP32_STORAGE_MAX_PARAMETERS else torch.bfloat16

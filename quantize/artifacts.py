@@ -73,11 +73,14 @@ def folder_bytes(path: Path) -> int:
 
 def weight_bytes(path: Path) -> int:
     """Bytes of the weight files only (OpenVINO .bin, safetensors, INC .pt, GGUF): tokenizers excluded."""
+    from finetune.models import safetensors_files
+
     total = 0
+    loaded = {f for folder in {f.parent for f in path.rglob("*.safetensors")} for f in safetensors_files(folder)}
     for f in path.rglob("*"):
         if f.is_file() and f.suffix in WEIGHT_SUFFIXES and not f.name.startswith("openvino_tokenizer") and not (
             f.name.startswith("openvino_detokenizer")
-        ):
+        ) and (f.suffix != ".safetensors" or f in loaded):  # not a second copy of the weights
             total += f.stat().st_size
     return total
 

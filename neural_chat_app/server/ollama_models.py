@@ -60,8 +60,10 @@ def embedding_folder() -> Path | None:
 
 def safetensors_summary(folder: Path) -> tuple[int, str | None]:
     """(parameter count, the dtype most of them have) from the safetensors headers: no weights are read."""
+    from finetune.models import safetensors_files
+
     count, dtypes = 0, Counter()
-    for file in sorted(folder.glob("*.safetensors")):
+    for file in safetensors_files(folder):
         try:
             with file.open("rb") as f:
                 size = int.from_bytes(f.read(8), "little")

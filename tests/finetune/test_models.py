@@ -87,6 +87,29 @@ def test_a_download_takes_what_transformers_reads_and_not_the_second_copies_of_t
     assert kept(phi) == set(phi)
 
 
+def test_a_folder_with_a_second_copy_of_its_weights_counts_the_copy_transformers_loads(tmp_path):
+    """`hf download mistralai/Mistral-7B-Instruct-v0.3` without patterns also fetches consolidated.safetensors:
+    parameter counts and weight sizes read the shards transformers loads, with or without an index."""
+    from safetensors.torch import save_file
+
+    from quantize.artifacts import weight_bytes
+
+    weight = {"w": torch.zeros(4, 8)}
+    save_file(weight, tmp_path / "model.safetensors")
+    save_file({"layers.0.w": torch.zeros(4, 8)}, tmp_path / "consolidated.safetensors")
+    assert models.safetensors_files(tmp_path) == [tmp_path / "model.safetensors"]
+    assert weight_bytes(tmp_path) == (tmp_path / "model.safetensors").stat().st_size
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "consolidated.safetensors"):
+        save_file(weight, sharded / name)
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    assert [f.name for f in models.safetensors_files(sharded)] == ["model-00001-of-00002.safetensors",
+                                                                   "model-00002-of-00002.safetensors"]
+    assert models.safetensors_files(tmp_path / "nothing") == []
+
+
 def test_a_cached_hub_id_works_offline_everywhere_a_model_is_named(tmp_path, monkeypatch, tiny_model_dir):
     """finetune_model and build_chatbot take a hub id whose snapshot is in the Hugging Face cache, offline."""
     from finetune import finetune_model
