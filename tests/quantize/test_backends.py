@@ -296,7 +296,7 @@ def test_inc_reload_restores_the_weights_it_did_not_quantize(tiny_model_dir, tmp
             assert torch.equal(loaded.get_parameter(name), param), name
     from neural_compressor.torch.quantization import RTNConfig, convert, prepare
 
-    in_memory = convert(prepare(source, RTNConfig(bits=8, group_size=-1, use_sym=False, use_layer_wise=False)))
+    in_memory = convert(prepare(source, RTNConfig(bits=8, group_size=-1, use_sym=True, use_layer_wise=False)))
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, in_memory(ids).logits, atol=1e-5)  # the reload is the same model
