@@ -13,9 +13,9 @@ fp32 widening buffer; a KV cache of KV_TOKENS tokens per request served at once;
 Checked against the peaks of `python -m benchmarks infer --shape NAME` (ours, prompts up to 512 tokens, 2 cores of
 the AMD EPYC Zen 4), measured / estimated GiB: bf16 (2026-12-06) qwen2.5-0.5b 1.73 / 1.97, llama-3.2-1b 3.38 / 3.76,
 gemma-3-1b 3.02 / 3.33, qwen2.5-1.5b 3.91 / 4.29, llama-3.2-3b 7.42 / 8.20, llama-3.1-8b 16.45 / 17.88, gemma-3-4b
-(multimodal, 2026-12-07) 9.93 / 10.94; fp32 compute with oneDNN, ATen and MKL capped at AVX2 (2026-12-07):
-llama-3.2-1b fp32 weights 6.23 / 6.82, bf16 weights 3.06 / 3.43, llama-3.1-8b bf16 weights 16.10 / 17.66. +9% to
-+14%: the estimate reserves 4,096 tokens of cache where these runs held 544.
+(multimodal, 2026-12-07) 9.93 / 10.94, phi-4-mini (2026-12-07) 8.96 / 9.89; fp32 compute with oneDNN, ATen and MKL
+capped at AVX2 (2026-12-07): llama-3.2-1b fp32 weights 6.23 / 6.82, bf16 weights 3.06 / 3.43, llama-3.1-8b bf16
+weights 16.10 / 17.66. +9% to +14%: the estimate reserves 4,096 tokens of cache where these runs held 544.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ def _simulate_cpu(monkeypatch, bf16: bool):
     ("qwen2.5-0.5b", "bf16", "bf16", 1.73), ("llama-3.2-1b", "bf16", "bf16", 3.38),
     ("gemma-3-1b", "bf16", "bf16", 3.02), ("llama-3.2-3b", "bf16", "bf16", 7.42),
     ("llama-3.1-8b", "bf16", "bf16", 16.45), ("gemma-3-4b", "bf16", "bf16", 9.93),
+    ("phi-4-mini", "bf16", "bf16", 8.96),
     ("llama-3.2-1b", "fp32", "fp32", 6.23), ("llama-3.2-1b", "bf16", "fp32", 3.06),
     ("llama-3.1-8b", "bf16", "fp32", 16.10)])
 def test_the_estimate_covers_the_measured_serving_peaks(name, storage, compute, measured_gib):
