@@ -28,6 +28,14 @@ def transforms_its_logits(config) -> bool:
     return any(getattr(config, name, noop) not in (noop, None) for name, noop in HEAD_TRANSFORMS.items())
 
 
+def default_lora_targets(model_type: str | None) -> list[str]:
+    """The linear-layer names LoRA adapts in a `model_type` model when none are given: ours, PEFT's, or q and v."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    return list(DEFAULT_LORA_TARGETS.get(model_type)
+                or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type) or ["q_proj", "v_proj"])
+
+
 def lora_targets(model, requested: list[str] | None) -> list[str] | None:
     """The module names LoRA adapts in `model` for `requested` (None: the family's default, or PEFT's).
 
@@ -92,11 +100,7 @@ def text_lora_targets(model, names: list[str] | None) -> str | list[str] | None:
     if names == "all-linear":
         names = sorted(_linear_names(decoder))
     elif names is None:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-
-        text_type = model.config.get_text_config().model_type
-        names = (DEFAULT_LORA_TARGETS.get(text_type)
-                 or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(text_type) or ["q_proj", "v_proj"])
+        names = default_lora_targets(model.config.get_text_config().model_type)
     return rf"{re.escape(prefix)}\..*\.({'|'.join(map(re.escape, names))})"
 
 

@@ -159,13 +159,9 @@ def _target_names(model, targets) -> set[str] | None:
     if targets == "all-linear":
         return None
     if targets is None:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+        from finetune.families import default_lora_targets
 
-        from finetune.families import DEFAULT_LORA_TARGETS
-
-        model_type = model.config.get_text_config().model_type  # a multimodal model's: its language model's
-        targets = (DEFAULT_LORA_TARGETS.get(model_type)
-                   or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type) or ["q_proj", "v_proj"])
+        targets = default_lora_targets(model.config.get_text_config().model_type)  # a multimodal model's: its text's
     return set(targets)
 
 
