@@ -92,7 +92,7 @@ def gguf_as_model_rows(gguf_file: Path, steps: int = 2) -> list[dict]:
     began = time.perf_counter()
     with phase_peak(peaks, "convert"):
         folder = Path(resolve_model_path(str(gguf_file)))
-    converted = {"run": "the .gguf named as a model: converted", "seconds": round(time.perf_counter() - began, 1),
+    converted = {"run": "the .gguf named as a model: converted", "seconds": round(time.perf_counter() - began, 2),
                  "peak_gib": peaks["convert"], "gguf_bytes": gguf_file.stat().st_size,
                  "weight_bytes": sum(f.stat().st_size for f in folder.glob("*.safetensors")),
                  "dtype": json.loads((folder / "source.json").read_text())["dtype"]}
@@ -100,7 +100,7 @@ def gguf_as_model_rows(gguf_file: Path, steps: int = 2) -> list[dict]:
     class TrainingPeak(TrainerCallback):  # the training's peak, then the merge's afresh
         def on_train_end(self, args, state, control, **kwargs):
             peaks["train"] = round(peak_rss_mb() / 1024, 2)
-            peaks["train_seconds"] = round(time.perf_counter() - began, 1)
+            peaks["train_ended"] = time.perf_counter()
             reset_peak_rss()
 
     data = Path(__file__).resolve().parents[1] / "examples" / "data" / "aurora_support.jsonl"
@@ -118,9 +118,10 @@ def gguf_as_model_rows(gguf_file: Path, steps: int = 2) -> list[dict]:
         merged = json.loads((result.merged_dir / "config.json").read_text())["dtype"]
         merged_bytes = sum(f.stat().st_size for f in result.merged_dir.glob("*.safetensors"))
     return [converted,
-            {"run": f"fine-tune it: {steps} LoRA steps, batch 2, checkpointing", "seconds": peaks["train_seconds"],
+            {"run": f"fine-tune it: {steps} LoRA steps, batch 2, checkpointing",
+             "seconds": round(peaks["train_ended"] - began, 2),
              "peak_gib": peaks["train"], "tokens_per_s": round(result.metrics["train_tokens_per_s"], 2)},
-            {"run": "merge the adapter", "seconds": round(time.perf_counter() - began - peaks["train_seconds"], 1),
+            {"run": "merge the adapter", "seconds": round(time.perf_counter() - peaks["train_ended"], 2),
              "peak_gib": round(peak_rss_mb() / 1024, 2), "dtype": merged, "weight_bytes": merged_bytes}]
 
 

@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {**summary, "artifact": str(args.artifact), "data": args.data, "matching": args.matching,
                   "device": args.device if args.where == "browser" else "onnxruntime", "metrics": metrics,
                   "machine": {"hardware": detect_hardware().as_dict(), "load_average_1min": os.getloadavg()[0]},
-                  "seconds": round(time.perf_counter() - started, 1),
+                  "seconds": round(time.perf_counter() - started, 3),
                   "replies": [{"where": e.where, "reference": e.reference, "output": r["text"]}
                               for e, r in zip(examples, results)]}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
