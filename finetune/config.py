@@ -118,6 +118,9 @@ class DataArguments:
             path = getattr(self, name)
             if path is not None and not str(path).endswith((".json", ".jsonl", ".csv")):
                 raise ValueError(f"DataArguments.{name}={path!r}: expected a .json, .jsonl or .csv file")
+        if self.dataset_concatenation and self.pad_to_max_length:
+            raise ValueError("DataArguments.dataset_concatenation packs examples into rows without padding and "
+                             "pad_to_max_length pads each example: set one of them")
 
 
 @dataclass

@@ -10,12 +10,19 @@ from __future__ import annotations
 DEFAULT_LORA_TARGETS = {
     "phi3": ["qkv_proj"],  # Phi-3 fuses q, k and v into one projection: the counterpart of q_proj + v_proj
     "granite": ["q_proj", "v_proj"],
+    # Qwen 3.5: three layers in four mix tokens with a gated delta-net, not attention; its fused q, k, v projection
+    # is their counterpart of q_proj + v_proj, which only every fourth layer has
+    "qwen3_5_text": ["q_proj", "v_proj", "in_proj_qkv"],
 }
 
-# Separate projection names (what the users' guides list: q_proj ... down_proj) -> the fused module a family has.
+# Separate projection names (what the users' guides list: q_proj ... down_proj) -> the modules a family has for
+# them: Phi-3's fused ones, and beside Qwen 3.5's attention projections those of its gated delta-net layers.
+_DELTA_NET = {"q_proj": ["q_proj", "in_proj_qkv"], "k_proj": ["k_proj", "in_proj_qkv"],
+              "v_proj": ["v_proj", "in_proj_qkv"], "o_proj": ["o_proj", "out_proj"]}
 FUSED_PROJECTIONS = {
-    "phi3": {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
-             "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"},
+    "phi3": {"q_proj": ["qkv_proj"], "k_proj": ["qkv_proj"], "v_proj": ["qkv_proj"],
+             "gate_proj": ["gate_up_proj"], "up_proj": ["gate_up_proj"]},
+    "qwen3_5_text": _DELTA_NET,
 }
 
 # Config fields by which a model transforms its head's output before the loss, with their no-op value: Gemma 2/3
@@ -32,26 +39,29 @@ def default_lora_targets(model_type: str | None) -> list[str]:
     """The linear-layer names LoRA adapts in a `model_type` model when none are given: ours, PEFT's, or q and v."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-    return list(DEFAULT_LORA_TARGETS.get(model_type)
-                or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type) or ["q_proj", "v_proj"])
+    peft = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)  # a few are a regex over a whole model
+    return list(DEFAULT_LORA_TARGETS.get(model_type) or (peft if isinstance(peft, list) else None)
+                or ["q_proj", "v_proj"])
 
 
-def lora_targets(model, requested: list[str] | None) -> list[str] | None:
-    """The module names LoRA adapts in `model` for `requested` (None: the family's default, or PEFT's).
+def lora_targets(model, requested: list[str] | None) -> list[str]:
+    """The module names LoRA adapts in `model` for `requested` (None: the family's default, default_lora_targets).
 
-    Names of separate projections are mapped to the fused module of a family that has one (Phi-3: q_proj, k_proj,
-    v_proj -> qkv_proj). A name that matches no linear layer of the model is refused with the names it has."""
-    model_type = getattr(model.config, "model_type", None)
-    if requested is None:
-        return DEFAULT_LORA_TARGETS.get(model_type)
+    Names of separate projections are mapped to the modules a family has for them (Phi-3: q_proj, k_proj, v_proj ->
+    qkv_proj; Qwen 3.5: q_proj -> q_proj and in_proj_qkv). A name that matches no linear layer of the model is
+    refused with the names it has."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    model_type = getattr(config, "model_type", None)
     fused = FUSED_PROJECTIONS.get(model_type, {})
-    targets = list(dict.fromkeys(fused.get(name, name) for name in requested))
+    names = default_lora_targets(model_type) if requested is None else requested
+    targets = list(dict.fromkeys(target for name in names for target in fused.get(name, [name])))
     linear = _linear_names(model)
     missing = [name for name in targets if name not in linear]
     if missing:
+        given = "the default LoRA targets" if requested is None else "lora_target_modules"
         raise ValueError(
-            f"lora_target_modules {missing} match no linear layer of this {model_type or 'model'}; its linear "
-            f"layers are {sorted(linear)} (or set lora_all_linear=True)"
+            f"{given} {missing} match no linear layer of this {model_type or 'model'}; its linear layers are "
+            f"{sorted(linear)}: set lora_target_modules to some of them (or lora_all_linear=True)"
         )
     return targets
 

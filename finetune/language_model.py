@@ -12,14 +12,12 @@ template beside it. The vision tower is left out of such exports.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from finetune.home import cache_home, staging
+from finetune.home import derived_folder
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +37,32 @@ def text_only(config) -> bool:
     return config.get_text_config() is config if hasattr(config, "get_text_config") else True
 
 
+def loads_language_model_alone(config) -> bool:
+    """Whether transformers' AutoModelForCausalLM loads only the language model of the multimodal `config` (Qwen 3.5:
+    Qwen3_5ForCausalLM from its checkpoint, the vision tower left out), whose class then takes the text config."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+
+    return not text_only(config) and CAUSAL.get(config.model_type) is not None and \
+        CAUSAL.get(config.model_type) == CAUSAL.get(config.get_text_config().model_type)
+
+
+def auto_model_class(config):
+    """The transformers Auto class that loads the chat model `config` describes: AutoModelForCausalLM, whose mapping
+    holds the text families and the multimodal ones transformers generates text with (Gemma 3 and 4 as their
+    ForConditionalGeneration, Qwen 3.5 as its language model alone), else AutoModelForImageTextToText for a
+    multimodal model that mapping lacks (Mistral 3: the Ministral 3 models as published)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
 def language_model_folder(folder: str | Path) -> Path:
     """`folder` itself for a text-only model; for a multimodal one, its language model as a text-only folder in the
     cache (written once, then reused while `folder`'s files are unchanged)."""
@@ -51,34 +75,25 @@ def language_model_folder(folder: str | Path) -> Path:
         return folder
     text = copy.deepcopy(config.get_text_config())
     causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(text.model_type)
-    if causal is None or causal == MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type):
+    if causal is None or (causal == MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+                          and not loads_language_model_alone(config)):
         raise NotImplementedError(
             f"{folder} is a multimodal {config.model_type} model whose language model ({text.model_type}) has no "
             f"text-only class in transformers, so its text part cannot be exported alone")
-    fingerprint = _fingerprint(folder)
-    target = cache_home() / "text-models" / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
-    if _is_current(target, fingerprint):
-        return target
-    from filelock import FileLock  # ships with huggingface_hub, which transformers requires
 
-    from finetune.gguf_weights import save_sharded
+    def write(tmp: Path) -> dict:
+        from finetune.gguf_weights import save_sharded
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if _is_current(target, fingerprint):
-            return target
-        logger.info("Writing the language model of %s (%s) as %s at %s (once)", folder, config.model_type, causal,
-                    target)
-        with staging(target) as tmp:
-            save_sharded(_language_model_tensors(folder), tmp)
-            text.architectures = [causal]
-            text.save_pretrained(tmp)
-            for path in folder.iterdir():  # tokenizer, chat template, generation config
-                if path.is_file() and not any(path.match(pattern) for pattern in _WEIGHT_FILES):
-                    shutil.copy2(path, tmp / path.name)
-            (tmp / "source.json").write_text(json.dumps(
-                {"multimodal_source": str(folder), "version": VERSION, "fingerprint": fingerprint}, indent=2))
-    return target
+        logger.info("Writing the language model of %s (%s) as %s (once)", folder, config.model_type, causal)
+        save_sharded(_language_model_tensors(folder), tmp)
+        text.architectures = [causal]
+        text.save_pretrained(tmp)
+        for path in folder.iterdir():  # tokenizer, chat template, generation config
+            if path.is_file() and not any(path.match(pattern) for pattern in _WEIGHT_FILES):
+                shutil.copy2(path, tmp / path.name)
+        return {"multimodal_source": str(folder)}
+
+    return derived_folder("text-models", folder, VERSION, write)
 
 
 def _language_model_tensors(folder: Path) -> Iterator[tuple[str, object]]:
@@ -105,15 +120,3 @@ def language_model_key(key: str) -> str | None:
     """The text-only model's name for a multimodal checkpoint's tensor `key`; None for the vision tower's."""
     prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
     return None if prefix is None else _PREFIXES[prefix] + key[len(prefix):]
-
-
-def _fingerprint(folder: Path) -> list:
-    return sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in folder.iterdir() if p.is_file())
-
-
-def _is_current(target: Path, fingerprint: list) -> bool:
-    try:
-        source = json.loads((target / "source.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return source.get("version") == VERSION and source.get("fingerprint") == fingerprint

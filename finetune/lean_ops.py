@@ -37,8 +37,9 @@ from finetune.families import transforms_its_logits
 from finetune.formatting import IGNORE_INDEX
 
 # Classes whose forward is exactly transformers' LlamaRMSNorm / LlamaMLP (with a SiLU activation).
-_RMSNORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm", "GraniteRMSNorm"}
-_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "GraniteMLP"}
+_RMSNORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Ministral3RMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm",
+             "GraniteRMSNorm"}
+_MLPS = {"LlamaMLP", "MistralMLP", "Ministral3MLP", "Qwen2MLP", "Qwen3MLP", "Qwen3_5MLP", "GraniteMLP"}
 HEAD_CHUNK = 256
 
 

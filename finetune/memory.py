@@ -138,15 +138,18 @@ def model_config(model_path: str | Path, trust_remote_code: bool = False):
 def _meta_model(config):
     """The model built on the meta device: exact parameter shapes for any architecture, no memory."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from finetune.language_model import auto_model_class, loads_language_model_alone
 
     # A config read from a folder's own code (auto_map, with trust_remote_code: model_config) is of a class
     # transformers loaded as a dynamic module: the model's classes come from the same code. A config whose auto_map
     # names code for a family transformers has (Phi-3.5-mini and Phi-4-mini publish one) was read into the native
     # class without that code, and its model is the native one too.
     remote = type(config).__module__.startswith("transformers_modules")
+    # Qwen 3.5 loads as its language model alone (the vision tower left out), whose class takes the text config
+    built = config.get_text_config() if loads_language_model_alone(config) else config
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=remote)
+        return auto_model_class(config).from_config(built, trust_remote_code=remote)
 
 
 def count_parameters(config) -> int:
@@ -158,11 +161,9 @@ def _target_names(model, targets) -> set[str] | None:
     """The linear-layer names LoRA adapts (None: every linear but the output head, PEFT's "all-linear")."""
     if targets == "all-linear":
         return None
-    if targets is None:
-        from finetune.families import default_lora_targets
+    from finetune.families import lora_targets
 
-        targets = default_lora_targets(model.config.get_text_config().model_type)  # a multimodal model's: its text's
-    return set(targets)
+    return set(lora_targets(model, targets))  # the names training adapts: the family's default, fused names mapped
 
 
 def decoder_dims(config) -> tuple[int, int, int, int, int, int]:

@@ -236,7 +236,9 @@ def load_model(
     allow_download: bool = False,
     **kwargs,
 ):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from finetune.language_model import auto_model_class
 
     path = resolve_model_path(name_or_path, allow_download)
     if "attn_implementation" not in kwargs and soft_caps_attention(path):
@@ -244,7 +246,8 @@ def load_model(
         kwargs["attn_implementation"] = "eager"
     if (Path(path) / RANDOM_WEIGHTS_FILE).is_file():
         return _random_model(Path(path), dtype, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
+    return auto_model_class(config).from_pretrained(path, dtype=dtype, **kwargs)
 
 
 def _random_model(path: Path, dtype: torch.dtype, **kwargs):
@@ -253,15 +256,18 @@ def _random_model(path: Path, dtype: torch.dtype, **kwargs):
     own initialisation draws every value and takes minutes for 8B parameters, and the values do not change speed or
     memory. Quantizing happens while loading, so with a quantization_config the weights are written once, into
     the folder, and loaded from there."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     from transformers.initialization import no_init_weights
 
-    if "quantization_config" in kwargs:
-        return AutoModelForCausalLM.from_pretrained(random_weights_folder(path, dtype), dtype=dtype, **kwargs)
+    from finetune.language_model import auto_model_class, loads_language_model_alone
+
     config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
+    if "quantization_config" in kwargs:
+        return auto_model_class(config).from_pretrained(random_weights_folder(path, dtype), dtype=dtype, **kwargs)
     seed = json.loads((path / RANDOM_WEIGHTS_FILE).read_text() or "{}").get("seed", 0)
     with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+        model = auto_model_class(config).from_config(
+            config.get_text_config() if loads_language_model_alone(config) else config, dtype=dtype, **kwargs)
     model.tie_weights()  # no_init_weights also skips the tying that init_weights does
     pool = (torch.randn(1 << 20, generator=torch.Generator().manual_seed(seed)) * 0.02).to(dtype)
     with torch.no_grad():

@@ -101,3 +101,76 @@ def use_packed_attention(model) -> bool:
     AttentionMaskInterface.register(name, eager_mask if softcap else sdpa_mask)
     model.set_attn_implementation(name)
     return True
+
+
+# Layer types (config.layer_types) whose token mixer is attention, which the kernel above splits at the example
+# boundaries. Any other type carries a state along the row (Qwen 3.5's and Qwen3-Next's gated delta-net layers,
+# "linear_attention", and their short causal convolution): in a packed row each example would start from the
+# state the previous example left, a loss transformers never computes on its padded batches.
+ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "attention"}
+# Stateful layer types whose mixer is run once per example here: type -> the decoder layer's attribute holding it.
+PER_EXAMPLE_MIXERS = {"linear_attention": "linear_attn"}
+# Parts of the class names of stateful mixers in models that name no layer types (Falcon-H1, Jamba, Mamba).
+_STATEFUL_CLASSES = ("Mamba", "GatedDeltaNet", "ShortConv", "RecurrentBlock", "Rwkv")
+
+
+def stateful_layer_types(model) -> set[str]:
+    """The layer types of `model` whose token mixer carries a state along the sequence, or for a model that names
+    none, its stateful mixers' classes (empty: attention only)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    types = set(getattr(config, "layer_types", None) or ()) - ATTENTION_LAYER_TYPES
+    return types or {type(m).__name__ for m in model.modules()
+                     if any(part in type(m).__name__ for part in _STATEFUL_CLASSES)}
+
+
+def split_stateful_mixers(model):
+    """Run the stateful token mixers of `model` (see PER_EXAMPLE_MIXERS) once per example of a packed row with
+    example boundaries (`cu_seq_lens_q`), each from a fresh state, as on a padded batch. Returns the undo; None
+    when `model` has no stateful layers; False (and changes nothing) when it has a type this cannot split, whose
+    examples must then be padded, not packed."""
+    types = stateful_layer_types(model)
+    if not types:
+        return None
+    if types - set(PER_EXAMPLE_MIXERS):
+        return False
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers = model.get_decoder().layers
+    undo = []
+    for layer, layer_type in zip(layers, config.layer_types):
+        if layer_type not in PER_EXAMPLE_MIXERS:
+            continue
+        mixer = getattr(layer, PER_EXAMPLE_MIXERS[layer_type])
+        bounds: dict = {}
+
+        def note_bounds(module, args, kwargs, bounds=bounds):
+            bounds["row"] = kwargs.get("cu_seq_lens_q")
+
+        def forward(hidden_states, *args, _original=mixer.forward, _bounds=bounds, **kwargs):
+            row = _bounds.get("row")
+            if row is None or hidden_states.shape[0] != 1 or any(a is not None for a in (*args, *kwargs.values())):
+                return _original(hidden_states, *args, **kwargs)  # generation, padded batches: as transformers runs
+            edges = [(s, e) for s, e in zip(row.tolist()[:-1], row.tolist()[1:]) if e > s]
+            return torch.cat([_original(hidden_states[:, s:e]) for s, e in edges], dim=1)
+
+        handle = layer.register_forward_pre_hook(note_bounds, with_kwargs=True)
+        mixer.forward = forward
+        undo.append((handle, mixer))
+
+    def restore() -> None:
+        for handle, mixer in undo:
+            handle.remove()
+            del mixer.forward
+
+    return restore
+
+
+def use_packed_rows(model):
+    """Prepare `model` to train on packed rows: attention once per example where its kernel allows
+    (use_packed_attention), stateful mixers once per example (split_stateful_mixers). Returns (boundaries, undo):
+    whether rows must carry their example boundaries (`cu_seq_lens_q`), and what undoes the split. None (and
+    nothing changed) for a model whose examples must be padded instead: a stateful layer type this cannot split."""
+    split = split_stateful_mixers(model)
+    if split is False:
+        return None
+    per_example = use_packed_attention(model)
+    return per_example or split is not None, split or (lambda: None)

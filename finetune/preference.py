@@ -121,15 +121,21 @@ def use_padding_free_forward(model, outputs: tuple[str, ...]) -> Callable[[], No
     per-token log-probabilities of shape (batch, length - 1). This forward computes the same from the real tokens
     only: one row with restarting position ids (one attention call per sequence where finetune.packed_attention
     applies), and TRL's kernel on the positions that have a label. Every other call goes to TRL's forward.
-    Returns the undo, or None (and changes nothing) for a model whose head this does not reproduce."""
-    from finetune.packed_attention import use_packed_attention
+    Returns the undo, or None (and changes nothing) for a model whose head this does not reproduce or whose
+    stateful layers cannot run once per example (finetune.packed_attention.use_packed_rows)."""
+    from finetune.packed_attention import use_packed_rows
 
     config = model.config.get_text_config()
     if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _SCALES) or "forward" not in vars(model):
         logger.info("%s scales its logits or has no fused head: TRL's padded forward is kept", type(model).__name__)
         return None
+    rows = use_packed_rows(model)
+    if rows is None:
+        logger.info("%s has layers whose state runs along the sequence: TRL's padded forward is kept",
+                    type(model).__name__)
+        return None
+    per_example, undo_rows = rows
     trl_forward = model.forward
-    per_example = use_packed_attention(model)
     softcap = getattr(config, "final_logit_softcapping", None)
 
     def forward(self, *args, fused_lm_head=False, **kwargs):
@@ -146,6 +152,7 @@ def use_padding_free_forward(model, outputs: tuple[str, ...]) -> Callable[[], No
 
     def undo() -> None:
         model.forward = trl_forward
+        undo_rows()
 
     return undo
 

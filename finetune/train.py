@@ -45,7 +45,7 @@ from finetune.lora_ops import fuse_lora_forward
 from finetune.memory import check_memory, model_config, settings_from_config
 from finetune.metadata import check_output_dir, run_fingerprint, write_metadata
 from finetune.models import load_model, load_tokenizer, resolve_model_path, storage_dtype
-from finetune.packed_attention import use_packed_attention
+from finetune.packed_attention import stateful_layer_types, use_packed_rows
 from finetune.run_folder import ADAPTER_DIR, MERGED_DIR, TRAINING_METADATA_FILE
 
 if TYPE_CHECKING:
@@ -214,18 +214,20 @@ def _require_bitsandbytes() -> None:
     require("bitsandbytes", "qlora=True")
 
 
-def _trainer(model, tokenizer, config, training_args, data, callbacks, per_example_attention=False, head=None):
+def _trainer(model, tokenizer, config, training_args, data, callbacks, packed: bool, per_example_attention=False,
+             head=None):
     from transformers import EarlyStoppingCallback, Trainer
 
-    packed = not config.data_args.pad_to_max_length
     collator_kwargs = {"data_collator": PaddingFreeCollator(boundaries=per_example_attention),
                        "compute_loss_func": functools.partial(kept_positions_loss, head=head,
                                                               head_dtype=autocast_dtype(training_args))}
     if not packed:
         from transformers import DataCollatorForSeq2Seq
 
+        # pad_to_max_length pads every batch to max_seq_length; a model that cannot pack pads to its batch's longest
+        padding = "max_length" if config.data_args.pad_to_max_length else "longest"
         collator_kwargs = {"data_collator": DataCollatorForSeq2Seq(
-            tokenizer, padding="max_length", max_length=config.data_args.max_seq_length, label_pad_token_id=-100)}
+            tokenizer, padding=padding, max_length=config.data_args.max_seq_length, label_pad_token_id=-100)}
     callbacks = list(callbacks)
     if config.finetune_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(config.finetune_args.early_stopping_patience))
@@ -435,14 +437,24 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
     set_seed(args.seed)  # before the adapters are initialised, so one seed gives one run
     model = _load_model_for_training(model_path, config, device, precision, tokenizer)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    packed = not data_args.pad_to_max_length
-    per_example_attention = packed and use_packed_attention(base)
+    rows = use_packed_rows(base) if not data_args.pad_to_max_length else None
+    if rows is None and data_args.dataset_concatenation:
+        raise ValueError(f"DataArguments.dataset_concatenation: {type(base).__name__} has layers "
+                         f"({', '.join(sorted(stateful_layer_types(base)))}) whose state runs along the row and that "
+                         "cannot be split at example boundaries, so packed examples would read each other: leave "
+                         "dataset_concatenation off (its examples are then padded)")
+    if rows is None and not data_args.pad_to_max_length:
+        logger.info("%s has layers (%s) whose state runs along the sequence and that cannot be split at example "
+                    "boundaries: its examples are padded, not packed", type(base).__name__,
+                    ", ".join(sorted(stateful_layer_types(base))))
+    packed = rows is not None
+    per_example_attention, undo_packed_rows = rows or (False, lambda: None)
     head, undo_lean_ops = use_lean_ops(base, head_in_loss=packed)  # the loss applies the head, chunk by chunk
     undo_row_padding = pad_packed_rows(base.get_decoder(), precision)
     undo_fused_lora = fuse_lora_forward(model)
     throughput = ThroughputCallback()
     trainer = _trainer(model, tokenizer, config, training_args, data, [throughput, *callbacks],
-                       per_example_attention, head)
+                       packed, per_example_attention, head)
 
     metrics: dict = {}
     before_file = output_dir / "eval_before.json"
@@ -466,12 +478,13 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
     undo_fused_lora()
     undo_lean_ops()
     undo_row_padding()
+    undo_packed_rows()
     adapter_dir = merged_dir = None
     if args.do_train and trainer.is_world_process_zero():
         adapter_dir, merged_dir = save_adapter(trainer, tokenizer, config, output_dir)
         log_history = trainer.state.log_history
         # Release the trained model (and what refers to it) before the merge loads the base again.
-        del trainer, model, base, head, undo_fused_lora, undo_lean_ops, undo_row_padding
+        del trainer, model, base, head, undo_fused_lora, undo_lean_ops, undo_row_padding, undo_packed_rows
         gc.collect()
         if adapter_dir is not None:
             merged_dir = save_merged(model_path, adapter_dir, tokenizer, config, output_dir)

@@ -14,6 +14,7 @@ Face tokenizer for serving the folder through transformers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -109,10 +110,31 @@ _RUN_HIDING_TORCHVISION = ("import os, runpy, sys; import finetune  # hides a mi
                            f"finally:\n    print('\\n{_PEAK_LINE}%.0f' % peak_rss_mb(), file=sys.stderr)")
 
 
+# Families published with a multi-token-prediction head (mtp.*) that transformers does not load, so a fine-tuned or
+# text-only folder has none: told nothing, llama.cpp's converter stops on its absence (an AssertionError).
+_MTP_FAMILIES = {"qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next"}
+
+
+def _lacks_its_mtp_head(source: Path) -> bool:
+    from safetensors import safe_open
+
+    from finetune.models import safetensors_files
+
+    if json.loads((source / "config.json").read_text()).get("model_type") not in _MTP_FAMILIES:
+        return False
+    for file in safetensors_files(source):
+        with safe_open(str(file), framework="pt") as weights:
+            if any(key.startswith("mtp.") for key in weights.keys()):  # noqa: SIM118 (safe_open is not a mapping)
+                return False
+    return True
+
+
 def convert(source: Path, out_file: Path, outtype: str = "f16") -> Path:
     """`source` (a Hugging Face folder) as a GGUF file of `outtype` (f16, bf16 or q8_0), by llama.cpp's converter."""
     command = [sys.executable, "-c", _RUN_HIDING_TORCHVISION, str(converter_dir() / "convert_hf_to_gguf.py"),
                str(source), "--outfile", str(out_file), "--outtype", outtype]
+    if _lacks_its_mtp_head(Path(source)):
+        command.append("--no-mtp")
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the converter's own gguf-py, not PyPI's
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]

@@ -101,7 +101,12 @@ def _export_into(model_dir: Path, target: Path, export_kwargs: dict) -> int:
     from quantize.projection_fusion import fuse_projections_in_folder
 
     _lift_verified_export_caps()
-    model = OVModelForCausalLM.from_pretrained(str(model_dir), export=True, compile=False, **export_kwargs)
+    try:
+        model = OVModelForCausalLM.from_pretrained(str(model_dir), export=True, compile=False, **export_kwargs)
+    except ValueError as err:
+        if "unsupported architecture" not in str(err) and "does not allow for the export" not in str(err):
+            raise
+        raise _unsupported_architecture(model_dir, err) from err
     model.save_pretrained(target)
     del model
     fused = fuse_projections_in_folder(target)
@@ -111,6 +116,22 @@ def _export_into(model_dir: Path, target: Path, export_kwargs: dict) -> int:
     ov.save_model(ov_tokenizer, target / "openvino_tokenizer.xml")
     ov.save_model(ov_detokenizer, target / "openvino_detokenizer.xml")
     return fused
+
+
+def _unsupported_architecture(model_dir: Path, err: ValueError) -> NotImplementedError:
+    """optimum-intel's refusal of an architecture, said in our terms: which model, why, and the exports that take it.
+    Measured: Ministral 3 (ministral3) has no export configuration in optimum-intel 2.2, and Qwen 3.5's
+    (qwen3_5_text) is capped at transformers 5.2 and imports a cache class transformers 5.5 no longer has."""
+    import json
+    from importlib.metadata import version
+
+    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    reason = str(err).split(". ")[0]
+    return NotImplementedError(
+        f"OpenVINO export of this {model_type} model: optimum-intel {version('optimum-intel')} cannot export this "
+        f"architecture with transformers {version('transformers')} ({reason}). The model serves as it is "
+        "(backend='torch'); for a quantized copy use backend='inc' (INT8/INT4 weights) or backend='gguf' "
+        "(llama.cpp, Ollama).")
 
 
 def weight_compression_config(cfg, source: Path, texts: list[str]):

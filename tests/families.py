@@ -115,23 +115,25 @@ def build_family_model(family: str, tokenizer, seed: int = 0, attn_implementatio
 
 
 def packed_loss(model, examples: list[list[int]], labels: list[list[int]]):
-    """(our training loss of `examples` in one padding-free row, the head the loss applied): packed attention and
-    lean ops on, as finetune_model trains; switched back after."""
+    """(our training loss of `examples` in one padding-free row, the head the loss applied): packed attention,
+    stateful layers once per example and lean ops on, as finetune_model trains; switched back after."""
     import torch
 
     from finetune.collate import PaddingFreeCollator, kept_positions_loss
     from finetune.lean_ops import use_lean_ops
-    from finetune.packed_attention import use_packed_attention
+    from finetune.packed_attention import use_packed_rows
 
     batch = PaddingFreeCollator(boundaries=True)([{"input_ids": i, "labels": lab} for i, lab in zip(examples, labels)])
     kept = batch.pop("labels")
-    assert use_packed_attention(model)
+    boundaries, undo_rows = use_packed_rows(model)
+    assert boundaries
     head, undo = use_lean_ops(model, head_in_loss=True)
     try:
         with torch.no_grad():
             return kept_positions_loss(model(**batch), kept, head=head), head
     finally:
         undo()
+        undo_rows()
 
 
 def save_family(family: str, path: Path) -> Path:
@@ -214,6 +216,97 @@ def save_gguf_family(family: str, path: Path) -> Path:
                                                eos_token_id=model.config.eos_token_id,
                                                pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(path)
+    return path
+
+
+# Families published as one multimodal checkpoint from late 2025 on, each a tiny language model beside a one-layer
+# vision tower, saved in the layout transformers writes: Qwen 3.5 (gated delta-net layers, three in four, beside
+# attention), Ministral 3 (Mistral3ForConditionalGeneration: YaRN and position-scaled queries) and Gemma 4
+# (per-layer inputs, shared KV layers). Their own chat templates are not among the fixtures: each borrows its
+# predecessor's tokenizer and template (the key here), as the tests of these models are about their architectures.
+NEW_FAMILIES = {"qwen3_5": "qwen3", "mistral3": "mistral", "gemma4": "gemma3_text"}
+
+
+def new_family_config(kind: str, tokenizer):
+    import transformers
+    from transformers.models.gemma4.configuration_gemma4 import Gemma4VisionConfig
+    from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5VisionConfig
+
+    vocab = len(tokenizer)
+    shape = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    extra = [vocab + i for i in range(7)]  # image, video, audio markers past the vocabulary: no text id is one
+    if kind == "qwen3_5":  # layers 0-2 gated delta-net, layer 3 attention, as the published 3:1
+        text = transformers.Qwen3_5TextConfig(**shape, linear_key_head_dim=16, linear_value_head_dim=16,
+                                              linear_num_key_heads=2, linear_num_value_heads=4,
+                                              tie_word_embeddings=True)
+        vision = Qwen3_5VisionConfig(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                                     patch_size=14, num_position_embeddings=64)
+        return transformers.Qwen3_5Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                          image_token_id=extra[0], video_token_id=extra[1],
+                                          vision_start_token_id=extra[2], vision_end_token_id=extra[3],
+                                          tie_word_embeddings=True)
+    if kind == "mistral3":  # YaRN from 16 positions, so the test rows pass where queries are scaled by position
+        text = transformers.Ministral3Config(**shape, rope_parameters={
+            "type": "yarn", "rope_theta": 1e6, "factor": 16.0, "original_max_position_embeddings": 16,
+            "max_position_embeddings": 256, "beta_fast": 32.0, "beta_slow": 1.0, "mscale_all_dim": 1.0, "mscale": 1.0,
+            "llama_4_scaling_beta": 0.1})
+        vision = transformers.PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                  num_attention_heads=2, image_size=56, patch_size=14, head_dim=16)
+        return transformers.Mistral3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                           image_token_index=extra[0], tie_word_embeddings=False)
+    if kind == "gemma4":  # a window shorter than the test rows; the last two layers reuse earlier layers' KV
+        text = transformers.Gemma4TextConfig(**{**shape, "num_hidden_layers": 6}, global_head_dim=32,
+                                             sliding_window=16, vocab_size_per_layer_input=vocab,
+                                             hidden_size_per_layer_input=64, num_kv_shared_layers=2,
+                                             layer_types=["sliding_attention", "full_attention"] * 3)
+        vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                    num_key_value_heads=2, head_dim=16, position_embedding_size=64)
+        return transformers.Gemma4Config(text_config=text.to_dict(), vision_config=vision.to_dict(), audio_config=None,
+                                         boi_token_id=extra[0], eoi_token_id=extra[1], image_token_id=extra[2],
+                                         video_token_id=extra[3], boa_token_id=extra[4], eoa_token_index=extra[5],
+                                         audio_token_id=extra[6])
+    raise ValueError(kind)
+
+
+def build_new_family(kind: str, tokenizer, seed: int = 0, attn_implementation: str | None = None):
+    """The model finetune_model trains for the published checkpoint: Qwen 3.5's language model alone, the others
+    whole (finetune.language_model.auto_model_class)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from finetune.language_model import auto_model_class, loads_language_model_alone
+
+    config = new_family_config(kind, tokenizer)
+    torch.manual_seed(seed)
+    if loads_language_model_alone(config):
+        model = auto_model_class(config).from_config(config.get_text_config(), attn_implementation=attn_implementation)
+    else:
+        model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation)
+    return model.float()
+
+
+def save_new_family(kind: str, path: Path, gguf: bool = False) -> Path:
+    """The published layout of the family's tiny model (the multimodal checkpoint), with its tokenizer; `gguf`: a
+    tokenizer llama.cpp's converter reads (gguf_family_tokenizer; Gemma 4's converter reads Gemma's SentencePiece
+    vocabulary)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    family = NEW_FAMILIES[kind]
+    if gguf:
+        tokenizer = gguf_family_tokenizer("gemma2" if kind == "gemma4" else family, path)
+    else:
+        tokenizer = family_tokenizer(family)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(new_family_config(kind, tokenizer)).float()
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(path)
+    if not gguf:
+        tokenizer.save_pretrained(path)
     return path
 
 

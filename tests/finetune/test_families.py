@@ -57,7 +57,9 @@ def test_llama_keeps_its_names_and_peft_default(tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert lora_targets(model, SEVEN) == SEVEN
-    assert lora_targets(model, None) is None  # PEFT's own default (q_proj, v_proj)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    assert lora_targets(model, None) == PEFT_DEFAULTS["llama"] == ["q_proj", "v_proj"]  # PEFT's own default
 
 
 def test_head_transforms_are_read_from_the_config():
