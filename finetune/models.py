@@ -75,7 +75,7 @@ def resolve_model_path(name_or_path: str | None, allow_download: bool = False) -
         return str(convert_gguf(path, cache_home() / "gguf" / f"{path.stem}-{digest.hexdigest()[:12]}"))
     if path.is_dir():
         if (path / "config.json").is_file():
-            return str(path)
+            return _loadable_here(path)
         weights = run_weights(path)  # a finetune_model output folder: its merged model; an adapter needs its base
         if weights is not None and weights.merged is not None:
             return str(weights.merged)
@@ -87,8 +87,20 @@ def resolve_model_path(name_or_path: str | None, allow_download: bool = False) -
             f"{'several' if ggufs else 'no'} .gguf files. Point to the model folder or to one .gguf file."
         )
     if _looks_like_hub_id(name):
-        return _hub_snapshot(name, allow_download)
+        return _loadable_here(Path(_hub_snapshot(name, allow_download)))
     raise _unknown_model_error(name)
+
+
+def _loadable_here(folder: Path) -> str:
+    """`folder`, or for an FP8 checkpoint on a machine without triton (transformers' FP8 loader imports it; the CPU
+    build of torch has none) its weights dequantized to bf16 once (finetune.fp8_weights)."""
+    import importlib.util
+
+    from finetune.fp8_weights import dequantized_folder, is_fp8_checkpoint
+
+    if is_fp8_checkpoint(folder) and importlib.util.find_spec("triton") is None:
+        return str(dequantized_folder(folder))
+    return str(folder)
 
 
 def hub_cache_dir() -> str:
