@@ -238,9 +238,13 @@ def new_family_config(kind: str, tokenizer):
                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     extra = [vocab + i for i in range(7)]  # image, video, audio markers past the vocabulary: no text id is one
     if kind == "qwen3_5":  # layers 0-2 gated delta-net, layer 3 attention, as the published 3:1
+        # a quarter of each head rotated, in interleaved multimodal sections as published (11, 11, 10 of 32 there)
         text = transformers.Qwen3_5TextConfig(**shape, linear_key_head_dim=16, linear_value_head_dim=16,
                                               linear_num_key_heads=2, linear_num_value_heads=4,
-                                              tie_word_embeddings=True)
+                                              tie_word_embeddings=True, rope_parameters={
+                                                  "rope_type": "default", "rope_theta": 1e7,
+                                                  "partial_rotary_factor": 0.25, "mrope_section": [1, 1, 0],
+                                                  "mrope_interleaved": True})
         vision = Qwen3_5VisionConfig(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                                      patch_size=14, num_position_embeddings=64)
         return transformers.Qwen3_5Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
