@@ -159,8 +159,8 @@ MERGED_AS = {"qwen3_5": "Qwen3_5ForCausalLM", "mistral3": "Mistral3ForConditiona
 def test_fine_tunes_serves_and_quantizes_as_published(kind, tmp_path):
     """The published layout by folder: the memory estimate counts what loads, LoRA adapts the language model,
     the merged model reloads, chats and answers through the server; INC quantizes its language model; OpenVINO
-    exports Gemma 4 and refuses the two optimum-intel cannot export with this transformers, saying which exports
-    take them."""
+    exports Gemma 4 and Ministral 3 and refuses Qwen 3.5, which optimum-intel cannot export with this transformers,
+    saying which exports take it."""
     from finetune import finetune_model
     from finetune.memory import count_parameters, model_config
     from finetune.models import load_model
@@ -201,14 +201,52 @@ def test_fine_tunes_serves_and_quantizes_as_published(kind, tmp_path):
     assert json.loads((inc / "quantization.json").read_text())["quality"]["token_agreement"] >= 0.0
     openvino = QuantizeConfig(model=str(result.merged_dir), output_dir=str(tmp_path / "ov"), backend="openvino",
                               bits=8, **quick)
-    if kind == "gemma4":
-        artifact = quantize_model(openvino)
-        assert 0.0 <= json.loads((artifact / "quantization.json").read_text())["quality"]["token_agreement"] <= 1.0
-    else:
-        text_type = {"qwen3_5": "qwen3_5_text", "mistral3": "ministral3"}[kind]
-        with pytest.raises(NotImplementedError, match=rf"OpenVINO export of this {text_type} model: optimum-intel .* "
+    if kind == "qwen3_5":
+        with pytest.raises(NotImplementedError, match=r"OpenVINO export of this qwen3_5_text model: optimum-intel .* "
                                                       r"backend='inc' .* backend='gguf'"):
             quantize_model(openvino)
+    else:
+        artifact = quantize_model(openvino)
+        assert 0.0 <= json.loads((artifact / "quantization.json").read_text())["quality"]["token_agreement"] <= 1.0
+        from neural_chat_app import WeightOnlyQuantConfig
+
+        ov_bot = build_chatbot(PipelineConfig(model_name_or_path=str(artifact),
+                                              optimization_config=WeightOnlyQuantConfig(weight_dtype="int8")))
+        try:
+            assert ov_bot.backend.kind == "openvino" and isinstance(ov_bot.predict("What is 2 and 2?", greedy), str)
+        finally:
+            ov_bot.close()
+
+
+@pytest.mark.integration
+def test_ministral_3_s_openvino_export_computes_what_torch_computes_past_the_yarn_base(tmp_path):
+    """optimum-intel has no export configuration for ministral3; exported with Mistral's, the fp32 IR (run in fp32,
+    not the CPU plugin's default bf16 where the CPU has it) gives torch's logits past position 16, where YaRN's base
+    ends and the queries are scaled by position: by more than the export's error."""
+    import transformers.models.ministral3.modeling_ministral3 as ministral3
+    from optimum.intel import OVModelForCausalLM
+
+    from finetune.language_model import language_model_folder
+    from finetune.models import load_model
+    from quantize.openvino import export_openvino
+    from tests.families import save_new_family
+
+    text = language_model_folder(save_new_family("mistral3", tmp_path / "base"))
+    exported = OVModelForCausalLM.from_pretrained(export_openvino(text, tmp_path / "ir", "fp32"), compile=True,
+                                                  ov_config={"INFERENCE_PRECISION_HINT": "f32"})
+    model = load_model(str(text), dtype=torch.float32).eval()
+    ids = torch.tensor([list(range(5, 45))])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        scale = ministral3.get_llama_4_attn_scale
+        ministral3.get_llama_4_attn_scale = lambda *args: torch.ones_like(scale(*args))
+        try:
+            unscaled = model(input_ids=ids).logits
+        finally:
+            ministral3.get_llama_4_attn_scale = scale
+    got = exported(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    error, scaling = float((got - expected).abs().max()), float((unscaled - expected).abs().max())
+    assert error < 1e-5 and scaling > 10 * error, (error, scaling)
 
 
 GGUF_ARCH = {"qwen3_5": "qwen35", "mistral3": "mistral3", "gemma4": "gemma4"}
