@@ -99,3 +99,26 @@ def test_fine_tuning_an_fp8_checkpoint_merges_into_a_plain_bf16_model(tmp_path, 
     merged = json.loads((result.merged_dir / "config.json").read_text())
     assert "quantization_config" not in merged and merged["architectures"] == ["Mistral3ForConditionalGeneration"]
     assert load_model(str(result.merged_dir), dtype=torch.float32) is not None
+
+
+@pytest.mark.integration
+def test_the_fp8_model_by_its_hub_id_serves_from_the_dequantized_copy(tmp_path, monkeypatch):
+    """What a user with a network gets for mistralai/Ministral-3-8B-Instruct-2512 (published in FP8), from a cache
+    laid out as the hub client leaves it."""
+    from finetune.models import resolve_model_path
+    from neural_chat_app import GenerationConfig, PipelineConfig, build_chatbot
+    from tests.families import save_new_family
+    from tests.finetune.test_models import _hub_snapshot
+
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    fp8, _ = _fp8_copy(save_new_family("mistral3", tmp_path / "bf16"), tmp_path / "fp8", 32)
+    repo = "mistralai/Ministral-3-8B-Instruct-2512"
+    _hub_snapshot(tmp_path / "hf", repo, fp8)
+    assert resolve_model_path(repo).startswith(str(tmp_path / "home" / "fp8-dequantized"))
+    bot = build_chatbot(PipelineConfig(model_name_or_path=repo, backend="torch"))
+    try:
+        assert isinstance(bot.predict("What is 2 and 2?", GenerationConfig(do_sample=False, max_new_tokens=4)), str)
+    finally:
+        bot.close()
