@@ -48,6 +48,17 @@ CONVERSATION = [
 ]
 
 
+def chat_rows(count: int = 16) -> list[dict]:
+    """`count` chats shaped like CONVERSATION, each with its own numbers."""
+    rows = []
+    for i in range(count):
+        messages = [dict(m) for m in CONVERSATION]
+        messages[1]["content"] = f"What is {i} and {i}?"
+        messages[2]["content"] = f"It is {2 * i}."
+        rows.append({"messages": messages})
+    return rows
+
+
 def family_tokenizer(family: str):
     template, specials, bos, eos, _ = FAMILIES[family]
     tokenizer = build_tiny_tokenizer()

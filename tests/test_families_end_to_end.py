@@ -14,23 +14,13 @@ import json
 
 import pytest
 
-from tests.families import CONVERSATION, NAMES, OLLAMA_FORMAT, save_family
+from tests.families import NAMES, OLLAMA_FORMAT, chat_rows, save_family
 from tests.finetune.conftest import tiny_config, write_jsonl
 
 pytestmark = pytest.mark.integration
 
 QUICK_QUANTIZE = {"num_eval_prompts": 2, "eval_new_tokens": 8, "calibration_seq_len": 32,
                   "num_calibration_samples": 4}
-
-
-def _chat_rows(count: int = 16) -> list[dict]:
-    rows = []
-    for i in range(count):
-        messages = [dict(m) for m in CONVERSATION]
-        messages[1]["content"] = f"What is {i} and {i}?"
-        messages[2]["content"] = f"It is {2 * i}."
-        rows.append({"messages": messages})
-    return rows
 
 
 def _completion_rows(count: int = 16) -> list[dict]:
@@ -47,7 +37,7 @@ def test_family_fine_tunes_merges_quantizes_and_serves(family, tmp_path):
     from quantize import QuantizeConfig, quantize_model
 
     base = save_family(family, tmp_path / "base")
-    chat = write_jsonl(tmp_path / "chat.jsonl", _chat_rows())
+    chat = write_jsonl(tmp_path / "chat.jsonl", chat_rows())
 
     # chat data, the family's default LoRA targets
     result = finetune_model(tiny_config(base, chat, tmp_path / "chat-run", task="chat", max_steps=2,

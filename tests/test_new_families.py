@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from finetune.formatting import IGNORE_INDEX
-from tests.families import CONVERSATION, NEW_FAMILIES, build_new_family, family_tokenizer, packed_loss
+from tests.families import NEW_FAMILIES, build_new_family, chat_rows, family_tokenizer, packed_loss
 
 KINDS = list(NEW_FAMILIES)
 EXAMPLES = [list(range(5, 29)), list(range(40, 60))]  # longer than Gemma 4's window (16) and Ministral 3's YaRN base
@@ -140,16 +140,6 @@ def test_stateful_layers_that_cannot_be_split_train_on_padded_batches(tmp_path, 
                                    dataset_concatenation=True, per_device_train_batch_size=1, save_merged_model=False))
 
 
-def _chat_rows(count: int = 16) -> list[dict]:
-    rows = []
-    for i in range(count):
-        messages = [dict(m) for m in CONVERSATION]
-        messages[1]["content"] = f"What is {i} and {i}?"
-        messages[2]["content"] = f"It is {2 * i}."
-        rows.append({"messages": messages})
-    return rows
-
-
 MERGED_AS = {"qwen3_5": "Qwen3_5ForCausalLM", "mistral3": "Mistral3ForConditionalGeneration",
              "gemma4": "Gemma4ForConditionalGeneration"}
 
@@ -173,7 +163,7 @@ def test_fine_tunes_serves_and_quantizes_as_published(kind, tmp_path):
     loaded = load_model(str(base), dtype=torch.float32)
     assert count_parameters(model_config(base)) == sum(p.numel() for p in loaded.parameters())
     del loaded
-    chat = write_jsonl(tmp_path / "chat.jsonl", _chat_rows())
+    chat = write_jsonl(tmp_path / "chat.jsonl", chat_rows())
     result = finetune_model(tiny_config(base, chat, tmp_path / "run", task="chat", max_steps=2,
                                         lora_all_linear=False, save_steps=100))
     assert result.metrics["train_loss"] == result.metrics["train_loss"]

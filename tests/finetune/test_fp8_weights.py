@@ -87,13 +87,12 @@ def test_transformers_own_fp8_loader_needs_triton_which_the_cpu_torch_lacks(tmp_
 def test_fine_tuning_an_fp8_checkpoint_merges_into_a_plain_bf16_model(tmp_path, monkeypatch):
     from finetune import finetune_model
     from finetune.models import load_model
-    from tests.families import save_new_family
+    from tests.families import chat_rows, save_new_family
     from tests.finetune.conftest import tiny_config, write_jsonl
-    from tests.test_new_families import _chat_rows
 
     monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path / "home"))
     fp8, _ = _fp8_copy(save_new_family("mistral3", tmp_path / "bf16"), tmp_path / "fp8", None)
-    chat = write_jsonl(tmp_path / "chat.jsonl", _chat_rows())
+    chat = write_jsonl(tmp_path / "chat.jsonl", chat_rows())
     result = finetune_model(tiny_config(fp8, chat, tmp_path / "run", task="chat", max_steps=2, lora_all_linear=False,
                                         save_steps=100))
     merged = json.loads((result.merged_dir / "config.json").read_text())
