@@ -49,8 +49,9 @@ def dequantized_folder(folder: str | Path) -> Path:
         _check_disk(folder, tmp.parent, 2 * stored)  # FP8 to bf16: each weight byte becomes two
         logger.info("Dequantizing the FP8 weights of %s to bf16 at %s (once: no FP8 kernels on this machine)",
                     folder, tmp)
-        save_sharded(_dequantized_tensors(files), tmp)
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        block = config["quantization_config"].get("weight_block_size")
+        save_sharded(_dequantized_tensors(files, block), tmp)
         config.pop("quantization_config")
         config["dtype"] = "bfloat16"
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
@@ -63,7 +64,7 @@ def dequantized_folder(folder: str | Path) -> Path:
     return derived_folder("fp8-dequantized", folder, VERSION, write)
 
 
-def _dequantized_tensors(files: list[Path]) -> Iterator[tuple[str, object]]:
+def _dequantized_tensors(files: list[Path], block: list[int] | None) -> Iterator[tuple[str, object]]:
     import torch
     from safetensors import safe_open
 
@@ -82,17 +83,21 @@ def _dequantized_tensors(files: list[Path]) -> Iterator[tuple[str, object]]:
                     scale_file, scale_key = scales[key + "_scale_inv"]
                     with safe_open(str(scale_file), framework="pt") as held:
                         scale = held.get_tensor(scale_key).float()
-                    tensor = dequantize(tensor, scale)
+                    tensor = dequantize(tensor, scale, block)
                 yield key, tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
 
 
-def dequantize(weight, scale):
-    """`weight` (FP8) x `scale`: one scale for the tensor, or one per block of rows x columns (DeepSeek-style
-    128x128 blocks, the last ones possibly cut short)."""
+def dequantize(weight, scale, block: list[int] | None = None):
+    """`weight` (FP8) x `scale`: one scale for the tensor, or one per `block` of rows x columns (the config's
+    `weight_block_size`, DeepSeek-style 128x128; the last blocks of a side that is no multiple are cut short)."""
     weight = weight.float()
     if scale.numel() == 1:
         return weight * scale.reshape(())
     rows, cols = weight.shape
-    block_rows, block_cols = -(-rows // scale.shape[0]), -(-cols // scale.shape[1])
-    expanded = scale.repeat_interleave(block_rows, 0)[:rows].repeat_interleave(block_cols, 1)[:, :cols]
+    if block is None:  # no block size given: the scales tile the weight evenly
+        if rows % scale.shape[0] or cols % scale.shape[1]:
+            raise ValueError(f"FP8 scales of shape {tuple(scale.shape)} do not tile a {rows}x{cols} weight evenly "
+                             "and the config gives no weight_block_size")
+        block = [rows // scale.shape[0], cols // scale.shape[1]]
+    expanded = scale.repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
     return weight * expanded

@@ -70,6 +70,22 @@ def test_fp8_checkpoint_loads_as_its_weights_times_their_scales(block, tmp_path,
     assert (Path(folder) / "source.json").stat().st_mtime_ns == stamp
 
 
+def test_block_scales_cover_sides_that_are_no_multiple_of_the_block():
+    """DeepSeek-style 128x128 blocks on a side of 300 rows: three row blocks, the last one 44 rows."""
+    from finetune.fp8_weights import dequantize
+
+    weight = torch.randn(300, 200).to(torch.float8_e4m3fn)
+    scale = torch.rand(3, 2) + 0.5
+    expected = weight.float().clone()
+    for i, rows in enumerate((slice(0, 128), slice(128, 256), slice(256, 300))):
+        for j, cols in enumerate((slice(0, 128), slice(128, 200))):
+            expected[rows, cols] *= scale[i, j]
+    assert torch.equal(dequantize(weight, scale, [128, 128]), expected)
+    assert not torch.equal(dequantize(weight, scale), expected)  # 100x100 tiles: why the config's block size is read
+    with pytest.raises(ValueError, match="do not tile a 301x200 weight evenly"):
+        dequantize(torch.randn(301, 200).to(torch.float8_e4m3fn), scale)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is not None, reason="triton is installed here: transformers "
                     "loads FP8 checkpoints itself, and this machine's loader is not the CPU one this test documents")
 def test_transformers_own_fp8_loader_needs_triton_which_the_cpu_torch_lacks(tmp_path):
