@@ -39,14 +39,14 @@ def dequantized_folder(folder: str | Path) -> Path:
 
     def write(tmp: Path) -> dict:
         from finetune.gguf_weights import save_sharded
-        from finetune.models import _check_disk, safetensors_files
+        from finetune.models import check_disk, safetensors_files
 
         files = safetensors_files(folder)
         if not files:
             raise FileNotFoundError(f"{folder} is an FP8 checkpoint without .safetensors weights: they are read "
                                     "from those")
         stored = sum(f.stat().st_size for f in files)
-        _check_disk(folder, tmp.parent, 2 * stored)  # FP8 to bf16: each weight byte becomes two
+        check_disk(folder, tmp.parent, 2 * stored)  # FP8 to bf16: each weight byte becomes two
         logger.info("Dequantizing the FP8 weights of %s to bf16 at %s (once: no FP8 kernels on this machine)",
                     folder, tmp)
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -68,22 +68,19 @@ def _dequantized_tensors(files: list[Path], block: list[int] | None) -> Iterator
     import torch
     from safetensors import safe_open
 
-    scales: dict[str, tuple[Path, str]] = {}
+    scales = {}  # one per tensor or per block: small beside the weights, read once
     for file in files:
         with safe_open(str(file), framework="pt") as weights:
-            scales.update({key: (file, key) for key in weights.keys()  # noqa: SIM118 (not a mapping)
+            scales.update({key: weights.get_tensor(key).float() for key in weights.keys()  # noqa: SIM118
                            if key.endswith("weight_scale_inv")})
     for file in files:
         with safe_open(str(file), framework="pt") as weights:
-            for key in weights.keys():  # noqa: SIM118
+            for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if key.endswith(_SCALE_SUFFIXES):
                     continue
                 tensor = weights.get_tensor(key)
                 if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-                    scale_file, scale_key = scales[key + "_scale_inv"]
-                    with safe_open(str(scale_file), framework="pt") as held:
-                        scale = held.get_tensor(scale_key).float()
-                    tensor = dequantize(tensor, scale, block)
+                    tensor = dequantize(tensor, scales[key + "_scale_inv"], block)
                 yield key, tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
 
 

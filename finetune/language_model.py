@@ -75,8 +75,7 @@ def language_model_folder(folder: str | Path) -> Path:
         return folder
     text = copy.deepcopy(config.get_text_config())
     causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(text.model_type)
-    if causal is None or (causal == MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
-                          and not loads_language_model_alone(config)):
+    if causal is None:
         raise NotImplementedError(
             f"{folder} is a multimodal {config.model_type} model whose language model ({text.model_type}) has no "
             f"text-only class in transformers, so its text part cannot be exported alone")

@@ -178,7 +178,7 @@ def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None =
         logger.info("Converting %s to a safetensors folder at %s (once)", gguf_path, target)
         gguf = open_gguf(gguf_path)
         dtype = storage_dtype(gguf.parameters)
-        _check_disk(gguf_path, target.parent, gguf.parameters * dtype.itemsize)
+        check_disk(gguf_path, target.parent, gguf.parameters * dtype.itemsize)
         fixes = {} if embedded is None else {"eos": embedded.eos_token, "pad": embedded.pad_token,
                                               "add_bos": embedded.add_bos_token,
                                               "chat_template": embedded.chat_template}
@@ -203,12 +203,13 @@ def convert_gguf(gguf_path: Path, target: Path, embedded: EmbeddedModel | None =
     return target
 
 
-def _check_disk(gguf_path: Path, folder: Path, needed: int) -> None:
-    """OSError before converting when the folder's disk cannot hold the converted weights (and 1 GiB to spare)."""
+def check_disk(source: Path, folder: Path, needed: int) -> None:
+    """OSError before converting `source` (a GGUF file, an FP8 checkpoint) when the folder's disk cannot hold its
+    dequantized weights (and 1 GiB to spare)."""
     free = shutil.disk_usage(folder).free
     if free < needed + 2**30:
         raise OSError(
-            f"Converting {gguf_path} needs about {needed / 1e9:.1f} GB of disk at {folder} for its dequantized "
+            f"Converting {source} needs about {needed / 1e9:.1f} GB of disk at {folder} for its dequantized "
             f"weights, and {free / 1e9:.1f} GB is free there. Free some space, or point NEURALCHAT_HOME at a disk "
             f"with room.")
 

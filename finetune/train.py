@@ -438,15 +438,14 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
     model = _load_model_for_training(model_path, config, device, precision, tokenizer)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     rows = use_packed_rows(base) if not data_args.pad_to_max_length else None
-    if rows is None and data_args.dataset_concatenation:
-        raise ValueError(f"DataArguments.dataset_concatenation: {type(base).__name__} has layers "
-                         f"({', '.join(sorted(stateful_layer_types(base)))}) whose state runs along the row and that "
-                         "cannot be split at example boundaries, so packed examples would read each other: leave "
-                         "dataset_concatenation off (its examples are then padded)")
     if rows is None and not data_args.pad_to_max_length:
-        logger.info("%s has layers (%s) whose state runs along the sequence and that cannot be split at example "
-                    "boundaries: its examples are padded, not packed", type(base).__name__,
-                    ", ".join(sorted(stateful_layer_types(base))))
+        stateful = f"{type(base).__name__} has layers ({', '.join(sorted(stateful_layer_types(base)))})"
+        if data_args.dataset_concatenation:
+            raise ValueError(f"DataArguments.dataset_concatenation: {stateful} whose state runs along the row and "
+                             "that cannot be split at example boundaries, so packed examples would read each other: "
+                             "leave dataset_concatenation off (its examples are then padded)")
+        logger.info("%s whose state runs along the sequence and that cannot be split at example boundaries: its "
+                    "examples are padded, not packed", stateful)
     packed = rows is not None
     per_example_attention, undo_packed_rows = rows or (False, lambda: None)
     head, undo_lean_ops = use_lean_ops(base, head_in_loss=packed)  # the loss applies the head, chunk by chunk
