@@ -8,6 +8,11 @@ One place for what differs between the templates users bring (published in each 
   an empty thinking block to the last reply only). A template with generation markers (`{% generation %}`)
   gets transformers' own assistant-token mask; any other is rendered once with each assistant reply replaced
   by a unique marker, so the replies are located where the template put them, however it frames them.
+- Thinking models (Qwen 3, Qwen 3.5, Gemma 4) frame a reply differently when it is generated than when it sits in
+  the history: Gemma 4's generation prompt closes an empty thought channel that its history never shows, Qwen 3.5's
+  opens a <think> block. A reply without reasoning is what such a model writes with thinking off, so the last reply
+  is learned after the generation prompt serving renders with thinking off: what that prompt adds before the reply
+  is put into the training text, unlabelled.
 """
 
 from __future__ import annotations
@@ -129,22 +134,51 @@ def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[i
                         "cannot be located for loss masking; set train_on_inputs or another chat template.")
     specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
     spans, cursor = [], len(pieces[0]) if text.startswith(pieces[0]) else 0
+    out, copied = [], 0  # the training text: the rendered one with what generation prompts add before replies
     for n, i in enumerate(replies):
         start, end = _locate(text, str(messages[i]["content"]), cursor, pieces[n + 1])
-        start = _after_generation_prompt(tokenizer, messages[:i], text, start)
+        start, added = _after_generation_prompt(tokenizer, messages[:i], text, start, last=i == len(messages) - 1)
         end += next((len(s) for s in specials if text.startswith(s, end)), 0)
-        spans.append((start, end))
+        out += [text[copied:start], added]
+        copied = start
+        shift = sum(len(piece) for piece in out) - start
+        spans.append((start + shift, end + shift))
         cursor = end
-    return text, spans
+    return "".join([*out, text[copied:]]), spans
 
 
-def _after_generation_prompt(tokenizer, before: list[dict], text: str, start: int) -> int:
-    """Where the reply starts as generation sees it: right after the generation prompt when the conversation so
-    far renders as a prefix of the text, so the space Mistral writes after [/INST] is learned as the model's."""
-    prompt = render_chat(tokenizer, before, tokenize=False, add_generation_prompt=True) if before else ""
-    if prompt and len(prompt) <= start and text.startswith(prompt) and not text[len(prompt):start].strip():
-        return len(prompt)
-    return start
+def thinking_switch(tokenizer) -> bool:
+    """Whether the chat template turns thinking on and off (`enable_thinking`: Qwen 3, Qwen 3.5, Gemma 4)."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):  # a tokenizer with several named templates
+        template = " ".join(template.values())
+    return "enable_thinking" in template
+
+
+def generation_prompt(tokenizer, messages: list[dict], thinking: bool | None = False, **kwargs) -> str:
+    """The text a reply is generated after: the conversation rendered with the template's generation prompt.
+    `thinking` False: thinking off where the template has the switch (what a reply without reasoning follows, so
+    what fine-tuning teaches and evaluation asks for); True: on; None: the template's default (Qwen 3.5 and Qwen 3
+    think, Gemma 4 does not)."""
+    if thinking is not None and thinking_switch(tokenizer):
+        kwargs["enable_thinking"] = thinking
+    return render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True, **kwargs)
+
+
+def _after_generation_prompt(tokenizer, before: list[dict], text: str, start: int, last: bool) -> tuple[int, str]:
+    """(start, added) of a reply as generation sees it. When the conversation so far renders as a prefix of the
+    text, the reply starts right after the generation prompt, so the space Mistral writes after [/INST] is learned
+    as the model's. When the generation prompt (thinking off) runs on past the text before the last reply, what it
+    adds (Gemma 4's empty thought channel) is `added`, to go into the text before that reply. Earlier replies keep
+    the framing of the history, as the model sees them in later turns."""
+    if not before:
+        return start, ""
+    prompt = generation_prompt(tokenizer, before)
+    if len(prompt) <= start and text.startswith(prompt) and not text[len(prompt):start].strip():
+        return len(prompt), ""
+    if last and len(prompt) > start and prompt.startswith(text[:start]) and prompt[start:].strip():
+        return start, prompt[start:]
+    return start, ""
 
 
 def _locate(text: str, content: str, cursor: int, following: str) -> tuple[int, int]:

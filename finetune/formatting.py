@@ -74,9 +74,9 @@ def _tokenize_trl(tokenizer, record: dict, kind: str, opts: FormatOptions) -> tu
         prompt_ids = tokenizer(record["prompt"])["input_ids"]
         ids = tokenizer(record["prompt"] + completion)["input_ids"]
     else:
-        from finetune.chat_template import render_chat
+        from finetune.chat_template import generation_prompt, render_chat
 
-        prompt_text = render_chat(tokenizer, record["prompt"], tokenize=False, add_generation_prompt=True)
+        prompt_text = generation_prompt(tokenizer, record["prompt"])
         text = render_chat(tokenizer, record["prompt"] + record["completion"], tokenize=False)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

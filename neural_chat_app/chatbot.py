@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from neural_chat_app.config import GenerationConfig, PipelineConfig
 from neural_chat_app.generate import generate_stream
+from neural_chat_app.reasoning import answer_chunks, split_reasoning, thinking_format
 from neural_chat_app.stats import stats_table
 from neural_chat_app.streaming import Backend, StreamResult
 
@@ -35,28 +36,50 @@ class ChatBot:
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty string, got {query!r}")
 
+    def _raw_reply(self, messages: list[dict], config: GenerationConfig, result: StreamResult):
+        """(raw reply chunks, links): the plugins' refusal, or the model's reply through their filter."""
+        prepared = self.plugins.prepare(messages) if self.plugins is not None else None
+        if prepared is not None and prepared.refusal is not None:
+            return iter([prepared.refusal]), prepared.links
+        source = prepared.messages if prepared is not None else messages
+        # Stats go after the answer, not into the raw reply (a reply cut short while thinking is all reasoning).
+        chunks = generate_stream(self.backend, source, _no_stats(config), self.config.task, result=result)
+        if self.plugins is not None:
+            chunks = self.plugins.filter_reply(chunks)
+        return chunks, (prepared.links if prepared is not None else [])
+
     def predict_stream(
         self, query: str, config: GenerationConfig | None = None, response_format: dict | None = None
     ) -> tuple[Iterator[str], list]:
         """Return (generator of text chunks, links); links are retrieval sources, [] without retrieval.
 
         `response_format` (a JSON Schema, or OpenAI's {"type": "json_schema", ...}) forces the reply to be JSON
-        matching it; it overrides config.response_format.
+        matching it; it overrides config.response_format. A thinking model's reasoning is not in the chunks:
+        they are its answer (predict_with_reasoning returns both).
         """
         self._check(query)
-        messages = self._messages([], query)
         config = _with_format(config or GenerationConfig(), response_format)
-        if self.plugins is None:
-            return generate_stream(self.backend, messages, config, self.config.task), []
-        prepared = self.plugins.prepare(messages)
-        if prepared.refusal is not None:
-            return iter([prepared.refusal]), []
-        chunks = generate_stream(self.backend, prepared.messages, config, self.config.task)
-        return self.plugins.filter_reply(chunks), prepared.links
+        result = StreamResult()
+        chunks, links = self._raw_reply(self._messages([], query), config, result)
+        fmt = thinking_format(self.backend.tokenizer)
+
+        def run():
+            yield from answer_chunks(chunks, fmt)
+            if config.return_stats:
+                yield stats_table(result)
+
+        return run(), links
 
     def predict(self, query: str, config: GenerationConfig | None = None, response_format: dict | None = None) -> str:
         chunks, _ = self.predict_stream(query, config, response_format)
         return "".join(chunks)
+
+    def predict_with_reasoning(self, query: str, config: GenerationConfig | None = None) -> tuple[str, str]:
+        """(reasoning, answer) of one reply: a thinking model's reasoning ("" for a model that does not think, or
+        with thinking off) and its answer."""
+        self._check(query)
+        chunks, _ = self._raw_reply(self._messages([], query), config or GenerationConfig(), StreamResult())
+        return split_reasoning("".join(chunks), thinking_format(self.backend.tokenizer))
 
     def chat_stream(
         self, query: str, config: GenerationConfig | None = None, conversation_id: str = "default"
@@ -64,28 +87,21 @@ class ChatBot:
         """Like predict_stream, with the conversation's earlier turns; the reply joins the history when done."""
         self._check(query)
         history = self.conversations.setdefault(conversation_id, [])
-        messages = self._messages(history, query)
         config = config or GenerationConfig()
-        prepared = self.plugins.prepare(messages) if self.plugins is not None else None
+        result = StreamResult()
+        chunks, links = self._raw_reply(self._messages(history, query), config, result)
+        fmt = thinking_format(self.backend.tokenizer)
 
         def run():
             parts: list[str] = []
-            result = StreamResult()
-            if prepared is not None and prepared.refusal is not None:
-                chunks = iter([prepared.refusal])
-            else:
-                # Stats go to the caller, not into the history the model sees next turn.
-                source = prepared.messages if prepared is not None else messages
-                chunks = generate_stream(self.backend, source, _no_stats(config), self.config.task, result=result)
-                chunks = self.plugins.filter_reply(chunks) if self.plugins is not None else chunks
-            for chunk in chunks:
+            for chunk in answer_chunks(chunks, fmt):
                 parts.append(chunk)
                 yield chunk
             history.extend([{"role": "user", "content": query}, {"role": "assistant", "content": "".join(parts)}])
             if config.return_stats:
                 yield stats_table(result)
 
-        return run(), (prepared.links if prepared is not None else [])
+        return run(), links
 
     def chat(self, query: str, config: GenerationConfig | None = None, conversation_id: str = "default") -> str:
         chunks, _ = self.chat_stream(query, config, conversation_id)

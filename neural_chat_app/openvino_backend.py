@@ -27,7 +27,7 @@ from pathlib import Path
 from finetune.extras import require
 from finetune.models import eos_token_ids
 from neural_chat_app.config import GenerationConfig
-from neural_chat_app.streaming import StreamResult
+from neural_chat_app.streaming import Detokenizer, StreamResult
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class OpenVINOBackend:
                 raise RuntimeError(f"OpenVINO generation failed: {engine.exited}")
             engine.queues[rid] = out
         ids: list[int] = []
-        sent = ""
+        detokenizer = Detokenizer(self.tokenizer)
         finished = False
         try:
             try:
@@ -130,12 +130,10 @@ class OpenVINOBackend:
                 result.completion_tokens = len(ids)
                 if reason == "LENGTH":
                     result.finish_reason = "length"
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                # An incomplete UTF-8 sequence decodes to U+FFFD: wait for the next token to complete it.
-                if len(text) > len(sent) and not text.endswith("\ufffd"):
+                text = "".join(detokenizer.add(i) for i in new_ids)
+                if text:
                     result.mark_token()
-                    yield text[len(sent) :]
-                    sent = text
+                    yield text
                 if cancel.is_set():
                     return
         finally:

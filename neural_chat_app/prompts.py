@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetune.chat_template import render_chat
+from finetune.chat_template import generation_prompt
 from finetune.formatting import completion_prompt
 
 SUMMARIZE_INSTRUCTION = "Summarize the following text in a few sentences.\n\n"
@@ -15,8 +15,10 @@ def resolve_task(task: str, tokenizer) -> str:
     return "chat" if getattr(tokenizer, "chat_template", None) else "text"
 
 
-def prompt_ids(tokenizer, messages: list[dict], task: str, tools: list[dict] | None = None) -> list[int]:
-    """`tools` (OpenAI's function definitions) go to the chat template, for the chat task."""
+def prompt_ids(tokenizer, messages: list[dict], task: str, tools: list[dict] | None = None,
+               thinking: bool | None = None) -> list[int]:
+    """`tools` (OpenAI's function definitions) go to the chat template, for the chat task; `thinking` switches a
+    thinking model's reasoning (None: its default; refused where the model cannot follow it)."""
     task = resolve_task(task, tokenizer)
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if task == "text":
@@ -38,8 +40,11 @@ def prompt_ids(tokenizer, messages: list[dict], task: str, tools: list[dict] | N
         )
     # rendered as text, then tokenized as apply_chat_template does (no added specials): render_chat checks the
     # text for a dropped system message, so rendering it once serves both
+    from neural_chat_app.reasoning import check_thinking
+
+    check_thinking(tokenizer, thinking)
     extra = {"tools": tools} if tools else {}
-    text = render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True, **extra)
+    text = generation_prompt(tokenizer, messages, thinking, **extra)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

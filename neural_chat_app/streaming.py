@@ -23,6 +23,7 @@ class StreamResult:
     finished_at: float | None = None
     tokens: list | None = None  # logits.TokenLogprob per reply token, when GenerationConfig.logprobs asks
     emitted_chars: int = 0  # characters the backend produced, before stop strings cut any
+    opener_chars: int = 0  # characters of the reasoning opener the prompt wrote, put before the backend's text
 
     def mark_token(self) -> None:
         if self.first_token_at is None:
@@ -47,17 +48,27 @@ class StreamResult:
 class Detokenizer:
     """Token ids to text, one token at a time: each step decodes a short window (the tokens since the last emitted
     text plus those just before it, for word-boundary spaces) and emits what is new. A window that ends inside a
-    UTF-8 character decodes to U+FFFD: that text waits for the next token."""
+    UTF-8 character decodes to U+FFFD: that text waits for the next token. Special tokens are skipped, except those
+    that write a thinking model's reasoning markers (Gemma 4's <|channel>), which the reply needs to be split."""
 
     def __init__(self, tokenizer):
+        from neural_chat_app.reasoning import marker_tokens
+
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.prefix = 0  # window start
         self.read = 0  # tokens before this were emitted
+        self.markers = marker_tokens(tokenizer)
 
     def add(self, token: int) -> str:
-        self.ids.append(token)
         decode = self.tokenizer.decode
+        if token in self.markers:  # what is pending, then the marker; the next window starts after it
+            pending = decode(self.ids[self.prefix :], skip_special_tokens=True)
+            before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+            self.ids.append(token)
+            self.prefix = self.read = len(self.ids)
+            return pending[len(before) :].replace("\ufffd", "") + self.markers[token]
+        self.ids.append(token)
         before = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
         text = decode(self.ids[self.prefix :], skip_special_tokens=True)
         if len(text) <= len(before) or text.endswith("\ufffd"):

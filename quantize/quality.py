@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune.chat_template import render_chat
+from finetune.chat_template import generation_prompt
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -148,7 +148,7 @@ def prompt_ids(tokenizer, count: int) -> list:
     for i in range(count):
         messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)] + (" " * (i // len(QUESTIONS)))}]
         if getattr(tokenizer, "chat_template", None):
-            text = render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True)
+            text = generation_prompt(tokenizer, messages)
         else:
             text = messages[0]["content"]
         prompts.append(tokenizer(text, return_tensors="pt").input_ids)

@@ -32,8 +32,18 @@ FAMILIES = {
     # BPE vocabulary, and a template that writes the role markers from variables with no newline after them
     "phi4mini": ("phi4mini", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], None, "<|endoftext|>",
                  ["<|end|>", "<|endoftext|>"]),
+    # The families published as multimodal checkpoints from late 2025 on (NEW_FAMILIES below): their templates
+    # think. Qwen 3.5's generation prompt opens a <think> block unless enable_thinking is false; Gemma 4's closes
+    # an empty thought channel unless enable_thinking is true; Ministral 3 Reasoning always thinks, in [THINK].
+    "qwen3_5": ("qwen3_5", ["<think>", "</think>"], None, "<|im_end|>", ["<|im_end|>", "<|endoftext|>"]),
+    "gemma4": ("gemma4", ["<bos>", "<eos>", "<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|think|>"], "<bos>",
+               "<eos>", ["<eos>", "<turn|>"]),
+    "ministral3": ("ministral3", ["<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[THINK]",
+                                  "[/THINK]"], "<s>", "</s>", ["</s>"]),
 }
-NAMES = list(FAMILIES)
+# the families with a tiny model of their own here (family_config); TEMPLATE_NAMES: every template
+NAMES = [f for f in FAMILIES if f not in ("qwen3_5", "gemma4", "ministral3")]
+TEMPLATE_NAMES = list(FAMILIES)
 # family -> the quantize.ollama.FORMATS entry its template renders as
 OLLAMA_FORMAT = {"llama": "llama3", "qwen2": "chatml", "qwen3": "chatml", "mistral": "mistral", "gemma2": "gemma",
                  "gemma3_text": "gemma", "phi3": "phi3", "phi4mini": "phi4"}
@@ -233,9 +243,10 @@ def save_gguf_family(family: str, path: Path) -> Path:
 # Families published as one multimodal checkpoint from late 2025 on, each a tiny language model beside a one-layer
 # vision tower, saved in the layout transformers writes: Qwen 3.5 (gated delta-net layers, three in four, beside
 # attention), Ministral 3 (Mistral3ForConditionalGeneration: YaRN and position-scaled queries) and Gemma 4
-# (per-layer inputs, shared KV layers). Their own chat templates are not among the fixtures: each borrows its
-# predecessor's tokenizer and template (the key here), as the tests of these models are about their architectures.
-NEW_FAMILIES = {"qwen3_5": "qwen3", "mistral3": "mistral", "gemma4": "gemma3_text"}
+# (per-layer inputs, shared KV layers), each with its own published chat template (the value here); for GGUF, a
+# vocabulary llama.cpp's converter reads: its predecessor's (GGUF_PREDECESSOR).
+NEW_FAMILIES = {"qwen3_5": "qwen3_5", "mistral3": "ministral3", "gemma4": "gemma4"}
+GGUF_PREDECESSOR = {"qwen3_5": "qwen3", "mistral3": "mistral", "gemma4": "gemma2"}
 
 
 def new_family_config(kind: str, tokenizer):
@@ -309,11 +320,10 @@ def save_new_family(kind: str, path: Path, gguf: bool = False) -> Path:
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
-    family = NEW_FAMILIES[kind]
     if gguf:
-        tokenizer = gguf_family_tokenizer("gemma2" if kind == "gemma4" else family, path)
+        tokenizer = gguf_family_tokenizer(GGUF_PREDECESSOR[kind], path)
     else:
-        tokenizer = family_tokenizer(family)
+        tokenizer = family_tokenizer(NEW_FAMILIES[kind])
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(new_family_config(kind, tokenizer)).float()
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,

@@ -67,12 +67,12 @@ def resolve_model(name_or_path: str, label: str | None = None, allow_download: b
 
 
 def prompt_ids(tokenizer, example: Example, messages: list[dict] | None = None) -> list[int]:
-    from finetune.chat_template import ensure_chat_template, render_chat
+    from finetune.chat_template import ensure_chat_template, generation_prompt
 
     messages = messages if messages is not None else example.messages
     if messages is not None:
         ensure_chat_template(tokenizer)
-        text = render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True)
+        text = generation_prompt(tokenizer, messages)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(example.prompt)["input_ids"]
 

@@ -41,8 +41,9 @@ def tokenize_preference(tokenizer, row: dict, max_length: int | None = MAX_LENGT
 
     replies = [row[k] for k in PAIR] if "chosen" in row else [row["completion"]]
     if isinstance(replies[0], list):
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]
+        from finetune.chat_template import generation_prompt
+
+        prompt = tokenizer(generation_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
         full = [tokenizer.apply_chat_template(row["prompt"] + r, tokenize=True, return_dict=True)["input_ids"]
                 for r in replies]
     else:

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from neural_chat_app.config import GenerationConfig
 from neural_chat_app.generate import generate_stream
 from neural_chat_app.prompts import prompt_ids
+from neural_chat_app.reasoning import ReasoningSplitter, Thought, thinking_format
 from neural_chat_app.server import openai_shapes as shapes
 from neural_chat_app.server.admission import QueueFull
 from neural_chat_app.server.errors import APIError
@@ -44,6 +45,8 @@ class Choice:
     echo: str | None = None
     prompt_tokens: list | None = None
     text: str = ""
+    reasoning: str = ""  # a thinking model's reasoning, apart from the text
+    content_from: int | None = None  # where the text starts in the raw reply, after the reasoning
     tool_calls: list[dict] | None = None
     generate: bool = True  # False: echo only (max_tokens=0), the prompt is scored and nothing generated
 
@@ -63,6 +66,7 @@ class Turn:
         self.message_id: int | None = None
         self.refusal: str | None = None  # set by the safety checker: the reply, without generating
         self.links: list[dict] | None = None  # retrieval sources, when the retrieval plugin is on
+        self.templated = kind == "chat"  # the prompt is the chat template's: a thinking model's reasoning is split
         # The place in line was reserved before the response started. A client that leaves before the stream is
         # first read never starts run(), so give the place back when this turn is dropped unstarted.
         self._unstarted = weakref.finalize(self, state.admission.cancel_reservation)
@@ -95,11 +99,20 @@ class Turn:
                 yield choice, None
             return
         await state.admission.acquire()
+        fmt = thinking_format(self.backend.tokenizer) if self.templated else None
         try:
             with state.models.lease(self.backend):
                 for choice in self.choices:
+                    splitter = ReasoningSplitter(fmt) if fmt is not None else None
                     async for text in self._filtered(self._generate(choice)):
-                        yield choice, text
+                        if splitter is None:
+                            yield choice, text
+                            continue
+                        for piece in _pieces(splitter, splitter.feed(text), choice):
+                            yield choice, piece
+                    if splitter is not None:
+                        for piece in _pieces(splitter, splitter.finish(), choice):
+                            yield choice, piece
                     yield choice, None
         finally:
             state.admission.release()
@@ -118,7 +131,8 @@ class Turn:
             choice.result.finished_at = time.perf_counter()
             return
         source = generate_stream(
-            self.backend, self.messages, choice.config, cancel=self.cancel, result=choice.result, ids=choice.ids
+            self.backend, self.messages, choice.config, "chat" if self.templated else "text", cancel=self.cancel,
+            result=choice.result, ids=choice.ids
         )
         try:
             while True:
@@ -133,7 +147,7 @@ class Turn:
             self.cancel = threading.Event()  # the next choice starts uncancelled
 
     async def reply_chunks(self) -> AsyncIterator[str]:
-        """The text of a one-choice turn, chunk by chunk (the Ollama routes)."""
+        """The text of a one-choice turn, chunk by chunk (the Ollama routes); reasoning comes as Thought chunks."""
         async for _, text in self.run():
             if text is not None:
                 yield text
@@ -173,6 +187,12 @@ class Turn:
         )
 
 
+def _pieces(splitter: ReasoningSplitter, parts: list[tuple[str, str]], choice: Choice) -> list[str]:
+    """A thinking model's reply pieces as the routes take them: reasoning as Thought, the answer as str."""
+    choice.content_from = splitter.content_from
+    return [Thought(text) if kind == "reasoning" else text for kind, text in parts]
+
+
 def _check_features(backend, config: GenerationConfig, echo: bool) -> None:
     """Refuse, by name, what the serving backend cannot do."""
     features = getattr(backend, "features", frozenset())
@@ -206,7 +226,7 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
         model_messages, tools = prompt_messages(model_messages, tools, backend.tokenizer)
     try:
         if prompts is None:
-            prompt_list = [(prompt_ids(backend.tokenizer, model_messages, task, tools), None)]
+            prompt_list = [(prompt_ids(backend.tokenizer, model_messages, task, tools, config.thinking), None)]
         else:
             prompt_list = [_completion_prompt(backend.tokenizer, p) for p in prompts]
     except ValueError as err:
@@ -247,6 +267,7 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
     if results:
         log_metadata["tool_results"] = results
     turn = Turn(state, backend, model_messages, choices, session, kind, log_metadata, replaces)
+    turn.templated = prompts is None and task != "text"
     if prepared is not None:
         turn.refusal = prepared.refusal
         turn.links = prepared.links if state.plugins.retriever is not None else None
@@ -348,7 +369,9 @@ async def _respond(turn: Turn, req) -> JSONResponse | StreamingResponse:
     parts: dict[int, list[str]] = {c.index: [] for c in turn.choices}
     try:
         async for choice, text in turn.run():
-            if text is not None:
+            if isinstance(text, Thought):
+                choice.reasoning += text
+            elif text is not None:
                 parts[choice.index].append(text)
     except Exception as err:
         await turn.log_reply("".join(parts[0]), interrupted=True)

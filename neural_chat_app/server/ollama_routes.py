@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from neural_chat_app.config import GenerationConfig
 from neural_chat_app.logits import finite
 from neural_chat_app.prompts import prompt_ids
+from neural_chat_app.reasoning import Thought
 from neural_chat_app.registry import find_model
 from neural_chat_app.server.embedding_routes import (
     EMBEDDING_DIMENSIONS,
@@ -55,6 +56,7 @@ from neural_chat_app.server.ollama_schemas import (
     bare_model_name,
     refuse,
 )
+from neural_chat_app.server.openai_shapes import answer_offset
 from neural_chat_app.server.state import check_api_key, get_state, read_body
 from neural_chat_app.tools import ToolCallSplitter, parse_tool_calls, prompt_messages
 
@@ -124,7 +126,8 @@ async def _start(request: Request, req, backend, messages: list[dict], task: str
     if num_ctx is not None:
         try:
             model_messages, model_tools = prompt_messages(messages, tools, backend.tokenizer)
-            n = len(prompt_ids(backend.tokenizer, model_messages, task, model_tools))
+            thinking = req.think if isinstance(req.think, bool) else None
+            n = len(prompt_ids(backend.tokenizer, model_messages, task, model_tools, thinking))
         except ValueError:
             n = 0  # _prepare says what is wrong with the prompt
         if n >= num_ctx:
@@ -149,17 +152,22 @@ class _Reply:
         self.logprobs = logprobs
         self.generated = ""  # the reply's text as the backend gave it, tool calls included
         self.text = ""  # what the client gets as content
+        self.thinking = ""  # a thinking model's reasoning, which the client gets as thinking
         self.calls: list[dict] = []  # OpenAI-shaped (tools.py), as the log keeps them
         self.sent_tokens = 0
 
-    def obj(self, text: str, final: bool = False) -> dict:
+    def obj(self, text: str, final: bool = False, thinking: str = "") -> dict:
         body = {"model": self.model, "created_at": _now()}
         if self.chat:
             body["message"] = {"role": "assistant", "content": text}
+            if thinking:
+                body["message"]["thinking"] = thinking
             if final and self.calls:
                 body["message"]["tool_calls"] = [_ollama_call(c) for c in self.calls]
         else:
             body["response"] = text
+            if thinking:
+                body["thinking"] = thinking
         if self.logprobs:
             body["logprobs"] = self._new_logprobs(final)
         body["done"] = False
@@ -168,7 +176,8 @@ class _Reply:
     def _new_logprobs(self, final: bool) -> list[dict]:
         """The entries not sent yet whose token is in the text so far (an end-of-turn token has no text)."""
         tokenizer = self.turn.backend.tokenizer
-        entries = [t for t in (self.turn.result.tokens or []) if t.offset < len(self.generated)]
+        start = answer_offset(self.turn.choices[0])  # after a thinking model's reasoning
+        entries = [t for t in (self.turn.result.tokens or []) if start <= t.offset < start + len(self.generated)]
         new = entries[self.sent_tokens:]
         if not final:
             new = new[:-1]  # the last token's text may still grow (a character split across tokens)
@@ -180,6 +189,9 @@ class _Reply:
         return [{**one(t.token_id, t.logprob), "top_logprobs": [one(i, lp) for i, lp in t.top]} for t in new]
 
     def feed(self, chunk: str) -> list[dict]:
+        if isinstance(chunk, Thought):
+            self.thinking += chunk
+            return [self.obj("", thinking=str(chunk))]
         self.generated += chunk
         out = self.splitter.feed(chunk) if self.splitter is not None else chunk
         self.text += out
@@ -193,16 +205,19 @@ class _Reply:
         self.text += rest
         return [self.obj(rest)] if rest else []
 
-    def whole(self, text: str) -> dict:
+    def whole(self, parts: list[str]) -> dict:
+        self.thinking = "".join(p for p in parts if isinstance(p, Thought))
+        text = "".join(p for p in parts if not isinstance(p, Thought))
         self.generated = self.text = text
         if self.tool_names:
             content, self.calls = parse_tool_calls(text, self.tool_names)
             self.text = (content or "") if self.calls else text
-        return self.obj(self.text, final=True)
+        return self.obj(self.text, final=True, thinking=self.thinking)
 
     @property
     def log_extra(self) -> dict:
-        return {"tool_calls": self.calls} if self.calls else {}
+        extra = {"tool_calls": self.calls} if self.calls else {}
+        return {**extra, "reasoning": self.thinking} if self.thinking else extra
 
 
 def _ollama_call(call: dict) -> dict:
@@ -265,9 +280,9 @@ async def _respond(turn: Turn, reply: _Reply, stream: bool, start: float, load_s
         async for chunk in turn.reply_chunks():
             parts.append(chunk)
     except Exception as err:
-        await turn.log_reply("".join(parts), interrupted=True)
+        await turn.log_reply("".join(p for p in parts if not isinstance(p, Thought)), interrupted=True)
         raise APIError(500, f"Generation failed: {err}", "generation_failed") from err
-    body = reply.whole("".join(parts))
+    body = reply.whole(parts)
     await turn.log_reply(reply.text, interrupted=False, extra=reply.log_extra)
     return JSONResponse({**body, **_counters(turn, start, load_s)}, headers=headers)
 

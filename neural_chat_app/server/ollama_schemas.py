@@ -86,8 +86,9 @@ class _GenerateBase(_OllamaBody):
 
     def unsupported(self) -> list[str]:
         problems = super().unsupported()
-        if self.think not in (None, False):
-            problems.append("think (this server's models have no thinking mode; send false or leave it out)")
+        if self.think is not None and not isinstance(self.think, bool):
+            problems.append(f"think={self.think!r} (levels are for gpt-oss, which this server does not run; send "
+                            f"true or false)")
         if self.keep_alive is not None and _is_zero_duration(self.keep_alive):
             problems.append("keep_alive=0 (this server keeps its model loaded; any other duration is accepted)")
         for name, value in (self.options or {}).items():
@@ -161,6 +162,7 @@ class _GenerateBase(_OllamaBody):
                 stop=[stop] if isinstance(stop, str) else list(stop or []),
                 response_format=self.response_format(),
                 logprobs=self.top_logprobs_wanted,
+                thinking=self.think if isinstance(self.think, bool) else None,
             )
         except (TypeError, ValueError) as err:
             message = str(err)
@@ -198,6 +200,8 @@ class OllamaMessage(_OllamaBody):
                                  for i, c in enumerate(self.tool_calls)]
         if self.role == "tool":
             out["tool_call_id"] = self.tool_name or ""
+        if self.thinking and self.role == "assistant":
+            out["reasoning_content"] = self.thinking  # the thinking templates read it (Qwen 3, Gemma 4)
         return out
 
     def unsupported(self, where: str) -> list[str]:
@@ -206,8 +210,8 @@ class OllamaMessage(_OllamaBody):
             problems.append(f"{where}.tool_calls (only assistant messages carry tool calls)")
         if self.images:
             problems.append(f"{where}.images (the models here read text only)")
-        if self.thinking:
-            problems.append(f"{where}.thinking (this server's models have no thinking mode)")
+        if self.thinking and self.role != "assistant":
+            problems.append(f"{where}.thinking (only assistant messages carry thinking)")
         return problems
 
 

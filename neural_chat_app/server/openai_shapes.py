@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from neural_chat_app.logits import finite
+from neural_chat_app.reasoning import Thought
 from neural_chat_app.streaming import Detokenizer
 
 
@@ -28,8 +29,15 @@ def kept_tokens(choice, kind: str) -> list:
     positions."""
     tokens = choice.result.tokens or []
     if kind == "chat" or choice.result.emitted_chars > len(choice.text):
-        return [t for t in tokens if t.offset < len(choice.text)]
+        start = answer_offset(choice)
+        return [t for t in tokens if start <= t.offset < start + len(choice.text)]
     return tokens
+
+
+def answer_offset(choice) -> int:
+    """Where a chat reply's answer starts among the backend's characters: after a thinking model's reasoning (whose
+    tokens are not the answer's), 0 for any other reply."""
+    return 0 if choice.content_from is None else max(choice.content_from - choice.result.opener_chars, 0)
 
 
 def chat_logprobs(tokenizer, entries: list) -> dict:
@@ -65,7 +73,10 @@ def prompt_offsets(tokenizer, choice) -> list:
 
 
 def log_extra(choice) -> dict:
-    return {"tool_calls": choice.tool_calls} if choice.tool_calls else {}
+    """The reply's metadata in the conversation log: its tool calls, and a thinking model's reasoning (kept out of
+    the text that fine-tuning reads)."""
+    extra = {"tool_calls": choice.tool_calls} if choice.tool_calls else {}
+    return {**extra, "reasoning": choice.reasoning} if choice.reasoning else extra
 
 
 def _tool_parse(turn, req, choice) -> None:
@@ -96,6 +107,8 @@ def response_body(turn, req) -> dict:
         _tool_parse(turn, req, choice)
         if turn.kind == "chat":
             message = {"role": "assistant", "content": None if choice.tool_calls and not choice.text else choice.text}
+            if choice.reasoning:
+                message["reasoning_content"] = choice.reasoning
             if choice.tool_calls:
                 message["tool_calls"] = choice.tool_calls
             logprobs = chat_logprobs(tokenizer, kept_tokens(choice, "chat")) if req.logprobs else None
@@ -168,7 +181,8 @@ class ChunkWriter:
             kept = kept_tokens(choice, self.turn.kind)
             new = kept[start:] if start < len(kept) else []
         else:
-            new = [t for t in entries[start:] if t.offset < sent]
+            offset = answer_offset(choice)
+            new = [t for t in entries if offset <= t.offset < offset + sent][start:]
         self.sent_tokens[choice.index] = start + len(new)
         if self.chat:
             return chat_logprobs(self.tokenizer, new)
@@ -184,6 +198,9 @@ class ChunkWriter:
         return [sse(self._chunk(choice, choice.echo, logprobs=logprobs))]
 
     def text(self, choice, chunk: str) -> list[str]:
+        if isinstance(chunk, Thought):  # a thinking model's reasoning, apart from the content
+            choice.reasoning += chunk
+            return [sse(self._chunk(choice, delta={"reasoning_content": str(chunk)}))]
         events = self._echo(choice)
         choice.text += chunk
         splitter = self.splitters.get(choice.index)

@@ -21,7 +21,6 @@ MAX_GENERATIONS = 64  # prompts x choices in one completions request (lm-evaluat
 REFUSED = {
     "audio": "audio output is not supported: this server returns text",
     "prediction": "predicted outputs are not supported",
-    "reasoning_effort": "reasoning_effort is not supported: the served models take no reasoning budget",
     "verbosity": "verbosity is not supported",
     "web_search_options": "web search is not supported",
     "functions": "the deprecated `functions` are not supported: send them as `tools`",
@@ -65,6 +64,7 @@ class Message(_Strict):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None  # an earlier reply's reasoning, as this server returned it
 
     @model_validator(mode="after")
     def _shape(self):
@@ -87,6 +87,8 @@ class Message(_Strict):
             out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
         if self.tool_call_id:
             out["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content and self.role == "assistant":
+            out["reasoning_content"] = self.reasoning_content  # the thinking templates read it (Qwen 3, Gemma 4)
         return out
 
 
@@ -201,6 +203,7 @@ class _Sampling(_Strict):
             frequency_penalty=self.frequency_penalty,
             logit_bias={int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
             logprobs=self.top_logprobs_wanted,
+            thinking=getattr(self, "thinking", None),
         )
 
     @property
@@ -221,6 +224,10 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     modalities: list[Literal["text"]] | None = None  # text is all this server writes
+    # A thinking model's reasoning, on or off (GenerationConfig.thinking): reasoning_effort "none" turns it off;
+    # chat_template_kwargs {"enable_thinking": bool} (vLLM's field, the openai client's extra_body) switches it.
+    reasoning_effort: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -239,10 +246,34 @@ class ChatCompletionRequest(_Sampling):
             if name not in self.tool_names:
                 raise APIError(400, f"tool_choice names {name!r}, which is not among the tools", "invalid_value",
                                "tool_choice")
+        self._check_thinking()
         if self.forces_tool_call and self.response_format is not None:
             raise APIError(400, "response_format cannot be combined with a forced tool call (tool_choice)",
                            "invalid_value", "response_format")
         return self
+
+    def _check_thinking(self) -> None:
+        if self.reasoning_effort not in (None, "none"):
+            raise APIError(400, f"reasoning_effort={self.reasoning_effort!r} is not supported: the models here think "
+                                f"or do not, with no budget to set; send 'none' to turn thinking off, or "
+                                f'chat_template_kwargs {{"enable_thinking": true}} to turn it on', "invalid_value",
+                           "reasoning_effort")
+        for key, value in (self.chat_template_kwargs or {}).items():
+            if key != "enable_thinking":
+                raise APIError(400, f"Unsupported field: chat_template_kwargs.{key}: only enable_thinking is passed "
+                                    f"to the chat template", "unsupported_field", f"chat_template_kwargs.{key}")
+            if not isinstance(value, bool):
+                raise APIError(400, f"chat_template_kwargs.enable_thinking must be true or false, got {value!r}",
+                               "invalid_value", "chat_template_kwargs.enable_thinking")
+        if self.reasoning_effort == "none" and self.thinking:
+            raise APIError(400, "reasoning_effort 'none' and chat_template_kwargs.enable_thinking true disagree: "
+                                "send one", "invalid_value", "reasoning_effort")
+
+    @property
+    def thinking(self) -> bool | None:
+        """GenerationConfig.thinking: what the request asks of a thinking model's reasoning (None: its default)."""
+        switch = (self.chat_template_kwargs or {}).get("enable_thinking")
+        return False if self.reasoning_effort == "none" else switch
 
     @property
     def reply_tokens(self) -> int | None:

@@ -339,6 +339,22 @@ function setStreaming(on) {
   document.body.dataset.streaming = on ? "true" : "false";
 }
 
+// A thinking model's reasoning, folded under "Thinking" above its answer: open while it streams. Plain text, as
+// the model wrote it (no Markdown: it is a draft).
+function showReasoning(box, text, open) {
+  let details = box.querySelector(".reasoning");
+  if (!details) {
+    details = document.createElement("details");
+    details.className = "reasoning";
+    const summary = document.createElement("summary");
+    summary.textContent = "Thinking";
+    details.append(summary, document.createElement("div"));
+    box.querySelector(".text").before(details);
+  }
+  details.open = open;
+  details.lastChild.textContent = text;
+}
+
 // Read an SSE body and call onEvent with each parsed "data:" JSON payload.
 async function readEvents(response, onEvent) {
   const reader = response.body.getReader();
@@ -378,6 +394,7 @@ async function send(text, regenerate = null) {
   state.controller = new AbortController();
   setStreaming(true);
   let reply = "";
+  let reasoning = "";  // a thinking model's reasoning: shown apart, never part of the reply or the history
   let outcome = "done";
   let messageId = null;
   try {
@@ -391,7 +408,12 @@ async function send(text, regenerate = null) {
     await readEvents(response, (event) => {
       if (event.error) throw new Error(event.error.message);
       const choice = event.choices && event.choices[0];
+      if (choice && choice.delta && choice.delta.reasoning_content) {
+        reasoning += choice.delta.reasoning_content;
+        showReasoning(box, reasoning, true);
+      }
       if (choice && choice.delta && choice.delta.content) {
+        if (reasoning && !reply) showReasoning(box, reasoning, false);  // the answer has begun: fold it
         reply += choice.delta.content;
         view.update(reply);
       }

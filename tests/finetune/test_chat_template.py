@@ -9,16 +9,16 @@ import logging
 
 import pytest
 
-from finetune.chat_template import CHATML_TEMPLATE, render_chat
+from finetune.chat_template import CHATML_TEMPLATE, render_chat, thinking_switch
 from finetune.formatting import IGNORE_INDEX, FormatOptions, tokenize_record
 from finetune.records import DataError
 from tests.conftest import build_tiny_tokenizer
-from tests.families import CONVERSATION, NAMES, family_tokenizer
+from tests.families import CONVERSATION, TEMPLATE_NAMES, family_tokenizer
 
 # What each family's model must learn to write after its generation prompt: the reply and its end-of-turn token.
 END_OF_TURN = {"llama": "<|eot_id|>", "qwen2": "<|im_end|>", "qwen3": "<|im_end|>", "mistral": "</s>",
                "gemma2": "<end_of_turn>", "gemma3_text": "<end_of_turn>", "phi3": "<|end|>",
-               "phi4mini": "<|end|>"}
+               "phi4mini": "<|end|>", "qwen3_5": "<|im_end|>", "gemma4": "<turn|>", "ministral3": "</s>"}
 
 
 def _learned_runs(tokenizer, example) -> list[str]:
@@ -32,7 +32,7 @@ def _learned_runs(tokenizer, example) -> list[str]:
     return runs + ([tokenizer.decode(run)] if run else [])
 
 
-@pytest.mark.parametrize("family", NAMES)
+@pytest.mark.parametrize("family", TEMPLATE_NAMES)
 def test_every_reply_and_its_end_of_turn_are_learned_and_nothing_else(family):
     tokenizer = family_tokenizer(family)
     example = tokenize_record(tokenizer, {"messages": CONVERSATION}, FormatOptions("chat", 1024))
@@ -44,16 +44,17 @@ def test_every_reply_and_its_end_of_turn_are_learned_and_nothing_else(family):
     assert "You answer in one short sentence." in text
 
 
-@pytest.mark.parametrize("family", NAMES)
+@pytest.mark.parametrize("family", TEMPLATE_NAMES)
 def test_what_is_learned_is_what_the_model_writes_after_the_generation_prompt(family):
     """The labelled tokens of the last reply equal the tokens that follow the rendered generation prompt, so
     training teaches exactly the continuation that serving asks for."""
     tokenizer = family_tokenizer(family)
     conversation = CONVERSATION[1:]  # Mistral's template places a system message by what comes last
     example = tokenize_record(tokenizer, {"messages": conversation}, FormatOptions("chat", 1024))
-    prompt = render_chat(tokenizer, conversation[:-1], tokenize=False, add_generation_prompt=True)
-    if family == "qwen3":  # its template writes an empty thinking block into the last reply only
-        prompt += "<think>\n\n</think>\n\n"
+    # A reply without reasoning is what a thinking model writes with thinking off: Qwen 3's and 3.5's prompts then
+    # close an empty <think> block, Gemma 4's an empty thought channel.
+    switch = {"enable_thinking": False} if thinking_switch(tokenizer) else {}
+    prompt = render_chat(tokenizer, conversation[:-1], tokenize=False, add_generation_prompt=True, **switch)
     full = tokenizer.decode(example["input_ids"])
     last = _learned_runs(tokenizer, example)[-1]
     assert full.startswith(prompt)

@@ -178,6 +178,22 @@ def test_reply_is_rendered_as_highlighted_sanitized_markdown(make_server, tiny_b
     assert_reply_is_markdown_and_inert(page, dialogs)
 
 
+def test_a_thinking_model_s_reasoning_is_folded_apart_from_its_answer(make_server, page):
+    from tests.families import family_tokenizer
+
+    reply = "<think>\nThe user wants a sum.\n</think>\n\nIt is **4**."
+    server = make_server(backend=FixedTextBackend(family_tokenizer("qwen3"), reply))
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.fill("#input", "What is 2 and 2?")
+    page.click("#send")
+    wait_for_reply(page)
+    box = page.locator(".message.assistant").first
+    assert box.locator(".reasoning div").text_content() == "The user wants a sum."  # folded: not rendered
+    assert box.locator(".reasoning").get_attribute("open") is None  # folded once the answer came
+    assert box.locator(".text").inner_text() == "It is 4." and box.locator(".text strong").inner_text() == "4"
+
+
 def test_settings_are_sent_and_kept_per_conversation(make_server, tiny_backend, page):
     server = make_server(backend=FixedTextBackend(tiny_backend.tokenizer, "Arr."), limits={"max_tokens": 12})
     bodies = []
