@@ -248,10 +248,13 @@ def _advise_allocator(report: Report) -> None:
 
 
 def _advise_cpu(report: Report, cpu: CPU) -> None:
-    from finetune.hardware import cpu_precision, onednn_isa_limit
+    from finetune.hardware import cpu_precision, hidden_amx, onednn_isa_limit
 
     precision, why = cpu_precision(cpu.flags, onednn_isa_limit())
     report.facts["precision"] = {"cpu": precision, "why": why}
+    hidden = hidden_amx(cpu.signature, cpu.flags)
+    if hidden:  # seen on a KVM guest of an Emerald Rapids Xeon (model 207): avx512_bf16, no amx flag
+        report.add("warn", hidden)
     if precision == "bf16":
         report.add("ok", f"training and serving run in bf16: {why}")
     else:

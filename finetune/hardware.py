@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -124,6 +125,42 @@ def read_cpuinfo() -> tuple[str, set[str], int | None]:
     return model, flags, len(cores) or None
 
 
+# Intel Xeons with AMX, by the family-6 model number /proc/cpuinfo gives (Intel SDM vol. 4, table 2-1): the tile
+# units are on the die even where the system shows no amx flag.
+AMX_XEONS = {143: "Sapphire Rapids", 207: "Emerald Rapids", 173: "Granite Rapids", 174: "Granite Rapids-D"}
+
+
+def cpu_signature() -> tuple[str, int, int] | None:
+    """(vendor, family, model) of the first CPU in /proc/cpuinfo; None outside Linux."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = (s.strip() for s in line.partition(":"))
+                if not key:
+                    break
+                fields.setdefault(key, value)
+        return fields["vendor_id"], int(fields["cpu family"]), int(fields["model"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def hidden_amx(signature: tuple[str, int, int] | None, flags: set[str], kernel: str | None = None) -> str | None:
+    """Why a Xeon that has AMX shows no amx flag (its bf16 then runs on AVX512-BF16), or None."""
+    if signature is None or "amx_bf16" in flags:
+        return None
+    vendor, family, model = signature
+    if vendor != "GenuineIntel" or family != 6 or model not in AMX_XEONS:
+        return None
+    kernel = kernel or platform.release()
+    version = tuple(int(n) for n in re.findall(r"\d+", kernel)[:2])
+    why = (f"Linux {kernel} predates AMX support (5.16): use a newer kernel" if version < (5, 16) else
+           "the hypervisor does not pass it through to this VM: ask for an instance type or VM setting that exposes "
+           "AMX (the amx_tile, amx_bf16 and amx_int8 CPU flags)")
+    return (f"this {AMX_XEONS[model]} Xeon (family 6, model {model}) has AMX, but this system does not expose it, so "
+            f"bf16 runs on AVX512-BF16, below AMX speed: {why}")
+
+
 @dataclass
 class CPU:
     """The CPU as /proc/cpuinfo and the affinity mask describe it, without torch."""
@@ -133,6 +170,7 @@ class CPU:
     logical: int  # CPUs the OS shows
     physical_cores: int | None  # distinct (package, core id) pairs; None when /proc/cpuinfo does not say
     usable: int  # CPUs this process may run on (affinity)
+    signature: tuple[str, int, int] | None = None  # (vendor, family, model)
 
     @property
     def bf16(self) -> bool:
@@ -141,7 +179,7 @@ class CPU:
 
 def read_cpu() -> CPU:
     model, flags, physical = read_cpuinfo()
-    return CPU(model, flags, logical_cpus(), physical, usable_cores())
+    return CPU(model, flags, logical_cpus(), physical, usable_cores(), cpu_signature())
 
 
 def logical_cpus() -> int:

@@ -225,3 +225,28 @@ def test_entry_points_dispatch_the_doctor_before_transformers_loads(how):
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert "findings" in json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize(("signature", "flags", "kernel", "expected"), [
+    (("GenuineIntel", 6, 207), {"avx512_bf16", "avx512f"}, "6.18.44", "Emerald Rapids Xeon (family 6, model 207)"),
+    (("GenuineIntel", 6, 143), {"avx512_bf16", "avx512f"}, "5.15.0-91-generic", "Linux 5.15.0-91-generic predates"),
+    (("GenuineIntel", 6, 143), {"amx_bf16", "avx512_bf16"}, "6.8.0", None),  # exposed
+    (("GenuineIntel", 6, 106), {"avx512f"}, "6.8.0", None),  # Ice Lake: no AMX to hide
+    (("AuthenticAMD", 25, 17), {"avx512_bf16", "avx512f"}, "6.8.0", None),  # Zen 4
+    (None, set(), None, None),
+])
+def test_a_xeon_whose_amx_is_hidden_is_named_with_the_reason(signature, flags, kernel, expected):
+    from finetune.hardware import hidden_amx
+
+    found = hidden_amx(signature, flags, kernel)
+    assert (found is None) if expected is None else (expected in found and "AVX512-BF16" in found), found
+
+
+def test_the_doctor_warns_of_hidden_amx_on_a_simulated_vm(machine, monkeypatch):
+    machine.flags = {"avx512_bf16", "avx512f", "avx512_vnni", "avx2"}
+    monkeypatch.setattr(doctor, "read_cpu", lambda: doctor.CPU("Intel(R) Xeon(R) Processor", machine.flags, 2, 2, 2,
+                                                               ("GenuineIntel", 6, 207)))
+    report = doctor.diagnose()
+    assert any("has AMX, but this system does not expose it" in m and "hypervisor" in m
+               for m in messages(report, "warn"))
+    assert report.ok and report.facts["precision"]["cpu"] == "bf16"
