@@ -208,3 +208,45 @@ def test_a_lora_adapter_attaches_to_bf16_weights_computed_in_fp32(tiny_model_dir
         expected = reference(input_ids=ids).logits
     torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-4)
     backend.close()
+
+
+def _held_values(cache) -> int:
+    """Values of the distinct tensors a transformers cache object holds (its layers' keys, values, states)."""
+    seen: set[int] = set()
+
+    def walk(obj, depth: int = 0) -> int:
+        if isinstance(obj, torch.Tensor):
+            if obj.numel() and obj.data_ptr() not in seen:
+                seen.add(obj.data_ptr())
+                return obj.numel()
+            return 0
+        if depth > 4:
+            return 0
+        items = obj if isinstance(obj, (list, tuple)) else vars(obj).values() if hasattr(obj, "__dict__") else []
+        return sum(walk(item, depth + 1) for item in items)
+
+    return walk(cache)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "qwen3_5", "mistral3", "gemma4"])
+def test_the_cache_estimate_is_what_transformers_cache_holds_layer_by_layer(family):
+    """Sliding-window layers (window 16 here) hold their window, Gemma 4's shared layers nothing, Qwen 3.5's
+    delta-net layers a fixed state: the estimate counts each as transformers' cache keeps it, on the safe side
+    by at most a token per sliding layer."""
+    from finetune.serving_memory import cache_values
+    from tests.families import NEW_FAMILIES, build_family_model, build_new_family, family_tokenizer, new_family_config
+
+    if family in NEW_FAMILIES:
+        tokenizer = family_tokenizer(NEW_FAMILIES[family])
+        model, text = build_new_family(family, tokenizer), new_family_config(family, tokenizer).get_text_config()
+    else:
+        model = build_family_model(family, family_tokenizer(family))
+        text = model.config
+    for tokens in (10, 40):  # inside and past the window
+        with torch.no_grad():
+            cache = model(input_ids=torch.randint(10, 200, (1, tokens)), use_cache=True).past_key_values
+        held, estimated = _held_values(cache), cache_values(text, tokens)
+        assert held - 2 <= estimated <= held * 1.05, (tokens, held, estimated)  # 2: the sliding layers' counters
+    full = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * 40
+    if family in ("gemma2", "gemma3_text", "qwen3_5", "gemma4"):
+        assert estimated < full  # the count of every layer as full attention, which these models got before
