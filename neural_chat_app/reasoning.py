@@ -39,10 +39,13 @@ def thinking_format(tokenizer) -> ThinkingFormat | None:
     template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(template, dict):
         template = " ".join(template.values())
-    for opening, closing in MARKERS:
-        if closing in template:
-            return ThinkingFormat(opening, closing, thinking_switch(tokenizer))
-    return None
+    markers = template_markers(template)
+    return ThinkingFormat(*markers, thinking_switch(tokenizer)) if markers else None
+
+
+def template_markers(template: str) -> tuple[str, str] | None:
+    """(opening, closing) reasoning markers a chat template (its text) writes, or None."""
+    return next(((opening, closing) for opening, closing in MARKERS if closing in (template or "")), None)
 
 
 def check_thinking(tokenizer, thinking: bool | None) -> None:

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from neural_chat_app.config import GenerationConfig
 from neural_chat_app.logits import finite
 from neural_chat_app.prompts import prompt_ids
-from neural_chat_app.reasoning import Thought
+from neural_chat_app.reasoning import Thought, template_markers
 from neural_chat_app.registry import find_model
 from neural_chat_app.server.embedding_routes import (
     EMBEDDING_DIMENSIONS,
@@ -410,7 +410,8 @@ async def show(request: Request):
         "template": facts["template"],  # the model's Jinja chat template (Ollama's are Go templates)
         "details": facts["details"],
         "model_info": model_info(entry.id, facts),
-        "capabilities": ["completion"],
+        # "thinking": the template writes reasoning, which `think` switches and `thinking` carries (reasoning.py)
+        "capabilities": ["completion", *(["thinking"] if template_markers(facts["template"] or "") else [])],
         "modified_at": facts["modified_at"],
     }
 

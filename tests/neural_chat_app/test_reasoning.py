@@ -251,6 +251,7 @@ def test_ollama_client_gets_thinking_apart(thinking_server):
     import ollama
 
     client = ollama.Client(host=thinking_server.url)
+    assert client.show(thinking_server.model).capabilities == ["completion", "thinking"]
     options = {"temperature": 0}
     model, messages = thinking_server.model, [{"role": "user", "content": QUESTION}]
     reply = client.chat(model=model, messages=messages, think=True, options=options)
