@@ -12,7 +12,8 @@ One place for what differs between the templates users bring (published in each 
   the history: Gemma 4's generation prompt closes an empty thought channel that its history never shows, Qwen 3.5's
   opens a <think> block. A reply without reasoning is what such a model writes with thinking off, so the last reply
   is learned after the generation prompt serving renders with thinking off: what that prompt adds before the reply
-  is put into the training text, unlabelled.
+  is put into the training text, unlabelled. A last reply with `reasoning_content` (a thinking model's trace, as
+  distillation data holds it) is learned whole, reasoning first, after the generation prompt with thinking on.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ GEMMA_TEMPLATE = (
 
 _GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 _MARKER = "NCREPLY{}MARK"  # letters only: survives trim/strip filters and tokenizes like any other text
-_FOLD_WARNED: set[int] = set()
+_FOLD_WARNED: set = set()  # tokenizers (and messages) warned about once
 
 
 def ensure_chat_template(tokenizer) -> None:
@@ -135,15 +136,27 @@ def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[i
     specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
     spans, cursor = [], len(pieces[0]) if text.startswith(pieces[0]) else 0
     out, copied = [], 0  # the training text: the rendered one with what generation prompts add before replies
+    previous = 0  # where the previous reply ended: the cursor may already be past a reasoning block
     for n, i in enumerate(replies):
-        start, end = _locate(text, str(messages[i]["content"]), cursor, pieces[n + 1])
-        start, added = _after_generation_prompt(tokenizer, messages[:i], text, start, last=i == len(messages) - 1)
+        last = i == len(messages) - 1
+        reasoning = str(messages[i].get("reasoning_content") or "").strip() if last else ""
+        at = text.find(reasoning, previous) if reasoning else -1
+        if reasoning and at < 0:
+            _warn_once(tokenizer, "The chat template leaves the last reply's reasoning_content out of the text (Gemma "
+                                  "4's writes it only before tool calls): the reply is learned without it.")
+        after = max(cursor, at + len(reasoning)) if at >= 0 else cursor
+        start, end = _locate(text, str(messages[i]["content"]), after, pieces[n + 1])
+        if at >= 0:  # learned from where the generation prompt with thinking on ends: the reasoning, then the reply
+            start = _after_thinking_prompt(tokenizer, messages[:i], text, at, start)
+            added = ""
+        else:
+            start, added = _after_generation_prompt(tokenizer, messages[:i], text, start, last)
         end += next((len(s) for s in specials if text.startswith(s, end)), 0)
         out += [text[copied:start], added]
         copied = start
         shift = sum(len(piece) for piece in out) - start
         spans.append((start + shift, end + shift))
-        cursor = end
+        cursor = previous = end
     return "".join([*out, text[copied:]]), spans
 
 
@@ -163,6 +176,21 @@ def generation_prompt(tokenizer, messages: list[dict], thinking: bool | None = F
     if thinking is not None and thinking_switch(tokenizer):
         kwargs["enable_thinking"] = thinking
     return render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True, **kwargs)
+
+
+def _after_thinking_prompt(tokenizer, before: list[dict], text: str, reasoning_at: int, start: int) -> int:
+    """Where a reply with reasoning starts as generation sees it with thinking on: right after that generation
+    prompt (Qwen 3's ends at the assistant marker, so <think> is learned; Qwen 3.5's after <think>), else at its
+    reasoning."""
+    prompt = generation_prompt(tokenizer, before, thinking=True)
+    return len(prompt) if text.startswith(prompt) and len(prompt) <= reasoning_at else min(reasoning_at, start)
+
+
+def _warn_once(tokenizer, message: str) -> None:
+    key = (id(tokenizer), message)
+    if key not in _FOLD_WARNED:
+        _FOLD_WARNED.add(key)
+        logger.warning(message)
 
 
 def _after_generation_prompt(tokenizer, before: list[dict], text: str, start: int, last: bool) -> tuple[int, str]:

@@ -227,6 +227,10 @@ def _check_messages(record: Record, task: str) -> list[str]:
             problems.append(f"{record.where}: messages[{i}] needs role system|user|assistant")
         elif not isinstance(m.get("content"), str):
             problems.append(f"{record.where}: messages[{i}].content must be a string")
+        elif m.get("reasoning_content") is not None and (m["role"] != "assistant"
+                                                          or not isinstance(m["reasoning_content"], str)):
+            problems.append(f"{record.where}: messages[{i}].reasoning_content (a thinking model's reasoning) must be "
+                            f"a string on an assistant message")
     if problems:
         return problems
     replies = [m["content"] for m in messages if m["role"] == "assistant"]

@@ -92,3 +92,31 @@ def test_chatml_prefix_masking_still_holds_on_the_tiny_tokenizer():
     tokenizer = build_tiny_tokenizer()
     example = tokenize_record(tokenizer, {"messages": CONVERSATION}, FormatOptions("chat", 1024))
     assert _learned_runs(tokenizer, example) == ["It is 4.<|im_end|>", "That makes 8.<|im_end|>"]
+
+
+REASONED = [{"role": "user", "content": "What is 2 and 2?"},
+            {"role": "assistant", "content": "It is 4.", "reasoning_content": "Two plus two makes 4, so it is 4."}]
+
+
+@pytest.mark.parametrize(("family", "learned"), [
+    # Qwen 3's generation prompt with thinking on ends at the assistant marker: the model learns to open the block
+    ("qwen3", "<think>\nTwo plus two makes 4, so it is 4.\n</think>\n\nIt is 4.<|im_end|>"),
+    # Qwen 3.5's opens it: the model learns the reasoning and to close it
+    ("qwen3_5", "Two plus two makes 4, so it is 4.\n</think>\n\nIt is 4.<|im_end|>"),
+])
+def test_a_reply_with_reasoning_is_learned_whole_after_the_thinking_prompt(family, learned):
+    """Distillation data (a thinking model's trace in reasoning_content) teaches the reasoning, not only the answer
+    read after it; the reasoning's own "It is 4" does not take the answer's place in the masking."""
+    tokenizer = family_tokenizer(family)
+    example = tokenize_record(tokenizer, {"messages": REASONED}, FormatOptions("chat", 1024))
+    assert [run.strip() for run in _learned_runs(tokenizer, example)] == [learned]
+    prompt = render_chat(tokenizer, REASONED[:1], tokenize=False, add_generation_prompt=True, enable_thinking=True)
+    assert tokenizer.decode(example["input_ids"]).startswith(prompt)
+
+
+def test_a_template_that_drops_the_reasoning_says_so_and_learns_the_answer(caplog):
+    tokenizer = family_tokenizer("gemma4")
+    with caplog.at_level(logging.WARNING, logger="finetune.chat_template"):
+        example = tokenize_record(tokenizer, {"messages": REASONED}, FormatOptions("chat", 1024))
+    assert [run.strip() for run in _learned_runs(tokenizer, example)] == ["It is 4.<turn|>"]
+    assert "leaves the last reply's reasoning_content out" in caplog.text

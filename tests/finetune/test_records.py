@@ -70,7 +70,13 @@ def test_chat_records_need_roles_and_an_assistant_turn(tmp_path):
     path = tmp_path / "d.jsonl"
     rows = [{"messages": [{"role": "user", "content": "hi"}]},
             {"messages": [{"role": "robot", "content": "hi"}]},
-            {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}]
+            {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x",
+                                                               "reasoning_content": ["a", "list"]}]},
+            {"messages": [{"role": "user", "content": "hi", "reasoning_content": "mine"},
+                          {"role": "assistant", "content": "x"}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x",
+                                                               "reasoning_content": "a trace"}]}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError) as e:
         check_records(read_records(path), "chat", str(path))
@@ -78,6 +84,9 @@ def test_chat_records_need_roles_and_an_assistant_turn(tmp_path):
     assert "d.jsonl:1: no assistant message" in text
     assert "d.jsonl:2: messages[0] needs role" in text
     assert "d.jsonl:3: messages[0].content must be a string" in text
+    assert "d.jsonl:4: messages[1].reasoning_content (a thinking model's reasoning) must be a string" in text
+    assert "d.jsonl:5: messages[0].reasoning_content" in text
+    assert "d.jsonl:6" not in text  # a trace on an assistant message is data
 
 
 def test_extraction_target_that_is_not_json_is_rejected_with_its_line(tmp_path):
