@@ -67,6 +67,18 @@ def preference_rows(records: list[Record]) -> list[dict]:
     return rows
 
 
+def thinking_off(rows: list[dict], tokenizer) -> list[dict]:
+    """Conversational rows rendered with thinking off where the chat template switches it (Qwen 3, Qwen 3.5, Gemma
+    4), through the column TRL's trainers pass to the template: replies without reasoning follow the generation
+    prompt that writes none, as in supervised fine-tuning (finetune.chat_template). Qwen 3.5's default prompt
+    opens a <think> block, and the replies' tokens would begin by closing it."""
+    from finetune.chat_template import thinking_switch
+
+    if not thinking_switch(tokenizer):
+        return rows
+    return [{**row, "chat_template_kwargs": {"enable_thinking": False}} for row in rows]
+
+
 def kto_rows(rows: list[dict], seed: int) -> list[dict]:
     """KTOTrainer's rows in a seeded random order: pairs split into a good and a bad example. KTO batches are read
     in order (each example's KL term uses its batch neighbours' replies), and TRL's own unpairing puts all good
@@ -250,6 +262,7 @@ def finetune_preference(config: TextGenerationFinetuningConfig,
         train_rows, eval_rows = kto_rows(train_rows, args.seed), kto_rows(eval_rows, args.seed)
     if isinstance(train_rows[0].get("chosen", train_rows[0].get("completion")), list):
         ensure_chat_template(tokenizer)
+        train_rows, eval_rows = thinking_off(train_rows, tokenizer), thinking_off(eval_rows, tokenizer)
     check_batch(config, len(train_rows))
     output_dir = Path(args.output_dir)
     fingerprint = run_fingerprint(config, model_path, data_hash)

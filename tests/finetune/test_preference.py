@@ -289,3 +289,27 @@ def test_the_preference_metric_is_the_models_log_ratio_margin(tiny_model_dir, dp
     assert tuned["reward_margin"] == pytest.approx(sum(margins) / len(margins), abs=1e-3)
     assert tuned["reward_accuracy"] == pytest.approx(100 * sum(m > 0 for m in margins) / len(margins))
     assert results["runs"][0]["metrics"]["reward_margin"] == 0
+
+
+def test_thinking_templates_render_preference_pairs_with_thinking_off():
+    """Qwen 3.5's default generation prompt opens <think>: rendered with it, each reply's tokens would begin by
+    closing the block. With thinking off (the column TRL passes to the template) the prompt renders as a prefix of
+    prompt + reply, so the replies compared are the replies."""
+    from finetune.preference import thinking_off
+    from tests.families import family_tokenizer
+
+    row = {"prompt": [{"role": "user", "content": "What is 2 and 2?"}],
+           "chosen": [{"role": "assistant", "content": "It is 4."}],
+           "rejected": [{"role": "assistant", "content": "It is 5."}]}
+    assert thinking_off([row], family_tokenizer("qwen2")) == [row]  # no switch: as it was
+    tokenizer = family_tokenizer("qwen3_5")
+    (off,) = thinking_off([row], tokenizer)
+    kwargs = off["chat_template_kwargs"]
+    assert kwargs == {"enable_thinking": False}
+    prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True, **kwargs)
+    for reply in ("chosen", "rejected"):
+        whole = tokenizer.apply_chat_template(row["prompt"] + row[reply], tokenize=False, **kwargs)
+        assert whole.startswith(prompt) and whole[len(prompt):].startswith(row[reply][0]["content"])
+    default = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    assert not tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)[len(default):].startswith(
+        "It is 4.")  # what the default prompt would have made the reply begin with
