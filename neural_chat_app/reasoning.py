@@ -64,6 +64,15 @@ def check_thinking(tokenizer, thinking: bool | None) -> None:
                          f"its chat template has no enable_thinking switch. Leave it unset {asked}")
 
 
+def default_thinking(tokenizer, wanted: bool) -> bool | None:
+    """A server's default thinking setting where this model can follow it, else None (its own default)."""
+    try:
+        check_thinking(tokenizer, wanted)
+    except ValueError:
+        return None
+    return wanted
+
+
 def marker_tokens(tokenizer) -> dict[int, str]:
     """Special tokens that write a reasoning marker (Gemma 4's <|channel>, Ministral's [THINK]): decoding skips
     special tokens, so the detokenizer writes these ones itself."""

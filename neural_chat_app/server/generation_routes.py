@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from neural_chat_app.config import GenerationConfig
 from neural_chat_app.generate import generate_stream
 from neural_chat_app.prompts import prompt_ids
-from neural_chat_app.reasoning import ReasoningSplitter, Thought, thinking_format
+from neural_chat_app.reasoning import ReasoningSplitter, Thought, default_thinking, thinking_format
 from neural_chat_app.server import openai_shapes as shapes
 from neural_chat_app.server.admission import QueueFull
 from neural_chat_app.server.errors import APIError
@@ -212,6 +212,8 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
     limits = state.settings.limits
     config = req.generation_config(limits.max_tokens)
     backend = await state.models.resolve(req.model)
+    if config.thinking is None and state.settings.thinking is not None:
+        config = replace(config, thinking=default_thinking(backend.tokenizer, state.settings.thinking))
     echo = bool(getattr(req, "echo", False))
     _check_features(backend, config, echo)
     # Plugins: the safety checker may refuse the query; retrieval adds context to what the model sees (the log

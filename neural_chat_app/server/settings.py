@@ -96,6 +96,10 @@ class ServerSettings:
     configured, any other key gets 403 for that; NEURALCHAT_ADMIN_KEYS=k1,k2 adds keys."""
     system_prompt: str | None = None
     """System message put before every conversation; null: the model's own."""
+    thinking: bool | None = None
+    """A thinking model's reasoning when a request does not say (Qwen 3, Qwen 3.5, Gemma 4): false answers at once,
+    which on a CPU saves the hundreds of tokens such a model spends thinking; null: the model's own default. Not
+    applied to a model that cannot follow it."""
     limits: Limits = field(default_factory=Limits)
     """How large and how many requests are served."""
     chat_log: ChatLogSettings = field(default_factory=ChatLogSettings)

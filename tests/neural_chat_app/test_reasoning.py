@@ -19,6 +19,7 @@ from neural_chat_app.config import GenerationConfig
 from neural_chat_app.reasoning import (
     ReasoningSplitter,
     check_thinking,
+    default_thinking,
     marker_tokens,
     opened_by_prompt,
     split_reasoning,
@@ -264,3 +265,18 @@ def test_ollama_client_gets_thinking_apart(thinking_server):
     # the reply goes back into the history with its thinking, as the client's chat loops send it
     follow = [{"role": "user", "content": QUESTION}, reply.message, {"role": "user", "content": QUESTION}]
     assert client.chat(model=model, messages=follow, options=options).done
+
+
+def test_the_server_s_default_turns_thinking_off_unless_a_request_says_otherwise(make_server, thinking_bots):
+    backend = thinking_bots["qwen3_5"].backend
+    backend.close = lambda: None
+    client = _openai(make_server(backend=backend, thinking=False))
+    model, messages = thinking_bots["qwen3_5"].model_id, [{"role": "user", "content": QUESTION}]
+    off = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=4)
+    on = client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                        extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+    assert off.usage.prompt_tokens > on.usage.prompt_tokens  # the closed empty block
+    assert on.choices[0].message.model_extra["reasoning_content"] == "Add them up."
+    # a model that always thinks ignores the default rather than failing every request
+    assert default_thinking(family_tokenizer("ministral3"), False) is None
+    assert default_thinking(family_tokenizer("qwen2"), False) is False
