@@ -59,8 +59,8 @@ class GenerationConfig:
     """Record each reply token's log-probability and this many most likely alternatives (0-20); None: none."""
     thinking: bool | None = None
     """A thinking model's reasoning (Qwen 3, Qwen 3.5, Gemma 4): True or False switches it through the chat
-    template's enable_thinking; None: the model's default. Off, such a model answers at once: on a CPU, often
-    hundreds of tokens sooner. The reasoning is kept apart from the answer (neural_chat_app.reasoning)."""
+    template's enable_thinking; None: the model's default. Off, such a model answers at once, without the
+    reasoning tokens it writes first. The reasoning is kept apart from the answer (neural_chat_app.reasoning)."""
 
     def __post_init__(self):
         name = "GenerationConfig"

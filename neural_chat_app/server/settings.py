@@ -98,8 +98,8 @@ class ServerSettings:
     """System message put before every conversation; null: the model's own."""
     thinking: bool | None = None
     """A thinking model's reasoning when a request does not say (Qwen 3, Qwen 3.5, Gemma 4): false answers at once,
-    which on a CPU saves the hundreds of tokens such a model spends thinking; null: the model's own default. Not
-    applied to a model that cannot follow it."""
+    without the reasoning tokens such a model writes first, each a decode step on the CPU; null: the model's own
+    default. Not applied to a model that cannot follow it."""
     limits: Limits = field(default_factory=Limits)
     """How large and how many requests are served."""
     chat_log: ChatLogSettings = field(default_factory=ChatLogSettings)
