@@ -103,6 +103,8 @@ function renderMessage(message) {
   if (message.role === "assistant") renderMarkdown(text, message.content);
   else text.textContent = message.content;
   box.appendChild(text);
+  // a logged reply's reasoning (a thinking model's), kept in its metadata
+  if (message.metadata && message.metadata.reasoning) showReasoning(box, message.metadata.reasoning, false);
   const meta = document.createElement("div");
   meta.className = "meta";
   box.appendChild(meta);

@@ -192,6 +192,11 @@ def test_a_thinking_model_s_reasoning_is_folded_apart_from_its_answer(make_serve
     assert box.locator(".reasoning div").text_content() == "The user wants a sum."  # folded: not rendered
     assert box.locator(".reasoning").get_attribute("open") is None  # folded once the answer came
     assert box.locator(".text").inner_text() == "It is 4." and box.locator(".text strong").inner_text() == "4"
+    page.reload()  # the logged reply keeps its reasoning in the metadata, and the page shows it from there
+    page.wait_for_selector(".message.assistant .reasoning", state="attached")
+    box = page.locator(".message.assistant").first
+    assert box.locator(".reasoning div").text_content() == "The user wants a sum."
+    assert box.locator(".text").inner_text() == "It is 4."
 
 
 def test_settings_are_sent_and_kept_per_conversation(make_server, tiny_backend, page):
