@@ -280,3 +280,27 @@ def test_the_server_s_default_turns_thinking_off_unless_a_request_says_otherwise
     # a model that always thinks ignores the default rather than failing every request
     assert default_thinking(family_tokenizer("ministral3"), False) is None
     assert default_thinking(family_tokenizer("qwen2"), False) is False
+
+
+def test_a_tool_call_after_reasoning_is_parsed_from_the_answer(make_server):
+    """Qwen 3 reasons, then calls: the call is parsed out of the answer, the reasoning stays apart, streamed or
+    not."""
+    from tests.neural_chat_app.test_server_ollama import WEATHER, FixedTextBackend
+
+    text = '<think>\nThe user wants the weather.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": ' \
+           '{"city": "Paris"}}\n</tool_call>'
+    server = make_server(backend=FixedTextBackend(family_tokenizer("qwen3"), text))
+    client = _openai(server)
+    kwargs = {"model": "fixed", "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER]}
+    message = client.chat.completions.create(**kwargs).choices[0].message
+    assert message.model_extra["reasoning_content"] == "The user wants the weather."
+    assert message.content is None and message.tool_calls[0].function.name == "get_weather"
+    reasoning, calls, content = "", [], ""
+    for chunk in client.chat.completions.create(**kwargs, stream=True):
+        delta = chunk.choices[0].delta if chunk.choices else None
+        if delta is not None:
+            reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+            calls += delta.tool_calls or []
+            content += delta.content or ""
+    assert reasoning == "The user wants the weather." and content == ""
+    assert [c.function.name for c in calls] == ["get_weather"]
