@@ -167,7 +167,11 @@ def test_fine_tunes_merges_serves_and_exports_its_language_model(tmp_path, monke
                                              backend="openvino", bits=8, **quick))
     meta = json.loads((artifact / "quantization.json").read_text())
     assert meta["multimodal_source"] == str(result.merged_dir.resolve())
-    assert meta["quality"]["token_agreement"] >= 0.5, meta["quality"]
+    # The tiny model's next-token distribution is nearly flat (perplexity about 5e4), so its greedy tokens flip with
+    # the CPU's bf16 rounding (agreement 0.25 on an Emerald Rapids KVM guest without AMX, 0.5 or more on Zen 4):
+    # the perplexity of the same text measures that the INT8 IR computes the same distribution, on any CPU.
+    assert abs(meta["quality"]["perplexity_delta_pct"]) < 1.0, meta["quality"]
+    assert 0.0 <= meta["quality"]["token_agreement"] <= 1.0
     ov_bot = build_chatbot(PipelineConfig(model_name_or_path=str(artifact),
                                           optimization_config=WeightOnlyQuantConfig(weight_dtype="int8")))
     try:
