@@ -250,3 +250,19 @@ def test_the_doctor_warns_of_hidden_amx_on_a_simulated_vm(machine, monkeypatch):
     assert any("has AMX, but this system does not expose it" in m and "hypervisor" in m
                for m in messages(report, "warn"))
     assert report.ok and report.facts["precision"]["cpu"] == "bf16"
+
+
+def test_the_start_line_says_when_a_xeon_s_amx_is_hidden(monkeypatch):
+    import dataclasses
+
+    from finetune import hardware
+
+    hw = dataclasses.replace(hardware.detect_hardware(), amx_bf16=False, amx_int8=False, avx512_bf16=True,
+                             onednn_isa_limit=None)
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: hw)
+    monkeypatch.setattr(hardware, "cpu_signature", lambda: ("GenuineIntel", 6, 207))
+    line = hardware.compute_summary("cpu")
+    assert "bf16, because AVX512-BF16 is present" in line
+    assert "(Emerald Rapids has AMX, not exposed here: see `python -m finetune doctor`)" in line
+    monkeypatch.setattr(hardware, "cpu_signature", lambda: ("AuthenticAMD", 25, 17))
+    assert "AMX, not exposed" not in hardware.compute_summary("cpu")
