@@ -50,7 +50,7 @@ GEMMA_TEMPLATE = (
 
 _GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 _MARKER = "NCREPLY{}MARK"  # letters only: survives trim/strip filters and tokenizes like any other text
-_FOLD_WARNED: set = set()  # tokenizers (and messages) warned about once
+_WARNED: set = set()  # tokenizers (folding) and (tokenizer, message) pairs warned about once
 
 
 def ensure_chat_template(tokenizer) -> None:
@@ -94,8 +94,8 @@ def _drops_system(tokenizer, messages, out, kwargs) -> bool:
 
 
 def _render_folded(tokenizer, messages, kwargs, reason: str):
-    if id(tokenizer) not in _FOLD_WARNED:
-        _FOLD_WARNED.add(id(tokenizer))
+    if id(tokenizer) not in _WARNED:
+        _WARNED.add(id(tokenizer))
         logger.warning("The chat template has no place for a system message (%s): it goes at the start of the first "
                        "user turn instead.", reason)
     return render_chat(tokenizer, fold_system_message(messages), **kwargs)
@@ -160,12 +160,15 @@ def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[i
     return "".join([*out, text[copied:]]), spans
 
 
+def template_text(tokenizer) -> str:
+    """The chat template's source ("" without one); a tokenizer with several named templates gives them all."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return " ".join(template.values()) if isinstance(template, dict) else template
+
+
 def thinking_switch(tokenizer) -> bool:
     """Whether the chat template turns thinking on and off (`enable_thinking`: Qwen 3, Qwen 3.5, Gemma 4)."""
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if isinstance(template, dict):  # a tokenizer with several named templates
-        template = " ".join(template.values())
-    return "enable_thinking" in template
+    return "enable_thinking" in template_text(tokenizer)
 
 
 def generation_prompt(tokenizer, messages: list[dict], thinking: bool | None = False, **kwargs) -> str:
@@ -188,8 +191,8 @@ def _after_thinking_prompt(tokenizer, before: list[dict], text: str, reasoning_a
 
 def _warn_once(tokenizer, message: str) -> None:
     key = (id(tokenizer), message)
-    if key not in _FOLD_WARNED:
-        _FOLD_WARNED.add(key)
+    if key not in _WARNED:
+        _WARNED.add(key)
         logger.warning(message)
 
 

@@ -299,9 +299,9 @@ def compute_summary(device: str, precision: str | None = None, threads: int | No
         if precision != chosen:
             why = f"{precision} as asked (this CPU's best: {chosen}, because {why})"
         threads = threads if threads is not None else _torch_threads()
-        hidden = hidden_amx(cpu_signature(), hw.flags)
-        if hidden:  # the tile units are there, unused: `python -m finetune doctor` says why and what to do
-            why += f" ({AMX_XEONS[cpu_signature()[2]]} has AMX, not exposed here: see `python -m finetune doctor`)"
+        signature = cpu_signature()
+        if hidden_amx(signature, hw.flags):  # the tile units are there, unused: the doctor says why and what to do
+            why += f" ({AMX_XEONS[signature[2]]} has AMX, not exposed here: see `python -m finetune doctor`)"
         return (f"{hw.cpu_model} ({hw.isa}): {precision}, because {why}; {threads} thread(s) of "
                 f"{hw.usable_cores} usable core(s); allocator {loaded_allocator() or 'glibc malloc'}")
     why = {"bf16": "the GPU runs bf16 natively", "fp16": "fp16 as asked (mixed precision with loss scaling)",

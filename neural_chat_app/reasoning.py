@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from finetune.chat_template import thinking_switch
+from finetune.chat_template import template_text, thinking_switch
 
 # (opening, closing) marker of each family's reasoning, found by the closing marker in the chat template
 MARKERS = (("<think>", "</think>"), ("<|channel>thought", "<channel|>"), ("[THINK]", "[/THINK]"))
@@ -36,10 +36,7 @@ class ThinkingFormat:
 
 def thinking_format(tokenizer) -> ThinkingFormat | None:
     """The reasoning markers of the model's chat template, or None for a model that does not think."""
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if isinstance(template, dict):
-        template = " ".join(template.values())
-    markers = template_markers(template)
+    markers = template_markers(template_text(tokenizer))
     return ThinkingFormat(*markers, thinking_switch(tokenizer)) if markers else None
 
 

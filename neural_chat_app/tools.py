@@ -32,10 +32,9 @@ HERMES_SYSTEM = (
 
 
 def template_renders_tools(tokenizer) -> bool:
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if isinstance(template, dict):  # a tokenizer with several named templates
-        template = " ".join(template.values())
-    return "tools" in template
+    from finetune.chat_template import template_text
+
+    return "tools" in template_text(tokenizer)
 
 
 def prompt_messages(messages: list[dict], tools: list[dict] | None, tokenizer) -> tuple[list[dict], list | None]:

@@ -55,7 +55,7 @@ class Turn:
     """One request's generations, where it is logged, and its cancellation."""
 
     def __init__(self, state: ServerState, backend, messages, choices: list[Choice], session: str | None, kind: str,
-                 log_metadata: dict | None = None, replaces: int | None = None):
+                 log_metadata: dict | None = None, replaces: int | None = None, templated: bool = False):
         self.state, self.backend, self.messages, self.choices = state, backend, messages, choices
         self.session, self.kind = session, kind
         self.replaces = replaces  # the logged reply this one regenerates
@@ -66,7 +66,7 @@ class Turn:
         self.message_id: int | None = None
         self.refusal: str | None = None  # set by the safety checker: the reply, without generating
         self.links: list[dict] | None = None  # retrieval sources, when the retrieval plugin is on
-        self.templated = kind == "chat"  # the prompt is the chat template's: a thinking model's reasoning is split
+        self.templated = templated  # the prompt is the chat template's: a thinking model's reasoning is split
         # The place in line was reserved before the response started. A client that leaves before the stream is
         # first read never starts run(), so give the place back when this turn is dropped unstarted.
         self._unstarted = weakref.finalize(self, state.admission.cancel_reservation)
@@ -268,8 +268,8 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
         results.insert(0, {"tool_call_id": m.get("tool_call_id"), "content": m["content"]})
     if results:
         log_metadata["tool_results"] = results
-    turn = Turn(state, backend, model_messages, choices, session, kind, log_metadata, replaces)
-    turn.templated = prompts is None and task != "text"
+    turn = Turn(state, backend, model_messages, choices, session, kind, log_metadata, replaces,
+                templated=prompts is None and task != "text")
     if prepared is not None:
         turn.refusal = prepared.refusal
         turn.links = prepared.links if state.plugins.retriever is not None else None
