@@ -224,12 +224,14 @@ def _is_current(target: Path) -> bool:
 
 
 def eos_token_ids(generation_config, tokenizer) -> list[int]:
-    """The model's end-of-turn tokens: the generation config's, the tokenizer's, and ChatML's <|im_end|>."""
+    """The model's end-of-turn tokens: the generation config's, the tokenizer's, ChatML's <|im_end|>, and Gemma 4's
+    <|tool_response>, which ends a turn with a tool call (its generation_config has it, [1, 106, 50]; a GGUF's
+    metadata does not, and a served model then wrote <|tool_response> until max_tokens after every call)."""
     configured = getattr(generation_config, "eos_token_id", None)
     ids = list(configured) if isinstance(configured, list) else [configured]
     ids.append(tokenizer.eos_token_id)
-    if "<|im_end|>" in tokenizer.get_vocab():
-        ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[t] for t in ("<|im_end|>", "<|tool_response>") if t in vocab]
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 

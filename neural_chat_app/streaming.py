@@ -49,16 +49,17 @@ class Detokenizer:
     """Token ids to text, one token at a time: each step decodes a short window (the tokens since the last emitted
     text plus those just before it, for word-boundary spaces) and emits what is new. A window that ends inside a
     UTF-8 character decodes to U+FFFD: that text waits for the next token. Special tokens are skipped, except those
-    that write a thinking model's reasoning markers (Gemma 4's <|channel>), which the reply needs to be split."""
+    that write a thinking model's reasoning markers (Gemma 4's <|channel>) or its tool calls (Ministral's
+    [TOOL_CALLS]), which the reply needs to be split and parsed."""
 
     def __init__(self, tokenizer):
-        from neural_chat_app.reasoning import marker_tokens
+        from neural_chat_app import reasoning, tools
 
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.prefix = 0  # window start
         self.read = 0  # tokens before this were emitted
-        self.markers = marker_tokens(tokenizer)
+        self.markers = {**reasoning.marker_tokens(tokenizer), **tools.marker_tokens(tokenizer)}
 
     def add(self, token: int) -> str:
         decode = self.tokenizer.decode

@@ -1,16 +1,15 @@
-"""OpenAI tools (function calling): the tools into the prompt, `tool_choice` into a constraint, tool calls out of
-the reply.
+"""OpenAI tools (function calling): `tool_choice` into a constraint, tool calls out of the reply, in every family's
+format. The tools go into the prompt as finetune.tool_calls renders them, the same way fine-tuning does.
 
-- Prompt: a chat template that renders tools (Qwen 2.5/3, Llama 3.1+, Mistral, Phi-4-mini, SmolLM3 ...) gets them
-  as `tools=`, with assistant tool calls and `tool` results in its own format. A template without tool support
-  (the embedded SmolLM2, Gemma) gets them described in the system message in the Hermes format (the one Qwen
-  uses), and tool results as user turns: the model is told what it can call either way.
 - `tool_choice: "required"` or a named function: decoding is constrained to a JSON tool call (the JSON-schema
   mask of structured.py) whose arguments match the function's parameters, so the call is valid even from a model
   that has never seen a tool; `"auto"`: the model decides, and its reply is parsed.
-- Parsing covers the formats the families write: `<tool_call>{...}</tool_call>` (Qwen, Hermes, SmolLM3), a bare
-  JSON call or list of calls (Llama 3.x's `{"name", "parameters"}`, Mistral's `[TOOL_CALLS][...]` and Phi-4's
-  `<|tool_call|>[...]` once their special tokens are stripped), `<|python_tag|>` before a call.
+- Parsing covers the formats the families write, each as its own template renders a call in the history:
+  `<tool_call>{...}</tool_call>` (Qwen 2.5/3, Hermes, SmolLM3), `<tool_call><function=name><parameter=...>`
+  (Qwen 3.5), a bare JSON call or list of calls (Llama 3.x's `{"name", "parameters"}`, after `<|python_tag|>` or
+  not), `[TOOL_CALLS] [...]` (Mistral v0.3), `[TOOL_CALLS]name[ARGS]{...}` (Ministral 3, Mistral Small 3.x),
+  `<|tool_call>call:name{...}<tool_call|>` (Gemma 4, whose strings are quoted with `<|"|>`) and
+  `functools[...]` (Phi-4-mini). Text before the first call is the reply's content.
 """
 
 from __future__ import annotations
@@ -18,69 +17,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Collection, Mapping
 
-TAG_OPEN, TAG_CLOSE = "<tool_call>", "</tool_call>"
-_TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-_PREFIXES = ("<|python_tag|>", "[TOOL_CALLS]")
-
-HERMES_SYSTEM = (
-    "You may call one or more functions to assist with the user query. The functions you can call are listed "
-    "in <tools></tools>:\n<tools>\n{tools}\n</tools>\nTo call a function, reply with a JSON object holding its "
-    "name and arguments inside <tool_call></tool_call> tags, one per call:\n<tool_call>\n"
-    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
-)
-
-
-def template_renders_tools(tokenizer) -> bool:
-    from finetune.chat_template import template_text
-
-    return "tools" in template_text(tokenizer)
-
-
-def prompt_messages(messages: list[dict], tools: list[dict] | None, tokenizer) -> tuple[list[dict], list | None]:
-    """(messages, tools) to render: unchanged for a template that renders tools; folded into plain turns (tools in
-    the system message, calls as the assistant's text, results as user turns) for one that does not."""
-    messages = [_with_dict_arguments(m) for m in messages]
-    needs_folding = tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
-    if not needs_folding or template_renders_tools(tokenizer):
-        return messages, tools or None
-    out: list[dict] = []
-    for m in messages:
-        if m["role"] == "tool":
-            out.append({"role": "user", "content": f"Result of the tool call {m.get('tool_call_id', '')}:\n"
-                                                   f"{m['content']}"})
-        elif m.get("tool_calls"):
-            calls = "\n".join(f"{TAG_OPEN}\n{json.dumps(_call_body(c))}\n{TAG_CLOSE}" for c in m["tool_calls"])
-            out.append({"role": "assistant", "content": ((m.get("content") or "") + "\n" + calls).strip()})
-        else:
-            out.append({k: v for k, v in m.items() if k in ("role", "content")})
-    if tools:
-        described = HERMES_SYSTEM.format(tools="\n".join(json.dumps(t) for t in tools))
-        if out and out[0]["role"] == "system":
-            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + described}
-        else:
-            out.insert(0, {"role": "system", "content": described})
-    return out, None
-
-
-def _with_dict_arguments(message: dict) -> dict:
-    """Templates write `arguments | tojson`: OpenAI's arguments are a JSON string, theirs a mapping."""
-    if not message.get("tool_calls"):
-        return message
-    calls = []
-    for call in message["tool_calls"]:
-        function = dict(call["function"])
-        if isinstance(function.get("arguments"), str):
-            try:
-                function["arguments"] = json.loads(function["arguments"] or "{}")
-            except ValueError:
-                pass
-        calls.append({**call, "function": function})
-    return {**message, "tool_calls": calls}
-
-
-def _call_body(call: dict) -> dict:
-    return {"name": call["function"]["name"], "arguments": call["function"].get("arguments", {})}
+from finetune.tool_calls import PHI_CALLS, TAG_CLOSE, TAG_OPEN
 
 
 def forced_call_schema(tools: list[dict], choice, parallel: bool) -> dict | None:
@@ -109,26 +48,64 @@ def forced_call_schema(tools: list[dict], choice, parallel: bool) -> dict | None
     return {"type": "array", "items": one, "minItems": 1}
 
 
-def parse_tool_calls(text: str, names: set[str], parallel: bool = True) -> tuple[str | None, list[dict]]:
-    """(content, tool_calls) of a reply. No call of a known function found: (text, [])."""
-    if TAG_OPEN in text:
-        bodies = [_json(b) for b in _TAGGED.findall(text)]
-        content = text[: text.index(TAG_OPEN)].strip() or None
+# Where a call starts in each format (module docstring); the detokenizer keeps those that are special tokens.
+CALL_OPENERS = (TAG_OPEN, "<|tool_call>", "[TOOL_CALLS]", "<|tool_call|>", PHI_CALLS + "[", "<|python_tag|>")
+_CLOSERS = {TAG_OPEN: TAG_CLOSE, "<|tool_call>": "<tool_call|>", "<|tool_call|>": "<|/tool_call|>"}
+_GEMMA_QUOTE = '<|"|>'
+_DECODER = json.JSONDecoder()
+
+Offered = Collection[str] | Mapping[str, dict]  # the offered functions' names, or name -> its parameters schema
+
+
+def parse_tool_calls(text: str, names: Offered, parallel: bool = True) -> tuple[str | None, list[dict]]:
+    """(content, tool_calls) of a reply. No call of an offered function found: (text, []). `names` with the
+    parameters schemas types the values of Qwen 3.5's calls, which are written as plain text."""
+    at = _first_opener(text)
+    if at is None:
+        bodies, content = [_json(text.strip())], None
     else:
-        stripped = text.strip()
-        for prefix in _PREFIXES:
-            stripped = stripped.removeprefix(prefix).strip()
-        bodies = [_json(stripped)]
-        content = None
+        bodies, content = _bodies(text[at:], names), text[:at].strip() or None
     found: list[dict] = []
-    for body in bodies:
+    for body in bodies or [None]:
         calls = _calls(body, names)
         if calls is None:
             return text, []
         found += calls
-    if not found:
-        return text, []
     return content, found[:1] if not parallel else found
+
+
+def _first_opener(text: str) -> int | None:
+    found = [i for i in (text.find(o) for o in CALL_OPENERS) if i >= 0]
+    return min(found) if found else None
+
+
+def _bodies(text: str, names: Offered) -> list | None:
+    """The calls' bodies ({"name", "arguments"} or lists of them) in text that starts at a call opener; None where
+    something there is not a call."""
+    bodies, i = [], 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return bodies
+        opener = next((o for o in CALL_OPENERS if text.startswith(o, i)), None)
+        if opener is None:
+            return bodies if bodies else None  # text after the calls is not part of them
+        i += len(opener)
+        if opener in _CLOSERS:
+            end = text.find(_CLOSERS[opener], i)
+            inner, i = (text[i:], len(text)) if end < 0 else (text[i:end], end + len(_CLOSERS[opener]))
+            body = _gemma_call(inner) if opener == "<|tool_call>" else \
+                _qwen_xml_call(inner, names) if inner.lstrip().startswith("<function=") else _json(inner.strip())
+        elif opener == PHI_CALLS + "[":
+            body, i = _json_prefix(text, i - 1)
+        elif opener == "[TOOL_CALLS]" and not text[i:].lstrip().startswith(("[", "{")):
+            body, i = _mistral_named_call(text, i)
+        else:
+            body, i = _json_prefix(text, i)
+        if body is None:
+            return None
+        bodies.append(body)
 
 
 def _json(text: str):
@@ -138,11 +115,94 @@ def _json(text: str):
         return None
 
 
-def _calls(body, names: set[str]) -> list[dict] | None:
+def _json_prefix(text: str, i: int):
+    """(the JSON value at text[i:], where it ends) or (None, i)."""
+    while i < len(text) and text[i].isspace():
+        i += 1
+    try:
+        return _DECODER.raw_decode(text, i)
+    except ValueError:
+        return None, i
+
+
+def _mistral_named_call(text: str, i: int):
+    """`name[ARGS]{...}`, or `name[CALL_ID]id[ARGS]{...}` (Mistral's tokenizers from v11 on)."""
+    args = text.find("[ARGS]", i)
+    if args < 0:
+        return None, i
+    name = text[i:args].split("[CALL_ID]")[0].strip()
+    arguments, end = _json_prefix(text, args + len("[ARGS]"))
+    return ({"name": name, "arguments": arguments} if name and arguments is not None else None), end
+
+
+def _qwen_xml_call(inner: str, names: Offered) -> dict | None:
+    """Qwen 3.5's `<function=name>` with one `<parameter=key>` block per argument, each value as plain text."""
+    found = re.match(r"\s*<function=([^>\s]+)>(.*?)(?:</function>|$)", inner, re.S)
+    if found is None:
+        return None
+    name = found.group(1)
+    schema = names.get(name) if isinstance(names, Mapping) else None
+    properties = (schema or {}).get("properties") or {}
+    arguments = {}
+    for key, raw in re.findall(r"<parameter=([^>\s]+)>\n?(.*?)\n?</parameter>", found.group(2), re.S):
+        arguments[key] = _typed(raw, (properties.get(key) or {}).get("type"))
+    return {"name": name, "arguments": arguments}
+
+
+def _typed(raw: str, kind) -> object:
+    """A parameter written as text, as the JSON type its schema gives (unknown: what the text parses as)."""
+    if kind == "string":
+        return raw
+    if kind == "boolean" and raw.strip() in ("True", "False"):  # the template's `| string` of a bool
+        return raw.strip() == "True"
+    value = _json(raw.strip())
+    return raw if value is None or (kind is None and isinstance(value, str)) else value
+
+
+def _gemma_call(inner: str) -> dict | None:
+    """Gemma 4's `call:name{key:value,...}`: keys bare, strings between <|"|> quotes."""
+    found = re.match(r"\s*call:([^{\s]+)", inner)
+    if found is None:
+        return None
+    try:
+        arguments, end = _gemma_value(inner, found.end())
+    except (ValueError, IndexError):
+        return None
+    return {"name": found.group(1), "arguments": arguments} if isinstance(arguments, dict) else None
+
+
+def _gemma_value(s: str, i: int) -> tuple[object, int]:
+    if s.startswith(_GEMMA_QUOTE, i):
+        end = s.index(_GEMMA_QUOTE, i + len(_GEMMA_QUOTE))
+        return s[i + len(_GEMMA_QUOTE):end], end + len(_GEMMA_QUOTE)
+    if s[i] in "{[":
+        closing, out, i = ("}" if s[i] == "{" else "]"), ({} if s[i] == "{" else []), i + 1
+        while s[i] != closing:
+            if isinstance(out, dict):
+                if s.startswith(_GEMMA_QUOTE, i):
+                    key, i = _gemma_value(s, i)
+                else:
+                    colon = s.index(":", i)
+                    key, i = s[i:colon], colon
+                out[str(key).strip()], i = _gemma_value(s, i + 1)
+            else:
+                item, i = _gemma_value(s, i)
+                out.append(item)
+            i += s[i] == ","
+        return out, i + 1
+    end = min((j for j in (s.find(c, i) for c in ",}]") if j >= 0), default=len(s))
+    raw = s[i:end].strip()
+    value = _json(raw)
+    return (raw if value is None else value), end
+
+
+def _calls(body, names: Offered) -> list[dict] | None:
     """OpenAI tool calls from one parsed body (a call or a list of calls); None when it is not one."""
     items = body if isinstance(body, list) else [body]
     calls = []
     for item in items:
+        if isinstance(item, dict) and isinstance(item.get("function"), dict):
+            item = item["function"]  # {"type": "function", "function": {...}}, as some Phi-4-mini replies hold
         if not isinstance(item, dict) or item.get("name") not in names:
             return None
         arguments = item.get("arguments", item.get("parameters", {}))
@@ -160,10 +220,10 @@ def _calls(body, names: set[str]) -> list[dict] | None:
 
 class ToolCallSplitter:
     """Streaming with tools: passes plain text through as it comes and holds back what may be a tool call, which
-    `finish` parses. A reply that opens like a call (`{`, `[`, a call tag or prefix) is held to its end; one that
-    does not streams, minus any tail that may begin `<tool_call>`, which (once seen) holds the rest."""
+    `finish` parses. A reply that opens like a call (`{`, `[`, a call opener) is held to its end; one that does not
+    streams, minus any tail that may begin a call opener, which (once seen) holds the rest."""
 
-    def __init__(self, names: set[str], parallel: bool = True):
+    def __init__(self, names: Offered, parallel: bool = True):
         self.names, self.parallel = names, parallel
         self.held = ""
         self.mode = "undecided"  # -> "content" | "call"
@@ -174,20 +234,20 @@ class ToolCallSplitter:
             start = self.held.lstrip()
             if not start:
                 return ""
-            openers = (TAG_OPEN, *_PREFIXES)
-            if start[0] in "{[" or start.startswith(openers):
+            if start[0] in "{[" or start.startswith(CALL_OPENERS):
                 self.mode = "call"
-            elif any(o.startswith(start) for o in openers):
-                return ""  # may still become a tag
+            elif any(o.startswith(start) for o in CALL_OPENERS):
+                return ""  # may still become an opener
             else:
                 self.mode = "content"
         if self.mode == "call":
             return ""
-        at = self.held.find(TAG_OPEN)
-        if at >= 0:
+        at = _first_opener(self.held)
+        if at is not None:
             out, self.held, self.mode = self.held[:at], self.held[at:], "call"
             return out
-        keep = next((n for n in range(len(TAG_OPEN) - 1, 0, -1) if self.held.endswith(TAG_OPEN[:n])), 0)
+        keep = max((n for o in CALL_OPENERS for n in range(len(o) - 1, 0, -1) if self.held.endswith(o[:n])),
+                   default=0)
         out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
         return out
 
@@ -200,3 +260,16 @@ class ToolCallSplitter:
         if not calls:
             return held, []
         return content or "", calls
+
+
+def marker_tokens(tokenizer) -> dict[int, str]:
+    """The special tokens that open, close or quote a call in the model's format (Ministral's [TOOL_CALLS] and
+    [ARGS], Gemma 4's <|tool_call>, <|"|> and <tool_call|>): decoding skips special tokens, so the detokenizer
+    writes these itself, where the template renders tools."""
+    from finetune.tool_calls import template_renders_tools
+
+    if not template_renders_tools(tokenizer):
+        return {}
+    wanted = {*CALL_OPENERS, *_CLOSERS.values(), _GEMMA_QUOTE, "[ARGS]", "[CALL_ID]"}
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return {i: t.content for i, t in decoder.items() if getattr(t, "special", False) and t.content in wanted}

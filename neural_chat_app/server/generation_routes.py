@@ -223,9 +223,9 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
         prepared = await anyio.to_thread.run_sync(state.plugins.prepare, messages)
     model_messages = prepared.messages if prepared is not None else messages
     if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in model_messages):
-        from neural_chat_app.tools import prompt_messages
+        from finetune.tool_calls import tool_messages
 
-        model_messages, tools = prompt_messages(model_messages, tools, backend.tokenizer)
+        model_messages, tools = tool_messages(model_messages, tools, backend.tokenizer)
     try:
         if prompts is None:
             prompt_list = [(prompt_ids(backend.tokenizer, model_messages, task, tools, config.thinking), None)]

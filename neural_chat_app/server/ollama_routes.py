@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from finetune.tool_calls import tool_messages
 from neural_chat_app.config import GenerationConfig
 from neural_chat_app.logits import finite
 from neural_chat_app.prompts import prompt_ids
@@ -58,7 +59,7 @@ from neural_chat_app.server.ollama_schemas import (
 )
 from neural_chat_app.server.openai_shapes import answer_offset
 from neural_chat_app.server.state import check_api_key, get_state, read_body
-from neural_chat_app.tools import ToolCallSplitter, parse_tool_calls, prompt_messages
+from neural_chat_app.tools import ToolCallSplitter, parse_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ async def _start(request: Request, req, backend, messages: list[dict], task: str
     num_ctx, make_config = req.num_ctx, req.generation_config
     if num_ctx is not None:
         try:
-            model_messages, model_tools = prompt_messages(messages, tools, backend.tokenizer)
+            model_messages, model_tools = tool_messages(messages, tools, backend.tokenizer)
             thinking = req.think if isinstance(req.think, bool) else None
             n = len(prompt_ids(backend.tokenizer, model_messages, task, model_tools, thinking))
         except ValueError:
@@ -146,7 +147,7 @@ class _Reply:
     """Ollama's objects for one Turn: its text as it streams, the tool calls parsed out of it (a chat with
     tools: a ToolCallSplitter holds back what may be a call), and its log-probabilities when asked."""
 
-    def __init__(self, turn: Turn, model: str, chat: bool, tool_names: set[str], logprobs: bool):
+    def __init__(self, turn: Turn, model: str, chat: bool, tool_names: dict[str, dict], logprobs: bool):
         self.turn, self.model, self.chat, self.tool_names = turn, model, chat, tool_names
         self.splitter = ToolCallSplitter(tool_names) if tool_names else None
         self.logprobs = logprobs

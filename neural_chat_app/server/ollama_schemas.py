@@ -224,8 +224,9 @@ class ChatRequest(_GenerateBase):
         return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
 
     @property
-    def tool_names(self) -> set[str]:
-        return {t.function.name for t in self.tools or []}
+    def tool_names(self) -> dict[str, dict]:
+        """The offered functions: name -> its parameters schema (which types the values of some formats' calls)."""
+        return {t.function.name: t.function.parameters or {} for t in self.tools or []}
 
     def unsupported(self) -> list[str]:
         problems = super().unsupported()

@@ -284,8 +284,9 @@ class ChatCompletionRequest(_Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
-    def tool_names(self) -> set[str]:
-        return {t.function.name for t in self.tools or []}
+    def tool_names(self) -> dict[str, dict]:
+        """The offered functions: name -> its parameters schema (which types the values of some formats' calls)."""
+        return {t.function.name: t.function.parameters or {} for t in self.tools or []}
 
     @property
     def tool_dicts(self) -> list[dict] | None:

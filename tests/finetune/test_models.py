@@ -318,3 +318,19 @@ def test_a_config_naming_code_for_a_family_transformers_has_runs_on_the_native_c
         assert isinstance(bot.predict("hi", GenerationConfig(max_new_tokens=3, do_sample=False)), str)
     finally:
         bot.close()
+
+
+def test_a_tool_call_ends_gemma_4s_turn_whatever_the_generation_config_says():
+    """Gemma 4 writes <|tool_response> after a call: a GGUF's config lacks it, and generation ran on to max_tokens."""
+    from types import SimpleNamespace
+
+    from finetune.models import eos_token_ids
+    from tests.families import family_tokenizer
+
+    tokenizer = family_tokenizer("gemma4")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|tool_response>"]},
+                                 replace_extra_special_tokens=False)
+    ids = eos_token_ids(SimpleNamespace(eos_token_id=tokenizer.eos_token_id), tokenizer)
+    assert ids[0] == tokenizer.eos_token_id and tokenizer.convert_tokens_to_ids("<|tool_response>") in ids
+    llama = family_tokenizer("llama")  # no such token: nothing added
+    assert len(eos_token_ids(SimpleNamespace(eos_token_id=None), llama)) == len(set(ids)) - 1

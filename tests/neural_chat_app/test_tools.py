@@ -1,4 +1,4 @@
-"""Tool calls out of the formats the model families write, the streaming splitter, and tools into the prompt.
+"""Tool calls out of the formats the model families write, the streaming splitter, and the forced-call schemas.
 
 pytest tests/neural_chat_app/test_tools.py
 """
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from neural_chat_app.tools import ToolCallSplitter, forced_call_schema, parse_tool_calls, prompt_messages
+from neural_chat_app.tools import ToolCallSplitter, forced_call_schema, parse_tool_calls
 
 NAMES = {"get_weather", "get_time"}
 ARGS = {"city": "Paris"}
@@ -73,50 +73,3 @@ def test_forced_schemas():
     assert required["type"] == "array" and len(required["items"]["anyOf"]) == 2
     assert "anyOf" in forced_call_schema(tools, "required", False)
     assert forced_call_schema(tools, "auto", True) is None
-
-
-TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
-CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-CONVERSATION = [
-    {"role": "user", "content": "Weather in Paris?"},
-    {"role": "assistant", "content": "", "tool_calls": [CALL]},
-    {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
-]
-# A template that renders tools, as Qwen 2.5's does (shortened): tools in the system turn, calls and results in
-# the Hermes tags
-TOOL_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\n# Tools\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}<|im_end|>\n"
-    "{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.tool_calls %}{% for c in m.tool_calls %}"
-    "<tool_call>{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}</tool_call>"
-    "{% endfor %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def test_a_template_that_renders_tools_gets_them_and_the_calls(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    from neural_chat_app.prompts import prompt_ids
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.chat_template = TOOL_TEMPLATE
-    messages, tools = prompt_messages(CONVERSATION, [TOOL], tokenizer)
-    assert tools == [TOOL] and messages[2]["role"] == "tool"
-    text = tokenizer.decode(prompt_ids(tokenizer, messages, "chat", tools))
-    assert '"name": "get_weather", "description": "Weather in a city"' in text
-    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>' in text  # a mapping
-    assert "<|im_start|>tool\n21 C" in text
-
-
-def test_a_template_without_tools_gets_them_in_the_system_message(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # the plain ChatML template
-    messages, tools = prompt_messages(CONVERSATION, [TOOL], tokenizer)
-    assert tools is None
-    assert messages[0]["role"] == "system" and '"name": "get_weather"' in messages[0]["content"]
-    assert messages[2] == {"role": "assistant",
-                           "content": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
-                                      "</tool_call>"}
-    assert messages[3] == {"role": "user", "content": "Result of the tool call call_1:\n21 C"}
