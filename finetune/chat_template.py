@@ -101,21 +101,27 @@ def _render_folded(tokenizer, messages, kwargs, reason: str):
     return render_chat(tokenizer, fold_system_message(messages), **kwargs)
 
 
-def chat_tokens_and_labels(tokenizer, messages: list[dict], max_length: int,
-                           train_on_inputs: bool = False) -> tuple[list[int], list[int]]:
+def chat_tokens_and_labels(tokenizer, messages: list[dict], max_length: int, train_on_inputs: bool = False,
+                           tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
     """Token ids of the rendered conversation and its labels: the ids inside assistant replies (each reply's
-    end-of-turn token included, so the model learns to stop), IGNORE_INDEX elsewhere."""
+    end-of-turn token included, so the model learns to stop), tool calls included, IGNORE_INDEX elsewhere. `tools`
+    (OpenAI's function definitions) and the conversation's calls and results render as serving renders them
+    (finetune.tool_calls)."""
     from finetune.formatting import IGNORE_INDEX
+    from finetune.tool_calls import tool_messages
 
+    messages, tools = tool_messages(messages, tools, tokenizer)
+    extra = {"tools": tools} if tools else {}
     if train_on_inputs:
-        text = render_chat(tokenizer, messages, tokenize=False)
+        text = render_chat(tokenizer, messages, tokenize=False, **extra)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_length]
         return ids, list(ids)
     if _GENERATION_MARKER.search(tokenizer.chat_template or ""):
-        enc = render_chat(tokenizer, messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        enc = render_chat(tokenizer, messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                          **extra)
         ids, mask = list(enc["input_ids"])[:max_length], list(enc["assistant_masks"])[:max_length]
         return ids, [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
-    text, spans = _assistant_spans(tokenizer, messages)
+    text, spans = _assistant_spans(tokenizer, messages, extra)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"][:max_length]
     # A token belongs to a reply when it overlaps one: SentencePiece's "▁Hello" starts at the template's space.
@@ -124,21 +130,37 @@ def chat_tokens_and_labels(tokenizer, messages: list[dict], max_length: int,
     return ids, labels
 
 
-def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character span of each assistant reply in it, end-of-turn token included."""
-    text = render_chat(tokenizer, messages, tokenize=False)
-    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant" and str(m.get("content") or "").strip()]
+def _assistant_spans(tokenizer, messages: list[dict], extra: dict) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character span of each assistant reply in it, end-of-turn token included. A reply
+    with tool calls in the template's own format is found by what changes when its calls do (_call_span)."""
+    text = render_chat(tokenizer, messages, tokenize=False, **extra)
+    calls = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("tool_calls")]
+    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant" and str(m.get("content") or "").strip()
+               and i not in calls]
     marked = [{**m, "content": _MARKER.format(i)} if i in replies else m for i, m in enumerate(messages)]
-    pieces = re.split(r"NCREPLY\d+MARK", render_chat(tokenizer, marked, tokenize=False))
+    pieces = re.split(r"NCREPLY\d+MARK", render_chat(tokenizer, marked, tokenize=False, **extra))
     if len(pieces) != len(replies) + 1:
         raise DataError("the model's chat template does not render every assistant reply once, so the replies "
                         "cannot be located for loss masking; set train_on_inputs or another chat template.")
     specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
     spans, cursor = [], len(pieces[0]) if text.startswith(pieces[0]) else 0
+    if calls and (not replies or calls[0] < replies[0]):
+        cursor = 0  # pieces[0] runs past the calls: they are found from the start
     out, copied = [], 0  # the training text: the rendered one with what generation prompts add before replies
     previous = 0  # where the previous reply ended: the cursor may already be past a reasoning block
-    for n, i in enumerate(replies):
+    n = -1  # the marked replies so far: pieces[n + 1] follows the n-th
+    for i in sorted(replies + calls):
         last = i == len(messages) - 1
+        if i in calls:
+            start, end = _call_span(tokenizer, messages, i, text, cursor, extra)
+            start, added = _after_generation_prompt(tokenizer, messages[:i], text, start, last, extra)
+            out += [text[copied:start], added]
+            copied = start
+            shift = sum(len(piece) for piece in out) - start
+            spans.append((start + shift, end + shift))
+            cursor = previous = end
+            continue
+        n += 1
         reasoning = str(messages[i].get("reasoning_content") or "").strip() if last else ""
         at = text.find(reasoning, previous) if reasoning else -1
         if reasoning and at < 0:
@@ -147,10 +169,10 @@ def _assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[i
         after = max(cursor, at + len(reasoning)) if at >= 0 else cursor
         start, end = _locate(text, str(messages[i]["content"]), after, pieces[n + 1])
         if at >= 0:  # learned from where the generation prompt with thinking on ends: the reasoning, then the reply
-            start = _after_thinking_prompt(tokenizer, messages[:i], text, at, start)
+            start = _after_thinking_prompt(tokenizer, messages[:i], text, at, start, extra)
             added = ""
         else:
-            start, added = _after_generation_prompt(tokenizer, messages[:i], text, start, last)
+            start, added = _after_generation_prompt(tokenizer, messages[:i], text, start, last, extra)
         end += next((len(s) for s in specials if text.startswith(s, end)), 0)
         out += [text[copied:start], added]
         copied = start
@@ -181,11 +203,12 @@ def generation_prompt(tokenizer, messages: list[dict], thinking: bool | None = F
     return render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=True, **kwargs)
 
 
-def _after_thinking_prompt(tokenizer, before: list[dict], text: str, reasoning_at: int, start: int) -> int:
+def _after_thinking_prompt(tokenizer, before: list[dict], text: str, reasoning_at: int, start: int,
+                           extra: dict) -> int:
     """Where a reply with reasoning starts as generation sees it with thinking on: right after that generation
     prompt (Qwen 3's ends at the assistant marker, so <think> is learned; Qwen 3.5's after <think>), else at its
     reasoning."""
-    prompt = generation_prompt(tokenizer, before, thinking=True)
+    prompt = generation_prompt(tokenizer, before, thinking=True, **extra)
     return len(prompt) if text.startswith(prompt) and len(prompt) <= reasoning_at else min(reasoning_at, start)
 
 
@@ -196,7 +219,8 @@ def _warn_once(tokenizer, message: str) -> None:
         logger.warning(message)
 
 
-def _after_generation_prompt(tokenizer, before: list[dict], text: str, start: int, last: bool) -> tuple[int, str]:
+def _after_generation_prompt(tokenizer, before: list[dict], text: str, start: int, last: bool,
+                             extra: dict) -> tuple[int, str]:
     """(start, added) of a reply as generation sees it. When the conversation so far renders as a prefix of the
     text, the reply starts right after the generation prompt, so the space Mistral writes after [/INST] is learned
     as the model's. When the generation prompt (thinking off) runs on past the text before the last reply, what it
@@ -204,12 +228,59 @@ def _after_generation_prompt(tokenizer, before: list[dict], text: str, start: in
     the framing of the history, as the model sees them in later turns."""
     if not before:
         return start, ""
-    prompt = generation_prompt(tokenizer, before)
+    prompt = generation_prompt(tokenizer, before, **extra)
     if len(prompt) <= start and text.startswith(prompt) and not text[len(prompt):start].strip():
         return len(prompt), ""
     if last and len(prompt) > start and prompt.startswith(text[:start]) and prompt[start:].strip():
         return start, prompt[start:]
     return start, ""
+
+
+def _call_span(tokenizer, messages: list[dict], i: int, text: str, cursor: int, extra: dict) -> tuple[int, int]:
+    """Where reply i, whose tool calls the template renders in the family's format, lies in the text: the part that
+    changes when the calls' arguments do, widened back to where the model starts writing (where the generation
+    prompt leaves off) and on to the end of its turn (the token a plain reply ends with, the end-of-sequence token,
+    or Gemma 4's <|tool_response>, which it writes after its calls)."""
+    import os
+
+    probe = {"NCARG": "NCCALLMARK"}
+    changed = [{**c, "function": {**c["function"], "arguments": probe}} for c in messages[i]["tool_calls"]]
+    other = render_chat(tokenizer, [*messages[:i], {**messages[i], "tool_calls": changed}, *messages[i + 1:]],
+                        tokenize=False, **extra)
+    first = len(os.path.commonprefix([text, other]))
+    after = len(text) - len(os.path.commonprefix([text[::-1], other[::-1]]))
+    prompt = generation_prompt(tokenizer, messages[:i], **extra)
+    start = len(os.path.commonprefix([prompt, text]))
+    while start > cursor and not text[:start].endswith(("\n", ">", "]", " ")):  # back to where the framing ends
+        start -= 1
+    if not cursor <= start <= first:  # the template moves something (Mistral's tool list): after the last turn
+        header = _turn_header(prompt, messages[i - 1] if i else None)
+        found = text.rfind(header, cursor, first) if header else -1
+        start = found + len(header) if found >= 0 else -1
+    ends = [e for e in (_reply_end(tokenizer), tokenizer.eos_token, "<|tool_response>") if e]
+    end = min((at + len(e) for e in ends if (at := text.find(e, max(after, first))) >= 0), default=-1)
+    if start < 0 or end < 0:
+        raise DataError("a reply with tool calls cannot be located in the conversation as the chat template renders "
+                        "it, so it cannot be masked for the loss; set train_on_inputs or another chat template.")
+    return start, end
+
+
+def _turn_header(prompt: str, before: dict | None) -> str:
+    """What the generation prompt writes after the last message's content: the framing the reply starts after."""
+    content = str((before or {}).get("content") or "").strip()
+    at = prompt.rfind(content) if content else -1
+    return prompt[at + len(content):] if at >= 0 else ""
+
+
+def _reply_end(tokenizer) -> str | None:
+    """The special token the template writes right after a reply's text (<|im_end|>, <|eot_id|>, </s> ...)."""
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _MARKER.format(0)}]
+    try:
+        text = render_chat(tokenizer, probe, tokenize=False)
+    except DataError:
+        return None
+    rest = text[text.find(_MARKER.format(0)) + len(_MARKER.format(0)):]
+    return next((s for s in sorted(_special_tokens(tokenizer), key=len, reverse=True) if rest.startswith(s)), None)
 
 
 def _locate(text: str, content: str, cursor: int, following: str) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from finetune.chat_template import chat_tokens_and_labels
-from finetune.records import summary_columns, trl_format
+from finetune.records import summary_columns, tool_definitions, trl_format
 
 IGNORE_INDEX = -100
 
@@ -51,7 +51,8 @@ def tokenize_record(tokenizer, record: dict, opts: FormatOptions) -> dict | None
     if kind is not None:
         ids, labels = _tokenize_trl(tokenizer, record, kind, opts)
     elif opts.task in ("chat", "extraction"):
-        ids, labels = chat_tokens_and_labels(tokenizer, record["messages"], opts.max_seq_length, opts.train_on_inputs)
+        ids, labels = chat_tokens_and_labels(tokenizer, record["messages"], opts.max_seq_length, opts.train_on_inputs,
+                                             tool_definitions(record.get("tools"))[0])
     else:
         prompt, response = _prompt_and_response(record, opts)
         ids, labels = _tokenize_pair(tokenizer, prompt, response, opts)
@@ -75,9 +76,14 @@ def _tokenize_trl(tokenizer, record: dict, kind: str, opts: FormatOptions) -> tu
         ids = tokenizer(record["prompt"] + completion)["input_ids"]
     else:
         from finetune.chat_template import generation_prompt, render_chat
+        from finetune.tool_calls import tool_messages
 
-        prompt_text = generation_prompt(tokenizer, record["prompt"])
-        text = render_chat(tokenizer, record["prompt"] + record["completion"], tokenize=False)
+        tools = tool_definitions(record.get("tools"))[0]
+        prompt, tools_shown = tool_messages(record["prompt"], tools, tokenizer)
+        messages, _ = tool_messages(record["prompt"] + record["completion"], tools, tokenizer)
+        extra = {"tools": tools_shown} if tools_shown else {}
+        prompt_text = generation_prompt(tokenizer, prompt, **extra)
+        text = render_chat(tokenizer, messages, tokenize=False, **extra)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))

@@ -222,18 +222,24 @@ def _check_messages(record: Record, task: str) -> list[str]:
     if not isinstance(messages, list) or not messages:
         return [f"{record.where}: 'messages' must be a non-empty list of {{role, content}} objects"]
     problems = []
+    tools, problem = tool_definitions(record.data.get("tools"))
+    if problem:
+        problems.append(f"{record.where}: {problem}")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            problems.append(f"{record.where}: messages[{i}] needs role system|user|assistant")
-        elif not isinstance(m.get("content"), str):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+            problems.append(f"{record.where}: messages[{i}] needs role system|user|assistant|tool")
+        elif not isinstance(m.get("content"), str) and not (m["role"] == "assistant" and m.get("tool_calls")
+                                                             and m.get("content") is None):
             problems.append(f"{record.where}: messages[{i}].content must be a string")
         elif m.get("reasoning_content") is not None and (m["role"] != "assistant"
                                                           or not isinstance(m["reasoning_content"], str)):
             problems.append(f"{record.where}: messages[{i}].reasoning_content (a thinking model's reasoning) must be "
                             f"a string on an assistant message")
+        else:
+            problems += [f"{record.where}: messages[{i}]{p}" for p in tool_problems(messages, i, tools)]
     if problems:
         return problems
-    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    replies = [m["content"] or "" for m in messages if m["role"] == "assistant"]
     if not replies:
         return [f"{record.where}: no assistant message, so there is nothing to learn from it"]
     if task == "extraction":
@@ -245,6 +251,64 @@ def _check_messages(record: Record, task: str) -> list[str]:
         if not isinstance(parsed, dict):
             return [f"{record.where}: the assistant reply must be a JSON object, got {type(parsed).__name__}"]
     return []
+
+
+def tool_definitions(value) -> tuple[list[dict] | None, str]:
+    """A record's `tools` (OpenAI's function definitions, as a list or as a JSON string, the form a dataset on the
+    hub keeps them in), and what is wrong with them ("" if nothing)."""
+    if value is None:
+        return None, ""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            return None, f"tools is a string that is not JSON ({e})"
+    shape = ('tools must be a list of {"type": "function", "function": {"name": ..., "description": ..., '
+             '"parameters": {JSON schema}}}')
+    if not isinstance(value, list):
+        return None, shape
+    for n, tool in enumerate(value):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            return None, f"{shape}; tools[{n}] is not"
+        if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
+            return None, f"tools[{n}].function.parameters must be a JSON schema object"
+    return value, ""
+
+
+def tool_problems(messages: list, i: int, tools: list[dict] | None) -> list[str]:
+    """What is wrong with messages[i]'s tool parts: an assistant's `tool_calls` (each a function name and its
+    arguments, a JSON object or the string of one, of a function `tools` defines) or a `tool` result (after the
+    calls it answers)."""
+    m = messages[i]
+    if m["role"] == "tool":
+        before = next((x for x in reversed(messages[:i]) if isinstance(x, dict) and x.get("role") != "tool"), {})
+        return [] if before.get("tool_calls") else [
+            " is a tool result with no assistant tool_calls before it: a result answers the calls just before it"]
+    if "tool_calls" not in m or m["tool_calls"] is None:
+        return []
+    if m["role"] != "assistant" or not isinstance(m["tool_calls"], list) or not m["tool_calls"]:
+        return [".tool_calls must be a non-empty list, on an assistant message"]
+    names = {t["function"]["name"] for t in tools or []}
+    problems = []
+    for n, call in enumerate(m["tool_calls"]):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            problems.append(f'.tool_calls[{n}] must be {{"type": "function", "function": {{"name": ..., '
+                            f'"arguments": {{...}}}}}}')
+            continue
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments or "{}")
+            except ValueError:
+                arguments = None
+        if not isinstance(arguments, dict):
+            problems.append(f".tool_calls[{n}].function.arguments must be a JSON object (or the string of one)")
+        if tools is not None and function["name"] not in names:
+            problems.append(f".tool_calls[{n}] calls {function['name']!r}, which the record's tools do not define "
+                            f"({', '.join(sorted(names))})")
+    return problems
 
 
 def _is_messages(value) -> bool:

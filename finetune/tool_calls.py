@@ -62,6 +62,14 @@ def tool_messages(messages: list[dict], tools: list[dict] | None, tokenizer) -> 
     return _hermes_messages(messages, tools), None
 
 
+def rendered_conversation(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The whole conversation as the chat template renders it for training, its tools and calls included."""
+    from finetune.chat_template import render_chat
+
+    messages, tools = tool_messages(messages, tools, tokenizer)
+    return render_chat(tokenizer, messages, tokenize=False, **({"tools": tools} if tools else {}))
+
+
 def call_body(call: dict) -> dict:
     """{"name", "arguments"} of an OpenAI call, the arguments a mapping where they parse."""
     arguments = call["function"].get("arguments", {})

@@ -2,7 +2,11 @@
 TRL's DPO and KTO trainers (`finetune_model(task="dpo"/"kto")` reads them as they are).
 
 messages: one line per conversation: {"messages": [{"role", "content"}, ...], "metadata": {"feedback": ..., ...}},
-the kept replies only (a regenerated-away or edited-away reply is not part of the conversation). `feedback` is the
+the kept replies only (a regenerated-away or edited-away reply is not part of the conversation). A reply that
+called tools keeps its `tool_calls`, the results come back as `tool` messages before the reply that read them, a
+thinking model's reasoning is the reply's `reasoning_content`, and the functions offered are the line's `tools`
+(finetune.data.chatlog_schema.logged_conversation): fine-tuning learns the calls and the reasoning as the model
+wrote them. `feedback` is the
 conversation's verdict: -1 if any reply got a thumbs down, 1 if some got a thumbs up and none down, None if nobody
 rated it; `turn_feedback` keeps the rating of each kept assistant reply in order. `cut_disliked` (what the improve
 loop asks for) ends each conversation before its first thumbs-down reply, so a disliked reply is never an SFT
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from finetune.data.chatlog_db import connect
-from finetune.data.chatlog_schema import messages_sql
+from finetune.data.chatlog_schema import logged_conversation, messages_sql
 
 FORMATS = ("messages", "kto", "dpo")
 
@@ -88,8 +92,10 @@ def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | 
             if not ratings or (min_feedback is not None and (verdict is None or verdict < min_feedback)):
                 counts["conversations_skipped"] += 1
                 continue
+            messages, tools = logged_conversation(rows)
             record = {
-                "messages": [_message(r) for r in rows],
+                "messages": messages,
+                **({"tools": tools} if tools else {}),
                 "metadata": {
                     "feedback": verdict,
                     "turn_feedback": ratings,

@@ -137,7 +137,7 @@ def _mistral_named_call(text: str, i: int):
 
 def _qwen_xml_call(inner: str, names: Offered) -> dict | None:
     """Qwen 3.5's `<function=name>` with one `<parameter=key>` block per argument, each value as plain text."""
-    found = re.match(r"\s*<function=([^>\s]+)>(.*?)(?:</function>|$)", inner, re.S)
+    found = re.match(r"\s*<function=([^>\s]+)>(.*?)</function>", inner, re.S)  # a call cut short is no call
     if found is None:
         return None
     name = found.group(1)

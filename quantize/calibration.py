@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from finetune.chat_template import render_chat
+from finetune.tool_calls import rendered_conversation
 
 
 def default_eval_texts() -> list[str]:
@@ -23,7 +23,8 @@ def _render(record: dict, tokenizer) -> str | None:
     messages = record.get("messages")
     if isinstance(messages, list) and messages:
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            return render_chat(tokenizer, messages, tokenize=False)
+            tools = record.get("tools")
+            return rendered_conversation(tokenizer, messages, json.loads(tools) if isinstance(tools, str) else tools)
         return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in messages)
     for key in ("text", "content", "prompt"):
         if isinstance(record.get(key), str):

@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from finetune.data.chatlog_db import LogDB, connect, describe
-from finetune.data.chatlog_schema import SCHEMA_VERSION, messages_sql
+from finetune.data.chatlog_schema import SCHEMA_VERSION, logged_conversation, messages_sql
 from finetune.data.records import ROLES, Conversation, Reject, SourceError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _BAD_BYTES = re.compile("[\udc80-\udcff]")  # what surrogateescape made of bytes that were not UTF-8
-_COLUMNS = ("role", "content", "model", "feedback")  # of the kept messages: a reply the user replaced is not trained on
+# of the kept messages: a reply the user replaced is not trained on
+_COLUMNS = ("role", "content", "model", "feedback", "metadata")
 
 
 def read_chatlog(path: Path | str) -> Iterator[Conversation | Reject]:
@@ -59,7 +60,7 @@ def _session(con: LogDB, path: str, session_id: str, title, model, created_at) -
            "messages": [{"role": r[0], "content": r[1]} for r in rows]}
     if not rows:
         return Reject("ingest", "empty_session", "session has no messages", origin, raw)
-    for i, (role, content, _, _) in enumerate(rows):
+    for i, (role, content, *_) in enumerate(rows):
         if isinstance(content, str) and _BAD_BYTES.search(content):
             return Reject("ingest", "invalid_utf8", f"message {i}: content is not valid UTF-8", origin, raw)
         # SQLite is dynamically typed: a TEXT column can still hold a number or BLOB written by other code.
@@ -76,6 +77,6 @@ def _session(con: LogDB, path: str, session_id: str, title, model, created_at) -
         "created_at": created_at,
         "title": title,
     }
-    messages = [{"role": r[0], "content": r[1]} for r in rows]
-    return Conversation(messages=messages, metadata=meta, origin=origin, format="chatlog", raw=raw)
+    messages, tools = logged_conversation(rows)
+    return Conversation(messages=messages, metadata=meta, origin=origin, format="chatlog", raw=raw, tools=tools)
 

@@ -16,6 +16,9 @@ A version-1 file is migrated in place by the writer (`MIGRATIONS`); readers take
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from finetune.data.chatlog_db import LogDB
 
 SCHEMA_VERSION = 2
@@ -76,3 +79,41 @@ def messages_sql(db: LogDB, kept_only: bool = True, columns: tuple[str, ...] = M
         return f"SELECT {columns} FROM messages WHERE session_id = ? ORDER BY id"
     kept = " AND superseded_by IS NULL" if kept_only else ""
     return f"SELECT {columns} FROM messages WHERE session_id = ?{kept} ORDER BY {CONVERSATION_ORDER}"
+
+
+def row_metadata(value: Any) -> dict:
+    """A row's metadata: JSON text in SQLite, a JSON value already in PostgreSQL."""
+    value = value or "{}"
+    try:
+        value = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def logged_conversation(rows: list) -> tuple[list[dict], list[dict] | None]:
+    """(messages, tools) of a conversation's kept rows (role, content and metadata by name), as training reads it.
+    The log's roles are the chat's three; the server keeps the rest in the replies' metadata, and this puts it back:
+    a reply's `tool_calls`, the tools' `tool_results` as `tool` messages before the reply that read them, a thinking
+    model's `reasoning` as `reasoning_content`, and the functions offered (`tools`, the latest definition of each)."""
+    messages: list[dict] = []
+    tools: dict[str, dict] = {}
+    for row in rows:
+        meta = row_metadata(row["metadata"])
+        if row["role"] == "assistant":
+            for result in meta.get("tool_results") or []:
+                if messages and (messages[-1].get("tool_calls") or messages[-1]["role"] == "tool"):
+                    content = result.get("content")
+                    messages.append({"role": "tool", "tool_call_id": result.get("tool_call_id"),
+                                     "content": content if isinstance(content, str) else json.dumps(content)})
+        message = {"role": row["role"], "content": row["content"]}
+        if meta.get("tool_calls"):
+            message["tool_calls"] = meta["tool_calls"]
+        if row["role"] == "assistant" and isinstance(meta.get("reasoning"), str) and meta["reasoning"].strip():
+            message["reasoning_content"] = meta["reasoning"]
+        messages.append(message)
+        for tool in meta.get("tools") or []:
+            name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
+            if name:
+                tools[name] = tool
+    return messages, list(tools.values()) or None

@@ -170,10 +170,15 @@ class ChunkWorker:
                            prompts)
 
     def _kind(self, item: Conversation | Preference) -> Conversation | Preference | Reject:
-        """A split file holds chat data or preference data, as export.format_type says, never both."""
+        """A split file holds chat data or preference data, as export.format_type says, never both; tool calls
+        and results only in `messages` (chatml, alpaca and instruction have no place for them)."""
+        fmt = self.cfg.export.format_type
+        if isinstance(item, Conversation) and item.has_tool_parts and fmt != "messages":
+            return Reject("ingest", "tool_calls", f"a conversation with tools, tool calls or tool results, which "
+                          f"export.format_type={fmt} has no place for: set export.format_type=messages", item.origin,
+                          item.raw)
         if isinstance(item, Preference) == self.cfg.preference:
             return item
-        fmt = self.cfg.export.format_type
         if self.cfg.preference:
             detail = (f"a chat record ({item.format}), but export.format_type=preference writes preference data: "
                       "prepare chat and preference records in separate runs")
@@ -219,7 +224,8 @@ class ChunkWorker:
     def _stage(self, index: int, convs: list[Conversation] | list[Preference], clock: StageClock):
         e = self.cfg.export
         parts = [render_preference(c, e.preference_task, e.keep_metadata) if isinstance(c, Preference) else
-                 render_lines(c.messages, c.metadata, c.origin, e.format_type, e.multi_turn, e.keep_metadata)
+                 render_lines(c.messages, c.metadata, c.origin, e.format_type, e.multi_turn, e.keep_metadata,
+                              c.tools)
                  for c in convs]
         offsets = np.zeros(len(parts) + 1, dtype=np.int64)
         np.cumsum([len(p) for p in parts], out=offsets[1:])

@@ -32,17 +32,46 @@ def clean_conversation(conv: Conversation, cfg: CleanConfig, redactions: Counter
     messages = []
     for i, (m, text) in enumerate(zip(conv.messages, texts)):
         text = redact(text, cfg.redact, cfg.phone_region, redactions)
-        if not text.strip():
+        if not text.strip() and not m.get("tool_calls"):  # a reply that only calls a tool has no text
             if clock is not None:
                 clock.lap("redact")
             # An empty turn teaches nothing and breaks role alternation; say which one it was.
             return Reject("clean", "empty_message", f"message {i} ({m['role']}) is empty after cleaning",
                           conv.origin, conv.raw)
-        messages.append({"role": m["role"], "content": text})
+        cleaned = {**m, "content": text}
+        if m.get("reasoning_content"):
+            cleaned["reasoning_content"] = clean_text(m["reasoning_content"], cfg, redactions)
+        if m.get("tool_calls") and cfg.redact:  # personal data in a call's arguments is personal data too
+            cleaned["tool_calls"] = [_redacted_call(c, cfg, redactions) for c in m["tool_calls"]]
+        messages.append(cleaned)
     if clock is not None:
         clock.lap("redact")
     conv.messages = messages
     return conv
+
+
+def _redacted_call(call: dict, cfg: CleanConfig, redactions: Counter) -> dict:
+    """The call with every string in its arguments redacted; the arguments keep their form (a JSON string or an
+    object)."""
+    import json
+
+    def walk(value):
+        if isinstance(value, str):
+            return redact(value, cfg.redact, cfg.phone_region, redactions)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        return [walk(v) for v in value] if isinstance(value, list) else value
+
+    function = dict(call["function"])
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            function["arguments"] = json.dumps(walk(json.loads(arguments or "{}")), ensure_ascii=False)
+        except ValueError:
+            function["arguments"] = walk(arguments)
+    else:
+        function["arguments"] = walk(arguments)
+    return {**call, "function": function}
 
 
 def clean_preference(pref: Preference, cfg: CleanConfig, redactions: Counter,

@@ -16,6 +16,7 @@ the candidates found there are compared.
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
 from collections import Counter
@@ -39,7 +40,17 @@ from finetune.data.timing import StageClock
 
 
 def _normalized(messages: list[dict[str, str]]) -> str:
-    return "\x1e".join(f"{m['role']}\x1f{_squeezed(m['content'].casefold())}" for m in messages)
+    return "\x1e".join(f"{m['role']}\x1f{_squeezed(m['content'].casefold())}{_calls(m)}" for m in messages)
+
+
+def _calls(message: dict) -> str:
+    """The calls of a reply, part of what makes it the reply it is: two replies calling with other arguments
+    differ."""
+    if not message.get("tool_calls"):
+        return ""
+    from finetune.tool_calls import call_body
+
+    return "\x1f" + json.dumps([call_body(c) for c in message["tool_calls"]], sort_keys=True)
 
 
 def _squeezed(text: str) -> str:

@@ -49,9 +49,11 @@ def _last_exchange(messages: list[dict[str, str]]) -> tuple[str, str, str]:
     return history, messages[last_user]["content"], answer
 
 
-def render(messages: list[dict[str, str]], metadata: dict[str, Any] | None, fmt: str) -> dict[str, Any]:
+def render(messages: list[dict[str, str]], metadata: dict[str, Any] | None, fmt: str,
+           tools: list[dict] | None = None) -> dict[str, Any]:
     if fmt == "messages":
-        return {"messages": messages} if metadata is None else {"messages": messages, "metadata": metadata}
+        out = {"messages": messages, **({"tools": tools} if tools else {})}
+        return out if metadata is None else {**out, "metadata": metadata}
     if fmt == "chatml":
         return {"text": chatml(messages)}
     history, question, answer = _last_exchange(messages)
@@ -74,12 +76,12 @@ def _encode(example: dict[str, Any]) -> bytes:
 
 
 def render_lines(messages: list[dict[str, str]], metadata: dict[str, Any], origin: str, fmt: str,
-                 multi_turn: str, keep_metadata: bool) -> bytes:
+                 multi_turn: str, keep_metadata: bool, tools: list[dict] | None = None) -> bytes:
     """Every example of one conversation, each a JSON document and a newline, as the split file will hold it."""
     out = []
     for turn, prefix in examples(messages, multi_turn):
         meta = example_metadata(metadata, origin, turn, multi_turn) if keep_metadata else None
-        out.append(_encode(render(prefix, meta, fmt)) + b"\n")
+        out.append(_encode(render(prefix, meta, fmt, tools)) + b"\n")
     return b"".join(out)
 
 

@@ -10,10 +10,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from finetune.chat_template import render_chat
 from finetune.data.config import PREDICATE, FilterConfig
 from finetune.data.records import Conversation, Preference
 from finetune.extras import require
+from finetune.tool_calls import rendered_conversation
 
 Verdict = tuple[str, str] | None
 Filter = Callable[[Conversation], Verdict]
@@ -66,7 +66,12 @@ def role_order(conv: Conversation, allow_consecutive_assistant: bool) -> Verdict
         return "role_order", "the first non-system message must be from the user"
     if turns[-1] != "assistant":
         return "role_order", "the last message must be from the assistant (nothing to learn from a trailing user turn)"
+    offset = len(roles) - len(turns)
     for i in range(1, len(turns)):
+        if turns[i] == "tool":  # results follow the calls they answer, one message each
+            if turns[i - 1] != "tool" and not conv.messages[i - 1 + offset].get("tool_calls"):
+                return "role_order", f"a tool result at message {i + offset} does not follow a reply that calls a tool"
+            continue
         if turns[i] == turns[i - 1] and not (turns[i] == "assistant" and allow_consecutive_assistant):
             return "role_order", f"two {turns[i]} messages in a row at message {i + len(roles) - len(turns)}"
     return None
@@ -177,7 +182,8 @@ def language(conv: Conversation, allowed: list[str]) -> Verdict:
 def count_tokens(conv: Conversation, tokenizer: Any) -> int:
     """Tokens of the conversation as the trainer will see it: through the chat template when there is one."""
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer(render_chat(tokenizer, conv.messages, tokenize=False), add_special_tokens=False)["input_ids"]
+        text = rendered_conversation(tokenizer, conv.messages, conv.tools)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer("\n".join(m["content"] for m in conv.messages))["input_ids"]
     return len(ids)
@@ -188,7 +194,7 @@ def count_tokens_batch(convs: list[Conversation], tokenizer: Any) -> list[int]:
     if not convs:
         return []
     if getattr(tokenizer, "chat_template", None):
-        texts = [render_chat(tokenizer, c.messages, tokenize=False) for c in convs]
+        texts = [rendered_conversation(tokenizer, c.messages, c.tools) for c in convs]
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     else:
         ids = tokenizer(["\n".join(m["content"] for m in c.messages) for c in convs])["input_ids"]

@@ -8,6 +8,7 @@ optional: then it is the turns chosen and rejected share) and `prompt`/`completi
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -26,6 +27,10 @@ SHAREGPT_ROLES = {
     "bing": "assistant",
     "model": "assistant",
     "system": "system",
+    # LLaMA-Factory's tool-use ShareGPT (glaive_toolcall and the like): a call, then its result
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
 }
 
 # A JSON "\\ud83d" escape without its pair decodes to a lone surrogate, which no UTF-8 file can hold.
@@ -72,9 +77,10 @@ def to_conversation(record: Any, origin: str) -> Conversation | Preference | Rej
             return _to_preference(record, origin, fmt)
         messages = _CONVERTERS[fmt](record)
         metadata = _metadata(record, FORMAT_KEYS[fmt] + _EXTRA_KEYS[fmt])
+        tools = record_tools(record) if fmt == "messages" else sharegpt_tools(record) if fmt == "sharegpt" else None
     except FormatError as e:
         return Reject("ingest", e.code, f"{fmt}: {e.detail}", origin, record)
-    return Conversation(messages=messages, metadata=metadata, origin=origin, format=fmt, raw=record)
+    return Conversation(messages=messages, metadata=metadata, origin=origin, format=fmt, raw=record, tools=tools)
 
 
 def _text(value: Any, where: str) -> str:
@@ -94,6 +100,27 @@ def _message(role: Any, content: Any, where: str) -> dict[str, str]:
     return {"role": role, "content": _text(content, f"{where}.content")}
 
 
+def _extra_parts(m: dict[str, Any], out: dict[str, Any], messages: list, i: int, tools) -> dict[str, Any]:
+    """The message with its parts beyond role and content, as finetune.records checks them for training: an
+    assistant's `tool_calls` and `reasoning_content` (a thinking model's trace), a result's `tool_call_id`."""
+    from finetune.records import tool_problems
+
+    problems = tool_problems(messages, i, tools)
+    if problems:
+        raise FormatError("bad_tool_call", f"messages[{i}]{problems[0]}")
+    if m.get("tool_calls"):
+        out["tool_calls"] = m["tool_calls"]
+    reasoning = m.get("reasoning_content")
+    if reasoning is not None:
+        if m["role"] != "assistant" or not isinstance(reasoning, str):
+            raise FormatError("wrong_type", f"messages[{i}].reasoning_content must be a string, on an assistant "
+                                            f"message")
+        out["reasoning_content"] = reasoning
+    if m["role"] == "tool" and m.get("tool_call_id") is not None:
+        out["tool_call_id"] = m["tool_call_id"]
+    return out
+
+
 def _system(record: dict[str, Any]) -> list[dict[str, str]]:
     system = record.get("system")
     return [] if system in (None, "") else [{"role": "system", "content": _text(system, "system")}]
@@ -103,12 +130,25 @@ def _from_messages(record: dict[str, Any]) -> list[dict[str, str]]:
     turns = record["messages"]
     if not isinstance(turns, list) or not turns:
         raise FormatError("wrong_type", "messages must be a non-empty list")
+    tools = record_tools(record)
     out = []
     for i, m in enumerate(turns):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        calls = isinstance(m, dict) and m.get("role") == "assistant" and bool(m.get("tool_calls"))
+        if not isinstance(m, dict) or "role" not in m or ("content" not in m and not calls):
             raise FormatError("missing_field", f"messages[{i}] needs both role and content")
-        out.append(_message(m["role"], m["content"], f"messages[{i}]"))
+        content = "" if calls and m.get("content") is None else m["content"]
+        out.append(_extra_parts(m, _message(m["role"], content, f"messages[{i}]"), turns, i, tools))
     return out
+
+
+def record_tools(record: dict[str, Any]) -> list[dict] | None:
+    """A record's `tools` (a list, or the JSON string of one, as datasets on the hub keep them)."""
+    from finetune.records import tool_definitions
+
+    tools, problem = tool_definitions(record.get("tools"))
+    if problem:
+        raise FormatError("bad_tools", problem)
+    return tools
 
 
 def _from_sharegpt(record: dict[str, Any]) -> list[dict[str, str]]:
@@ -124,8 +164,58 @@ def _from_sharegpt(record: dict[str, Any]) -> list[dict[str, str]]:
         if role is None:
             raise FormatError("bad_role", f"conversations[{i}].from is {speaker!r}; expected one of "
                                           f"{', '.join(SHAREGPT_ROLES)}")
-        out.append(_message(role, m["value"], f"conversations[{i}]"))
+        if speaker.lower() == "function_call":
+            calls = _sharegpt_calls(m["value"], f"conversations[{i}].value", len(out))
+            if out and out[-1]["role"] == "assistant" and not out[-1].get("tool_calls"):
+                out[-1]["tool_calls"] = calls  # the reply's words, then its calls: one message
+            else:
+                out.append({"role": "assistant", "content": "", "tool_calls": calls})
+        else:
+            out.append(_message(role, m["value"], f"conversations[{i}]"))
+            if role == "tool":  # the result answers the next call still unanswered before it
+                answered = {x.get("tool_call_id") for x in out if x["role"] == "tool"}
+                asked = [c["id"] for x in out if x.get("tool_calls") for c in x["tool_calls"]]
+                out[-1]["tool_call_id"] = next((c for c in asked if c not in answered), None)
+    from finetune.records import tool_problems
+
+    tools = sharegpt_tools(record)
+    for i in range(len(out)):
+        problems = tool_problems(out, i, tools)
+        if problems:
+            raise FormatError("bad_tool_call", f"message {i}{problems[0]}")
     return out
+
+
+def _sharegpt_calls(value: Any, where: str, at: int) -> list[dict]:
+    """A function_call turn's value: the JSON of {"name", "arguments"}, or of a list of them (parallel calls)."""
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except ValueError as e:
+        raise FormatError("bad_tool_call", f"{where} is not the JSON of a call ({e})") from None
+    calls = []
+    for j, call in enumerate(parsed if isinstance(parsed, list) else [parsed]):
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise FormatError("bad_tool_call", f'{where} must be {{"name": ..., "arguments": {{...}}}} or a list '
+                                               f"of them")
+        arguments = call.get("arguments", {})
+        calls.append({"id": f"call_{at}_{j}", "type": "function", "function": {
+            "name": call["name"], "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}})
+    return calls
+
+
+def sharegpt_tools(record: dict[str, Any]) -> list[dict] | None:
+    """ShareGPT's `tools`: a JSON string of plain function definitions ({"name", "description", "parameters"}),
+    each put in OpenAI's shape, which the chat templates take."""
+    tools = record.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except ValueError as e:
+            raise FormatError("bad_tools", f"tools is a string that is not JSON ({e})") from None
+    if isinstance(tools, list):
+        tools = [t if isinstance(t, dict) and "function" in t else {"type": "function", "function": t}
+                 for t in tools]
+    return record_tools({"tools": tools})
 
 
 def _from_alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
@@ -164,8 +254,8 @@ _CONVERTERS = {
 }
 # Keys each converter consumes besides the ones that identify the format; they do not go into metadata.
 _EXTRA_KEYS: dict[str, tuple[str, ...]] = {
-    "messages": (),
-    "sharegpt": ("system",),
+    "messages": ("tools",),
+    "sharegpt": ("system", "tools"),
     "alpaca": ("input", "system"),
     "prompt_response": ("system",),
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import re
 import zlib
 
@@ -35,10 +36,18 @@ _VOCAB_LIMIT = 500_000  # distinct words remembered per process before the cache
 def shingle_words(messages: list[dict[str, str]]) -> list[str]:
     """The case-folded words of the non-system messages. System prompts are left out: a long shared one would
     make unrelated conversations look alike."""
-    text = " ".join(m["content"] for m in messages if m["role"] != "system")
+    text = _conversation_text(messages)
     if text.isascii():
         return text.translate(_ASCII_NON_WORD).lower().split()
     return _WORDS.findall(text.casefold())
+
+
+def _conversation_text(messages: list[dict]) -> str:
+    """The non-system messages' text, a reply's tool calls included: two conversations that call with other
+    arguments are not near duplicates."""
+    return " ".join(m["content"] + (" " + json.dumps([c.get("function") for c in m["tool_calls"]], ensure_ascii=False)
+                                    if m.get("tool_calls") else "")
+                    for m in messages if m["role"] != "system")
 
 
 def batch_words(message_lists: list[list[dict[str, str]]]) -> list[str] | None:
@@ -47,7 +56,7 @@ def batch_words(message_lists: list[list[dict[str, str]]]) -> list[str] | None:
     and a split per conversation. None when a text holds `_SEP` itself (then take each on its own)."""
     parts = []
     for messages in message_lists:
-        text = " ".join(m["content"] for m in messages if m["role"] != "system")
+        text = _conversation_text(messages)
         parts.append(text if text.isascii() else " ".join(_WORDS.findall(text.casefold())))
     parts.append("")
     joined = f" {_SEP} ".join(parts)

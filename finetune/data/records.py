@@ -7,7 +7,7 @@ from typing import Any
 
 from finetune.errors import UserError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 class SourceError(UserError):
@@ -18,8 +18,9 @@ class SourceError(UserError):
 class Conversation:
     """One conversation in the common shape every ingest format is converted to."""
 
-    messages: list[dict[str, str]]
-    """`[{"role": "system|user|assistant", "content": "..."}]`, in order."""
+    messages: list[dict[str, Any]]
+    """`[{"role": "system|user|assistant|tool", "content": "..."}]`, in order; an assistant message may hold
+    `tool_calls` and a tool result its `tool_call_id` (OpenAI's shape)."""
     metadata: dict[str, Any]
     origin: str
     """Where it came from, `file:line` (or `file.db#session=<id>` for the conversation log)."""
@@ -29,6 +30,12 @@ class Conversation:
     """The record as read, kept so a later stage can write the original into rejects.jsonl."""
     n_tokens: int | None = None
     """Set by the token-length filter when a tokenizer is configured."""
+    tools: list[dict] | None = None
+    """The functions the conversation could call (OpenAI's definitions), written out beside its messages."""
+
+    @property
+    def has_tool_parts(self) -> bool:
+        return bool(self.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in self.messages)
 
 
 @dataclass

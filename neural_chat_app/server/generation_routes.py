@@ -222,6 +222,7 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
     if state.plugins and prompts is None:
         prepared = await anyio.to_thread.run_sync(state.plugins.prepare, messages)
     model_messages = prepared.messages if prepared is not None else messages
+    offered = tools  # as the client sent them: the log keeps them for fine-tuning, which renders them itself
     if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in model_messages):
         from finetune.tool_calls import tool_messages
 
@@ -268,6 +269,8 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
         results.insert(0, {"tool_call_id": m.get("tool_call_id"), "content": m["content"]})
     if results:
         log_metadata["tool_results"] = results
+    if offered:
+        log_metadata["tools"] = offered
     turn = Turn(state, backend, model_messages, choices, session, kind, log_metadata, replaces,
                 templated=prompts is None and task != "text")
     if prepared is not None:

@@ -11,8 +11,9 @@ import json
 import pytest
 
 from finetune.chat_template import generation_prompt
+from finetune.records import DataError
 from finetune.tool_calls import tool_messages
-from tests.families import family_tokenizer
+from tests.families import TEMPLATE_NAMES, family_tokenizer
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
@@ -110,3 +111,86 @@ def test_phi4_mini_gets_the_tools_on_its_system_message_and_the_call_as_it_write
     assert json.loads(messages[0]["tools"]) == [TOOL["function"]]
     assert messages[2]["content"] == 'functools[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
     assert '<|tool|>[{"name": "get_weather", "description": "Weather in a city"' in _prompt(tokenizer)
+
+
+# Training on conversations with tool calls: what is learned is each reply with its calls in the family's format
+# and its end of turn, never the tools' description, the question or a tool's result.
+WEATHER_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}},
+    {"type": "function", "function": {"name": "get_time", "description": "The time now", "parameters": {
+        "type": "object", "properties": {}}}},
+]
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "You answer in one short sentence."},
+    {"role": "user", "content": "How warm is Oslo?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_7", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Oslo", "days": 2}'}}]},
+    {"role": "tool", "tool_call_id": "call_7", "content": "minus 4 degrees"},
+    {"role": "assistant", "content": "Oslo is at minus 4."},
+]
+
+
+def _learned(family: str, messages: list[dict], tools=WEATHER_TOOLS):
+    from finetune.formatting import FormatOptions, tokenize_record
+    from tests.neural_chat_app.test_tool_formats import _tokenizer
+
+    tokenizer = _tokenizer(family)
+    record = {"messages": messages, **({"tools": tools} if tools is not None else {})}
+    example = tokenize_record(tokenizer, record, FormatOptions("chat", 2048))
+    learned = tokenizer.decode([t for t, label in zip(example["input_ids"], example["labels"]) if label != -100])
+    return tokenizer, example, learned
+
+
+@pytest.mark.parametrize("family", TEMPLATE_NAMES)
+def test_a_tool_call_and_the_answer_after_its_result_are_learned_and_nothing_else(family):
+    tokenizer, example, learned = _learned(family, TOOL_CONVERSATION)
+    assert "Oslo" in learned and "get_weather" in learned and "2" in learned, learned  # the call, in its format
+    assert "Oslo is at minus 4." in learned
+    for unlearned in ("minus 4 degrees", "How warm", "Weather in a city", "one short sentence"):
+        assert unlearned not in learned, (unlearned, learned)
+    text = tokenizer.decode(example["input_ids"])
+    assert "minus 4 degrees" in text and "Weather in a city" in text
+
+
+@pytest.mark.parametrize("family", TEMPLATE_NAMES)
+def test_a_learned_call_is_what_serving_reads_as_the_call(family):
+    """The labelled tokens of a last reply that calls a tool follow the generation prompt serving renders, and
+    they parse back into the same call: training teaches the continuation serving asks for and reads."""
+    from neural_chat_app.tools import parse_tool_calls
+
+    conversation = TOOL_CONVERSATION[1:3]
+    tokenizer, example, _ = _learned(family, conversation)
+    full = tokenizer.decode(example["input_ids"])
+    prompt = _prompt(tokenizer, conversation[:1], WEATHER_TOOLS)
+    assert full.startswith(prompt), (full, prompt)
+    labels = example["labels"]
+    first = next(i for i, label in enumerate(labels) if label != -100)
+    assert tokenizer.decode(example["input_ids"][:first]) == prompt
+    written = tokenizer.decode(example["input_ids"][first:], skip_special_tokens=False)
+    _, calls = parse_tool_calls(written.split(tokenizer.eos_token)[0], {"get_weather": WEATHER_TOOLS[0]["function"][
+        "parameters"], "get_time": {}})
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == [{"city": "Oslo", "days": 2}], written
+
+
+def test_records_with_tools_are_checked_by_name():
+    from finetune.records import Record, check_records
+
+    bad = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "x"},
+                      {"role": "assistant", "content": "ok"}]},
+        {"messages": TOOL_CONVERSATION, "tools": [{"type": "function", "function": {"name": "get_time"}}]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "get_time", "arguments": "[1, 2]"}}]}]},
+        {"messages": TOOL_CONVERSATION, "tools": "{not json"},
+    ]
+    with pytest.raises(DataError) as err:
+        check_records([Record(r, f"data.jsonl:{n + 1}") for n, r in enumerate(bad)], "chat", "data.jsonl")
+    message = str(err.value)
+    assert "data.jsonl:1: messages[1] is a tool result with no assistant tool_calls before it" in message
+    assert "data.jsonl:2: messages[2].tool_calls[0] calls 'get_weather', which the record's tools do not define" \
+        in message
+    assert "data.jsonl:3: messages[1].tool_calls[0].function.arguments must be a JSON object" in message
+    assert "data.jsonl:4: tools is a string that is not JSON" in message
+    good = [{"messages": TOOL_CONVERSATION, "tools": json.dumps(WEATHER_TOOLS)}, {"messages": TOOL_CONVERSATION}]
+    check_records([Record(r, "ok.jsonl") for r in good], "chat", "ok.jsonl")

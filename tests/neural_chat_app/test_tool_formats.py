@@ -122,5 +122,6 @@ def test_streamed_text_before_a_call_is_sent_and_the_call_held(family):
 
 def test_a_reply_that_is_not_a_call_stays_content():
     for text in ("[TOOL_CALLS]unknown_tool[ARGS]{}", "<|tool_call>call:get_weather{city:<|\"|>Paris}<tool_call|>",
-                 "functools[not json]", "<tool_call>\n<function=delete_all>\n</function>\n</tool_call>"):
+                 "functools[not json]", "<tool_call>\n<function=delete_all>\n</function>\n</tool_call>",
+                 "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"):  # cut short
         assert parse_tool_calls(text, OFFERED) == (text, []), text
