@@ -9,7 +9,16 @@ from pathlib import Path
 from finetune.errors import UserError
 from finetune.extraction import FEW_SHOT, to_json
 from finetune.formatting import SUMMARIZATION_PROMPT, completion_prompt
-from finetune.records import DataError, Record, check_records, read_records, summary_columns, trl_format
+from finetune.records import (
+    DataError,
+    Record,
+    check_records,
+    read_records,
+    summary_columns,
+    tool_definitions,
+    trl_format,
+)
+from finetune.tool_calls import call_body
 
 
 class EvalError(UserError):
@@ -23,6 +32,12 @@ class Example:
     prompt: str | None  # completion/summarization/code-generation: the prompt text
     reference: str
     where: str
+    tools: list[dict] | None = None  # the functions the conversation offers (OpenAI's definitions)
+    reference_calls: list[dict] | None = None  # the reference reply's tool calls, {"name", "arguments"} each
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools or self.reference_calls)
 
 
 def load_examples(path: str | Path, task: str, max_examples: int | None = None) -> list[Example]:
@@ -52,17 +67,22 @@ def _example(record: Record, task: str) -> Example:
     if kind == "prompt-completion":
         return Example(data, None, data["prompt"], data["completion"], record.where)
     if kind == "conversational prompt-completion":
-        reference = next(m["content"] for m in reversed(data["completion"]) if m["role"] == "assistant")
+        last = next(m for m in reversed(data["completion"]) if m["role"] == "assistant")
+        reference = last["content"] or ""
         if task == "extraction":
             reference = to_json(json.loads(reference))
-        return Example(data, data["prompt"], None, reference, record.where)
+        calls = [call_body(c) for c in last.get("tool_calls") or []]
+        return Example(data, data["prompt"], None, reference, record.where, tool_definitions(data.get("tools"))[0],
+                       calls or None)
     if task in ("chat", "extraction"):
         messages = data["messages"]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        reference = messages[last]["content"]
+        reference = messages[last]["content"] or ""
         if task == "extraction":
             reference = to_json(json.loads(reference))  # one serialization for every reference
-        return Example(data, messages[:last], None, reference, record.where)
+        calls = [call_body(c) for c in messages[last].get("tool_calls") or []]
+        return Example(data, messages[:last], None, reference, record.where, tool_definitions(data.get("tools"))[0],
+                       calls or None)
     if task == "summarization":
         source, target = summary_columns(set(data), None, None)
         return Example(data, None, SUMMARIZATION_PROMPT.format(article=str(data[source])), str(data[target]),

@@ -68,11 +68,13 @@ def resolve_model(name_or_path: str, label: str | None = None, allow_download: b
 
 def prompt_ids(tokenizer, example: Example, messages: list[dict] | None = None) -> list[int]:
     from finetune.chat_template import ensure_chat_template, generation_prompt
+    from finetune.tool_calls import tool_messages
 
     messages = messages if messages is not None else example.messages
     if messages is not None:
         ensure_chat_template(tokenizer)
-        text = generation_prompt(tokenizer, messages)
+        messages, tools = tool_messages(messages, example.tools, tokenizer)
+        text = generation_prompt(tokenizer, messages, **({"tools": tools} if tools else {}))
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(example.prompt)["input_ids"]
 
@@ -114,7 +116,9 @@ class TorchEngine:
         return self._schema_constraint
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                 schema: dict | None = None, desc: str = "generate") -> list[str]:
+                 schema: dict | None = None, desc: str = "generate", raw: bool = False) -> list[str]:
+        """The greedy replies; `raw`: with their special tokens, up to the end of the turn (Gemma 4's and
+        Ministral's tool calls are made of special tokens)."""
         import torch
 
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -136,7 +140,7 @@ class TorchEngine:
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                     temperature=None, top_p=None, top_k=None, eos_token_id=self.eos, pad_token_id=pad, **kwargs)
                 for row, i in enumerate(idx):
-                    out[i] = self.tokenizer.decode(generated[row, width:], skip_special_tokens=True)
+                    out[i] = _decode(self.tokenizer, generated[row, width:].tolist(), self.eos, raw)
                 bar.update(len(idx))
         return out
 
@@ -206,7 +210,7 @@ class OpenVINOEngine:
         self.eos = eos_token_ids(hf_config, self.tokenizer)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                 schema: dict | None = None, desc: str = "generate") -> list[str]:
+                 schema: dict | None = None, desc: str = "generate", raw: bool = False) -> list[str]:
         import numpy as np
         import openvino as ov
 
@@ -225,7 +229,7 @@ class OpenVINOEngine:
                 tensors = [ov.Tensor(np.array([p], dtype=np.int64)) for p in part]
                 results = self.pipe.generate(tensors, [cfg] * len(part))
                 for r in results:
-                    out.append(self.tokenizer.decode(list(r.m_generation_ids[0]), skip_special_tokens=True))
+                    out.append(_decode(self.tokenizer, list(r.m_generation_ids[0]), self.eos, raw))
                 bar.update(len(part))
         return out
 
@@ -234,6 +238,13 @@ class OpenVINOEngine:
 
     def close(self) -> None:
         self.pipe = None
+
+
+def _decode(tokenizer, ids: list[int], eos: list[int], raw: bool) -> str:
+    if not raw:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    end = next((n for n, t in enumerate(ids) if t in eos), len(ids))
+    return tokenizer.decode(ids[:end], skip_special_tokens=False)
 
 
 def load_engine(spec: ModelSpec, dtype: str = "auto"):

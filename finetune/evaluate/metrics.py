@@ -247,3 +247,49 @@ def extraction_metrics(predictions: list[str], references: list[str], schema: di
         "aspect_confusion": confusion,
         "overall_confusion": overall_confusion,
     }
+
+
+def tool_call_metrics(replies: list[str], examples) -> dict:
+    """How well the replies call tools (0-100), each parsed in the model family's own format
+    (finetune.tool_call_formats): of the examples whose reference calls, the share that call at all
+    (`tool_call_rate`), call the same functions (`tool_name_accuracy`) and with the same arguments
+    (`tool_call_exact`, JSON-equal); of those whose reference answers in words though tools are offered, the share
+    that call anyway (`false_call_rate`)."""
+    from finetune.tool_call_formats import parse_tool_calls
+
+    expected = called = named = exact = 0
+    unexpected = false_calls = 0
+    for reply, example in zip(replies, examples):
+        offered = {t["function"]["name"]: t["function"].get("parameters") or {} for t in example.tools or []}
+        offered.update({c["name"]: offered.get(c["name"], {}) for c in example.reference_calls or []})
+        calls = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+                 for c in parse_tool_calls(reply, offered)[1]]
+        if example.reference_calls:
+            expected += 1
+            called += bool(calls)
+            named += sorted(c["name"] for c in calls) == sorted(c["name"] for c in example.reference_calls)
+            exact += _canonical(calls) == _canonical(example.reference_calls)
+        elif example.tools:
+            unexpected += 1
+            false_calls += bool(calls)
+    out = {}
+    if expected:
+        out.update(tool_call_rate=100 * called / expected, tool_name_accuracy=100 * named / expected,
+                   tool_call_exact=100 * exact / expected, tool_call_examples=expected)
+    if unexpected:
+        out["false_call_rate"] = 100 * false_calls / unexpected
+    return out
+
+
+def _canonical(calls: list[dict]) -> list[str]:
+    """The calls as comparable text, in any order; arguments given as a JSON string are read first."""
+    bodies = []
+    for c in calls:
+        arguments = c.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments or "{}")
+            except ValueError:
+                pass
+        bodies.append(json.dumps({"name": c["name"], "arguments": arguments}, sort_keys=True))
+    return sorted(bodies)

@@ -16,7 +16,9 @@ COLUMNS = [
     ("attribute_f1", "attr F1"), ("aspect_f1", "aspect-sent F1"), ("aspect_sentiment_accuracy", "aspect acc"),
     ("overall_sentiment_accuracy", "overall acc"), ("extraction_exact_match", "exact %"), ("bleu", "BLEU"),
     ("chrf", "chrF"), ("rouge1", "R-1"), ("rouge2", "R-2"), ("rougeL", "R-L"), ("exact_match", "EM %"),
-    ("token_reduction_pct", "tok red %"), ("reward_accuracy", "reward acc %"), ("reward_margin", "margin (nats)"),
+    ("token_reduction_pct", "tok red %"), ("tool_call_rate", "calls %"), ("tool_name_accuracy", "right tool %"),
+    ("tool_call_exact", "exact call %"), ("false_call_rate", "false calls %"), ("reward_accuracy", "reward acc %"),
+    ("reward_margin", "margin (nats)"),
     ("preference_accuracy", "prefers chosen %"), ("chosen_logp", "logp chosen"), ("rejected_logp", "logp rejected"),
     ("examples_per_s", "ex/s"),
 ]

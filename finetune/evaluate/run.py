@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 HEADLINE = {
     "extraction": ["json_validity", "schema_validity", "attribute_f1", "aspect_f1", "aspect_sentiment_accuracy",
                    "overall_sentiment_accuracy", "extraction_exact_match"],
-    "default": ["bleu", "chrf", "rougeL", "exact_match"],
+    "default": ["bleu", "chrf", "rougeL", "exact_match", "tool_call_exact", "tool_name_accuracy", "false_call_rate"],
 }
 
 
@@ -110,7 +110,7 @@ def _check_task(spec, task: str) -> None:
 def evaluate_models(models: list[str], config: EvalConfig, examples: list[Example] | None = None) -> dict:
     """Score each model on the same examples; write report.md, results JSON and plots; return the results."""
     from finetune.evaluate.generation import load_engine, prompt_ids, resolve_model
-    from finetune.evaluate.metrics import extraction_metrics, text_metrics
+    from finetune.evaluate.metrics import extraction_metrics, text_metrics, tool_call_metrics
 
     if not models:
         raise EvalError("No model to evaluate: pass at least one model (the first is the baseline).")
@@ -142,6 +142,7 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
     for spec in specs:
         _check_task(spec, config.task)
     references = [e.reference for e in examples]
+    uses_tools = any(e.uses_tools for e in examples)  # replies are read for calls, as serving reads them
     runs: list[RunResult] = []
     replies: list[dict] = []  # every reply of every run, written beside the report (the report keeps five)
     count_tokens = None
@@ -159,9 +160,12 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
                 started = time.perf_counter()
                 desc = f"{spec.label}{' +schema' if constrained else ''}"
                 outputs = engine.generate(prompts, config.max_new_tokens, config.batch_size,
-                                          schema if constrained else None, desc=desc)
+                                          schema if constrained else None, desc=desc, raw=uses_tools)
                 seconds = time.perf_counter() - started
-                metrics = {"perplexity": ppl, **text_metrics(outputs, references, count_tokens)}
+                tool_metrics = tool_call_metrics(outputs, examples) if uses_tools else {}
+                if uses_tools:  # the words of a reply are what comes before its calls
+                    outputs = [_content(o, e) for o, e in zip(outputs, examples)]
+                metrics = {"perplexity": ppl, **text_metrics(outputs, references, count_tokens), **tool_metrics}
                 if config.task == "extraction":
                     metrics.update(extraction_metrics(outputs, references, schema, config.matching))
                 metrics["examples"] = len(examples)
@@ -185,6 +189,15 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
     write_report(results, out_dir, specs, plots=config.plots, replies=replies)
     results["output_dir"] = str(out_dir)
     return results
+
+
+def _content(reply: str, example: Example) -> str:
+    from finetune.tool_call_formats import parse_tool_calls
+
+    offered = {t["function"]["name"]: {} for t in example.tools or []}
+    offered.update({c["name"]: {} for c in example.reference_calls or []})
+    content, calls = parse_tool_calls(reply, offered)
+    return (content or "") if calls else reply
 
 
 def _token_counter(tokenizer):

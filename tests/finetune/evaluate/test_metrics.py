@@ -62,3 +62,30 @@ def test_text_metrics_and_token_reduction():
 def test_empty_predictions_rejected():
     with pytest.raises(ValueError, match="empty"):
         text_metrics([], [])
+
+
+def test_tool_call_metrics_read_each_family_s_format():
+    from finetune.evaluate.data import Example
+    from finetune.evaluate.metrics import tool_call_metrics
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
+    call = [{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}]
+
+    def example(calls):
+        return Example({}, [], None, "", "x", tools, calls)
+
+    replies = [
+        '<|tool_call>call:get_weather{city:<|"|>Oslo<|"|>,days:2}<tool_call|>',  # Gemma 4: exact
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n<parameter=days>\n3\n"
+        "</parameter>\n</function>\n</tool_call>",  # Qwen 3.5: the right tool, a wrong argument
+        "It is cold in Oslo.",  # no call where one is expected
+        '[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}',  # Ministral 3: a call where none is expected
+        "Hello!",  # words where words are expected
+    ]
+    metrics = tool_call_metrics(replies, [example(call)] * 3 + [example(None)] * 2)
+    assert metrics["tool_call_examples"] == 3
+    assert metrics["tool_call_rate"] == pytest.approx(200 / 3)
+    assert metrics["tool_name_accuracy"] == pytest.approx(200 / 3)
+    assert metrics["tool_call_exact"] == pytest.approx(100 / 3)
+    assert metrics["false_call_rate"] == 50

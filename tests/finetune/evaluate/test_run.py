@@ -200,3 +200,26 @@ def test_evaluate_after_training_without_heldout_data_skips(tiny_model_dir, extr
                                             training_args=TrainingArguments(output_dir=str(tmp_path), report_to="none"),
                                             finetune_args=FinetuningArguments(task="extraction"))
     assert evaluate_after_training(tmp_path, config) is None
+
+
+def test_a_model_fine_tuned_to_call_a_tool_is_scored_on_its_calls(tmp_path):
+    """Gemma 4's calls are special tokens: the prompt carries the tools, the replies are read with them kept, and
+    the taught model's call is exact where the untaught base calls nothing."""
+    from tests.families import build_family_model
+    from tests.neural_chat_app.test_tool_calling_families import CALLED, QUESTION, _teach
+    from tests.neural_chat_app.test_tool_formats import TOOLS, _tokenizer
+
+    tuned = _teach("gemma4", tmp_path / "tuned")
+    tokenizer = _tokenizer("gemma4")
+    build_family_model("qwen3", tokenizer).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(CALLED)}}
+    data = _write(tmp_path / "heldout.jsonl", [{"messages": [{"role": "user", "content": QUESTION}, {
+        "role": "assistant", "content": "", "tool_calls": [call]}], "tools": TOOLS}])
+    results = evaluate_models([str(tmp_path / "base"), str(tuned)], EvalConfig(
+        task="chat", data=str(data), max_new_tokens=60, output_dir=str(tmp_path / "r"), labels=["base", "tuned"],
+        dtype="float32", plots=False))
+    base, taught = (r["metrics"] for r in results["runs"])
+    assert (taught["tool_call_rate"], taught["tool_call_exact"]) == (100, 100)
+    assert base["tool_call_exact"] == 0 and taught["delta_vs_base"]["tool_call_exact"] == 100
+    assert "exact call %" in (tmp_path / "r" / "eval_report.md").read_text()
