@@ -335,3 +335,21 @@ def test_the_output_head_computes_in_the_runs_precision(precision, tiny_model_di
     assert head_matmuls and all(dtypes == {want} for dtypes in head_matmuls), head_matmuls
     if precision == "bf16":
         assert torch.float32 not in widened, widened
+
+
+def test_tool_use_records_train_through_finetune_model(tiny_model_dir, tmp_path):
+    """OpenAI tool-use records (calls, results, tools), as export-log writes them, train end to end; the tiny
+    model's ChatML template has no tools, so they go in as serving puts them (finetune.tool_calls)."""
+    from tests.finetune.test_tool_calls import TOOL_CONVERSATION, WEATHER_TOOLS
+
+    rows = []
+    for i in range(8):
+        messages = json.loads(json.dumps(TOOL_CONVERSATION).replace("Oslo", f"Oslo{i}"))
+        rows.append({"messages": messages, "tools": WEATHER_TOOLS})
+    data = tmp_path / "tools.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    # the Hermes tool prompt alone is about 600 tokens of the tests' small vocabulary
+    finetune_model(tiny_config(tiny_model_dir, data, out, task="chat", max_steps=6, max_seq_length=1024))
+    losses = _losses(out)
+    assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2]), losses
