@@ -19,6 +19,7 @@ One place for what differs between the templates users bring (published in each 
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 from finetune.records import DataError
@@ -154,26 +155,20 @@ def _assistant_spans(tokenizer, messages: list[dict], extra: dict) -> tuple[str,
         if i in calls:
             start, end = _call_span(tokenizer, messages, i, text, cursor, extra)
             start, added = _after_generation_prompt(tokenizer, messages[:i], text, start, last, extra)
-            out += [text[copied:start], added]
-            copied = start
-            shift = sum(len(piece) for piece in out) - start
-            spans.append((start + shift, end + shift))
-            cursor = previous = end
-            continue
-        n += 1
-        reasoning = str(messages[i].get("reasoning_content") or "").strip() if last else ""
-        at = text.find(reasoning, previous) if reasoning else -1
-        if reasoning and at < 0:
-            _warn_once(tokenizer, "The chat template leaves the last reply's reasoning_content out of the text (Gemma "
-                                  "4's writes it only before tool calls): the reply is learned without it.")
-        after = max(cursor, at + len(reasoning)) if at >= 0 else cursor
-        start, end = _locate(text, str(messages[i]["content"]), after, pieces[n + 1])
-        if at >= 0:  # learned from where the generation prompt with thinking on ends: the reasoning, then the reply
-            start = _after_thinking_prompt(tokenizer, messages[:i], text, at, start, extra)
-            added = ""
         else:
-            start, added = _after_generation_prompt(tokenizer, messages[:i], text, start, last, extra)
-        end += next((len(s) for s in specials if text.startswith(s, end)), 0)
+            n += 1
+            reasoning = str(messages[i].get("reasoning_content") or "").strip() if last else ""
+            at = text.find(reasoning, previous) if reasoning else -1
+            if reasoning and at < 0:
+                _warn_once(tokenizer, "The chat template leaves the last reply's reasoning_content out of the text "
+                                      "(Gemma 4's writes it only before tool calls): the reply is learned without it.")
+            after = max(cursor, at + len(reasoning)) if at >= 0 else cursor
+            start, end = _locate(text, str(messages[i]["content"]), after, pieces[n + 1])
+            if at >= 0:  # learned from where the generation prompt with thinking on ends: the reasoning, the reply
+                start, added = _after_thinking_prompt(tokenizer, messages[:i], text, at, start, extra), ""
+            else:
+                start, added = _after_generation_prompt(tokenizer, messages[:i], text, start, last, extra)
+            end += next((len(s) for s in specials if text.startswith(s, end)), 0)
         out += [text[copied:start], added]
         copied = start
         shift = sum(len(piece) for piece in out) - start
@@ -241,8 +236,6 @@ def _call_span(tokenizer, messages: list[dict], i: int, text: str, cursor: int, 
     changes when the calls' arguments do, widened back to where the model starts writing (where the generation
     prompt leaves off) and on to the end of its turn (the token a plain reply ends with, the end-of-sequence token,
     or Gemma 4's <|tool_response>, which it writes after its calls)."""
-    import os
-
     probe = {"NCARG": "NCCALLMARK"}
     changed = [{**c, "function": {**c["function"], "arguments": probe}} for c in messages[i]["tool_calls"]]
     other = render_chat(tokenizer, [*messages[:i], {**messages[i], "tool_calls": changed}, *messages[i + 1:]],
