@@ -145,6 +145,8 @@ def _gemma_call(inner: str) -> dict | None:
 
 
 def _gemma_value(s: str, i: int) -> tuple[object, int]:
+    while s[i].isspace():  # the template writes none; a model may
+        i += 1
     if s.startswith(GEMMA_QUOTE, i):
         end = s.index(GEMMA_QUOTE, i + len(GEMMA_QUOTE))
         return s[i + len(GEMMA_QUOTE):end], end + len(GEMMA_QUOTE)
@@ -161,7 +163,11 @@ def _gemma_value(s: str, i: int) -> tuple[object, int]:
             else:
                 item, i = _gemma_value(s, i)
                 out.append(item)
+            while s[i].isspace():
+                i += 1
             i += s[i] == ","
+            while s[i].isspace():
+                i += 1
         return out, i + 1
     end = min((j for j in (s.find(c, i) for c in ",}]") if j >= 0), default=len(s))
     raw = s[i:end].strip()

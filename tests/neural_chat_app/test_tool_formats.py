@@ -125,3 +125,12 @@ def test_a_reply_that_is_not_a_call_stays_content():
                  "functools[not json]", "<tool_call>\n<function=delete_all>\n</function>\n</tool_call>",
                  "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"):  # cut short
         assert parse_tool_calls(text, OFFERED) == (text, []), text
+
+
+def test_gemma_4_arguments_with_spaces_and_nesting_are_read():
+    text = ('<|tool_call>call:get_weather{ city: <|"|>New York<|"|> , days: 3, '
+            'extra: {flags: [true, <|"|>a, b<|"|>], ratio: 0.5} }<tool_call|>')
+    offered = {"get_weather": {}}
+    (call,) = parse_tool_calls(text, offered)[1]
+    assert json.loads(call["function"]["arguments"]) == {
+        "city": "New York", "days": 3, "extra": {"flags": [True, "a, b"], "ratio": 0.5}}
