@@ -112,11 +112,16 @@ def _widen_output(module, args, output):
 
 def compute_frozen_in(model, dtype: torch.dtype = torch.float32, narrow_rows: bool = False) -> Callable[[], None]:
     """Make every frozen Linear of `model` whose weights are stored narrower than `dtype` compute in `dtype`, and
-    the input embeddings hand `dtype` to the first layer (norms then follow their fp32 input). Trainable layers
-    (LoRA adapters) are left alone. With `narrow_rows` (serving, no gradients), calls of up to NARROW_ROWS rows
-    compute in the stored precision. Returns the undo."""
+    the input embeddings hand `dtype` to the first layer. The other frozen parameters (norms, the short
+    convolutions of LFM2's and Qwen 3.5's stateful layers, their gates) are stored in `dtype`: a convolution does
+    not promote its input as a norm's product does, and a bf16 conv weight met fp32 input and raised (LFM2, oneDNN
+    capped at AVX2); they are a few thousand values a layer. Embedding tables stay as stored (a lookup's output is
+promoted where it meets fp32). Trainable layers (LoRA adapters) are left alone. With
+    `narrow_rows` (serving, no gradients), calls of up to NARROW_ROWS rows compute in the stored precision.
+    Returns the undo."""
     forward = _narrow_rows_forward if narrow_rows else _widened_forward
-    switched, hooks = [], []
+    switched, hooks, widened = [], [], []
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     for module in model.modules():
         weight = getattr(module, "weight", None)
         if (type(module) is torch.nn.Linear and not weight.requires_grad and weight.dtype != dtype
@@ -124,7 +129,11 @@ def compute_frozen_in(model, dtype: torch.dtype = torch.float32, narrow_rows: bo
             module._compute_dtype = dtype
             module.forward = types.MethodType(forward, module)
             switched.append(module)
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        elif not isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):  # Gemma 4's per-layer tables are large
+            for param in module.parameters(recurse=False):
+                if not param.requires_grad and param.dtype.is_floating_point and param.dtype != dtype:
+                    widened.append((param, param.dtype))
+                    param.data = param.data.to(dtype)
     if embeddings is not None and embeddings.weight.dtype != dtype:
         embeddings._compute_dtype = dtype
         hooks.append(embeddings.register_forward_hook(_widen_output))
@@ -134,5 +143,7 @@ def compute_frozen_in(model, dtype: torch.dtype = torch.float32, narrow_rows: bo
             del module.forward
         for hook in hooks:
             hook.remove()
+        for param, stored in widened:
+            param.data = param.data.to(stored)
 
     return undo

@@ -109,3 +109,21 @@ def test_every_family_served_from_bf16_weights_matches_its_fp32_model(family):
                               min_new_tokens=4, do_sample=False, pad_token_id=0)
     assert out.shape[1] == ids.shape[1] + 4
     assert all(p.dtype == torch.bfloat16 for p in narrow.parameters() if p.ndim == 2)
+
+
+@pytest.mark.parametrize("narrow_rows", [False, True])  # training; serving
+def test_a_model_with_short_convolutions_runs_from_bf16_weights_in_fp32(narrow_rows):
+    """LFM2's (and Qwen 3.5's) stateful layers hold a convolution: with bf16 weights and fp32 input it raised
+    "Input type (torch.FloatTensor) and weight type (CPUBFloat16Type) should be the same" on a CPU without bf16
+    (oneDNN capped at AVX2). Its logits now equal those of the fp32 model holding the same values."""
+    from tests.conftest import build_tiny_tokenizer
+    from tests.test_new_families import _lfm2
+
+    reference = _lfm2(build_tiny_tokenizer()).bfloat16().float().eval()
+    model = _lfm2(build_tiny_tokenizer()).bfloat16().requires_grad_(False).eval()
+    undo = compute_frozen_in(model, torch.float32, narrow_rows=narrow_rows)
+    ids = torch.tensor([[5, 9, 17, 33, 40, 2, 7, 11] * 3])  # 24 rows: widened, not run on the bf16 weights
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
+    undo()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

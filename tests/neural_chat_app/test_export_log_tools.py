@@ -22,8 +22,11 @@ def test_a_tool_conversation_is_exported_with_its_calls_results_and_tools(make_s
     server = make_server()
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
     ask = {"role": "user", "content": "Weather in Paris?"}
-    first = client.chat.completions.create(model="default", messages=[ask], tools=[WEATHER], tool_choice="required",
-                                           max_tokens=60, temperature=0, extra_body={"conversation_id": "trip"})
+    # a named function: decoding is held to one call of it, which the random tiny model finishes within 200 tokens
+    # (with "required", a list of calls, it ran past 60 under fp32 numerics)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    first = client.chat.completions.create(model="default", messages=[ask], tools=[WEATHER], tool_choice=named,
+                                           max_tokens=200, temperature=0, extra_body={"conversation_id": "trip"})
     call = first.choices[0].message.tool_calls[0]
     called = {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]}
     result = {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'}
