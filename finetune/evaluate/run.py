@@ -163,6 +163,7 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
                                           schema if constrained else None, desc=desc, raw=uses_tools)
                 seconds = time.perf_counter() - started
                 tool_metrics = tool_call_metrics(outputs, examples) if uses_tools else {}
+                written = [{"written": o} if uses_tools else {} for o in outputs]  # with its calls, as generated
                 if uses_tools:  # the words of a reply are what comes before its calls
                     outputs = [_content(o, e) for o, e in zip(outputs, examples)]
                 metrics = {"perplexity": ppl, **text_metrics(outputs, references, count_tokens), **tool_metrics}
@@ -171,14 +172,14 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
                 metrics["examples"] = len(examples)
                 metrics["generation_seconds"] = round(seconds, 2)
                 metrics["examples_per_s"] = round(len(examples) / seconds, 3) if seconds else None
-                samples = [{"where": e.where, "reference": e.reference, "output": o}
-                           for e, o in list(zip(examples, outputs))[:5]]
+                samples = [{"where": e.where, "reference": e.reference, "output": o, **w}
+                           for e, o, w in list(zip(examples, outputs, written))[:5]]
                 run_label = f"{spec.label} ({'constrained' if constrained else 'free'})" if config.task == \
                     "extraction" else spec.label
                 runs.append(RunResult(run_label, spec.label, engine.kind, constrained, few_shot, metrics,
                                       round(seconds, 2), samples))
-                replies += [{"run": run_label, "where": e.where, "reference": e.reference, "output": o}
-                            for e, o in zip(examples, outputs)]
+                replies += [{"run": run_label, "where": e.where, "reference": e.reference, "output": o, **w}
+                            for e, o, w in zip(examples, outputs, written)]
                 logger.info("%s: %s", run_label, _headline_text(metrics, config.task))
         finally:
             engine.close()

@@ -223,3 +223,5 @@ def test_a_model_fine_tuned_to_call_a_tool_is_scored_on_its_calls(tmp_path):
     assert (taught["tool_call_rate"], taught["tool_call_exact"]) == (100, 100)
     assert base["tool_call_exact"] == 0 and taught["delta_vs_base"]["tool_call_exact"] == 100
     assert "exact call %" in (tmp_path / "r" / "eval_report.md").read_text()
+    replies = [json.loads(line) for line in (tmp_path / "r" / "eval_outputs.jsonl").read_text().splitlines()]
+    assert "<|tool_call>call:get_weather{" in replies[-1]["written"]  # the call as written, beside its words
