@@ -135,6 +135,27 @@ def build_family_model(family: str, tokenizer, seed: int = 0, attn_implementatio
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).float()
 
 
+def teach_reply(family: str, tokenizer, ids: list[int], labels: list[int], folder):
+    """A tiny model of Qwen 3's shape with `family`'s tokenizer and end-of-turn tokens, taught one labelled sequence
+    (its loss is below 0.01 after 60 steps at 1e-2) and saved to `folder` with that family's generation config:
+    a model that writes what the test taught it, in the family's format, after the family's prompt."""
+    import torch
+    from transformers import GenerationConfig
+
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in FAMILIES[family][4]]
+    model = build_family_model("qwen3", tokenizer, eos_token_id=eos)
+    ids, labels = torch.tensor([ids]), torch.tensor([labels])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def packed_loss(model, examples: list[list[int]], labels: list[list[int]]):
     """(our training loss of `examples` in one padding-free row, the head the loss applied): packed attention,
     stateful layers once per example and lean ops on, as finetune_model trains; switched back after."""

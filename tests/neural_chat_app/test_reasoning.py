@@ -26,7 +26,7 @@ from neural_chat_app.reasoning import (
     thinking_format,
 )
 from neural_chat_app.streaming import Detokenizer
-from tests.families import FAMILIES, build_family_model, family_tokenizer
+from tests.families import family_tokenizer, teach_reply
 
 QUESTION = "What is 2 and 2?"
 # what each model is taught to write after its generation prompt (thinking on): reasoning, then the answer
@@ -36,28 +36,13 @@ GREEDY = GenerationConfig(do_sample=False, repetition_penalty=1.0, max_new_token
 
 
 def _teach(family: str, folder):
-    import torch
-    from transformers import GenerationConfig as HFGenerationConfig
-
     from finetune.chat_template import generation_prompt
 
     tokenizer = family_tokenizer(family)
-    eos = [tokenizer.convert_tokens_to_ids(t) for t in FAMILIES[family][4]]
-    model = build_family_model("qwen3", tokenizer, eos_token_id=eos)
     prompt = generation_prompt(tokenizer, [{"role": "user", "content": QUESTION}], thinking=True)
     n = len(tokenizer(prompt, add_special_tokens=False).input_ids)
-    ids = torch.tensor([tokenizer(prompt + TAUGHT[family], add_special_tokens=False).input_ids])
-    labels = ids.clone()
-    labels[:, :n] = -100
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(60):  # the taught reply's loss is below 0.01 by then
-        model(input_ids=ids, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.generation_config = HFGenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    ids = tokenizer(prompt + TAUGHT[family], add_special_tokens=False).input_ids
+    return teach_reply(family, tokenizer, ids, [-100] * n + ids[n:], folder)
 
 
 @pytest.fixture(scope="module")

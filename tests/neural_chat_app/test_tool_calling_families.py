@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from tests.families import FAMILIES, build_family_model
+from tests.families import teach_reply
 from tests.neural_chat_app.test_tool_formats import TOOLS, _tokenizer
 
 QUESTION = "Weather in New York for 3 days?"
@@ -22,9 +22,8 @@ FAMILIES_TAUGHT = ("gemma4", "ministral3", "qwen3_5")
 
 
 def _teach(family: str, folder):
-    import torch
-    from transformers import GenerationConfig as HFGenerationConfig
-
+    """A tiny model taught, through finetune's own tokenization, to call get_weather for QUESTION in its family's
+    format (Gemma 4's <|tool_response> stop comes from finetune.models.eos_token_ids)."""
     from finetune.formatting import FormatOptions, tokenize_record
 
     tokenizer = _tokenizer(family)
@@ -32,19 +31,7 @@ def _teach(family: str, folder):
     record = {"messages": [{"role": "user", "content": QUESTION},
                            {"role": "assistant", "content": "", "tool_calls": [call]}], "tools": TOOLS}
     example = tokenize_record(tokenizer, record, FormatOptions("chat", 2048))  # Qwen 3.5: ~950 tokens
-    eos = [tokenizer.convert_tokens_to_ids(t) for t in FAMILIES[family][4]]
-    model = build_family_model("qwen3", tokenizer, eos_token_id=eos)
-    ids, labels = torch.tensor([example["input_ids"]]), torch.tensor([example["labels"]])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(60):  # as the thinking models of test_reasoning: the taught reply's loss is below 0.01 by then
-        model(input_ids=ids, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    # the published generation config; Gemma 4's <|tool_response> stop comes from finetune.models.eos_token_ids
-    model.generation_config = HFGenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return teach_reply(family, tokenizer, example["input_ids"], example["labels"], folder)
 
 
 @pytest.fixture(scope="module")
