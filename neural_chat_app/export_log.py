@@ -6,11 +6,10 @@ the kept replies only (a regenerated-away or edited-away reply is not part of th
 called tools keeps its `tool_calls`, the results come back as `tool` messages before the reply that read them, a
 thinking model's reasoning is the reply's `reasoning_content`, and the functions offered are the line's `tools`
 (finetune.data.chatlog_schema.logged_conversation): fine-tuning learns the calls and the reasoning as the model
-wrote them. `feedback` is the
-conversation's verdict: -1 if any reply got a thumbs down, 1 if some got a thumbs up and none down, None if nobody
-rated it; `turn_feedback` keeps the rating of each kept assistant reply in order. `cut_disliked` (what the improve
-loop asks for) ends each conversation before its first thumbs-down reply, so a disliked reply is never an SFT
-target, and keeps what came before it.
+wrote them. `feedback` is the conversation's verdict: -1 if any reply got a thumbs down, 1 if some got a thumbs up
+and none down, None if nobody rated it; `turn_feedback` keeps the rating of each kept assistant reply in order.
+`cut_disliked` (what the improve loop asks for) ends each conversation before its first thumbs-down reply, so a
+disliked reply is never an SFT target, and keeps what came before it.
 
 kto: one line per rated reply, kept or not: {"prompt": [messages before the reply], "completion": [{"role":
 "assistant", "content": reply}], "label": true for a thumbs up, false for a thumbs down}.

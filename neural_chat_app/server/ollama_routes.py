@@ -147,9 +147,9 @@ class _Reply:
     """Ollama's objects for one Turn: its text as it streams, the tool calls parsed out of it (a chat with
     tools: a ToolCallSplitter holds back what may be a call), and its log-probabilities when asked."""
 
-    def __init__(self, turn: Turn, model: str, chat: bool, tool_names: dict[str, dict], logprobs: bool):
-        self.turn, self.model, self.chat, self.tool_names = turn, model, chat, tool_names
-        self.splitter = ToolCallSplitter(tool_names) if tool_names else None
+    def __init__(self, turn: Turn, model: str, chat: bool, tool_parameters: dict[str, dict], logprobs: bool):
+        self.turn, self.model, self.chat, self.tool_parameters = turn, model, chat, tool_parameters
+        self.splitter = ToolCallSplitter(tool_parameters) if tool_parameters else None
         self.logprobs = logprobs
         self.generated = ""  # the reply's text as the backend gave it, tool calls included
         self.text = ""  # what the client gets as content
@@ -210,8 +210,8 @@ class _Reply:
         self.thinking = "".join(p for p in parts if isinstance(p, Thought))
         text = "".join(p for p in parts if not isinstance(p, Thought))
         self.generated = self.text = text
-        if self.tool_names:
-            content, self.calls = parse_tool_calls(text, self.tool_names)
+        if self.tool_parameters:
+            content, self.calls = parse_tool_calls(text, self.tool_parameters)
             self.text = (content or "") if self.calls else text
         return self.obj(self.text, final=True, thinking=self.thinking)
 
@@ -309,7 +309,7 @@ async def chat(request: Request):
                             "assistant message is not supported", "invalid_value")
     messages = with_default_system_prompt(request, messages)
     turn = await _start(request, req, backend, messages, "chat", "chat", tools=req.tool_dicts)
-    reply = _Reply(turn, model, True, req.tool_names, bool(req.logprobs))
+    reply = _Reply(turn, model, True, req.tool_parameters, bool(req.logprobs))
     return await _respond(turn, reply, req.stream is not False, start, load_s)
 
 

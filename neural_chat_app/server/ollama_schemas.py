@@ -224,7 +224,7 @@ class ChatRequest(_GenerateBase):
         return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
 
     @property
-    def tool_names(self) -> dict[str, dict]:
+    def tool_parameters(self) -> dict[str, dict]:
         """The offered functions: name -> its parameters schema (which types the values of some formats' calls)."""
         return {t.function.name: t.function.parameters or {} for t in self.tools or []}
 

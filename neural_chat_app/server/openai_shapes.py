@@ -83,7 +83,7 @@ def _tool_parse(turn, req, choice) -> None:
     from neural_chat_app.tools import parse_tool_calls
 
     if turn.kind == "chat" and req.tools and req.tool_choice != "none":
-        content, calls = parse_tool_calls(choice.text, req.tool_names, req.parallel_tool_calls)
+        content, calls = parse_tool_calls(choice.text, req.tool_parameters, req.parallel_tool_calls)
         if calls:
             choice.text, choice.tool_calls = content or "", calls
 
@@ -152,7 +152,7 @@ class ChunkWriter:
         if uses_tools:
             from neural_chat_app.tools import ToolCallSplitter
 
-            self.splitters = {c.index: ToolCallSplitter(req.tool_names, req.parallel_tool_calls)
+            self.splitters = {c.index: ToolCallSplitter(req.tool_parameters, req.parallel_tool_calls)
                               for c in turn.choices}
 
     def _logprobs_wanted(self) -> bool:

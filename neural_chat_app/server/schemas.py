@@ -243,7 +243,7 @@ class ChatCompletionRequest(_Sampling):
             raise APIError(400, "tool_choice needs tools", "invalid_value", "tool_choice")
         if isinstance(self.tool_choice, NamedToolChoice):
             name = self.tool_choice.function.name
-            if name not in self.tool_names:
+            if name not in self.tool_parameters:
                 raise APIError(400, f"tool_choice names {name!r}, which is not among the tools", "invalid_value",
                                "tool_choice")
         self._check_thinking()
@@ -284,7 +284,7 @@ class ChatCompletionRequest(_Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
-    def tool_names(self) -> dict[str, dict]:
+    def tool_parameters(self) -> dict[str, dict]:
         """The offered functions: name -> its parameters schema (which types the values of some formats' calls)."""
         return {t.function.name: t.function.parameters or {} for t in self.tools or []}
 
