@@ -39,6 +39,12 @@ class Example:
     def uses_tools(self) -> bool:
         return bool(self.tools or self.reference_calls)
 
+    @property
+    def offered(self) -> dict[str, dict]:
+        """The functions a reply may call, name -> parameters schema (which types Qwen 3.5's text values)."""
+        offered = {t["function"]["name"]: t["function"].get("parameters") or {} for t in self.tools or []}
+        return {**{c["name"]: {} for c in self.reference_calls or []}, **offered}
+
 
 def load_examples(path: str | Path, task: str, max_examples: int | None = None) -> list[Example]:
     """Read an eval file, check every record fits `task`, and return up to `max_examples` examples."""

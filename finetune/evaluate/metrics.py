@@ -260,10 +260,8 @@ def tool_call_metrics(replies: list[str], examples) -> dict:
     expected = called = named = exact = 0
     unexpected = false_calls = 0
     for reply, example in zip(replies, examples):
-        offered = {t["function"]["name"]: t["function"].get("parameters") or {} for t in example.tools or []}
-        offered.update({c["name"]: offered.get(c["name"], {}) for c in example.reference_calls or []})
         calls = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
-                 for c in parse_tool_calls(reply, offered)[1]]
+                 for c in parse_tool_calls(reply, example.offered)[1]]
         if example.reference_calls:
             expected += 1
             called += bool(calls)

@@ -195,9 +195,7 @@ def evaluate_models(models: list[str], config: EvalConfig, examples: list[Exampl
 def _content(reply: str, example: Example) -> str:
     from finetune.tool_call_formats import parse_tool_calls
 
-    offered = {t["function"]["name"]: {} for t in example.tools or []}
-    offered.update({c["name"]: {} for c in example.reference_calls or []})
-    content, calls = parse_tool_calls(reply, offered)
+    content, calls = parse_tool_calls(reply, example.offered)
     return (content or "") if calls else reply
 
 

@@ -17,6 +17,7 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from finetune.tool_calls import tool_messages
 from neural_chat_app.config import GenerationConfig
 from neural_chat_app.generate import generate_stream
 from neural_chat_app.prompts import prompt_ids
@@ -223,10 +224,7 @@ async def _prepare(request: Request, req, messages: list[dict], task: str, kind:
         prepared = await anyio.to_thread.run_sync(state.plugins.prepare, messages)
     model_messages = prepared.messages if prepared is not None else messages
     offered = tools  # as the client sent them: the log keeps them for fine-tuning, which renders them itself
-    if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in model_messages):
-        from finetune.tool_calls import tool_messages
-
-        model_messages, tools = tool_messages(model_messages, tools, backend.tokenizer)
+    model_messages, tools = tool_messages(model_messages, tools, backend.tokenizer)  # unchanged without tools
     try:
         if prompts is None:
             prompt_list = [(prompt_ids(backend.tokenizer, model_messages, task, tools, config.thinking), None)]
