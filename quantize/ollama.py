@@ -1,65 +1,44 @@
-"""The Ollama Modelfile of a GGUF export: the model's own chat format as an Ollama (Go) template, and its stops.
+"""The Ollama Modelfile of a GGUF export: the model's own chat format as an Ollama (Go) template, with its tools
+and thinking, and its stops.
 
-Ollama does not run Jinja chat templates; each chat format below is the Go-template form of a family's published
-template, recognized by what the model's Jinja template writes for a probe conversation (rendered, not read:
-Phi-4-mini's template builds its role markers from variables, and differs from Phi-3.5's only in the newlines after
-them). A template of another format gets no TEMPLATE line: Ollama then reads the GGUF's own
-`tokenizer.chat_template` and matches it against the formats it knows.
+Ollama does not run Jinja chat templates the way serving does; each chat format below is the Go-template form of a
+family's published template (quantize/ollama_templates.py), recognized by what the model's Jinja template writes
+for probe conversations (rendered, not read: Phi-4-mini's template builds its role markers from variables, and
+differs from Phi-3.5's only in the newlines after them). A template of another format gets no TEMPLATE line: Ollama
+then reads the GGUF's own `tokenizer.chat_template`.
 """
 
 from __future__ import annotations
 
 import re
+import time
+
+from quantize import ollama_templates as go
 
 # A conversation whose rendering tells the formats apart.
 PROBE = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+PROBE_TOOLS = [{"type": "function", "function": {"name": "probe", "description": "P",
+                                                  "parameters": {"type": "object", "properties": {}}}}]
 
-# format -> (what its template writes for PROBE's first turn, Ollama template, stop strings)
+# format -> (what its template writes for PROBE's first turn, stop strings); chatml, llama3 and mistral are told
+# apart further by what they write for tools (_refined)
 FORMATS = {
-    "chatml": ("<|im_start|>user\nQ1<|im_end|>", """{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
-{{ end }}{{- range .Messages }}{{- if ne .Role "system" }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}{{ end }}<|im_start|>assistant
-""", ["<|im_end|>", "<|im_start|>"]),
-    "llama3": ("<|start_header_id|>user<|end_header_id|>\n\nQ1<|eot_id|>",
-               """{{- if .System }}<|start_header_id|>system<|end_header_id|>
-
-{{ .System }}<|eot_id|>{{ end }}{{- range .Messages }}{{- if ne .Role "system" }}<|start_header_id|>{{ .Role }}\
-<|end_header_id|>
-
-{{ .Content }}<|eot_id|>{{ end }}{{ end }}<|start_header_id|>assistant<|end_header_id|>
-
-""", ["<|eot_id|>", "<|start_header_id|>"]),
-    # Gemma's templates have no system turn: the system prompt opens the first user turn, as Gemma 3's does.
-    "gemma": ("<start_of_turn>user\nQ1<end_of_turn>",
-              """{{- $system := .System }}{{- range .Messages }}{{- if eq .Role "user" }}\
-<start_of_turn>user
-{{ if $system }}{{ $system }}
-
-{{ $system = "" }}{{ end }}{{ .Content }}<end_of_turn>
-{{ else if eq .Role "assistant" }}<start_of_turn>model
-{{ .Content }}<end_of_turn>
-{{ end }}{{ end }}<start_of_turn>model
-""", ["<end_of_turn>", "<start_of_turn>"]),
+    "chatml": ("<|im_start|>user\nQ1<|im_end|>", ["<|im_end|>", "<|im_start|>"]),
+    "llama3": ("<|start_header_id|>user<|end_header_id|>\n\nQ1<|eot_id|>", ["<|eot_id|>", "<|start_header_id|>"]),
+    "gemma": ("<start_of_turn>user\nQ1<end_of_turn>", ["<end_of_turn>", "<start_of_turn>"]),
     # Phi-3 and Phi-3.5: a newline after each role marker
-    "phi3": ("<|user|>\nQ1<|end|>", """{{- if .System }}<|system|>
-{{ .System }}<|end|>
-{{ end }}{{- range .Messages }}{{- if ne .Role "system" }}<|{{ .Role }}|>
-{{ .Content }}<|end|>
-{{ end }}{{ end }}<|assistant|>
-""", ["<|end|>", "<|user|>", "<|endoftext|>"]),
+    "phi3": ("<|user|>\nQ1<|end|>", ["<|end|>", "<|user|>", "<|endoftext|>"]),
     # Phi-4-mini: the same markers with nothing between a marker and its text
-    "phi4": ("<|user|>Q1<|end|>", """{{- if .System }}<|system|>{{ .System }}<|end|>{{ end }}\
-{{- range .Messages }}{{- if ne .Role "system" }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}{{ end }}<|assistant|>""",
-             ["<|end|>", "<|user|>", "<|endoftext|>"]),
-    # Mistral v0.3: the system prompt goes into the last user turn.
-    "mistral": ("[INST] Q1[/INST]", """{{- range $i, $_ := .Messages }}{{- if eq .Role "user" }}[INST] \
-{{ if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}
-
-{{ end }}{{ .Content }}[/INST]{{ else if eq .Role "assistant" }} {{ .Content }}</s>{{ end }}{{ end }}""",
-                ["</s>", "[INST]"]),
+    "phi4": ("<|user|>Q1<|end|>", ["<|end|>", "<|user|>", "<|endoftext|>"]),
+    "mistral": ("[INST] Q1[/INST]", ["</s>", "[INST]"]),
 }
+
+
+def _render(tokenizer, messages: list[dict], **kwargs) -> str | None:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    except Exception:  # noqa: BLE001 - a template of its own kind: Ollama gets the GGUF's own template instead
+        return None
 
 
 def chat_format(tokenizer) -> str | None:
@@ -67,14 +46,45 @@ def chat_format(tokenizer) -> str | None:
     a template that refuses the probe)."""
     if not getattr(tokenizer, "chat_template", None):
         return None
-    try:
-        text = tokenizer.apply_chat_template(PROBE, tokenize=False, add_generation_prompt=True)
-    except Exception:  # noqa: BLE001 - a template of its own kind: Ollama gets the GGUF's own template instead
+    text = _render(tokenizer, PROBE)
+    if text is None:
         return None
-    for name, (turn, _, _) in FORMATS.items():
+    for name, (turn, _) in FORMATS.items():
         if turn in text:
             return name
     return None
+
+
+def go_template(tokenizer) -> str | None:
+    """The Ollama template that prompts as serving does with this tokenizer's chat template (its tools and
+    thinking included), or None where there is no Ollama form of it here."""
+    from finetune.chat_template import template_text, thinking_switch
+    from finetune.tool_calls import template_renders_tools
+
+    fmt = chat_format(tokenizer)
+    if fmt is None:
+        return None
+    template = template_text(tokenizer)
+    own_tools = template_renders_tools(tokenizer)
+    with_tools = _render(tokenizer, PROBE, tools=PROBE_TOOLS) if own_tools else None
+    if fmt == "chatml":
+        default = default_system_prompt(template)
+        if with_tools is None:
+            return None if own_tools else go.chatml(default, hermes=True)
+        if "# Tools\n\nYou may call one or more functions" not in with_tools:
+            return go.chatml(default, hermes=False)  # tools of another kind: plain chat only
+        return go.qwen(default, qwen3="last_query_index" in template, thinking=thinking_switch(tokenizer))
+    if fmt == "llama3":
+        found = re.search(r"Today Date: ([^\n]*)\n", with_tools or "")
+        if found is None or "Cutting Knowledge Date" not in with_tools:
+            return go.llama3()
+        today = time.strftime("%d %b %Y")
+        return go.llama3_1("{{ currentDate }}" if found.group(1) == today else found.group(1))
+    if fmt == "mistral":
+        return go.mistral(tools=bool(with_tools) and "[AVAILABLE_TOOLS]" in with_tools)
+    if fmt == "phi4":
+        return go.phi4(tools=own_tools and with_tools is not None)
+    return {"gemma": go.gemma, "phi3": go.phi3}[fmt](hermes=not own_tools)
 
 
 def default_system_prompt(chat_template: str | None) -> str | None:
@@ -91,7 +101,7 @@ def default_system_prompt(chat_template: str | None) -> str | None:
 
 def stop_strings(tokenizer, generation_config=None, fmt: str | None = None) -> list[str]:
     """The format's turn markers, then every end-of-sequence token of the generation config and the tokenizer."""
-    stops = list(FORMATS[fmt][2]) if fmt else []
+    stops = list(FORMATS[fmt][1]) if fmt else []
     eos = getattr(generation_config, "eos_token_id", None)
     ids = (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]
     for token_id in ids:
@@ -102,16 +112,14 @@ def stop_strings(tokenizer, generation_config=None, fmt: str | None = None) -> l
 
 
 def modelfile(gguf_name: str, tokenizer, generation_config=None) -> str:
-    """An Ollama Modelfile: the GGUF, the model's chat format, its default system prompt and its stop tokens."""
-    template = tokenizer.chat_template or ""
-    fmt = chat_format(tokenizer)
+    """An Ollama Modelfile: the GGUF, the model's chat format (its default system prompt, tools and thinking
+    included) and its stop tokens."""
+    template = go_template(tokenizer)
     lines = [f"FROM ./{gguf_name}", ""]
-    if fmt:
-        lines += [f'TEMPLATE """{FORMATS[fmt][1]}"""', ""]
-    elif template:
+    if template:
+        lines += [f'TEMPLATE """{template}"""', ""]
+    elif getattr(tokenizer, "chat_template", None):
         lines += ["# No Ollama form of this chat template here: Ollama reads the one inside the GGUF.", ""]
-    system = default_system_prompt(template) if fmt == "chatml" else None
-    if system:
-        lines += [f'SYSTEM """{system}"""', ""]
+    fmt = chat_format(tokenizer) if template else None
     lines += [f'PARAMETER stop "{s}"' for s in stop_strings(tokenizer, generation_config, fmt)]
     return "\n".join(lines) + "\n"

@@ -19,13 +19,16 @@ fi
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
+# The Ollama template tests (tests/quantize/test_ollama_render.py) render the Modelfile's Go template with Go's
+# text/template, as Ollama does.
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "== installing ${missing[*]} for the replicas test =="
+    echo "== installing ${missing[*]} for the replicas and Ollama template tests =="
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "${missing[*]} missing: install them (e.g. sudo apt-get install ${missing[*]}); the replicas and" \
-         "PostgreSQL log tests fail without them here (NEURALCHAT_REQUIRE_BACKENDS=1)" >&2
+    echo "${missing[*]} missing: install them (e.g. sudo apt-get install ${missing[*]}); the replicas," \
+         "PostgreSQL log and Ollama template tests fail without them here (NEURALCHAT_REQUIRE_BACKENDS=1)" >&2
   fi
 fi
 # The embedded-model tests write up to about 2 GB at a time (tmp_path, deleted as each test passes; Gemma 3 270M's

@@ -30,7 +30,7 @@ def pytest_configure(config):
 
 
 # System programs scripts/test.sh installs with apt-get (as root): missing, they fail the test under the switch too.
-INSTALLED_BY_TEST_SH = {"nginx": "nginx", "pg_ctl": "postgresql"}
+INSTALLED_BY_TEST_SH = {"nginx": "nginx", "pg_ctl": "postgresql", "go": "golang-go"}
 
 
 def skip_missing_program(program: str, reason: str) -> None:

@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from tests.families import NAMES, OLLAMA_FORMAT, chat_rows, save_family
+from tests.families import NAMES, chat_rows, save_family
 from tests.finetune.conftest import tiny_config, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -112,7 +112,7 @@ def test_family_exports_to_gguf_through_llama_cpp_s_converter(family, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from quantize import QuantizeConfig, quantize_model
-    from quantize.ollama import FORMATS
+    from quantize.ollama import go_template
     from tests.families import FAMILIES, save_gguf_family
 
     base = save_gguf_family(family, tmp_path / "base")
@@ -134,8 +134,9 @@ def test_family_exports_to_gguf_through_llama_cpp_s_converter(family, tmp_path):
     assert (want.argmax(-1) == got.argmax(-1)).float().mean() >= 0.9
 
     modelfile = (path / "Modelfile").read_text()
-    fmt = OLLAMA_FORMAT[family]
-    assert f'TEMPLATE """{FORMATS[fmt][1]}"""' in modelfile
+    from transformers import AutoTokenizer
+
+    assert f'TEMPLATE """{go_template(AutoTokenizer.from_pretrained(base))}"""' in modelfile
     end_of_turn = FAMILIES[family][4][0]
     assert f'PARAMETER stop "{end_of_turn}"' in modelfile
 

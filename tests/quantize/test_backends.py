@@ -144,7 +144,7 @@ def test_modelfile_has_the_chatml_template_and_stop_tokens(tiny_real_vocab_dir, 
                           scheme="q8_0", **quick)
     text = (path / "Modelfile").read_text()
     assert text.startswith("FROM ./model-q8_0.gguf\n")
-    assert "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>" in text
+    assert "<|im_start|>{{ if eq .Role \"tool\" }}user{{ else }}{{ .Role }}{{ end }}\n" in text
     assert text.rstrip().endswith("<|im_start|>assistant\n\"\"\"") is False
     assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
 

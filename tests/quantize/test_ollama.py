@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from quantize.ollama import FORMATS, chat_format, modelfile
+from quantize.ollama import chat_format, go_template, modelfile
 from tests.families import FAMILIES, NAMES, OLLAMA_FORMAT, family_tokenizer
 
 
@@ -21,14 +21,18 @@ def test_each_published_template_is_recognized_and_its_end_of_turn_stops_generat
 
     text = modelfile("model-q8_0.gguf", tokenizer, Generation())
     assert text.startswith("FROM ./model-q8_0.gguf\n")
-    assert f'TEMPLATE """{FORMATS[OLLAMA_FORMAT[family]][1]}"""' in text
+    assert f'TEMPLATE """{go_template(tokenizer)}"""' in text
     for token in FAMILIES[family][4]:
         assert f'PARAMETER stop "{token}"' in text
 
 
-def test_qwen_s_default_system_prompt_is_kept():
+def test_qwen_s_default_system_prompt_is_in_the_template_where_a_chat_has_none():
+    """In the template, not a SYSTEM line: Ollama would hand a SYSTEM line to the template as the chat's own
+    system prompt, and SmolLM2's template leaves its default out when tools are described in the system turn
+    (tests/quantize/test_ollama_render.py renders both)."""
     text = modelfile("m.gguf", family_tokenizer("qwen2"))
-    assert 'SYSTEM """You are Qwen, created by Alibaba Cloud. You are a helpful assistant."""' in text
+    assert "{{ else }}<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant." in text
+    assert "SYSTEM" not in text
 
 
 def test_a_template_of_another_format_is_left_to_the_one_inside_the_gguf():
