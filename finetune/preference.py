@@ -36,7 +36,7 @@ import torch
 from finetune.callbacks import ThroughputCallback
 from finetune.config import TextGenerationFinetuningConfig
 from finetune.hardware import compute_summary
-from finetune.records import PAIR, Record, preference_label
+from finetune.records import PAIR, Record, preference_label, tool_definitions
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -59,12 +59,40 @@ def preference_rows(records: list[Record]) -> list[dict]:
     for record in records:
         data = record.data
         if set(PAIR) <= set(data):
-            rows.append({"prompt": data["prompt"], "chosen": data["chosen"], "rejected": data["rejected"]}
-                        if "prompt" in data else extract_prompt(data))
+            row = ({"prompt": data["prompt"], "chosen": data["chosen"], "rejected": data["rejected"]}
+                   if "prompt" in data else extract_prompt({k: data[k] for k in PAIR}))
         else:
-            rows.append({"prompt": data["prompt"], "completion": data["completion"],
-                         "label": preference_label(data["label"])})
+            row = {"prompt": data["prompt"], "completion": data["completion"], "label": preference_label(data["label"])}
+        tools = tool_definitions(data.get("tools"))[0]
+        rows.append({**row, "tools": tools} if tools else row)
     return rows
+
+
+def tool_rows(rows: list[dict], tokenizer) -> list[dict]:
+    """Conversational rows with tool parts (`tools`, calls, results) in the form the chat template renders them, as
+    fine-tuning and serving render them (finetune.tool_calls.tool_messages): TRL hands the messages and `tools` to
+    the template as they are, which templates without tools would leave out, Mistral v0.3's would refuse (call ids
+    of 9 characters), and which would write OpenAI's arguments (a JSON string) as a quoted string. `tools` stays
+    only where the template renders it."""
+    from finetune.tool_calls import has_tool_parts, tool_messages
+
+    out = []
+    for row in rows:
+        replies = [k for k in ("chosen", "rejected", "completion") if k in row]
+        if not isinstance(row["prompt"], list) or not has_tool_parts(
+                row["prompt"] + [m for k in replies for m in row[k]], row.get("tools")):
+            out.append(row)
+            continue
+        new = {k: v for k, v in row.items() if k != "tools"}
+        for key in replies:
+            messages, tools = tool_messages(row["prompt"] + row[key], row.get("tools"), tokenizer)
+            # the rendering form has the same messages, but for a system message put first (Hermes, Phi-4-mini)
+            start = len(messages) - len(row[key])
+            new["prompt"], new[key] = messages[:start], messages[start:]
+            if tools:
+                new["tools"] = tools
+        out.append(new)
+    return out
 
 
 def thinking_off(rows: list[dict], tokenizer) -> list[dict]:
@@ -86,8 +114,9 @@ def kto_rows(rows: list[dict], seed: int) -> list[dict]:
     unpaired = []
     for row in rows:
         if "chosen" in row:
-            unpaired += [{"prompt": row["prompt"], "completion": row["chosen"], "label": True},
-                         {"prompt": row["prompt"], "completion": row["rejected"], "label": False}]
+            tools = {"tools": row["tools"]} if row.get("tools") else {}
+            unpaired += [{"prompt": row["prompt"], "completion": row["chosen"], "label": True, **tools},
+                         {"prompt": row["prompt"], "completion": row["rejected"], "label": False, **tools}]
         else:
             unpaired.append(row)
     random.Random(seed).shuffle(unpaired)
@@ -262,7 +291,8 @@ def finetune_preference(config: TextGenerationFinetuningConfig,
         train_rows, eval_rows = kto_rows(train_rows, args.seed), kto_rows(eval_rows, args.seed)
     if isinstance(train_rows[0].get("chosen", train_rows[0].get("completion")), list):
         ensure_chat_template(tokenizer)
-        train_rows, eval_rows = thinking_off(train_rows, tokenizer), thinking_off(eval_rows, tokenizer)
+        train_rows, eval_rows = (thinking_off(tool_rows(rows, tokenizer), tokenizer)
+                                 for rows in (train_rows, eval_rows))
     check_batch(config, len(train_rows))
     output_dir = Path(args.output_dir)
     fingerprint = run_fingerprint(config, model_path, data_hash)

@@ -332,7 +332,14 @@ def _check_preference(record: Record, needed: tuple[str, ...]) -> list[str]:
         return []
     if not all(_is_messages(data[k]) or (k == "prompt" and data[k] == []) for k in parts):
         return [f"{where}: {', '.join(parts)} must all be strings or all be lists of {{role, content}} messages"]
-    problems = _check_messages(Record({"messages": [m for k in parts for m in data[k]]}, where), "chat")
+    problems = []
+    for reply in replies if "prompt" in data else ():  # each reply after the prompt, its calls checked by name
+        problems += _check_messages(Record({"messages": data["prompt"] + data[reply], "tools": data.get("tools")},
+                                           where), "chat")
+    if "prompt" not in data:
+        problems = _check_messages(Record({"messages": data["chosen"] + data["rejected"], "tools": data.get("tools")},
+                                          where), "chat")
+    problems = list(dict.fromkeys(problems))  # the prompt's, once
     if problems and not any("no assistant message" in p for p in problems):
         return problems
     if replies == PAIR and data["chosen"] == data["rejected"]:

@@ -19,6 +19,8 @@ regenerated-away or edited-away reply]}. A pair is left out when the ratings con
 rejected rated up), when both replies are the same text, or when either was cut off (stopped mid-stream).
 
 Every prompt is the conversation as the model saw it before that turn: the kept messages, system prompt included.
+As in `messages`, a reply keeps its calls and reasoning, the tool results come before the reply that read them, and
+a row holds the functions offered (`tools`): a reply that called a tool is compared by its call, not its empty text.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from finetune.data.chatlog_db import connect
-from finetune.data.chatlog_schema import logged_conversation, messages_sql
+from finetune.data.chatlog_schema import answered, logged_conversation, logged_message, messages_sql, row_metadata
 
 FORMATS = ("messages", "kto", "dpo")
 
@@ -59,10 +61,6 @@ def _sessions(db_path: str | Path, since: float | None, counts: dict) -> Iterato
             yield session, rows
     finally:
         db.close()
-
-
-def _message(row: Row) -> dict:
-    return {"role": row["role"], "content": row["content"]}
 
 
 def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | None = None,
@@ -111,39 +109,54 @@ def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | 
 
 
 def _unfinished(row: Row) -> bool:
-    """An empty reply, or one the user stopped (or the client left) mid-stream: no side of a pair."""
-    metadata = row["metadata"] or "{}"
-    metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
-    return not row["content"].strip() or bool(metadata.get("interrupted"))
+    """An empty reply (no text and no call), or one the user stopped (or the client left) mid-stream: no side of a
+    pair."""
+    metadata = row_metadata(row["metadata"])
+    return (not row["content"].strip() and not metadata.get("tool_calls")) or bool(metadata.get("interrupted"))
+
+
+def _answer(message: dict) -> tuple:
+    """What a reply says: its text and its calls (two replies reasoning differently to the same answer are no
+    pair)."""
+    return message["content"], message.get("tool_calls")
 
 
 def preference_rows(rows: list[Row], kind: Literal["kto", "dpo"]) -> tuple[list[dict], int]:
     """The KTO or DPO rows of one conversation's messages (all of them, in conversation order), and how many
-    candidate pairs were left out (contradicting ratings, same text)."""
+    candidate pairs were left out (contradicting ratings, same reply). A reply keeps its calls and reasoning, the
+    prompt the tool results before it, and a row the functions offered up to it (`tools`), as `export_jsonl` has
+    them (finetune.data.chatlog_schema.logged_message)."""
     turns: dict[int, list[Row]] = {}
     for r in rows:
         turns.setdefault(r["alternative_of"] or r["id"], []).append(r)
-    out, left_out, context = [], 0, []
+    out, left_out, context, tools = [], 0, [], {}
     for r in rows:
         replies = turns[r["alternative_of"] or r["id"]]
-        if r is replies[0]:  # each turn once, at its place; the context grows by the turn's kept message
-            kept = next((x for x in replies if x["superseded_by"] is None), None)
-            if r["role"] == "assistant" and context:
-                if kind == "kto":
-                    out += [{"prompt": list(context), "completion": [_message(x)], "label": x["feedback"] == 1}
-                            for x in replies if x["feedback"] is not None]
-                elif kept is not None:
-                    for x in replies:
-                        if x is kept:
-                            continue
-                        if kept["feedback"] == -1 or x["feedback"] == 1 or x["content"] == kept["content"] \
-                                or _unfinished(kept) or _unfinished(x):
-                            left_out += 1
-                            continue
-                        out.append({"prompt": list(context), "chosen": [_message(kept)],
-                                    "rejected": [_message(x)]})
-            if kept is not None:
-                context.append(_message(kept))
+        if r is not replies[0]:  # each turn once, at its place; the context grows by the turn's kept message
+            continue
+        kept = next((x for x in replies if x["superseded_by"] is None), None)
+        logged = {x["id"]: logged_message(x) for x in replies}
+        results = logged[(kept or r)["id"]][0] if answered(context) else []
+        for _, _, offered in logged.values():
+            tools.update((t["function"]["name"], t) for t in offered)
+        prompt = context + results
+        with_tools = {"tools": list(tools.values())} if tools else {}
+        if r["role"] == "assistant" and context:
+            if kind == "kto":
+                out += [{"prompt": list(prompt), "completion": [logged[x["id"]][1]], "label": x["feedback"] == 1,
+                         **with_tools} for x in replies if x["feedback"] is not None]
+            elif kept is not None:
+                for x in replies:
+                    if x is kept:
+                        continue
+                    if kept["feedback"] == -1 or x["feedback"] == 1 or _answer(logged[x["id"]][1]) == _answer(
+                            logged[kept["id"]][1]) or _unfinished(kept) or _unfinished(x):
+                        left_out += 1
+                        continue
+                    out.append({"prompt": list(prompt), "chosen": [logged[kept["id"]][1]],
+                                "rejected": [logged[x["id"]][1]], **with_tools})
+        if kept is not None:
+            context = prompt + [logged[kept["id"]][1]]
     return out, left_out
 
 

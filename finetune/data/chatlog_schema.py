@@ -91,29 +91,41 @@ def row_metadata(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def logged_message(row) -> tuple[list[dict], dict, list[dict]]:
+    """(the `tool` results the reply read, the message, the functions offered to it) of one logged row (role,
+    content and metadata by name). The log's roles are the chat's three; the server keeps the rest in a reply's
+    metadata: its `tool_calls`, the results it read (`tool_results`), a thinking model's `reasoning` (as
+    `reasoning_content`) and the `tools` offered."""
+    meta = row_metadata(row["metadata"])
+    results = []
+    if row["role"] == "assistant":
+        for result in meta.get("tool_results") or []:
+            content = result.get("content")
+            results.append({"role": "tool", "tool_call_id": result.get("tool_call_id"),
+                            "content": content if isinstance(content, str) else json.dumps(content)})
+    message = {"role": row["role"], "content": row["content"]}
+    if meta.get("tool_calls"):
+        message["tool_calls"] = meta["tool_calls"]
+    if row["role"] == "assistant" and isinstance(meta.get("reasoning"), str) and meta["reasoning"].strip():
+        message["reasoning_content"] = meta["reasoning"]
+    tools = [t for t in meta.get("tools") or [] if isinstance(t, dict) and (t.get("function") or {}).get("name")]
+    return results, message, tools
+
+
+def answered(messages: list[dict]) -> bool:
+    """Whether tool results may follow: the conversation ends with calls, or with results of them."""
+    return bool(messages) and bool(messages[-1].get("tool_calls") or messages[-1]["role"] == "tool")
+
+
 def logged_conversation(rows: list) -> tuple[list[dict], list[dict] | None]:
-    """(messages, tools) of a conversation's kept rows (role, content and metadata by name), as training reads it.
-    The log's roles are the chat's three; the server keeps the rest in the replies' metadata, and this puts it back:
-    a reply's `tool_calls`, the tools' `tool_results` as `tool` messages before the reply that read them, a thinking
-    model's `reasoning` as `reasoning_content`, and the functions offered (`tools`, the latest definition of each)."""
+    """(messages, tools) of a conversation's kept rows, as training reads it (logged_message): the results go in as
+    `tool` messages before the reply that read them, and the tools are the latest definition of each offered."""
     messages: list[dict] = []
     tools: dict[str, dict] = {}
     for row in rows:
-        meta = row_metadata(row["metadata"])
-        if row["role"] == "assistant":
-            for result in meta.get("tool_results") or []:
-                if messages and (messages[-1].get("tool_calls") or messages[-1]["role"] == "tool"):
-                    content = result.get("content")
-                    messages.append({"role": "tool", "tool_call_id": result.get("tool_call_id"),
-                                     "content": content if isinstance(content, str) else json.dumps(content)})
-        message = {"role": row["role"], "content": row["content"]}
-        if meta.get("tool_calls"):
-            message["tool_calls"] = meta["tool_calls"]
-        if row["role"] == "assistant" and isinstance(meta.get("reasoning"), str) and meta["reasoning"].strip():
-            message["reasoning_content"] = meta["reasoning"]
+        results, message, offered = logged_message(row)
+        if answered(messages):
+            messages += results
         messages.append(message)
-        for tool in meta.get("tools") or []:
-            name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
-            if name:
-                tools[name] = tool
+        tools.update((t["function"]["name"], t) for t in offered)
     return messages, list(tools.values()) or None

@@ -38,16 +38,21 @@ def clean_conversation(conv: Conversation, cfg: CleanConfig, redactions: Counter
             # An empty turn teaches nothing and breaks role alternation; say which one it was.
             return Reject("clean", "empty_message", f"message {i} ({m['role']}) is empty after cleaning",
                           conv.origin, conv.raw)
-        cleaned = {**m, "content": text}
-        if m.get("reasoning_content"):
-            cleaned["reasoning_content"] = clean_text(m["reasoning_content"], cfg, redactions)
-        if m.get("tool_calls") and cfg.redact:  # personal data in a call's arguments is personal data too
-            cleaned["tool_calls"] = [_redacted_call(c, cfg, redactions) for c in m["tool_calls"]]
-        messages.append(cleaned)
+        messages.append(_with_parts_cleaned(m, text, cfg, redactions))
     if clock is not None:
         clock.lap("redact")
     conv.messages = messages
     return conv
+
+
+def _with_parts_cleaned(m: dict, text: str, cfg: CleanConfig, redactions: Counter) -> dict:
+    """The message with its cleaned text, its reasoning cleaned and its calls' arguments redacted."""
+    cleaned = {**m, "content": text}
+    if m.get("reasoning_content"):
+        cleaned["reasoning_content"] = clean_text(m["reasoning_content"], cfg, redactions)
+    if m.get("tool_calls") and cfg.redact:  # personal data in a call's arguments is personal data too
+        cleaned["tool_calls"] = [_redacted_call(c, cfg, redactions) for c in m["tool_calls"]]
+    return cleaned
 
 
 def _redacted_call(call: dict, cfg: CleanConfig, redactions: Counter) -> dict:
@@ -80,12 +85,12 @@ def clean_preference(pref: Preference, cfg: CleanConfig, redactions: Counter,
     cleaned: dict[str, list[dict[str, str]]] = {"prompt": []}
     for part, i, m in pref.texts():
         text = clean_text(m["content"], cfg, redactions, clock)
-        if not text.strip():
+        if not text.strip() and not m.get("tool_calls"):
             return Reject("clean", "empty_message", f"{part} message {i} ({m['role']}) is empty after cleaning",
                           pref.origin, pref.raw)
         if pref.plain:
             text = _keep_join(m["content"], text, part)
-        cleaned.setdefault(part, []).append({"role": m["role"], "content": text})
+        cleaned.setdefault(part, []).append(_with_parts_cleaned(m, text, cfg, redactions))
     pref.prompt = cleaned.pop("prompt")
     pref.replies = cleaned
     if pref.label is None and cleaned["chosen"] == cleaned["rejected"]:

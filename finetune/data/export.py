@@ -103,6 +103,8 @@ def render_preference(pref: Preference, task: str, keep_metadata: bool) -> bytes
         rows = [{"prompt": prompt, "completion": text(pref.replies[k]), "label": k == "chosen"} for k in PAIR]
     else:
         rows = [{"prompt": prompt, "completion": text(pref.replies["completion"]), "label": pref.label}]
+    if pref.tools:
+        rows = [{**row, "tools": pref.tools} for row in rows]
     if keep_metadata:
         meta = {**pref.metadata, "origin": pref.metadata.get("origin", pref.origin)}
         rows = [{**row, "metadata": meta} for row in rows]

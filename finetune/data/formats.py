@@ -130,14 +130,20 @@ def _from_messages(record: dict[str, Any]) -> list[dict[str, str]]:
     turns = record["messages"]
     if not isinstance(turns, list) or not turns:
         raise FormatError("wrong_type", "messages must be a non-empty list")
-    tools = record_tools(record)
-    out = []
-    for i, m in enumerate(turns):
+    return _messages(turns, "messages", record_tools(record))
+
+
+def _messages(value: list, where: str, tools, before: list | None = None) -> list[dict[str, Any]]:
+    """`value`'s messages in the common shape, their tool parts checked against `tools` in the conversation
+    `before + value`."""
+    before = before or []
+    context, out = before + value, []
+    for i, m in enumerate(value):
         calls = isinstance(m, dict) and m.get("role") == "assistant" and bool(m.get("tool_calls"))
         if not isinstance(m, dict) or "role" not in m or ("content" not in m and not calls):
-            raise FormatError("missing_field", f"messages[{i}] needs both role and content")
+            raise FormatError("missing_field", f"{where}[{i}] needs both role and content")
         content = "" if calls and m.get("content") is None else m["content"]
-        out.append(_extra_parts(m, _message(m["role"], content, f"messages[{i}]"), turns, i, tools))
+        out.append(_extra_parts(m, _message(m["role"], content, f"{where}[{i}]"), context, len(before) + i, tools))
     return out
 
 
@@ -275,21 +281,23 @@ def _to_preference(record: dict[str, Any], origin: str, fmt: str) -> Preference:
                                            f"got {record['label']!r}")
     parts = [k for k in ("prompt", *reply_keys) if k in record]
     plain = all(isinstance(record[k], str) for k in parts)
+    tools = None
     if plain:
         prompt, replies = _plain_parts(record, reply_keys)
     elif all(isinstance(record[k], list) for k in parts):
-        prompt, replies = _conversational_parts(record, reply_keys)
+        tools = record_tools(record)
+        prompt, replies = _conversational_parts(record, reply_keys, tools)
     else:
         raise FormatError("wrong_type", f"{', '.join(parts)} must all be strings or all be lists of "
                                         "{role, content} messages")
     for key, messages in replies.items():
-        if not messages or not any(m["content"].strip() for m in messages):
+        if not messages or not any(m["content"].strip() or m.get("tool_calls") for m in messages):
             raise FormatError("empty_reply", f"{key} is empty: there is no reply to learn from")
     if fmt == "dpo" and replies["chosen"] == replies["rejected"]:
         raise FormatError("same_replies", "chosen and rejected are the same reply, so there is nothing to prefer: "
                                           "drop the record or write the worse reply into rejected")
-    consumed = FORMAT_KEYS[fmt] + ("prompt",)
-    return Preference(prompt=prompt, replies=replies, label=label, plain=plain,
+    consumed = FORMAT_KEYS[fmt] + (("prompt",) if plain else ("prompt", "tools"))
+    return Preference(prompt=prompt, replies=replies, label=label, plain=plain, tools=tools,
                       metadata=_metadata(record, consumed), origin=origin,
                       format=fmt if "prompt" in record else "dpo_implicit", raw=record)
 
@@ -310,20 +318,13 @@ def _plain_parts(record: dict[str, Any], reply_keys: tuple[str, ...]):
     return [{"role": "user", "content": prompt}], {k: [{"role": "assistant", "content": v}] for k, v in texts.items()}
 
 
-def _messages(value: list, where: str) -> list[dict[str, str]]:
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise FormatError("missing_field", f"{where}[{i}] needs both role and content")
-        out.append(_message(m["role"], m["content"], f"{where}[{i}]"))
-    return out
-
-
-def _conversational_parts(record: dict[str, Any], reply_keys: tuple[str, ...]):
-    replies = {k: _messages(record[k], k) for k in reply_keys}
+def _conversational_parts(record: dict[str, Any], reply_keys: tuple[str, ...], tools):
     if "prompt" in record:
-        prompt = _messages(record["prompt"], "prompt")
-    else:  # the implicit prompt: the turns both conversations share
+        prompt = _messages(record["prompt"], "prompt", tools)
+        replies = {k: _messages(record[k], k, tools, before=record["prompt"]) for k in reply_keys}
+    else:
+        # the implicit prompt: the turns both conversations share
+        replies = {k: _messages(record[k], k, tools) for k in reply_keys}
         a, b = replies["chosen"], replies["rejected"]
         shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         if shared == 0:

@@ -59,10 +59,12 @@ class Preference:
     raw: Any = None
     n_tokens: int | None = None
     """The longest prompt + reply, set by the token-length filter."""
+    tools: list[dict] | None = None
+    """The functions the conversation could call (OpenAI's definitions), written out beside the prompt."""
 
     def views(self) -> list[Conversation]:
         """Prompt + each reply as a `Conversation`: what the filters check, as each is one sequence TRL trains on."""
-        return [Conversation(self.prompt + reply, self.metadata, self.origin, self.format, self.raw)
+        return [Conversation(self.prompt + reply, self.metadata, self.origin, self.format, self.raw, tools=self.tools)
                 for reply in self.replies.values()]
 
     def texts(self) -> list[tuple[str, int, dict[str, str]]]:

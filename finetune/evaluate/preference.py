@@ -43,8 +43,9 @@ def tokenize_preference(tokenizer, row: dict, max_length: int | None = MAX_LENGT
     if isinstance(replies[0], list):
         from finetune.chat_template import generation_prompt
 
-        prompt = tokenizer(generation_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
-        full = [tokenizer.apply_chat_template(row["prompt"] + r, tokenize=True, return_dict=True)["input_ids"]
+        tools = {"tools": row["tools"]} if row.get("tools") else {}  # rows in their rendering form (tool_rows)
+        prompt = tokenizer(generation_prompt(tokenizer, row["prompt"], **tools), add_special_tokens=False)["input_ids"]
+        full = [tokenizer.apply_chat_template(row["prompt"] + r, tokenize=True, return_dict=True, **tools)["input_ids"]
                 for r in replies]
     else:
         eos = tokenizer.eos_token
@@ -121,7 +122,7 @@ def evaluate_preferences(models: list[str], config, records: list[Record] | None
     from finetune.evaluate.generation import load_engine, resolve_model
     from finetune.evaluate.report import write_report
     from finetune.evaluate.run import RunResult, _default_output, _results
-    from finetune.preference import preference_rows
+    from finetune.preference import preference_rows, tool_rows
     from finetune.records import DataError, check_records, read_records
 
     if not models:
@@ -153,6 +154,7 @@ def evaluate_preferences(models: list[str], config, records: list[Record] | None
             if sequences is None:  # one tokenizer for every model, so each scores the same tokens
                 if isinstance(rows[0].get("chosen", rows[0].get("completion")), list):
                     ensure_chat_template(engine.tokenizer)
+                    rows = tool_rows(rows, engine.tokenizer)
                 sequences = [s for row in rows for s in tokenize_preference(engine.tokenizer, row, max_length)]
             logps = reply_logps(engine.model, sequences, config.batch_size)
         finally:

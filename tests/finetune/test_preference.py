@@ -313,3 +313,73 @@ def test_thinking_templates_render_preference_pairs_with_thinking_off():
     default = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
     assert not tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)[len(default):].startswith(
         "It is 4.")  # what the default prompt would have made the reply begin with
+
+
+# --- pairs of tool calls ----------------------------------------------------------------------------------------
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                            "parameters": {"type": "object", "required": ["city"],
+                                                           "properties": {"city": {"type": "string"}}}}}
+
+
+def _call_pair(city: str, wrong: str) -> dict:
+    """Which city to call the weather tool for, as export-log writes a regenerated call (OpenAI's shape)."""
+    def reply(name, call_id):
+        return [{"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {
+            "name": "get_weather", "arguments": json.dumps({"city": name})}}]}]
+
+    return {"prompt": [{"role": "user", "content": f"Weather in {city}?"}], "chosen": reply(city, "call_good"),
+            "rejected": reply(wrong, "call_bad"), "tools": [WEATHER]}
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "llama", "phi4mini", "gemma3_text", "smollm2"])
+def test_tool_call_pairs_are_scored_on_the_call_serving_parses(family):
+    """TRL's tokenization of a pair (as finetune.evaluate's tokenize_preference has it) after tool_rows: the prompt
+    is the one serving renders with the tools, and each reply's tokens are the family's own call, which the
+    server's parser reads back as the record's call. Mistral v0.3's template would refuse OpenAI's ids, and
+    SmolLM2's and Gemma's, which have no tools, would leave them out."""
+    from finetune.chat_template import generation_prompt
+    from finetune.evaluate.preference import tokenize_preference
+    from finetune.preference import tool_rows
+    from finetune.tool_call_formats import parse_tool_calls
+    from finetune.tool_calls import tool_messages
+    from tests.families import FAMILIES
+    from tests.quantize.test_ollama_render import tokenizer_for
+
+    tokenizer = tokenizer_for(family)
+    row = _call_pair("Paris", "Lyon")
+    (rendered,) = tool_rows([row], tokenizer)
+    messages, tools = tool_messages(row["prompt"], row["tools"], tokenizer)
+    served = generation_prompt(tokenizer, messages, **({"tools": tools} if tools else {}))
+    chosen, rejected = tokenize_preference(tokenizer, rendered)
+    assert tokenizer.decode(chosen[0]) == served or tokenizer.decode(chosen[0]).startswith(served)
+    assert "get_weather" in served  # the model is told its tools
+    ends = [t for t in (*FAMILIES.get(family, FAMILIES["qwen2"])[4], tokenizer.eos_token) if t]
+    for (_, reply), city in ((chosen, "Paris"), (rejected, "Lyon")):
+        text = tokenizer.decode(reply)
+        text = text[:min(text.find(e) if e in text else len(text) for e in ends)]  # serving stops at the turn's end
+        _, calls = parse_tool_calls(text, {"get_weather": WEATHER["function"]["parameters"]})
+        assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+            ("get_weather", {"city": city})], family
+
+
+@pytest.mark.integration
+def test_dpo_trains_on_tool_call_pairs_from_the_log(tiny_model_dir, tmp_path):
+    """The log's pairs of calls and of answers after a tool's result (export-log's rows), through DPO end to end."""
+    from neural_chat_app.chatlog import ChatLog
+    from neural_chat_app.export_log import export_preferences
+    from tests.neural_chat_app.test_preference_log import log_tool_turns
+
+    log = ChatLog(tmp_path / "log.sqlite")
+    cities = ["Paris", "Lyon", "Nice", "Oslo", "Rome", "Bern", "Kyiv", "Riga"]
+    for i, city in enumerate(cities):
+        log_tool_turns(log, f"s{i}", city, cities[i - 1])
+    log.close()
+    assert export_preferences(tmp_path / "log.sqlite", tmp_path / "dpo.jsonl", "dpo")["pairs_written"] == 16
+    out = tmp_path / "out"
+    result = finetune_model(_config(tiny_model_dir, tmp_path / "dpo.jsonl", out, "dpo", max_steps=3,
+                                    max_seq_length=2048))
+    losses = [h["loss"] for h in _history(out) if "loss" in h]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert "eval_reward_margin" in result.metrics, result.metrics
+    assert torch.isfinite(torch.tensor(result.metrics["eval_reward_margin"]))

@@ -153,3 +153,56 @@ def test_preference_settings_are_checked_when_the_config_loads(tmp_path):
         _config(tmp_path, preference_finetune={"task": "chat"})
     with pytest.raises(ValueError, match="min_pairs must be at least 1"):
         _config(tmp_path, min_pairs=0)
+
+
+# --- replies that call tools ---------------------------------------------------------------------------------------
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                            "parameters": {"type": "object", "required": ["city"],
+                                                           "properties": {"city": {"type": "string"}}}}}
+
+
+def _call(city: str, call_id: str) -> dict:
+    return {"id": call_id, "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}
+
+
+def log_tool_turns(log: ChatLog, session: str, city: str, wrong: str) -> None:
+    """A user asks for `city`'s weather: the model called it for `wrong`, was regenerated to call it for `city`,
+    then answered the tool's result, regenerated away from a reply that ignored it. Logged as the server logs
+    them: calls, results and the tools offered in the replies' metadata."""
+    log.ensure_session(session, "m", "weather")
+    log.add_message(session, "user", f"Weather in {city}?")
+    offered = {"tools": [WEATHER]}
+    bad = log.add_message(session, "assistant", "", "m", metadata={"tool_calls": [_call(wrong, "c0")], **offered})
+    log.set_feedback(bad, -1)
+    log.add_message(session, "assistant", "", "m", replaces=bad,
+                    metadata={"tool_calls": [_call(city, "c1")], **offered})
+    result = {"tool_results": [{"tool_call_id": "c1", "content": "21 C"}], **offered}
+    ignored = log.add_message(session, "assistant", "I cannot know the weather.", "m", metadata=result)
+    log.add_message(session, "assistant", f"It is 21 C in {city}.", "m", replaces=ignored, metadata=result)
+
+
+def test_tool_calling_replies_pair_by_their_calls_with_the_results_in_the_prompt(tmp_path):
+    """A reply that only called a tool is no empty reply: the pair compares its call with the replaced one, and the
+    reply after the result is asked with the call and the result before it, and the tools offered."""
+    from finetune.records import Record, check_records
+
+    log = ChatLog(tmp_path / "log.sqlite")
+    log_tool_turns(log, "w", "Paris", "Lyon")
+    log.close()
+    counts = export_preferences(tmp_path / "log.sqlite", tmp_path / "dpo.jsonl", "dpo")
+    assert counts["pairs_written"] == 2 and counts["pairs_left_out"] == 0
+    first, second = _read(tmp_path / "dpo.jsonl")
+    ask = _msg("user", "Weather in Paris?")
+    called = {"role": "assistant", "content": "", "tool_calls": [_call("Paris", "c1")]}
+    assert first == {"prompt": [ask], "chosen": [called],
+                     "rejected": [{"role": "assistant", "content": "", "tool_calls": [_call("Lyon", "c0")]}],
+                     "tools": [WEATHER]}
+    assert second == {"prompt": [ask, called, {"role": "tool", "tool_call_id": "c1", "content": "21 C"}],
+                      "chosen": [_msg("assistant", "It is 21 C in Paris.")],
+                      "rejected": [_msg("assistant", "I cannot know the weather.")], "tools": [WEATHER]}
+    check_records([Record(r, f"dpo.jsonl:{i}") for i, r in enumerate((first, second), 1)], "dpo", "dpo.jsonl")
+    export_preferences(tmp_path / "log.sqlite", tmp_path / "kto.jsonl", "kto")
+    (rated,) = _read(tmp_path / "kto.jsonl")  # the thumbs-down call
+    assert rated["completion"][0]["tool_calls"] == [_call("Lyon", "c0")] and rated["label"] is False

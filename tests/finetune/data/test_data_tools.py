@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from finetune.data import DataPipelineConfig, prepare_dataset
+from finetune.records import PAIR
 from tests.finetune.data._data_helpers import distinct_chats, read_jsonl, write_jsonl
 
 TOOLS = [{"type": "function", "function": {"name": "send_mail", "description": "Send an email", "parameters": {
@@ -94,3 +95,39 @@ def test_llama_factory_sharegpt_tool_use_becomes_openai_messages(tmp_path):
     assert row["messages"][2]["tool_call_id"] == call["id"]
     (reject,) = read_jsonl(result.rejects)
     assert reject["reason"] == "ingest.bad_tool_call" and "is not the JSON of a call" in reject["detail"]
+
+
+def _mail_pair(n: int, to: str = "ann@example.org") -> dict:
+    """Which report to mail: the kept reply calls the tool for report n, the replaced one for another."""
+    def reply(report, call_id):
+        arguments = json.dumps({"to": to, "body": f"Report {report}"})
+        return [{"role": "assistant", "content": "", "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": "send_mail", "arguments": arguments}}]}]
+
+    return {"prompt": [{"role": "user", "content": f"Mail report {n} to Ann."}], "chosen": reply(n, "c1"),
+            "rejected": reply(n + 100, "c0"), "tools": TOOLS}
+
+
+def test_preference_pairs_of_tool_calls_come_out_with_their_calls_and_tools(tmp_path):
+    """export-log's pairs of calls: not empty replies, the arguments redacted, the tools written beside them, a pair
+    calling with the same arguments twice rejected as the same reply, and a call of a function the record does not
+    offer rejected by name."""
+    from finetune.records import Record, check_records
+
+    same = _mail_pair(7)
+    same["rejected"] = same["chosen"]
+    unknown = _mail_pair(8)
+    unknown["chosen"][0]["tool_calls"][0]["function"]["name"] = "fax"
+    src = write_jsonl(tmp_path / "in.jsonl", [_mail_pair(n) for n in range(4)] + [same, unknown])
+    result = _run(src, tmp_path / "out", fmt="preference")
+    rows = read_jsonl(result.splits["train"])
+    assert len(rows) == 4 and all(r["tools"] == TOOLS for r in rows)
+    for row in rows:
+        chosen, rejected = (json.loads(row[k][0]["tool_calls"][0]["function"]["arguments"]) for k in PAIR)
+        assert chosen["to"] == rejected["to"] != "ann@example.org"  # redacted as any text
+        assert chosen["body"] != rejected["body"] and row["chosen"][0]["content"] == ""
+    check_records([Record(r, f"train.jsonl:{i}") for i, r in enumerate(rows, 1)], "dpo", "train.jsonl")
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    reasons = sorted(r["reason"] for r in rejects)
+    assert reasons == ["ingest.bad_tool_call", "ingest.same_replies"], rejects
+    assert any("'fax', which the record's tools do not define" in r["detail"] for r in rejects)
