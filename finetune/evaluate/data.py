@@ -72,16 +72,11 @@ def _example(record: Record, task: str) -> Example:
                         f"score: hold out prompt/completion or messages records instead")
     if kind == "prompt-completion":
         return Example(data, None, data["prompt"], data["completion"], record.where)
-    if kind == "conversational prompt-completion":
-        last = next(m for m in reversed(data["completion"]) if m["role"] == "assistant")
-        reference = last["content"] or ""
-        if task == "extraction":
-            reference = to_json(json.loads(reference))
-        calls = [call_body(c) for c in last.get("tool_calls") or []]
-        return Example(data, data["prompt"], None, reference, record.where, tool_definitions(data.get("tools"))[0],
-                       calls or None)
-    if task in ("chat", "extraction"):
-        messages = data["messages"]
+    if task in ("chat", "extraction") or kind == "conversational prompt-completion":
+        # a conversational prompt-completion record: its last reply is asked after everything before it, the
+        # completion's calls and results included, as for a messages record
+        messages = data["prompt"] + data["completion"] if kind == "conversational prompt-completion" \
+            else data["messages"]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         reference = messages[last]["content"] or ""
         if task == "extraction":

@@ -225,3 +225,24 @@ def test_a_model_fine_tuned_to_call_a_tool_is_scored_on_its_calls(tmp_path):
     assert "exact call %" in (tmp_path / "r" / "eval_report.md").read_text()
     replies = [json.loads(line) for line in (tmp_path / "r" / "eval_outputs.jsonl").read_text().splitlines()]
     assert "<|tool_call>call:get_weather{" in replies[-1]["written"]  # the call as written, beside its words
+
+
+def test_a_conversational_completion_s_last_reply_is_asked_after_its_calls_and_results():
+    """TRL's conversational prompt-completion record whose completion calls a tool, reads the result and answers:
+    the reference is the answer, asked after the call and the result, as for a messages record; a completion that
+    is one call has the call as its reference."""
+    from finetune.evaluate.data import examples_from_records
+    from finetune.records import Record
+
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    called = {"role": "assistant", "content": "", "tool_calls": [call]}
+    result = {"role": "tool", "tool_call_id": "c1", "content": "21 C"}
+    answer = {"role": "assistant", "content": "It is 21 C."}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    whole, first = examples_from_records([
+        Record({"prompt": ask, "completion": [called, result, answer], "tools": tools}, "h.jsonl:1"),
+        Record({"prompt": ask, "completion": [called], "tools": tools}, "h.jsonl:2")], "chat", "h.jsonl")
+    assert whole.messages == [*ask, called, result] and whole.reference == "It is 21 C."
+    assert whole.reference_calls is None and whole.tools == tools
+    assert first.messages == ask and first.reference_calls == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
