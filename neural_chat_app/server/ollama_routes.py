@@ -164,7 +164,7 @@ class _Reply:
             if thinking:
                 body["message"]["thinking"] = thinking
             if final and self.calls:
-                body["message"]["tool_calls"] = [_ollama_call(c) for c in self.calls]
+                body["message"]["tool_calls"] = [_ollama_call(c, i) for i, c in enumerate(self.calls)]
         else:
             body["response"] = text
             if thinking:
@@ -221,10 +221,12 @@ class _Reply:
         return {**extra, "reasoning": self.thinking} if self.thinking else extra
 
 
-def _ollama_call(call: dict) -> dict:
-    """tools.py's OpenAI-shaped call (arguments a JSON string) in Ollama's shape (arguments an object)."""
+def _ollama_call(call: dict, index: int) -> dict:
+    """tools.py's OpenAI-shaped call (arguments a JSON string) in newer Ollama's shape: arguments an object, the
+    call's id (which the result sends back as tool_call_id) and its place among the reply's calls."""
     function = call["function"]
-    return {"function": {"name": function["name"], "arguments": json.loads(function["arguments"] or "{}")}}
+    return {"id": call["id"], "function": {"index": index, "name": function["name"],
+                                           "arguments": json.loads(function["arguments"] or "{}")}}
 
 
 def _counters(turn: Turn, start: float, load_s: float) -> dict:

@@ -189,6 +189,7 @@ class OllamaMessage(_OllamaBody):
     images: list[str] | None = None
     tool_calls: list[OllamaToolCall] | None = None
     tool_name: str | None = None  # a tool message: which function's result it is
+    tool_call_id: str | None = None  # newer Ollama: the id of the call it answers (the id its reply gave the call)
     thinking: str | None = None
 
     def as_dict(self, index: int) -> dict:
@@ -198,8 +199,8 @@ class OllamaMessage(_OllamaBody):
             out["tool_calls"] = [{"id": c.id or f"call_{index}_{i}", "type": "function",
                                   "function": {"name": c.function.name, "arguments": c.function.arguments}}
                                  for i, c in enumerate(self.tool_calls)]
-        if self.role == "tool":
-            out["tool_call_id"] = self.tool_name or ""
+        if self.role == "tool":  # matched to its call by id, else the calls in order (finetune.tool_calls)
+            out["tool_call_id"] = self.tool_call_id or self.tool_name or ""
         if self.thinking and self.role == "assistant":
             out["reasoning_content"] = self.thinking  # the thinking templates read it (Qwen 3, Gemma 4)
         return out
@@ -212,6 +213,8 @@ class OllamaMessage(_OllamaBody):
             problems.append(f"{where}.images (the models here read text only)")
         if self.thinking and self.role != "assistant":
             problems.append(f"{where}.thinking (only assistant messages carry thinking)")
+        if self.tool_call_id and self.role != "tool":
+            problems.append(f"{where}.tool_call_id (only tool results answer a call)")
         return problems
 
 

@@ -170,6 +170,28 @@ def test_tool_calls(make_server, tiny_backend):
     assert "<tool_call>" in client.chat(model="fixed", messages=kwargs["messages"]).message.content
 
 
+def test_a_tool_result_names_its_call_by_the_id_the_reply_gave(make_server, tiny_backend):
+    """Newer Ollama's shapes (raw: ollama-python 0.6 has no tool_call_id): a reply's calls carry an id and an index,
+    and a result sent back with that id as tool_call_id is taken; on any other message it is refused by name."""
+    import httpx
+
+    text = ('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>\n'
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>')
+    server = make_server(backend=FixedTextBackend(tiny_backend.tokenizer, text))
+    ask = [{"role": "user", "content": "Weather in Paris and Rome?"}]
+    body = {"model": "fixed", "messages": ask, "tools": [WEATHER], "stream": False}
+    reply = httpx.post(server.url + "/api/chat", json=body, timeout=60).json()["message"]
+    calls = reply["tool_calls"]
+    assert [(c["function"]["index"], c["function"]["arguments"]["city"]) for c in calls] == [(0, "Paris"), (1, "Rome")]
+    assert len({c["id"] for c in calls}) == 2 and all(c["id"].startswith("call_") for c in calls)
+    results = [{"role": "tool", "tool_call_id": c["id"], "content": city} for c, city in zip(calls, ("9 C", "19 C"))]
+    follow = {**body, "messages": [*ask, reply, *results[::-1]]}  # in the other order: matched by id
+    assert httpx.post(server.url + "/api/chat", json=follow, timeout=60).json()["done"]
+    bad = {**body, "messages": [{**ask[0], "tool_call_id": "x"}]}
+    refused = httpx.post(server.url + "/api/chat", json=bad, timeout=60)
+    assert refused.status_code == 400 and "messages.0.tool_call_id (only tool results" in refused.json()["error"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [
