@@ -113,7 +113,7 @@ def stop_strings(tokenizer, generation_config=None, fmt: str | None = None) -> l
 
 def modelfile(gguf_name: str, tokenizer, generation_config=None) -> str:
     """An Ollama Modelfile: the GGUF, the model's chat format (its default system prompt, tools and thinking
-    included) and its stop tokens."""
+    included), its stop tokens and its authors' sampling settings."""
     template = go_template(tokenizer)
     lines = [f"FROM ./{gguf_name}", ""]
     if template:
@@ -122,4 +122,22 @@ def modelfile(gguf_name: str, tokenizer, generation_config=None) -> str:
         lines += ["# No Ollama form of this chat template here: Ollama reads the one inside the GGUF.", ""]
     fmt = chat_format(tokenizer) if template else None
     lines += [f'PARAMETER stop "{s}"' for s in stop_strings(tokenizer, generation_config, fmt)]
+    lines += [f"PARAMETER {name} {value}" for name, value in sampling_parameters(generation_config).items()]
     return "\n".join(lines) + "\n"
+
+
+# generation_config.json's sampling settings -> Ollama's parameter names
+SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+            "repetition_penalty": "repeat_penalty"}
+
+
+def sampling_parameters(generation_config) -> dict:
+    """The sampling the model's authors set in its generation_config.json (Qwen 2.5: temperature 0.7, top_p 0.8,
+    top_k 20, repetition_penalty 1.05), in Ollama's names: without them Ollama samples with its own defaults. Only
+    what the file sets, and only when it samples (`do_sample`)."""
+    if generation_config is None or not hasattr(generation_config, "to_diff_dict"):
+        return {}
+    written = generation_config.to_diff_dict()
+    if not written.get("do_sample"):
+        return {}
+    return {theirs: written[ours] for ours, theirs in SAMPLING.items() if written.get(ours) is not None}

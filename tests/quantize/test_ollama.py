@@ -41,3 +41,16 @@ def test_a_template_of_another_format_is_left_to_the_one_inside_the_gguf():
     text = modelfile("m.gguf", tokenizer)
     assert "TEMPLATE" not in text and "Ollama reads the one inside the GGUF" in text
     assert f'PARAMETER stop "{tokenizer.eos_token}"' in text
+
+
+def test_the_model_s_own_sampling_settings_replace_ollama_s_defaults():
+    from transformers import GenerationConfig
+
+    qwen = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05,
+                            eos_token_id=[151645, 151643])
+    text = modelfile("m.gguf", family_tokenizer("qwen2"), qwen)
+    params = [line for line in text.splitlines() if line.startswith("PARAMETER") and "stop" not in line]
+    assert params == ["PARAMETER temperature 0.7", "PARAMETER top_p 0.8", "PARAMETER top_k 20",
+                      "PARAMETER repeat_penalty 1.05"]
+    greedy = modelfile("m.gguf", family_tokenizer("qwen2"), GenerationConfig(temperature=0.7))  # no do_sample
+    assert "temperature" not in greedy
