@@ -44,8 +44,12 @@ FORMAT_KEYS = {
     "prompt_response": ("prompt", "response"),
     "dpo": PAIR,
     "kto": ("prompt", "completion", "label"),
+    # other chat apps' exports (finetune.data.chat_exports)
+    "chatgpt": ("mapping", "current_node"),
+    "openwebui": ("chat",),
 }
 PREFERENCE_FORMATS = ("dpo", "kto")
+CHAT_EXPORTS = ("chatgpt", "openwebui")
 
 
 class FormatError(UserError):
@@ -72,6 +76,13 @@ def to_conversation(record: Any, origin: str) -> Conversation | Preference | Rej
         known = ", ".join("+".join(keys) for keys in FORMAT_KEYS.values())
         return Reject("ingest", "unknown_format",
                       f"no known format in keys {sorted(record)[:8]}; expected one of: {known}", origin, record)
+    if fmt in CHAT_EXPORTS:
+        from finetune.data import chat_exports
+
+        try:
+            return getattr(chat_exports, f"{fmt}_conversation")(record, origin)
+        except chat_exports.ExportFormatError as e:
+            return Reject("ingest", e.code, f"{fmt}: {e.detail}", origin, record)
     try:
         if fmt in PREFERENCE_FORMATS:
             return _to_preference(record, origin, fmt)

@@ -1,0 +1,171 @@
+"""Chat histories that other chat apps export, read as conversations: ChatGPT's `conversations.json` (Settings >
+Data controls > Export data) and Open WebUI's chat export (Settings > Chats > Export, or one chat's "Export chat
+(.json)"). Both are JSON arrays of conversations, each a tree of messages in which a regenerated or edited turn is
+a branch; what a user saw last is one path through it, and that path is the conversation read here:
+- ChatGPT: from `current_node` up its `parent` links. Hidden messages (the custom-instructions context) and
+  ChatGPT's own tool traffic (browsing, code runs: an assistant message addressed to a tool, and the tool's reply)
+  are not part of the chat as shown and are left out; the replies around them become one. A message with an image
+  or a file has content the models here cannot read: the conversation is rejected with that reason.
+- Open WebUI: from `chat.history.currentId` up its `parentId` links (older exports: `chat.messages`). Thumbs up
+  and down (`annotation.rating`) become `feedback` and `turn_feedback`, as the chat app's own log has them, so a
+  `filter.metadata` rule such as `metadata.feedback != -1` works on either; a reasoning model's thinking, which
+  Open WebUI writes into the reply as a `<details type="reasoning">` block, becomes `reasoning_content`, and its
+  tool-call blocks are left out of the text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from finetune.data.records import Conversation
+
+
+class ExportFormatError(ValueError):
+    """What is wrong with an exported chat (the caller turns it into a reject with `code`)."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+def path_to(nodes: dict, current: Any, parent_key: str) -> list[dict]:
+    """The nodes from the root down to `current`, following `parent_key` links."""
+    path, seen = [], set()
+    while current is not None and current in nodes:
+        if current in seen:
+            raise ExportFormatError("cycle", f"the message tree loops at {current!r}")
+        seen.add(current)
+        node = nodes[current]
+        if not isinstance(node, dict):
+            raise ExportFormatError("wrong_type", f"message {current!r} is not an object")
+        path.append(node)
+        current = node.get(parent_key)
+    return path[::-1]
+
+
+def _joined(messages: list[dict]) -> list[dict]:
+    """Consecutive messages of one role as one (the parts of a reply split around a hidden tool run)."""
+    out: list[dict] = []
+    for m in messages:
+        if out and out[-1]["role"] == m["role"]:
+            out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            out.append(m)
+    return out
+
+
+# --- ChatGPT --------------------------------------------------------------------------------------------------
+
+def chatgpt_conversation(record: dict, origin: str) -> Conversation:
+    mapping = record.get("mapping")
+    if not isinstance(mapping, dict):
+        raise ExportFormatError("wrong_type", "mapping must be an object of message nodes")
+    messages, models = [], []
+    for node in path_to(mapping, record.get("current_node"), "parent"):
+        message = node.get("message")
+        if not isinstance(message, dict):
+            continue  # the tree's root holds no message
+        role = (message.get("author") or {}).get("role")
+        meta = message.get("metadata") or {}
+        if role not in ("system", "user", "assistant") or message.get("recipient", "all") != "all" \
+                or meta.get("is_visually_hidden_from_conversation"):
+            continue
+        text = _chatgpt_text(message.get("content") or {}, node.get("id"))
+        if text is None or not text.strip():
+            continue
+        messages.append({"role": role, "content": text})
+        if role == "assistant" and meta.get("model_slug"):
+            models.append(meta["model_slug"])
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ExportFormatError("no_reply", "the conversation has no reply from the assistant on its current branch")
+    metadata = {"source": "chatgpt", "title": record.get("title"), "created_at": record.get("create_time"),
+                "conversation_id": record.get("conversation_id") or record.get("id"),
+                "model": models[-1] if models else record.get("default_model_slug")}
+    return Conversation(_joined(messages), metadata, origin, "chatgpt", record)
+
+
+def _chatgpt_text(content: dict, node_id) -> str | None:
+    """A message's text; None for content that is not the chat's (a code run, a browsing result, thoughts)."""
+    kind = content.get("content_type")
+    if kind not in ("text", "multimodal_text"):
+        return None
+    parts = content.get("parts") or []
+    if any(not isinstance(p, str) for p in parts):
+        kinds = sorted({str(p.get("content_type", "non-text")) if isinstance(p, dict) else type(p).__name__
+                        for p in parts if not isinstance(p, str)})
+        raise ExportFormatError("non_text_content", f"message {node_id!r} holds {', '.join(kinds)} content, which "
+                                                    f"a text model cannot read")
+    return "\n".join(parts)
+
+
+# --- Open WebUI -----------------------------------------------------------------------------------------------
+
+# Open WebUI writes a reasoning model's thinking and its tool runs into the reply as collapsible blocks.
+_DETAILS = re.compile(r'<details\s+type="(?P<kind>[a-z_]+)"[^>]*>(?P<body>.*?)</details>\s*', re.S)
+_SUMMARY = re.compile(r"<summary>.*?</summary>\s*", re.S)
+
+
+def openwebui_conversation(record: dict, origin: str) -> Conversation:
+    chat = record.get("chat")
+    if not isinstance(chat, dict):
+        raise ExportFormatError("wrong_type", "chat must be an object")
+    history = chat.get("history") or {}
+    nodes = history.get("messages") if isinstance(history, dict) else None
+    if isinstance(nodes, dict) and history.get("currentId") in nodes:
+        path = path_to(nodes, history["currentId"], "parentId")
+    elif isinstance(chat.get("messages"), list):
+        path = chat["messages"]
+    else:
+        raise ExportFormatError("missing_field", "chat has neither history.messages with its currentId nor messages")
+    messages, ratings, models = [], [], []
+    for i, m in enumerate(path):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ("system", "user", "assistant"):
+            raise ExportFormatError("bad_role", f"chat message {i} has role {role!r}; expected system, user or "
+                                                f"assistant")
+        message = {"role": m["role"], "content": _openwebui_text(m.get("content"), i)}
+        if m["role"] == "assistant":
+            message = _reasoning_apart(message)
+            rating = (m.get("annotation") or {}).get("rating")
+            ratings.append(rating if rating in (1, -1) else None)
+            if m.get("model"):
+                models.append(m["model"])
+        if message["content"].strip() or message.get("reasoning_content"):
+            messages.append(message)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ExportFormatError("no_reply", "the chat has no reply from the assistant on its current branch")
+    metadata = {"source": "openwebui", "title": record.get("title") or chat.get("title"),
+                "created_at": record.get("created_at") or chat.get("timestamp"), "chat_id": record.get("id"),
+                "model": models[-1] if models else next(iter(chat.get("models") or []), None),
+                "feedback": -1 if -1 in ratings else (1 if 1 in ratings else None), "turn_feedback": ratings}
+    return Conversation(messages, metadata, origin, "openwebui", record)
+
+
+def _openwebui_text(content, i: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI-style parts: text kept, an image refused
+        texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(texts) < len(content):
+            raise ExportFormatError("non_text_content", f"chat message {i} holds an image or other non-text part, "
+                                                        f"which a text model cannot read")
+        return "\n".join(texts)
+    raise ExportFormatError("wrong_type", f"chat message {i}.content must be text")
+
+
+def _reasoning_apart(message: dict) -> dict:
+    """The reply without Open WebUI's collapsible blocks, its reasoning block's text as `reasoning_content`."""
+    reasoning = []
+
+    def cut(found: re.Match) -> str:
+        if found.group("kind") == "reasoning":
+            body = _SUMMARY.sub("", found.group("body"), count=1)
+            reasoning.append("\n".join(line.removeprefix(">").removeprefix(" ") for line in body.strip().split("\n")))
+        return ""
+
+    text = _DETAILS.sub(cut, message["content"]).strip()
+    out = {**message, "content": text}
+    if any(r.strip() for r in reasoning):
+        out["reasoning_content"] = "\n\n".join(r.strip() for r in reasoning if r.strip())
+    return out

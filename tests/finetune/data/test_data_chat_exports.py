@@ -1,0 +1,144 @@
+"""Chat histories exported by ChatGPT and Open WebUI through the data pipeline: the branch the user saw last, the
+app's own hidden and tool messages left out, ratings as feedback, images rejected with the reason.
+
+The records follow the shapes those apps write: ChatGPT's `conversations.json` (a `mapping` of nodes linked by
+`parent`/`children`, `current_node`), Open WebUI's export (`chat.history.messages` linked by `parentId`,
+`currentId`, `annotation.rating`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from finetune.data import DataPipelineConfig, prepare_dataset
+from tests.finetune.data._data_helpers import read_jsonl
+
+
+def _node(node_id, parent, role=None, text=None, **message):
+    node = {"id": node_id, "parent": parent, "children": []}
+    if role is not None:
+        content = message.pop("content", {"content_type": "text", "parts": [text]})
+        node["message"] = {"id": node_id, "author": {"role": role, "name": None, "metadata": {}}, "create_time": 1.7e9,
+                           "content": content, "status": "finished_successfully", "end_turn": True, "weight": 1.0,
+                           "metadata": message.pop("metadata", {}), "recipient": message.pop("recipient", "all")}
+    return node
+
+
+def chatgpt_conversation(n: int) -> dict:
+    """A chat whose first reply was regenerated (the old branch stays in the tree), with ChatGPT's hidden system
+    node, the custom-instructions context, and a browsing run between two parts of the last reply."""
+    nodes = [
+        _node("root", None),
+        _node("sys", "root", "system", ""),
+        _node("ctx", "sys", "user", None, content={"content_type": "user_editable_context",
+                                                    "user_profile": "I ride to work", "user_instructions": "Be brief"},
+              metadata={"is_visually_hidden_from_conversation": True}),
+        _node("u1", "ctx", "user", f"How far can bike {n} go on one charge?"),
+        _node("a1-old", "u1", "assistant", "Nobody knows.", metadata={"model_slug": "gpt-4o"}),
+        _node("a1", "u1", "assistant", f"About {40 + n} km.", metadata={"model_slug": "gpt-4o"}),
+        _node("u2", "a1", "user", "And the charger?"),
+        _node("a2-text", "u2", "assistant", "Let me look that up.", metadata={"model_slug": "gpt-4o"}),
+        _node("a2-call", "a2-text", "assistant", None, content={"content_type": "code", "language": "unknown",
+                                                                 "text": "search('bike charger')"},
+              recipient="browser"),
+        _node("a2-tool", "a2-call", "tool", None, content={"content_type": "tether_browsing_display",
+                                                            "result": "..."}),
+        _node("a2", "a2-tool", "assistant", "It takes 4 hours.", metadata={"model_slug": "gpt-4o"}),
+    ]
+    mapping = {node["id"]: node for node in nodes}
+    for node in nodes:
+        if node["parent"]:
+            mapping[node["parent"]]["children"].append(node["id"])
+    return {"title": f"Bike {n}", "create_time": 1.7e9 + n, "update_time": 1.7e9 + n, "mapping": mapping,
+            "moderation_results": [], "current_node": "a2", "plugin_ids": None, "conversation_id": f"conv-{n}",
+            "conversation_template_id": None, "gizmo_id": None, "is_archived": False, "safe_urls": [],
+            "default_model_slug": "gpt-4o", "id": f"conv-{n}"}
+
+
+def openwebui_chat(n: int, rating: int | None = 1) -> dict:
+    """A chat with a regenerated reply (two children of the first question; currentId on the newer branch), a
+    rating on the kept reply and a reasoning block written into it."""
+    def msg(mid, parent, role, content, children=(), **extra):
+        return {"id": mid, "parentId": parent, "childrenIds": list(children), "role": role, "content": content,
+                "timestamp": 1_700_000_000 + n, **extra}
+
+    thought = ('<details type="reasoning" done="true" duration="2">\n<summary>Thought for 2 seconds</summary>\n'
+               f'> The user asks about bike {n}.\n> Range is 40 km.\n</details>\n')
+    messages = {
+        "u1": msg("u1", None, "user", f"Range of bike {n}?", ["a1-old", "a1"]),
+        "a1-old": msg("a1-old", "u1", "assistant", "No idea.", model="smollm2", annotation={"rating": -1}),
+        "a1": msg("a1", "u1", "assistant", thought + f"About {40 + n} km.", ["u2"], model="smollm2",
+                  annotation={"rating": rating} if rating else {}),
+        "u2": msg("u2", "a1", "user", [{"type": "text", "text": "Thanks!"}], ["a2"]),
+        "a2": msg("a2", "u2", "assistant", "You're welcome.", model="smollm2"),
+    }
+    return {"id": f"chat-{n}", "user_id": "u-1", "title": f"Bike {n}", "created_at": 1_700_000_000 + n,
+            "updated_at": 1_700_000_100 + n, "share_id": None, "archived": False, "pinned": False, "meta": {},
+            "folder_id": None,
+            "chat": {"id": "", "title": f"Bike {n}", "models": ["smollm2"], "params": {},
+                     "history": {"messages": messages, "currentId": "a2"},
+                     "messages": [messages[k] for k in ("u1", "a1", "u2", "a2")], "tags": [],
+                     "timestamp": 1_700_000_000_000 + n}}
+
+
+def _run(src, out, **filters):
+    return prepare_dataset(DataPipelineConfig.from_dict({
+        "ingest": {"paths": [str(src)]}, "filter": filters,
+        "split": {"train_ratio": 1.0, "validation_ratio": 0, "test_ratio": 0},
+        "export": {"output_dir": str(out), "min_conversations": 0}}))
+
+
+def test_a_chatgpt_export_gives_the_conversations_as_shown(tmp_path):
+    image = chatgpt_conversation(9)
+    image["mapping"]["u1"]["message"]["content"] = {"content_type": "multimodal_text", "parts": [
+        {"content_type": "image_asset_pointer", "asset_pointer": "file-service://x"}, "What bike is this?"]}
+    src = tmp_path / "conversations.json"
+    src.write_text(json.dumps([chatgpt_conversation(n) for n in range(3)] + [image]))  # one JSON array, as exported
+    result = _run(src, tmp_path / "out")
+    rows = read_jsonl(result.splits["train"])
+    assert len(rows) == 3
+    assert rows[0]["messages"] == [
+        {"role": "user", "content": "How far can bike 0 go on one charge?"},
+        {"role": "assistant", "content": "About 40 km."},  # the regenerated reply, not the old branch's
+        {"role": "user", "content": "And the charger?"},
+        {"role": "assistant", "content": "Let me look that up.\n\nIt takes 4 hours."},  # around the browsing run
+    ]
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rejects] == ["ingest.non_text_content"]
+    assert "image_asset_pointer content, which a text model cannot read" in rejects[0]["detail"]
+
+
+def test_an_open_webui_export_keeps_ratings_and_reasoning_and_filters_on_them(tmp_path):
+    src = tmp_path / "chat-export.json"
+    src.write_text(json.dumps([openwebui_chat(n) for n in range(3)] + [openwebui_chat(3, rating=-1)]))
+    result = _run(src, tmp_path / "out")
+    rows = read_jsonl(result.splits["train"])
+    assert len(rows) == 4
+    first = next(r for r in rows if r["messages"][0]["content"] == "Range of bike 0?")
+    assert first["messages"] == [
+        {"role": "user", "content": "Range of bike 0?"},
+        {"role": "assistant", "content": "About 40 km.",
+         "reasoning_content": "The user asks about bike 0.\nRange is 40 km."},
+        {"role": "user", "content": "Thanks!"},
+        {"role": "assistant", "content": "You're welcome."},
+    ]
+    assert first["metadata"]["feedback"] == 1 and first["metadata"]["turn_feedback"] == [1, None]
+    assert first["metadata"]["source"] == "openwebui" and first["metadata"]["model"] == "smollm2"
+    liked = _run(src, tmp_path / "liked", metadata=["metadata.feedback == 1"])
+    assert len(read_jsonl(liked.splits["train"])) == 3  # the thumbs-down chat is left out
+
+
+def test_a_chat_export_that_trains_reads_as_messages(tmp_path):
+    """What comes out is the messages format fine-tuning checks and tokenizes as it is."""
+    from finetune.formatting import FormatOptions, tokenize_record
+    from finetune.records import Record, check_records
+    from tests.families import family_tokenizer
+
+    src = tmp_path / "mixed.json"
+    src.write_text(json.dumps([chatgpt_conversation(1), openwebui_chat(2)]))
+    rows = read_jsonl(_run(src, tmp_path / "out").splits["train"])
+    check_records([Record(r, f"train.jsonl:{i}") for i, r in enumerate(rows, 1)], "chat", "train.jsonl")
+    tokenizer = family_tokenizer("qwen3")
+    for row in rows:
+        example = tokenize_record(tokenizer, row, FormatOptions(task="chat", max_seq_length=1024))
+        assert any(label != -100 for label in example["labels"])
