@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Literal
 
 from finetune.data.chatlog_db import connect
-from finetune.data.chatlog_schema import answered, logged_conversation, logged_message, messages_sql, row_metadata
+from finetune.data.chatlog_schema import logged_conversation, messages_sql
+from finetune.data.preference_pairs import preference_rows
 
 FORMATS = ("messages", "kto", "dpo")
 
@@ -106,58 +107,6 @@ def export_jsonl(db_path: str | Path, out_path: str | Path, min_feedback: int | 
     if cut_disliked:
         counts["conversations_cut_at_a_disliked_reply"] = cut
     return counts
-
-
-def _unfinished(row: Row) -> bool:
-    """An empty reply (no text and no call), or one the user stopped (or the client left) mid-stream: no side of a
-    pair."""
-    metadata = row_metadata(row["metadata"])
-    return (not row["content"].strip() and not metadata.get("tool_calls")) or bool(metadata.get("interrupted"))
-
-
-def _answer(message: dict) -> tuple:
-    """What a reply says: its text and its calls (two replies reasoning differently to the same answer are no
-    pair)."""
-    return message["content"], message.get("tool_calls")
-
-
-def preference_rows(rows: list[Row], kind: Literal["kto", "dpo"]) -> tuple[list[dict], int]:
-    """The KTO or DPO rows of one conversation's messages (all of them, in conversation order), and how many
-    candidate pairs were left out (contradicting ratings, same reply). A reply keeps its calls and reasoning, the
-    prompt the tool results before it, and a row the functions offered up to it (`tools`), as `export_jsonl` has
-    them (finetune.data.chatlog_schema.logged_message)."""
-    turns: dict[int, list[Row]] = {}
-    for r in rows:
-        turns.setdefault(r["alternative_of"] or r["id"], []).append(r)
-    out, left_out, context, tools = [], 0, [], {}
-    for r in rows:
-        replies = turns[r["alternative_of"] or r["id"]]
-        if r is not replies[0]:  # each turn once, at its place; the context grows by the turn's kept message
-            continue
-        kept = next((x for x in replies if x["superseded_by"] is None), None)
-        logged = {x["id"]: logged_message(x) for x in replies}
-        results = logged[(kept or r)["id"]][0] if answered(context) else []
-        for _, _, offered in logged.values():
-            tools.update((t["function"]["name"], t) for t in offered)
-        prompt = context + results
-        with_tools = {"tools": list(tools.values())} if tools else {}
-        if r["role"] == "assistant" and context:
-            if kind == "kto":
-                out += [{"prompt": list(prompt), "completion": [logged[x["id"]][1]], "label": x["feedback"] == 1,
-                         **with_tools} for x in replies if x["feedback"] is not None]
-            elif kept is not None:
-                for x in replies:
-                    if x is kept:
-                        continue
-                    if kept["feedback"] == -1 or x["feedback"] == 1 or _answer(logged[x["id"]][1]) == _answer(
-                            logged[kept["id"]][1]) or _unfinished(kept) or _unfinished(x):
-                        left_out += 1
-                        continue
-                    out.append({"prompt": list(prompt), "chosen": [logged[kept["id"]][1]],
-                                "rejected": [logged[x["id"]][1]], **with_tools})
-        if kept is not None:
-            context = prompt + [logged[kept["id"]][1]]
-    return out, left_out
 
 
 def export_preferences(db_path: str | Path, out_path: str | Path, kind: Literal["kto", "dpo"],

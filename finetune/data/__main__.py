@@ -30,6 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
                       "replaces ingest.paths")
     prep.add_argument("--output-dir", help="replaces export.output_dir")
     prep.add_argument("overrides", nargs="*", metavar="section.key=value", help="override one config key")
+    pairs = sub.add_parser("pairs", help="preference rows from exported chat histories (ChatGPT, Open WebUI): DPO "
+                                         "pairs of the reply kept over each one regenerated away, or KTO's rated "
+                                         "replies")
+    pairs.add_argument("--input", action="append", required=True, help="conversations.json or an Open WebUI "
+                       "export (repeatable)")
+    pairs.add_argument("--format", choices=["dpo", "kto"], default="dpo")
+    pairs.add_argument("--output", required=True, help="JSONL file to write (the data pipeline and finetune read "
+                                                       "it as it is)")
     show = sub.add_parser("config", help="print the effective config as YAML and exit", epilog=keys,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     show.add_argument("--config")
@@ -62,6 +70,11 @@ def summary(stats: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "pairs":
+            from finetune.data.chat_exports import export_pairs
+
+            print(json.dumps(export_pairs(args.input, args.output, args.format), indent=2))
+            return 0
         cfg = load_config(args)
         if args.command == "config":
             import yaml

@@ -15,8 +15,9 @@ a branch; what a user saw last is one path through it, and that path is the conv
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from finetune.data.records import Conversation
 
@@ -169,3 +170,121 @@ def _reasoning_apart(message: dict) -> dict:
     if any(r.strip() for r in reasoning):
         out["reasoning_content"] = "\n\n".join(r.strip() for r in reasoning if r.strip())
     return out
+
+
+# --- preference rows from the branches ------------------------------------------------------------------------
+
+def preference_rows_of(record: dict, kind: Literal["kto", "dpo"]) -> tuple[list[dict], int]:
+    """An exported chat's KTO rows (Open WebUI's rated replies) or DPO pairs (the reply on the branch the user kept
+    over each sibling reply they regenerated away), by the chat app's log's rules
+    (finetune.data.preference_pairs), and how many pairs those rules left out."""
+    from finetune.data.preference_pairs import preference_rows
+
+    if isinstance(record.get("mapping"), dict):
+        rows = _tree_rows(record["mapping"], record.get("current_node"), "parent", "children", _chatgpt_row)
+    elif isinstance(record.get("chat"), dict):
+        history = record["chat"].get("history") or {}
+        rows = _tree_rows(history.get("messages") or {}, history.get("currentId"), "parentId", "childrenIds",
+                          _openwebui_row)
+    else:
+        raise ExportFormatError("unknown_format", "neither a ChatGPT conversation (mapping, current_node) nor an "
+                                                  "Open WebUI chat (chat.history)")
+    return preference_rows(rows, kind)
+
+
+def _tree_rows(nodes: dict, current, parent_key: str, children_key: str, row_of) -> list[dict]:
+    """The log's rows (preference_pairs' module docstring) of the branch kept up to `current`: each kept message,
+    then its sibling replies, superseded by it."""
+    rows = []
+    for node in path_to(nodes, current, parent_key):
+        kept = row_of(node)
+        if kept is None:
+            continue
+        parent = nodes.get(node.get(parent_key)) if node.get(parent_key) is not None else None
+        siblings = [nodes[c] for c in (parent or {}).get(children_key) or [] if c in nodes and c != kept["id"]]
+        others = [r for r in map(row_of, siblings) if r is not None and r["role"] == kept["role"] == "assistant"]
+        if rows and rows[-1]["role"] == kept["role"] and not others and rows[-1]["superseded_by"] is None:
+            # a reply split around the app's hidden tool run (ChatGPT): one reply, as the conversation reads it
+            rows[-1] = {**rows[-1], "content": rows[-1]["content"] + "\n\n" + kept["content"]}
+            continue
+        rows.append(kept)
+        rows += [{**r, "alternative_of": kept["id"], "superseded_by": kept["id"]} for r in others]
+    return rows
+
+
+def _row(node_id, role: str, content: str, feedback=None, reasoning: str | None = None,
+         unfinished: bool = False) -> dict:
+    metadata = {**({"reasoning": reasoning} if reasoning else {}), **({"interrupted": True} if unfinished else {})}
+    return {"id": node_id, "role": role, "content": content, "feedback": feedback, "metadata": json.dumps(metadata),
+            "alternative_of": None, "superseded_by": None}
+
+
+def _chatgpt_row(node: dict) -> dict | None:
+    message = node.get("message")
+    if not isinstance(message, dict):
+        return None
+    role = (message.get("author") or {}).get("role")
+    if role not in ("system", "user", "assistant") or message.get("recipient", "all") != "all" \
+            or (message.get("metadata") or {}).get("is_visually_hidden_from_conversation"):
+        return None
+    try:
+        text = _chatgpt_text(message.get("content") or {}, node.get("id"))
+    except ExportFormatError:
+        return None
+    return _row(node.get("id"), role, text) if text and text.strip() else None
+
+
+def _openwebui_row(node: dict) -> dict | None:
+    if node.get("role") not in ("system", "user", "assistant"):
+        return None
+    try:
+        message = {"role": node["role"], "content": _openwebui_text(node.get("content"), 0)}
+    except ExportFormatError:
+        return None
+    rating = None
+    if node["role"] == "assistant":
+        message = _reasoning_apart(message)
+        rating = (node.get("annotation") or {}).get("rating")
+    return _row(node.get("id"), node["role"], message["content"], rating if rating in (1, -1) else None,
+                message.get("reasoning_content"), unfinished=node.get("done") is False)
+
+
+def export_pairs(inputs: list[str], out_path: str, kind: Literal["kto", "dpo"]) -> dict:
+    """`python -m finetune.data pairs`: the preference rows of every chat in the exported files (JSON arrays, as the
+    apps write them, or JSON Lines), one JSON line each; return counts for the caller. A chat that is not one of
+    the two formats, or is broken, is named by file and position and counted, not fatal."""
+    from pathlib import Path
+
+    from finetune.data.json_stream import iter_json_array
+    from finetune.data.sources import sniff
+
+    counts = {"chats_read": 0, "chats_with_rows": 0, "rows_written": 0, "pairs_left_out": 0, "chats_skipped": []}
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as out:
+        for name in inputs:
+            path = Path(name)
+            with open(path, encoding="utf-8-sig") as f:
+                records = iter_json_array(f) if sniff(path) == "json_array" else (
+                    (n, line) for n, line in enumerate(f, 1) if line.strip())
+                for line, record in records:
+                    counts["chats_read"] += 1
+                    try:
+                        if isinstance(record, str):  # a JSON Lines line
+                            try:
+                                record = json.loads(record)
+                            except ValueError as e:
+                                raise ExportFormatError("invalid_json", f"invalid JSON ({e})") from None
+                        if not isinstance(record, dict):
+                            raise ExportFormatError("not_an_object", "a chat must be a JSON object")
+                        rows, left_out = preference_rows_of(record, kind)
+                    except ExportFormatError as e:
+                        counts["chats_skipped"].append(f"{path}:{line}: {e.detail}")
+                        continue
+                    counts["pairs_left_out"] += left_out
+                    counts["chats_with_rows"] += bool(rows)
+                    counts["rows_written"] += len(rows)
+                    out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if kind == "kto":
+        del counts["pairs_left_out"]
+    counts["output"] = str(out_path)
+    return counts

@@ -142,3 +142,32 @@ def test_a_chat_export_that_trains_reads_as_messages(tmp_path):
     for row in rows:
         example = tokenize_record(tokenizer, row, FormatOptions(task="chat", max_seq_length=1024))
         assert any(label != -100 for label in example["labels"])
+
+
+def test_preference_pairs_from_the_branches_of_exported_chats(tmp_path):
+    """`python -m finetune.data pairs`: the regenerated-away sibling against the reply kept (Open WebUI: unless the
+    ratings contradict it), KTO's rated replies, and the same rules as the chat app's log."""
+    from finetune.data.__main__ import main
+    from finetune.records import Record, check_records
+
+    contradicted = openwebui_chat(1)
+    contradicted["chat"]["history"]["messages"]["a1-old"]["annotation"] = {"rating": 1}  # the replaced one liked
+    src = tmp_path / "chat-export.json"
+    src.write_text(json.dumps([openwebui_chat(0), contradicted]))
+    chatgpt = tmp_path / "conversations.json"
+    chatgpt.write_text(json.dumps([chatgpt_conversation(5)]))
+    assert main(["pairs", "--input", str(src), "--input", str(chatgpt), "--output", str(tmp_path / "dpo.jsonl")]) == 0
+    rows = read_jsonl(tmp_path / "dpo.jsonl")
+    assert rows == [
+        {"prompt": [{"role": "user", "content": "Range of bike 0?"}],
+         "chosen": [{"role": "assistant", "content": "About 40 km.",
+                     "reasoning_content": "The user asks about bike 0.\nRange is 40 km."}],
+         "rejected": [{"role": "assistant", "content": "No idea."}]},
+        {"prompt": [{"role": "user", "content": "How far can bike 5 go on one charge?"}],
+         "chosen": [{"role": "assistant", "content": "About 45 km."}],
+         "rejected": [{"role": "assistant", "content": "Nobody knows."}]},
+    ]
+    check_records([Record(r, f"dpo.jsonl:{i}") for i, r in enumerate(rows, 1)], "dpo", "dpo.jsonl")
+    assert main(["pairs", "--input", str(src), "--format", "kto", "--output", str(tmp_path / "kto.jsonl")]) == 0
+    rated = [(r["completion"][0]["content"], r["label"]) for r in read_jsonl(tmp_path / "kto.jsonl")]
+    assert rated == [("About 40 km.", True), ("No idea.", False), ("About 41 km.", True), ("No idea.", True)]
