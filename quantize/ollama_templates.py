@@ -4,7 +4,8 @@ Each writes what the family's Jinja template, through `finetune.tool_calls.tool_
 conversation: the prompt the model was fine-tuned and is served on (tests/quantize/test_ollama_render.py renders
 both, the Go side with Go's text/template as Ollama's server calls it). Where they cannot agree:
 - Ollama hands a template its tools and call arguments as maps, which Go's encoding/json writes compact with the
-  keys sorted: the JSON is the same, its spacing and key order are not.
+  keys sorted and <, > and & as \u003c, \u003e and \u0026: the JSON is the same, its spacing, key order and those
+  escapes are not (no template function turns them off).
 - Go templates cannot hash or count: a call id is written as the client sent it (serving fits it to Mistral v0.3's
   9 characters; Ollama's clients send those it generated), and a result without an id gets none.
 - Ollama joins every system message into .System; the templates write it once, at the start.
