@@ -130,3 +130,47 @@ def test_ollama_offers_tools_and_finds_each_family_s_calls(family):
     read = ollama_reads(template)
     assert "tools" in read["vars"] and "toolcalls" in read["vars"]
     assert (read["tool_tag"], read["thinking"]) == OLLAMA_READS[family]
+
+
+TRICKY = ['Say "hi" to {name}', "a < b && c > d", "Ünïcødé ✓ 日本語", "line one\nline two", "path C:\\temp\\x",
+          "{not json", '["a", 1]', "50% off; #1 & only", "</tool_call> is text here", "tab\there"]
+
+
+def random_conversation(rng, family: str) -> tuple[list[dict], list[dict] | None]:
+    """A conversation the family's template takes: an optional system prompt, then user turns each answered by
+    text or by calls (one for Llama 3.2) whose results follow (one a turn for Gemma, whose template wants turns in
+    turn), ending on a user turn or on results; its texts drawn from TRICKY."""
+    text = lambda: rng.choice(TRICKY) + f" {rng.randrange(100)}"  # noqa: E731
+    tools = TOOLS if rng.random() < 0.7 else None
+    messages = [{"role": "system", "content": text()}] if rng.random() < 0.5 else []
+    for turn in range(rng.randrange(1, 4)):
+        messages.append({"role": "user", "content": text()})
+        last = turn == 2 or rng.random() < 0.3
+        if tools and rng.random() < 0.5:
+            n = 1 if family in ("llama", "gemma2", "gemma3_text") else rng.randrange(1, 3)
+            calls = [call(f"{turn}{i}abcdefg", rng.choice(["get_weather", "get_time"]), city=text()) for i in range(n)]
+            messages.append({"role": "assistant", "content": text() if rng.random() < 0.3 else "", "tool_calls": calls})
+            messages += [{"role": "tool", "tool_call_id": c["id"], "content": text()} for c in calls]
+            if last:
+                return messages, tools
+            messages.append({"role": "assistant", "content": text()})
+        elif not last:
+            messages.append({"role": "assistant", "content": text()})
+        if last:
+            break
+    return messages, tools
+
+
+@pytest.mark.parametrize("family", TEMPLATE_FAMILIES)
+def test_ollama_prompts_as_serving_does_for_random_conversations(family):
+    """40 seeded random conversations per template, with quotes, braces, markup, backslashes and non-Latin text."""
+    import random
+
+    rng = random.Random(f"ollama-{family}")
+    tokenizer = tokenizer_for(family)
+    template = go_template(tokenizer)
+    for n in range(40):
+        messages, tools = random_conversation(rng, family)
+        want = served_prompt(tokenizer, messages, tools)
+        got = ollama_prompt(template, messages, tools)
+        assert same_json(got) == same_json(want), (n, messages, tools)
