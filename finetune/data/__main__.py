@@ -2,6 +2,8 @@
 
 Every setting lives in DataPipelineConfig; the command line only names the YAML file and overrides keys of
 it (`filter.min_turns=2`), with `--input`/`--output-dir` as shorthands for the two that change every run.
+`python -m finetune.data pairs --input chat-export.json --format dpo --output pairs.jsonl` writes the preference
+rows of exported chat histories (finetune.data.chat_exports).
 """
 
 from __future__ import annotations
