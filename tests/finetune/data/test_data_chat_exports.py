@@ -171,3 +171,15 @@ def test_preference_pairs_from_the_branches_of_exported_chats(tmp_path):
     assert main(["pairs", "--input", str(src), "--format", "kto", "--output", str(tmp_path / "kto.jsonl")]) == 0
     rated = [(r["completion"][0]["content"], r["label"]) for r in read_jsonl(tmp_path / "kto.jsonl")]
     assert rated == [("About 40 km.", True), ("No idea.", False), ("About 41 km.", True), ("No idea.", True)]
+
+
+def test_a_chat_that_is_not_an_export_is_named_and_skipped(tmp_path):
+    from finetune.data.chat_exports import export_pairs
+
+    src = tmp_path / "mixed.jsonl"
+    src.write_text(json.dumps(openwebui_chat(0)) + "\n" + json.dumps({"messages": []}) + "\n{broken\n")
+    counts = export_pairs([str(src)], str(tmp_path / "dpo.jsonl"), "dpo")
+    assert counts["chats_read"] == 3 and counts["rows_written"] == 1
+    assert counts["chats_skipped"][0] == (f"{src}:2: neither a ChatGPT conversation (mapping, current_node) nor an "
+                                          f"Open WebUI chat (chat.history)")
+    assert counts["chats_skipped"][1].startswith(f"{src}:3: invalid JSON")
