@@ -47,5 +47,12 @@ def test_gguf_f16_reloads_with_the_same_greedy_tokens(tmp_path):
     got = model.generate(ids, max_new_tokens=10, do_sample=False)
     assert got[0, ids.shape[1]:].tolist() == want[0, ids.shape[1]:].tolist()
     assert "Paris" in tokenizer.decode(got[0, ids.shape[1]:])
-    modelfile = (path / "Modelfile").read_text()
-    assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in modelfile
+    # Ollama, given the Modelfile, prompts as serving does: SmolLM2's default system prompt included
+    import re
+
+    from tests.quantize.ollama_render import ollama_prompt, served_prompt
+
+    template = re.search(r'TEMPLATE """(.*?)"""', (path / "Modelfile").read_text(), re.S).group(1)
+    asked = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = ollama_prompt(template, asked)
+    assert prompt == served_prompt(tokenizer, asked) and "You are a helpful AI assistant named SmolLM" in prompt
