@@ -371,13 +371,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _defaults(args) -> None:
     """Fill what the command line left open; with --shape, point --model at the shape's folder."""
-    from benchmarks.machine import train_precision
+    from benchmarks.machine import serve_precision
 
     if args.shape:
         from benchmarks.shapes import shape_folder
 
         args.model = str(shape_folder(args.shape))
-        plain = "hf-bf16" if args.device == "cuda" or train_precision(args.device) == "bf16" else "hf-fp32"
+        plain = "hf-bf16" if args.device == "cuda" or serve_precision() == "bf16" else "hf-fp32"
         args.paths = args.paths or f"{plain},ours"
     args.paths = args.paths if isinstance(args.paths, list) else (
         args.paths or ",".join(x for x in PATHS if x != "hf-fp16")).split(",")

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from finetune.hardware import fastest_call, matmul_gflops  # noqa: F401  (the timing every benchmark shares)
 from finetune.memory import peak_rss_mb  # noqa: F401  (the benchmarks' peak RSS: one definition)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,13 +49,22 @@ def machine_info() -> dict:
 
 
 def train_precision(device: str = "cpu") -> str:
-    """The precision training runs in on `device` (finetune.hardware decides): bf16 on a GPU and on a CPU with AMX or
-    AVX512-BF16, fp32 on other CPUs. Every limit a benchmark reports is measured in this precision."""
+    """The precision training runs in on `device` (finetune.hardware.training_precision decides): bf16 on a GPU and
+    on a CPU with AMX, the faster of the two where bf16 runs on AVX512-BF16 only, fp32 on other CPUs. Every limit a
+    benchmark reports is measured in this precision."""
     if device != "cpu":
         return "bf16"
+    from finetune.hardware import training_precision
+
+    return training_precision()[0]
+
+
+def serve_precision() -> str:
+    """The precision serving runs in on this CPU (finetune.hardware.Hardware.cpu_precision): bf16 wherever the CPU
+    has bf16 instructions, where training may measure fp32 faster (train_precision)."""
     from finetune.hardware import detect_hardware
 
-    return "bf16" if detect_hardware().cpu_bf16 else "fp32"
+    return detect_hardware().cpu_precision[0]
 
 
 def _cpu_flags() -> set[str]:
@@ -89,36 +99,6 @@ def matmul_peaks(device: str = "cpu", n: int = 2048, seconds: float = 2.0) -> tu
     slow = "bf16" if precision == "fp32" and device == "cpu" else None
     sizes = {name: min(n, 512) if name == slow else n for name in ("bf16", "fp32")}
     return {name: matmul_gflops(name, n=size, seconds=seconds, device=device) for name, size in sizes.items()}, sizes
-
-
-def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0, device: str = "cpu",
-                  windows: int = 4) -> float:
-    """Peak GFLOPS of an n x n x n matmul in `dtype_name` ("bf16" or "fp32") on this process's threads (or on
-    the GPU with device="cuda", synchronized before the clock stops), in the fastest of `windows` timing
-    windows (fastest_call)."""
-    import torch
-
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(3):
-        a @ b
-    sync()
-    return 2 * n**3 / fastest_call(lambda: a @ b, seconds, windows, sync) / 1e9
-
-
-def fastest_call(fn, seconds: float, windows: int = 4, sync=lambda: None) -> float:
-    """Seconds per call of `fn` in the fastest of `windows` timing windows splitting `seconds`: on a shared VM a
-    neighbour's burst in one window slows that window only."""
-    fastest = float("inf")
-    for _ in range(windows):
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / windows:
-            fn()
-            count += 1
-        sync()
-        fastest = min(fastest, (time.perf_counter() - start) / count)
-    return fastest
 
 
 def model_linear_shapes(config) -> list[tuple[int, int, int]]:

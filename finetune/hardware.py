@@ -12,6 +12,7 @@ import functools
 import os
 import platform
 import re
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,6 +95,86 @@ def cpu_precision(flags: set[str], isa_limit: str | None = None) -> tuple[str, s
         return "fp32", ("AVX-512 without bf16 instructions (no AMX, no AVX512-BF16): oneDNN would only emulate bf16 "
                         "matmuls, so fp32 is faster")
     return "fp32", f"{isa} only (no AMX, no AVX512-BF16): bf16 matmuls have no fast kernel here, so fp32 is faster"
+
+
+# A Xeon whose AMX the system hides runs bf16 matmuls on AVX512-BF16 instead, which on the Emerald Rapids KVM guest
+# (2 cores, 2026-12-07) measured half its fp32 speed: 164 against 326 GFLOPS (4096^3), and LoRA trained faster in
+# fp32 (llama-3.2-1b shape 51.3 against 33.4 useful tok/s, SmolLM2-135M 329 against 207, the same held-out loss).
+# The AMD EPYC Zen 4 runs its AVX512-BF16 at 406-431 GFLOPS on 2 cores, above its fp32. So where bf16 has no AMX,
+# training takes whichever measures faster here.
+SPEED_SIZE = 1024  # a 1024^3 matmul: about 10 ms in bf16 on 2 such cores; five timing windows each
+
+
+def training_precision(hw: Hardware | None = None) -> tuple[str, str]:
+    """("bf16" or "fp32", why) for training on this CPU: `cpu_precision`, but where bf16 runs on AVX512-BF16 only
+    (no AMX) the faster of the two as measured here (`matmul_speeds`). Serving keeps `cpu_precision`: decoding one
+    token at a time reads the weights, which bf16 halves."""
+    hw = hw or detect_hardware()
+    precision, why = hw.cpu_precision
+    if precision != "bf16" or hw.amx_bf16:
+        return precision, why
+    speeds = matmul_speeds()
+    if speeds["bf16"] >= speeds["fp32"]:
+        return "bf16", (f"{why}; measured here {speeds['bf16']:.0f} GFLOPS in bf16 against {speeds['fp32']:.0f} in "
+                        f"fp32")
+    return "fp32", (f"AVX512-BF16 is present (no AMX), but its bf16 matmuls measured {speeds['bf16']:.0f} GFLOPS "
+                    f"against {speeds['fp32']:.0f} in fp32 on this CPU, so fp32 trains faster")
+
+
+def matmul_speeds() -> dict[str, float]:
+    """{"bf16": GFLOPS, "fp32": GFLOPS} of a SPEED_SIZE^3 matmul on this process's threads: measured once per CPU,
+    flags, torch version and thread count, and kept in the cache home (matmul_speeds.json)."""
+    import json
+
+    import torch
+
+    from finetune.home import cache_home
+
+    hw = detect_hardware()
+    key = f"{hw.cpu_model}|{','.join(sorted(hw.flags))}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    path = cache_home() / "matmul_speeds.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = {name: round(matmul_gflops(name, n=SPEED_SIZE, seconds=0.5, windows=5), 1)
+                      for name in ("bf16", "fp32")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(known, indent=1))
+        os.replace(temporary, path)  # whole: a process reading it never sees half a file
+    return known[key]
+
+
+def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0, device: str = "cpu",
+                  windows: int = 4) -> float:
+    """Peak GFLOPS of an n x n x n matmul in `dtype_name` ("bf16" or "fp32") on this process's threads (or on
+    the GPU with device="cuda", synchronized before the clock stops), in the fastest of `windows` timing
+    windows (fastest_call)."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    return 2 * n**3 / fastest_call(lambda: a @ b, seconds, windows, sync) / 1e9
+
+
+def fastest_call(fn, seconds: float, windows: int = 4, sync=lambda: None) -> float:
+    """Seconds per call of `fn` in the fastest of `windows` timing windows splitting `seconds`: on a shared VM a
+    neighbour's burst in one window slows that window only."""
+    fastest = float("inf")
+    for _ in range(windows):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / windows:
+            fn()
+            count += 1
+        sync()
+        fastest = min(fastest, (time.perf_counter() - start) / count)
+    return fastest
 
 
 def read_cpuinfo() -> tuple[str, set[str], int | None]:
@@ -285,8 +366,10 @@ def detect_hardware() -> Hardware:
     )
 
 
-def compute_summary(device: str, precision: str | None = None, threads: int | None = None) -> str:
-    """One line saying what this process computes in and why: precision and its reason, threads, allocator.
+def compute_summary(device: str, precision: str | None = None, threads: int | None = None,
+                    training: bool = False) -> str:
+    """One line saying what this process computes in and why: precision and its reason (`training`: training's,
+    measured where bf16 has no AMX), threads, allocator.
 
     Printed at the start of training and serving, and by the doctor, so a figure is never read without it.
     """
@@ -294,7 +377,7 @@ def compute_summary(device: str, precision: str | None = None, threads: int | No
 
     hw = detect_hardware()
     if device == "cpu":
-        chosen, why = hw.cpu_precision
+        chosen, why = training_precision(hw) if training else hw.cpu_precision
         precision = precision or chosen
         if precision != chosen:
             why = f"{precision} as asked (this CPU's best: {chosen}, because {why})"

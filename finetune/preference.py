@@ -303,7 +303,7 @@ def finetune_preference(config: TextGenerationFinetuningConfig,
     training_args = trl_args(config, device, precision)
     logger.info("Preference tuning %s on %s: task=%s, %s, lora, beta=%g, %d train / %d eval records", model_path,
                 device, fa.task, precision, fa.beta, len(train_rows), len(eval_rows))
-    logger.info("Compute: %s", compute_summary(device, precision, threads))
+    logger.info("Compute: %s", compute_summary(device, precision, threads, training=True))
     set_seed(args.seed)
     model = load_base_model(model_path, config, device, precision, tokenizer)
     throughput = ThroughputCallback()

@@ -36,9 +36,9 @@ from finetune.hardware import (
     compute_summary,
     configure_threads,
     default_device,
-    detect_hardware,
     limit_kernel_caches,
     resolve_precision,
+    training_precision,
 )
 from finetune.lean_ops import use_lean_ops
 from finetune.lora_ops import fuse_lora_forward
@@ -71,8 +71,9 @@ def _device(finetune_args: FinetuningArguments) -> str:
 def _precision(config: TextGenerationFinetuningConfig, device: str) -> str:
     args, choice = config.training_args, config.finetune_args.precision
     if choice == "auto":
-        # bf16 is the default wherever the hardware has it; the user opts out with precision="fp32".
-        wants_bf16 = args.bf16 or (device == "cpu" and detect_hardware().cpu_bf16) or (
+        # bf16 wherever the hardware runs it faster (on a CPU: finetune.hardware.training_precision); the user opts
+        # out with precision="fp32", or in with "bf16"
+        wants_bf16 = args.bf16 or (device == "cpu" and training_precision()[0] == "bf16") or (
             device == "cuda" and torch.cuda.is_bf16_supported())
         return resolve_precision(wants_bf16 and not args.fp16, args.fp16, device)
     return resolve_precision(choice == "bf16", args.fp16, device)
@@ -431,7 +432,7 @@ def finetune_model(config: TextGenerationFinetuningConfig | None = None,
     logger.info("Fine-tuning %s on %s: task=%s, %s, %s, %d train / %d eval examples", model_path, device, fa.task,
                 precision, "full" if fa.full_finetune else ("qlora" if fa.qlora else "lora"),
                 len(data.train), len(data.eval))
-    logger.info("Compute: %s", compute_summary(device, precision, threads))
+    logger.info("Compute: %s", compute_summary(device, precision, threads, training=True))
     from transformers import set_seed
 
     set_seed(args.seed)  # before the adapters are initialised, so one seed gives one run

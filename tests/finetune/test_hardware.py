@@ -4,6 +4,7 @@ pytest tests/finetune/test_hardware.py
 """
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -109,3 +110,46 @@ def test_this_machines_probes_agree():
     cpu, memory = hardware.read_cpu(), hardware.memory_gib()
     assert 1 <= cpu.usable == len(hardware.allowed_cpus()) <= cpu.logical
     assert memory["total"] is None or memory["total"] > 0
+
+
+def _avx512_bf16_only(monkeypatch):
+    hw = dataclasses.replace(hardware.detect_hardware(), amx_bf16=False, amx_int8=False, avx512_bf16=True,
+                             onednn_isa_limit=None)
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: hw)
+    return hw
+
+
+@pytest.mark.parametrize(("speeds", "precision", "because"), [
+    ({"bf16": 164.0, "fp32": 326.0}, "fp32", "its bf16 matmuls measured 164 GFLOPS against 326 in fp32 on this CPU, "
+                                             "so fp32 trains faster"),  # the Emerald Rapids guest, AMX hidden
+    ({"bf16": 420.0, "fp32": 300.0}, "bf16", "measured here 420 GFLOPS in bf16 against 300 in fp32"),  # a Zen 4
+])
+def test_training_takes_the_faster_precision_where_bf16_has_no_amx(monkeypatch, speeds, precision, because):
+    _avx512_bf16_only(monkeypatch)
+    monkeypatch.setattr(hardware, "matmul_speeds", lambda: speeds)
+    chosen, why = hardware.training_precision()
+    assert chosen == precision and because in why
+    assert hardware.detect_hardware().cpu_precision[0] == "bf16"  # serving: bf16 halves the weights decoding reads
+    line = hardware.compute_summary("cpu", training=True)
+    assert f": {precision}, because {why}" in line
+
+
+def test_amx_and_cpus_without_bf16_are_not_measured(monkeypatch):
+    def unexpected():
+        raise AssertionError("measured")
+
+    monkeypatch.setattr(hardware, "matmul_speeds", unexpected)
+    for amx, avx512_bf16 in ((True, True), (False, False)):
+        hw = dataclasses.replace(hardware.detect_hardware(), amx_bf16=amx, avx512_bf16=avx512_bf16,
+                                 onednn_isa_limit=None)
+        assert hardware.training_precision(hw)[0] == ("bf16" if amx else "fp32")
+
+
+def test_the_matmul_speeds_are_measured_once_per_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEURALCHAT_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(hardware, "matmul_gflops", lambda name, **kw: calls.append(name) or 100.0)
+    assert hardware.matmul_speeds() == {"bf16": 100.0, "fp32": 100.0} == hardware.matmul_speeds()
+    assert calls == ["bf16", "fp32"]  # the second answer came from the cache home
+    (key,) = json.loads((tmp_path / "matmul_speeds.json").read_text())
+    assert f"torch {torch.__version__}" in key and f"{torch.get_num_threads()} threads" in key

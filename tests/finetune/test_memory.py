@@ -120,7 +120,6 @@ def _simulate_a_bf16_cpu(monkeypatch):
     for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hardware, "detect_hardware", lambda: simulated)
-    monkeypatch.setattr(train_module, "detect_hardware", lambda: simulated)
 
 
 def test_a_run_that_cannot_fit_stops_before_loading_with_the_numbers(tmp_path, monkeypatch, chat_file,
