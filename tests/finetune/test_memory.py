@@ -284,3 +284,27 @@ def test_finetune_in_fp32_stores_frozen_weights_in_bf16(tiny_model_dir, chat_fil
     assert seen["dtypes"] == {(False, torch.bfloat16), (True, torch.float32)}  # frozen bf16, adapters fp32
     assert seen["norms"] == {torch.float32}  # a few values a layer, widened once (frozen_weights)
     assert result.metrics["train_loss"] > 0 and result.adapter_dir.is_dir()
+
+
+@pytest.mark.parametrize(("limit_gib", "precision"), [("26", "bf16"), ("60", "fp32")])
+def test_fp32_measured_faster_trains_in_bf16_where_only_bf16_fits(tmp_path, monkeypatch, chat_file, limit_gib,
+                                                                   precision):
+    """A CPU whose bf16 runs on AVX512-BF16 only and measured slower than fp32 (the Emerald Rapids guest with AMX
+    hidden) trains in fp32, unless only bf16 fits: the 8B shape in 26 GiB (fp32 would need its frozen weights kept
+    in bf16 and more besides)."""
+    import dataclasses
+
+    from finetune import hardware
+
+    simulated = dataclasses.replace(hardware.detect_hardware(), amx_bf16=False, amx_int8=False, avx512_bf16=True,
+                                    onednn_isa_limit=None)
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: simulated)
+    monkeypatch.setattr(train_module, "detect_hardware", lambda: simulated)
+    monkeypatch.setattr(hardware, "matmul_speeds", lambda: {"bf16": 164.0, "fp32": 326.0})
+    monkeypatch.setenv(MEMORY_ENV, limit_gib)
+    folder = _shape_folder(tmp_path / "llama-3.1-8b")
+    config = TextGenerationFinetuningConfig(
+        ModelArguments(model_name_or_path=str(folder)), DataArguments(train_file=str(chat_file), max_seq_length=256),
+        TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", per_device_train_batch_size=2),
+        FinetuningArguments(task="chat", device="cpu"))
+    assert train_module.run_setup(config)[1] == precision
