@@ -64,14 +64,10 @@ def chatgpt_conversation(record: dict, origin: str) -> Conversation:
         raise ExportFormatError("wrong_type", "mapping must be an object of message nodes")
     messages, models = [], []
     for node in path_to(mapping, record.get("current_node"), "parent"):
-        message = node.get("message")
-        if not isinstance(message, dict):
-            continue  # the tree's root holds no message
-        role = (message.get("author") or {}).get("role")
-        meta = message.get("metadata") or {}
-        if role not in ("system", "user", "assistant") or message.get("recipient", "all") != "all" \
-                or meta.get("is_visually_hidden_from_conversation"):
+        message, role = _chatgpt_shown(node)
+        if role is None:
             continue
+        meta = message.get("metadata") or {}
         text = _chatgpt_text(message.get("content") or {}, node.get("id"))
         if text is None or not text.strip():
             continue
@@ -84,6 +80,19 @@ def chatgpt_conversation(record: dict, origin: str) -> Conversation:
                 "conversation_id": record.get("conversation_id") or record.get("id"),
                 "model": models[-1] if models else record.get("default_model_slug")}
     return Conversation(_joined(messages), metadata, origin, "chatgpt", record)
+
+
+def _chatgpt_shown(node: dict) -> tuple[dict, str | None]:
+    """(the node's message, its role), the role None where the chat as shown has no such message: the tree's root,
+    a hidden message, ChatGPT's own tool traffic."""
+    message = node.get("message")
+    if not isinstance(message, dict):
+        return {}, None
+    role = (message.get("author") or {}).get("role")
+    if role not in ("system", "user", "assistant") or message.get("recipient", "all") != "all" \
+            or (message.get("metadata") or {}).get("is_visually_hidden_from_conversation"):
+        return message, None
+    return message, role
 
 
 def _chatgpt_text(content: dict, node_id) -> str | None:
@@ -220,12 +229,8 @@ def _row(node_id, role: str, content: str, feedback=None, reasoning: str | None 
 
 
 def _chatgpt_row(node: dict) -> dict | None:
-    message = node.get("message")
-    if not isinstance(message, dict):
-        return None
-    role = (message.get("author") or {}).get("role")
-    if role not in ("system", "user", "assistant") or message.get("recipient", "all") != "all" \
-            or (message.get("metadata") or {}).get("is_visually_hidden_from_conversation"):
+    message, role = _chatgpt_shown(node)
+    if role is None:
         return None
     try:
         text = _chatgpt_text(message.get("content") or {}, node.get("id"))
