@@ -10,7 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from finetune.hardware import fastest_call, matmul_gflops  # noqa: F401  (the timing every benchmark shares)
+# the timing every benchmark shares
+from finetune.hardware import fastest_call, matmul_gflops, matmul_precision  # noqa: F401
 from finetune.memory import peak_rss_mb  # noqa: F401  (the benchmarks' peak RSS: one definition)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +35,11 @@ def machine_info() -> dict:
                                 capture_output=True, text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    training, why = matmul_precision()
     return {
-        "hardware": detect_hardware().as_dict(),
+        # serving decodes in cpu_precision; training (and a served prompt) computes in training_precision
+        "hardware": {**detect_hardware().as_dict(), "training_precision": training,
+                     "training_precision_reason": why},
         "cpu_flags": sorted(_cpu_flags()),
         "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -49,14 +53,12 @@ def machine_info() -> dict:
 
 
 def train_precision(device: str = "cpu") -> str:
-    """The precision training runs in on `device` (finetune.hardware.training_precision decides): bf16 on a GPU and
+    """The precision training runs in on `device` (finetune.hardware.matmul_precision decides): bf16 on a GPU and
     on a CPU with AMX, the faster of the two where bf16 runs on AVX512-BF16 only, fp32 on other CPUs. Every limit a
     benchmark reports is measured in this precision."""
     if device != "cpu":
         return "bf16"
-    from finetune.hardware import training_precision
-
-    return training_precision()[0]
+    return matmul_precision()[0]
 
 
 def serve_precision() -> str:
@@ -82,11 +84,14 @@ def same_cpu(a: dict, b: dict) -> bool:
 
 
 def cpu_label(info: dict) -> str:
-    """"<CPU model> (<ISA>, <precision>)" of a machine_info(): how every table names where it ran."""
+    """"<CPU model> (<ISA>, trains in <precision>[, decodes in <precision>])" of a machine_info(): how every table
+    names where it ran."""
     hw = info.get("hardware", {})
     isa = hw.get("isa") or ("AMX" if hw.get("amx_bf16") else "ISA not recorded")
-    precision = hw.get("cpu_precision") or ("bf16" if hw.get("cpu_bf16") else "fp32")
-    return f"{hw.get('cpu_model', 'unknown CPU')} ({isa}, trains in {precision})"
+    serving = hw.get("cpu_precision") or ("bf16" if hw.get("cpu_bf16") else "fp32")
+    training = hw.get("training_precision") or serving  # results from before 2026-12-08 recorded serving's only
+    decodes = "" if training == serving else f", decodes in {serving}"
+    return f"{hw.get('cpu_model', 'unknown CPU')} ({isa}, trains in {training}{decodes})"
 
 
 def matmul_peaks(device: str = "cpu", n: int = 2048, seconds: float = 2.0) -> tuple[dict, dict]:

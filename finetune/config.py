@@ -162,7 +162,7 @@ class FinetuningArguments:
     """Train every weight instead of LoRA adapters."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto: bf16 on a CPU with AMX, on AVX512-BF16 without AMX whichever of bf16 and fp32 measures faster there
-    (finetune.hardware.training_precision), else fp32; bf16 on a GPU that has it."""
+    (finetune.hardware.matmul_precision), else fp32; bf16 on a GPU that has it."""
     early_stopping_patience: int | None = None
     """Stop after this many evaluations without eval-loss improvement."""
     save_merged_model: bool = True

@@ -183,24 +183,28 @@ def _advise_model_memory(report: Report, model: str, settings) -> None:
     else:
         report.add("ok", f"fine-tuning {model} needs about {estimate.render()}; {available or 0:.1f} GiB available "
                          f"({source})")
-    _advise_serving_memory(report, model, config, settings.precision, available, source)
+    _advise_serving_memory(report, model, config, available, source)
 
 
-def _advise_serving_memory(report: Report, model: str, config, compute: str, available: float | None,
-                           source: str) -> None:
-    """build_chatbot's own estimate for serving `model` on this CPU (finetune.serving_memory), one request at a time,
-    and how it would hold the weights."""
-    from finetune.serving_memory import render_parts, serving_shapes, serving_storage
+def _advise_serving_memory(report: Report, model: str, config, available: float | None, source: str) -> None:
+    """build_chatbot's own estimate for serving `model` on this CPU with MixedPrecisionConfig (finetune.serving_memory),
+    one request at a time, and how it would hold the weights: in serving's precision (_advise_cpu decided it), with
+    a plain copy for prompts in fp32 where fp32 matmuls measured faster (neural_chat_app.loading does the same)."""
+    from finetune.serving_memory import PROMPT_COPY, render_parts, serving_shapes, serving_storage
 
-    storage, same, narrow = serving_storage(serving_shapes(config), compute, 1, True, available)
+    precision = report.facts["precision"]
+    compute = precision["cpu"]
+    prompt_copy = compute == "bf16" and precision["training"] == "fp32"
+    storage, same, narrow = serving_storage(serving_shapes(config), compute, 1, True, available, prompt_copy)
     chosen = narrow if storage is not None and storage != compute else same
     report.facts["serving_estimate"] = {"model": model, "compute": compute, "weights": storage,
                                         "total_gib": round(chosen.total_gib, 2), "parts_gib": chosen.parts,
                                         "available_gib": available}
     where = f"{available or 0:.1f} GiB available ({source})"
     if storage == compute:
-        report.add("ok", f"serving {model} needs about {same.total_gib:.1f} GiB in {compute} ({render_parts(same)}); "
-                         f"{where}")
+        copy = ", prompts in fp32 over a plain copy of the weights" if PROMPT_COPY in same.parts else ""
+        report.add("ok", f"serving {model} needs about {same.total_gib:.1f} GiB in {compute}{copy} "
+                         f"({render_parts(same)}); {where}")
     elif storage is not None:
         report.add("info", f"serving {model}: fp32 weights would need {same.total_gib:.1f} GiB and {where}, so "
                            f"build_chatbot keeps them in bf16, widened to fp32 a layer at a time "
@@ -252,9 +256,9 @@ def _training_precision(precision: str, why: str, cpu: CPU) -> tuple[str, str]:
     if precision != "bf16" or "amx_bf16" in cpu.flags:
         return precision, why
     try:
-        from finetune.hardware import training_precision
+        from finetune.hardware import matmul_precision
 
-        return training_precision()
+        return matmul_precision()
     except ImportError:
         return precision, why
 
@@ -269,7 +273,8 @@ def _advise_cpu(report: Report, cpu: CPU) -> None:
     if hidden:  # seen on a KVM guest of an Emerald Rapids Xeon (model 207): avx512_bf16, no amx flag
         report.add("warn", hidden)
     if precision == "bf16" and training == "fp32":
-        report.add("ok", f"serving runs in bf16 ({why}); training runs in fp32: {training_why}")
+        report.add("ok", f"serving decodes in bf16 ({why}), where memory allows computing its prompts in fp32 "
+                         f"over a plain copy of the weights; training runs in fp32: {training_why}")
     elif precision == "bf16":
         report.add("ok", f"training and serving run in bf16: {training_why}")
     else:

@@ -101,14 +101,15 @@ def cpu_precision(flags: set[str], isa_limit: str | None = None) -> tuple[str, s
 # (2 cores, 2026-12-07) measured half its fp32 speed: 164 against 326 GFLOPS (4096^3), and LoRA trained faster in
 # fp32 (llama-3.2-1b shape 51.3 against 33.4 useful tok/s, SmolLM2-135M 329 against 207, the same held-out loss).
 # The AMD EPYC Zen 4 runs its AVX512-BF16 at 406-431 GFLOPS on 2 cores, above its fp32. So where bf16 has no AMX,
-# training takes whichever measures faster here.
+# the matmuls of many rows (training steps, a served model's prompts) take whichever measures faster here.
 SPEED_SIZE = 1024  # a 1024^3 matmul: about 10 ms in bf16 on 2 such cores; five timing windows each
 
 
-def training_precision(hw: Hardware | None = None) -> tuple[str, str]:
-    """("bf16" or "fp32", why) for training on this CPU: `cpu_precision`, but where bf16 runs on AVX512-BF16 only
-    (no AMX) the faster of the two as measured here (`matmul_speeds`). Serving keeps `cpu_precision`: decoding one
-    token at a time reads the weights, which bf16 halves."""
+def matmul_precision(hw: Hardware | None = None) -> tuple[str, str]:
+    """("bf16" or "fp32", why) for the matmuls of many rows on this CPU, bound by arithmetic: training steps, and
+    the prompts of a served model (neural_chat_app.prepacked). `cpu_precision`, but where bf16 runs on AVX512-BF16
+    only (no AMX) the faster of the two as measured here (`matmul_speeds`). Decoding keeps `cpu_precision`: a
+    decode step reads every weight for a few rows, which bf16 halves."""
     hw = hw or detect_hardware()
     precision, why = hw.cpu_precision
     if precision != "bf16" or hw.amx_bf16:
@@ -118,7 +119,7 @@ def training_precision(hw: Hardware | None = None) -> tuple[str, str]:
         return "bf16", (f"{why}; measured here {speeds['bf16']:.0f} GFLOPS in bf16 against {speeds['fp32']:.0f} in "
                         f"fp32")
     return "fp32", (f"AVX512-BF16 is present (no AMX), but its bf16 matmuls measured {speeds['bf16']:.0f} GFLOPS "
-                    f"against {speeds['fp32']:.0f} in fp32 on this CPU, so fp32 trains faster")
+                    f"against {speeds['fp32']:.0f} in fp32 on this CPU, so fp32 computes them faster")
 
 
 def matmul_speeds() -> dict[str, float]:
@@ -380,7 +381,7 @@ def compute_summary(device: str, precision: str | None = None, threads: int | No
 
     hw = detect_hardware()
     if device == "cpu":
-        chosen, why = training_precision(hw) if training else hw.cpu_precision
+        chosen, why = matmul_precision(hw) if training else hw.cpu_precision
         precision = precision or chosen
         if precision != chosen:
             why = f"{precision} as asked (this CPU's best: {chosen}, because {why})"

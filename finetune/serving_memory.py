@@ -29,6 +29,7 @@ PROCESS_GIB = 0.7  # interpreter, torch, transformers, tokenizer, the server: a 
 SLACK = 0.05  # of the weights: allocator fragmentation
 WIDEN_BUFFER_GIB = 0.25  # finetune.frozen_weights.WIDEN_BLOCK_BYTES, per request served at once
 BYTES = {"bf16": 2, "fp32": 4}
+PROMPT_COPY = "plain weights for prompts"  # the part of an estimate that keeps them (serving_estimate's prompt_copy)
 
 
 def serving_shapes(config) -> dict:
@@ -73,9 +74,10 @@ def cache_values(text, tokens: int) -> int:
 
 
 def serving_estimate(shapes: dict, storage: str, compute: str, max_concurrency: int,
-                     limit_gib: float | None) -> MemoryEstimate:
+                     limit_gib: float | None, prompt_copy: bool = False) -> MemoryEstimate:
     """Peak resident memory of serving a model of `shapes` (serving_shapes) with weights in `storage`, computing in
-    `compute`, `max_concurrency` requests at once."""
+    `compute`, `max_concurrency` requests at once; `prompt_copy`: bf16 weights reordered for decoding that also keep
+    their plain copy, widened to fp32 for prompts (neural_chat_app.prepacked)."""
     size = BYTES[storage]
     parts = {"weights": shapes["parameters"] * size / GIB}
     head = shapes["vocab"] * shapes["hidden"] * size / GIB
@@ -85,8 +87,10 @@ def serving_estimate(shapes: dict, storage: str, compute: str, max_concurrency: 
         parts["reorder"] = largest * size
         if shapes["tied"] and limit_gib is not None and head <= limit_gib / 8:
             parts["tied head copy"] = head
-    else:  # each thread's fp32 copy of one weight, or of a block of one
-        parts["widening buffer"] = min(WIDEN_BUFFER_GIB, largest * BYTES[compute]) * max_concurrency
+        if prompt_copy:  # every linear weight once more, plain (a tied head's plain weight is the embeddings)
+            parts[PROMPT_COPY] = (shapes["parameters"] - shapes["vocab"] * shapes["hidden"]) * size / GIB
+    if storage != compute or prompt_copy:  # each thread's fp32 copy of one weight, or of a block of one
+        parts["widening buffer"] = min(WIDEN_BUFFER_GIB, largest * BYTES["fp32"]) * max_concurrency
     parts["kv cache"] = shapes["cache_values"] * BYTES[compute] * max_concurrency / GIB
     parts["process"] = PROCESS_GIB
     parts["slack"] = SLACK * parts["weights"]
@@ -94,13 +98,19 @@ def serving_estimate(shapes: dict, storage: str, compute: str, max_concurrency: 
 
 
 def serving_storage(shapes: dict, compute: str, max_concurrency: int, narrow_allowed: bool,
-                    limit_gib: float | None) -> tuple[str | None, MemoryEstimate, MemoryEstimate | None]:
+                    limit_gib: float | None, prompt_copy: bool = False,
+                    ) -> tuple[str | None, MemoryEstimate, MemoryEstimate | None]:
     """(the weights' dtype that fits in `limit_gib`, or None where none does; the estimate with weights in
-    `compute`; the estimate with bf16 weights computed in fp32, where that was considered)."""
+    `compute`; the estimate with bf16 weights computed in fp32, where that was considered). `prompt_copy`: bf16
+    weights keep a plain copy for prompts computed in fp32 where it fits (the estimate then has a PROMPT_COPY part)."""
 
     def fits(estimate: MemoryEstimate) -> bool:
         return limit_gib is None or estimate.total_gib <= limit_gib
 
+    if prompt_copy and compute == "bf16":
+        with_copy = serving_estimate(shapes, compute, compute, max_concurrency, limit_gib, prompt_copy=True)
+        if fits(with_copy):
+            return compute, with_copy, None
     same = serving_estimate(shapes, compute, compute, max_concurrency, limit_gib)
     if fits(same):
         return compute, same, None

@@ -38,8 +38,8 @@ from finetune.hardware import (
     default_device,
     detect_hardware,
     limit_kernel_caches,
+    matmul_precision,
     resolve_precision,
-    training_precision,
 )
 from finetune.lean_ops import use_lean_ops
 from finetune.lora_ops import fuse_lora_forward
@@ -72,9 +72,9 @@ def _device(finetune_args: FinetuningArguments) -> str:
 def _precision(config: TextGenerationFinetuningConfig, device: str) -> str:
     args, choice = config.training_args, config.finetune_args.precision
     if choice == "auto":
-        # bf16 wherever the hardware runs it faster (on a CPU: finetune.hardware.training_precision); the user opts
+        # bf16 wherever the hardware runs it faster (on a CPU: finetune.hardware.matmul_precision); the user opts
         # out with precision="fp32", or in with "bf16"
-        wants_bf16 = args.bf16 or (device == "cpu" and training_precision()[0] == "bf16") or (
+        wants_bf16 = args.bf16 or (device == "cpu" and matmul_precision()[0] == "bf16") or (
             device == "cuda" and torch.cuda.is_bf16_supported())
         return resolve_precision(wants_bf16 and not args.fp16, args.fp16, device)
     return resolve_precision(choice == "bf16", args.fp16, device)

@@ -116,7 +116,7 @@ def load_torch(source: ModelSource, config: PipelineConfig, max_concurrency: int
         compute_frozen_in(model.requires_grad_(False), torch.float32, narrow_rows=True)
     elif "quantization_config" not in kwargs:
         model = model.to(device)
-        _prepack(model)
+        _prepack(model, plan is not None and plan.prompt_copy)
     tokenizer = load_tokenizer(config.tokenizer_name_or_path or str(source.path),
                                trust_remote_code=config.loading_config.trust_remote_code)
     plain = source.peft_path is None and "quantization_config" not in kwargs  # LoRA adapters of it can attach
@@ -129,18 +129,23 @@ def _plan(source: ModelSource, config: PipelineConfig, dtype, max_concurrency: i
     weights computed in fp32 where MixedPrecisionConfig asked for bf16 on a CPU without bf16 matmuls."""
     import torch
 
+    from finetune.hardware import matmul_precision
     from neural_chat_app.memory import plan_serving
 
     opt = config.optimization_config
     asks_bf16 = isinstance(opt, MixedPrecisionConfig) and opt.dtype == "bfloat16"
-    plan = plan_serving(source.path, "bf16" if dtype == torch.bfloat16 else "fp32", max_concurrency,
-                        narrow_allowed=asks_bf16, trust_remote_code=config.loading_config.trust_remote_code)
+    compute = "bf16" if dtype == torch.bfloat16 else "fp32"
+    # prompts are bound by the matmuls, as training is: fp32 where it measured faster (neural_chat_app.prepacked)
+    prompt_copy = compute == "bf16" and matmul_precision()[0] == "fp32"
+    plan = plan_serving(source.path, compute, max_concurrency, narrow_allowed=asks_bf16,
+                        trust_remote_code=config.loading_config.trust_remote_code, prompt_copy=prompt_copy)
     (logger.warning if plan.narrow else logger.info)("Memory for %s: %s", source.model_id, plan.reason)
     return plan
 
 
-def _prepack(model) -> None:
-    """Reorder the linear weights for oneDNN where it can (neural_chat_app/prepacked.py), saying why not where not."""
+def _prepack(model, plain_for_prompts: bool = False) -> None:
+    """Reorder the linear weights for oneDNN where it can (neural_chat_app/prepacked.py), saying why not where not;
+    `plain_for_prompts`: keep the plain weights too, for prompts computed in fp32."""
     from finetune.memory import available_gib
     from neural_chat_app.prepacked import prepack_linears, tied_head_copy, why_not_prepacked
 
@@ -149,8 +154,9 @@ def _prepack(model) -> None:
         logger.info("Linear weights kept in PyTorch's layout: %s", why)
         return
     copy, head = tied_head_copy(model, available_gib()[0])
-    logger.info("%d linear layers reordered for oneDNN (faster decoding); %s",
-                prepack_linears(model, copy_tied_head=copy), head)
+    logger.info("%d linear layers reordered for oneDNN (faster decoding)%s; %s",
+                prepack_linears(model, copy_tied_head=copy, plain_for_prompts=plain_for_prompts),
+                ", their plain weights kept for prompts in fp32" if plain_for_prompts else "", head)
 
 
 def load_openvino(source: ModelSource, config: PipelineConfig, max_concurrency: int = 8):
@@ -206,10 +212,17 @@ def compute_line(backend) -> str:
     names = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
     line = compute_summary(model.device.type, names.get(backend.dtype, backend.dtype))
     packed = sum(isinstance(m, PrepackedLinear) for m in model.modules())
+    for_prompts = sum(isinstance(m, PrepackedLinear) and m.prompt_weight is not None for m in model.modules())
     narrow = sum(hasattr(m, "_compute_dtype") for m in model.modules() if isinstance(m, torch.nn.Linear))
     if narrow:  # finetune.frozen_weights: bf16 weights where fp32 ones do not fit
         line += (f"; {narrow} linear layers keep bf16 weights, widened to fp32 for prompts, decode steps on the "
                  f"bf16 weights with fp32 sums")
+    if for_prompts:
+        from finetune.hardware import matmul_precision
+        from neural_chat_app.prepacked import PROMPT_ROWS
+
+        line += (f"; prompts (over {PROMPT_ROWS} tokens at once) in fp32 over a plain copy of the weights, because "
+                 f"{matmul_precision()[1]}")
     return line + (f"; {packed} linear layers reordered for oneDNN" if packed else "")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from finetune.memory import GIB, MEMORY_ENV, InsufficientMemoryError, MemoryEstimate, available_gib, model_config
-from finetune.serving_memory import render_parts, serving_estimate, serving_shapes, serving_storage
+from finetune.serving_memory import PROMPT_COPY, render_parts, serving_estimate, serving_shapes, serving_storage
 
 
 @dataclass(frozen=True)
@@ -29,20 +29,33 @@ class ServingPlan:
         """Weights stored narrower than they compute in (bf16 weights, fp32 compute)."""
         return self.storage != self.compute
 
+    @property
+    def prompt_copy(self) -> bool:
+        """bf16 weights reordered for decoding that keep their plain copy for prompts computed in fp32."""
+        return PROMPT_COPY in self.estimate.parts
+
 
 def plan_serving(model_path, compute: str, max_concurrency: int = 1, narrow_allowed: bool = True,
-                 trust_remote_code: bool = False, limit_gib: float | None = None) -> ServingPlan:
+                 trust_remote_code: bool = False, limit_gib: float | None = None,
+                 prompt_copy: bool = False) -> ServingPlan:
     """How to hold the model in `model_path` to compute in `compute` (`narrow_allowed`: fp32 compute may keep
-    bf16 weights where fp32 ones do not fit); raises InsufficientMemoryError, before anything is loaded, when no
-    way fits in `limit_gib` (None: available_gib())."""
+    bf16 weights where fp32 ones do not fit; `prompt_copy`: bf16 weights keep a plain copy for prompts computed in
+    fp32, where it fits); raises InsufficientMemoryError, before anything is loaded, when no way fits in
+    `limit_gib` (None: available_gib())."""
     shapes = serving_shapes(model_config(model_path, trust_remote_code))
     source = "passed in"
     if limit_gib is None:
         limit_gib, source = available_gib()
-    storage, same, narrow = serving_storage(shapes, compute, max_concurrency, narrow_allowed, limit_gib)
+    storage, same, narrow = serving_storage(shapes, compute, max_concurrency, narrow_allowed, limit_gib, prompt_copy)
     if storage == compute:
-        return ServingPlan(compute, compute, same, f"{compute} weights: {same.total_gib:.1f} GiB estimated, "
-                                                   f"{_available(limit_gib, source)}")
+        reason = f"{compute} weights: {same.total_gib:.1f} GiB estimated, {_available(limit_gib, source)}"
+        if PROMPT_COPY in same.parts:
+            reason += f", with a plain copy of them for prompts computed in fp32 ({same.parts[PROMPT_COPY]:.1f} GiB)"
+        elif prompt_copy and compute == "bf16":
+            copy = serving_estimate(shapes, compute, compute, max_concurrency, limit_gib, prompt_copy=True)
+            reason += (f"; prompts run in bf16: the plain copy of the weights that fp32 prompts read "
+                       f"({copy.parts[PROMPT_COPY]:.1f} GiB more) does not fit")
+        return ServingPlan(compute, compute, same, reason)
     if storage is not None:
         return ServingPlan(storage, compute, narrow, (
             f"fp32 weights would need {same.total_gib:.1f} GiB and {_available(limit_gib, source)}: weights kept "

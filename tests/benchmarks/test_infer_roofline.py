@@ -113,7 +113,7 @@ def test_the_training_precision_is_the_machines(monkeypatch):
     from finetune import hardware
 
     assert machine.train_precision("cuda") == "bf16"
-    assert machine.train_precision() == hardware.training_precision()[0]
+    assert machine.train_precision() == hardware.matmul_precision()[0]
 
 
 def test_model_shapes_cover_every_linear_weight_once_per_step(tiny_model_dir):

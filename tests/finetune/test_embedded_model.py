@@ -40,9 +40,9 @@ def test_embedded_model_learns_the_demo_domain(tmp_path):
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
     # better than the base model on held-out questions it never trained on
     assert result.metrics["eval_loss"] < result.metrics["eval_loss_before"]
-    from finetune.hardware import training_precision
+    from finetune.hardware import matmul_precision
 
-    assert meta["precision"] == training_precision()[0]
+    assert meta["precision"] == matmul_precision()[0]
 
     tokenizer = AutoTokenizer.from_pretrained(result.merged_dir)
     model = AutoModelForCausalLM.from_pretrained(result.merged_dir)

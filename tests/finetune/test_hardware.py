@@ -121,13 +121,13 @@ def _avx512_bf16_only(monkeypatch):
 
 @pytest.mark.parametrize(("speeds", "precision", "because"), [
     ({"bf16": 164.0, "fp32": 326.0}, "fp32", "its bf16 matmuls measured 164 GFLOPS against 326 in fp32 on this CPU, "
-                                             "so fp32 trains faster"),  # the Emerald Rapids guest, AMX hidden
+                                             "so fp32 computes them faster"),  # the Emerald Rapids guest, AMX hidden
     ({"bf16": 420.0, "fp32": 300.0}, "bf16", "measured here 420 GFLOPS in bf16 against 300 in fp32"),  # a Zen 4
 ])
 def test_training_takes_the_faster_precision_where_bf16_has_no_amx(monkeypatch, speeds, precision, because):
     _avx512_bf16_only(monkeypatch)
     monkeypatch.setattr(hardware, "matmul_speeds", lambda: speeds)
-    chosen, why = hardware.training_precision()
+    chosen, why = hardware.matmul_precision()
     assert chosen == precision and because in why
     assert hardware.detect_hardware().cpu_precision[0] == "bf16"  # serving: bf16 halves the weights decoding reads
     line = hardware.compute_summary("cpu", training=True)
@@ -142,7 +142,7 @@ def test_amx_and_cpus_without_bf16_are_not_measured(monkeypatch):
     for amx, avx512_bf16 in ((True, True), (False, False)):
         hw = dataclasses.replace(hardware.detect_hardware(), amx_bf16=amx, avx512_bf16=avx512_bf16,
                                  onednn_isa_limit=None)
-        assert hardware.training_precision(hw)[0] == ("bf16" if amx else "fp32")
+        assert hardware.matmul_precision(hw)[0] == ("bf16" if amx else "fp32")
 
 
 def test_the_matmul_speeds_are_measured_once_per_machine(monkeypatch, tmp_path):

@@ -149,7 +149,7 @@ def test_eval_reports_loss_before_and_after(tiny_model_dir, chat_file, tmp_path)
 
 
 def test_packing_trains_on_fewer_rows(tiny_model_dir, chat_file, tmp_path, caplog):
-    from finetune.hardware import training_precision
+    from finetune.hardware import matmul_precision
 
     out = tmp_path / "out"
     with caplog.at_level("INFO", logger="finetune.train"):
@@ -157,7 +157,7 @@ def test_packing_trains_on_fewer_rows(tiny_model_dir, chat_file, tmp_path, caplo
                                    max_steps=2))
     # the run says what it computes in and why, before training
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compute: ")]
-    precision, why = training_precision()  # measured where bf16 has no AMX
+    precision, why = matmul_precision()  # measured where bf16 has no AMX
     assert f": {precision}, because {why}" in line and "thread(s)" in line and "allocator" in line
     counts = json.loads((out / "training_metadata.json").read_text())["data"]
     assert counts["train_packed_rows"] < counts["train_examples"]

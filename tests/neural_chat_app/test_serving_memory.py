@@ -117,6 +117,9 @@ def test_the_doctor_gives_the_estimate_and_the_choice_build_chatbot_makes(tmp_pa
     figures plan_serving (what build_chatbot runs) uses."""
     from finetune import doctor
 
+    # a CPU without bf16 matmuls: serving computes in fp32, as the doctor's and build_chatbot's estimates both say
+    monkeypatch.setattr(doctor, "read_cpu", lambda: doctor.CPU("AVX2 EPYC", {"avx2", "fma"}, 2, 2, 2))
+    _simulate_cpu(monkeypatch, bf16=False)
     folder = _config_only(tmp_path / "8b")
     shapes = serving_shapes(model_config(folder))
     fp32 = serving_estimate(shapes, "fp32", "fp32", 1, None).total_gib
