@@ -134,3 +134,50 @@ def _greedy_reference(folder):
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     prompt = list(range(5, 30))
     return prompt, _greedy(model, torch.tensor([prompt]), n=10)[len(prompt):]
+
+
+@pytest.mark.skipif(not BF16, reason="this CPU has no oneDNN bf16 linear (no AVX512-BF16, AMX or AVX-NE-CONVERT)")
+def test_prompts_compute_in_fp32_over_the_plain_weights_and_decode_steps_on_the_reordered_ones(monkeypatch):
+    """plain_for_prompts: a call of more than PROMPT_ROWS rows is the fp32 product of the bf16 values (rounded to
+    bf16), fewer rows run the reordered weight; the model's logits and greedy tokens stay those of bf16, a decode
+    step reads the same bytes, and unpacking gives back the plain weights (the tied head: the embeddings)."""
+    import torch.nn.functional as F
+
+    from neural_chat_app import prepacked
+
+    model = _model("qwen3", torch.bfloat16)  # a tied head
+    ids = torch.randint(5, model.config.vocab_size, (1, 3 * prepacked.PROMPT_ROWS),
+                        generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits.float()
+    tokens_before = _greedy(model, ids)
+    bytes_before = weight_bytes(model)
+    plain = {name: m.weight for name, m in model.named_modules() if type(m) is torch.nn.Linear}
+
+    prepack_linears(model, copy_tied_head=True, plain_for_prompts=True)
+    assert weight_bytes(model) == bytes_before  # the plain copy is read by prompts only
+    embeddings = model.get_input_embeddings().weight
+    assert model.lm_head.copied and model.lm_head.prompt_weight.data_ptr() == embeddings.data_ptr()
+    layer = model.model.layers[0].mlp.down_proj
+    assert layer.prompt_weight.data_ptr() == plain["model.layers.0.mlp.down_proj"].data_ptr()
+
+    widened = []
+    real = prepacked.widened_linear
+    monkeypatch.setattr(prepacked, "widened_linear", lambda x, *rest: widened.append(x.shape) or real(x, *rest))
+    x = torch.randn(1, prepacked.PROMPT_ROWS + 1, layer.in_features).to(torch.bfloat16)
+    with torch.inference_mode():
+        long = layer(x)
+        assert widened == [x.shape] and long.dtype == torch.bfloat16
+        assert torch.equal(long, F.linear(x.float(), layer.prompt_weight.float()).to(torch.bfloat16))
+        widened.clear()
+        short = layer(x[:, : prepacked.PROMPT_ROWS])
+        assert widened == []  # a decode step, or a short prompt: the reordered weight
+        torch.testing.assert_close(short, long[:, : prepacked.PROMPT_ROWS], atol=2e-2, rtol=2e-2)
+        after = model(input_ids=ids).logits.float()
+    assert widened  # the whole prompt went through fp32
+    torch.testing.assert_close(after, before, atol=2e-2, rtol=2e-2)
+    assert _greedy(model, ids) == tokens_before
+
+    unpack_linears(model)
+    assert model.lm_head.weight is embeddings
+    assert torch.equal(model.model.layers[0].mlp.down_proj.weight, plain["model.layers.0.mlp.down_proj"])

@@ -253,3 +253,85 @@ def test_the_cache_estimate_is_what_transformers_cache_holds_layer_by_layer(fami
     full = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * 40
     if family in ("gemma2", "gemma3_text", "qwen3_5", "gemma4"):
         assert estimated < full  # the count of every layer as full attention, which these models got before
+
+
+def _avx512_bf16_without_amx(monkeypatch, speeds):
+    """The Emerald Rapids guest (AMX hidden) or a Zen 4 EPYC: bf16 on AVX512-BF16, its matmul speeds as given."""
+    from finetune import hardware
+
+    simulated = dataclasses.replace(hardware.detect_hardware(), amx_bf16=False, avx512_bf16=True,
+                                    onednn_isa_limit=None)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: simulated)
+    monkeypatch.setattr(hardware, "matmul_speeds", lambda: speeds)
+
+
+def test_the_plain_copy_for_fp32_prompts_is_kept_where_it_fits(tmp_path):
+    """The 1B shape keeps it in 22 GiB; the 8B shape's (14 GiB more) does not fit beside its bf16 weights, and the
+    plan says so."""
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.shapes import shape_config
+    from finetune.serving_memory import PROMPT_COPY
+
+    small = plan_serving(_config_only(tmp_path / "1b", "llama-3.2-1b"), "bf16", limit_gib=22.0, prompt_copy=True)
+    assert small.prompt_copy and not small.narrow and "a plain copy of them for prompts" in small.reason
+    with torch.device("meta"):  # every linear weight once more in bf16, the tied head's being the embeddings
+        model = AutoModelForCausalLM.from_config(shape_config("llama-3.2-1b"))
+    linear = sum(m.weight.numel() for m in model.modules() if type(m) is torch.nn.Linear and m is not model.lm_head)
+    assert small.estimate.parts[PROMPT_COPY] == pytest.approx(linear * 2 / 2**30, rel=1e-3)
+    large = plan_serving(_config_only(tmp_path / "8b"), "bf16", limit_gib=22.0, prompt_copy=True)
+    assert not large.prompt_copy and "prompts run in bf16: the plain copy" in large.reason
+    assert large.estimate.total_gib == plan_serving(tmp_path / "8b", "bf16", limit_gib=22.0).estimate.total_gib
+    assert not plan_serving(tmp_path / "1b", "bf16", limit_gib=22.0).prompt_copy  # only when asked
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="this CPU has no oneDNN bf16 linear (no AVX512-BF16, AMX or AVX-NE-CONVERT)")
+def test_prompts_run_in_fp32_where_bf16_matmuls_measured_slower(tiny_model_dir, monkeypatch):
+    """MixedPrecisionConfig on AVX512-BF16 without AMX whose bf16 matmuls measured half the fp32 speed (the Emerald
+    Rapids guest): bf16 weights reordered for decoding, their plain copy kept for prompts in fp32 where it fits,
+    said in the compute line; where it does not fit, or bf16 measured faster (a Zen 4), or on AMX (not measured),
+    no copy."""
+    from finetune import hardware
+    from finetune.serving_memory import PROMPT_COPY
+    from neural_chat_app import MixedPrecisionConfig, PipelineConfig, build_chatbot
+    from neural_chat_app.loading import compute_line
+    from neural_chat_app.prepacked import PrepackedLinear
+
+    def copies(bot):
+        layers = [m for m in bot.backend.model.modules() if isinstance(m, PrepackedLinear)]
+        assert layers and bot.backend.dtype == "bfloat16"
+        kept = {m.prompt_weight is not None for m in layers}
+        assert len(kept) == 1  # all or none
+        bot.close()
+        return kept.pop()
+
+    config = PipelineConfig(model_name_or_path=str(tiny_model_dir), optimization_config=MixedPrecisionConfig())
+    shapes = serving_shapes(model_config(tiny_model_dir))
+    plain = serving_estimate(shapes, "bf16", "bf16", 1, None).total_gib
+    copy = serving_estimate(shapes, "bf16", "bf16", 1, None, prompt_copy=True)
+    assert copy.parts[PROMPT_COPY] > 0
+
+    _avx512_bf16_without_amx(monkeypatch, {"bf16": 164.0, "fp32": 326.0})
+    monkeypatch.setenv(MEMORY_ENV, f"{copy.total_gib + 0.01:.6f}")
+    bot = build_chatbot(config)
+    line = compute_line(bot.backend)
+    assert "prompts (over 64 tokens at once) in fp32 over a plain copy of the weights, because" in line
+    assert "its bf16 matmuls measured 164 GFLOPS against 326 in fp32" in line
+    assert isinstance(bot.predict("Tell me about the weather " * 20), str)  # a prompt of over 64 tokens
+    assert copies(bot)
+
+    monkeypatch.setenv(MEMORY_ENV, f"{(plain + copy.total_gib) / 2:.6f}")
+    assert not copies(build_chatbot(config))
+    monkeypatch.setenv(MEMORY_ENV, f"{copy.total_gib + 0.01:.6f}")
+    _avx512_bf16_without_amx(monkeypatch, {"bf16": 420.0, "fp32": 300.0})
+    assert not copies(build_chatbot(config))
+
+    def unexpected():
+        raise AssertionError("measured on AMX")
+
+    _simulate_cpu(monkeypatch, bf16=True)
+    monkeypatch.setattr(hardware, "matmul_speeds", unexpected)
+    assert not copies(build_chatbot(config))
