@@ -198,6 +198,7 @@ def _advise_serving_memory(report: Report, model: str, config, available: float 
     storage, same, narrow = serving_storage(serving_shapes(config), compute, 1, True, available, prompt_copy)
     chosen = narrow if storage is not None and storage != compute else same
     report.facts["serving_estimate"] = {"model": model, "compute": compute, "weights": storage,
+                                        "fp32_prompts": PROMPT_COPY in chosen.parts,
                                         "total_gib": round(chosen.total_gib, 2), "parts_gib": chosen.parts,
                                         "available_gib": available}
     where = f"{available or 0:.1f} GiB available ({source})"
@@ -397,6 +398,8 @@ def render(report: Report) -> str:
     serving = f.get("serving_estimate")
     if serving:
         held = f"{serving['weights']} weights, {serving['compute']} compute" if serving["weights"] else "does not fit"
+        if serving.get("fp32_prompts"):
+            held += ", prompts in fp32 over a plain copy"
         lines.append(f"serve          {serving['model']}: about {serving['total_gib']:.1f} GiB, one request at a time "
                      f"({held})")
     lines.append("threads        " + " ".join(f"{k}={v}" for k, v in f["threads"].items() if v) or "(none set)")

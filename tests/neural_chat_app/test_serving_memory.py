@@ -40,14 +40,17 @@ def _simulate_cpu(monkeypatch, bf16: bool):
     ("llama-3.1-8b", "bf16", "bf16", 16.45), ("gemma-3-4b", "bf16", "bf16", 9.93),
     ("phi-4-mini", "bf16", "bf16", 8.96),
     ("llama-3.2-1b", "fp32", "fp32", 6.23), ("llama-3.2-1b", "bf16", "fp32", 3.06),
-    ("llama-3.1-8b", "bf16", "fp32", 16.10)])
+    ("llama-3.1-8b", "bf16", "fp32", 16.10),
+    # bf16 with the plain copy for fp32 prompts: the Emerald Rapids guest, 2026-12-08, batch 1
+    ("llama-3.2-1b", "bf16+copy", "bf16", 5.29)])
 def test_the_estimate_covers_the_measured_serving_peaks(name, storage, compute, measured_gib):
     """The peaks of `python -m benchmarks infer --shape NAME` (ours, prompts up to 512 tokens, benchmarks/REPORT.md;
     fp32 compute measured with oneDNN capped at AVX2): the estimate, which reserves 4,096 tokens of cache, is above
     each and within 15%."""
     from benchmarks.shapes import shape_config
 
-    estimate = serving_estimate(serving_shapes(shape_config(name)), storage, compute, 1, 22.0)
+    storage, copy, _ = storage.partition("+copy")
+    estimate = serving_estimate(serving_shapes(shape_config(name)), storage, compute, 1, 22.0, prompt_copy=bool(copy))
     assert measured_gib < estimate.total_gib < measured_gib * 1.15, estimate.parts
 
 
@@ -335,3 +338,26 @@ def test_prompts_run_in_fp32_where_bf16_matmuls_measured_slower(tiny_model_dir, 
     _simulate_cpu(monkeypatch, bf16=True)
     monkeypatch.setattr(hardware, "matmul_speeds", unexpected)
     assert not copies(build_chatbot(config))
+
+
+def test_the_doctor_says_where_prompts_run_in_fp32(tmp_path, monkeypatch):
+    """On AVX512-BF16 without AMX whose bf16 matmuls measured slower, `doctor --model` estimates serving with the
+    plain copy, as build_chatbot would hold it; where the copy does not fit, without it."""
+    from finetune import doctor
+    from finetune.serving_memory import PROMPT_COPY
+
+    flags = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"}
+    monkeypatch.setattr(doctor, "read_cpu", lambda: doctor.CPU("Xeon, AMX hidden", flags, 2, 2, 2))
+    _avx512_bf16_without_amx(monkeypatch, {"bf16": 164.0, "fp32": 326.0})
+    folder = _config_only(tmp_path / "1b", "llama-3.2-1b")
+    settings = MemorySettings(precision="fp32", batch=1, seq_len=256, lora_targets=None)
+    for limit, copy in ((22.0, True), (5.0, False)):
+        monkeypatch.setenv(MEMORY_ENV, str(limit))
+        report = doctor.diagnose(run_probe=False, model=str(folder), settings=settings)
+        facts = report.facts["serving_estimate"]
+        plan = plan_serving(folder, "bf16", prompt_copy=True)
+        assert (facts["compute"], facts["fp32_prompts"], plan.prompt_copy) == ("bf16", copy, copy)
+        assert facts["total_gib"] == round(plan.estimate.total_gib, 2)
+        assert (PROMPT_COPY in facts["parts_gib"]) is copy
+        (line,) = [x for x in doctor.render(report).splitlines() if x.startswith("serve ")]
+        assert ("prompts in fp32 over a plain copy" in line) is copy
