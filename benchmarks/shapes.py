@@ -193,7 +193,8 @@ def side_estimate(variant: str, args, checkpointing: bool | None = None):
     from benchmarks.machine import train_precision
     from finetune.memory import MemorySettings, estimate_memory, model_config
 
-    precision = "fp32" if variant in ("plain-fp32", "ours-fp32") else train_precision(args.device)
+    precision = {"plain-fp32": "fp32", "ours-fp32": "fp32", "plain-bf16": "bf16", "ours-bf16": "bf16"}.get(
+        variant, train_precision(args.device))
     common = {"precision": precision, "batch": args.batch, "seq_len": args.seq_len, "lora_rank": args.lora_rank}
     if variant.startswith("plain"):
         settings = MemorySettings(**common, lean_ops=False, chunked_head=False, frozen_bytes=4.0)

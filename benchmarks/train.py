@@ -28,6 +28,8 @@ its own):
 - ours-glibc: ours in a process started without the tcmalloc/jemalloc preload, on glibc malloc (what the
               allocator buys)
 - ours-fp32:  ours with precision="fp32" (what bf16 buys inside our recipe)
+- ours-bf16:  ours with precision="bf16" (on a CPU that trains in fp32 because its bf16 matmuls measured slower:
+              what that choice buys)
 - ours-qlora: ours with 4-bit NF4 base weights (bitsandbytes): the GPU recipe; it also runs, slowly, on a CPU
 - ours-unpadded: ours without rounding each packed row up to a multiple of 8 tokens (finetune.collate
               .pad_packed_rows): what the rounding buys
@@ -87,7 +89,8 @@ from benchmarks.machine import (
 )
 from benchmarks.shapes import SHAPE_DEFAULTS, SHAPES, prepare_shape, shape_estimates, shape_side_skip
 
-VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-glibc", "ours-fp32", "ours-qlora", "ours-unpadded")
+VARIANTS = ("plain-fp32", "plain-bf16", "ours", "ours-glibc", "ours-fp32", "ours-bf16", "ours-qlora",
+            "ours-unpadded")
 DEFAULT_VARIANTS = "plain-fp32,plain-bf16,ours"
 SYSTEM = "You are the support assistant of Aurora Bikes. Answer briefly and precisely."
 
@@ -237,7 +240,7 @@ def _run_worker(variant: str, model: str, data_path: Path, out: Path, args) -> d
             FinetuningArguments(task="chat", lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
                                 lora_dropout=0.0, lora_all_linear=True, save_merged_model=False,
                                 full_finetune=args.full,
-                                precision="fp32" if variant == "ours-fp32" else "auto",
+                                precision={"ours-fp32": "fp32", "ours-bf16": "bf16"}.get(variant, "auto"),
                                 qlora=variant == "ours-qlora", device=args.device)), callbacks=[meter])
         if rank == 0:
             (out / "adapter").symlink_to(out / "run" / ("merged" if args.full else "adapter"))
