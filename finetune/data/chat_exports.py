@@ -1,7 +1,8 @@
 """Chat histories that other chat apps export, read as conversations: ChatGPT's `conversations.json` (Settings >
-Data controls > Export data) and Open WebUI's chat export (Settings > Chats > Export, or one chat's "Export chat
-(.json)"). Both are JSON arrays of conversations, each a tree of messages in which a regenerated or edited turn is
-a branch; what a user saw last is one path through it, and that path is the conversation read here:
+Data controls > Export data), Open WebUI's chat export (Settings > Chats > Export, or one chat's "Export chat
+(.json)") and Claude's `conversations.json`. Each is a JSON array of conversations, each a tree of messages in which
+a regenerated or edited turn is a branch; what a user saw last is one path through it, and that path is the
+conversation read here:
 - ChatGPT: from `current_node` up its `parent` links. Hidden messages (the custom-instructions context) and
   ChatGPT's own tool traffic (browsing, code runs: an assistant message addressed to a tool, and the tool's reply)
   are not part of the chat as shown and are left out; the replies around them become one. A message with an image
@@ -11,6 +12,14 @@ a branch; what a user saw last is one path through it, and that path is the conv
   `filter.metadata` rule such as `metadata.feedback != -1` works on either; a reasoning model's thinking, which
   Open WebUI writes into the reply as a `<details type="reasoning">` block, becomes `reasoning_content`, and its
   tool-call blocks are left out of the text.
+- Claude (claude.ai Settings > Privacy > Export data, `conversations.json`): `chat_messages` linked by
+  `parent_message_uuid` (a root's parent is a sentinel uuid that names no message), from
+  `current_leaf_message_uuid`, or where an export has none the newest leaf by `created_at`; older exports without
+  parent links are read in order. A reply's `thinking` blocks become `reasoning_content`; Claude's own tool runs
+  (`tool_use`/`tool_result` blocks: web search, artifacts, analysis) are left out like ChatGPT's. A file whose text
+  Claude extracted (`attachments[].extracted_content`) is what the model read with the message, so it is kept,
+  before the message's text, as `<file name="...">...</file>`; an image or other file without extracted text
+  (`files`) rejects the conversation with that reason.
 """
 
 from __future__ import annotations
@@ -46,11 +55,17 @@ def path_to(nodes: dict, current: Any, parent_key: str) -> list[dict]:
 
 
 def _joined(messages: list[dict]) -> list[dict]:
-    """Consecutive messages of one role as one (the parts of a reply split around a hidden tool run)."""
+    """Consecutive messages of one role as one (the parts of a reply split around a hidden tool run), their
+    reasoning too."""
     out: list[dict] = []
     for m in messages:
         if out and out[-1]["role"] == m["role"]:
-            out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + m["content"]}
+            before = out[-1]
+            merged = {**before, "content": "\n\n".join(x["content"] for x in (before, m) if x["content"])}
+            thoughts = [x["reasoning_content"] for x in (before, m) if x.get("reasoning_content")]
+            if thoughts:
+                merged["reasoning_content"] = "\n\n".join(thoughts)
+            out[-1] = merged
         else:
             out.append(m)
     return out
@@ -181,6 +196,87 @@ def _reasoning_apart(message: dict) -> dict:
     return out
 
 
+# --- Claude ---------------------------------------------------------------------------------------------------
+
+_CLAUDE_ROLES = {"human": "user", "assistant": "assistant"}
+
+
+def claude_conversation(record: dict, origin: str) -> Conversation:
+    messages = []
+    for i, m in enumerate(_claude_path(record)):
+        role = _CLAUDE_ROLES.get(m.get("sender"))
+        if role is None:
+            raise ExportFormatError("bad_role", f"chat_messages[{i}].sender is {m.get('sender')!r}; expected human or "
+                                                f"assistant")
+        message = _claude_message(m, role)
+        if message["content"].strip() or message.get("reasoning_content"):
+            messages.append(message)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ExportFormatError("no_reply", "the conversation has no reply from the assistant on its current branch")
+    metadata = {"source": "claude", "title": record.get("name"), "created_at": record.get("created_at"),
+                "conversation_id": record.get("uuid"), "model": record.get("model")}
+    return Conversation(_joined(messages), metadata, origin, "claude", record)
+
+
+def _claude_path(record: dict) -> list[dict]:
+    """The messages of the branch shown last: from the current leaf up its parent links; in order where the export
+    has no links."""
+    chat = record.get("chat_messages")
+    if not isinstance(chat, list) or not all(isinstance(m, dict) for m in chat):
+        raise ExportFormatError("wrong_type", "chat_messages must be a list of message objects")
+    nodes = {m["uuid"]: m for m in chat if m.get("uuid") is not None}
+    if not any(m.get("parent_message_uuid") in nodes for m in chat):
+        return chat  # no branches to choose between
+    tip = record.get("current_leaf_message_uuid")
+    if tip not in nodes:  # the newest message no other message answers
+        parents = {m.get("parent_message_uuid") for m in chat}
+        leaves = [(str(m.get("created_at") or ""), i) for i, m in enumerate(chat) if m.get("uuid") not in parents]
+        tip = chat[max(leaves)[1]]["uuid"] if leaves else chat[-1].get("uuid")
+    return path_to(nodes, tip, "parent_message_uuid")
+
+
+def _claude_message(m: dict, role: str) -> dict:
+    """One message as the model read it: attached files' extracted text, then the text blocks (or `text` in exports
+    without blocks); a reply's thinking apart. Raises for a file the export holds no text of."""
+    where = f"message {m.get('uuid')!r}"
+    files = [f.get("file_name", "a file") if isinstance(f, dict) else "a file" for f in m.get("files") or []]
+    if files:
+        raise ExportFormatError("non_text_content", f"{where} holds {', '.join(map(str, files))}, whose content the "
+                                                    f"export does not include as text (an image, or a file Claude "
+                                                    f"did not extract): a text model cannot read it")
+    parts = []
+    for a in m.get("attachments") or []:
+        text = a.get("extracted_content") if isinstance(a, dict) else None
+        if not isinstance(text, str):
+            raise ExportFormatError("non_text_content", f"{where} has an attachment without extracted text")
+        parts.append(f'<file name="{a.get("file_name", "")}">\n{text}\n</file>')
+    blocks, reasoning = m.get("content"), []
+    if isinstance(blocks, list) and blocks:
+        # Consecutive text blocks are one paragraph (citations split it); text on both sides of a tool run is two.
+        text, after_tool = "", False
+        for block in blocks:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text" and isinstance(block.get("text"), str):
+                text += ("\n\n" if after_tool and text.strip() else "") + block["text"]
+                after_tool = False
+            elif kind == "thinking" and isinstance(block.get("thinking"), str):
+                reasoning.append(block["thinking"])
+            elif kind in ("tool_use", "tool_result"):  # Claude's own tool runs: not the chat's
+                after_tool = True
+            else:
+                raise ExportFormatError("non_text_content", f"{where} holds a {kind or 'malformed'} content block, "
+                                                            f"which a text model cannot read")
+        parts.append(text)
+    elif isinstance(m.get("text"), str):
+        parts.append(m["text"])
+    else:
+        raise ExportFormatError("missing_field", f"{where} has neither content blocks nor text")
+    message = {"role": role, "content": "\n\n".join(p for p in parts if p)}
+    if role == "assistant" and any(r.strip() for r in reasoning):
+        message["reasoning_content"] = "\n\n".join(r.strip() for r in reasoning if r.strip())
+    return message
+
+
 # --- preference rows from the branches ------------------------------------------------------------------------
 
 def preference_rows_of(record: dict, kind: Literal["kto", "dpo"]) -> tuple[list[dict], int]:
@@ -195,9 +291,12 @@ def preference_rows_of(record: dict, kind: Literal["kto", "dpo"]) -> tuple[list[
         history = record["chat"].get("history") or {}
         rows = _tree_rows(history.get("messages") or {}, history.get("currentId"), "parentId", "childrenIds",
                           _openwebui_row)
+    elif isinstance(record.get("chat_messages"), list):
+        rows = _claude_rows(record)
     else:
-        raise ExportFormatError("unknown_format", "neither a ChatGPT conversation (mapping, current_node) nor an "
-                                                  "Open WebUI chat (chat.history)")
+        raise ExportFormatError("unknown_format", "neither a ChatGPT conversation (mapping, current_node), an Open "
+                                                  "WebUI chat (chat.history) nor a Claude conversation "
+                                                  "(chat_messages)")
     return preference_rows(rows, kind)
 
 
@@ -254,10 +353,36 @@ def _openwebui_row(node: dict) -> dict | None:
                 message.get("reasoning_content"), unfinished=node.get("done") is False)
 
 
+def _claude_rows(record: dict) -> list[dict]:
+    """_tree_rows over Claude's messages, which link to their parent only: each message's children added, in the
+    export's order."""
+    path = _claude_path(record)
+    nodes = {m["uuid"]: {**m, "children": []} for m in record["chat_messages"] if m.get("uuid") is not None}
+    for m in record["chat_messages"]:
+        if m.get("parent_message_uuid") in nodes and m.get("uuid") in nodes:
+            nodes[m["parent_message_uuid"]]["children"].append(m["uuid"])
+    if not path or path[-1].get("uuid") not in nodes:
+        return []
+    return _tree_rows(nodes, path[-1]["uuid"], "parent_message_uuid", "children", _claude_row)
+
+
+def _claude_row(node: dict) -> dict | None:
+    role = _CLAUDE_ROLES.get(node.get("sender"))
+    if role is None:
+        return None
+    try:
+        message = _claude_message(node, role)
+    except ExportFormatError:
+        return None
+    if not message["content"].strip():
+        return None
+    return _row(node.get("uuid"), role, message["content"], reasoning=message.get("reasoning_content"))
+
+
 def export_pairs(inputs: list[str], out_path: str, kind: Literal["kto", "dpo"]) -> dict:
     """`python -m finetune.data pairs`: the preference rows of every chat in the exported files (JSON arrays, as the
     apps write them, or JSON Lines), one JSON line each; return counts for the caller. A chat that is not one of
-    the two formats, or is broken, is named by file and position and counted, not fatal."""
+    the three formats, or is broken, is named by file and position and counted, not fatal."""
     from pathlib import Path
 
     from finetune.data.json_stream import iter_json_array

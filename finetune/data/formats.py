@@ -47,9 +47,10 @@ FORMAT_KEYS = {
     # other chat apps' exports (finetune.data.chat_exports)
     "chatgpt": ("mapping", "current_node"),
     "openwebui": ("chat",),
+    "claude": ("chat_messages",),
 }
 PREFERENCE_FORMATS = ("dpo", "kto")
-CHAT_EXPORTS = ("chatgpt", "openwebui")
+CHAT_EXPORTS = ("chatgpt", "openwebui", "claude")
 
 
 class FormatError(UserError):

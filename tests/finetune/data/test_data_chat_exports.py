@@ -180,6 +180,91 @@ def test_a_chat_that_is_not_an_export_is_named_and_skipped(tmp_path):
     src.write_text(json.dumps(openwebui_chat(0)) + "\n" + json.dumps({"messages": []}) + "\n{broken\n")
     counts = export_pairs([str(src)], str(tmp_path / "dpo.jsonl"), "dpo")
     assert counts["chats_read"] == 3 and counts["rows_written"] == 1
-    assert counts["chats_skipped"][0] == (f"{src}:2: neither a ChatGPT conversation (mapping, current_node) nor an "
-                                          f"Open WebUI chat (chat.history)")
+    assert counts["chats_skipped"][0] == (f"{src}:2: neither a ChatGPT conversation (mapping, current_node), an "
+                                          f"Open WebUI chat (chat.history) nor a Claude conversation (chat_messages)")
     assert counts["chats_skipped"][1].startswith(f"{src}:3: invalid JSON")
+
+
+ROOT = "00000000-0000-4000-8000-000000000000"  # what Claude's export names as a first message's parent
+
+
+def claude_conversation(n: int, leaf: bool = True) -> dict:
+    """claude.ai's export: a first reply regenerated (both stay in chat_messages), a text file whose extracted text
+    Claude read, thinking, a web search between two parts of the last reply, a citation splitting a paragraph."""
+    def msg(uuid, parent, sender, content, minute, **extra):
+        blocks = [{"type": "text", "text": content, "citations": []}] if isinstance(content, str) else content
+        return {"uuid": uuid, "text": "", "content": blocks, "sender": sender, "index": 0,
+                "created_at": f"2026-11-0{n + 1}T10:{minute:02d}:00.000000Z",
+                "updated_at": f"2026-11-0{n + 1}T10:{minute:02d}:00.000000Z", "truncated": False,
+                "attachments": extra.pop("attachments", []), "files": extra.pop("files", []),
+                "parent_message_uuid": parent, **extra}
+
+    chat = [
+        msg("h1", ROOT, "human", f"How far can bike {n} go on one charge?", 0,
+            attachments=[{"file_name": "spec.txt", "file_size": 16, "file_type": "txt",
+                          "extracted_content": "Battery: 500 Wh"}]),
+        msg("a1-old", "h1", "assistant", "Nobody knows.", 1),
+        msg("a1", "h1", "assistant", [{"type": "thinking", "thinking": "The spec says 500 Wh."},
+                                      {"type": "text", "text": f"About {40 + n} km"},
+                                      {"type": "text", "text": " on flat roads.", "citations": [{"url": "x"}]}], 2),
+        msg("h2", "a1", "human", "And the charger?", 3),
+        msg("a2", "h2", "assistant", [{"type": "text", "text": "Let me check."},
+                                      {"type": "tool_use", "name": "web_search", "input": {"query": "charger"}},
+                                      {"type": "tool_result", "name": "web_search", "content": []},
+                                      {"type": "text", "text": "It takes 4 hours."}], 4),
+    ]
+    record = {"uuid": f"conv-{n}", "name": f"Bike {n}", "summary": "", "created_at": f"2026-11-0{n + 1}T10:00:00Z",
+              "updated_at": f"2026-11-0{n + 1}T10:04:00Z", "account": {"uuid": "acct"}, "chat_messages": chat}
+    if leaf:
+        record["current_leaf_message_uuid"] = "a2"
+    return record
+
+
+def test_a_claude_export_gives_the_conversations_as_shown(tmp_path):
+    image = claude_conversation(3)
+    image["chat_messages"][3]["files"] = [{"file_name": "charger.jpg"}]
+    src = tmp_path / "conversations.json"
+    src.write_text(json.dumps([claude_conversation(0), claude_conversation(1, leaf=False), image]))
+    rows = read_jsonl(_run(src, tmp_path / "out").splits["train"])
+    assert len(rows) == 2
+    first = next(r for r in rows if r["metadata"]["conversation_id"] == "conv-0")
+    assert first["messages"] == [
+        {"role": "user", "content": '<file name="spec.txt">\nBattery: 500 Wh\n</file>\n\n'
+                                    "How far can bike 0 go on one charge?"},
+        {"role": "assistant", "content": "About 40 km on flat roads.",  # the regenerated reply, its citation joined
+         "reasoning_content": "The spec says 500 Wh."},
+        {"role": "user", "content": "And the charger?"},
+        {"role": "assistant", "content": "Let me check.\n\nIt takes 4 hours."},  # around the web search
+    ]
+    assert first["metadata"]["source"] == "claude" and first["metadata"]["title"] == "Bike 0"
+    second = next(r for r in rows if r["metadata"]["conversation_id"] == "conv-1")  # no current leaf: the newest
+    assert second["messages"][1]["content"] == "About 41 km on flat roads."
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rejects] == ["ingest.non_text_content"]
+    assert "charger.jpg" in rejects[0]["detail"] and "a text model cannot read it" in rejects[0]["detail"]
+
+
+def test_claude_branches_give_pairs_and_what_is_not_text_is_named(tmp_path):
+    from finetune.data.__main__ import main
+
+    src = tmp_path / "conversations.json"
+    odd = claude_conversation(1)
+    odd["chat_messages"][4]["content"].append({"type": "voice_note", "data": "..."})
+    robot = claude_conversation(2, leaf=False)  # its newest message is the one shown
+    robot["chat_messages"].append({"sender": "robot", "uuid": "r1", "parent_message_uuid": "a2", "text": "beep",
+                                   "created_at": "2026-11-03T11:00:00Z"})
+    src.write_text(json.dumps([claude_conversation(0), odd, robot]))
+    assert main(["pairs", "--input", str(src), "--output", str(tmp_path / "dpo.jsonl")]) == 0
+    pairs = read_jsonl(tmp_path / "dpo.jsonl")
+    assert pairs[0] == {
+        "prompt": [{"role": "user", "content": '<file name="spec.txt">\nBattery: 500 Wh\n</file>\n\n'
+                                               "How far can bike 0 go on one charge?"}],
+        "chosen": [{"role": "assistant", "content": "About 40 km on flat roads.",
+                    "reasoning_content": "The spec says 500 Wh."}],
+        "rejected": [{"role": "assistant", "content": "Nobody knows."}]}
+    assert len(pairs) == 3  # the regenerated first reply of each
+    _run(src, tmp_path / "out")
+    rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [x["reason"] for x in rejects] == ["ingest.non_text_content", "ingest.bad_role"]
+    assert "holds a voice_note content block, which a text model cannot read" in rejects[0]["detail"]
+    assert "sender is 'robot'; expected human or assistant" in rejects[1]["detail"]
