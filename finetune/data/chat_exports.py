@@ -5,8 +5,9 @@ a regenerated or edited turn is a branch; what a user saw last is one path throu
 conversation read here:
 - ChatGPT: from `current_node` up its `parent` links. Hidden messages (the custom-instructions context) and
   ChatGPT's own tool traffic (browsing, code runs: an assistant message addressed to a tool, and the tool's reply)
-  are not part of the chat as shown and are left out; the replies around them become one. A message with an image
-  or a file has content the models here cannot read: the conversation is rejected with that reason.
+  are not part of the chat as shown and are left out; the replies around them become one. A reasoning model's
+  thoughts (`thoughts` nodes, as ChatGPT shows them) become the next reply's `reasoning_content`. A message with an
+  image or a file has content the models here cannot read: the conversation is rejected with that reason.
 - Open WebUI: from `chat.history.currentId` up its `parentId` links (older exports: `chat.messages`). Thumbs up
   and down (`annotation.rating`) become `feedback` and `turn_feedback`, as the chat app's own log has them, so a
   `filter.metadata` rule such as `metadata.feedback != -1` works on either; a reasoning model's thinking, which
@@ -77,16 +78,23 @@ def chatgpt_conversation(record: dict, origin: str) -> Conversation:
     mapping = record.get("mapping")
     if not isinstance(mapping, dict):
         raise ExportFormatError("wrong_type", "mapping must be an object of message nodes")
-    messages, models = [], []
+    messages, models, thoughts = [], [], []
     for node in path_to(mapping, record.get("current_node"), "parent"):
         message, role = _chatgpt_shown(node)
         if role is None:
             continue
         meta = message.get("metadata") or {}
-        text = _chatgpt_text(message.get("content") or {}, node.get("id"))
+        content = message.get("content") or {}
+        if role == "assistant" and content.get("content_type") == "thoughts":
+            thoughts += _chatgpt_thoughts(content)  # the reply that follows thought them
+            continue
+        text = _chatgpt_text(content, node.get("id"))
         if text is None or not text.strip():
             continue
         messages.append({"role": role, "content": text})
+        if role == "assistant" and thoughts:
+            messages[-1]["reasoning_content"] = "\n\n".join(thoughts)
+            thoughts = []
         if role == "assistant" and meta.get("model_slug"):
             models.append(meta["model_slug"])
     if not any(m["role"] == "assistant" for m in messages):
@@ -108,6 +116,18 @@ def _chatgpt_shown(node: dict) -> tuple[dict, str | None]:
             or (message.get("metadata") or {}).get("is_visually_hidden_from_conversation"):
         return message, None
     return message, role
+
+
+def _chatgpt_thoughts(content: dict) -> list[str]:
+    """A reasoning model's thoughts as ChatGPT shows them (`thoughts`: each a summary and its content); the
+    "Thought for 38s" line after them (`reasoning_recap`) is the app's, not the model's."""
+    out = []
+    for thought in content.get("thoughts") or []:
+        if isinstance(thought, dict):
+            text = thought.get("content") or thought.get("summary")
+            if isinstance(text, str) and text.strip():
+                out.append(text.strip())
+    return out
 
 
 def _chatgpt_text(content: dict, node_id) -> str | None:

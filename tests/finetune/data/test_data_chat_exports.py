@@ -268,3 +268,26 @@ def test_claude_branches_give_pairs_and_what_is_not_text_is_named(tmp_path):
     assert [x["reason"] for x in rejects] == ["ingest.non_text_content", "ingest.bad_role"]
     assert "holds a voice_note content block, which a text model cannot read" in rejects[0]["detail"]
     assert "sender is 'robot'; expected human or assistant" in rejects[1]["detail"]
+
+
+def test_a_chatgpt_reasoning_model_s_thoughts_become_reasoning_content(tmp_path):
+    """o1/o3-style nodes between the question and the reply: `thoughts` (kept, for the reply after them) and the
+    "Thought for 4s" line (`reasoning_recap`, the app's own: left out)."""
+    record = chatgpt_conversation(7)
+    mapping = record["mapping"]
+    mapping["th"] = _node("th", "u2", "assistant", None, content={
+        "content_type": "thoughts", "source_analysis_msg_id": "x",
+        "thoughts": [{"summary": "Charger", "content": "Chargers vary by model.", "chunks": [], "finished": True},
+                     {"summary": "Manual", "content": "", "chunks": [], "finished": True}]})
+    mapping["recap"] = _node("recap", "th", "assistant", None,
+                             content={"content_type": "reasoning_recap", "content": "Thought for 4s"})
+    mapping["u2"]["children"], mapping["th"]["children"], mapping["recap"]["children"] = ["th"], ["recap"], ["a2-text"]
+    mapping["a2-text"]["parent"] = "recap"
+    src = tmp_path / "conversations.json"
+    src.write_text(json.dumps([record]))
+    (row,) = read_jsonl(_run(src, tmp_path / "out").splits["train"])
+    assert row["messages"][2:] == [
+        {"role": "user", "content": "And the charger?"},
+        {"role": "assistant", "content": "Let me look that up.\n\nIt takes 4 hours.",
+         "reasoning_content": "Chargers vary by model.\n\nManual"},  # a thought without content: its summary
+    ]
