@@ -322,22 +322,45 @@ def preference_rows_of(record: dict, kind: Literal["kto", "dpo"]) -> tuple[list[
 
 def _tree_rows(nodes: dict, current, parent_key: str, children_key: str, row_of) -> list[dict]:
     """The log's rows (preference_pairs' module docstring) of the branch kept up to `current`: each kept message,
-    then its sibling replies, superseded by it."""
+    then its sibling replies, superseded by it. Siblings branch at the nearest shown message above: a reasoning
+    model's regenerated reply in ChatGPT hangs under its own hidden thoughts node, whose sibling leads to the other
+    reply."""
     rows = []
-    for node in path_to(nodes, current, parent_key):
+    path = path_to(nodes, current, parent_key)
+    for i, node in enumerate(path):
         kept = row_of(node)
         if kept is None:
             continue
-        parent = nodes.get(node.get(parent_key)) if node.get(parent_key) is not None else None
-        siblings = [nodes[c] for c in (parent or {}).get(children_key) or [] if c in nodes and c != kept["id"]]
-        others = [r for r in map(row_of, siblings) if r is not None and r["role"] == kept["role"] == "assistant"]
-        if rows and rows[-1]["role"] == kept["role"] and not others and rows[-1]["superseded_by"] is None:
-            # a reply split around the app's hidden tool run (ChatGPT): one reply, as the conversation reads it
-            rows[-1] = {**rows[-1], "content": rows[-1]["content"] + "\n\n" + kept["content"]}
+        j = i - 1
+        while j >= 0 and row_of(path[j]) is None:
+            j -= 1
+        branch = path[j + 1]  # the child of that shown message on the kept path
+        children = (path[j].get(children_key) or []) if j >= 0 else []
+        siblings = [_first_shown(nodes, c, children_key, row_of) for c in children
+                    if c in nodes and nodes[c] is not branch]
+        others = [r for r in siblings if r is not None and r["role"] == kept["role"] == "assistant"]
+        last = next((k for k in range(len(rows) - 1, -1, -1) if rows[k]["superseded_by"] is None), None)
+        if last is not None and rows[last]["role"] == kept["role"] and not others:
+            # a reply split around the app's hidden tool run (ChatGPT): one reply, as the conversation reads it,
+            # also where the rows after its first part are the replies it was regenerated over
+            rows[last] = {**rows[last], "content": rows[last]["content"] + "\n\n" + kept["content"]}
             continue
         rows.append(kept)
         rows += [{**r, "alternative_of": kept["id"], "superseded_by": kept["id"]} for r in others]
     return rows
+
+
+def _first_shown(nodes: dict, node_id, children_key: str, row_of) -> dict | None:
+    """The row of `node_id`, or of the first shown message below it (through hidden nodes, the newest child each)."""
+    seen = set()
+    while node_id in nodes and node_id not in seen:
+        seen.add(node_id)
+        row = row_of(nodes[node_id])
+        if row is not None:
+            return row
+        children = nodes[node_id].get(children_key) or []
+        node_id = children[-1] if children else None
+    return None
 
 
 def _row(node_id, role: str, content: str, feedback=None, reasoning: str | None = None,

@@ -291,3 +291,28 @@ def test_a_chatgpt_reasoning_model_s_thoughts_become_reasoning_content(tmp_path)
         {"role": "assistant", "content": "Let me look that up.\n\nIt takes 4 hours.",
          "reasoning_content": "Chargers vary by model.\n\nManual"},  # a thought without content: its summary
     ]
+
+
+def test_a_reasoning_reply_regenerated_under_its_own_thoughts_gives_a_pair(tmp_path):
+    """ChatGPT hangs each regenerated reply of a reasoning model under its own hidden thoughts node: the replies
+    are not siblings, their thoughts are; the pair is found through them."""
+    from finetune.data.chat_exports import export_pairs
+
+    record = chatgpt_conversation(8)
+    mapping = record["mapping"]
+    for name, parent, child, reply in (("th-old", "u2", "a2-old", "No charger needed."), ("th", "u2", "a2-text", None)):
+        mapping[name] = _node(name, parent, "assistant", None, content={
+            "content_type": "thoughts", "thoughts": [{"summary": "s", "content": f"Thinking {name}."}]})
+        mapping[name]["children"] = [child]
+        if reply:
+            mapping[child] = _node(child, name, "assistant", reply)
+    mapping["u2"]["children"] = ["th-old", "th"]
+    mapping["a2-text"]["parent"] = "th"
+    src = tmp_path / "conversations.json"
+    src.write_text(json.dumps([record]))
+    counts = export_pairs([str(src)], str(tmp_path / "dpo.jsonl"), "dpo")
+    assert counts["rows_written"] == 2
+    second = read_jsonl(tmp_path / "dpo.jsonl")[1]
+    assert second["prompt"][-1] == {"role": "user", "content": "And the charger?"}
+    assert second["chosen"] == [{"role": "assistant", "content": "Let me look that up.\n\nIt takes 4 hours."}]
+    assert second["rejected"] == [{"role": "assistant", "content": "No charger needed."}]
