@@ -23,9 +23,9 @@ steps keep the reordered bf16 weight. bf16 products are exact in fp32 and both p
 of the sums differs. The reordered weight cannot be widened instead: turning it back took 15 ms for a [8192 x 2048]
 weight against 2 ms to widen the plain one. Measured on the Emerald Rapids guest (AVX512-BF16, AMX hidden, 2 cores,
 2026-12-08), a [8192 x 2048] weight, reordered bf16 against widened fp32: 64 rows 12.8 / 12.5 ms, 128 rows 25.8 /
-19.1 ms, 512 rows 100 / 61 ms, 8 rows 1.7 / 6.0 ms; a 512-token prompt of the llama-3.2-1b shape 7.9 s -> 5.2 s,
-decode steps unchanged (113 / 117 ms), for one more bf16 copy of the weights (the loader keeps it where it fits,
-neural_chat_app.memory).
+19.1 ms, 512 rows 100 / 61 ms, 8 rows 1.7 / 6.0 ms. The llama-3.2-1b shape (`python -m benchmarks infer --shape
+llama-3.2-1b`, batch 1, 512-token prompt): first token 6.4 s -> 4.1 s, decoding 8.1 -> 8.6 tokens/s, for one more
+bf16 copy of the weights (the loader keeps it where it fits, neural_chat_app.memory).
 """
 
 from __future__ import annotations
