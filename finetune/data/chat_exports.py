@@ -223,11 +223,11 @@ _CLAUDE_ROLES = {"human": "user", "assistant": "assistant"}
 
 def claude_conversation(record: dict, origin: str) -> Conversation:
     messages = []
-    for i, m in enumerate(_claude_path(record)):
+    for m in _claude_path(record):
         role = _CLAUDE_ROLES.get(m.get("sender"))
         if role is None:
-            raise ExportFormatError("bad_role", f"chat_messages[{i}].sender is {m.get('sender')!r}; expected human or "
-                                                f"assistant")
+            raise ExportFormatError("bad_role", f"message {m.get('uuid')!r}: sender is {m.get('sender')!r}; expected "
+                                                f"human or assistant")
         message = _claude_message(m, role)
         if message["content"].strip() or message.get("reasoning_content"):
             messages.append(message)
